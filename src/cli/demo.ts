@@ -1,0 +1,3 @@
+export async function runDemo(): Promise<number> {
+  throw new Error('demo: being written');
+}

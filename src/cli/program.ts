@@ -1,0 +1,215 @@
+// The ctnet command line. Each action parses its input into typed values (src/model/spec.ts),
+// calls one engine use case, and prints the result; errors are rendered once, in main.ts.
+import { Command, Option } from 'commander';
+import { CtnetError, invalid } from '../errors.ts';
+import { Runner } from '../kernel/runner.ts';
+import { DEFAULT_STATE_DIR, Store } from '../store/store.ts';
+import type { Ctx } from '../engine/context.ts';
+import { createNetwork, removeNetwork } from '../engine/network.ts';
+import { connect, connectExternal, createSandbox, disconnect, removeSandbox } from '../engine/sandbox.ts';
+import { inspectNetwork, inspectSandbox, networkSummary, sandboxSummary } from '../engine/inspect.ts';
+import { execInSandbox, startInSandbox } from '../engine/process.ts';
+import { gc } from '../engine/gc.ts';
+import { parseAttachSpec, parseNetworkSpec } from '../model/spec.ts';
+import { parseName } from '../model/names.ts';
+import { parseAddr, formatAddr } from '../model/cidr.ts';
+import { randomBytes } from 'node:crypto';
+import { table } from './table.ts';
+import { renderNetwork, renderSandbox } from './render.ts';
+import { runDemo } from './demo.ts';
+
+interface Globals {
+  stateDir?: string;
+  explain?: boolean;
+  dryRun?: boolean;
+  json?: boolean;
+}
+
+const out = (text: string): void => void process.stdout.write(text.endsWith("\n") ? text : text + "\n");
+const collect = (v: string, prev: string[] = []) => [...prev, v];
+
+/** Opens the store and runner for one command. The caller closes the store. */
+export function openCtx(g: Globals): Ctx {
+  const dir = g.stateDir ?? process.env.CTNET_STATE_DIR ?? DEFAULT_STATE_DIR;
+  if (process.getuid?.() !== 0) {
+    throw new CtnetError('ENVIRONMENT', 'ctnet programs the kernel and must run as root', 'run it with sudo');
+  }
+  const explain = g.explain || g.dryRun;
+  return {
+    store: new Store(dir),
+    runner: new Runner({ dryRun: g.dryRun ?? false, explain: explain ? (line) => out(line) : undefined }),
+    warn: (m) => process.stderr.write(`ctnet: ${m}\n`),
+  };
+}
+
+/** Wraps an action: opens the context from the merged global options and always closes it. */
+function act<A extends unknown[]>(fn: (ctx: Ctx, g: Globals, ...args: A) => Promise<number | void>) {
+  return async (...args: unknown[]) => {
+    const cmd = args[args.length - 1] as Command;
+    const g = cmd.optsWithGlobals<Globals>();
+    const ctx = openCtx(g);
+    try {
+      const code = await fn(ctx, g, ...(args.slice(0, -1) as A));
+      if (typeof code === 'number') process.exitCode = code;
+    } finally {
+      ctx.store.close();
+    }
+  };
+}
+
+function globals(cmd: Command, json = false): Command {
+  cmd.addOption(new Option('--state-dir <dir>', `state directory (env CTNET_STATE_DIR, default ${DEFAULT_STATE_DIR})`))
+    .option('--explain', 'print the equivalent ip/nft commands as they run')
+    .option('--dry-run', 'print the equivalent ip/nft commands and change nothing');
+  if (json) cmd.option('--json', 'print data as JSON');
+  return cmd;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('ctnet')
+    .description('container networking for Linux: bridges, network namespaces, IPAM, NAT, programmed into the kernel')
+    .showHelpAfterError('(run with --help for usage)')
+    .configureOutput({ outputError: (s, write) => write(s) });
+  globals(program);
+
+  // ---- networks ----
+  const network = program.command('network').description('manage bridge networks');
+  globals(network.command('create <name>'))
+    .description('create a bridge network')
+    .option('--subnet <cidr>', 'a subnet (repeat for IPv4 + IPv6)', collect)
+    .option('--gateway <ip>', 'gateway address (default: first address of the subnet)', collect)
+    .option('--bridge <ifname>', 'bridge interface name (default: ctbr-NAME)')
+    .option('--internal', 'no egress: sandboxes reach only their own network')
+    .option('--mtu <n>', 'MTU of the bridge and the sandboxes\' interfaces')
+    .action(act(async (ctx, g, name: string) => {
+      const opts = g as Globals & { subnet?: string[]; gateway?: string[]; bridge?: string; internal?: boolean; mtu?: string };
+      const spec = parseNetworkSpec({ name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, mtu: opts.mtu });
+      const n = await createNetwork(ctx, spec);
+      if (!g.explain && !g.dryRun) out(n.name);
+    }));
+  globals(network.command('ls'), true).alias('list').description('list networks')
+    .action(act(async (ctx, g) => {
+      const rows = ctx.store.networks().map((n) => networkSummary(ctx, n.name));
+      if (g.json) return out(JSON.stringify(rows, null, 2));
+      out(table(['NAME', 'BRIDGE', 'SUBNETS', 'INTERNAL', 'SANDBOXES', 'STATE'],
+        rows.map((r) => [r.name, r.bridge, r.subnets.join(','), r.internal ? 'yes' : 'no', String(r.sandboxes), r.state])));
+    }));
+  globals(network.command('inspect <name>'), true).description('show a network: bridge, ports, learned FDB entries, sandboxes')
+    .action(act(async (ctx, g, name: string) => {
+      const v = await inspectNetwork(ctx, name);
+      out(g.json ? JSON.stringify(v, null, 2) : renderNetwork(v));
+    }));
+  globals(network.command('rm <name...>')).alias('remove').description('remove networks (refused while sandboxes are attached, unless --force)')
+    .option('-f, --force', 'disconnect attached sandboxes first')
+    .action(act(async (ctx, g, names: string[]) => {
+      const force = (g as { force?: boolean }).force ?? false;
+      for (const name of names) {
+        parseName('network', name);
+        if (!ctx.store.network(name)) ctx.warn(`no network named ${name}: nothing to remove`);
+        await removeNetwork(ctx, name, { force });
+      }
+    }));
+
+  // ---- sandboxes ----
+  const attachOptions = (cmd: Command) => cmd
+    .option('--network <name>', 'network to join (repeat for more: eth0, eth1, ...)', collect)
+    .option('--ip <ip>', 'a fixed address (one per subnet; repeatable)', collect)
+    .option('--mac <mac>', 'MAC address of the first interface');
+  type AttachOpts = Globals & { network?: string[]; ip?: string[]; mac?: string };
+
+  attachOptions(globals(program.command('create <name>'))).description('create a sandbox (a network namespace) on networks')
+    .action(act(async (ctx, g, name: string) => {
+      const spec = parseAttachSpec(g as AttachOpts);
+      const s = await createSandbox(ctx, parseName('sandbox', name), spec);
+      if (!g.explain && !g.dryRun) out(s.name);
+    }));
+
+  attachOptions(globals(program.command('run')))
+    .description('create a sandbox and run a command in it')
+    .option('--name <name>', 'sandbox name (default: a generated one)')
+    .option('--rm', 'remove the sandbox when the command exits')
+    .option('-d, --detach', 'run in the background; output goes to STATE_DIR/logs/NAME.log')
+    .argument('<cmd...>', 'command and arguments, after --')
+    .action(act(async (ctx, g, cmd: string[]) => {
+      const o = g as AttachOpts & { name?: string; rm?: boolean; detach?: boolean };
+      if (o.rm && o.detach) throw invalid('--rm and -d cannot be used together', 'remove a detached sandbox with "ctnet rm NAME"');
+      const name = parseName('sandbox', o.name ?? `sbx-${randomBytes(3).toString('hex')}`);
+      const spec = parseAttachSpec(o);
+      await createSandbox(ctx, name, spec);
+      if (o.detach) {
+        const pid = startInSandbox(ctx, name, cmd);
+        if (!g.explain && !g.dryRun) out(`${name}\t${pid}`);
+        return 0;
+      }
+      try {
+        return await execInSandbox(ctx, name, cmd);
+      } finally {
+        if (o.rm) await removeSandbox(ctx, name);
+      }
+    }));
+
+  globals(program.command('exec <name>')).description('run a command in a sandbox')
+    .argument('<cmd...>', 'command and arguments, after --')
+    .action(act(async (ctx, _g, name: string, cmd: string[]) => execInSandbox(ctx, name, cmd)));
+
+  globals(program.command('connect <network> [name]'))
+    .description('connect a sandbox to one more network, or a namespace made elsewhere (--netns/--pid with --name)')
+    .option('--ip <ip>', 'a fixed address (repeatable)', collect)
+    .addOption(new Option('--netns <path>', 'a network namespace file made by someone else').conflicts('pid'))
+    .option('--pid <pid>', 'the network namespace of this process')
+    .option('--name <name>', 'the sandbox name to record a --netns/--pid namespace under')
+    .action(act(async (ctx, g, net: string, name: string | undefined) => {
+      const o = g as Globals & { ip?: string[]; netns?: string; pid?: string; name?: string };
+      const ips = (o.ip ?? []).map((t) => { const a = parseAddr('--ip', t); return { ...a, text: formatAddr(a.family, a.n) }; });
+      parseName('network', net);
+      if (o.netns !== undefined || o.pid !== undefined) {
+        if (name !== undefined) throw invalid('give either a sandbox NAME or --netns/--pid with --name, not both');
+        if (o.name === undefined) throw invalid('--netns and --pid need --name', 'e.g. ctnet connect web --pid 1234 --name app');
+        if (o.pid !== undefined && !/^[1-9]\d*$/.test(o.pid)) throw invalid(`--pid ${JSON.stringify(o.pid)} is not a process id`);
+        const path = o.netns ?? `/proc/${o.pid}/ns/net`;
+        return void await connectExternal(ctx, net, path, parseName('sandbox', o.name), ips);
+      }
+      if (name === undefined) throw invalid('name the sandbox to connect', 'ctnet connect NETWORK SANDBOX');
+      await connect(ctx, net, parseName('sandbox', name), ips);
+    }));
+
+  globals(program.command('disconnect <network> <name>')).description('disconnect a sandbox from a network')
+    .action(act(async (ctx, _g, net: string, name: string) => {
+      await disconnect(ctx, parseName('network', net), parseName('sandbox', name));
+    }));
+
+  globals(program.command('ls'), true).alias('list').description('list sandboxes')
+    .action(act(async (ctx, g) => {
+      const rows = ctx.store.sandboxes().map((s) => sandboxSummary(ctx, s));
+      if (g.json) return out(JSON.stringify(rows, null, 2));
+      out(table(['NAME', 'NETWORKS', 'ADDRESSES', 'STATE', 'NETNS'],
+        rows.map((r) => [r.name, r.networks.join(','), r.addresses.join(','), r.state, r.netns])));
+    }));
+
+  globals(program.command('inspect <name>'), true).description('show a sandbox: interfaces with their host peers, addresses, routes, neighbours')
+    .action(act(async (ctx, g, name: string) => {
+      const v = await inspectSandbox(ctx, parseName('sandbox', name));
+      out(g.json ? JSON.stringify(v, null, 2) : renderSandbox(v));
+    }));
+
+  globals(program.command('rm <name...>')).alias('remove').description('remove sandboxes: stop their processes, remove their interfaces and addresses')
+    .option('-f, --force', 'accepted for docker compatibility; rm always stops the processes')
+    .action(act(async (ctx, _g, names: string[]) => {
+      for (const name of names) {
+        if (!(await removeSandbox(ctx, parseName('sandbox', name)))) ctx.warn(`no sandbox named ${name}: nothing to remove`);
+      }
+    }));
+
+  globals(program.command('gc')).description('reconcile the store and the kernel after a crash')
+    .action(act(async (ctx, g) => {
+      const done = await gc(ctx);
+      if (!g.explain && !g.dryRun) out(done.length ? done.join('\n') : 'gc: store and kernel agree');
+    }));
+
+  program.command('demo').description('build a lab of its own, prove connectivity, print a matrix, clean up')
+    .action(async () => {
+      process.exitCode = await runDemo();
+    });
+
+  return program;
+}

@@ -1,0 +1,46 @@
+// Human-readable forms of the inspect views (the --json forms are the views themselves).
+import type { NetworkView, SandboxView } from '../engine/inspect.ts';
+import { table } from './table.ts';
+
+export function renderSandbox(v: SandboxView): string {
+  const lines = [
+    `sandbox ${v.name}  (${v.state}${v.present ? '' : ', NETNS MISSING: run ctnet gc'})`,
+    `  netns      ${v.netns}${v.owned ? '' : '  (not ctnet\'s: attached by --netns/--pid)'}`,
+    `  created    ${v.created}`,
+    `  processes  ${v.pids.length ? v.pids.join(' ') : 'none'}`,
+    '',
+    'interfaces:',
+    indent(table(['IFNAME', 'IFINDEX', 'NETWORK', 'MAC', 'STATE', 'ADDRESSES', 'HOST PEER (IFINDEX) @ BRIDGE'],
+      v.interfaces.map((i) => [i.ifname, String(i.ifindex ?? '-'), i.network, i.mac, i.state, i.addresses.join(' '),
+        `${i.hostPeer.ifname} (${i.hostPeer.ifindex ?? 'missing'}) @ ${i.hostPeer.bridge ?? '-'}`]))),
+    '',
+    'routes:',
+    indent(table(['DESTINATION', 'GATEWAY', 'DEV', 'SCOPE'], v.routes.map((r) => [r.dst, r.gateway ?? '-', r.dev ?? '-', r.scope ?? '-']))),
+    '',
+    'neighbours:',
+    v.neighbours.length
+      ? indent(table(['ADDRESS', 'DEV', 'MAC', 'STATE'], v.neighbours.map((n) => [n.dst, n.dev, n.lladdr ?? '-', (n.state ?? []).join(',')])))
+      : '  none yet',
+  ];
+  return lines.join('\n');
+}
+
+export function renderNetwork(v: NetworkView): string {
+  const b = v.bridge;
+  return [
+    `network ${v.name}  (${v.state}${v.internal ? ', internal: no egress' : ''})`,
+    `  bridge     ${b.ifname} (ifindex ${b.ifindex ?? 'MISSING'}, ${b.mac ?? '-'}, mtu ${b.mtu ?? '-'}, ${b.state})`,
+    ...v.subnets.map((s) => `  subnet     ${s.cidr}  gateway ${s.gateway}`),
+    '',
+    'ports:',
+    v.ports.length ? indent(table(['IFNAME', 'IFINDEX', 'STATE', 'SANDBOX'], v.ports.map((p) => [p.ifname, String(p.ifindex), p.state, p.sandbox ?? '-']))) : '  none',
+    '',
+    'learned FDB entries (MAC -> port):',
+    v.fdb.length ? indent(table(['MAC', 'PORT', 'SANDBOX'], v.fdb.map((f) => [f.mac, f.port, f.sandbox ?? '-']))) : '  none yet',
+    '',
+    'sandboxes:',
+    v.sandboxes.length ? indent(table(['NAME', 'IFNAME', 'MAC', 'ADDRESSES'], v.sandboxes.map((s) => [s.name, s.ifname, s.mac, s.addresses.join(' ')]))) : '  none',
+  ].join('\n');
+}
+
+const indent = (s: string) => s.split('\n').map((l) => `  ${l}`).join('\n');

@@ -1,0 +1,138 @@
+// Read-only views that join the store's records with what the kernel holds now.
+import { addrList, fdbList, linkList, linkListMaster, neighList, routeList, type LinkInfo } from '../kernel/ip.ts';
+import { isNetnsFile, netnsPids } from '../kernel/netns.ts';
+import type { SandboxRow } from '../store/store.ts';
+import type { Ctx } from './context.ts';
+import { getNetwork } from './network.ts';
+import { getSandbox, sandboxNetns } from './sandbox.ts';
+
+export interface InterfaceView {
+  readonly ifname: string;
+  readonly network: string;
+  readonly ifindex: number | null;
+  readonly mac: string;
+  readonly state: string;
+  readonly addresses: string[];
+  readonly hostPeer: { readonly ifname: string; readonly ifindex: number | null; readonly bridge: string | null };
+}
+
+export interface SandboxView {
+  readonly name: string;
+  readonly netns: string;
+  readonly owned: boolean;
+  readonly state: string;
+  readonly created: string;
+  readonly present: boolean;
+  readonly pids: number[];
+  readonly interfaces: InterfaceView[];
+  readonly routes: { dst: string; gateway?: string; dev?: string; scope?: string }[];
+  readonly neighbours: { dst: string; dev: string; lladdr?: string; state?: string[] }[];
+}
+
+export function sandboxSummary(ctx: Ctx, s: SandboxRow) {
+  return {
+    name: s.name,
+    state: s.state,
+    networks: ctx.store.attachments({ sandbox: s.name }).map((a) => a.network),
+    addresses: ctx.store.addresses({ sandbox: s.name }).map((a) => a.ip),
+    netns: s.netns,
+    owned: s.owned,
+  };
+}
+
+export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxView> {
+  const { runner, store } = ctx;
+  const s = store.sandbox(name) ?? getSandbox(ctx, name);
+  const ns = sandboxNetns(s);
+  const present = isNetnsFile(s.netns);
+  const inner: LinkInfo[] = present ? await linkList(runner, ns) : [];
+  const host = await linkList(runner);
+  const addrs = present ? await addrList(runner, ns) : [];
+  const attachments = store.attachments({ sandbox: name });
+  return {
+    name: s.name,
+    netns: s.netns,
+    owned: s.owned,
+    state: s.state,
+    created: s.created,
+    present,
+    pids: present && 'name' in ns ? netnsPids(ns) : [],
+    interfaces: attachments.map((a) => {
+      const link = inner.find((l) => l.ifname === a.ifname);
+      const peer = host.find((l) => l.ifname === a.hostVeth);
+      return {
+        ifname: a.ifname,
+        network: a.network,
+        ifindex: link?.ifindex ?? null,
+        mac: link?.address ?? a.mac,
+        state: link?.operstate ?? 'missing',
+        addresses: (addrs.find((x) => x.ifname === a.ifname)?.addr_info ?? [])
+          .filter((x) => x.scope !== 'link').map((x) => `${x.local}/${x.prefixlen}`),
+        hostPeer: { ifname: a.hostVeth, ifindex: peer?.ifindex ?? null, bridge: peer?.master ?? null },
+      };
+    }),
+    routes: present ? (await routeList(runner, ns)).map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev, scope: r.scope })) : [],
+    neighbours: present ? (await neighList(runner, ns)).map((n) => ({ dst: n.dst, dev: n.dev, lladdr: n.lladdr, state: n.state })) : [],
+  };
+}
+
+export interface NetworkView {
+  readonly name: string;
+  readonly state: string;
+  readonly internal: boolean;
+  readonly created: string;
+  readonly subnets: { cidr: string; gateway: string }[];
+  readonly bridge: { ifname: string; ifindex: number | null; mac: string | null; mtu: number | null; state: string; addresses: string[] };
+  readonly ports: { ifname: string; ifindex: number; state: string; sandbox: string | null }[];
+  readonly fdb: { mac: string; port: string; sandbox: string | null }[];
+  readonly sandboxes: { name: string; ifname: string; mac: string; addresses: string[] }[];
+}
+
+export function networkSummary(ctx: Ctx, name: string) {
+  const n = getNetwork(ctx, name);
+  return {
+    name: n.name,
+    bridge: n.bridge,
+    subnets: ctx.store.subnets(name).map((s) => s.cidr),
+    internal: n.internal,
+    sandboxes: ctx.store.attachments({ network: name }).length,
+    state: n.state,
+  };
+}
+
+export async function inspectNetwork(ctx: Ctx, name: string): Promise<NetworkView> {
+  const { runner, store } = ctx;
+  const n = getNetwork(ctx, name);
+  const bridge = (await linkList(runner)).find((l) => l.ifname === n.bridge);
+  const ports = bridge ? await linkListMaster(runner, n.bridge) : [];
+  const attachments = store.attachments({ network: name });
+  const bySandboxVeth = new Map(attachments.map((a) => [a.hostVeth, a.sandbox]));
+  const byMac = new Map(attachments.map((a) => [a.mac, a.sandbox]));
+  const fdb = bridge ? await fdbList(runner, n.bridge) : [];
+  const addrs = bridge ? (await addrList(runner)).find((a) => a.ifname === n.bridge)?.addr_info ?? [] : [];
+  return {
+    name: n.name,
+    state: n.state,
+    internal: n.internal,
+    created: n.created,
+    subnets: store.subnets(name).map((s) => ({ cidr: s.cidr, gateway: s.gateway })),
+    bridge: {
+      ifname: n.bridge,
+      ifindex: bridge?.ifindex ?? null,
+      mac: bridge?.address ?? null,
+      mtu: bridge?.mtu ?? null,
+      state: bridge?.operstate ?? 'missing',
+      addresses: addrs.filter((x) => x.scope !== 'link').map((x) => `${x.local}/${x.prefixlen}`),
+    },
+    ports: ports.map((p) => ({ ifname: p.ifname, ifindex: p.ifindex, state: p.operstate ?? '', sandbox: bySandboxVeth.get(p.ifname) ?? null })),
+    // Learned entries only: the permanent ones are the bridge's and its ports' own addresses.
+    fdb: fdb.filter((f) => f.state !== 'permanent' && f.ifname && f.ifname !== n.bridge)
+      .map((f) => ({ mac: f.mac, port: f.ifname!, sandbox: byMac.get(f.mac) ?? null })),
+    sandboxes: attachments.map((a) => ({
+      name: a.sandbox,
+      ifname: a.ifname,
+      mac: a.mac,
+      addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === name).map((x) => x.ip),
+    })),
+  };
+}

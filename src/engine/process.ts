@@ -1,0 +1,60 @@
+// Commands run inside sandboxes, the way `ip netns exec` runs them in the seeds.
+import { closeSync, mkdirSync, openSync } from 'node:fs';
+import { join } from 'node:path';
+import { CtnetError } from '../errors.ts';
+import { isNetnsFile, spawnInNetns } from '../kernel/netns.ts';
+import { shellLine } from '../kernel/shell.ts';
+import type { Ctx } from './context.ts';
+import { getSandbox, sandboxNetns } from './sandbox.ts';
+
+function netnsOf(ctx: Ctx, name: string) {
+  const s = getSandbox(ctx, name);
+  if (!isNetnsFile(s.netns)) {
+    throw new CtnetError('STATE', `the network namespace of sandbox ${name} (${s.netns}) is gone`, 'run "ctnet gc" to rebuild it, or remove the sandbox');
+  }
+  return sandboxNetns(s);
+}
+
+/** Runs cmd in the sandbox with the terminal's stdio; resolves to its exit status. */
+export function execInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): Promise<number> {
+  const ns = netnsOf(ctx, name);
+  ctx.runner.note(`run in sandbox ${name}`);
+  ctx.runner.willChange(shellLine(['nsenter', `--net=/run/netns/${'name' in ns ? ns.name : ns.path}`, '--', ...cmd]));
+  if (ctx.runner.dryRun) return Promise.resolve(0);
+  const child = spawnInNetns(ns, cmd, { stdio: 'inherit', detached: false });
+  const forward = (sig: NodeJS.Signals) => child.kill(sig);
+  process.on('SIGINT', forward).on('SIGTERM', forward);
+  return new Promise((resolve, reject) => {
+    child.on('error', (e) => reject(new CtnetError('ENVIRONMENT', `cannot run ${cmd[0]}: ${e.message}`)));
+    child.on('close', (code, signal) => {
+      process.off('SIGINT', forward).off('SIGTERM', forward);
+      resolve(code ?? (signal ? 128 + (signalNumber(signal) ?? 1) : 1));
+    });
+  });
+}
+
+/** Starts cmd in the background, its output in STATE_DIR/logs/NAME.log; returns its pid. */
+export function startInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): number {
+  const ns = netnsOf(ctx, name);
+  const logs = join(ctx.store.dir, 'logs');
+  mkdirSync(logs, { recursive: true });
+  const log = join(logs, `${name}.log`);
+  ctx.runner.note(`start in sandbox ${name}, output to ${log}`);
+  ctx.runner.willChange(shellLine(['nsenter', `--net=${'name' in ns ? `/run/netns/${ns.name}` : ns.path}`, '--', ...cmd]) + ` >>${log} 2>&1 &`);
+  if (ctx.runner.dryRun) return 0;
+  const fd = openSync(log, 'a');
+  try {
+    const child = spawnInNetns(ns, cmd, { stdio: ['ignore', fd, fd], detached: true });
+    child.unref();
+    if (child.pid === undefined) throw new CtnetError('ENVIRONMENT', `cannot start ${cmd[0]} in sandbox ${name}`);
+    ctx.store.write(() => ctx.store.insertProcess({ sandbox: name, pid: child.pid!, command: shellLine(cmd) }));
+    return child.pid;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function signalNumber(signal: NodeJS.Signals): number | undefined {
+  const table: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15 };
+  return table[signal];
+}

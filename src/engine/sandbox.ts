@@ -1,0 +1,309 @@
+// Use cases for sandboxes: create (a netns of ctnet's own), connect (to more networks, or a netns
+// someone else made), disconnect, remove.
+import { CtnetError } from '../errors.ts';
+import {
+  addrAdd, linkAddVeth, linkDel, linkList, linkSetMaster, linkSetUp, netnsAdd, netnsDel,
+  routeAddDefault, runIp, type IpCommand, type Netns,
+} from '../kernel/ip.ts';
+import { nftApply } from '../kernel/nft.ts';
+import { isNetnsFile, netnsKillAll, netnsPids } from '../kernel/netns.ts';
+import { contains, formatAddr, hostRange, parseAddr, parseSubnet } from '../model/cidr.ts';
+import { nextFree } from '../model/ipam.ts';
+import { randomMac } from '../model/mac.ts';
+import type { AttachSpec, IpRequest } from '../model/spec.ts';
+import { endpointElements } from '../nft/ruleset.ts';
+import type { AddressRow, AttachmentRow, NetworkRow, SandboxRow, Store } from '../store/store.ts';
+import type { Ctx } from './context.ts';
+import { netnsName, nextIfname, vethName } from './naming.ts';
+import { applyNftDelete } from './nftops.ts';
+import { crashPoint, ignoreMissing, transaction, type UndoStack } from './undo.ts';
+
+export function sandboxNetns(s: Pick<SandboxRow, 'netns' | 'owned'>): Netns {
+  const prefix = '/run/netns/';
+  return s.owned && s.netns.startsWith(prefix) ? { name: s.netns.slice(prefix.length) } : { path: s.netns };
+}
+
+export function getSandbox(ctx: Ctx, name: string): SandboxRow {
+  const s = ctx.store.sandbox(name);
+  if (!s) throw new CtnetError('NOT_FOUND', `no sandbox named ${name}`, 'list sandboxes with "ctnet ls"');
+  if (s.state !== 'ready') {
+    throw new CtnetError('STATE', `sandbox ${name} is ${s.state}`, 'wait for the operation on it to finish, or run "ctnet gc" if it was interrupted');
+  }
+  return s;
+}
+
+function readyNetwork(store: Store, name: string): NetworkRow {
+  const n = store.network(name);
+  if (!n) throw new CtnetError('NOT_FOUND', `no network named ${name}`, `create it with "ctnet network create ${name} --subnet CIDR"`);
+  if (n.state !== 'ready') throw new CtnetError('STATE', `network ${name} is ${n.state}`, 'run "ctnet gc" if an operation on it was interrupted');
+  return n;
+}
+
+/** Picks (or checks the requested) addresses of one attachment; call inside store.write. */
+function allocate(store: Store, network: string, sandbox: string, requested: readonly IpRequest[]): AddressRow[] {
+  const rows: AddressRow[] = [];
+  for (const sub of store.subnets(network)) {
+    const subnet = parseSubnet('subnet', sub.cidr);
+    const gateway = parseAddr('gateway', sub.gateway).n;
+    const want = requested.find((r) => contains(subnet, r.family, r.n));
+    let ip: string;
+    if (want) {
+      const { first, last } = hostRange(subnet);
+      if (want.n < first || want.n > last) throw new CtnetError('INVALID_ARGUMENT', `--ip ${want.text} is the network or broadcast address of ${sub.cidr}`, 'choose a host address');
+      if (want.n === gateway) throw new CtnetError('CONFLICT', `--ip ${want.text} is the gateway of network ${network}`, 'choose another address');
+      const holder = store.addressHolder(want.text);
+      if (holder) throw new CtnetError('CONFLICT', `--ip ${want.text} is taken by sandbox ${holder}`, 'choose another address, or leave --ip out to get a free one');
+      ip = want.text;
+    } else {
+      const cursor = sub.cursor === null ? undefined : parseAddr('cursor', sub.cursor).n;
+      const n = nextFree(subnet, cursor, (x) => x === gateway || store.addressHolder(formatAddr(subnet.family, x)) !== undefined);
+      ip = formatAddr(subnet.family, n);
+      store.setCursor(network, sub.cidr, ip);
+    }
+    const row = { ip, family: sub.family, cidr: sub.cidr, network, sandbox };
+    store.insertAddress(row);
+    rows.push(row);
+  }
+  return rows;
+}
+
+function checkRequestedIps(store: Store, networks: readonly string[], ips: readonly IpRequest[]): void {
+  const subnets = networks.flatMap((n) => store.subnets(n));
+  for (const r of ips) {
+    if (!subnets.some((s) => contains(parseSubnet('subnet', s.cidr), r.family, r.n))) {
+      throw new CtnetError('INVALID_ARGUMENT', `--ip ${r.text} is outside the subnets of ${networks.join(', ')} (${subnets.map((s) => s.cidr).join(', ')})`,
+        'choose an address inside one of them');
+    }
+  }
+}
+
+/** True when this attachment should carry the sandbox's default route for a family. */
+function carriesDefault(store: Store, sandbox: string, network: NetworkRow, family: 4 | 6, earlier: readonly string[]): boolean {
+  if (network.internal) return false;
+  const others = [...earlier, ...store.attachments({ sandbox }).map((a) => a.network)].filter((n) => n !== network.name);
+  return !others.some((o) => {
+    const n = store.network(o);
+    return n && !n.internal && store.subnets(o).some((s) => s.family === family);
+  });
+}
+
+interface AttachPlan {
+  readonly attachment: Omit<AttachmentRow, 'owner'>;
+  readonly network: NetworkRow;
+  readonly addresses: readonly AddressRow[];
+  readonly defaults: readonly (4 | 6)[];
+}
+
+/** The kernel commands of one attachment, host side then sandbox side. */
+export function attachCommands(ctx: Ctx, ns: Netns, p: AttachPlan): { host: IpCommand[]; inside: IpCommand[] } {
+  const { attachment: a, network } = p;
+  const subnets = ctx.store.subnets(network.name);
+  const prefixOf = (cidr: string) => cidr.split('/')[1];
+  return {
+    host: [
+      linkAddVeth({ name: a.hostVeth, peer: a.ifname, peerNetns: ns, peerAddress: a.mac, mtu: network.mtu ?? undefined }),
+      linkSetMaster(a.hostVeth, network.bridge),
+      linkSetUp(a.hostVeth),
+    ],
+    inside: [
+      ...p.addresses.map((x) => addrAdd(`${x.ip}/${prefixOf(x.cidr)}`, a.ifname, ns)),
+      linkSetUp(a.ifname, ns),
+      ...p.defaults.map((f) => routeAddDefault(subnets.find((s) => s.family === f)!.gateway, a.ifname, ns)),
+    ],
+  };
+}
+
+async function applyAttach(ctx: Ctx, ns: Netns, p: AttachPlan, undo: UndoStack): Promise<void> {
+  const { runner } = ctx;
+  const { host, inside } = attachCommands(ctx, ns, p);
+  runner.note(`${p.attachment.sandbox}: ${p.attachment.ifname} on network ${p.network.name} (${p.addresses.map((a) => a.ip).join(', ')}), host side ${p.attachment.hostVeth}`);
+  // Deleting the host end removes both ends of the pair.
+  undo.push(`veth ${p.attachment.hostVeth}`, () => ignoreMissing(() => runIp(runner, [linkDel(p.attachment.hostVeth)])));
+  await runIp(runner, host);
+  crashPoint();
+  await runIp(runner, inside);
+  crashPoint();
+  const facts = { bridge: p.network.bridge, addresses: p.addresses };
+  undo.push(`nft elements of ${p.attachment.sandbox}`, () => applyNftDelete(runner, endpointElements('delete', facts)));
+  await nftApply(runner, endpointElements('add', facts).join('\n') + '\n');
+  crashPoint();
+}
+
+/** Plans attachments inside a store transaction: interface names, MACs, addresses, default routes. */
+function planAttachments(store: Store, sandbox: string, networks: readonly string[], spec: Pick<AttachSpec, 'ips' | 'mac'>, usedIfnames: string[]): AttachPlan[] {
+  checkRequestedIps(store, networks, spec.ips);
+  const plans: AttachPlan[] = [];
+  for (const [i, name] of networks.entries()) {
+    const network = readyNetwork(store, name);
+    if (store.attachments({ sandbox }).some((a) => a.network === name)) {
+      throw new CtnetError('CONFLICT', `sandbox ${sandbox} is already connected to network ${name}`);
+    }
+    const ifname = nextIfname(usedIfnames);
+    usedIfnames.push(ifname);
+    let hostVeth = vethName();
+    while (store.hostVethTaken(hostVeth)) hostVeth = vethName();
+    const attachment = {
+      sandbox, network: name, ifname, hostVeth,
+      mac: (i === 0 ? spec.mac : undefined) ?? randomMac(), state: 'creating' as const,
+    };
+    store.insertAttachment(attachment);
+    const addresses = allocate(store, name, sandbox, spec.ips);
+    const defaults = ([4, 6] as const).filter((f) =>
+      addresses.some((a) => a.family === f) && carriesDefault(store, sandbox, network, f, networks.slice(0, i)));
+    plans.push({ attachment, network, addresses, defaults });
+  }
+  return plans;
+}
+
+export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec): Promise<SandboxRow> {
+  const { store, runner } = ctx;
+  const nsName = netnsName(store.instance, name);
+  const row: SandboxRow = { name, netns: `/run/netns/${nsName}`, owned: true, state: 'creating', owner: null, created: new Date().toISOString() };
+  const plans = store.write(() => {
+    if (store.sandbox(name)) throw new CtnetError('CONFLICT', `sandbox ${name} exists already`, `choose another name, or remove it with "ctnet rm ${name}"`);
+    store.insertSandbox(row);
+    return planAttachments(store, name, spec.networks, spec, []);
+  }, { rollback: runner.dryRun });
+  if (isNetnsFile(row.netns) && !runner.dryRun) {
+    store.write(() => store.deleteSandbox(name));
+    throw new CtnetError('CONFLICT', `netns ${nsName} exists already but ctnet has no record of it`, 'run "ctnet gc" to remove what an interrupted ctnet left behind');
+  }
+  crashPoint();
+  const ns = { name: nsName };
+  await transaction(async (undo) => {
+    runner.note(`sandbox ${name}: network namespace ${nsName}`);
+    undo.push(`netns ${nsName}`, () => ignoreMissing(() => runIp(runner, [netnsDel(nsName)])));
+    await runIp(runner, [netnsAdd(nsName)]);
+    crashPoint();
+    await runIp(runner, [linkSetUp('lo', ns)]);
+    for (const p of plans) await applyAttach(ctx, ns, p, undo);
+    if (!runner.dryRun) {
+      store.write(() => {
+        for (const p of plans) store.setAttachmentState(name, p.attachment.network, 'ready');
+        store.setSandboxState(name, 'ready');
+      });
+    }
+  }, ctx.warn).catch((e) => {
+    if (!runner.dryRun) store.write(() => store.deleteSandbox(name));
+    throw e;
+  });
+  return { ...row, state: 'ready' };
+}
+
+/** Connects an existing sandbox to one more network. */
+export async function connect(ctx: Ctx, network: string, sandbox: string, ips: readonly IpRequest[]): Promise<void> {
+  const s = getSandbox(ctx, sandbox);
+  await attachOne(ctx, s, network, ips, false);
+}
+
+/**
+ * Connects a network namespace made by someone else (a container's), recorded as sandbox NAME.
+ * ctnet never deletes that namespace; removing the sandbox only removes what ctnet added.
+ */
+export async function connectExternal(ctx: Ctx, network: string, netnsPath: string, name: string, ips: readonly IpRequest[]): Promise<void> {
+  const { store, runner } = ctx;
+  if (!isNetnsFile(netnsPath)) {
+    throw new CtnetError('INVALID_ARGUMENT', `${netnsPath} is not a network namespace`, 'give a netns file such as /run/netns/NAME or /proc/PID/ns/net');
+  }
+  const existing = store.sandbox(name);
+  if (existing && (existing.owned || existing.netns !== netnsPath)) {
+    throw new CtnetError('CONFLICT', `sandbox ${name} exists already with another namespace`, 'choose another --name');
+  }
+  if (!existing) {
+    readyNetwork(store, network);
+    const row = { name, netns: netnsPath, owned: false, state: 'ready' as const };
+    if (!runner.dryRun) store.write(() => store.insertSandbox(row));
+  }
+  const s = store.sandbox(name) ?? { name, netns: netnsPath, owned: false, state: 'ready' as const, owner: null, created: '' };
+  try {
+    await attachOne(ctx, s, network, ips, true);
+  } catch (e) {
+    if (!existing && !runner.dryRun) store.write(() => store.deleteSandbox(name));
+    throw e;
+  }
+}
+
+async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly IpRequest[], readNames: boolean): Promise<void> {
+  const { store, runner } = ctx;
+  const ns = sandboxNetns(s);
+  // In someone else's namespace any interface may exist; in ours, the store knows them all.
+  const used = readNames ? (await linkList(runner, ns)).map((l) => l.ifname) : [];
+  const [plan] = store.write(() => {
+    used.push(...store.attachments({ sandbox: s.name }).map((a) => a.ifname));
+    return planAttachments(store, s.name, [network], { ips, mac: undefined }, used);
+  }, { rollback: runner.dryRun });
+  crashPoint();
+  await transaction(async (undo) => {
+    await applyAttach(ctx, ns, plan!, undo);
+    if (!runner.dryRun) store.write(() => store.setAttachmentState(s.name, network, 'ready'));
+  }, ctx.warn).catch((e) => {
+    if (!runner.dryRun) store.write(() => store.deleteAttachment(s.name, network));
+    throw e;
+  });
+}
+
+/** Removes one attachment's kernel objects; idempotent. */
+export async function teardownAttachment(ctx: Ctx, a: AttachmentRow, addresses: readonly AddressRow[]): Promise<void> {
+  const { runner, store } = ctx;
+  const n = store.network(a.network);
+  runner.note(`${a.sandbox}: remove ${a.ifname} from network ${a.network}`);
+  // The host end: deleting it removes the container end too.
+  await ignoreMissing(() => runIp(runner, [linkDel(a.hostVeth)]));
+  crashPoint();
+  if (n) await applyNftDelete(runner, endpointElements('delete', { bridge: n.bridge, addresses }));
+  crashPoint();
+}
+
+export async function disconnect(ctx: Ctx, network: string, sandbox: string): Promise<void> {
+  const { store, runner } = ctx;
+  const s = store.sandbox(sandbox);
+  if (!s) throw new CtnetError('NOT_FOUND', `no sandbox named ${sandbox}`, 'list sandboxes with "ctnet ls"');
+  if (!store.network(network)) throw new CtnetError('NOT_FOUND', `no network named ${network}`, 'list networks with "ctnet network ls"');
+  const a = store.attachments({ sandbox }).find((x) => x.network === network);
+  if (!a) return; // not connected: nothing to undo
+  if (!runner.dryRun) store.write(() => store.setAttachmentState(sandbox, network, 'removing'));
+  crashPoint();
+  await teardownAttachment(ctx, a, store.addresses({ sandbox }).filter((x) => x.network === network));
+  if (runner.dryRun) return;
+  store.write(() => {
+    store.deleteAttachment(sandbox, network);
+    // A namespace someone else made is only a sandbox while ctnet networks it.
+    if (!s.owned && store.attachments({ sandbox }).length === 0) store.deleteSandbox(sandbox);
+  });
+}
+
+/** Removes a sandbox: its processes, interfaces, nft elements, netns (if ctnet's) and addresses. */
+export async function removeSandbox(ctx: Ctx, name: string): Promise<boolean> {
+  const { store, runner } = ctx;
+  const s = store.sandbox(name);
+  if (!s) return false;
+  if (!runner.dryRun) {
+    store.write(() => {
+      store.setSandboxState(name, 'removing');
+      for (const a of store.attachments({ sandbox: name })) store.setAttachmentState(name, a.network, 'removing');
+    });
+  }
+  crashPoint();
+  await teardownSandbox(ctx, s);
+  if (!runner.dryRun) store.write(() => store.deleteSandbox(name));
+  return true;
+}
+
+/** Kernel side of removing a sandbox; idempotent. Order: processes, interfaces, rules, netns. */
+export async function teardownSandbox(ctx: Ctx, s: SandboxRow): Promise<void> {
+  const { runner, store } = ctx;
+  const ns = sandboxNetns(s);
+  if (s.owned && 'name' in ns) {
+    runner.note(`sandbox ${s.name}: stop its processes`);
+    if (netnsPids(ns).length > 0 && runner.willChange(`ip netns pids ${ns.name} | xargs -r kill -KILL`)) netnsKillAll(ns);
+  }
+  const addresses = store.addresses({ sandbox: s.name });
+  for (const a of store.attachments({ sandbox: s.name })) {
+    await teardownAttachment(ctx, a, addresses.filter((x) => x.network === a.network));
+  }
+  if (s.owned && 'name' in ns) {
+    runner.note(`sandbox ${s.name}: remove its network namespace`);
+    await ignoreMissing(() => runIp(runner, [netnsDel(ns.name)]));
+    crashPoint();
+  }
+}

@@ -1,0 +1,85 @@
+// Addresses and subnets as numbers (bigint), so IPv4 and IPv6 share one arithmetic.
+import ipaddr from 'ipaddr.js';
+import { invalid } from '../errors.ts';
+
+export type Family = 4 | 6;
+
+export interface Subnet {
+  readonly family: Family;
+  readonly network: bigint;
+  readonly prefix: number;
+}
+
+const bitsOf = (f: Family) => (f === 4 ? 32 : 128);
+
+export function addrToBigint(a: ipaddr.IPv4 | ipaddr.IPv6): bigint {
+  return a.toByteArray().reduce((n, b) => (n << 8n) | BigInt(b), 0n);
+}
+
+export function formatAddr(family: Family, n: bigint): string {
+  const bytes: number[] = [];
+  for (let i = 0; i < bitsOf(family) / 8; i++) bytes.unshift(Number((n >> BigInt(8 * i)) & 0xffn));
+  return ipaddr.fromByteArray(bytes).toString();
+}
+
+export function formatSubnet(s: Subnet): string {
+  return `${formatAddr(s.family, s.network)}/${s.prefix}`;
+}
+
+/** An IP address (no prefix). */
+export function parseAddr(what: string, value: string): { family: Family; n: bigint } {
+  if (!ipaddr.isValid(value) || value.includes('/') || value.includes('%')) {
+    throw invalid(`${what} ${JSON.stringify(value)} is not an IP address`, 'write it as e.g. 10.88.0.5 or fd00::5');
+  }
+  const a = ipaddr.parse(value);
+  // ::ffff:a.b.c.d would be an IPv4 address in IPv6 clothing: refuse it rather than guess.
+  return { family: a.kind() === 'ipv4' ? 4 : 6, n: addrToBigint(a) };
+}
+
+/** A subnet in CIDR form; the address must be the network address itself. */
+export function parseSubnet(what: string, value: string): Subnet {
+  let parsed: [ipaddr.IPv4 | ipaddr.IPv6, number];
+  try {
+    parsed = ipaddr.parseCIDR(value);
+  } catch {
+    throw invalid(`${what} ${JSON.stringify(value)} is not a CIDR`, 'write it as ADDRESS/PREFIX, e.g. 10.88.0.0/24 or fd00:88::/64');
+  }
+  const [addr, prefix] = parsed;
+  const family: Family = addr.kind() === 'ipv4' ? 4 : 6;
+  const bits = bitsOf(family);
+  const n = addrToBigint(addr);
+  const network = prefix === 0 ? 0n : (n >> BigInt(bits - prefix)) << BigInt(bits - prefix);
+  const s: Subnet = { family, network, prefix };
+  if (network !== n) {
+    throw invalid(`${what} ${value} has host bits set`, `did you mean ${formatSubnet(s)}?`);
+  }
+  const maxPrefix = family === 4 ? 30 : 126;
+  if (prefix > maxPrefix) throw invalid(`${what} ${value} is too small for a gateway and a sandbox`, `use a prefix of /${maxPrefix} or shorter`);
+  const minPrefix = family === 4 ? 8 : 48;
+  if (prefix < minPrefix) throw invalid(`${what} ${value} is larger than ctnet allows`, `use a prefix of /${minPrefix} or longer`);
+  if (family === 4 && (ipaddr.parse(formatAddr(4, network)) as ipaddr.IPv4).range() === 'multicast') {
+    throw invalid(`${what} ${value} is a multicast range`);
+  }
+  if (family === 6 && addr.range() !== 'uniqueLocal' && addr.range() !== 'unicast' && addr.range() !== 'reserved') {
+    throw invalid(`${what} ${value} is in the ${addr.range()} range`, 'use a unique local (fd00::/8) or global unicast prefix');
+  }
+  return s;
+}
+
+export function size(s: Subnet): bigint {
+  return 1n << BigInt(bitsOf(s.family) - s.prefix);
+}
+
+export function contains(s: Subnet, family: Family, n: bigint): boolean {
+  return s.family === family && n >= s.network && n < s.network + size(s);
+}
+
+export function overlaps(a: Subnet, b: Subnet): boolean {
+  return a.family === b.family && a.network < b.network + size(b) && b.network < a.network + size(a);
+}
+
+/** First and last address a sandbox may get: not the network address, not IPv4 broadcast. */
+export function hostRange(s: Subnet): { first: bigint; last: bigint } {
+  const last = s.network + size(s) - 1n;
+  return { first: s.network + 1n, last: s.family === 4 ? last - 1n : last };
+}

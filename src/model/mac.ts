@@ -1,0 +1,20 @@
+import { randomBytes } from 'node:crypto';
+import { invalid } from '../errors.ts';
+
+/** A unicast MAC address, written lower-case with colons. */
+export function parseMac(value: string): string {
+  const m = /^([0-9a-fA-F]{2})([:-][0-9a-fA-F]{2}){5}$/.exec(value);
+  if (!m) throw invalid(`MAC address ${JSON.stringify(value)} is malformed`, 'write it as six hex bytes, e.g. 02:42:ac:11:00:02');
+  const mac = value.toLowerCase().replaceAll('-', ':');
+  const first = parseInt(mac.slice(0, 2), 16);
+  if (first & 1) throw invalid(`MAC address ${mac} is a multicast address`, 'the lowest bit of the first byte must be 0 (e.g. 02:...)');
+  if (mac === '00:00:00:00:00:00') throw invalid('MAC address 00:00:00:00:00:00 is not usable');
+  return mac;
+}
+
+/** A random locally administered unicast MAC (02:xx:...). */
+export function randomMac(): string {
+  const b = randomBytes(6);
+  b[0] = (b[0]! & 0xfc) | 0x02;
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+}

@@ -1,0 +1,59 @@
+export const SCHEMA_VERSION = 1;
+
+// Addresses are unique across all networks (subnets never overlap), and belong to an attachment:
+// deleting the attachment releases them in the same transaction.
+// owner: the process token (pid:starttime) of the operation that set a creating/removing state, so
+// gc leaves alone what a live process is still doing.
+export const SCHEMA = `
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE networks (
+  name TEXT PRIMARY KEY,
+  bridge TEXT NOT NULL UNIQUE,
+  internal INTEGER NOT NULL,
+  mtu INTEGER,
+  state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing')),
+  owner TEXT,
+  created TEXT NOT NULL
+);
+CREATE TABLE subnets (
+  network TEXT NOT NULL REFERENCES networks(name) ON DELETE CASCADE,
+  cidr TEXT NOT NULL UNIQUE,
+  family INTEGER NOT NULL,
+  gateway TEXT NOT NULL,
+  cursor TEXT,
+  PRIMARY KEY (network, cidr)
+);
+CREATE TABLE sandboxes (
+  name TEXT PRIMARY KEY,
+  netns TEXT NOT NULL,
+  owned INTEGER NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing')),
+  owner TEXT,
+  created TEXT NOT NULL
+);
+CREATE TABLE attachments (
+  sandbox TEXT NOT NULL REFERENCES sandboxes(name) ON DELETE CASCADE,
+  network TEXT NOT NULL REFERENCES networks(name),
+  ifname TEXT NOT NULL,
+  host_veth TEXT NOT NULL UNIQUE,
+  mac TEXT NOT NULL,
+  state TEXT NOT NULL CHECK (state IN ('creating', 'ready', 'removing')),
+  owner TEXT,
+  PRIMARY KEY (sandbox, network),
+  UNIQUE (sandbox, ifname)
+);
+CREATE TABLE addresses (
+  ip TEXT PRIMARY KEY,
+  family INTEGER NOT NULL,
+  cidr TEXT NOT NULL,
+  network TEXT NOT NULL,
+  sandbox TEXT NOT NULL,
+  FOREIGN KEY (sandbox, network) REFERENCES attachments(sandbox, network) ON DELETE CASCADE
+);
+CREATE INDEX addresses_by_sandbox ON addresses(sandbox);
+CREATE TABLE processes (
+  sandbox TEXT NOT NULL REFERENCES sandboxes(name) ON DELETE CASCADE,
+  pid INTEGER NOT NULL,
+  command TEXT NOT NULL
+);
+`;

@@ -1,0 +1,254 @@
+// ctnet's state: one SQLite file per state directory (node:sqlite, WAL, busy timeout). Every write
+// happens in one BEGIN IMMEDIATE transaction, so concurrent ctnet processes serialise here.
+import { randomBytes } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { CtnetError } from '../errors.ts';
+import { processToken } from '../kernel/proc.ts';
+import { SCHEMA, SCHEMA_VERSION } from './schema.ts';
+
+/** creating: intent recorded, kernel not yet done; ready: done; removing: teardown started. */
+export type State = 'creating' | 'ready' | 'removing';
+
+export interface NetworkRow {
+  readonly name: string;
+  readonly bridge: string;
+  readonly internal: boolean;
+  readonly mtu: number | null;
+  readonly state: State;
+  readonly owner: string | null;
+  readonly created: string;
+}
+export interface SubnetRow {
+  readonly network: string;
+  readonly cidr: string;
+  readonly family: 4 | 6;
+  readonly gateway: string;
+  readonly cursor: string | null;
+}
+export interface SandboxRow {
+  readonly name: string;
+  /** The netns file: /run/netns/NAME for sandboxes ctnet made, any path for attached ones. */
+  readonly netns: string;
+  /** ctnet created the namespace (and removes it); false for a namespace made by someone else. */
+  readonly owned: boolean;
+  readonly state: State;
+  readonly owner: string | null;
+  readonly created: string;
+}
+export interface AttachmentRow {
+  readonly sandbox: string;
+  readonly network: string;
+  readonly ifname: string;
+  readonly hostVeth: string;
+  readonly mac: string;
+  readonly state: State;
+  readonly owner: string | null;
+}
+export interface AddressRow {
+  readonly ip: string;
+  readonly family: 4 | 6;
+  readonly cidr: string;
+  readonly network: string;
+  readonly sandbox: string;
+}
+export interface ProcessRow {
+  readonly sandbox: string;
+  readonly pid: number;
+  readonly command: string;
+}
+
+export const DEFAULT_STATE_DIR = '/var/lib/ctnet';
+
+type Row = Record<string, unknown>;
+
+export class Store {
+  readonly db: DatabaseSync;
+  readonly dir: string;
+  /** Random per state directory: marks the netns files this ctnet owns. */
+  readonly instance: string;
+
+  constructor(dir: string) {
+    this.dir = dir;
+    try {
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+      this.db = new DatabaseSync(join(dir, 'ctnet.db'), { timeout: 60_000 });
+    } catch (e) {
+      throw new CtnetError('ENVIRONMENT', `cannot open the state database in ${dir}: ${(e as Error).message}`,
+        'run ctnet as root, or choose another directory with --state-dir', { cause: e });
+    }
+    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;');
+    this.instance = this.#migrate();
+  }
+
+  close(): void {
+    if (this.db.isOpen) this.db.close();
+  }
+
+  #migrate(): string {
+    return this.write(() => {
+      const version = (this.db.prepare('PRAGMA user_version').get() as Row).user_version as number;
+      if (version === 0) {
+        this.db.exec(SCHEMA);
+        this.db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
+        this.db.prepare('INSERT INTO meta(key, value) VALUES (?, ?)').run('instance', randomBytes(2).toString('hex'));
+      } else if (version > SCHEMA_VERSION) {
+        throw new CtnetError('STATE', `the state in ${this.dir} was written by a newer ctnet (schema ${version})`, 'upgrade ctnet');
+      }
+      return (this.db.prepare("SELECT value FROM meta WHERE key = 'instance'").get() as Row).value as string;
+    });
+  }
+
+  /**
+   * Runs fn in one write transaction (BEGIN IMMEDIATE takes the write lock up front, so read-then-
+   * write decisions such as address choice cannot race). With rollback, nothing is kept (dry runs).
+   */
+  write<T>(fn: () => T, options: { rollback?: boolean } = {}): T {
+    this.db.exec('BEGIN IMMEDIATE');
+    try {
+      const result = fn();
+      this.db.exec(options.rollback ? 'ROLLBACK' : 'COMMIT');
+      return result;
+    } catch (e) {
+      if (this.db.isTransaction) this.db.exec('ROLLBACK');
+      throw e;
+    }
+  }
+
+  // ---- networks ----
+  networks(): NetworkRow[] {
+    return this.#all('SELECT * FROM networks ORDER BY name').map(toNetwork);
+  }
+  network(name: string): NetworkRow | undefined {
+    const r = this.#get('SELECT * FROM networks WHERE name = ?', name);
+    return r && toNetwork(r);
+  }
+  networkByBridge(bridge: string): NetworkRow | undefined {
+    const r = this.#get('SELECT * FROM networks WHERE bridge = ?', bridge);
+    return r && toNetwork(r);
+  }
+  insertNetwork(n: Omit<NetworkRow, 'created' | 'owner'>, subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[]): void {
+    this.#run('INSERT INTO networks(name, bridge, internal, mtu, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      n.name, n.bridge, n.internal ? 1 : 0, n.mtu, n.state, processToken(), new Date().toISOString());
+    for (const s of subnets) {
+      this.#run('INSERT INTO subnets(network, cidr, family, gateway) VALUES (?, ?, ?, ?)', n.name, s.cidr, s.family, s.gateway);
+    }
+  }
+  setNetworkState(name: string, state: State): void {
+    this.#run('UPDATE networks SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
+  }
+  deleteNetwork(name: string): void {
+    this.#run('DELETE FROM networks WHERE name = ?', name);
+  }
+  subnets(network?: string): SubnetRow[] {
+    const rows = network === undefined
+      ? this.#all('SELECT * FROM subnets ORDER BY network, family, cidr')
+      : this.#all('SELECT * FROM subnets WHERE network = ? ORDER BY family, cidr', network);
+    return rows.map((r) => ({
+      network: r.network as string, cidr: r.cidr as string, family: r.family as 4 | 6,
+      gateway: r.gateway as string, cursor: (r.cursor as string | null) ?? null,
+    }));
+  }
+  setCursor(network: string, cidr: string, ip: string): void {
+    this.#run('UPDATE subnets SET cursor = ? WHERE network = ? AND cidr = ?', ip, network, cidr);
+  }
+
+  // ---- sandboxes ----
+  sandboxes(): SandboxRow[] {
+    return this.#all('SELECT * FROM sandboxes ORDER BY name').map(toSandbox);
+  }
+  sandbox(name: string): SandboxRow | undefined {
+    const r = this.#get('SELECT * FROM sandboxes WHERE name = ?', name);
+    return r && toSandbox(r);
+  }
+  insertSandbox(s: Omit<SandboxRow, 'created' | 'owner'>): void {
+    this.#run('INSERT INTO sandboxes(name, netns, owned, state, owner, created) VALUES (?, ?, ?, ?, ?, ?)',
+      s.name, s.netns, s.owned ? 1 : 0, s.state, processToken(), new Date().toISOString());
+  }
+  setSandboxState(name: string, state: State): void {
+    this.#run('UPDATE sandboxes SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
+  }
+  deleteSandbox(name: string): void {
+    this.#run('DELETE FROM sandboxes WHERE name = ?', name);
+  }
+
+  // ---- attachments ----
+  attachments(filter: { sandbox?: string; network?: string } = {}): AttachmentRow[] {
+    const rows = filter.sandbox !== undefined
+      ? this.#all('SELECT * FROM attachments WHERE sandbox = ? ORDER BY ifname', filter.sandbox)
+      : filter.network !== undefined
+        ? this.#all('SELECT * FROM attachments WHERE network = ? ORDER BY sandbox', filter.network)
+        : this.#all('SELECT * FROM attachments ORDER BY sandbox, ifname');
+    return rows.map((r) => ({
+      sandbox: r.sandbox as string, network: r.network as string, ifname: r.ifname as string,
+      hostVeth: r.host_veth as string, mac: r.mac as string, state: r.state as State,
+      owner: (r.owner as string | null) ?? null,
+    }));
+  }
+  insertAttachment(a: Omit<AttachmentRow, 'owner'>): void {
+    this.#run('INSERT INTO attachments(sandbox, network, ifname, host_veth, mac, state, owner) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      a.sandbox, a.network, a.ifname, a.hostVeth, a.mac, a.state, processToken());
+  }
+  setAttachmentState(sandbox: string, network: string, state: State): void {
+    this.#run('UPDATE attachments SET state = ?, owner = ? WHERE sandbox = ? AND network = ?', state, ownerFor(state), sandbox, network);
+  }
+  /** Deletes the attachment and (by cascade) releases its addresses. */
+  deleteAttachment(sandbox: string, network: string): void {
+    this.#run('DELETE FROM attachments WHERE sandbox = ? AND network = ?', sandbox, network);
+  }
+  hostVethTaken(name: string): boolean {
+    return this.#get('SELECT 1 AS x FROM attachments WHERE host_veth = ?', name) !== undefined;
+  }
+
+  // ---- addresses ----
+  addresses(filter: { sandbox?: string; network?: string } = {}): AddressRow[] {
+    const rows = filter.sandbox !== undefined
+      ? this.#all('SELECT * FROM addresses WHERE sandbox = ? ORDER BY network, family, ip', filter.sandbox)
+      : filter.network !== undefined
+        ? this.#all('SELECT * FROM addresses WHERE network = ? ORDER BY sandbox, family', filter.network)
+        : this.#all('SELECT * FROM addresses ORDER BY network, sandbox, family');
+    return rows.map((r) => ({
+      ip: r.ip as string, family: r.family as 4 | 6, cidr: r.cidr as string,
+      network: r.network as string, sandbox: r.sandbox as string,
+    }));
+  }
+  addressHolder(ip: string): string | undefined {
+    return this.#get('SELECT sandbox FROM addresses WHERE ip = ?', ip)?.sandbox as string | undefined;
+  }
+  insertAddress(a: AddressRow): void {
+    this.#run('INSERT INTO addresses(ip, family, cidr, network, sandbox) VALUES (?, ?, ?, ?, ?)',
+      a.ip, a.family, a.cidr, a.network, a.sandbox);
+  }
+
+  // ---- processes ctnet started in sandboxes ----
+  processes(sandbox: string): ProcessRow[] {
+    return this.#all('SELECT * FROM processes WHERE sandbox = ?', sandbox)
+      .map((r) => ({ sandbox: r.sandbox as string, pid: r.pid as number, command: r.command as string }));
+  }
+  insertProcess(p: ProcessRow): void {
+    this.#run('INSERT INTO processes(sandbox, pid, command) VALUES (?, ?, ?)', p.sandbox, p.pid, p.command);
+  }
+
+  #all(sql: string, ...params: (string | number | null)[]): Row[] {
+    return this.db.prepare(sql).all(...params) as Row[];
+  }
+  #get(sql: string, ...params: (string | number | null)[]): Row | undefined {
+    return this.db.prepare(sql).get(...params) as Row | undefined;
+  }
+  #run(sql: string, ...params: (string | number | null)[]): void {
+    this.db.prepare(sql).run(...params);
+  }
+}
+
+const toNetwork = (r: Row): NetworkRow => ({
+  name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1,
+  mtu: (r.mtu as number | null) ?? null, state: r.state as State, created: r.created as string,
+  owner: (r.owner as string | null) ?? null,
+});
+const toSandbox = (r: Row): SandboxRow => ({
+  name: r.name as string, netns: r.netns as string, owned: r.owned === 1,
+  state: r.state as State, created: r.created as string, owner: (r.owner as string | null) ?? null,
+});
+
+const ownerFor = (state: State) => (state === 'ready' ? null : processToken());
