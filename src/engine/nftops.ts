@@ -16,7 +16,7 @@ export async function applyNftDelete(runner: Runner, lines: readonly string[]): 
       try {
         await nftApply(runner, line + '\n');
       } catch (e2) {
-        if (!(e2 instanceof KernelError && /No such file or directory/.test(e2.stderr))) throw e2;
+        if (!(e2 instanceof KernelError && /No such file or directory|does not exist/.test(e2.stderr))) throw e2;
       }
     }
   }
