@@ -2,7 +2,7 @@
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { CtnetError } from '../errors.ts';
-import { isNetnsFile, spawnInNetns } from '../kernel/netns.ts';
+import { isNetnsFile, nsenterArgv, spawnInNetns } from '../kernel/netns.ts';
 import { shellLine } from '../kernel/shell.ts';
 import type { Ctx } from './context.ts';
 import { getSandbox, sandboxNetns } from './sandbox.ts';
@@ -19,7 +19,7 @@ function netnsOf(ctx: Ctx, name: string) {
 export function execInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): Promise<number> {
   const ns = netnsOf(ctx, name);
   ctx.runner.note(`run in sandbox ${name}`);
-  ctx.runner.willChange(shellLine(['nsenter', `--net=/run/netns/${'name' in ns ? ns.name : ns.path}`, '--', ...cmd]));
+  ctx.runner.willChange(shellLine(nsenterArgv(ns, cmd)));
   if (ctx.runner.dryRun) return Promise.resolve(0);
   const child = spawnInNetns(ns, cmd, { stdio: 'inherit', detached: false });
   const forward = (sig: NodeJS.Signals) => child.kill(sig);
@@ -40,7 +40,7 @@ export function startInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): 
   mkdirSync(logs, { recursive: true });
   const log = join(logs, `${name}.log`);
   ctx.runner.note(`start in sandbox ${name}, output to ${log}`);
-  ctx.runner.willChange(shellLine(['nsenter', `--net=${'name' in ns ? `/run/netns/${ns.name}` : ns.path}`, '--', ...cmd]) + ` >>${log} 2>&1 &`);
+  ctx.runner.willChange(`${shellLine(nsenterArgv(ns, cmd))} >>${shellLine([log])} 2>&1 &`);
   if (ctx.runner.dryRun) return 0;
   const fd = openSync(log, 'a');
   try {

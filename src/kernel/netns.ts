@@ -65,6 +65,11 @@ export function netnsKillAll(ns: Netns): number[] {
   return pids;
 }
 
+/** argv of `nsenter --net=NS -- CMD ARGS` (what spawnInNetns runs, and what --explain prints). */
+export function nsenterArgv(ns: Netns, cmd: readonly string[]): string[] {
+  return ['nsenter', `--net=${netnsPath(ns)}`, '--', ...cmd];
+}
+
 /**
  * Equivalent to: nsenter --net=NS CMD ARGS. Only the network namespace is entered (unlike
  * `ip netns exec`, no private mount namespace). The child is returned running.
@@ -74,7 +79,8 @@ export function spawnInNetns(
   cmd: readonly string[],
   options: { stdio: 'inherit' | readonly ['ignore', number, number]; detached: boolean },
 ): ChildProcess {
-  return spawn('nsenter', [`--net=${netnsPath(ns)}`, '--', ...cmd], {
+  const [file, ...args] = nsenterArgv(ns, cmd);
+  return spawn(file!, args, {
     stdio: options.stdio === 'inherit' ? 'inherit' : [...options.stdio],
     detached: options.detached,
   });
