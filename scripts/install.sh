@@ -8,7 +8,8 @@ cd "$root"
 
 # iproute2/nftables/conntrack: what ctnet drives; iputils-ping: tests and demo;
 # containernetworking-plugins + iptables: the reference CNI plugins the benchmarks compare with.
-pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables)
+# iperf3/socat: the published-port benchmarks (throughput, and a userland proxy to compare with).
+pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables iperf3 socat)
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do

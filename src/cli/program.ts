@@ -7,7 +7,10 @@ import { DEFAULT_STATE_DIR, Store } from '../store/store.ts';
 import type { Ctx } from '../engine/context.ts';
 import { createNetwork, removeNetwork } from '../engine/network.ts';
 import { connect, connectExternal, createSandbox, disconnect, removeSandbox } from '../engine/sandbox.ts';
-import { inspectNetwork, inspectSandbox, networkSummary, sandboxSummary } from '../engine/inspect.ts';
+import { inspectNetwork, inspectSandbox, networkSummary, publishedPorts, sandboxSummary } from '../engine/inspect.ts';
+import { publish, unpublish } from '../engine/publish.ts';
+import type { PublishRequest } from '../engine/ports.ts';
+import { parsePortSpec } from '../model/ports.ts';
 import { execInSandbox, startInSandbox } from '../engine/process.ts';
 import { gc } from '../engine/gc.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../model/spec.ts';
@@ -114,13 +117,17 @@ export function buildProgram(): Command {
   const attachOptions = (cmd: Command) => cmd
     .option('--network <name>', 'network to join (repeat for more: eth0, eth1, ...)', collect)
     .option('--ip <ip>', 'a fixed address (one per subnet; repeatable)', collect)
-    .option('--mac <mac>', 'MAC address of the first interface');
-  type AttachOpts = Globals & { network?: string[]; ip?: string[]; mac?: string };
+    .option('--mac <mac>', 'MAC address of the first interface')
+    .option('-p, --publish <spec>', 'publish a port: [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp|/sctp] (repeatable)', collect)
+    .option('--force', 'publish even when a host process listens on the host port');
+  type AttachOpts = Globals & { network?: string[]; ip?: string[]; mac?: string; publish?: string[]; force?: boolean };
+  const publishRequest = (o: { publish?: string[]; force?: boolean }): PublishRequest =>
+    ({ mappings: (o.publish ?? []).map(parsePortSpec), force: o.force ?? false });
 
   attachOptions(globals(program.command('create <name>'))).description('create a sandbox (a network namespace) on networks')
     .action(act(async (ctx, g, name: string) => {
       const spec = parseAttachSpec(g as AttachOpts);
-      const s = await createSandbox(ctx, parseName('sandbox', name), spec);
+      const s = await createSandbox(ctx, parseName('sandbox', name), spec, publishRequest(g as AttachOpts));
       if (!g.explain && !g.dryRun) out(s.name);
     }));
 
@@ -135,7 +142,7 @@ export function buildProgram(): Command {
       if (o.rm && o.detach) throw invalid('--rm and -d cannot be used together', 'remove a detached sandbox with "ctnet rm NAME"');
       const name = parseName('sandbox', o.name ?? `sbx-${randomBytes(3).toString('hex')}`);
       const spec = parseAttachSpec(o);
-      await createSandbox(ctx, name, spec);
+      await createSandbox(ctx, name, spec, publishRequest(o));
       if (o.detach) {
         const pid = startInSandbox(ctx, name, cmd);
         if (!g.explain && !g.dryRun) out(`${name}\t${pid}`);
@@ -182,8 +189,8 @@ export function buildProgram(): Command {
     .action(act(async (ctx, g) => {
       const rows = ctx.store.sandboxes().map((s) => sandboxSummary(ctx, s));
       if (g.json) return out(JSON.stringify(rows, null, 2));
-      out(table(['NAME', 'NETWORKS', 'ADDRESSES', 'STATE', 'NETNS'],
-        rows.map((r) => [r.name, r.networks.join(','), r.addresses.join(','), r.state, r.netns])));
+      out(table(['NAME', 'NETWORKS', 'ADDRESSES', 'PORTS', 'STATE', 'NETNS'],
+        rows.map((r) => [r.name, r.networks.join(','), r.addresses.join(','), r.ports.join(',') || '-', r.state, r.netns])));
     }));
 
   globals(program.command('inspect <name>'), true).description('show a sandbox: interfaces with their host peers, addresses, routes, neighbours')
@@ -198,6 +205,31 @@ export function buildProgram(): Command {
       for (const name of names) {
         if (!(await removeSandbox(ctx, parseName('sandbox', name)))) ctx.warn(`no sandbox named ${name}: nothing to remove`);
       }
+    }));
+
+  // ---- published ports ----
+  const port = globals(program.command('port'), true)
+    .description('list a sandbox\'s published ports; add or remove them on a live sandbox')
+    .argument('[name]', 'the sandbox')
+    .action(act(async (ctx, g, name: string | undefined) => {
+      if (name === undefined) throw invalid('name the sandbox', 'ctnet port NAME, ctnet port add NAME SPEC, ctnet port rm NAME SPEC');
+      const sandbox = parseName('sandbox', name);
+      if (!ctx.store.sandbox(sandbox)) throw new CtnetError('NOT_FOUND', `no sandbox named ${sandbox}`, 'list sandboxes with "ctnet ls"');
+      const rows = publishedPorts(ctx.store, sandbox);
+      if (g.json) return out(JSON.stringify(rows, null, 2));
+      if (rows.length) out(rows.flatMap((r) => r.bindings.length ? r.bindings : [`${r.spec} (inactive: no network with a way out)`]).join('\n'));
+    }));
+  globals(port.command('add <name> <spec...>'))
+    .description('publish more ports of a live sandbox')
+    .option('--force', 'publish even when a host process listens on the host port')
+    .action(act(async (ctx, g, name: string, specs: string[]) => {
+      const req = { mappings: specs.map(parsePortSpec), force: (g as { force?: boolean }).force ?? false };
+      await publish(ctx, parseName('sandbox', name), req);
+    }));
+  globals(port.command('rm <name> <spec...>')).alias('remove')
+    .description('unpublish ports of a live sandbox (and end the flows still using them)')
+    .action(act(async (ctx, _g, name: string, specs: string[]) => {
+      await unpublish(ctx, parseName('sandbox', name), specs.map(parsePortSpec));
     }));
 
   globals(program.command('gc')).description('reconcile the store and the kernel after a crash')

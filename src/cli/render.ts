@@ -14,6 +14,11 @@ export function renderSandbox(v: SandboxView): string {
       v.interfaces.map((i) => [i.ifname, String(i.ifindex ?? '-'), i.network, i.mac, i.state, i.addresses.join(' '),
         `${i.hostPeer.ifname} (${i.hostPeer.ifindex ?? 'missing'}) @ ${i.hostPeer.bridge ?? '-'}`]))),
     '',
+    'published ports:',
+    v.ports.length
+      ? indent(table(['MAPPING', 'HOST', 'TO'], v.ports.map((p) => [p.spec, p.bindings.join(', ') || '-', p.to.join(' ') || 'inactive: no network with a way out'])))
+      : '  none',
+    '',
     'routes:',
     indent(table(['DESTINATION', 'GATEWAY', 'DEV', 'SCOPE'], v.routes.map((r) => [r.dst, r.gateway ?? '-', r.dev ?? '-', r.scope ?? '-']))),
     '',

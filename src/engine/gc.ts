@@ -10,9 +10,10 @@ import { randomMac } from '../model/mac.ts';
 import { fullScript } from '../nft/ruleset.ts';
 import type { Ctx } from './context.ts';
 import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX } from './naming.ts';
-import { networkFacts, teardownNetwork } from './network.ts';
+import { bridgeSysctls, networkFacts, teardownNetwork } from './network.ts';
 import { attachCommands, sandboxNetns, teardownAttachment, teardownSandbox } from './sandbox.ts';
 import { ignoreMissing } from './undo.ts';
+import { portFacts } from './ports.ts';
 
 /** Rows another live ctnet process is working on right now are left to it. */
 const interrupted = (r: { state: string; owner: string | null }) => r.state !== 'ready' && !(r.owner && isAlive(r.owner));
@@ -46,8 +47,11 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   const ready = store.networks().filter((n) => n.state === 'ready');
   let links = await linkList(runner);
   for (const n of ready) {
-    if (links.some((l) => l.ifname === n.bridge)) continue;
     const subnets = store.subnets(n.name);
+    if (links.some((l) => l.ifname === n.bridge)) {
+      bridgeSysctls(ctx, n.bridge, subnets.some((s) => s.family === 4)); // bridges made before ctnet set it
+      continue;
+    }
     sysctlEnsure(runner, 'net.ipv4.ip_forward', '1');
     if (subnets.some((s) => s.family === 6)) sysctlEnsure(runner, 'net.ipv6.conf.all.forwarding', '1');
     await runIp(runner, [
@@ -55,6 +59,7 @@ export async function gc(ctx: Ctx): Promise<string[]> {
       ...subnets.map((s) => addrAdd(`${s.gateway}/${s.cidr.split('/')[1]}`, n.bridge)),
       linkSetUp(n.bridge),
     ]);
+    bridgeSysctls(ctx, n.bridge, subnets.some((s) => s.family === 4));
     done.push(`recreated bridge ${n.bridge} of network ${n.name}`);
   }
   links = await linkList(runner);
@@ -110,6 +115,7 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     const n = nets.find((x) => x.name === a.network);
     return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network) }] : [];
   });
-  await nftApply(runner, fullScript(nets.map((n) => networkFacts(ctx, n)), endpoints));
+  const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
+  await nftApply(runner, fullScript(nets.map((n) => networkFacts(ctx, n)), endpoints, ports));
   return done;
 }

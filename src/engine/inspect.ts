@@ -5,6 +5,29 @@ import type { SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 import { getNetwork } from './network.ts';
 import { getSandbox, sandboxNetns } from './sandbox.ts';
+import { portFacts } from './ports.ts';
+import { describeMapping, formatPortSpec, hostIpFamilies, type Proto } from '../model/ports.ts';
+import type { Store } from '../store/store.ts';
+
+export interface PublishedView {
+  readonly spec: string;
+  readonly proto: Proto;
+  readonly hostIp: string;
+  readonly hostPort: number;
+  readonly containerPort: number;
+  readonly count: number;
+  /** The sandbox addresses it leads to; empty while the sandbox has no network with a way out. */
+  readonly to: string[];
+  /** Docker's form: 80/tcp -> 0.0.0.0:8080, one line per family. */
+  readonly bindings: string[];
+}
+
+export function publishedPorts(store: Store, sandbox: string): PublishedView[] {
+  return portFacts(store, sandbox).map(({ mapping: m, targets }) => ({
+    spec: formatPortSpec(m), proto: m.proto, hostIp: m.hostIp, hostPort: m.hostPort, containerPort: m.containerPort,
+    count: m.count, to: targets.filter((t) => hostIpFamilies(m.hostIp).includes(t.family)).map((t) => t.ip), bindings: describeMapping(m, targets.map((t) => t.family)),
+  }));
+}
 
 export interface InterfaceView {
   readonly ifname: string;
@@ -25,6 +48,7 @@ export interface SandboxView {
   readonly present: boolean;
   readonly pids: number[];
   readonly interfaces: InterfaceView[];
+  readonly ports: PublishedView[];
   readonly routes: { dst: string; gateway?: string; dev?: string; scope?: string }[];
   readonly neighbours: { dst: string; dev: string; lladdr?: string; state?: string[] }[];
 }
@@ -35,6 +59,7 @@ export function sandboxSummary(ctx: Ctx, s: SandboxRow) {
     state: s.state,
     networks: ctx.store.attachments({ sandbox: s.name }).map((a) => a.network),
     addresses: ctx.store.addresses({ sandbox: s.name }).map((a) => a.ip),
+    ports: ctx.store.ports({ sandbox: s.name }).map(formatPortSpec),
     netns: s.netns,
     owned: s.owned,
   };
@@ -71,6 +96,7 @@ export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxVie
         hostPeer: { ifname: a.hostVeth, ifindex: peer?.ifindex ?? null, bridge: peer?.master ?? null },
       };
     }),
+    ports: publishedPorts(store, name),
     routes: present ? (await routeList(runner, ns)).map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev, scope: r.scope })) : [],
     neighbours: present ? (await neighList(runner, ns)).map((n) => ({ dst: n.dst, dev: n.dev, lladdr: n.lladdr, state: n.state })) : [],
   };

@@ -2,7 +2,7 @@
 import { CtnetError } from '../errors.ts';
 import { addrAdd, linkAddBridge, linkDel, linkList, linkSetUp, routeList, runIp } from '../kernel/ip.ts';
 import { nftApply } from '../kernel/nft.ts';
-import { sysctlEnsure } from '../kernel/sysctl.ts';
+import { ipv4ConfKey, sysctlEnsure } from '../kernel/sysctl.ts';
 import { overlaps, parseSubnet } from '../model/cidr.ts';
 import { randomMac } from '../model/mac.ts';
 import type { NetworkSpec } from '../model/spec.ts';
@@ -16,6 +16,15 @@ import { disconnect } from './sandbox.ts';
 
 export function networkFacts(ctx: Ctx, n: NetworkRow): NetworkFacts {
   return { bridge: n.bridge, internal: n.internal, subnets: ctx.store.subnets(n.name) };
+}
+
+/**
+ * Published ports reached at 127.0.0.1 are DNATed to a sandbox behind this bridge: the kernel only
+ * routes a loopback source out of an interface with route_localnet (the guard chain keeps sandboxes
+ * themselves off the host's loopback).
+ */
+export function bridgeSysctls(ctx: Ctx, bridge: string, ipv4: boolean): void {
+  if (ipv4) sysctlEnsure(ctx.runner, ipv4ConfKey(bridge, 'route_localnet'), '1');
 }
 
 export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<NetworkRow> {
@@ -74,6 +83,7 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<Networ
       ...spec.subnets.map((s) => addrAdd(`${s.gateway}/${s.subnet.prefix}`, bridge)),
       linkSetUp(bridge),
     ]);
+    bridgeSysctls(ctx, bridge, spec.subnets.some((s) => s.subnet.family === 4));
     crashPoint();
     const facts = { bridge, internal: spec.internal, subnets: spec.subnets.map((s) => ({ family: s.subnet.family, cidr: s.cidr })) };
     undo.push(`nft elements of ${bridge}`, () => applyNftDelete(runner, networkElements('delete', facts)));

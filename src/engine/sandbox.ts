@@ -2,7 +2,7 @@
 // someone else made), disconnect, remove.
 import { CtnetError } from '../errors.ts';
 import {
-  addrAdd, linkAddVeth, linkDel, linkList, linkSetMaster, linkSetUp, netnsAdd, netnsDel,
+  addrAdd, linkAddVeth, linkDel, linkList, linkSetHairpin, linkSetMaster, linkSetUp, netnsAdd, netnsDel,
   routeAddDefault, runIp, type IpCommand, type Netns,
 } from '../kernel/ip.ts';
 import { nftApply } from '../kernel/nft.ts';
@@ -17,6 +17,10 @@ import type { Ctx } from './context.ts';
 import { netnsName, nextIfname, vethName } from './naming.ts';
 import { applyNftDelete } from './nftops.ts';
 import { crashPoint, ignoreMissing, transaction, type UndoStack } from './undo.ts';
+import { applyPorts, forgetAddresses, portFacts, readHost, recordPorts, unapplyPorts, type PublishRequest } from './ports.ts';
+import type { PortFacts } from '../nft/ruleset.ts';
+
+const NO_PORTS: PublishRequest = { mappings: [], force: false };
 
 export function sandboxNetns(s: Pick<SandboxRow, 'netns' | 'owned'>): Netns {
   const prefix = '/run/netns/';
@@ -103,6 +107,7 @@ export function attachCommands(ctx: Ctx, ns: Netns, p: AttachPlan): { host: IpCo
     host: [
       linkAddVeth({ name: a.hostVeth, peer: a.ifname, peerNetns: ns, peerAddress: a.mac, mtu: network.mtu ?? undefined }),
       linkSetMaster(a.hostVeth, network.bridge),
+      linkSetHairpin(a.hostVeth),
       linkSetUp(a.hostVeth),
     ],
     inside: [
@@ -155,14 +160,17 @@ function planAttachments(store: Store, sandbox: string, networks: readonly strin
   return plans;
 }
 
-export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec): Promise<SandboxRow> {
+export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, publish: PublishRequest = NO_PORTS): Promise<SandboxRow> {
   const { store, runner } = ctx;
+  const host = await readHost(ctx, publish);
   const nsName = netnsName(store.instance, name);
   const row: SandboxRow = { name, netns: `/run/netns/${nsName}`, owned: true, state: 'creating', owner: null, created: new Date().toISOString() };
   const plans = store.write(() => {
     if (store.sandbox(name)) throw new CtnetError('CONFLICT', `sandbox ${name} exists already`, `choose another name, or remove it with "ctnet rm ${name}"`);
     store.insertSandbox(row);
-    return planAttachments(store, name, spec.networks, spec, []);
+    const attachments = planAttachments(store, name, spec.networks, spec, []);
+    recordPorts(store, name, publish, host);
+    return { attachments, ports: portFacts(store, name) };
   }, { rollback: runner.dryRun });
   if (isNetnsFile(row.netns) && !runner.dryRun) {
     store.write(() => store.deleteSandbox(name));
@@ -176,10 +184,11 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec): P
     await runIp(runner, [netnsAdd(nsName)]);
     crashPoint();
     await runIp(runner, [linkSetUp('lo', ns)]);
-    for (const p of plans) await applyAttach(ctx, ns, p, undo);
+    for (const p of plans.attachments) await applyAttach(ctx, ns, p, undo);
+    await applyPorts(ctx, plans.ports, undo);
     if (!runner.dryRun) {
       store.write(() => {
-        for (const p of plans) store.setAttachmentState(name, p.attachment.network, 'ready');
+        for (const p of plans.attachments) store.setAttachmentState(name, p.attachment.network, 'ready');
         store.setSandboxState(name, 'ready');
       });
     }
@@ -228,6 +237,7 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
   const ns = sandboxNetns(s);
   // In someone else's namespace any interface may exist; in ours, the store knows them all.
   const used = readNames ? (await linkList(runner, ns)).map((l) => l.ifname) : [];
+  const before = portFacts(store, s.name);
   const [plan] = store.write(() => {
     used.push(...store.attachments({ sandbox: s.name }).map((a) => a.ifname));
     return planAttachments(store, s.name, [network], { ips, mac: undefined }, used);
@@ -240,6 +250,16 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
     if (!runner.dryRun) store.write(() => store.deleteAttachment(s.name, network));
     throw e;
   });
+  await retargetPorts(ctx, s.name, before);
+}
+
+/** Moves published ports when the network they lead to changed (a connect or a disconnect). */
+async function retargetPorts(ctx: Ctx, sandbox: string, before: readonly PortFacts[]): Promise<void> {
+  const after = portFacts(ctx.store, sandbox);
+  const key = (f: readonly PortFacts[]) => JSON.stringify(f[0]?.targets ?? []);
+  if (key(before) === key(after)) return;
+  await unapplyPorts(ctx, before);
+  await applyPorts(ctx, after, undefined);
 }
 
 /** Removes one attachment's kernel objects; idempotent. */
@@ -252,6 +272,7 @@ export async function teardownAttachment(ctx: Ctx, a: AttachmentRow, addresses: 
   crashPoint();
   if (n) await applyNftDelete(runner, endpointElements('delete', { bridge: n.bridge, addresses }));
   crashPoint();
+  await forgetAddresses(ctx, addresses.map((x) => x.ip));
 }
 
 export async function disconnect(ctx: Ctx, network: string, sandbox: string): Promise<void> {
@@ -263,13 +284,18 @@ export async function disconnect(ctx: Ctx, network: string, sandbox: string): Pr
   if (!a) return; // not connected: nothing to undo
   if (!runner.dryRun) store.write(() => store.setAttachmentState(sandbox, network, 'removing'));
   crashPoint();
-  await teardownAttachment(ctx, a, store.addresses({ sandbox }).filter((x) => x.network === network));
+  const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
+  const before = portFacts(store, sandbox);
+  const wasTarget = before.length > 0 && before[0]!.targets.some((t) => addresses.some((x) => x.ip === t.ip));
+  if (wasTarget) await unapplyPorts(ctx, before);
+  await teardownAttachment(ctx, a, addresses);
   if (runner.dryRun) return;
   store.write(() => {
     store.deleteAttachment(sandbox, network);
     // A namespace someone else made is only a sandbox while ctnet networks it.
     if (!s.owned && store.attachments({ sandbox }).length === 0) store.deleteSandbox(sandbox);
   });
+  if (wasTarget && store.sandbox(sandbox)) await applyPorts(ctx, portFacts(store, sandbox), undefined);
 }
 
 /** Removes a sandbox: its processes, interfaces, nft elements, netns (if ctnet's) and addresses. */
@@ -297,6 +323,7 @@ export async function teardownSandbox(ctx: Ctx, s: SandboxRow): Promise<void> {
     runner.note(`sandbox ${s.name}: stop its processes`);
     if (netnsPids(ns).length > 0 && runner.willChange(`ip netns pids ${ns.name} | xargs -r kill -KILL`)) netnsKillAll(ns);
   }
+  await unapplyPorts(ctx, portFacts(store, s.name));
   const addresses = store.addresses({ sandbox: s.name });
   for (const a of store.attachments({ sandbox: s.name })) {
     await teardownAttachment(ctx, a, addresses.filter((x) => x.network === a.network));

@@ -69,6 +69,13 @@ export function linkAddVeth(v: VethSpec): IpCommand {
 /** Equivalent to: ip link set NAME master MASTER */
 export const linkSetMaster = (name: string, master: string): IpCommand =>
   at(undefined, ['link', 'set', name, 'master', master]);
+/**
+ * Equivalent to: ip link set NAME type bridge_slave hairpin on. Lets the bridge send a frame back
+ * out of the port it came in on: with br_netfilter, a sandbox reaching its own published port
+ * through the host's address is DNATed inside the bridge and needs exactly that.
+ */
+export const linkSetHairpin = (name: string): IpCommand =>
+  at(undefined, ['link', 'set', name, 'type', 'bridge_slave', 'hairpin', 'on']);
 /** Equivalent to: ip [-n NS] link set NAME up */
 export const linkSetUp = (name: string, ns?: Netns): IpCommand => at(ns, ['link', 'set', name, 'up']);
 /** Equivalent to: ip [-n NS] link del NAME */

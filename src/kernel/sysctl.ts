@@ -2,7 +2,11 @@
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { Runner } from './runner.ts';
 
-const path = (key: string) => `/proc/sys/${key.replaceAll('.', '/')}`;
+// Keys naming an interface (which may contain dots) are written with slashes, as sysctl allows.
+const path = (key: string) => `/proc/sys/${key.includes('/') ? key : key.replaceAll('.', '/')}`;
+
+/** The key of a per-interface IPv4 setting, e.g. net/ipv4/conf/ctbr-web/route_localnet. */
+export const ipv4ConfKey = (ifname: string, setting: string) => `net/ipv4/conf/${ifname}/${setting}`;
 
 export function sysctlGet(key: string): string {
   return readFileSync(path(key), 'utf8').trim();
@@ -10,6 +14,12 @@ export function sysctlGet(key: string): string {
 
 /** Equivalent to: sysctl -w KEY=VALUE. Nothing is done (or printed) when it already holds VALUE. */
 export function sysctlEnsure(runner: Runner, key: string, value: string): void {
-  if (sysctlGet(key) === value) return;
+  let current: string | undefined;
+  try {
+    current = sysctlGet(key);
+  } catch {
+    current = undefined; // e.g. the interface of a --dry-run does not exist
+  }
+  if (current === value) return;
   if (runner.willChange(`sysctl -w ${key}=${value}`)) writeFileSync(path(key), value);
 }

@@ -120,6 +120,11 @@ export class Lab {
   }
 
   /** argv of a netcheck probe. */
+  /** argv of a netcheck UDP flow that runs until server UNTIL answers (see netcheck.ts). */
+  static flowArgv(host: string, port: number, until: string, timeoutMs = 30_000): string[] {
+    return [NODE, NETCHECK, 'flow', host, String(port), '--until', until, '--timeout', String(timeoutMs)];
+  }
+
   static probeArgv(proto: 'tcp' | 'udp' | 'http', host: string, port: number, timeoutMs = 2000): string[] {
     return [NODE, NETCHECK, 'probe', proto, host, String(port), '--timeout', String(timeoutMs)];
   }

@@ -1,6 +1,8 @@
 // A tiny traffic tool for labs, tests and the demo (no external tools needed):
 //   netcheck serve NAME [--tcp PORT] [--udp PORT] [--http PORT]   answers with {server, client}
 //   netcheck probe tcp|udp|http HOST PORT [--timeout MS]          prints the answer; exit 1 on failure
+//   netcheck flow HOST PORT --until NAME [--timeout MS]           one UDP flow (a fixed source port)
+//       sending every 100 ms, printing each new server that answers; exit 0 once NAME answered
 // Every answer names the server and the client address it saw, so a test can check NAT.
 import { createSocket } from 'node:dgram';
 import { createServer, connect } from 'node:net';
@@ -61,6 +63,20 @@ if (mode === 'serve') {
   } else {
     done(undefined, `unknown protocol ${proto}`);
   }
+} else if (mode === 'flow') {
+  const [host, port] = rest;
+  const until = flag('--until');
+  const sock = createSocket(host!.includes(':') ? 'udp6' : 'udp4');
+  let last = '';
+  sock.on('message', (m) => {
+    const { server } = JSON.parse(m.toString()) as { server: string };
+    if (server !== last) process.stdout.write(`${server}\n`);
+    last = server;
+    if (server === until) process.exit(0);
+  });
+  sock.on('error', () => {}); // ICMP errors while nothing is published: keep sending
+  setInterval(() => sock.send('ping', Number(port), host!), 100);
+  setTimeout(() => process.exit(1), Number(flag('--timeout') ?? 30000)).unref();
 } else {
   process.stderr.write('usage: netcheck serve NAME [--tcp P] [--udp P] [--http P] | netcheck probe tcp|udp|http HOST PORT\n');
   process.exit(2);

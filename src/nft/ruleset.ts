@@ -2,12 +2,20 @@
 //
 // Every per-network and per-sandbox fact is a set element, never a rule, so the rules below are the
 // same whatever the number of networks or sandboxes and each packet costs a few hash lookups.
+import { hostIpFamilies, isWildcard, type PortMapping } from '../model/ports.ts';
+
 export const TABLE = 'inet ctnet';
 
 export interface NetworkFacts {
   readonly bridge: string;
   readonly internal: boolean;
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string }[];
+}
+
+export interface PortFacts {
+  readonly mapping: PortMapping;
+  /** The sandbox addresses the mapping leads to (one per family it has on its published network). */
+  readonly targets: readonly { readonly family: 4 | 6; readonly ip: string }[];
 }
 
 export interface EndpointFacts {
@@ -30,20 +38,52 @@ add set ${TABLE} masq4 { type ipv4_addr; flags interval; comment "subnets whose 
 add set ${TABLE} masq6 { type ipv6_addr; flags interval; comment "subnets whose egress is masqueraded"; }
 add set ${TABLE} endpoints4 { type ipv4_addr . ifname; comment "sandbox address . its bridge"; }
 add set ${TABLE} endpoints6 { type ipv6_addr . ifname; comment "sandbox address . its bridge"; }
+add map ${TABLE} ports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; comment "published on one host address: address . protocol . port -> sandbox address . port"; }
+add map ${TABLE} ports6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; comment "published on one host address: address . protocol . port -> sandbox address . port"; }
+add map ${TABLE} ports4_any { type inet_proto . inet_service : ipv4_addr . inet_service; comment "published on every host address: protocol . port -> sandbox address . port"; }
+add map ${TABLE} ports6_any { type inet_proto . inet_service : ipv6_addr . inet_service; comment "published on every host address: protocol . port -> sandbox address . port"; }
+add chain ${TABLE} guard { type filter hook prerouting priority raw; policy accept; }
+add chain ${TABLE} prerouting { type nat hook prerouting priority dstnat; policy accept; }
+add chain ${TABLE} output { type nat hook output priority -100; policy accept; }
 add chain ${TABLE} forward { type filter hook forward priority filter; policy accept; }
 add chain ${TABLE} postrouting { type nat hook postrouting priority srcnat; policy accept; }
+flush chain ${TABLE} guard
+flush chain ${TABLE} prerouting
+flush chain ${TABLE} output
 flush chain ${TABLE} forward
 flush chain ${TABLE} postrouting
+add rule ${TABLE} guard iifname @bridges ip daddr 127.0.0.0/8 counter drop comment "route_localnet is on for bridges: keep sandboxes off the host's loopback"
+add rule ${TABLE} guard iifname @bridges ip saddr 127.0.0.0/8 counter drop comment "loopback source from a sandbox"
+${dnatRules('prerouting')}
+${dnatRules('output')}
 add rule ${TABLE} forward ct state established,related accept
 add rule ${TABLE} forward iifname @bridges ip saddr . iifname != @endpoints4 counter drop comment "spoofed source"
-add rule ${TABLE} forward iifname @bridges ip6 saddr . iifname != @endpoints6 counter drop comment "spoofed source"
+add rule ${TABLE} forward iifname @bridges ip6 saddr != { ::, fe80::/10 } ip6 saddr . iifname != @endpoints6 counter drop comment "spoofed source (link-local and DAD's :: stay on the link)"
 add rule ${TABLE} forward iifname . oifname @bridge_pairs accept
 add rule ${TABLE} forward iifname @internal_bridges counter drop comment "internal network: no way out"
 add rule ${TABLE} forward oifname @internal_bridges counter drop comment "internal network: no way in"
+add rule ${TABLE} forward ct status dnat counter accept comment "published port"
 add rule ${TABLE} forward iifname @bridges oifname @bridges counter drop comment "networks are isolated from each other"
+add rule ${TABLE} forward oifname @bridges counter drop comment "from outside, only published ports reach sandboxes"
+add rule ${TABLE} postrouting ct status dnat ip saddr . oifname @endpoints4 counter masquerade comment "hairpin: published port reached from its own bridge"
+add rule ${TABLE} postrouting ct status dnat ip6 saddr . oifname @endpoints6 counter masquerade comment "hairpin: published port reached from its own bridge"
+add rule ${TABLE} postrouting ct status dnat ip saddr 127.0.0.0/8 counter masquerade comment "published port reached at 127.0.0.1"
 add rule ${TABLE} postrouting ip saddr @masq4 oifname != @bridges counter masquerade
 add rule ${TABLE} postrouting ip6 saddr @masq6 oifname != @bridges counter masquerade
 `;
+}
+
+/** One lookup per new connection to a local address: a specific-address map, then the any-address one. */
+function dnatRules(chain: 'prerouting' | 'output'): string {
+  return ([4, 6] as const).flatMap((f) => {
+    // ::1 cannot be DNATed out of the host (IPv6 has no route_localnet): leave it to the host, so
+    // a client gets "connection refused" instead of a silent drop.
+    const [match, ip] = f === 4 ? ['meta nfproto ipv4', 'ip'] : ['meta nfproto ipv6 ip6 daddr != ::1', 'ip6'];
+    return [
+      `add rule ${TABLE} ${chain} ${match} fib daddr type local dnat ${ip} to ${ip} daddr . meta l4proto . th dport map @ports${f}`,
+      `add rule ${TABLE} ${chain} ${match} fib daddr type local dnat ${ip} to meta l4proto . th dport map @ports${f}_any`,
+    ];
+  }).join('\n');
 }
 
 type Verb = 'add' | 'delete';
@@ -62,18 +102,36 @@ export function endpointElements(verb: Verb, e: EndpointFacts): string[] {
   return e.addresses.map((a) => `${verb} element ${TABLE} endpoints${a.family} { ${a.ip} . ${q(e.bridge)} }`);
 }
 
+/** Map elements of one published mapping, one line per map; delete lines name only the keys. */
+export function portElements(verb: Verb, p: PortFacts): string[] {
+  const m = p.mapping;
+  const lines: string[] = [];
+  for (const f of hostIpFamilies(m.hostIp)) {
+    const target = p.targets.find((t) => t.family === f);
+    if (!target) continue;
+    const elements: string[] = [];
+    for (let i = 0; i < m.count; i++) {
+      const key = `${isWildcard(m.hostIp) ? '' : `${m.hostIp} . `}${m.proto} . ${m.hostPort + i}`;
+      elements.push(verb === 'add' ? `${key} : ${target.ip} . ${m.containerPort + i}` : key);
+    }
+    lines.push(`${verb} element ${TABLE} ports${f}${isWildcard(m.hostIp) ? '_any' : ''} { ${elements.join(', ')} }`);
+  }
+  return lines;
+}
+
 /** Adds the table if missing, then deletes it: succeeds whether or not it existed. */
 export function dropTableScript(): string {
   return `add table ${TABLE}\ndelete table ${TABLE}\n`;
 }
 
 /** The whole table from scratch, atomically replacing whatever is there (used by gc). */
-export function fullScript(networks: readonly NetworkFacts[], endpoints: readonly EndpointFacts[]): string {
+export function fullScript(networks: readonly NetworkFacts[], endpoints: readonly EndpointFacts[], ports: readonly PortFacts[] = []): string {
   if (networks.length === 0) return dropTableScript();
   return [
     dropTableScript().trimEnd(),
     baseScript().trimEnd(),
     ...networks.flatMap((n) => networkElements('add', n)),
     ...endpoints.flatMap((e) => endpointElements('add', e)),
+    ...ports.flatMap((p) => portElements('add', p)),
   ].join('\n') + '\n';
 }

@@ -1,4 +1,20 @@
-export const SCHEMA_VERSION = 1;
+export const SCHEMA_VERSION = 2;
+
+// Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
+// families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
+// exact duplicates; overlapping ranges and wildcards are checked by the engine in the same write.
+export const PORTS = `
+CREATE TABLE ports (
+  sandbox TEXT NOT NULL REFERENCES sandboxes(name) ON DELETE CASCADE,
+  proto TEXT NOT NULL CHECK (proto IN ('tcp', 'udp', 'sctp')),
+  host_ip TEXT NOT NULL,
+  host_port INTEGER NOT NULL CHECK (host_port BETWEEN 1 AND 65535),
+  container_port INTEGER NOT NULL CHECK (container_port BETWEEN 1 AND 65535),
+  count INTEGER NOT NULL CHECK (count >= 1 AND host_port + count <= 65536 AND container_port + count <= 65536),
+  PRIMARY KEY (proto, host_ip, host_port)
+);
+CREATE INDEX ports_by_sandbox ON ports(sandbox);
+`;
 
 // Addresses are unique across all networks (subnets never overlap), and belong to an attachment:
 // deleting the attachment releases them in the same transaction.
@@ -51,9 +67,15 @@ CREATE TABLE addresses (
   FOREIGN KEY (sandbox, network) REFERENCES attachments(sandbox, network) ON DELETE CASCADE
 );
 CREATE INDEX addresses_by_sandbox ON addresses(sandbox);
+${PORTS}
 CREATE TABLE processes (
   sandbox TEXT NOT NULL REFERENCES sandboxes(name) ON DELETE CASCADE,
   pid INTEGER NOT NULL,
   command TEXT NOT NULL
 );
 `;
+
+/** Published ports (schema 2), with which a version 1 store is upgraded. */
+export const MIGRATIONS: Record<number, string> = {
+  2: PORTS,
+};

@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { CtnetError } from '../errors.ts';
 import { processToken } from '../kernel/proc.ts';
-import { SCHEMA, SCHEMA_VERSION } from './schema.ts';
+import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.ts';
+import type { PortMapping, Proto } from '../model/ports.ts';
 
 /** creating: intent recorded, kernel not yet done; ready: done; removing: teardown started. */
 export type State = 'creating' | 'ready' | 'removing';
@@ -53,6 +54,9 @@ export interface AddressRow {
   readonly network: string;
   readonly sandbox: string;
 }
+export interface PortRow extends PortMapping {
+  readonly sandbox: string;
+}
 export interface ProcessRow {
   readonly sandbox: string;
   readonly pid: number;
@@ -93,6 +97,9 @@ export class Store {
         this.db.exec(SCHEMA);
         this.db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
         this.db.prepare('INSERT INTO meta(key, value) VALUES (?, ?)').run('instance', randomBytes(2).toString('hex'));
+      } else if (version < SCHEMA_VERSION) {
+        for (let v = version + 1; v <= SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!);
+        this.db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
       } else if (version > SCHEMA_VERSION) {
         throw new CtnetError('STATE', `the state in ${this.dir} was written by a newer ctnet (schema ${version})`, 'upgrade ctnet');
       }
@@ -219,6 +226,26 @@ export class Store {
   insertAddress(a: AddressRow): void {
     this.#run('INSERT INTO addresses(ip, family, cidr, network, sandbox) VALUES (?, ?, ?, ?, ?)',
       a.ip, a.family, a.cidr, a.network, a.sandbox);
+  }
+
+  // ---- published ports ----
+  ports(filter: { sandbox?: string; proto?: Proto } = {}): PortRow[] {
+    const rows = filter.sandbox !== undefined
+      ? this.#all('SELECT * FROM ports WHERE sandbox = ? ORDER BY proto, host_port, host_ip', filter.sandbox)
+      : filter.proto !== undefined
+        ? this.#all('SELECT * FROM ports WHERE proto = ? ORDER BY host_port, host_ip', filter.proto)
+        : this.#all('SELECT * FROM ports ORDER BY sandbox, proto, host_port, host_ip');
+    return rows.map((r) => ({
+      sandbox: r.sandbox as string, proto: r.proto as Proto, hostIp: r.host_ip as string,
+      hostPort: r.host_port as number, containerPort: r.container_port as number, count: r.count as number,
+    }));
+  }
+  insertPort(p: PortRow): void {
+    this.#run('INSERT INTO ports(sandbox, proto, host_ip, host_port, container_port, count) VALUES (?, ?, ?, ?, ?, ?)',
+      p.sandbox, p.proto, p.hostIp, p.hostPort, p.containerPort, p.count);
+  }
+  deletePort(p: PortRow): void {
+    this.#run('DELETE FROM ports WHERE sandbox = ? AND proto = ? AND host_ip = ? AND host_port = ?', p.sandbox, p.proto, p.hostIp, p.hostPort);
   }
 
   // ---- processes ctnet started in sandboxes ----

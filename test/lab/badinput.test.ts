@@ -1,4 +1,4 @@
-// Issue #2, point 9: bad input gets a clear error and changes nothing (store and kernel alike).
+// Issue #2, point 9, and issue #3, point 8: bad input gets a clear error and changes nothing (store and kernel alike).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Lab } from '../../src/lab/lab.ts';
@@ -9,12 +9,14 @@ describe('bad input', () => {
   const snapshot = async () => JSON.stringify({
     store: readStore(lab),
     links: (await lab.inHost(['ip', '-o', 'link'])).stdout.replace(/\s+/g, ' '),
-    nft: (await lab.inHost(['nft', 'list', 'ruleset'])).stdout,
+    // -s: without counters, which move with background traffic (IPv6 router solicitations, MLD)
+    nft: (await lab.inHost(['nft', '-s', 'list', 'ruleset'])).stdout,
   });
   before(async () => {
     lab = await Lab.create();
     await lab.ctnetOk(['network', 'create', 'web', '--subnet', '10.80.0.0/24']);
-    await lab.ctnetOk(['create', 'app', '--network', 'web', '--ip', '10.80.0.9']);
+    await lab.ctnetOk(['create', 'app', '--network', 'web', '--ip', '10.80.0.9', '-p', '8080:80']);
+    await lab.ctnetOk(['network', 'create', 'closed', '--subnet', '10.81.9.0/24', '--internal']);
   });
   after(() => lab?.destroy());
 
@@ -41,6 +43,26 @@ describe('bad input', () => {
     [['exec', 'ghost', '--', 'true'], /no sandbox named ghost/],
     [['connect', 'nope', 'app'], /no network named nope/],
     [['disconnect', 'web', 'ghost'], /no sandbox named ghost/],
+    // published ports
+    [['create', 'b', '--network', 'web', '-p', '8080'], /the host port is missing/],
+    [['create', 'b', '--network', 'web', '-p', '0:80'], /host port 0 is out of range/],
+    [['create', 'b', '--network', 'web', '-p', '8080:65536'], /container port 65536 is out of range/],
+    [['create', 'b', '--network', 'web', '-p', '70000:80'], /host port 70000 is out of range/],
+    [['create', 'b', '--network', 'web', '-p', '8000-8010:80-81'], /host range has 11 port\(s\) and the container range 2/],
+    [['create', 'b', '--network', 'web', '-p', '8010-8000:80'], /ends before it starts/],
+    [['create', 'b', '--network', 'web', '-p', '8081:80/icmp'], /unknown protocol "icmp"/],
+    [['create', 'b', '--network', 'web', '-p', 'http:80'], /is not a port number/],
+    [['create', 'b', '--network', 'web', '-p', '1:2:3:4'], /too many ":"|IPv6 host address must be written in brackets/],
+    [['create', 'b', '--network', 'web', '-p', '203.0.113.99:8081:80'], /203\.0\.113\.99 is not an address of this host/],
+    [['create', 'b', '--network', 'web', '-p', '[::1]:8081:80'], /::1 cannot be published/],
+    [['create', 'b', '--network', 'web', '-p', '8080:80'], /already published by sandbox app \(8080:80\/tcp\)/],
+    [['create', 'b', '--network', 'web', '-p', '8081:80', '-p', '8081:81'], /overlaps -p 8081:80\/tcp in the same request/],
+    [['create', 'b', '--network', 'closed', '-p', '8081:80'], /on no network with a way out/],
+    [['port', 'add', 'ghost', '8081:80'], /no sandbox named ghost/],
+    [['port', 'add', 'app', '8080:80'], /already published by sandbox app/],
+    [['port', 'add', 'app', '8081:0'], /container port 0 is out of range/],
+    [['port', 'rm', 'app', '9999:80'], /sandbox app has no mapping 9999:80\/tcp/],
+    [['port', 'ghost'], /no sandbox named ghost/],
   ];
   for (const [args, message] of cases) {
     it(`ctnet ${args.join(' ')}`, async () => {

@@ -12,6 +12,7 @@ export interface StoreDump {
   sandboxes: Row[];
   attachments: Row[];
   addresses: Row[];
+  ports: Row[];
 }
 
 export function readStore(lab: Lab): StoreDump {
@@ -24,6 +25,7 @@ export function readStore(lab: Lab): StoreDump {
       sandboxes: all('SELECT * FROM sandboxes'),
       attachments: all('SELECT * FROM attachments'),
       addresses: all('SELECT * FROM addresses'),
+      ports: all('SELECT * FROM ports'),
     };
   } finally {
     db.close();
@@ -55,6 +57,46 @@ export async function nftSets(lab: Lab): Promise<Map<string, string[]> | undefin
     sets.set(item.set.name, elems.sort());
   }
   return sets;
+}
+
+/** The elements of each map in ctnet's table, as strings like "tcp . 8080 : 10.1.0.2 . 80". */
+export async function nftMaps(lab: Lab): Promise<Map<string, string[]>> {
+  const r = await lab.inHost(['nft', '-j', 'list', 'table', 'inet', 'ctnet']);
+  const maps = new Map<string, string[]>();
+  if (r.code !== 0) return maps;
+  const text = (v: any): string => (typeof v === 'object' && v?.concat ? v.concat.map((x: unknown) => String(x)).join(' . ') : String(v));
+  for (const item of (JSON.parse(r.stdout) as { nftables: Record<string, any>[] }).nftables) {
+    if (!item.map) continue;
+    maps.set(item.map.name, (item.map.elem ?? []).map(([k, v]: [any, any]) => `${text(k)} : ${text(v)}`).sort());
+  }
+  return maps;
+}
+
+/**
+ * The map elements the store's published ports should make, worked out here independently of the
+ * engine: each mapping leads to the sandbox's addresses on its first (by ifname) non-internal network.
+ */
+export function expectedPortElements(s: StoreDump): Map<string, string[]> {
+  const want = new Map<string, string[]>([['ports4', []], ['ports6', []], ['ports4_any', []], ['ports6_any', []]]);
+  for (const p of s.ports) {
+    const first = s.attachments.filter((a) => a.sandbox === p.sandbox)
+      .sort((a, b) => String(a.ifname).localeCompare(String(b.ifname)))
+      .find((a) => s.networks.find((n) => n.name === a.network)?.internal === 0);
+    if (!first) continue;
+    const hostIp = String(p.host_ip);
+    for (const f of [4, 6]) {
+      const covers = hostIp === '' || (f === 4 ? hostIp === '0.0.0.0' || (hostIp.includes('.')) : hostIp === '::' || hostIp.includes(':'));
+      const target = s.addresses.find((a) => a.sandbox === p.sandbox && a.network === first.network && a.family === f);
+      if (!covers || !target) continue;
+      const any = hostIp === '' || hostIp === '0.0.0.0' || hostIp === '::';
+      for (let i = 0; i < Number(p.count); i++) {
+        const key = `${any ? '' : `${hostIp} . `}${p.proto} . ${Number(p.host_port) + i}`;
+        want.get(`ports${f}${any ? '_any' : ''}`)!.push(`${key} : ${target.ip} . ${Number(p.container_port) + i}`);
+      }
+    }
+  }
+  for (const v of want.values()) v.sort();
+  return want;
 }
 
 export async function checkConsistent(lab: Lab): Promise<string[]> {
@@ -104,6 +146,11 @@ export async function checkConsistent(lab: Lab): Promise<string[]> {
       const want = s.addresses.filter((a) => a.family === f).map((a) => `${a.ip} . ${bridgeOf(a.network!)}`).sort();
       const have = sets.get(`endpoints${f}`) ?? [];
       if (JSON.stringify(want) !== JSON.stringify(have)) problems.push(`nft endpoints${f}: store ${want.join(',')} vs kernel ${have.join(',')}`);
+    }
+    const maps = await nftMaps(lab);
+    for (const [name, want] of expectedPortElements(s)) {
+      const have = maps.get(name) ?? [];
+      if (JSON.stringify(want) !== JSON.stringify(have)) problems.push(`nft ${name}: store ${want.join(',')} vs kernel ${have.join(',')}`);
     }
     const bridges = s.networks.map((n) => String(n.bridge)).sort();
     if (JSON.stringify(bridges) !== JSON.stringify(sets.get('bridges'))) problems.push(`nft bridges: store ${bridges} vs kernel ${sets.get('bridges')}`);

@@ -1,4 +1,4 @@
-// Issue #2, point 8: a ctnet killed with SIGKILL at any point of create or rm leaves nothing that
+// Issue #2, point 8 (and published ports, issue #3): a ctnet killed with SIGKILL at any point of create or rm leaves nothing that
 // `ctnet gc` cannot bring back to agreement with the store; no address is lost or duplicated.
 //
 // CTNET_CRASH_AT=N makes ctnet SIGKILL itself at its N-th crash point (between two state changes),
@@ -32,7 +32,7 @@ describe('crash safety', () => {
   }
 
   it('create, killed at every point, then gc', async () => {
-    const points = await crashEverywhere((n) => ['create', `c${n}`, '--network', 'net', '--network', 'side']);
+    const points = await crashEverywhere((n) => ['create', `c${n}`, '--network', 'net', '--network', 'side', '-p', `${20000 + n}:80`]);
     assert.ok(points >= 5, `create has crash points (${points})`);
     // Every address gc released can be handed out again; none is held twice.
     const s = readStore(lab);
@@ -45,6 +45,14 @@ describe('crash safety', () => {
     });
     assert.ok(points >= 3, `rm has crash points (${points})`);
     assert.deepEqual(readStore(lab).sandboxes.filter((s) => String(s.name).startsWith('r')).map((s) => s.name), []);
+  });
+
+  it('port add and port rm, killed at every point, then gc', async () => {
+    await lab.ctnetOk(['create', 'p', '--network', 'net']);
+    await crashEverywhere((n) => ['port', 'add', 'p', `${21000 + n}:80/udp`]);
+    await crashEverywhere((n) => ['port', 'rm', 'p', `${21100 + n}:80`], async (n) => {
+      await lab.ctnetOk(['port', 'add', 'p', `${21100 + n}:80`]);
+    });
   });
 
   it('network create and network rm, killed at every point, then gc', async () => {

@@ -1,0 +1,164 @@
+// Published ports: checks against the store and the host, the map elements a sandbox's mappings
+// make, and the conntrack entries that must go when a mapping (or an address) goes.
+import { CtnetError } from '../errors.ts';
+import { conntrackDelete, conntrackList, type Flow } from '../kernel/conntrack.ts';
+import { addrList } from '../kernel/ip.ts';
+import { nftApply } from '../kernel/nft.ts';
+import { listeners, type Listener } from '../kernel/sockets.ts';
+import { collides, formatPortSpec, hostIpFamilies, isWildcard, type PortMapping } from '../model/ports.ts';
+import { portElements, type PortFacts } from '../nft/ruleset.ts';
+import type { PortRow, Store } from '../store/store.ts';
+import type { Ctx } from './context.ts';
+import { applyNftDelete } from './nftops.ts';
+import { crashPoint, type UndoStack } from './undo.ts';
+
+export interface PublishRequest {
+  readonly mappings: readonly PortMapping[];
+  /** Publish even when a host process listens on the port (CNI runtimes hold it open themselves). */
+  readonly force: boolean;
+}
+
+/** What the host looks like, read before the store transaction that decides. */
+export interface HostView {
+  readonly addresses: ReadonlySet<string>;
+  readonly listeners: readonly Listener[];
+}
+
+export async function readHost(ctx: Ctx, req: PublishRequest): Promise<HostView> {
+  if (req.mappings.length === 0) return { addresses: new Set(), listeners: [] };
+  const addresses = new Set((await addrList(ctx.runner)).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
+  const sctp = req.mappings.some((m) => m.proto === 'sctp');
+  let found: Listener[] = [];
+  if (!req.force) {
+    try {
+      found = await listeners(ctx.runner, sctp);
+    } catch {
+      found = sctp ? await listeners(ctx.runner, false) : []; // a kernel without SCTP: ss -S fails
+    }
+  }
+  return { addresses, listeners: found };
+}
+
+/** The sandbox addresses published ports lead to: those on its first network with a way out. */
+export function portTargets(store: Store, sandbox: string): { family: 4 | 6; ip: string }[] {
+  for (const a of store.attachments({ sandbox })) {
+    const n = store.network(a.network);
+    if (!n || n.internal) continue;
+    return store.addresses({ sandbox }).filter((x) => x.network === a.network).map((x) => ({ family: x.family, ip: x.ip }));
+  }
+  return [];
+}
+
+export function portFacts(store: Store, sandbox: string): PortFacts[] {
+  const targets = portTargets(store, sandbox);
+  return store.ports({ sandbox }).map((mapping) => ({ mapping, targets }));
+}
+
+const lines = (verb: 'add' | 'delete', facts: readonly PortFacts[]) => facts.flatMap((f) => portElements(verb, f));
+
+const listenerCovers = (l: Listener, m: PortMapping): boolean => {
+  if (l.proto !== m.proto || l.port < m.hostPort || l.port >= m.hostPort + m.count) return false;
+  // A socket on [::] usually takes IPv4 too (V6ONLY off), so it counts for both families.
+  const wild = l.address === '*' || l.address === '0.0.0.0' || l.address === '::';
+  const lf: (4 | 6)[] = l.address === '0.0.0.0' ? [4] : wild ? [4, 6] : [l.address.includes(':') ? 6 : 4];
+  if (!hostIpFamilies(m.hostIp).some((f) => lf.includes(f))) return false;
+  return wild || isWildcard(m.hostIp) || l.address === m.hostIp;
+};
+
+/**
+ * Checks mappings for SANDBOX and records them; call inside store.write, after its attachments are
+ * recorded. Throws (changing nothing) on a collision, a foreign host address, or a busy port.
+ */
+export function recordPorts(store: Store, sandbox: string, req: PublishRequest, host: HostView): PortRow[] {
+  const rows: PortRow[] = [];
+  const targets = portTargets(store, sandbox);
+  for (const m of req.mappings) {
+    const spec = formatPortSpec(m);
+    if (!isWildcard(m.hostIp) && !host.addresses.has(m.hostIp)) {
+      throw new CtnetError('INVALID_ARGUMENT', `-p ${spec}: ${m.hostIp} is not an address of this host`,
+        `use one of ${[...host.addresses].join(', ')}, or leave the address out to publish on all of them`);
+    }
+    if (targets.length === 0) {
+      throw new CtnetError('INVALID_ARGUMENT', `-p ${spec}: sandbox ${sandbox} is on no network with a way out (only --internal ones)`,
+        'connect it to a network that is not --internal; ports of internal networks are not published');
+    }
+    if (!hostIpFamilies(m.hostIp).some((f) => targets.some((t) => t.family === f))) {
+      throw new CtnetError('INVALID_ARGUMENT', `-p ${spec}: sandbox ${sandbox} has no IPv${hostIpFamilies(m.hostIp)[0]} address to publish to`,
+        'publish on a host address of a family its network has');
+    }
+    const mine = rows.find((r) => collides(r, m));
+    if (mine) throw new CtnetError('CONFLICT', `-p ${spec} overlaps -p ${formatPortSpec(mine)} in the same request`, 'give each host port once');
+    const taken = store.ports({ proto: m.proto }).find((r) => collides(r, m));
+    if (taken) {
+      throw new CtnetError('CONFLICT', `-p ${spec}: the host port is already published by sandbox ${taken.sandbox} (${formatPortSpec(taken)})`,
+        `choose another host port, or remove that mapping with "ctnet port rm ${taken.sandbox} ${formatPortSpec(taken)}"`);
+    }
+    const busy = host.listeners.find((l) => listenerCovers(l, m));
+    if (busy) {
+      const who = busy.processes.length ? busy.processes.join(', ') : 'a process ctnet cannot name';
+      throw new CtnetError('CONFLICT', `-p ${spec}: ${busy.proto} port ${busy.port} on ${busy.address} is in use on this host by ${who}`,
+        'choose another host port, stop that process, or use --force to publish anyway (the sandbox then gets the traffic, not the process)');
+    }
+    const row = { ...m, sandbox };
+    store.insertPort(row);
+    rows.push(row);
+  }
+  return rows;
+}
+
+/** Adds the map elements of these mappings and clears flows to their host ports made before them. */
+export async function applyPorts(ctx: Ctx, facts: readonly PortFacts[], undo: UndoStack | undefined): Promise<void> {
+  const add = lines('add', facts);
+  if (add.length === 0) return;
+  ctx.runner.note(`publish ${facts.map((f) => formatPortSpec(f.mapping)).join(', ')} -> ${facts[0]!.targets.map((t) => t.ip).join(', ')}`);
+  undo?.push('published ports', () => applyNftDelete(ctx.runner, lines('delete', facts)));
+  await nftApply(ctx.runner, add.join('\n') + '\n');
+  crashPoint();
+  // A UDP flow that hit the host port before the mapping existed has an un-NATed conntrack entry
+  // that would keep its packets away from the sandbox for as long as the client keeps sending.
+  const local = await localAddresses(ctx);
+  await forgetFlows(ctx, (f) => facts.some(({ mapping: m }) =>
+    f.proto === m.proto && f.orig.dport !== undefined && f.orig.dport >= m.hostPort && f.orig.dport < m.hostPort + m.count &&
+    local.has(f.orig.dst) && (isWildcard(m.hostIp) || f.orig.dst === m.hostIp) && hostIpFamilies(m.hostIp).includes(f.family)));
+}
+
+/** Removes the map elements of these mappings and the flows still DNATed through them. */
+export async function unapplyPorts(ctx: Ctx, facts: readonly PortFacts[]): Promise<void> {
+  const del = lines('delete', facts);
+  if (del.length === 0) return;
+  ctx.runner.note(`unpublish ${facts.map((f) => formatPortSpec(f.mapping)).join(', ')}`);
+  await applyNftDelete(ctx.runner, del);
+  crashPoint();
+  await forgetFlows(ctx, (f) => facts.some(({ mapping: m, targets }) =>
+    f.proto === m.proto && targets.some((t) => t.ip === f.reply.src) && f.orig.dst !== f.reply.src &&
+    f.reply.sport !== undefined && f.reply.sport >= m.containerPort && f.reply.sport < m.containerPort + m.count));
+}
+
+/** Deletes every flow from, to or DNATed to these addresses (they are being released). */
+export async function forgetAddresses(ctx: Ctx, ips: readonly string[]): Promise<void> {
+  if (ips.length === 0) return;
+  const set = new Set(ips);
+  await forgetFlows(ctx, (f) => set.has(f.orig.src) || set.has(f.orig.dst) || set.has(f.reply.src) || set.has(f.reply.dst));
+}
+
+async function forgetFlows(ctx: Ctx, match: (f: Flow) => boolean): Promise<void> {
+  if (ctx.runner.dryRun) return; // the flows to delete depend on the moment; nothing to print ahead
+  const flows = (await conntrackList(ctx.runner)).filter(match);
+  await conntrackDelete(ctx.runner, flows);
+}
+
+async function localAddresses(ctx: Ctx): Promise<Set<string>> {
+  return new Set((await addrList(ctx.runner)).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
+}
+
+/** Finds the recorded mapping a `port rm` names (its canonical text must match). */
+export function findPort(store: Store, sandbox: string, m: PortMapping): PortRow {
+  const spec = formatPortSpec(m);
+  const rows = store.ports({ sandbox });
+  const row = rows.find((r) => formatPortSpec(r) === spec);
+  if (!row) {
+    throw new CtnetError('NOT_FOUND', `sandbox ${sandbox} has no mapping ${spec}`,
+      rows.length ? `its mappings are: ${rows.map(formatPortSpec).join(', ')}` : `it publishes no ports; see "ctnet port ${sandbox}"`);
+  }
+  return row;
+}

@@ -1,0 +1,61 @@
+// Connection tracking entries of ctnet's namespace (conntrack-tools). Removing a published port or
+// a sandbox must delete the entries that still lead to it, or established flows (UDP above all)
+// keep going to an address that is gone or, worse, to the next sandbox that gets it.
+import { KernelError } from '../errors.ts';
+import type { Runner } from './runner.ts';
+
+export interface Tuple {
+  readonly src: string;
+  readonly dst: string;
+  readonly sport: number | undefined;
+  readonly dport: number | undefined;
+}
+
+export interface Flow {
+  readonly proto: string;
+  readonly family: 4 | 6;
+  readonly orig: Tuple;
+  readonly reply: Tuple;
+}
+
+/** Parses `conntrack -L` text: the first src/dst/sport/dport group is the original direction. */
+export function parseFlows(text: string): Flow[] {
+  const flows: Flow[] = [];
+  for (const line of text.split('\n')) {
+    const proto = /^(\S+)\s+\d+/.exec(line)?.[1];
+    if (!proto) continue;
+    const values = (key: string) => [...line.matchAll(new RegExp(`\\b${key}=(\\S+)`, 'g'))].map((m) => m[1]!);
+    const [src, dst, sport, dport] = [values('src'), values('dst'), values('sport'), values('dport')];
+    if (src.length < 2 || dst.length < 2) continue;
+    const port = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+    flows.push({
+      proto,
+      family: src[0]!.includes(':') ? 6 : 4,
+      orig: { src: src[0]!, dst: dst[0]!, sport: port(sport[0]), dport: port(dport[0]) },
+      reply: { src: src[1]!, dst: dst[1]!, sport: port(sport[1]), dport: port(dport[1]) },
+    });
+  }
+  return flows;
+}
+
+/** Equivalent to: conntrack -L (both families). */
+export async function conntrackList(runner: Runner): Promise<Flow[]> {
+  return parseFlows((await runner.run(['conntrack', '-L'])).stdout);
+}
+
+/** The argv that deletes exactly one flow, named by its original tuple. */
+export function conntrackDeleteArgv(f: Flow): string[] {
+  const ports = f.orig.sport === undefined || f.orig.dport === undefined ? [] : ['--sport', String(f.orig.sport), '--dport', String(f.orig.dport)];
+  return ['conntrack', '-D', '-f', f.family === 4 ? 'ipv4' : 'ipv6', '-p', f.proto, '-s', f.orig.src, '-d', f.orig.dst, ...ports];
+}
+
+/** Equivalent to: conntrack -D ... for each flow. A flow that expired meanwhile counts as deleted. */
+export async function conntrackDelete(runner: Runner, flows: readonly Flow[]): Promise<void> {
+  for (const f of flows) {
+    try {
+      await runner.run(conntrackDeleteArgv(f), { mutates: true });
+    } catch (e) {
+      if (!(e instanceof KernelError && /0 flow entries have been deleted/.test(e.stderr))) throw e;
+    }
+  }
+}

@@ -1,0 +1,50 @@
+// Sockets listening in ctnet's namespace (ss from iproute2), to refuse publishing a host port a
+// host process already serves.
+import { readFileSync } from 'node:fs';
+import { basename } from 'node:path';
+import type { Runner } from './runner.ts';
+
+export interface Listener {
+  readonly proto: 'tcp' | 'udp' | 'sctp';
+  /** The bound address; '*' , 0.0.0.0 and :: mean every address. */
+  readonly address: string;
+  readonly port: number;
+  /** "name (pid N)" of the processes holding it, when ss could see them. */
+  readonly processes: string[];
+}
+
+/** Parses `ss -Hlnp -t -u` lines: Netid State Recv-Q Send-Q Local:Port Peer:Port [users:((...))]. */
+export function parseListeners(text: string): Listener[] {
+  const out: Listener[] = [];
+  for (const line of text.split('\n')) {
+    const cols = line.trim().split(/\s+/);
+    if (cols.length < 6) continue;
+    const proto = cols[0] as Listener['proto'];
+    if (!['tcp', 'udp', 'sctp'].includes(proto)) continue;
+    const local = cols[4]!;
+    const colon = local.lastIndexOf(':');
+    let address = local.slice(0, colon).replace(/^\[|\]$/g, '');
+    address = address.replace(/%.*$/, ''); // 0.0.0.0%lo: bound to a device
+    const port = Number(local.slice(colon + 1));
+    if (!Number.isInteger(port)) continue;
+    const processes = [...line.matchAll(/\("([^"]*)",pid=(\d+)/g)].map((m) => `${programName(m[2]!) ?? m[1]} (pid ${m[2]})`);
+    out.push({ proto, address, port, processes });
+  }
+  return out;
+}
+
+/** Equivalent to: ss -Hlnp -t -u [--sctp] */
+export async function listeners(runner: Runner, sctp: boolean): Promise<Listener[]> {
+  const argv = ['ss', '-H', '-l', '-n', '-p', '-t', '-u', ...(sctp ? ['-S'] : [])];
+  return parseListeners((await runner.run(argv)).stdout);
+}
+
+/** The program a pid runs (ss shows the thread name, e.g. node's "MainThread"). */
+function programName(pid: string): string | undefined {
+  try {
+    const argv0 = readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0];
+    return argv0 ? basename(argv0) : undefined;
+  } catch {
+    return undefined;
+  }
+}
