@@ -11,6 +11,8 @@ import { inspectNetwork, inspectSandbox, networkSummary, publishedPorts, sandbox
 import { publish, unpublish } from '../engine/publish.ts';
 import type { PublishRequest } from '../engine/ports.ts';
 import { parsePortSpec } from '../model/ports.ts';
+import { parseLabel } from '../model/policy.ts';
+import { addPolicy, changeLabels, checkPolicy, listPolicies, removePolicy } from '../engine/policy.ts';
 import { execInSandbox, startInSandbox } from '../engine/process.ts';
 import { gc } from '../engine/gc.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../model/spec.ts';
@@ -83,10 +85,11 @@ export function buildProgram(): Command {
     .option('--gateway <ip>', 'gateway address (default: first address of the subnet)', collect)
     .option('--bridge <ifname>', 'bridge interface name (default: ctbr-NAME)')
     .option('--internal', 'no egress: sandboxes reach only their own network')
+    .option('--isolate', 'sandboxes on this network may not talk to each other unless a policy allows it')
     .option('--mtu <n>', 'MTU of the bridge and the sandboxes\' interfaces')
     .action(act(async (ctx, g, name: string) => {
-      const opts = g as Globals & { subnet?: string[]; gateway?: string[]; bridge?: string; internal?: boolean; mtu?: string };
-      const spec = parseNetworkSpec({ name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, mtu: opts.mtu });
+      const opts = g as Globals & { subnet?: string[]; gateway?: string[]; bridge?: string; internal?: boolean; isolate?: boolean; mtu?: string };
+      const spec = parseNetworkSpec({ name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, mtu: opts.mtu });
       const n = await createNetwork(ctx, spec);
       if (!g.explain && !g.dryRun) out(n.name);
     }));
@@ -119,15 +122,22 @@ export function buildProgram(): Command {
     .option('--ip <ip>', 'a fixed address (one per subnet; repeatable)', collect)
     .option('--mac <mac>', 'MAC address of the first interface')
     .option('-p, --publish <spec>', 'publish a port: [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp|/sctp] (repeatable)', collect)
-    .option('--force', 'publish even when a host process listens on the host port');
-  type AttachOpts = Globals & { network?: string[]; ip?: string[]; mac?: string; publish?: string[]; force?: boolean };
+    .option('--force', 'publish even when a host process listens on the host port')
+    .option('--label <key=value>', 'a label policy rules can select (label:KEY=VALUE; repeatable)', collect);
+  type AttachOpts = Globals & { network?: string[]; ip?: string[]; mac?: string; publish?: string[]; force?: boolean; label?: string[] };
+  const labelsOf = (o: { label?: string[] }) => {
+    const labels = (o.label ?? []).map((l) => parseLabel('--label', l));
+    const dup = labels.find((l, i) => labels.findIndex((x) => x.key === l.key) !== i);
+    if (dup) throw invalid(`--label ${dup.key} is given twice`);
+    return labels;
+  };
   const publishRequest = (o: { publish?: string[]; force?: boolean }): PublishRequest =>
     ({ mappings: (o.publish ?? []).map(parsePortSpec), force: o.force ?? false });
 
   attachOptions(globals(program.command('create <name>'))).description('create a sandbox (a network namespace) on networks')
     .action(act(async (ctx, g, name: string) => {
       const spec = parseAttachSpec(g as AttachOpts);
-      const s = await createSandbox(ctx, parseName('sandbox', name), spec, publishRequest(g as AttachOpts));
+      const s = await createSandbox(ctx, parseName('sandbox', name), spec, publishRequest(g as AttachOpts), labelsOf(g as AttachOpts));
       if (!g.explain && !g.dryRun) out(s.name);
     }));
 
@@ -142,7 +152,7 @@ export function buildProgram(): Command {
       if (o.rm && o.detach) throw invalid('--rm and -d cannot be used together', 'remove a detached sandbox with "ctnet rm NAME"');
       const name = parseName('sandbox', o.name ?? `sbx-${randomBytes(3).toString('hex')}`);
       const spec = parseAttachSpec(o);
-      await createSandbox(ctx, name, spec, publishRequest(o));
+      await createSandbox(ctx, name, spec, publishRequest(o), labelsOf(o));
       if (o.detach) {
         const pid = startInSandbox(ctx, name, cmd);
         if (!g.explain && !g.dryRun) out(`${name}\t${pid}`);
@@ -230,6 +240,54 @@ export function buildProgram(): Command {
     .description('unpublish ports of a live sandbox (and end the flows still using them)')
     .action(act(async (ctx, _g, name: string, specs: string[]) => {
       await unpublish(ctx, parseName('sandbox', name), specs.map(parsePortSpec));
+    }));
+
+  // ---- labels and policy ----
+  globals(program.command('label <name> [labels...]'), true)
+    .description('show a sandbox\'s labels, or set KEY=VALUE labels (policy selects them as label:KEY=VALUE)')
+    .option('--rm <key>', 'remove a label (repeatable)', collect)
+    .action(act(async (ctx, g, name: string, labels: string[]) => {
+      const sandbox = parseName('sandbox', name);
+      const set = labels.map((l) => parseLabel('label', l));
+      const remove = (g as { rm?: string[] }).rm ?? [];
+      if (set.length || remove.length) await changeLabels(ctx, sandbox, set, remove);
+      else if (!ctx.store.sandbox(sandbox)) throw new CtnetError('NOT_FOUND', `no sandbox named ${sandbox}`, 'list sandboxes with "ctnet ls"');
+      const rows = ctx.store.labels(sandbox);
+      if (g.json) return out(JSON.stringify(Object.fromEntries(rows.map((r) => [r.key, r.value])), null, 2));
+      if (!g.explain && !g.dryRun && rows.length) out(rows.map((r) => `${r.key}=${r.value}`).join('\n'));
+    }));
+
+  const policy = program.command('policy').description('allow or deny traffic between sandboxes, networks, labels, CIDRs and the world');
+  for (const action of ['allow', 'deny'] as const) {
+    globals(policy.command(action))
+      .description(`${action} new connections --from SEL --to SEL (SEL: sandbox, net:NAME, label:KEY=VALUE, CIDR, world)`)
+      .requiredOption('--from <sel>', 'where connections come from')
+      .requiredOption('--to <sel>', 'where they go')
+      .option('--port <port>', 'PORT[-END][/tcp|/udp|/sctp] or icmp (default: every protocol and port)')
+      .option('--name <name>', 'a name for the rule (default: rule-ID)')
+      .action(act(async (ctx, g) => {
+        const o = g as Globals & { from: string; to: string; port?: string; name?: string };
+        const row = await addPolicy(ctx, { action, from: o.from, to: o.to, port: o.port, name: o.name });
+        if (!g.explain && !g.dryRun) out(row.name);
+      }));
+  }
+  globals(policy.command('ls'), true).alias('list').description('list rules with their hit counters (new connections each decided)')
+    .action(act(async (ctx, g) => {
+      const rows = await listPolicies(ctx);
+      if (g.json) return out(JSON.stringify(rows, null, 2));
+      out(table(['ID', 'NAME', 'ACTION', 'FROM', 'TO', 'PORT', 'HITS'],
+        rows.map((r) => [String(r.id), r.name, r.action, r.from, r.to, r.port ?? 'any', String(r.hits.packets)])));
+    }));
+  globals(policy.command('rm <rule...>')).alias('remove').description('remove rules (by name or ID); connections they allowed and nothing else allows are cut')
+    .action(act(async (ctx, _g, rules: string[]) => {
+      for (const r of rules) await removePolicy(ctx, r);
+    }));
+  globals(policy.command('check <from> <to> [port]'), true)
+    .description('say whether a new connection FROM -> TO (sandboxes or addresses) is allowed, and which rule or default decides')
+    .action(act(async (ctx, g, from: string, to: string, port: string | undefined) => {
+      const rows = checkPolicy(ctx, from, to, port);
+      if (g.json) return out(JSON.stringify(rows, null, 2));
+      out(rows.map((r) => `${r.allowed ? 'allowed' : 'denied '}  ${r.from} -> ${r.to} ${r.port}: ${r.by}`).join('\n'));
     }));
 
   globals(program.command('gc')).description('reconcile the store and the kernel after a crash')

@@ -8,6 +8,7 @@ export function renderSandbox(v: SandboxView): string {
     `  netns      ${v.netns}${v.owned ? '' : '  (not ctnet\'s: attached by --netns/--pid)'}`,
     `  created    ${v.created}`,
     `  processes  ${v.pids.length ? v.pids.join(' ') : 'none'}`,
+    `  labels     ${Object.entries(v.labels).map(([k, x]) => `${k}=${x}`).join(' ') || 'none'}`,
     '',
     'interfaces:',
     indent(table(['IFNAME', 'IFINDEX', 'NETWORK', 'MAC', 'STATE', 'ADDRESSES', 'HOST PEER (IFINDEX) @ BRIDGE'],

@@ -47,6 +47,7 @@ export interface SandboxView {
   readonly created: string;
   readonly present: boolean;
   readonly pids: number[];
+  readonly labels: Record<string, string>;
   readonly interfaces: InterfaceView[];
   readonly ports: PublishedView[];
   readonly routes: { dst: string; gateway?: string; dev?: string; scope?: string }[];
@@ -60,6 +61,7 @@ export function sandboxSummary(ctx: Ctx, s: SandboxRow) {
     networks: ctx.store.attachments({ sandbox: s.name }).map((a) => a.network),
     addresses: ctx.store.addresses({ sandbox: s.name }).map((a) => a.ip),
     ports: ctx.store.ports({ sandbox: s.name }).map(formatPortSpec),
+    labels: Object.fromEntries(ctx.store.labels(s.name).map((l) => [l.key, l.value])),
     netns: s.netns,
     owned: s.owned,
   };
@@ -96,6 +98,7 @@ export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxVie
         hostPeer: { ifname: a.hostVeth, ifindex: peer?.ifindex ?? null, bridge: peer?.master ?? null },
       };
     }),
+    labels: Object.fromEntries(store.labels(name).map((l) => [l.key, l.value])),
     ports: publishedPorts(store, name),
     routes: present ? (await routeList(runner, ns)).map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev, scope: r.scope })) : [],
     neighbours: present ? (await neighList(runner, ns)).map((n) => ({ dst: n.dst, dev: n.dev, lladdr: n.lladdr, state: n.state })) : [],

@@ -13,9 +13,10 @@ import { bridgeName } from './naming.ts';
 import { applyNftDelete } from './nftops.ts';
 import { crashPoint, ignoreMissing, transaction } from './undo.ts';
 import { disconnect } from './sandbox.ts';
+import { syncPolicy } from './policy.ts';
 
 export function networkFacts(ctx: Ctx, n: NetworkRow): NetworkFacts {
-  return { bridge: n.bridge, internal: n.internal, subnets: ctx.store.subnets(n.name) };
+  return { bridge: n.bridge, internal: n.internal, isolate: n.isolate, subnets: ctx.store.subnets(n.name) };
 }
 
 /**
@@ -64,7 +65,7 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<Networ
         }
       }
     }
-    const n = { name: spec.name, bridge, internal: spec.internal, mtu: spec.mtu ?? null, state: 'creating' as const };
+    const n = { name: spec.name, bridge, internal: spec.internal, isolate: spec.isolate, mtu: spec.mtu ?? null, state: 'creating' as const };
     store.insertNetwork(n, spec.subnets.map((s) => ({ cidr: s.cidr, family: s.subnet.family, gateway: s.gateway })));
     return { ...n, owner: null, created: new Date().toISOString() };
   }, { rollback: runner.dryRun });
@@ -85,7 +86,7 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<Networ
     ]);
     bridgeSysctls(ctx, bridge, spec.subnets.some((s) => s.subnet.family === 4));
     crashPoint();
-    const facts = { bridge, internal: spec.internal, subnets: spec.subnets.map((s) => ({ family: s.subnet.family, cidr: s.cidr })) };
+    const facts = { bridge, internal: spec.internal, isolate: spec.isolate, subnets: spec.subnets.map((s) => ({ family: s.subnet.family, cidr: s.cidr })) };
     undo.push(`nft elements of ${bridge}`, () => applyNftDelete(runner, networkElements('delete', facts)));
     await nftApply(runner, networkElements('add', facts).join('\n') + '\n');
     crashPoint();
@@ -94,6 +95,7 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<Networ
     if (!runner.dryRun) store.write(() => store.deleteNetwork(spec.name));
     throw e;
   });
+  await syncPolicy(ctx); // "world" and net: selectors depend on the networks
   return { ...row, state: 'ready' };
 }
 
@@ -126,6 +128,7 @@ export async function removeNetwork(ctx: Ctx, name: string, options: { force: bo
   crashPoint();
   await teardownNetwork(ctx, n);
   if (!runner.dryRun) store.write(() => store.deleteNetwork(name));
+  if (store.networks().length > 0) await syncPolicy(ctx);
 }
 
 /** Removes a network's kernel objects; idempotent. Also drops ctnet's table with the last network. */

@@ -19,6 +19,7 @@ import { applyNftDelete } from './nftops.ts';
 import { crashPoint, ignoreMissing, transaction, type UndoStack } from './undo.ts';
 import { applyPorts, forgetAddresses, portFacts, readHost, recordPorts, unapplyPorts, type PublishRequest } from './ports.ts';
 import type { PortFacts } from '../nft/ruleset.ts';
+import { syncPolicy } from './policy.ts';
 
 const NO_PORTS: PublishRequest = { mappings: [], force: false };
 
@@ -160,7 +161,8 @@ function planAttachments(store: Store, sandbox: string, networks: readonly strin
   return plans;
 }
 
-export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, publish: PublishRequest = NO_PORTS): Promise<SandboxRow> {
+export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, publish: PublishRequest = NO_PORTS,
+  labels: readonly { key: string; value: string }[] = []): Promise<SandboxRow> {
   const { store, runner } = ctx;
   const host = await readHost(ctx, publish);
   const nsName = netnsName(store.instance, name);
@@ -168,6 +170,7 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
   const plans = store.write(() => {
     if (store.sandbox(name)) throw new CtnetError('CONFLICT', `sandbox ${name} exists already`, `choose another name, or remove it with "ctnet rm ${name}"`);
     store.insertSandbox(row);
+    for (const l of labels) store.setLabel(name, l.key, l.value);
     const attachments = planAttachments(store, name, spec.networks, spec, []);
     recordPorts(store, name, publish, host);
     return { attachments, ports: portFacts(store, name) };
@@ -196,6 +199,7 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
     if (!runner.dryRun) store.write(() => store.deleteSandbox(name));
     throw e;
   });
+  await syncPolicy(ctx);
   return { ...row, state: 'ready' };
 }
 
@@ -251,6 +255,7 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
     throw e;
   });
   await retargetPorts(ctx, s.name, before);
+  await syncPolicy(ctx);
 }
 
 /** Moves published ports when the network they lead to changed (a connect or a disconnect). */
@@ -296,6 +301,7 @@ export async function disconnect(ctx: Ctx, network: string, sandbox: string): Pr
     if (!s.owned && store.attachments({ sandbox }).length === 0) store.deleteSandbox(sandbox);
   });
   if (wasTarget && store.sandbox(sandbox)) await applyPorts(ctx, portFacts(store, sandbox), undefined);
+  await syncPolicy(ctx);
 }
 
 /** Removes a sandbox: its processes, interfaces, nft elements, netns (if ctnet's) and addresses. */
@@ -312,6 +318,8 @@ export async function removeSandbox(ctx: Ctx, name: string): Promise<boolean> {
   crashPoint();
   await teardownSandbox(ctx, s);
   if (!runner.dryRun) store.write(() => store.deleteSandbox(name));
+  // Its addresses leave the policy sets before IPAM can hand them to another sandbox.
+  await syncPolicy(ctx);
   return true;
 }
 

@@ -115,7 +115,7 @@ export class Lab {
   }
 
   /** argv of a netcheck server, to start in a sandbox with `ctnet run -d ... -- ARGV`. */
-  static serverArgv(name: string, ports: { tcp?: number; udp?: number; http?: number }): string[] {
+  static serverArgv(name: string, ports: { tcp?: number; udp?: number; http?: number; echo?: number }): string[] {
     return [NODE, NETCHECK, 'serve', name, ...Object.entries(ports).flatMap(([k, v]) => [`--${k}`, String(v)])];
   }
 
@@ -123,6 +123,11 @@ export class Lab {
   /** argv of a netcheck UDP flow that runs until server UNTIL answers (see netcheck.ts). */
   static flowArgv(host: string, port: number, until: string, timeoutMs = 30_000): string[] {
     return [NODE, NETCHECK, 'flow', host, String(port), '--until', until, '--timeout', String(timeoutMs)];
+  }
+
+  /** argv of a netcheck TCP connection held open for ms (see netcheck.ts). */
+  static holdArgv(host: string, port: number, ms: number): string[] {
+    return [NODE, NETCHECK, 'hold', host, String(port), '--for', String(ms)];
   }
 
   static probeArgv(proto: 'tcp' | 'udp' | 'http', host: string, port: number, timeoutMs = 2000): string[] {

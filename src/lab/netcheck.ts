@@ -1,6 +1,9 @@
 // A tiny traffic tool for labs, tests and the demo (no external tools needed):
 //   netcheck serve NAME [--tcp PORT] [--udp PORT] [--http PORT]   answers with {server, client}
 //   netcheck probe tcp|udp|http HOST PORT [--timeout MS]          prints the answer; exit 1 on failure
+//   netcheck serve NAME --echo PORT                                 a TCP echo server (for hold)
+//   netcheck hold HOST PORT --for MS    one TCP connection pinging every 100 ms; exit 0 if it kept
+//       answering for MS, 1 (printing how many answers came) once an answer is 1 s late
 //   netcheck flow HOST PORT --until NAME [--timeout MS]           one UDP flow (a fixed source port)
 //       sending every 100 ms, printing each new server that answers; exit 0 once NAME answered
 // Every answer names the server and the client address it saw, so a test can check NAT.
@@ -22,6 +25,8 @@ if (mode === 'serve') {
   const tcp = flag('--tcp');
   const udp = flag('--udp');
   const http = flag('--http');
+  const echo = flag('--echo');
+  if (echo) createServer((s) => s.pipe(s)).listen(Number(echo), '::');
   if (tcp) createServer((s) => s.end(answer(name, s.remoteAddress))).listen(Number(tcp), '::');
   if (http) createHttpServer((req, res) => res.end(answer(name, req.socket.remoteAddress))).listen(Number(http), '::');
   if (udp) {
@@ -63,6 +68,34 @@ if (mode === 'serve') {
   } else {
     done(undefined, `unknown protocol ${proto}`);
   }
+} else if (mode === 'hold') {
+  const [host, port] = rest;
+  const duration = Number(flag('--for') ?? 3000);
+  let answers = 0;
+  let last = Date.now();
+  const s = connect({ host: host!, port: Number(port) });
+  const fail = (why: string) => {
+    process.stdout.write(`broken after ${answers} answers: ${why}\n`);
+    process.exit(1);
+  };
+  s.on('data', (d) => {
+    answers += d.length;
+    last = Date.now();
+  });
+  s.on('error', (e) => fail(e.message));
+  const connecting = setTimeout(() => fail('no connection'), 2000);
+  s.on('connect', () => {
+    clearTimeout(connecting);
+    last = Date.now();
+    setInterval(() => {
+      if (Date.now() - last > 1000) fail('no answer for 1 s');
+      s.write('.');
+    }, 100);
+    setTimeout(() => {
+      process.stdout.write(`held: ${answers} answers\n`);
+      process.exit(0);
+    }, duration);
+  });
 } else if (mode === 'flow') {
   const [host, port] = rest;
   const until = flag('--until');

@@ -15,6 +15,7 @@ export interface NetworkSpec {
   readonly subnets: readonly SubnetSpec[];
   readonly bridge: string | undefined;
   readonly internal: boolean;
+  readonly isolate: boolean;
   readonly mtu: number | undefined;
 }
 
@@ -24,6 +25,7 @@ export interface RawNetwork {
   gateway?: string[];
   bridge?: string;
   internal?: boolean;
+  isolate?: boolean;
   mtu?: string;
 }
 
@@ -65,6 +67,7 @@ export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
     })),
     bridge: raw.bridge === undefined ? undefined : parseIfname('--bridge', raw.bridge),
     internal: raw.internal ?? false,
+    isolate: raw.isolate ?? false,
     mtu,
   };
 }

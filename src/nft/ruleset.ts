@@ -9,6 +9,8 @@ export const TABLE = 'inet ctnet';
 export interface NetworkFacts {
   readonly bridge: string;
   readonly internal: boolean;
+  /** No bridge_pairs element: its sandboxes reach each other only where a policy allows. */
+  readonly isolate: boolean;
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string }[];
 }
 
@@ -42,6 +44,7 @@ add map ${TABLE} ports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr
 add map ${TABLE} ports6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; comment "published on one host address: address . protocol . port -> sandbox address . port"; }
 add map ${TABLE} ports4_any { type inet_proto . inet_service : ipv4_addr . inet_service; comment "published on every host address: protocol . port -> sandbox address . port"; }
 add map ${TABLE} ports6_any { type inet_proto . inet_service : ipv6_addr . inet_service; comment "published on every host address: protocol . port -> sandbox address . port"; }
+${policySets()}
 add chain ${TABLE} guard { type filter hook prerouting priority raw; policy accept; }
 add chain ${TABLE} prerouting { type nat hook prerouting priority dstnat; policy accept; }
 add chain ${TABLE} output { type nat hook output priority -100; policy accept; }
@@ -59,6 +62,10 @@ ${dnatRules('output')}
 add rule ${TABLE} forward ct state established,related accept
 add rule ${TABLE} forward iifname @bridges ip saddr . iifname != @endpoints4 counter drop comment "spoofed source"
 add rule ${TABLE} forward iifname @bridges ip6 saddr != { ::, fe80::/10 } ip6 saddr . iifname != @endpoints6 counter drop comment "spoofed source (link-local and DAD's :: stay on the link)"
+add rule ${TABLE} forward ip saddr . ip daddr . meta l4proto . th dport @policy_deny4 counter drop comment "policy: deny"
+add rule ${TABLE} forward ip6 saddr . ip6 daddr . meta l4proto . th dport @policy_deny6 counter drop comment "policy: deny"
+add rule ${TABLE} forward ip saddr . ip daddr . meta l4proto . th dport @policy_allow4 counter accept comment "policy: allow"
+add rule ${TABLE} forward ip6 saddr . ip6 daddr . meta l4proto . th dport @policy_allow6 counter accept comment "policy: allow"
 add rule ${TABLE} forward iifname . oifname @bridge_pairs accept
 add rule ${TABLE} forward iifname @internal_bridges counter drop comment "internal network: no way out"
 add rule ${TABLE} forward oifname @internal_bridges counter drop comment "internal network: no way in"
@@ -71,6 +78,35 @@ add rule ${TABLE} postrouting ct status dnat ip saddr 127.0.0.0/8 counter masque
 add rule ${TABLE} postrouting ip saddr @masq4 oifname != @bridges counter masquerade
 add rule ${TABLE} postrouting ip6 saddr @masq6 oifname != @bridges counter masquerade
 `;
+}
+
+export const POLICY_SETS = ['policy_deny4', 'policy_deny6', 'policy_allow4', 'policy_allow6'] as const;
+
+/**
+ * Policy rules compiled to disjoint boxes of source . destination . protocol . port: one lookup per
+ * set for a new connection, whatever the number of rules; per-element counters give rule hits.
+ */
+function policySets(): string {
+  return POLICY_SETS.map((name) => {
+    const addr = name.endsWith('4') ? 'ipv4_addr' : 'ipv6_addr';
+    return `add set ${TABLE} ${name} { type ${addr} . ${addr} . inet_proto . inet_service; flags interval; counter; comment "policy: source . destination . protocol . port"; }`;
+  }).join('\n');
+}
+
+export interface PolicyElements {
+  readonly deny4: readonly string[];
+  readonly deny6: readonly string[];
+  readonly allow4: readonly string[];
+  readonly allow6: readonly string[];
+}
+
+/** Replaces every policy element in one transaction (with the rest of the script it is part of). */
+export function policyLines(e: PolicyElements): string[] {
+  const lines: string[] = POLICY_SETS.map((name) => `flush set ${TABLE} ${name}`);
+  for (const [set, elements] of [['policy_deny4', e.deny4], ['policy_deny6', e.deny6], ['policy_allow4', e.allow4], ['policy_allow6', e.allow6]] as const) {
+    for (let i = 0; i < elements.length; i += 500) lines.push(`add element ${TABLE} ${set} { ${elements.slice(i, i + 500).join(', ')} }`);
+  }
+  return lines;
 }
 
 /** One lookup per new connection to a local address: a specific-address map, then the any-address one. */
@@ -89,10 +125,8 @@ function dnatRules(chain: 'prerouting' | 'output'): string {
 type Verb = 'add' | 'delete';
 
 export function networkElements(verb: Verb, n: NetworkFacts): string[] {
-  const lines = [
-    `${verb} element ${TABLE} bridges { ${q(n.bridge)} }`,
-    `${verb} element ${TABLE} bridge_pairs { ${q(n.bridge)} . ${q(n.bridge)} }`,
-  ];
+  const lines = [`${verb} element ${TABLE} bridges { ${q(n.bridge)} }`];
+  if (!n.isolate) lines.push(`${verb} element ${TABLE} bridge_pairs { ${q(n.bridge)} . ${q(n.bridge)} }`);
   if (n.internal) lines.push(`${verb} element ${TABLE} internal_bridges { ${q(n.bridge)} }`);
   else for (const s of n.subnets) lines.push(`${verb} element ${TABLE} masq${s.family} { ${s.cidr} }`);
   return lines;
@@ -125,7 +159,7 @@ export function dropTableScript(): string {
 }
 
 /** The whole table from scratch, atomically replacing whatever is there (used by gc). */
-export function fullScript(networks: readonly NetworkFacts[], endpoints: readonly EndpointFacts[], ports: readonly PortFacts[] = []): string {
+export function fullScript(networks: readonly NetworkFacts[], endpoints: readonly EndpointFacts[], ports: readonly PortFacts[] = [], policy?: PolicyElements): string {
   if (networks.length === 0) return dropTableScript();
   return [
     dropTableScript().trimEnd(),
@@ -133,5 +167,6 @@ export function fullScript(networks: readonly NetworkFacts[], endpoints: readonl
     ...networks.flatMap((n) => networkElements('add', n)),
     ...endpoints.flatMap((e) => endpointElements('add', e)),
     ...ports.flatMap((p) => portElements('add', p)),
+    ...(policy ? policyLines(policy) : []),
   ].join('\n') + '\n';
 }

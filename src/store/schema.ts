@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 2;
+export const SCHEMA_VERSION = 3;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -67,7 +67,6 @@ CREATE TABLE addresses (
   FOREIGN KEY (sandbox, network) REFERENCES attachments(sandbox, network) ON DELETE CASCADE
 );
 CREATE INDEX addresses_by_sandbox ON addresses(sandbox);
-${PORTS}
 CREATE TABLE processes (
   sandbox TEXT NOT NULL REFERENCES sandboxes(name) ON DELETE CASCADE,
   pid INTEGER NOT NULL,
@@ -75,7 +74,30 @@ CREATE TABLE processes (
 );
 `;
 
-/** Published ports (schema 2), with which a version 1 store is upgraded. */
+// Policy (schema 3): labels select sandboxes; rules keep their selectors as the canonical text
+// the CLI parses (src/model/policy.ts), so a rule reads back exactly as it was given.
+export const POLICY = `
+ALTER TABLE networks ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE labels (
+  sandbox TEXT NOT NULL REFERENCES sandboxes(name) ON DELETE CASCADE,
+  key TEXT NOT NULL,
+  value TEXT NOT NULL,
+  PRIMARY KEY (sandbox, key)
+);
+CREATE INDEX labels_by_key ON labels(key, value);
+CREATE TABLE policies (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  name TEXT NOT NULL UNIQUE,
+  action TEXT NOT NULL CHECK (action IN ('allow', 'deny')),
+  from_sel TEXT NOT NULL,
+  to_sel TEXT NOT NULL,
+  port TEXT,
+  created TEXT NOT NULL
+);
+`;
+
+/** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
+  3: POLICY,
 };

@@ -16,6 +16,8 @@ export interface NetworkRow {
   readonly name: string;
   readonly bridge: string;
   readonly internal: boolean;
+  /** Sandboxes on it may not talk to each other unless a policy allows it. */
+  readonly isolate: boolean;
   readonly mtu: number | null;
   readonly state: State;
   readonly owner: string | null;
@@ -57,6 +59,15 @@ export interface AddressRow {
 export interface PortRow extends PortMapping {
   readonly sandbox: string;
 }
+export interface PolicyRow {
+  readonly id: number;
+  readonly name: string;
+  readonly action: 'allow' | 'deny';
+  readonly from: string;
+  readonly to: string;
+  readonly port: string | null;
+  readonly created: string;
+}
 export interface ProcessRow {
   readonly sandbox: string;
   readonly pid: number;
@@ -95,10 +106,10 @@ export class Store {
       const version = (this.db.prepare('PRAGMA user_version').get() as Row).user_version as number;
       if (version === 0) {
         this.db.exec(SCHEMA);
-        this.db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
         this.db.prepare('INSERT INTO meta(key, value) VALUES (?, ?)').run('instance', randomBytes(2).toString('hex'));
-      } else if (version < SCHEMA_VERSION) {
-        for (let v = version + 1; v <= SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!);
+      }
+      if (version < SCHEMA_VERSION) {
+        for (let v = Math.max(version, 1) + 1; v <= SCHEMA_VERSION; v++) this.db.exec(MIGRATIONS[v]!);
         this.db.exec(`PRAGMA user_version = ${SCHEMA_VERSION}`);
       } else if (version > SCHEMA_VERSION) {
         throw new CtnetError('STATE', `the state in ${this.dir} was written by a newer ctnet (schema ${version})`, 'upgrade ctnet');
@@ -136,8 +147,8 @@ export class Store {
     return r && toNetwork(r);
   }
   insertNetwork(n: Omit<NetworkRow, 'created' | 'owner'>, subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[]): void {
-    this.#run('INSERT INTO networks(name, bridge, internal, mtu, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?)',
-      n.name, n.bridge, n.internal ? 1 : 0, n.mtu, n.state, processToken(), new Date().toISOString());
+    this.#run('INSERT INTO networks(name, bridge, internal, isolate, mtu, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.mtu, n.state, processToken(), new Date().toISOString());
     for (const s of subnets) {
       this.#run('INSERT INTO subnets(network, cidr, family, gateway) VALUES (?, ?, ?, ?)', n.name, s.cidr, s.family, s.gateway);
     }
@@ -248,6 +259,41 @@ export class Store {
     this.#run('DELETE FROM ports WHERE sandbox = ? AND proto = ? AND host_ip = ? AND host_port = ?', p.sandbox, p.proto, p.hostIp, p.hostPort);
   }
 
+  // ---- labels ----
+  labels(sandbox?: string): { sandbox: string; key: string; value: string }[] {
+    const rows = sandbox === undefined
+      ? this.#all('SELECT * FROM labels ORDER BY sandbox, key')
+      : this.#all('SELECT * FROM labels WHERE sandbox = ? ORDER BY key', sandbox);
+    return rows.map((r) => ({ sandbox: r.sandbox as string, key: r.key as string, value: r.value as string }));
+  }
+  setLabel(sandbox: string, key: string, value: string): void {
+    this.#run('INSERT INTO labels(sandbox, key, value) VALUES (?, ?, ?) ON CONFLICT (sandbox, key) DO UPDATE SET value = excluded.value', sandbox, key, value);
+  }
+  deleteLabel(sandbox: string, key: string): void {
+    this.#run('DELETE FROM labels WHERE sandbox = ? AND key = ?', sandbox, key);
+  }
+
+  // ---- policy rules ----
+  policies(): PolicyRow[] {
+    return this.#all('SELECT * FROM policies ORDER BY id').map((r) => ({
+      id: r.id as number, name: r.name as string, action: r.action as 'allow' | 'deny', from: r.from_sel as string,
+      to: r.to_sel as string, port: (r.port as string | null) ?? null, created: r.created as string,
+    }));
+  }
+  /** Inserts a rule; a missing name becomes "rule-ID". */
+  insertPolicy(p: Omit<PolicyRow, 'id' | 'created' | 'name'> & { name: string | undefined }): PolicyRow {
+    const created = new Date().toISOString();
+    const r = this.db.prepare('INSERT INTO policies(name, action, from_sel, to_sel, port, created) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(p.name ?? `pending-${randomBytes(4).toString('hex')}`, p.action, p.from, p.to, p.port, created);
+    const id = Number(r.lastInsertRowid);
+    const name = p.name ?? `rule-${id}`;
+    if (p.name === undefined) this.#run('UPDATE policies SET name = ? WHERE id = ?', name, id);
+    return { ...p, id, name, created };
+  }
+  deletePolicy(id: number): void {
+    this.#run('DELETE FROM policies WHERE id = ?', id);
+  }
+
   // ---- processes ctnet started in sandboxes ----
   processes(sandbox: string): ProcessRow[] {
     return this.#all('SELECT * FROM processes WHERE sandbox = ?', sandbox)
@@ -269,7 +315,7 @@ export class Store {
 }
 
 const toNetwork = (r: Row): NetworkRow => ({
-  name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1,
+  name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1,
   mtu: (r.mtu as number | null) ?? null, state: r.state as State, created: r.created as string,
   owner: (r.owner as string | null) ?? null,
 });

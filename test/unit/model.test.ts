@@ -85,12 +85,16 @@ describe('request parsing', () => {
 
 describe('nft text and ip commands', () => {
   it('internal networks are never masqueraded', () => {
-    const lines = networkElements('add', { bridge: 'br', internal: true, subnets: [{ family: 4, cidr: '10.0.0.0/24' }] });
+    const lines = networkElements('add', { bridge: 'br', internal: true, isolate: false, subnets: [{ family: 4, cidr: '10.0.0.0/24' }] });
     assert.ok(lines.some((l) => l.includes('internal_bridges { "br" }')));
     assert.ok(!lines.some((l) => l.includes('masq')));
     assert.deepEqual(endpointElements('delete', { bridge: 'br', addresses: [{ family: 6, ip: 'fd00::2' }] }),
       ['delete element inet ctnet endpoints6 { fd00::2 . "br" }']);
     assert.equal(fullScript([], []), 'add table inet ctnet\ndelete table inet ctnet\n');
+  });
+  it('an --isolate network has no bridge . bridge pair (same-network traffic is not accepted by default)', () => {
+    const lines = networkElements('add', { bridge: 'br', internal: false, isolate: true, subnets: [] });
+    assert.deepEqual(lines, ['add element inet ctnet bridges { "br" }']);
   });
   it('builders print their Equivalent-to line', () => {
     assert.equal(ipLine(linkSetUp('eth0', { name: 'ns1' })), 'ip -n ns1 link set eth0 up');

@@ -1,0 +1,291 @@
+// Use cases for network policy: rules (allow/deny between selectors), labels, and keeping the
+// kernel's policy sets equal to what the rules say about the sandboxes that exist now.
+import ipaddr from 'ipaddr.js';
+import { CtnetError } from '../errors.ts';
+import { conntrackDelete, conntrackList, type Flow } from '../kernel/conntrack.ts';
+import { addrList } from '../kernel/ip.ts';
+import { nftApply, nftListTable } from '../kernel/nft.ts';
+import { addrToBigint, parseAddr, parseSubnet, type Family } from '../model/cidr.ts';
+import { parseName } from '../model/names.ts';
+import {
+  boxText, compile, decide, formatPortFilter, formatSelector, parsePortFilter, parseSelector, PROTO_NUMBERS,
+  type Action, type Box, type Decision, type PolicyRule, type PolicyWorld, type Selector,
+} from '../model/policy.ts';
+import { policyLines, TABLE, type PolicyElements } from '../nft/ruleset.ts';
+import type { PolicyRow, Store } from '../store/store.ts';
+import type { Ctx } from './context.ts';
+
+/** The networks and sandboxes as the policy model sees them (plain data). */
+export function policyWorld(store: Store): PolicyWorld {
+  const labels = store.labels();
+  return {
+    networks: store.networks().map((n) => ({
+      name: n.name, internal: n.internal, isolate: n.isolate,
+      subnets: store.subnets(n.name).map((s) => {
+        const sub = parseSubnet('subnet', s.cidr);
+        return { family: s.family, start: sub.network, end: sub.network + (1n << BigInt((s.family === 4 ? 32 : 128) - sub.prefix)) - 1n };
+      }),
+    })),
+    sandboxes: store.sandboxes().map((s) => ({
+      name: s.name,
+      labels: Object.fromEntries(labels.filter((l) => l.sandbox === s.name).map((l) => [l.key, l.value])),
+      addresses: store.addresses({ sandbox: s.name }).map((a) => ({ family: a.family, n: parseAddr('address', a.ip).n, network: a.network })),
+    })),
+  };
+}
+
+export function toRule(r: PolicyRow): PolicyRule {
+  return {
+    id: r.id, name: r.name, action: r.action,
+    from: parseSelector('from', r.from), to: parseSelector('to', r.to),
+    port: r.port === null ? undefined : parsePortFilter(r.port),
+  };
+}
+
+const SETS = [['deny', 4], ['deny', 6], ['allow', 4], ['allow', 6]] as const;
+
+function compiled(store: Store) {
+  const rules = store.policies().map(toRule);
+  const world = policyWorld(store);
+  return SETS.map(([action, family]) => ({ action, family, boxes: compile(rules, action, world, family) }));
+}
+
+/** The elements of the four policy sets, for the rules and sandboxes in the store now. */
+export function policyElements(store: Store): PolicyElements {
+  const [deny4, deny6, allow4, allow6] = compiled(store).map((c) => c.boxes.map((b) => boxText(b.box, c.family)));
+  return { deny4: deny4!, deny6: deny6!, allow4: allow4!, allow6: allow6! };
+}
+
+/**
+ * Rewrites the policy sets in one nft transaction (no packet sees half a policy). Cheap when there
+ * are no rules: nothing to do, the sets are empty. With cut, connections the new policy denies end.
+ */
+export async function syncPolicy(ctx: Ctx, options: { force?: boolean; cut?: boolean } = {}): Promise<void> {
+  const { store, runner } = ctx;
+  if (!options.force && store.policies().length === 0) return;
+  runner.note('policy: rewrite the policy sets from the rules');
+  await nftApply(runner, policyLines(policyElements(store)).join('\n') + '\n');
+  if (options.cut) await cutDeniedFlows(ctx);
+}
+
+/** Deletes tracked connections through ctnet's forward path that the current policy denies. */
+async function cutDeniedFlows(ctx: Ctx): Promise<void> {
+  if (ctx.runner.dryRun) return;
+  const rules = ctx.store.policies().map(toRule);
+  const world = policyWorld(ctx.store);
+  const local = new Set((await addrList(ctx.runner)).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
+  const denied = (await conntrackList(ctx.runner)).filter((f) => {
+    const p = flowPacket(f, local);
+    return p !== undefined && !decide(rules, world, p).allowed;
+  });
+  await conntrackDelete(ctx.runner, denied);
+}
+
+/** The packet the forward chain judged for a flow; undefined for the host's own traffic. */
+function flowPacket(f: Flow, local: ReadonlySet<string>) {
+  if (local.has(f.orig.src)) return undefined; // from the host: output path, not forwarded
+  const dnat = f.reply.src !== f.orig.dst;
+  if (!dnat && local.has(f.orig.dst)) return undefined; // to the host itself: input path
+  const dst = dnat ? f.reply.src : f.orig.dst;
+  const port = dnat ? f.reply.sport : f.orig.dport;
+  try {
+    return {
+      family: f.family, src: addrToBigint(ipaddr.parse(f.orig.src)), dst: addrToBigint(ipaddr.parse(dst)),
+      proto: PROTO_NUMBERS[f.proto] ?? -1, port: port ?? 0, published: dnat,
+    };
+  } catch {
+    return undefined;
+  }
+}
+
+function checkSelector(store: Store, flag: string, s: Selector): void {
+  if (s.kind === 'net' && !store.network(s.name)) {
+    throw new CtnetError('NOT_FOUND', `${flag} net:${s.name}: no network named ${s.name}`, 'list networks with "ctnet network ls"');
+  }
+  if (s.kind === 'sandbox' && !store.sandbox(s.name)) {
+    throw new CtnetError('NOT_FOUND', `${flag} ${s.name}: no sandbox named ${s.name}`,
+      'name an existing sandbox, or select by label (label:KEY=VALUE) to cover sandboxes made later');
+  }
+}
+
+export interface PolicyRequest {
+  readonly action: Action;
+  readonly from: string;
+  readonly to: string;
+  readonly port: string | undefined;
+  readonly name: string | undefined;
+}
+
+export async function addPolicy(ctx: Ctx, req: PolicyRequest): Promise<PolicyRow> {
+  const { store, runner } = ctx;
+  const from = parseSelector('--from', req.from);
+  const to = parseSelector('--to', req.to);
+  const port = req.port === undefined ? undefined : parsePortFilter(req.port);
+  const name = req.name === undefined ? undefined : parseName('policy', req.name);
+  if (name !== undefined && /^rule-\d+$/.test(name)) throw new CtnetError('INVALID_ARGUMENT', `policy name ${name} is reserved for unnamed rules`, 'choose another --name');
+  if (name !== undefined && /^\d+$/.test(name)) throw new CtnetError('INVALID_ARGUMENT', `policy name ${name} would read as a rule ID`, 'choose a name with a letter in it');
+  const rowData = { action: req.action, from: formatSelector(from), to: formatSelector(to), port: port ? formatPortFilter(port) : null, name };
+  // The new elements are computed in the same store transaction as the rule (rolled back by --dry-run).
+  const { row, lines } = store.write(() => {
+    checkSelector(store, '--from', from);
+    checkSelector(store, '--to', to);
+    if (name !== undefined && store.policies().some((p) => p.name === name)) {
+      throw new CtnetError('CONFLICT', `a policy rule named ${name} exists already`, `choose another --name, or remove it with "ctnet policy rm ${name}"`);
+    }
+    const row = store.insertPolicy(rowData);
+    return { row, lines: policyLines(policyElements(store)) };
+  }, { rollback: runner.dryRun });
+  runner.note(`policy ${row.name}: ${row.action} ${row.from} -> ${row.to} ${row.port ?? 'any'}`);
+  try {
+    await nftApply(runner, lines.join('\n') + '\n');
+  } catch (e) {
+    if (!runner.dryRun) store.write(() => store.deletePolicy(row.id));
+    throw e;
+  }
+  await cutDeniedFlows(ctx);
+  return row;
+}
+
+export function findPolicy(store: Store, nameOrId: string): PolicyRow {
+  const rows = store.policies();
+  const row = rows.find((p) => p.name === nameOrId) ?? (/^\d+$/.test(nameOrId) ? rows.find((p) => p.id === Number(nameOrId)) : undefined);
+  if (!row) {
+    throw new CtnetError('NOT_FOUND', `no policy rule named ${nameOrId}`, rows.length ? 'list rules with "ctnet policy ls"' : 'there are no policy rules');
+  }
+  return row;
+}
+
+export async function removePolicy(ctx: Ctx, nameOrId: string): Promise<void> {
+  const { store, runner } = ctx;
+  const row = findPolicy(store, nameOrId);
+  const lines = store.write(() => {
+    store.deletePolicy(row.id);
+    return policyLines(policyElements(store));
+  }, { rollback: runner.dryRun });
+  runner.note(`policy ${row.name}: remove`);
+  try {
+    await nftApply(runner, lines.join('\n') + '\n');
+  } catch (e) {
+    if (!runner.dryRun) store.write(() => store.insertPolicy(row)); // keep the store equal to the kernel
+    throw e;
+  }
+  await cutDeniedFlows(ctx);
+}
+
+export interface PolicyView extends PolicyRow {
+  readonly hits: { packets: number; bytes: number };
+}
+
+/** Every rule with its hit counter (new connections it decided), read from the element counters. */
+export async function listPolicies(ctx: Ctx): Promise<PolicyView[]> {
+  const { store, runner } = ctx;
+  const rows = store.policies();
+  const owner = new Map<string, number>();
+  for (const c of compiled(store)) for (const b of c.boxes) owner.set(`${c.action}${c.family}|${boxKey(b.box)}`, b.rule);
+  const hits = new Map<number, { packets: number; bytes: number }>(rows.map((r) => [r.id, { packets: 0, bytes: 0 }]));
+  const table = rows.length ? (await nftListTable(runner, 'inet', TABLE.split(' ')[1]!)) ?? [] : [];
+  for (const item of table as { set?: { name: string; elem?: unknown[] } }[]) {
+    const m = /^policy_(allow|deny)([46])$/.exec(item.set?.name ?? '');
+    if (!m) continue;
+    for (const e of item.set!.elem ?? []) {
+      const el = (e as { elem?: { val: unknown; counter?: { packets: number; bytes: number } } }).elem;
+      if (!el?.counter) continue;
+      const box = parseElement(el.val, Number(m[2]) as Family);
+      const rule = box && owner.get(`${m[1]}${m[2]}|${boxKey(box)}`);
+      const h = rule === undefined ? undefined : hits.get(rule);
+      if (h) {
+        h.packets += el.counter.packets;
+        h.bytes += el.counter.bytes;
+      }
+    }
+  }
+  return rows.map((r) => ({ ...r, hits: hits.get(r.id)! }));
+}
+
+const boxKey = (b: Box) => b.map(([s, e]) => `${s}-${e}`).join('|');
+
+/** nft's JSON for one field of an element: a value, a range, or a prefix. */
+function parseField(v: unknown, kind: 'addr' | 'proto' | 'port', family: Family): [bigint, bigint] | undefined {
+  const one = (x: unknown): bigint | undefined => {
+    if (kind === 'addr') return typeof x === 'string' ? addrToBigint(ipaddr.parse(x)) : undefined;
+    if (typeof x === 'number') return BigInt(x);
+    if (typeof x === 'string' && kind === 'proto') {
+      const n = PROTO_NUMBERS[x] ?? (x === 'ipv6-icmp' ? 58 : undefined);
+      return n === undefined ? undefined : BigInt(n);
+    }
+    return undefined;
+  };
+  if (v && typeof v === 'object' && 'range' in v) {
+    const [a, b] = (v as { range: unknown[] }).range;
+    const s = one(a);
+    const e = one(b);
+    return s === undefined || e === undefined ? undefined : [s, e];
+  }
+  if (v && typeof v === 'object' && 'prefix' in v) {
+    const { addr, len } = (v as { prefix: { addr: string; len: number } }).prefix;
+    const host = BigInt((family === 4 ? 32 : 128) - len);
+    const s = addrToBigint(ipaddr.parse(addr));
+    return [s, s + (1n << host) - 1n];
+  }
+  const n = one(v);
+  return n === undefined ? undefined : [n, n];
+}
+
+function parseElement(val: unknown, family: Family): Box | undefined {
+  const fields = (val as { concat?: unknown[] })?.concat;
+  if (!fields || fields.length !== 4) return undefined;
+  const kinds = ['addr', 'addr', 'proto', 'port'] as const;
+  const parts = fields.map((f, i) => parseField(f, kinds[i]!, family));
+  return parts.every((p) => p !== undefined) ? (parts as unknown as Box) : undefined;
+}
+
+/** Resolves FROM/TO (sandbox names or addresses) for `policy check`. */
+function endpoints(store: Store, what: string, text: string): { family: Family; n: bigint; label: string }[] {
+  const s = store.sandbox(text);
+  if (s) return store.addresses({ sandbox: text }).map((a) => ({ family: a.family, n: parseAddr(what, a.ip).n, label: `${text} (${a.ip})` }));
+  try {
+    const a = parseAddr(what, text);
+    return [{ ...a, label: text }];
+  } catch {
+    throw new CtnetError('NOT_FOUND', `${what} ${JSON.stringify(text)} is neither a sandbox nor an address`, 'name a sandbox (ctnet ls) or give an IP address');
+  }
+}
+
+export interface CheckResult extends Decision {
+  readonly from: string;
+  readonly to: string;
+  readonly port: string;
+}
+
+/** What the kernel does with a new connection FROM -> TO (each address pair of the same family). */
+export function checkPolicy(ctx: Ctx, from: string, to: string, portText: string | undefined): CheckResult[] {
+  const { store } = ctx;
+  const port = portText === undefined ? undefined : parsePortFilter(portText);
+  const src = endpoints(store, 'FROM', from);
+  const dst = endpoints(store, 'TO', to);
+  const rules = store.policies().map(toRule);
+  const world = policyWorld(store);
+  const out: CheckResult[] = [];
+  for (const s of src) {
+    for (const d of dst.filter((x) => x.family === s.family)) {
+      const proto = port ? (port.proto === 'icmp' ? (s.family === 4 ? 1 : 58) : PROTO_NUMBERS[port.proto]!) : 6;
+      const decision = decide(rules, world, { family: s.family, src: s.n, dst: d.n, proto, port: port?.start ?? 0 });
+      out.push({ from: s.label, to: d.label, port: port ? formatPortFilter(port) : 'any/tcp', ...decision });
+    }
+  }
+  if (out.length === 0) {
+    throw new CtnetError('INVALID_ARGUMENT', `${from} and ${to} have no addresses of the same family`, 'check them with "ctnet inspect"');
+  }
+  return out;
+}
+
+/** Sets and removes labels of a sandbox, then brings the policy sets up to date. */
+export async function changeLabels(ctx: Ctx, sandbox: string, set: readonly { key: string; value: string }[], remove: readonly string[]): Promise<void> {
+  const { store, runner } = ctx;
+  if (!store.sandbox(sandbox)) throw new CtnetError('NOT_FOUND', `no sandbox named ${sandbox}`, 'list sandboxes with "ctnet ls"');
+  store.write(() => {
+    for (const l of set) store.setLabel(sandbox, l.key, l.value);
+    for (const k of remove) store.deleteLabel(sandbox, k);
+  }, { rollback: runner.dryRun });
+  await syncPolicy(ctx, { cut: true });
+}

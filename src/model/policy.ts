@@ -1,0 +1,298 @@
+// Network policy, pure: selectors and rules parsed from user input, resolved against the current
+// networks and sandboxes into address ranges, compiled into disjoint boxes for nftables interval
+// sets, and evaluated (for `policy check` and to find the flows a change must cut).
+import ipaddr from 'ipaddr.js';
+import { invalid } from '../errors.ts';
+import { addrToBigint, formatAddr, type Family } from './cidr.ts';
+import { parseName } from './names.ts';
+
+export type Selector =
+  | { readonly kind: 'sandbox'; readonly name: string }
+  | { readonly kind: 'net'; readonly name: string }
+  | { readonly kind: 'label'; readonly key: string; readonly value: string }
+  | { readonly kind: 'cidr'; readonly family: Family; readonly start: bigint; readonly end: bigint; readonly text: string }
+  | { readonly kind: 'world' };
+
+export type Action = 'allow' | 'deny';
+export const POLICY_PROTOCOLS = ['tcp', 'udp', 'sctp', 'icmp'] as const;
+export type PolicyProto = (typeof POLICY_PROTOCOLS)[number];
+
+/** Which traffic a rule covers: one protocol and a port range (ICMP: every message). */
+export interface PortFilter {
+  readonly proto: PolicyProto;
+  readonly start: number;
+  readonly end: number;
+}
+
+export interface PolicyRule {
+  readonly id: number;
+  readonly name: string;
+  readonly action: Action;
+  readonly from: Selector;
+  readonly to: Selector;
+  /** undefined: every protocol and port. */
+  readonly port: PortFilter | undefined;
+}
+
+const LABEL_PART = /^[A-Za-z0-9]([A-Za-z0-9_.\/-]{0,62})?$/;
+const LABEL_VALUE = /^[A-Za-z0-9_.\/-]{0,63}$/;
+
+/** KEY=VALUE of --label (and label: selectors). */
+export function parseLabel(what: string, text: string): { key: string; value: string } {
+  const eq = text.indexOf('=');
+  if (eq < 0) throw invalid(`${what} ${JSON.stringify(text)} has no "="`, 'write KEY=VALUE, e.g. tier=web');
+  const key = text.slice(0, eq);
+  const value = text.slice(eq + 1);
+  if (!LABEL_PART.test(key)) throw invalid(`${what} key ${JSON.stringify(key)} is not allowed`, 'use up to 63 letters, digits, "_", ".", "/" or "-", starting with a letter or digit');
+  if (!LABEL_VALUE.test(value)) throw invalid(`${what} value ${JSON.stringify(value)} is not allowed`, 'use up to 63 letters, digits, "_", ".", "/" or "-"');
+  return { key, value };
+}
+
+const bitsOf = (f: Family) => (f === 4 ? 32 : 128);
+const FULL = (f: Family): [bigint, bigint] => [0n, (1n << BigInt(bitsOf(f))) - 1n];
+
+/** An address or a CIDR (any prefix length, host bits clear). */
+function parseCidrSelector(what: string, text: string): Selector {
+  let addr: ipaddr.IPv4 | ipaddr.IPv6;
+  let prefix: number;
+  try {
+    if (text.includes('/')) [addr, prefix] = ipaddr.parseCIDR(text);
+    else {
+      addr = ipaddr.parse(text);
+      prefix = addr.kind() === 'ipv4' ? 32 : 128;
+    }
+  } catch {
+    throw invalid(`${what} ${JSON.stringify(text)} is not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR or world`,
+      'e.g. web1, net:frontend, label:tier=api, 10.0.0.0/8, world');
+  }
+  const family: Family = addr.kind() === 'ipv4' ? 4 : 6;
+  const host = BigInt(bitsOf(family) - prefix);
+  const n = addrToBigint(addr);
+  const start = (n >> host) << host;
+  if (start !== n) throw invalid(`${what} ${text} has host bits set`, `did you mean ${formatAddr(family, start)}/${prefix}?`);
+  return { kind: 'cidr', family, start, end: start + (1n << host) - 1n, text: `${formatAddr(family, start)}/${prefix}` };
+}
+
+export function parseSelector(what: string, text: string): Selector {
+  if (text === 'world') return { kind: 'world' };
+  if (text.startsWith('net:')) return { kind: 'net', name: parseName(`${what} network`, text.slice(4)) };
+  if (text.startsWith('label:')) return { kind: 'label', ...parseLabel(`${what} label`, text.slice(6)) };
+  if (/^[0-9]/.test(text) && (text.includes('.') || text.includes('/')) || text.includes(':')) return parseCidrSelector(what, text);
+  try {
+    return { kind: 'sandbox', name: parseName(`${what} sandbox`, text) };
+  } catch {
+    throw invalid(`${what} ${JSON.stringify(text)} is not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR or world`,
+      'e.g. web1, net:frontend, label:tier=api, 10.0.0.0/8, world');
+  }
+}
+
+export function formatSelector(s: Selector): string {
+  switch (s.kind) {
+    case 'sandbox': return s.name;
+    case 'net': return `net:${s.name}`;
+    case 'label': return `label:${s.key}=${s.value}`;
+    case 'cidr': return s.text;
+    case 'world': return 'world';
+  }
+}
+
+/** --port PORT[-END][/tcp|/udp|/sctp], or icmp (/icmp): what a rule covers. */
+export function parsePortFilter(text: string): PortFilter {
+  const bad = (why: string) => invalid(`--port ${JSON.stringify(text)}: ${why}`, 'write PORT[-END][/tcp|/udp|/sctp] or icmp, e.g. 3306, 8000-8080/tcp, 53/udp');
+  const [ports, proto = 'tcp', ...extra] = text.replace(/^\//, '').split('/');
+  if (extra.length) throw bad('too many "/"');
+  if (ports === 'icmp' && text.split('/').length <= 2) return { proto: 'icmp', start: 0, end: 65535 };
+  if (!(POLICY_PROTOCOLS as readonly string[]).includes(proto.toLowerCase())) throw bad(`unknown protocol ${JSON.stringify(proto)}`);
+  const p = proto.toLowerCase() as PolicyProto;
+  if (p === 'icmp') {
+    if (ports !== '') throw bad('ICMP has no ports');
+    return { proto: 'icmp', start: 0, end: 65535 };
+  }
+  const m = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(ports ?? '');
+  if (!m) throw bad('not a port or a range');
+  const start = Number(m[1]);
+  const end = m[2] === undefined ? start : Number(m[2]);
+  if (start < 1 || end > 65535) throw bad('ports are whole numbers from 1 to 65535');
+  if (end < start) throw bad('the range ends before it starts');
+  return { proto: p, start, end };
+}
+
+export function formatPortFilter(p: PortFilter | undefined): string {
+  if (!p) return 'any';
+  if (p.proto === 'icmp') return 'icmp';
+  return `${p.start === p.end ? p.start : `${p.start}-${p.end}`}/${p.proto}`;
+}
+
+// ---- the current world, as plain data ----
+
+export interface PolicyNetwork {
+  readonly name: string;
+  readonly internal: boolean;
+  readonly isolate: boolean;
+  readonly subnets: readonly { readonly family: Family; readonly start: bigint; readonly end: bigint }[];
+}
+export interface PolicySandbox {
+  readonly name: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly addresses: readonly { readonly family: Family; readonly n: bigint; readonly network: string }[];
+}
+export interface PolicyWorld {
+  readonly networks: readonly PolicyNetwork[];
+  readonly sandboxes: readonly PolicySandbox[];
+}
+
+export type Range = readonly [bigint, bigint];
+
+/** The address ranges of one family a selector stands for now. */
+export function resolve(sel: Selector, w: PolicyWorld, family: Family): Range[] {
+  switch (sel.kind) {
+    case 'sandbox':
+      return (w.sandboxes.find((s) => s.name === sel.name)?.addresses ?? []).filter((a) => a.family === family).map((a) => [a.n, a.n]);
+    case 'label':
+      return w.sandboxes.filter((s) => s.labels[sel.key] === sel.value)
+        .flatMap((s) => s.addresses.filter((a) => a.family === family).map((a): Range => [a.n, a.n]));
+    case 'net':
+      return (w.networks.find((n) => n.name === sel.name)?.subnets ?? []).filter((s) => s.family === family).map((s) => [s.start, s.end]);
+    case 'cidr':
+      return sel.family === family ? [[sel.start, sel.end]] : [];
+    case 'world':
+      return complement(w.networks.flatMap((n) => n.subnets.filter((s) => s.family === family).map((s): Range => [s.start, s.end])), family);
+  }
+}
+
+/** Everything of a family outside the given ranges. */
+function complement(ranges: Range[], family: Family): Range[] {
+  const sorted = [...ranges].sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0));
+  const out: Range[] = [];
+  let next = 0n;
+  for (const [s, e] of sorted) {
+    if (s > next) out.push([next, s - 1n]);
+    if (e + 1n > next) next = e + 1n;
+  }
+  const max = FULL(family)[1];
+  if (next <= max) out.push([next, max]);
+  return out;
+}
+
+// ---- boxes: what an nftables element of (saddr . daddr . l4proto . dport) can express ----
+
+/** [src, dst, protocol, port], each an inclusive range. */
+export type Box = readonly [Range, Range, Range, Range];
+
+export function protoRange(p: PortFilter | undefined, family: Family): [Range, Range] {
+  if (!p) return [[0n, 255n], [0n, 65535n]];
+  const num = { tcp: 6n, udp: 17n, sctp: 132n, icmp: family === 4 ? 1n : 58n }[p.proto];
+  return [[num, num], [BigInt(p.start), BigInt(p.end)]];
+}
+
+function ruleBoxes(r: PolicyRule, w: PolicyWorld, family: Family): Box[] {
+  const from = resolve(r.from, w, family);
+  const to = resolve(r.to, w, family);
+  const [proto, port] = protoRange(r.port, family);
+  return from.flatMap((s) => to.map((d): Box => [s, d, proto, port]));
+}
+
+const intersects = (a: Box, b: Box) => a.every((r, i) => r[0] <= b[i]![1] && b[i]![0] <= r[1]);
+
+/** b minus a (which intersect): at most two pieces per dimension, disjoint from a and each other. */
+function subtract(b: Box, a: Box): Box[] {
+  const pieces: Box[] = [];
+  const cur = b.map((r) => [r[0], r[1]] as [bigint, bigint]);
+  for (let i = 0; i < 4; i++) {
+    const [lo, hi] = cur[i]!;
+    if (lo < a[i]![0]) {
+      const p = cur.map((r) => [r[0], r[1]] as Range);
+      p[i] = [lo, a[i]![0] - 1n];
+      pieces.push(p as unknown as Box);
+      cur[i]![0] = a[i]![0];
+    }
+    if (hi > a[i]![1]) {
+      const p = cur.map((r) => [r[0], r[1]] as Range);
+      p[i] = [a[i]![1] + 1n, hi];
+      pieces.push(p as unknown as Box);
+      cur[i]![1] = a[i]![1];
+    }
+  }
+  return pieces;
+}
+
+export interface CompiledBox {
+  readonly box: Box;
+  /** The rule that claimed this part first (overlaps count for the oldest rule). */
+  readonly rule: number;
+}
+
+/**
+ * The rules of one action as disjoint boxes (the kernel refuses overlapping elements in a
+ * concatenated interval set), in rule order so each part belongs to the oldest rule covering it.
+ */
+export function compile(rules: readonly PolicyRule[], action: Action, w: PolicyWorld, family: Family): CompiledBox[] {
+  const out: CompiledBox[] = [];
+  for (const r of rules.filter((x) => x.action === action)) {
+    for (const box of ruleBoxes(r, w, family)) {
+      let parts: Box[] = [box];
+      for (const existing of out) {
+        parts = parts.flatMap((p) => (intersects(p, existing.box) ? subtract(p, existing.box) : [p]));
+        if (parts.length === 0) break;
+      }
+      for (const p of parts) out.push({ box: p, rule: r.id });
+    }
+  }
+  return out;
+}
+
+/** nft's text for a box: ADDR[-ADDR] . ADDR[-ADDR] . P[-P] . PORT[-PORT]. */
+export function boxText(b: Box, family: Family): string {
+  const addr = ([s, e]: Range) => (s === e ? formatAddr(family, s) : `${formatAddr(family, s)}-${formatAddr(family, e)}`);
+  const num = ([s, e]: Range) => (s === e ? `${s}` : `${s}-${e}`);
+  return `${addr(b[0])} . ${addr(b[1])} . ${num(b[2])} . ${num(b[3])}`;
+}
+
+// ---- evaluation ----
+
+export interface Packet {
+  readonly family: Family;
+  readonly src: bigint;
+  readonly dst: bigint;
+  readonly proto: number;
+  readonly port: number;
+  /** Arrived through a published port (DNAT): the default for it is to pass. */
+  readonly published?: boolean;
+}
+
+export interface Decision {
+  readonly allowed: boolean;
+  /** The rule (by name) or the default that decided. */
+  readonly by: string;
+}
+
+const inside = (r: Range, n: bigint) => r[0] <= n && n <= r[1];
+
+function matches(r: PolicyRule, w: PolicyWorld, p: Packet): boolean {
+  const [proto, port] = protoRange(r.port, p.family);
+  return inside(proto, BigInt(p.proto)) && inside(port, BigInt(p.port)) &&
+    resolve(r.from, w, p.family).some((x) => inside(x, p.src)) && resolve(r.to, w, p.family).some((x) => inside(x, p.dst));
+}
+
+/** What ctnet's forward chain does with a new connection (same order: deny, allow, defaults). */
+export function decide(rules: readonly PolicyRule[], w: PolicyWorld, p: Packet): Decision {
+  const deny = rules.find((r) => r.action === 'deny' && matches(r, w, p));
+  if (deny) return { allowed: false, by: `rule ${deny.name}` };
+  const allow = rules.find((r) => r.action === 'allow' && matches(r, w, p));
+  if (allow) return { allowed: true, by: `rule ${allow.name}` };
+  const netOf = (n: bigint) => w.networks.find((x) => x.subnets.some((s) => s.family === p.family && inside([s.start, s.end], n)));
+  const src = netOf(p.src);
+  const dst = netOf(p.dst);
+  if (src && dst && src.name === dst.name && !src.isolate) return { allowed: true, by: `default: same network (${src.name})` };
+  if (src?.internal) return { allowed: false, by: `default: network ${src.name} is --internal` };
+  if (dst?.internal) return { allowed: false, by: `default: network ${dst.name} is --internal` };
+  if (p.published) return { allowed: true, by: 'default: published port' };
+  if (src && dst && src.name === dst.name) return { allowed: false, by: `default: network ${src.name} is --isolate` };
+  if (src && dst) return { allowed: false, by: `default: networks ${src.name} and ${dst.name} are isolated from each other` };
+  if (src) return { allowed: true, by: `default: egress from ${src.name}` };
+  if (dst) return { allowed: false, by: 'default: from outside, only published ports reach sandboxes' };
+  return { allowed: true, by: 'default: not ctnet traffic' };
+}
+
+/** conntrack's protocol names as numbers. */
+export const PROTO_NUMBERS: Readonly<Record<string, number>> = { tcp: 6, udp: 17, sctp: 132, icmp: 1, icmpv6: 58, 'ipv6-icmp': 58 };
