@@ -26,8 +26,9 @@ if (mode === 'serve') {
   const udp = flag('--udp');
   const http = flag('--http');
   const echo = flag('--echo');
-  if (echo) createServer((s) => s.pipe(s)).listen(Number(echo), '::');
-  if (tcp) createServer((s) => s.end(answer(name, s.remoteAddress))).listen(Number(tcp), '::');
+  // A connection cut by a test (policy revoked) ends in a reset: that must not end the server.
+  if (echo) createServer((s) => s.on('error', () => {}).pipe(s)).listen(Number(echo), '::');
+  if (tcp) createServer((s) => s.on('error', () => {}).end(answer(name, s.remoteAddress))).listen(Number(tcp), '::');
   if (http) createHttpServer((req, res) => res.end(answer(name, req.socket.remoteAddress))).listen(Number(http), '::');
   if (udp) {
     // One socket per local address: a wildcard UDP socket would answer from whatever address the
