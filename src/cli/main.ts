@@ -6,6 +6,12 @@ const { CommanderError } = await import('commander');
 const { CtnetError, KernelError } = await import('../errors.ts');
 const { buildProgram } = await import('./program.ts');
 
+// `ctnet ls | head`: a reader that goes away is not an error.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+  throw e;
+});
+
 try {
   await buildProgram().exitOverride().parseAsync(process.argv);
 } catch (e) {

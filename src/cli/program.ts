@@ -12,13 +12,14 @@ import { publish, unpublish } from '../engine/publish.ts';
 import type { PublishRequest } from '../engine/ports.ts';
 import { parsePortSpec } from '../model/ports.ts';
 import { parseLabel } from '../model/policy.ts';
-import { addPolicy, changeLabels, checkPolicy, listPolicies, removePolicy } from '../engine/policy.ts';
+import { addPolicies, addPolicy, changeLabels, parseRulesFile, checkPolicy, listPolicies, removePolicies } from '../engine/policy.ts';
 import { execInSandbox, startInSandbox } from '../engine/process.ts';
 import { gc } from '../engine/gc.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../model/spec.ts';
 import { parseName } from '../model/names.ts';
 import { parseAddr, formatAddr } from '../model/cidr.ts';
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import { table } from './table.ts';
 import { renderNetwork, renderSandbox } from './render.ts';
 import { runDemo } from './demo.ts';
@@ -271,6 +272,18 @@ export function buildProgram(): Command {
         if (!g.explain && !g.dryRun) out(row.name);
       }));
   }
+  globals(policy.command('apply <file>'))
+    .description('add every rule of a rules file in one transaction (one rule per line: allow|deny --from SEL --to SEL [--port P] [--name N]; - reads stdin)')
+    .action(act(async (ctx, g, file: string) => {
+      let text: string;
+      try {
+        text = readFileSync(file === '-' ? 0 : file, 'utf8');
+      } catch (e) {
+        throw invalid(`cannot read ${file}: ${(e as Error).message}`);
+      }
+      const rows = await addPolicies(ctx, parseRulesFile(file, text));
+      if (!g.explain && !g.dryRun) out(rows.map((r) => r.name).join('\n'));
+    }));
   globals(policy.command('ls'), true).alias('list').description('list rules with their hit counters (new connections each decided)')
     .action(act(async (ctx, g) => {
       const rows = await listPolicies(ctx);
@@ -280,7 +293,7 @@ export function buildProgram(): Command {
     }));
   globals(policy.command('rm <rule...>')).alias('remove').description('remove rules (by name or ID); connections they allowed and nothing else allows are cut')
     .action(act(async (ctx, _g, rules: string[]) => {
-      for (const r of rules) await removePolicy(ctx, r);
+      await removePolicies(ctx, rules);
     }));
   globals(policy.command('check <from> <to> [port]'), true)
     .description('say whether a new connection FROM -> TO (sandboxes or addresses) is allowed, and which rule or default decides')

@@ -14,7 +14,7 @@ import { bridgeSysctls, networkFacts, teardownNetwork } from './network.ts';
 import { attachCommands, sandboxNetns, teardownAttachment, teardownSandbox } from './sandbox.ts';
 import { ignoreMissing } from './undo.ts';
 import { portFacts } from './ports.ts';
-import { policyElements } from './policy.ts';
+import { elementsBySet, policyElements } from './policy.ts';
 
 /** Rows another live ctnet process is working on right now are left to it. */
 const interrupted = (r: { state: string; owner: string | null }) => r.state !== 'ready' && !(r.owner && isAlive(r.owner));
@@ -117,6 +117,8 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network) }] : [];
   });
   const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
-  await nftApply(runner, fullScript(nets.map((n) => networkFacts(ctx, n)), endpoints, ports, policyElements(store)));
+  const policy = policyElements(store);
+  await nftApply(runner, fullScript(nets.map((n) => networkFacts(ctx, n)), endpoints, ports, policy));
+  if (!runner.dryRun) store.write(() => store.setPolicyMirror(nets.length ? elementsBySet(policy) : new Map()));
   return done;
 }

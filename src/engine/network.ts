@@ -139,5 +139,8 @@ export async function teardownNetwork(ctx: Ctx, n: NetworkRow): Promise<void> {
   crashPoint();
   await ignoreMissing(() => runIp(runner, [linkDel(n.bridge)]));
   crashPoint();
-  if (store.networks().every((o) => o.name === n.name)) await nftApply(runner, dropTableScript());
+  if (store.networks().every((o) => o.name === n.name)) {
+    await nftApply(runner, dropTableScript());
+    if (!runner.dryRun) store.write(() => store.setPolicyMirror(new Map()));
+  }
 }

@@ -56,15 +56,58 @@ export function policyElements(store: Store): PolicyElements {
   return { deny4: deny4!, deny6: deny6!, allow4: allow4!, allow6: allow6! };
 }
 
+const SET_NAMES = { deny4: 'policy_deny4', deny6: 'policy_deny6', allow4: 'policy_allow4', allow6: 'policy_allow6' } as const;
+
+export function elementsBySet(e: PolicyElements): Map<string, readonly string[]> {
+  return new Map(Object.entries(SET_NAMES).map(([k, name]) => [name, e[k as keyof PolicyElements]]));
+}
+
 /**
- * Rewrites the policy sets in one nft transaction (no packet sees half a policy). Cheap when there
- * are no rules: nothing to do, the sets are empty. With cut, connections the new policy denies end.
+ * Brings the kernel's policy sets to `want` in one nft transaction (no packet sees half a policy),
+ * sending only the difference from the mirror in the store. If the kernel no longer matches the
+ * mirror (its table was flushed), the difference fails and every set is rewritten instead.
+ * Call inside store.writeAsync, which serialises this with every other ctnet process.
  */
-export async function syncPolicy(ctx: Ctx, options: { force?: boolean; cut?: boolean } = {}): Promise<void> {
+async function applyPolicy(ctx: Ctx, want: PolicyElements): Promise<void> {
   const { store, runner } = ctx;
-  if (!options.force && store.policies().length === 0) return;
-  runner.note('policy: rewrite the policy sets from the rules');
-  await nftApply(runner, policyLines(policyElements(store)).join('\n') + '\n');
+  const have = store.policyMirror();
+  const target = elementsBySet(want);
+  const lines: string[] = [];
+  const batch = (verb: string, set: string, elements: string[]) => {
+    for (let i = 0; i < elements.length; i += 500) lines.push(`${verb} element ${TABLE} ${set} { ${elements.slice(i, i + 500).join(', ')} }`);
+  };
+  // Deleting interval elements costs the kernel time in proportion to the set size, each: past a
+  // few dozen, flushing and refilling the set is faster (10,000 elements: ~1 s against ~70 s).
+  const adds: [string, string[]][] = [];
+  for (const [set, elements] of target) {
+    const had = have.get(set) ?? new Set<string>();
+    const wanted = new Set(elements);
+    const gone = [...had].filter((e) => !wanted.has(e));
+    if (gone.length > 32) {
+      lines.push(`flush set ${TABLE} ${set}`);
+      adds.push([set, [...elements]]);
+    } else {
+      batch('delete', set, gone);
+      adds.push([set, elements.filter((e) => !had.has(e))]);
+    }
+  }
+  for (const [set, elements] of adds) batch('add', set, elements);
+  if (lines.length === 0) return;
+  runner.note('policy: update the policy sets');
+  try {
+    await nftApply(runner, lines.join('\n') + '\n');
+  } catch {
+    runner.note('policy: the sets differ from the record; rewrite them whole');
+    await nftApply(runner, policyLines(want).join('\n') + '\n');
+  }
+  store.setPolicyMirror(target);
+}
+
+/** Brings the policy sets up to date with the store; with cut, connections now denied end. */
+export async function syncPolicy(ctx: Ctx, options: { cut?: boolean } = {}): Promise<void> {
+  const { store, runner } = ctx;
+  if (store.policies().length === 0 && store.policyMirror().size === 0) return; // nothing to keep up
+  await store.writeAsync(() => applyPolicy(ctx, policyElements(store)), { rollback: runner.dryRun });
   if (options.cut) await cutDeniedFlows(ctx);
 }
 
@@ -117,33 +160,65 @@ export interface PolicyRequest {
 }
 
 export async function addPolicy(ctx: Ctx, req: PolicyRequest): Promise<PolicyRow> {
+  return (await addPolicies(ctx, [req]))[0]!;
+}
+
+/** Adds rules together: one store transaction, one nft transaction (all or nothing). */
+export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Promise<PolicyRow[]> {
   const { store, runner } = ctx;
-  const from = parseSelector('--from', req.from);
-  const to = parseSelector('--to', req.to);
-  const port = req.port === undefined ? undefined : parsePortFilter(req.port);
-  const name = req.name === undefined ? undefined : parseName('policy', req.name);
-  if (name !== undefined && /^rule-\d+$/.test(name)) throw new CtnetError('INVALID_ARGUMENT', `policy name ${name} is reserved for unnamed rules`, 'choose another --name');
-  if (name !== undefined && /^\d+$/.test(name)) throw new CtnetError('INVALID_ARGUMENT', `policy name ${name} would read as a rule ID`, 'choose a name with a letter in it');
-  const rowData = { action: req.action, from: formatSelector(from), to: formatSelector(to), port: port ? formatPortFilter(port) : null, name };
-  // The new elements are computed in the same store transaction as the rule (rolled back by --dry-run).
-  const { row, lines } = store.write(() => {
-    checkSelector(store, '--from', from);
-    checkSelector(store, '--to', to);
-    if (name !== undefined && store.policies().some((p) => p.name === name)) {
-      throw new CtnetError('CONFLICT', `a policy rule named ${name} exists already`, `choose another --name, or remove it with "ctnet policy rm ${name}"`);
-    }
-    const row = store.insertPolicy(rowData);
-    return { row, lines: policyLines(policyElements(store)) };
+  const parsed = reqs.map((req) => {
+    const from = parseSelector('--from', req.from);
+    const to = parseSelector('--to', req.to);
+    const port = req.port === undefined ? undefined : parsePortFilter(req.port);
+    const name = req.name === undefined ? undefined : parseName('policy', req.name);
+    if (name !== undefined && /^rule-\d+$/.test(name)) throw new CtnetError('INVALID_ARGUMENT', `policy name ${name} is reserved for unnamed rules`, 'choose another --name');
+    if (name !== undefined && /^\d+$/.test(name)) throw new CtnetError('INVALID_ARGUMENT', `policy name ${name} would read as a rule ID`, 'choose a name with a letter in it');
+    return { from, to, row: { action: req.action, from: formatSelector(from), to: formatSelector(to), port: port ? formatPortFilter(port) : null, name } };
+  });
+  // Rules and kernel change in one store transaction: if nft fails, the rules were never added.
+  const rows = await store.writeAsync(async () => {
+    const names = new Set(store.policies().map((p) => p.name));
+    const rows = parsed.map(({ from, to, row }) => {
+      checkSelector(store, '--from', from);
+      checkSelector(store, '--to', to);
+      if (row.name !== undefined && names.has(row.name)) {
+        throw new CtnetError('CONFLICT', `a policy rule named ${row.name} exists already`, `choose another --name, or remove it with "ctnet policy rm ${row.name}"`);
+      }
+      if (row.name !== undefined) names.add(row.name);
+      return store.insertPolicy(row);
+    });
+    for (const row of rows) runner.note(`policy ${row.name}: ${row.action} ${row.from} -> ${row.to} ${row.port ?? 'any'}`);
+    await applyPolicy(ctx, policyElements(store));
+    return rows;
   }, { rollback: runner.dryRun });
-  runner.note(`policy ${row.name}: ${row.action} ${row.from} -> ${row.to} ${row.port ?? 'any'}`);
-  try {
-    await nftApply(runner, lines.join('\n') + '\n');
-  } catch (e) {
-    if (!runner.dryRun) store.write(() => store.deletePolicy(row.id));
-    throw e;
-  }
   await cutDeniedFlows(ctx);
-  return row;
+  return rows;
+}
+
+/**
+ * Reads a rules file: one rule per line, as on the command line without "ctnet policy"
+ * ("allow --from net:web --to label:tier=api --port 8080 --name web-api"); # starts a comment.
+ */
+export function parseRulesFile(file: string, text: string): PolicyRequest[] {
+  const reqs: PolicyRequest[] = [];
+  for (const [i, raw] of text.split('\n').entries()) {
+    const line = raw.replace(/#.*/, '').trim();
+    if (!line) continue;
+    const where = `${file}:${i + 1}`;
+    const [action, ...words] = line.split(/\s+/);
+    if (action !== 'allow' && action !== 'deny') throw new CtnetError('INVALID_ARGUMENT', `${where}: a rule starts with allow or deny, not ${JSON.stringify(action)}`);
+    const opts: Record<string, string> = {};
+    for (let j = 0; j < words.length; j += 2) {
+      const key = words[j]!;
+      if (!['--from', '--to', '--port', '--name'].includes(key) || words[j + 1] === undefined || key in opts) {
+        throw new CtnetError('INVALID_ARGUMENT', `${where}: ${JSON.stringify(key)} is not one of --from, --to, --port, --name with a value (each once)`);
+      }
+      opts[key] = words[j + 1]!;
+    }
+    if (!opts['--from'] || !opts['--to']) throw new CtnetError('INVALID_ARGUMENT', `${where}: a rule needs --from and --to`);
+    reqs.push({ action, from: opts['--from'], to: opts['--to'], port: opts['--port'], name: opts['--name'] });
+  }
+  return reqs;
 }
 
 export function findPolicy(store: Store, nameOrId: string): PolicyRow {
@@ -155,20 +230,20 @@ export function findPolicy(store: Store, nameOrId: string): PolicyRow {
   return row;
 }
 
-export async function removePolicy(ctx: Ctx, nameOrId: string): Promise<void> {
+/** Removes rules (by name or ID) in one transaction; connections only they allowed are cut. */
+export async function removePolicies(ctx: Ctx, namesOrIds: readonly string[]): Promise<void> {
   const { store, runner } = ctx;
-  const row = findPolicy(store, nameOrId);
-  const lines = store.write(() => {
-    store.deletePolicy(row.id);
-    return policyLines(policyElements(store));
+  const all = store.policies();
+  const byName = new Map(all.map((p) => [p.name, p]));
+  const byId = new Map(all.map((p) => [String(p.id), p]));
+  const rows = namesOrIds.map((n) => byName.get(n) ?? byId.get(n) ?? findPolicy(store, n));
+  await store.writeAsync(async () => {
+    for (const row of rows) {
+      store.deletePolicy(row.id);
+      runner.note(`policy ${row.name}: remove`);
+    }
+    await applyPolicy(ctx, policyElements(store));
   }, { rollback: runner.dryRun });
-  runner.note(`policy ${row.name}: remove`);
-  try {
-    await nftApply(runner, lines.join('\n') + '\n');
-  } catch (e) {
-    if (!runner.dryRun) store.write(() => store.insertPolicy(row)); // keep the store equal to the kernel
-    throw e;
-  }
   await cutDeniedFlows(ctx);
 }
 

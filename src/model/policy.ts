@@ -228,17 +228,60 @@ export interface CompiledBox {
  */
 export function compile(rules: readonly PolicyRule[], action: Action, w: PolicyWorld, family: Family): CompiledBox[] {
   const out: CompiledBox[] = [];
+  const index = new BoxIndex();
   for (const r of rules.filter((x) => x.action === action)) {
     for (const box of ruleBoxes(r, w, family)) {
       let parts: Box[] = [box];
-      for (const existing of out) {
-        parts = parts.flatMap((p) => (intersects(p, existing.box) ? subtract(p, existing.box) : [p]));
+      for (const existing of index.candidates(box)) {
+        parts = parts.flatMap((p) => (intersects(p, existing) ? subtract(p, existing) : [p]));
         if (parts.length === 0) break;
       }
-      for (const p of parts) out.push({ box: p, rule: r.id });
+      for (const p of parts) {
+        out.push({ box: p, rule: r.id });
+        index.add(p);
+      }
     }
   }
   return out;
+}
+
+/**
+ * Finds the boxes whose source range may meet a box's, so compiling n rules is not n^2 box tests.
+ * Narrow source ranges (most: sandboxes, small CIDRs) sit in an array sorted by start, searched by
+ * bisection; wide ones (networks, world) are few and always checked.
+ */
+class BoxIndex {
+  static readonly WIDTH = 1n << 16n;
+  readonly #wide: Box[] = [];
+  readonly #narrow: Box[] = [];
+  /** The widest narrow source range so far: how far before s a meeting box may start. */
+  #reach = 0n;
+
+  add(b: Box): void {
+    const width = b[0][1] - b[0][0];
+    if (width >= BoxIndex.WIDTH) return void this.#wide.push(b);
+    if (width > this.#reach) this.#reach = width;
+    this.#narrow.splice(this.#lowerBound(b[0][0]), 0, b);
+  }
+
+  candidates(b: Box): Box[] {
+    const [s, e] = b[0];
+    const out = [...this.#wide];
+    // A narrow box meeting [s, e] starts in [s - reach, e].
+    for (let i = this.#lowerBound(s - this.#reach); i < this.#narrow.length && this.#narrow[i]![0][0] <= e; i++) out.push(this.#narrow[i]!);
+    return out;
+  }
+
+  #lowerBound(start: bigint): number {
+    let lo = 0;
+    let hi = this.#narrow.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.#narrow[mid]![0][0] < start) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
 }
 
 /** nft's text for a box: ADDR[-ADDR] . ADDR[-ADDR] . P[-P] . PORT[-PORT]. */

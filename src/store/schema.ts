@@ -76,6 +76,8 @@ CREATE TABLE processes (
 
 // Policy (schema 3): labels select sandboxes; rules keep their selectors as the canonical text
 // the CLI parses (src/model/policy.ts), so a rule reads back exactly as it was given.
+// policy_elements mirrors what the kernel's policy sets hold, so a change sends only the difference
+// (re-adding 10,000 interval elements costs the kernel seconds; a difference, milliseconds).
 export const POLICY = `
 ALTER TABLE networks ADD COLUMN isolate INTEGER NOT NULL DEFAULT 0;
 CREATE TABLE labels (
@@ -93,6 +95,11 @@ CREATE TABLE policies (
   to_sel TEXT NOT NULL,
   port TEXT,
   created TEXT NOT NULL
+);
+CREATE TABLE policy_elements (
+  set_name TEXT NOT NULL,
+  element TEXT NOT NULL,
+  PRIMARY KEY (set_name, element)
 );
 `;
 

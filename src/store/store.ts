@@ -273,6 +273,38 @@ export class Store {
     this.#run('DELETE FROM labels WHERE sandbox = ? AND key = ?', sandbox, key);
   }
 
+  // ---- the policy sets as last applied to the kernel ----
+  policyMirror(): Map<string, Set<string>> {
+    const m = new Map<string, Set<string>>();
+    for (const r of this.#all('SELECT set_name, element FROM policy_elements')) {
+      const set = m.get(r.set_name as string) ?? new Set<string>();
+      set.add(r.element as string);
+      m.set(r.set_name as string, set);
+    }
+    return m;
+  }
+  setPolicyMirror(sets: ReadonlyMap<string, readonly string[]>): void {
+    this.#run('DELETE FROM policy_elements');
+    const insert = this.db.prepare('INSERT OR IGNORE INTO policy_elements(set_name, element) VALUES (?, ?)');
+    for (const [name, elements] of sets) for (const e of elements) insert.run(name, e);
+  }
+
+  /**
+   * Like write(), but fn may await (kernel work): the write lock is held across it, so concurrent
+   * ctnet processes apply their changes one at a time. Use only for short kernel steps.
+   */
+  async writeAsync<T>(fn: () => Promise<T>, options: { rollback?: boolean } = {}): Promise<T> {
+    this.db.exec('BEGIN IMMEDIATE');
+    try {
+      const result = await fn();
+      this.db.exec(options.rollback ? 'ROLLBACK' : 'COMMIT');
+      return result;
+    } catch (e) {
+      if (this.db.isTransaction) this.db.exec('ROLLBACK');
+      throw e;
+    }
+  }
+
   // ---- policy rules ----
   policies(): PolicyRow[] {
     return this.#all('SELECT * FROM policies ORDER BY id').map((r) => ({
