@@ -75,7 +75,7 @@ export function buildProgram(): Command {
   const program = new Command('ctnet')
     .description('container networking for Linux: bridges, network namespaces, IPAM, NAT, programmed into the kernel')
     .showHelpAfterError('(run with --help for usage)')
-    .configureOutput({ outputError: (s, write) => write(s) });
+    .configureOutput({ outputError: (s, write) => write(`ctnet: ${s.replace(/^error: /, '')}`) });
   globals(program);
 
   // ---- networks ----

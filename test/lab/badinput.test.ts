@@ -1,4 +1,4 @@
-// Issue #2, point 9, and issue #3, point 8: bad input gets a clear error and changes nothing (store and kernel alike).
+// Issue #2, point 9, issue #3, point 8, and issue #4, point 7: bad input gets a clear error and changes nothing (store and kernel alike).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { Lab } from '../../src/lab/lab.ts';
@@ -17,6 +17,7 @@ describe('bad input', () => {
     await lab.ctnetOk(['network', 'create', 'web', '--subnet', '10.80.0.0/24']);
     await lab.ctnetOk(['create', 'app', '--network', 'web', '--ip', '10.80.0.9', '-p', '8080:80']);
     await lab.ctnetOk(['network', 'create', 'closed', '--subnet', '10.81.9.0/24', '--internal']);
+    await lab.ctnetOk(['policy', 'allow', '--from', 'app', '--to', 'net:closed', '--name', 'taken']);
   });
   after(() => lab?.destroy());
 
@@ -63,6 +64,29 @@ describe('bad input', () => {
     [['port', 'add', 'app', '8081:0'], /container port 0 is out of range/],
     [['port', 'rm', 'app', '9999:80'], /sandbox app has no mapping 9999:80\/tcp/],
     [['port', 'ghost'], /no sandbox named ghost/],
+    // policy and labels
+    [['policy', 'allow', '--from', 'bad!name', '--to', 'app'], /not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR or world/],
+    [['policy', 'allow', '--from', 'app', '--to', '10.0.0.0/33'], /not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR or world/],
+    [['policy', 'allow', '--from', 'app', '--to', '10.0.0.1/8'], /has host bits set/],
+    [['policy', 'allow', '--from', 'app', '--to', 'label:tier'], /has no "="/],
+    [['policy', 'allow', '--from', 'net:nope', '--to', 'app'], /no network named nope/],
+    [['policy', 'allow', '--from', 'ghost', '--to', 'app'], /no sandbox named ghost/],
+    [['policy', 'allow', '--from', 'app', '--to', 'world', '--port', '0'], /from 1 to 65535/],
+    [['policy', 'allow', '--from', 'app', '--to', 'world', '--port', '70000/tcp'], /from 1 to 65535/],
+    [['policy', 'allow', '--from', 'app', '--to', 'world', '--port', '80/gre'], /unknown protocol "gre"/],
+    [['policy', 'allow', '--from', 'app', '--to', 'world', '--port', '80/icmp'], /ICMP has no ports/],
+    [['policy', 'allow', '--from', 'app', '--to', 'world', '--port', '90-80'], /ends before it starts/],
+    [['policy', 'deny', '--from', 'app', '--to', 'world', '--name', 'taken'], /a policy rule named taken exists already/],
+    [['policy', 'deny', '--from', 'app', '--to', 'world', '--name', 'rule-7'], /reserved/],
+    [['policy', 'deny', '--to', 'world'], /required option '--from <sel>' not specified/],
+    [['policy', 'rm', 'nope'], /no policy rule named nope/],
+    [['policy', 'check', 'ghost', 'app'], /neither a sandbox nor an address/],
+    [['policy', 'apply', '/nonexistent/rules'], /cannot read \/nonexistent\/rules/],
+    [['create', 'b', '--network', 'web', '--label', 'novalue'], /has no "="/],
+    [['create', 'b', '--network', 'web', '--label', 'a=1', '--label', 'a=2'], /--label a is given twice/],
+    [['label', 'ghost', 'a=b'], /no sandbox named ghost/],
+    [['label', 'app', '=b'], /key "" is not allowed/],
+    [['network', 'create', 'n3', '--subnet', '10.82.0.0/24', '--isolate', '--mtu', 'x'], /is not an MTU/],
   ];
   for (const [args, message] of cases) {
     it(`ctnet ${args.join(' ')}`, async () => {
