@@ -1,13 +1,18 @@
-// `ctnet demo`: the main job, in a lab of its own. Two networks, three sandboxes serving HTTP,
-// real requests between all of them and out to the lab's world, a connectivity matrix, cleanup.
-import { Lab, UPLINK } from '../lab/lab.ts';
+// `ctnet demo`: the main job, in a lab of its own. Seed 003's three-tier application built by
+// examples/three-tier/setup.sh (three networks, published web port, policy by label), real HTTP
+// requests between every pair and to and from the lab's world, a connectivity matrix, cleanup.
+import { join } from 'node:path';
+import { Lab, ROOT, UPLINK } from '../lab/lab.ts';
 
 interface Cell {
   readonly ok: boolean;
   readonly text: string;
 }
 
+const EXAMPLE = join(ROOT, 'examples', 'three-tier');
+const PORTS: Record<string, number> = { web: 80, api: 80, db: 3306 };
 const say = (s = '') => process.stdout.write(s + '\n');
+const indent = (s: string) => s.trimEnd().split('\n').map((l) => `  ${l}`).join('\n');
 
 export async function runDemo(): Promise<number> {
   say('ctnet demo: building a lab (a throwaway "host" namespace where ctnet runs, and a "world"');
@@ -16,86 +21,103 @@ export async function runDemo(): Promise<number> {
   const stop = () => void lab.destroy().then(() => process.exit(130));
   process.once('SIGINT', stop).once('SIGTERM', stop);
   try {
-    const step = async (args: string[], show = true) => {
-      if (show) say(`$ ctnet ${args.join(' ')}`);
+    const step = async (args: string[]) => {
+      say(`$ ctnet ${args.join(' ')}`);
       const out = await lab.ctnetOk(args);
-      if (show && out.trim()) say(out.trimEnd().split('\n').map((l) => `  ${l}`).join('\n'));
+      if (out.trim()) say(indent(out));
+      return out;
     };
-    await step(['network', 'create', 'frontend', '--subnet', '10.10.0.0/24', '--subnet', 'fd00:10::/64']);
-    await step(['network', 'create', 'backend', '--subnet', '10.20.0.0/24']);
-    say('\nWhat `ctnet create` does to the kernel (--explain prints the equivalent commands):');
-    await step(['run', '-d', '--explain', '--name', 'web1', '--network', 'frontend', '--', ...Lab.serverArgv('web1', { http: 80 })]);
-    await step(['run', '-d', '--name', 'web2', '--network', 'frontend', '--', ...Lab.serverArgv('web2', { http: 80 })]);
-    await step(['run', '-d', '--name', 'db', '--network', 'backend', '--', ...Lab.serverArgv('db', { http: 80 })]);
+    say('Seed 003\'s three-tier application, by examples/three-tier/setup.sh:');
+    const setup = await lab.inHost(['sh', join(EXAMPLE, 'setup.sh')], { ...lab.scriptEnv, SERVE: Lab.serveCommand() });
+    say(indent(setup.stdout));
+    if (setup.code !== 0) throw new Error(`setup.sh failed: ${setup.stderr}`);
     lab.serveInWorld('world', { http: 80 });
     say('');
     await step(['ls']);
+    await step(['port', 'web']);
 
-    const sandboxes = ['web1', 'web2', 'db'];
+    const tiers = ['web', 'api', 'db'];
     const ips = new Map<string, string>();
-    for (const s of sandboxes) {
+    for (const s of tiers) {
       const v = JSON.parse(await lab.ctnetOk(['inspect', s, '--json'])) as { interfaces: { addresses: string[] }[] };
       ips.set(s, v.interfaces[0]!.addresses[0]!.split('/')[0]!);
     }
     await waitForServers(lab, ips);
 
-    const targets = [...sandboxes, 'world'];
-    const http = async (from: string, host: string): Promise<Cell> => {
-      const argv = Lab.probeArgv('http', host, 80, 1500);
-      const r = from === 'host' ? await lab.inHost(argv) : await lab.ctnet(['exec', from, '--', ...argv]);
+    const http = async (from: string, host: string, port: number): Promise<Cell> => {
+      const argv = Lab.probeArgv('http', host, port, 1500);
+      const r = from === 'host' ? await lab.inHost(argv) : from === 'world' ? await lab.inWorld(argv) : await lab.ctnet(['exec', from, '--', ...argv]);
       if (r.code !== 0) return { ok: false, text: 'blocked' };
       const seen = (JSON.parse(r.stdout) as { client: string }).client;
-      return { ok: true, text: host === UPLINK.remote4 ? `ok (world saw ${seen})` : 'ok' };
+      return { ok: true, text: from === 'world' || host === UPLINK.remote4 ? `ok (saw ${seen})` : 'ok' };
     };
+    const cols = [...tiers, 'world'];
     const matrix = new Map<string, Cell>();
-    for (const from of [...sandboxes, 'host']) {
-      for (const to of targets) {
+    for (const from of [...tiers, 'host', 'world']) {
+      for (const to of cols) {
         if (from === to) continue;
-        matrix.set(`${from}>${to}`, await http(from, to === 'world' ? UPLINK.remote4 : ips.get(to)!));
+        if (from === 'world') {
+          // Unpublished addresses are not reachable from outside; web is, through the host's port 8080.
+          if (to === 'web') matrix.set('world>web:8080', await http('world', UPLINK.host4, 8080));
+          matrix.set(`world>${to}`, await http('world', ips.get(to)!, PORTS[to]!));
+          continue;
+        }
+        matrix.set(`${from}>${to}`, await http(from, to === 'world' ? UPLINK.remote4 : ips.get(to)!, to === 'world' ? 80 : PORTS[to]!));
       }
-    }
-    // The world reaching in: nothing is published, so no sandbox is reachable from outside.
-    for (const to of sandboxes) {
-      const r = await lab.inWorld(Lab.probeArgv('http', ips.get(to)!, 80, 1000));
-      matrix.set(`world>${to}`, r.code === 0 ? { ok: true, text: 'ok' } : { ok: false, text: 'blocked' });
     }
 
     say('\nConnectivity matrix (HTTP GET from row to column; every cell is a real request):\n');
-    const cols = targets;
-    const width = 26;
-    say('from \\ to'.padEnd(10) + cols.map((c) => `${c} ${c === 'world' ? UPLINK.remote4 : ips.get(c)}`.padEnd(width)).join(''));
-    for (const from of [...sandboxes, 'host', 'world']) {
+    const width = 28;
+    const head = (c: string) => (c === 'world' ? `world ${UPLINK.remote4}` : `${c} ${ips.get(c)}:${PORTS[c]}`);
+    say('from \\ to'.padEnd(10) + cols.map((c) => head(c).padEnd(width)).join(''));
+    for (const from of [...tiers, 'host', 'world']) {
       say(from.padEnd(10) + cols.map((to) => (from === to ? '-' : matrix.get(`${from}>${to}`)?.text ?? '-').padEnd(width)).join(''));
     }
+    say(`world -> ${UPLINK.host4}:8080 (web's published port): ${matrix.get('world>web:8080')!.text}`);
 
-    // What must hold (issue: same network reachable, networks isolated, masqueraded egress).
     const expect: [string, boolean, string][] = [
-      ['web1>web2', true, 'sandboxes on one network reach each other'],
-      ['web2>web1', true, 'sandboxes on one network reach each other'],
-      ['web1>db', false, 'networks are isolated'],
-      ['db>web1', false, 'networks are isolated'],
-      ['host>web1', true, 'the host reaches its sandboxes'],
+      ['web>api', true, 'policy web-to-api allows it'],
+      ['api>db', true, 'policy api-to-db allows it'],
+      ['web>db', false, 'policy no-web-to-db denies it'],
+      ['api>web', false, 'rules go one way (replies pass, new connections back do not)'],
+      ['db>api', false, 'rules go one way'],
+      ['web>world', true, 'only the frontend has internet access'],
+      ['api>world', false, 'backend is --internal'],
+      ['db>world', false, 'database is --internal'],
       ['host>db', true, 'the host reaches its sandboxes'],
-      ['web1>world', true, 'egress works'],
-      ['db>world', true, 'egress works'],
-      ['world>web1', false, 'nothing is published to the world'],
+      ['world>web:8080', true, 'web is published on port 8080'],
+      ['world>web', false, 'unpublished addresses are not reachable from outside'],
+      ['world>db', false, 'unpublished addresses are not reachable from outside'],
     ];
     let failures = 0;
     for (const [key, want, why] of expect) {
       const cell = matrix.get(key)!;
-      const egressOk = !key.endsWith('>world') || cell.text.includes(UPLINK.host4);
-      if (cell.ok !== want || !egressOk) {
+      if (cell.ok !== want) {
         failures++;
         say(`UNEXPECTED: ${key.replace('>', ' -> ')} is "${cell.text}", but ${why}`);
       }
     }
+    if (!matrix.get('web>world')!.text.includes(UPLINK.host4)) {
+      failures++;
+      say(`UNEXPECTED: web's egress was not masqueraded to ${UPLINK.host4}`);
+    }
+    if (!matrix.get('world>web:8080')!.text.includes(UPLINK.world4)) {
+      failures++;
+      say(`UNEXPECTED: web did not see the world's real address ${UPLINK.world4}`);
+    }
     say(failures === 0
-      ? `\nAll ${expect.length} expectations hold: same network reachable, networks isolated, egress masqueraded to ${UPLINK.host4}.`
+      ? `\nAll ${expect.length + 2} expectations hold: policy decides between tiers, only the frontend has egress (masqueraded\nto ${UPLINK.host4}), web is published on port 8080 and sees the real client address.`
       : `\n${failures} expectation(s) failed.`);
 
-    say('\nCleaning up:');
-    await step(['rm', ...sandboxes]);
-    await step(['network', 'rm', 'frontend', 'backend']);
+    say('\nWhy (ctnet policy check says which rule or default decides; ls counts what each rule decided):');
+    for (const [from, to, port] of [['web', 'api', '80/tcp'], ['web', 'db', '3306/tcp'], ['api', 'web', '80/tcp'], ['api', UPLINK.remote4, '80/tcp']] as const) {
+      await step(['policy', 'check', from, to, port]);
+    }
+    await step(['policy', 'ls']);
+
+    say('\nCleaning up (examples/three-tier/teardown.sh):');
+    const down = await lab.inHost(['sh', join(EXAMPLE, 'teardown.sh')], lab.scriptEnv);
+    if (down.code !== 0) throw new Error(`teardown.sh failed: ${down.stderr}`);
     const table = await lab.inHost(['nft', 'list', 'tables']);
     say(`  nftables tables left in the lab host: ${table.stdout.trim() || 'none'}`);
     return failures === 0 ? 0 : 1;
@@ -106,13 +128,10 @@ export async function runDemo(): Promise<number> {
 }
 
 async function waitForServers(lab: Lab, ips: Map<string, string>): Promise<void> {
-  const targets = [...ips.entries()].map(([s, ip]) => ({ from: s, ip })).concat([{ from: 'web1', ip: UPLINK.remote4 }]);
-  for (const t of targets) {
-    // The servers were just started; give each up to 5 s to answer (a probe from its own sandbox).
-    const from = t.ip === UPLINK.remote4 ? 'web1' : t.from;
+  // The servers were just started; give each up to 5 s to answer (from the lab host).
+  for (const [s, ip] of ips) {
     for (let i = 0; i < 50; i++) {
-      const r = await lab.ctnet(['exec', from, '--', ...Lab.probeArgv('http', t.ip, 80, 500)]);
-      if (r.code === 0) break;
+      if ((await lab.inHost(Lab.probeArgv('http', ip, PORTS[s]!, 500))).code === 0) break;
       await new Promise((res) => setTimeout(res, 100));
     }
   }

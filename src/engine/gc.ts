@@ -11,7 +11,7 @@ import { fullScript } from '../nft/ruleset.ts';
 import type { Ctx } from './context.ts';
 import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX } from './naming.ts';
 import { bridgeSysctls, networkFacts, teardownNetwork } from './network.ts';
-import { attachCommands, sandboxNetns, teardownAttachment, teardownSandbox } from './sandbox.ts';
+import { attachCommands, defaultCarrier, sandboxNetns, teardownAttachment, teardownSandbox } from './sandbox.ts';
 import { ignoreMissing } from './undo.ts';
 import { portFacts } from './ports.ts';
 import { elementsBySet, policyElements } from './policy.ts';
@@ -79,11 +79,7 @@ export async function gc(ctx: Ctx): Promise<string[]> {
       const addresses = store.addresses({ sandbox: s.name }).filter((x) => x.network === a.network);
       const inner = await linkList(runner, ns);
       if (inner.some((l) => l.ifname === a.ifname)) await ignoreMissing(() => runIp(runner, [linkDel(a.ifname, ns)]));
-      const defaults = ([4, 6] as const).filter((f) => addresses.some((x) => x.family === f) &&
-        !network.internal && store.attachments({ sandbox: s.name }).find((o) => {
-          const on = store.network(o.network);
-          return on && !on.internal && store.subnets(o.network).some((x) => x.family === f);
-        })?.network === a.network);
+      const defaults = ([4, 6] as const).filter((f) => addresses.some((x) => x.family === f) && defaultCarrier(store, s.name, f) === a.network);
       const { host, inside } = attachCommands(ctx, ns, { attachment: a, network, addresses, defaults });
       await runIp(runner, [...host, ...inside]);
       done.push(`reattached ${s.name} to network ${a.network}`);

@@ -3,7 +3,7 @@
 import { CtnetError } from '../errors.ts';
 import {
   addrAdd, linkAddVeth, linkDel, linkList, linkSetHairpin, linkSetMaster, linkSetUp, netnsAdd, netnsDel,
-  routeAddDefault, runIp, type IpCommand, type Netns,
+  routeSetDefault, runIp, type IpCommand, type Netns,
 } from '../kernel/ip.ts';
 import { nftApply } from '../kernel/nft.ts';
 import { isNetnsFile, netnsKillAll, netnsPids } from '../kernel/netns.ts';
@@ -82,14 +82,25 @@ function checkRequestedIps(store: Store, networks: readonly string[], ips: reado
   }
 }
 
-/** True when this attachment should carry the sandbox's default route for a family. */
-function carriesDefault(store: Store, sandbox: string, network: NetworkRow, family: 4 | 6, earlier: readonly string[]): boolean {
-  if (network.internal) return false;
-  const others = [...earlier, ...store.attachments({ sandbox }).map((a) => a.network)].filter((n) => n !== network.name);
-  return !others.some((o) => {
+/**
+ * True when this attachment should carry the sandbox's default route for a family: the first
+ * network with a way out has it; with none, the first --internal one (its egress is dropped by
+ * nft, but policy may allow traffic to other networks, and replies need a route back).
+ */
+export function carriesDefault(store: Store, sandbox: string, network: NetworkRow, family: 4 | 6, earlier: readonly string[]): boolean {
+  const others = [...store.attachments({ sandbox }).map((a) => a.network), ...earlier].filter((n) => n !== network.name);
+  const has = (o: string, internal: boolean | undefined) => {
     const n = store.network(o);
-    return n && !n.internal && store.subnets(o).some((s) => s.family === family);
-  });
+    return n !== undefined && (internal === undefined || n.internal === internal) && store.subnets(o).some((s) => s.family === family);
+  };
+  if (!network.internal) return !others.some((o) => has(o, false));
+  return !others.some((o) => has(o, undefined));
+}
+
+/** The network that carries a sandbox's default route (as carriesDefault chose it, in ifname order). */
+export function defaultCarrier(store: Store, sandbox: string, family: 4 | 6): string | undefined {
+  const withFamily = store.attachments({ sandbox }).filter((a) => store.subnets(a.network).some((s) => s.family === family));
+  return (withFamily.find((a) => store.network(a.network)?.internal === false) ?? withFamily[0])?.network;
 }
 
 interface AttachPlan {
@@ -114,7 +125,7 @@ export function attachCommands(ctx: Ctx, ns: Netns, p: AttachPlan): { host: IpCo
     inside: [
       ...p.addresses.map((x) => addrAdd(`${x.ip}/${prefixOf(x.cidr)}`, a.ifname, ns)),
       linkSetUp(a.ifname, ns),
-      ...p.defaults.map((f) => routeAddDefault(subnets.find((s) => s.family === f)!.gateway, a.ifname, ns)),
+      ...p.defaults.map((f) => routeSetDefault(subnets.find((s) => s.family === f)!.gateway, a.ifname, ns)),
     ],
   };
 }

@@ -86,9 +86,10 @@ export function addrAdd(cidr: string, dev: string, ns?: Netns): IpCommand {
   return at(ns, ['addr', 'add', cidr, 'dev', dev, ...(cidr.includes(':') ? ['nodad'] : [])]);
 }
 
-/** Equivalent to: ip [-n NS] route add default via GW dev DEV */
-export function routeAddDefault(gateway: string, dev: string, ns?: Netns): IpCommand {
-  return at(ns, [...(gateway.includes(':') ? ['-6'] : []), 'route', 'add', 'default', 'via', gateway, 'dev', dev]);
+/** Equivalent to: ip [-n NS] [-6] route replace default via GW dev DEV */
+export function routeSetDefault(gateway: string, dev: string, ns?: Netns): IpCommand {
+  // replace: a network with a way out takes the default over from an --internal one.
+  return at(ns, [...(gateway.includes(':') ? ['-6'] : []), 'route', 'replace', 'default', 'via', gateway, 'dev', dev]);
 }
 
 /** Runs commands in order, batching neighbours that share a namespace into one `ip -batch -`. */

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { DatabaseSync } from 'node:sqlite';
-import { addrAdd, linkSetUp, netnsAdd, netnsDel, routeAddDefault, runIp, type IpCommand } from '../kernel/ip.ts';
+import { addrAdd, linkSetUp, netnsAdd, netnsDel, routeSetDefault, runIp, type IpCommand } from '../kernel/ip.ts';
 import { netnsKillAll, netnsNames } from '../kernel/netns.ts';
 import { Runner } from '../kernel/runner.ts';
 
@@ -77,8 +77,8 @@ export class Lab {
       linkSetUp('lo', h), linkSetUp('uplink0', h),
       addrAdd(`${UPLINK.host4}/${UPLINK.prefix4}`, 'uplink0', h),
       addrAdd(`${UPLINK.host6}/${UPLINK.prefix6}`, 'uplink0', h),
-      routeAddDefault(UPLINK.world4, 'uplink0', h),
-      routeAddDefault(UPLINK.world6, 'uplink0', h),
+      routeSetDefault(UPLINK.world4, 'uplink0', h),
+      routeSetDefault(UPLINK.world6, 'uplink0', h),
       linkSetUp('lo', w), linkSetUp('wan0', w),
       addrAdd(`${UPLINK.world4}/${UPLINK.prefix4}`, 'wan0', w),
       addrAdd(`${UPLINK.world6}/${UPLINK.prefix6}`, 'wan0', w),
@@ -101,8 +101,13 @@ export class Lab {
   }
 
   /** Runs argv in the lab host's (or the world's) network namespace. */
-  inHost(argv: readonly string[]): Promise<Result> {
-    return run(['nsenter', `--net=/run/netns/${this.host}`, ...argv]);
+  inHost(argv: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<Result> {
+    return run(['nsenter', `--net=/run/netns/${this.host}`, ...argv], env);
+  }
+
+  /** The environment that makes scripts calling $CTNET drive this lab's ctnet (examples/). */
+  get scriptEnv(): NodeJS.ProcessEnv {
+    return { CTNET: CTNET, CTNET_STATE_DIR: this.stateDir };
   }
   inWorld(argv: readonly string[]): Promise<Result> {
     return run(['nsenter', `--net=/run/netns/${this.world}`, ...argv]);
@@ -115,6 +120,11 @@ export class Lab {
   }
 
   /** argv of a netcheck server, to start in a sandbox with `ctnet run -d ... -- ARGV`. */
+  /** A netcheck HTTP server command line that takes its port as the last word (for SERVE=...). */
+  static serveCommand(): string {
+    return `${NODE} ${NETCHECK} serve - --http`;
+  }
+
   static serverArgv(name: string, ports: { tcp?: number; udp?: number; http?: number; echo?: number }): string[] {
     return [NODE, NETCHECK, 'serve', name, ...Object.entries(ports).flatMap(([k, v]) => [`--${k}`, String(v)])];
   }

@@ -1,4 +1,5 @@
-// Issue #2, point 12: `ctnet demo` proves connectivity with real requests and cleans up after itself.
+// Issue #2, point 12, and issue #4, point 6: `ctnet demo` runs examples/three-tier, proves with real
+// requests what policy allows and denies, and cleans up after itself.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { join } from 'node:path';
@@ -11,7 +12,10 @@ it('ctnet demo prints the matrix, all expectations hold, and removes its lab (le
       resolve({ code: err ? 1 : 0, stdout })));
   assert.equal(code, 0, stdout);
   assert.match(stdout, /Connectivity matrix/);
-  assert.match(stdout, /web1\s+-\s+ok\s+blocked\s+ok \(world saw 198\.51\.100\.2\)/);
-  assert.match(stdout, /All 9 expectations hold/);
+  assert.match(stdout, /\nweb\s+-\s+ok\s+blocked\s+ok \(saw 198\.51\.100\.2\)/);
+  assert.match(stdout, /\napi\s+blocked\s+-\s+ok\s+blocked/);
+  assert.match(stdout, /web's published port\): ok \(saw 198\.51\.100\.1\)/);
+  assert.match(stdout, /denied {3}web \(192\.168\.10\.2\) -> db \(192\.168\.30\.2\) 3306\/tcp: rule no-web-to-db/);
+  assert.match(stdout, /All 14 expectations hold/);
   assert.match(stdout, /nftables tables left in the lab host: none/);
 });

@@ -8,7 +8,7 @@ import { parseMac, randomMac } from '../../src/model/mac.ts';
 import { parseIfname, parseName } from '../../src/model/names.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
 import { endpointElements, fullScript, networkElements } from '../../src/nft/ruleset.ts';
-import { ipLine, linkAddVeth, linkSetUp, routeAddDefault } from '../../src/kernel/ip.ts';
+import { ipLine, linkAddVeth, linkSetUp, routeSetDefault } from '../../src/kernel/ip.ts';
 import { shellLine } from '../../src/kernel/shell.ts';
 
 const fails = (fn: () => unknown, re: RegExp) =>
@@ -99,7 +99,7 @@ describe('nft text and ip commands', () => {
   it('builders print their Equivalent-to line', () => {
     assert.equal(ipLine(linkSetUp('eth0', { name: 'ns1' })), 'ip -n ns1 link set eth0 up');
     assert.equal(ipLine(linkSetUp('eth0', { path: '/proc/1/ns/net' })), 'nsenter --net=/proc/1/ns/net ip link set eth0 up');
-    assert.equal(ipLine(routeAddDefault('fd00::1', 'eth0', { name: 'n' })), 'ip -n n -6 route add default via fd00::1 dev eth0');
+    assert.equal(ipLine(routeSetDefault('fd00::1', 'eth0', { name: 'n' })), 'ip -n n -6 route replace default via fd00::1 dev eth0');
     assert.equal(ipLine(linkAddVeth({ name: 'ctv1', peer: 'eth0', peerNetns: { name: 'n' } })), 'ip link add ctv1 type veth peer name eth0 netns n');
     assert.equal(shellLine(['echo', "it's", 'a b']), `echo 'it'\\''s' 'a b'`);
   });
