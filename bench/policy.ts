@@ -57,7 +57,7 @@ const USAGE = `usage: scripts/node bench/policy.ts [--rules N] [--count N] [--wa
   --warmup N    untimed connections before each client run (default ${DEFAULT_WARMUP})
   --rounds N    client runs per side and level, interleaved (default ${DEFAULT_ROUNDS})
   --batch N     install N-1 rules per command, then one with its own command (default ${DEFAULT_BATCH};
-                1 installs every rule with its own command: hours for ctnet at 10,000)
+                1 adds every rule with its own command: about an hour for ctnet at 10,000)
   --no-legacy   skip iptables-legacy even if it is installed
   --json        print the results as JSON instead of tables`;
 
@@ -138,8 +138,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
 
 // ---------------------------------------------------------------------------------------------
-// The rules. Decoy i allows a /32 source that never sends anything to network B's port: distinct
-// from every other rule and never matching the measured connection, as the brief asks.
+// The rules. Decoy i allows a /32 source that never sends anything to network B's port: each is
+// a distinct rule the filter must hold (a set element, a chain rule), and none matches the
+// measured connection, so the measured rule is always the one that decides.
 
 const decoySource = (i: number) => `10.${128 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}/32`;
 const MEASURED = -1;
@@ -397,7 +398,7 @@ async function install(s: Setup, batch: number, signal: AbortSignal): Promise<In
     const last = start + size - 1;
     const rule = last === s.rules - 1 ? MEASURED : last;
     singles.push({ before: last, ms: await timed(() => s.addOne(rule)) });
-    if (batch === 1 && last % 500 === 0) progress(`${label(s)}: ${last + 1} rules`);
+    if (batch === 1 && (last + 1) % 500 === 0) progress(`${label(s)}: ${last + 1} rules`);
   }
   const finishMs = await timed(() => s.finish());
   const totalMs = [...batches.map((b) => b.ms), ...singles.map((x) => x.ms), finishMs].reduce((a, b) => a + b, 0);
@@ -407,6 +408,8 @@ async function install(s: Setup, batch: number, signal: AbortSignal): Promise<In
 /**
  * The wall time of adding every rule with its own command, estimated from the sampled single adds
  * (linear between samples, flat beyond them): what a user adding rules one by one would wait.
+ * Each sample follows a batch command, which makes it slower than in a one-by-one run, so this
+ * overstates (bench/README.md compares it with a real one-by-one run).
  */
 function oneByOneEstimateMs(samples: readonly { before: number; ms: number }[], rules: number): number {
   const pts = [...samples].sort((a, b) => a.before - b.before);

@@ -117,11 +117,12 @@ async function cutDeniedFlows(ctx: Ctx): Promise<void> {
   const rules = ctx.store.policies().map(toRule);
   const world = policyWorld(ctx.store);
   const local = new Set((await addrList(ctx.runner)).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
-  const denied = (await conntrackList(ctx.runner)).filter((f) => {
+  const flows = (await conntrackList(ctx.runner)).filter((f) => f.state !== 'TIME_WAIT' && f.state !== 'CLOSE'); // closed: nothing to cut
+  const denied = flows.filter((f) => {
     const p = flowPacket(f, local);
     return p !== undefined && !decide(rules, world, p).allowed;
   });
-  await conntrackDelete(ctx.runner, denied);
+  await conntrackDelete(ctx.runner, denied, flows);
 }
 
 /** The packet the forward chain judged for a flow; undefined for the host's own traffic. */

@@ -13,6 +13,8 @@ export interface Tuple {
 
 export interface Flow {
   readonly proto: string;
+  /** TCP's state (ESTABLISHED, TIME_WAIT, ...); undefined for other protocols. */
+  readonly state: string | undefined;
   readonly family: 4 | 6;
   readonly orig: Tuple;
   readonly reply: Tuple;
@@ -30,6 +32,7 @@ export function parseFlows(text: string): Flow[] {
     const port = (v: string | undefined) => (v === undefined ? undefined : Number(v));
     flows.push({
       proto,
+      state: /^\S+\s+\d+\s+\d+\s+([A-Z_]+)\s/.exec(line)?.[1],
       family: src[0]!.includes(':') ? 6 : 4,
       orig: { src: src[0]!, dst: dst[0]!, sport: port(sport[0]), dport: port(dport[0]) },
       reply: { src: src[1]!, dst: dst[1]!, sport: port(sport[1]), dport: port(dport[1]) },
@@ -49,11 +52,28 @@ export function conntrackDeleteArgv(f: Flow): string[] {
   return ['conntrack', '-D', '-f', f.family === 4 ? 'ipv4' : 'ipv6', '-p', f.proto, '-s', f.orig.src, '-d', f.orig.dst, ...ports];
 }
 
-/** Equivalent to: conntrack -D ... for each flow. A flow that expired meanwhile counts as deleted. */
-export async function conntrackDelete(runner: Runner, flows: readonly Flow[]): Promise<void> {
-  for (const f of flows) {
+/** Every flow between two addresses in one protocol: `conntrack -D -p P -s SRC -d DST`. */
+export function conntrackDeletePairArgv(f: Flow): string[] {
+  return ['conntrack', '-D', '-f', f.family === 4 ? 'ipv4' : 'ipv6', '-p', f.proto, '-s', f.orig.src, '-d', f.orig.dst];
+}
+
+/**
+ * Equivalent to: conntrack -D ... for each flow. A flow that expired meanwhile counts as deleted.
+ * With all = every flow listed, flows sharing protocol, source and destination go in one command.
+ */
+export async function conntrackDelete(runner: Runner, flows: readonly Flow[], all?: readonly Flow[]): Promise<void> {
+  const key = (f: Flow) => `${f.proto} ${f.orig.src} ${f.orig.dst}`;
+  const argvs: string[][] = [];
+  if (all) {
+    const total = new Map<string, number>();
+    for (const f of all) total.set(key(f), (total.get(key(f)) ?? 0) + 1);
+    const chosen = new Map<string, Flow[]>();
+    for (const f of flows) chosen.set(key(f), [...(chosen.get(key(f)) ?? []), f]);
+    for (const [k, fs] of chosen) argvs.push(...(fs.length > 1 && fs.length === total.get(k) ? [conntrackDeletePairArgv(fs[0]!)] : fs.map(conntrackDeleteArgv)));
+  } else argvs.push(...flows.map(conntrackDeleteArgv));
+  for (const argv of argvs) {
     try {
-      await runner.run(conntrackDeleteArgv(f), { mutates: true });
+      await runner.run(argv, { mutates: true });
     } catch (e) {
       if (!(e instanceof KernelError && /0 flow entries have been deleted/.test(e.stderr))) throw e;
     }

@@ -84,7 +84,7 @@ describe('kernel output parsing', () => {
     const [tcp, icmp] = parseFlows(
       'tcp      6 431999 ESTABLISHED src=198.51.100.1 dst=198.51.100.2 sport=40000 dport=8080 src=10.0.0.2 dst=198.51.100.1 sport=80 dport=40000 [ASSURED] mark=0 use=1\n' +
       'icmp     1 29 src=127.0.0.1 dst=127.0.0.1 type=8 code=0 id=5881 src=127.0.0.1 dst=127.0.0.1 type=0 code=0 id=5881 mark=0 use=1\n');
-    assert.deepEqual(tcp, { proto: 'tcp', family: 4, orig: { src: '198.51.100.1', dst: '198.51.100.2', sport: 40000, dport: 8080 }, reply: { src: '10.0.0.2', dst: '198.51.100.1', sport: 80, dport: 40000 } });
+    assert.deepEqual(tcp, { proto: 'tcp', state: 'ESTABLISHED', family: 4, orig: { src: '198.51.100.1', dst: '198.51.100.2', sport: 40000, dport: 8080 }, reply: { src: '10.0.0.2', dst: '198.51.100.1', sport: 80, dport: 40000 } });
     assert.equal(icmp!.orig.sport, undefined);
   });
   it('reads ss listeners with their processes', () => {
