@@ -72,6 +72,7 @@ const listenerCovers = (l: Listener, m: PortMapping): boolean => {
 export function recordPorts(store: Store, sandbox: string, req: PublishRequest, host: HostView): PortRow[] {
   const rows: PortRow[] = [];
   const targets = portTargets(store, sandbox);
+  const existing = store.ports(); // read once: checking each mapping against a fresh read is n^2
   for (const m of req.mappings) {
     const spec = formatPortSpec(m);
     if (!isWildcard(m.hostIp) && !host.addresses.has(m.hostIp)) {
@@ -88,7 +89,7 @@ export function recordPorts(store: Store, sandbox: string, req: PublishRequest, 
     }
     const mine = rows.find((r) => collides(r, m));
     if (mine) throw new CtnetError('CONFLICT', `-p ${spec} overlaps -p ${formatPortSpec(mine)} in the same request`, 'give each host port once');
-    const taken = store.ports({ proto: m.proto }).find((r) => collides(r, m));
+    const taken = existing.find((r) => collides(r, m));
     if (taken) {
       throw new CtnetError('CONFLICT', `-p ${spec}: the host port is already published by sandbox ${taken.sandbox} (${formatPortSpec(taken)})`,
         `choose another host port, or remove that mapping with "ctnet port rm ${taken.sandbox} ${formatPortSpec(taken)}"`);
@@ -152,13 +153,12 @@ async function localAddresses(ctx: Ctx): Promise<Set<string>> {
 }
 
 /** Finds the recorded mapping a `port rm` names (its canonical text must match). */
-export function findPort(store: Store, sandbox: string, m: PortMapping): PortRow {
+export function findPort(store: Store, sandbox: string, m: PortMapping, rows: readonly PortRow[] = store.ports({ sandbox })): PortRow {
   const spec = formatPortSpec(m);
-  const rows = store.ports({ sandbox });
   const row = rows.find((r) => formatPortSpec(r) === spec);
   if (!row) {
     throw new CtnetError('NOT_FOUND', `sandbox ${sandbox} has no mapping ${spec}`,
-      rows.length ? `its mappings are: ${rows.map(formatPortSpec).join(', ')}` : `it publishes no ports; see "ctnet port ${sandbox}"`);
+      rows.length ? `its mappings are: ${rows.slice(0, 20).map(formatPortSpec).join(', ')}${rows.length > 20 ? ', ...' : ''}` : `it publishes no ports; see "ctnet port ${sandbox}"`);
   }
   return row;
 }

@@ -1,5 +1,5 @@
 // Use cases for the published ports of a live sandbox: `ctnet port add` and `ctnet port rm`.
-import type { PortMapping } from '../model/ports.ts';
+import { formatPortSpec, type PortMapping } from '../model/ports.ts';
 import type { Ctx } from './context.ts';
 import { applyPorts, findPort, portFacts, portTargets, readHost, recordPorts, unapplyPorts, type PublishRequest } from './ports.ts';
 import { getSandbox } from './sandbox.ts';
@@ -22,8 +22,11 @@ export async function publish(ctx: Ctx, sandbox: string, req: PublishRequest): P
 export async function unpublish(ctx: Ctx, sandbox: string, mappings: readonly PortMapping[]): Promise<void> {
   const { store, runner } = ctx;
   getSandbox(ctx, sandbox);
-  const rows = mappings.map((m) => findPort(store, sandbox, m));
-  const facts = portFacts(store, sandbox).filter((f) => rows.some((r) => r.proto === f.mapping.proto && r.hostIp === f.mapping.hostIp && r.hostPort === f.mapping.hostPort));
+  const all = store.ports({ sandbox });
+  const bySpec = new Map(all.map((r) => [formatPortSpec(r), r]));
+  const rows = mappings.map((m) => bySpec.get(formatPortSpec(m)) ?? findPort(store, sandbox, m, all));
+  const chosen = new Set(rows.map((r) => `${r.proto} ${r.hostIp} ${r.hostPort}`));
+  const facts = portFacts(store, sandbox).filter((f) => chosen.has(`${f.mapping.proto} ${f.mapping.hostIp} ${f.mapping.hostPort}`));
   await unapplyPorts(ctx, facts);
   if (!runner.dryRun) store.write(() => rows.forEach((r) => store.deletePort(r)));
 }
