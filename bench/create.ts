@@ -3,13 +3,13 @@
 // + an address + masquerade) in the same lab host, in the same run. See bench/README.md.
 //
 //   scripts/node bench/create.ts [--samples N] [--json]
-import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { constants, cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
+import { exec, execOk, quantile, timed } from './lib.ts';
 
 const LEVELS = [0, 100, 250] as const;
 const DEFAULT_SAMPLES = 20;
@@ -56,37 +56,8 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-interface Exit {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
 
-/** Spawns argv (no shell), feeds it `input`, and resolves when it exits. Never rejects. */
-function exec(argv: readonly string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Exit> {
-  return new Promise((resolve) => {
-    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: 'pipe' });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', (e) => resolve({ code: 127, stdout, stderr: stderr + String(e) }));
-    child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
-    child.stdin.on('error', () => {}); // the child may exit without reading stdin; its exit code says why
-    child.stdin.end(opts.input ?? '');
-  });
-}
 
-/** Like exec(), but a failure throws an error naming the command, its exit code and its stderr. */
-async function execOk(argv: readonly string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
-  const r = await exec(argv, opts);
-  if (r.code !== 0) {
-    // CNI plugins report errors as JSON on stdout, not stderr.
-    const detail = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join('; ');
-    throw new Error(`${argv.join(' ')} failed (exit ${r.code}): ${detail}`);
-  }
-  return r.stdout;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The two sides. add() is exactly the operation that is timed; fill and cleanup use the same calls.
@@ -214,13 +185,6 @@ interface Stats {
   readonly samples: readonly number[];
 }
 
-/** The q-quantile with linear interpolation between closest ranks (numpy's default). */
-function quantile(sorted: readonly number[], q: number): number {
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
-}
 
 function stats(samples: readonly number[]): Stats {
   const sorted = [...samples].sort((a, b) => a - b);
@@ -260,11 +224,6 @@ async function machine(): Promise<Machine> {
   };
 }
 
-async function timed(f: () => Promise<void>): Promise<number> {
-  const start = performance.now();
-  await f();
-  return performance.now() - start;
-}
 
 const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
 

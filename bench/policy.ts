@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
+import { intOption, quantile, timed } from './lib.ts';
 
 const SMALL = 10;
 const DEFAULT_RULES = 10_000;
@@ -61,11 +62,6 @@ const USAGE = `usage: scripts/node bench/policy.ts [--rules N] [--count N] [--wa
   --no-legacy   skip iptables-legacy even if it is installed
   --json        print the results as JSON instead of tables`;
 
-function intOption(name: string, text: string | undefined, fallback: number, min: number, max: number): number {
-  const n = text === undefined ? fallback : Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(text)}`);
-  return n;
-}
 
 function parseOptions(argv: readonly string[]): Options | 'help' {
   const { values } = parseArgs({
@@ -128,11 +124,6 @@ async function execOk(argv: readonly string[], input = ''): Promise<string> {
 
 const inNetns = (netns: string, argv: readonly string[]): string[] => ['nsenter', `--net=/run/netns/${netns}`, ...argv];
 
-async function timed(f: () => Promise<unknown>): Promise<number> {
-  const start = performance.now();
-  await f();
-  return performance.now() - start;
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
@@ -459,13 +450,6 @@ async function runClient(s: Setup, count: number, warmup: number): Promise<Clien
 // ---------------------------------------------------------------------------------------------
 // Statistics
 
-/** The q-quantile with linear interpolation between closest ranks (numpy's default). */
-function quantile(sorted: readonly number[], q: number): number {
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
-}
 
 interface ConnStats {
   readonly count: number;

@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { netnsKillAll } from '../src/kernel/netns.ts';
 import { Lab, ROOT, UPLINK } from '../src/lab/lab.ts';
+import { exec, execOk, intOption, quantile, timed } from './lib.ts';
 
 const LEVELS = [10, 10_000] as const;
 const DEFAULT_CONNECTIONS = 2000;
@@ -59,11 +60,6 @@ const USAGE = `usage: scripts/node bench/ports-lookup.ts [--connections N] [--wa
   --rounds N        batches per side and level, taken in rotating order (default ${DEFAULT_ROUNDS})
   --json            print the results as JSON instead of a table`;
 
-function intOption(name: string, text: string | undefined, fallback: number, min: number, max: number): number {
-  const n = text === undefined ? fallback : Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(text)}`);
-  return n;
-}
 
 function parseOptions(argv: readonly string[]): Options | 'help' {
   const { values } = parseArgs({
@@ -97,47 +93,13 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
 // ---------------------------------------------------------------------------------------------
 // Processes
 
-interface Exit {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
 
-/** Spawns argv (no shell), feeds it `input`, and resolves when it exits. Never rejects. */
-function exec(argv: readonly string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Exit> {
-  return new Promise((resolve) => {
-    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: 'pipe' });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', (e) => resolve({ code: 127, stdout, stderr: stderr + String(e) }));
-    child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
-    child.stdin.on('error', () => {}); // the child may exit without reading stdin; its exit code says why
-    child.stdin.end(opts.input ?? '');
-  });
-}
 
-/** Like exec(), but a failure throws an error naming the command, its exit code and its output. */
-async function execOk(argv: readonly string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
-  const r = await exec(argv, opts);
-  if (r.code !== 0) {
-    // CNI plugins report errors as JSON on stdout, not stderr.
-    const detail = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join('; ');
-    throw new Error(`${argv.slice(0, 8).join(' ')}${argv.length > 8 ? ' ...' : ''} failed (exit ${r.code}): ${detail}`);
-  }
-  return r.stdout;
-}
 
 const inNetns = (netns: string, argv: readonly string[]): string[] => ['nsenter', `--net=/run/netns/${netns}`, ...argv];
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
 
-async function timed(f: () => Promise<unknown>): Promise<number> {
-  const start = performance.now();
-  await f();
-  return performance.now() - start;
-}
 
 // ---------------------------------------------------------------------------------------------
 // The client: runs in the world namespace as its own process, so neither side's setup or the
@@ -381,13 +343,6 @@ interface Stats {
   readonly batchRates: readonly number[];
 }
 
-/** The q-quantile with linear interpolation between closest ranks (numpy's default). */
-function quantile(sorted: readonly number[], q: number): number {
-  const pos = (sorted.length - 1) * q;
-  const lo = Math.floor(pos);
-  const hi = Math.ceil(pos);
-  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
-}
 
 function stats(batches: readonly Batch[]): Stats {
   const all = batches.flatMap((b) => b.latenciesMs).sort((a, b) => a - b);

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT, UPLINK } from '../src/lab/lab.ts';
+import { intOption } from './lib.ts';
 
 const DEFAULT_SECONDS = 5;
 const DEFAULT_REPEAT = 3;
@@ -35,11 +36,6 @@ const USAGE = `usage: scripts/node bench/ports-throughput.ts [--seconds N] [--re
   --repeat N    tests per path, taken in rotating order; the median is reported (default ${DEFAULT_REPEAT})
   --json        print the results as JSON instead of a table`;
 
-function intOption(name: string, text: string | undefined, fallback: number, min: number, max: number): number {
-  const n = text === undefined ? fallback : Number(text);
-  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(text)}`);
-  return n;
-}
 
 function parseOptions(argv: readonly string[]): Options | 'help' {
   const { values } = parseArgs({

@@ -1,0 +1,54 @@
+// What every benchmark needs: running tools, option parsing, timing, quantiles.
+import { spawn } from 'node:child_process';
+
+export interface Exit {
+  readonly code: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Spawns argv (no shell), feeds it `input`, and resolves when it exits. Never rejects. */
+export function exec(argv: readonly string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Exit> {
+  return new Promise((resolve) => {
+    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...opts.env }, stdio: 'pipe' });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', (e) => resolve({ code: 127, stdout, stderr: stderr + String(e) }));
+    child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
+    child.stdin.on('error', () => {}); // the child may exit without reading stdin; its exit code says why
+    child.stdin.end(opts.input ?? '');
+  });
+}
+
+/** Like exec(), but a failure throws an error naming the command, its exit code and its output. */
+export async function execOk(argv: readonly string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
+  const r = await exec(argv, opts);
+  if (r.code !== 0) {
+    // CNI plugins report errors as JSON on stdout, not stderr.
+    const detail = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join('; ');
+    throw new Error(`${argv.slice(0, 8).join(' ')}${argv.length > 8 ? ' ...' : ''} failed (exit ${r.code}): ${detail}`);
+  }
+  return r.stdout;
+}
+
+export function intOption(name: string, text: string | undefined, fallback: number, min: number, max: number): number {
+  const n = text === undefined ? fallback : Number(text);
+  if (!Number.isInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(text)}`);
+  return n;
+}
+
+export async function timed(f: () => Promise<unknown>): Promise<number> {
+  const start = performance.now();
+  await f();
+  return performance.now() - start;
+}
+
+/** The q-quantile with linear interpolation between closest ranks (numpy's default). */
+export function quantile(sorted: readonly number[], q: number): number {
+  const pos = (sorted.length - 1) * q;
+  const lo = Math.floor(pos);
+  const hi = Math.ceil(pos);
+  return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
+}
