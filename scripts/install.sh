@@ -9,7 +9,10 @@ cd "$root"
 # iproute2/nftables/conntrack: what ctnet drives; iputils-ping: tests and demo;
 # containernetworking-plugins + iptables: the reference CNI plugins the benchmarks compare with.
 # iperf3/socat: the published-port benchmarks (throughput, and a userland proxy to compare with).
-pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables iperf3 socat)
+# podman + runc + busybox-static (+ netavark, podman's own backend, for the benchmark): the CNI plugin test drives real podman with a local busybox image;
+# gcc + libjansson-dev: build the CNI plugin client (src/cni/client.c).
+pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables iperf3 socat
+  podman runc busybox-static netavark gcc libc6-dev libjansson-dev)
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do

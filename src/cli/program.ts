@@ -23,6 +23,9 @@ import { readFileSync } from 'node:fs';
 import { table } from './table.ts';
 import { renderNetwork, renderSandbox } from './render.ts';
 import { runDemo } from './demo.ts';
+import { handleCni } from '../cni/handler.ts';
+import { installCni } from '../cni/install.ts';
+import { daemonPid, runDaemon, stopDaemon } from '../daemon/server.ts';
 
 interface Globals {
   stateDir?: string;
@@ -308,6 +311,49 @@ export function buildProgram(): Command {
       const done = await gc(ctx);
       if (!g.explain && !g.dryRun) out(done.length ? done.join('\n') : 'gc: store and kernel agree');
     }));
+
+  // ---- CNI ----
+  const cni = program.command('cni').description('ctnet as a CNI plugin for podman, containerd, Kubernetes (docs/cni.md)');
+  globals(cni.command('install')).description('install the ctnet CNI plugin, and a .conflist for a ctnet network')
+    .option('--bin-dir <dir>', 'CNI plugin directory', '/opt/cni/bin')
+    .option('--conf-dir <dir>', 'CNI configuration directory', '/etc/cni/net.d')
+    .option('--network <name>', 'write CONF_DIR/NAME.conflist for this ctnet network')
+    .option('--cni-version <v>', 'cniVersion of the conflist (podman 4.3 and containerd 1.6 need 1.0.0 at most)', '1.0.0')
+    .action(act(async (ctx, g) => {
+      const o = g as Globals & { binDir: string; confDir: string; network?: string; cniVersion: string };
+      if (o.network !== undefined) parseName('network', o.network);
+      for (const f of installCni(ctx.store, { binDir: o.binDir, confDir: o.confDir, network: o.network, cniVersion: o.cniVersion })) out(f);
+    }));
+  globals(cni.command('exec')).description('run one CNI command in this process (CNI_* env, config on stdin), without the daemon')
+    .action(act(async (ctx) => {
+      const reply = await handleCni(ctx, process.env, readFileSync(0, 'utf8'));
+      process.stdout.write(reply.stdout);
+      process.stderr.write(reply.stderr);
+      return reply.exit;
+    }));
+
+  const daemon = globals(program.command('daemon')).description('run ctnetd, the daemon behind the CNI plugin (the plugin starts it on demand)')
+    .option('--idle-exit <seconds>', 'exit after this long without a request (0: never)', '0')
+    .action(async (o: Globals & { idleExit: string }) => {
+      const dir = o.stateDir ?? process.env.CTNET_STATE_DIR ?? DEFAULT_STATE_DIR;
+      const idle = Number(o.idleExit);
+      if (!Number.isFinite(idle) || idle < 0) throw invalid(`--idle-exit ${o.idleExit} is not a number of seconds`);
+      process.exitCode = await runDaemon({ stateDir: dir, idleExitMs: idle * 1000 });
+    });
+  globals(daemon.command('stop')).description('stop the ctnetd of a state directory')
+    .action(async (_o: unknown, cmd: Command) => {
+      const g = cmd.optsWithGlobals<Globals>();
+      const dir = g.stateDir ?? process.env.CTNET_STATE_DIR ?? DEFAULT_STATE_DIR;
+      out(await stopDaemon(dir) ? `ctnetd for ${dir} stopped` : `no ctnetd runs for ${dir}`);
+    });
+  globals(daemon.command('status')).description('say whether ctnetd runs for a state directory, and its pid')
+    .action(async (_o: unknown, cmd: Command) => {
+      const g = cmd.optsWithGlobals<Globals>();
+      const dir = g.stateDir ?? process.env.CTNET_STATE_DIR ?? DEFAULT_STATE_DIR;
+      const pid = daemonPid(dir);
+      out(pid ? `ctnetd for ${dir} runs as pid ${pid}` : `no ctnetd runs for ${dir}`);
+      process.exitCode = pid ? 0 : 3;
+    });
 
   program.command('demo').description('build a lab of its own, prove connectivity, print a matrix, clean up')
     .action(async () => {

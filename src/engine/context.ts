@@ -7,4 +7,9 @@ export interface Ctx {
   readonly store: Store;
   /** Progress and warnings for humans (stderr in the CLI). */
   readonly warn: (message: string) => void;
+  /**
+   * Where work that may follow the answer goes (the daemon runs it after replying, before the next
+   * request): clearing stale conntrack entries. Absent: it runs at once.
+   */
+  readonly defer?: (fn: () => Promise<void>) => void;
 }

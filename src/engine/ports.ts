@@ -26,7 +26,10 @@ export interface HostView {
 
 export async function readHost(ctx: Ctx, req: PublishRequest): Promise<HostView> {
   if (req.mappings.length === 0) return { addresses: new Set(), listeners: [] };
-  const addresses = new Set((await addrList(ctx.runner)).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
+  // The host's addresses only matter to check a mapping that names one.
+  const addresses = req.mappings.every((m) => isWildcard(m.hostIp))
+    ? new Set<string>()
+    : new Set((await addrList(ctx.runner)).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
   const sctp = req.mappings.some((m) => m.proto === 'sctp');
   let found: Listener[] = [];
   if (!req.force) {
@@ -54,7 +57,8 @@ export function portFacts(store: Store, sandbox: string): PortFacts[] {
   return store.ports({ sandbox }).map((mapping) => ({ mapping, targets }));
 }
 
-const lines = (verb: 'add' | 'delete', facts: readonly PortFacts[]) => facts.flatMap((f) => portElements(verb, f));
+export const portLines = (verb: 'add' | 'delete', facts: readonly PortFacts[]) => facts.flatMap((f) => portElements(verb, f));
+const lines = portLines;
 
 const listenerCovers = (l: Listener, m: PortMapping): boolean => {
   if (l.proto !== m.proto || l.port < m.hostPort || l.port >= m.hostPort + m.count) return false;
@@ -115,12 +119,21 @@ export async function applyPorts(ctx: Ctx, facts: readonly PortFacts[], undo: Un
   undo?.push('published ports', () => applyNftDelete(ctx.runner, lines('delete', facts)));
   await nftApply(ctx.runner, add.join('\n') + '\n');
   crashPoint();
-  // A UDP flow that hit the host port before the mapping existed has an un-NATed conntrack entry
-  // that would keep its packets away from the sandbox for as long as the client keeps sending.
-  const local = await localAddresses(ctx);
-  await forgetFlows(ctx, (f) => facts.some(({ mapping: m }) =>
-    f.proto === m.proto && f.orig.dport !== undefined && f.orig.dport >= m.hostPort && f.orig.dport < m.hostPort + m.count &&
-    local.has(f.orig.dst) && (isWildcard(m.hostIp) || f.orig.dst === m.hostIp) && hostIpFamilies(m.hostIp).includes(f.family)));
+  await forgetStaleFlows(ctx, facts);
+}
+
+/**
+ * A UDP flow that hit the host port before the mapping existed has an un-NATed conntrack entry
+ * that would keep its packets away from the sandbox for as long as the client keeps sending.
+ */
+export async function forgetStaleFlows(ctx: Ctx, facts: readonly PortFacts[]): Promise<void> {
+  if (facts.length === 0) return;
+  await forgetFlows(ctx, async () => {
+    const local = await localAddresses(ctx);
+    return (f) => facts.some(({ mapping: m }) =>
+      f.proto === m.proto && f.orig.dport !== undefined && f.orig.dport >= m.hostPort && f.orig.dport < m.hostPort + m.count &&
+      local.has(f.orig.dst) && (isWildcard(m.hostIp) || f.orig.dst === m.hostIp) && hostIpFamilies(m.hostIp).includes(f.family));
+  });
 }
 
 /** Removes the map elements of these mappings and the flows still DNATed through them. */
@@ -130,7 +143,13 @@ export async function unapplyPorts(ctx: Ctx, facts: readonly PortFacts[]): Promi
   ctx.runner.note(`unpublish ${facts.map((f) => formatPortSpec(f.mapping)).join(', ')}`);
   await applyNftDelete(ctx.runner, del);
   crashPoint();
-  await forgetFlows(ctx, (f) => facts.some(({ mapping: m, targets }) =>
+  await forgetUnpublished(ctx, facts);
+}
+
+/** Deletes the flows still DNATed through these mappings. */
+export async function forgetUnpublished(ctx: Ctx, facts: readonly PortFacts[]): Promise<void> {
+  if (facts.length === 0) return;
+  await forgetFlows(ctx, async () => (f) => facts.some(({ mapping: m, targets }) =>
     f.proto === m.proto && targets.some((t) => t.ip === f.reply.src) && f.orig.dst !== f.reply.src &&
     f.reply.sport !== undefined && f.reply.sport >= m.containerPort && f.reply.sport < m.containerPort + m.count));
 }
@@ -139,13 +158,19 @@ export async function unapplyPorts(ctx: Ctx, facts: readonly PortFacts[]): Promi
 export async function forgetAddresses(ctx: Ctx, ips: readonly string[]): Promise<void> {
   if (ips.length === 0) return;
   const set = new Set(ips);
-  await forgetFlows(ctx, (f) => set.has(f.orig.src) || set.has(f.orig.dst) || set.has(f.reply.src) || set.has(f.reply.dst));
+  await forgetFlows(ctx, async () => (f) => set.has(f.orig.src) || set.has(f.orig.dst) || set.has(f.reply.src) || set.has(f.reply.dst));
 }
 
-async function forgetFlows(ctx: Ctx, match: (f: Flow) => boolean): Promise<void> {
+/** Deletes the flows match() picks; in the daemon, after the reply (see Ctx.defer). */
+async function forgetFlows(ctx: Ctx, matcher: () => Promise<(f: Flow) => boolean>): Promise<void> {
   if (ctx.runner.dryRun) return; // the flows to delete depend on the moment; nothing to print ahead
-  const flows = (await conntrackList(ctx.runner)).filter(match);
-  await conntrackDelete(ctx.runner, flows);
+  const work = async () => {
+    const match = await matcher();
+    const flows = (await conntrackList(ctx.runner)).filter(match);
+    await conntrackDelete(ctx.runner, flows);
+  };
+  if (ctx.defer) ctx.defer(work);
+  else await work();
 }
 
 async function localAddresses(ctx: Ctx): Promise<Set<string>> {

@@ -17,7 +17,8 @@ import type { Ctx } from './context.ts';
 import { netnsName, nextIfname, vethName } from './naming.ts';
 import { applyNftDelete } from './nftops.ts';
 import { crashPoint, ignoreMissing, transaction, type UndoStack } from './undo.ts';
-import { applyPorts, forgetAddresses, portFacts, readHost, recordPorts, unapplyPorts, type PublishRequest } from './ports.ts';
+import { applyPorts, forgetAddresses, forgetUnpublished, portFacts, portLines, readHost, recordPorts, unapplyPorts, type PublishRequest } from './ports.ts';
+import { formatPortSpec } from '../model/ports.ts';
 import type { PortFacts } from '../nft/ruleset.ts';
 import { syncPolicy } from './policy.ts';
 
@@ -37,7 +38,7 @@ export function getSandbox(ctx: Ctx, name: string): SandboxRow {
   return s;
 }
 
-function readyNetwork(store: Store, name: string): NetworkRow {
+export function readyNetwork(store: Store, name: string): NetworkRow {
   const n = store.network(name);
   if (!n) throw new CtnetError('NOT_FOUND', `no network named ${name}`, `create it with "ctnet network create ${name} --subnet CIDR"`);
   if (n.state !== 'ready') throw new CtnetError('STATE', `network ${name} is ${n.state}`, 'run "ctnet gc" if an operation on it was interrupted');
@@ -103,7 +104,7 @@ export function defaultCarrier(store: Store, sandbox: string, family: 4 | 6): st
   return (withFamily.find((a) => store.network(a.network)?.internal === false) ?? withFamily[0])?.network;
 }
 
-interface AttachPlan {
+export interface AttachPlan {
   readonly attachment: Omit<AttachmentRow, 'owner'>;
   readonly network: NetworkRow;
   readonly addresses: readonly AddressRow[];
@@ -130,7 +131,9 @@ export function attachCommands(ctx: Ctx, ns: Netns, p: AttachPlan): { host: IpCo
   };
 }
 
-async function applyAttach(ctx: Ctx, ns: Netns, p: AttachPlan, undo: UndoStack): Promise<void> {
+/** extra: more nft element lines (published ports) to add in the same nft transaction. */
+export async function applyAttach(ctx: Ctx, ns: Netns, p: AttachPlan, undo: UndoStack,
+  extra: { add: readonly string[]; del: readonly string[] } = { add: [], del: [] }): Promise<void> {
   const { runner } = ctx;
   const { host, inside } = attachCommands(ctx, ns, p);
   runner.note(`${p.attachment.sandbox}: ${p.attachment.ifname} on network ${p.network.name} (${p.addresses.map((a) => a.ip).join(', ')}), host side ${p.attachment.hostVeth}`);
@@ -141,13 +144,17 @@ async function applyAttach(ctx: Ctx, ns: Netns, p: AttachPlan, undo: UndoStack):
   await runIp(runner, inside);
   crashPoint();
   const facts = { bridge: p.network.bridge, addresses: p.addresses };
-  undo.push(`nft elements of ${p.attachment.sandbox}`, () => applyNftDelete(runner, endpointElements('delete', facts)));
-  await nftApply(runner, endpointElements('add', facts).join('\n') + '\n');
+  undo.push(`nft elements of ${p.attachment.sandbox}`, () => applyNftDelete(runner, [...endpointElements('delete', facts), ...extra.del]));
+  await nftApply(runner, [...endpointElements('add', facts), ...extra.add].join('\n') + '\n');
   crashPoint();
 }
 
-/** Plans attachments inside a store transaction: interface names, MACs, addresses, default routes. */
-function planAttachments(store: Store, sandbox: string, networks: readonly string[], spec: Pick<AttachSpec, 'ips' | 'mac'>, usedIfnames: string[]): AttachPlan[] {
+/**
+ * Plans attachments inside a store transaction: interface names, MACs, addresses, default routes.
+ * ifname fixes the (single) attachment's interface name, as a CNI runtime does.
+ */
+export function planAttachments(store: Store, sandbox: string, networks: readonly string[], spec: Pick<AttachSpec, 'ips' | 'mac'>,
+  usedIfnames: string[], ifname?: string): AttachPlan[] {
   checkRequestedIps(store, networks, spec.ips);
   const plans: AttachPlan[] = [];
   for (const [i, name] of networks.entries()) {
@@ -155,12 +162,15 @@ function planAttachments(store: Store, sandbox: string, networks: readonly strin
     if (store.attachments({ sandbox }).some((a) => a.network === name)) {
       throw new CtnetError('CONFLICT', `sandbox ${sandbox} is already connected to network ${name}`);
     }
-    const ifname = nextIfname(usedIfnames);
-    usedIfnames.push(ifname);
+    if (ifname !== undefined && usedIfnames.includes(ifname)) {
+      throw new CtnetError('CONFLICT', `sandbox ${sandbox} has an interface ${ifname} already`, 'choose another interface name');
+    }
+    const chosen = ifname ?? nextIfname(usedIfnames);
+    usedIfnames.push(chosen);
     let hostVeth = vethName();
     while (store.hostVethTaken(hostVeth)) hostVeth = vethName();
     const attachment = {
-      sandbox, network: name, ifname, hostVeth,
+      sandbox, network: name, ifname: chosen, hostVeth,
       mac: (i === 0 ? spec.mac : undefined) ?? randomMac(), state: 'creating' as const,
     };
     store.insertAttachment(attachment);
@@ -270,7 +280,7 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
 }
 
 /** Moves published ports when the network they lead to changed (a connect or a disconnect). */
-async function retargetPorts(ctx: Ctx, sandbox: string, before: readonly PortFacts[]): Promise<void> {
+export async function retargetPorts(ctx: Ctx, sandbox: string, before: readonly PortFacts[]): Promise<void> {
   const after = portFacts(ctx.store, sandbox);
   const key = (f: readonly PortFacts[]) => JSON.stringify(f[0]?.targets ?? []);
   if (key(before) === key(after)) return;
@@ -279,14 +289,14 @@ async function retargetPorts(ctx: Ctx, sandbox: string, before: readonly PortFac
 }
 
 /** Removes one attachment's kernel objects; idempotent. */
-export async function teardownAttachment(ctx: Ctx, a: AttachmentRow, addresses: readonly AddressRow[]): Promise<void> {
+export async function teardownAttachment(ctx: Ctx, a: AttachmentRow, addresses: readonly AddressRow[], extraDel: readonly string[] = []): Promise<void> {
   const { runner, store } = ctx;
   const n = store.network(a.network);
   runner.note(`${a.sandbox}: remove ${a.ifname} from network ${a.network}`);
   // The host end: deleting it removes the container end too.
   await ignoreMissing(() => runIp(runner, [linkDel(a.hostVeth)]));
   crashPoint();
-  if (n) await applyNftDelete(runner, endpointElements('delete', { bridge: n.bridge, addresses }));
+  await applyNftDelete(runner, [...(n ? endpointElements('delete', { bridge: n.bridge, addresses }) : []), ...extraDel]);
   crashPoint();
   await forgetAddresses(ctx, addresses.map((x) => x.ip));
 }
@@ -303,8 +313,10 @@ export async function disconnect(ctx: Ctx, network: string, sandbox: string): Pr
   const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
   const before = portFacts(store, sandbox);
   const wasTarget = before.length > 0 && before[0]!.targets.some((t) => addresses.some((x) => x.ip === t.ip));
-  if (wasTarget) await unapplyPorts(ctx, before);
-  await teardownAttachment(ctx, a, addresses);
+  // The ports' map elements go in the same nft transaction as the endpoint's.
+  if (wasTarget) ctx.runner.note(`unpublish ${before.map((f) => formatPortSpec(f.mapping)).join(', ')}`);
+  await teardownAttachment(ctx, a, addresses, wasTarget ? portLines('delete', before) : []);
+  if (wasTarget) await forgetUnpublished(ctx, before);
   if (runner.dryRun) return;
   store.write(() => {
     store.deleteAttachment(sandbox, network);

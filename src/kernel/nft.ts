@@ -41,3 +41,10 @@ export async function nftListTableText(runner: Runner, family: string, name: str
     throw e;
   }
 }
+
+/** Equivalent to: nft -j list tables; true when table FAMILY NAME exists. */
+export async function nftTableExists(runner: Runner, family: string, name: string): Promise<boolean> {
+  const { stdout } = await runner.run(['nft', '-j', 'list', 'tables']);
+  const items = (JSON.parse(stdout) as { nftables: { table?: { family: string; name: string } }[] }).nftables;
+  return items.some((i) => i.table?.family === family && i.table.name === name);
+}

@@ -4,6 +4,9 @@ import { spawn } from 'node:child_process';
 import { KernelError } from '../errors.ts';
 import { shellLine } from './shell.ts';
 
+/** CTNET_TRACE=1: every tool ctnet runs, with its duration, on stderr (the daemon's log). */
+const TRACE = process.env.CTNET_TRACE === '1';
+
 export interface RunOptions {
   /** Changes the kernel: printed by --explain, skipped by --dry-run. */
   readonly mutates?: boolean;
@@ -53,7 +56,13 @@ export class Runner {
       for (const line of options.explain ?? [shellLine(argv)]) this.#explain?.(line);
       if (this.dryRun) return { stdout: '', stderr: '' };
     }
-    return exec(argv, options.input, options.hint);
+    if (!TRACE) return exec(argv, options.input, options.hint);
+    const t = performance.now();
+    try {
+      return await exec(argv, options.input, options.hint);
+    } finally {
+      process.stderr.write(`ctnet: trace: ${(performance.now() - t).toFixed(1)} ms ${shellLine(argv).slice(0, 120)}\n`);
+    }
   }
 }
 

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 3;
+export const SCHEMA_VERSION = 4;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -103,8 +103,26 @@ CREATE TABLE policy_elements (
 );
 `;
 
+// CNI attachments (schema 4): what a runtime's ADD made, keyed as the spec keys it (container id,
+// interface name, CNI network name), so DEL and GC find everything from here, never from the
+// request. Deleting the ctnet attachment (ctnet rm, network rm --force) drops the record with it.
+export const CNI = `
+CREATE TABLE cni_attachments (
+  container_id TEXT NOT NULL,
+  ifname TEXT NOT NULL,
+  cni_network TEXT NOT NULL,
+  sandbox TEXT NOT NULL,
+  network TEXT NOT NULL,
+  created TEXT NOT NULL,
+  PRIMARY KEY (container_id, ifname, cni_network),
+  FOREIGN KEY (sandbox, network) REFERENCES attachments(sandbox, network) ON DELETE CASCADE
+);
+CREATE INDEX cni_by_sandbox ON cni_attachments(sandbox);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
   3: POLICY,
+  4: CNI,
 };

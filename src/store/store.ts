@@ -74,6 +74,16 @@ export interface ProcessRow {
   readonly command: string;
 }
 
+export interface CniRow {
+  readonly containerId: string;
+  readonly ifname: string;
+  /** The CNI network name (the config's "name"). */
+  readonly cniNetwork: string;
+  readonly sandbox: string;
+  readonly network: string;
+  readonly created: string;
+}
+
 export const DEFAULT_STATE_DIR = '/var/lib/ctnet';
 
 type Row = Record<string, unknown>;
@@ -84,11 +94,12 @@ export class Store {
   /** Random per state directory: marks the netns files this ctnet owns. */
   readonly instance: string;
 
-  constructor(dir: string) {
+  /** busyTimeoutMs: how long a write waits for another process's transaction (default 60 s). */
+  constructor(dir: string, options: { busyTimeoutMs?: number } = {}) {
     this.dir = dir;
     try {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
-      this.db = new DatabaseSync(join(dir, 'ctnet.db'), { timeout: 60_000 });
+      this.db = new DatabaseSync(join(dir, 'ctnet.db'), { timeout: options.busyTimeoutMs ?? 60_000 });
     } catch (e) {
       throw new CtnetError('ENVIRONMENT', `cannot open the state database in ${dir}: ${(e as Error).message}`,
         'run ctnet as root, or choose another directory with --state-dir', { cause: e });
@@ -324,6 +335,25 @@ export class Store {
   }
   deletePolicy(id: number): void {
     this.#run('DELETE FROM policies WHERE id = ?', id);
+  }
+
+  // ---- CNI attachments ----
+  cniAttachments(filter: { containerId?: string; cniNetwork?: string; sandbox?: string } = {}): CniRow[] {
+    const rows = filter.containerId !== undefined
+      ? this.#all('SELECT * FROM cni_attachments WHERE container_id = ? ORDER BY ifname', filter.containerId)
+      : filter.cniNetwork !== undefined
+        ? this.#all('SELECT * FROM cni_attachments WHERE cni_network = ? ORDER BY container_id, ifname', filter.cniNetwork)
+        : filter.sandbox !== undefined
+          ? this.#all('SELECT * FROM cni_attachments WHERE sandbox = ? ORDER BY ifname', filter.sandbox)
+          : this.#all('SELECT * FROM cni_attachments ORDER BY container_id, ifname');
+    return rows.map((r) => ({
+      containerId: r.container_id as string, ifname: r.ifname as string, cniNetwork: r.cni_network as string,
+      sandbox: r.sandbox as string, network: r.network as string, created: r.created as string,
+    }));
+  }
+  insertCniAttachment(c: Omit<CniRow, 'created'>): void {
+    this.#run('INSERT INTO cni_attachments(container_id, ifname, cni_network, sandbox, network, created) VALUES (?, ?, ?, ?, ?, ?)',
+      c.containerId, c.ifname, c.cniNetwork, c.sandbox, c.network, new Date().toISOString());
   }
 
   // ---- processes ctnet started in sandboxes ----

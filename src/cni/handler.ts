@@ -1,0 +1,56 @@
+// One CNI invocation: environment + stdin in, exit status + stdout + stderr out. The daemon runs
+// it for the plugin client; `ctnet cni exec` runs it in-process (no daemon) with the same result.
+import type { Ctx } from '../engine/context.ts';
+import { cniAdd, cniCheck, cniDel, cniGc, cniStatus, toCniError } from '../engine/cni.ts';
+import type { Reply } from '../daemon/wire.ts';
+import {
+  CniError, CODE, configVersion, decode, mergeResult, parseConfig, parseEnv, renderError, renderResult, renderVersion,
+  SUPPORTED_VERSIONS,
+} from './protocol.ts';
+
+const LATEST = SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.length - 1]!;
+
+export async function handleCni(ctx: Ctx, env: Readonly<Record<string, string | undefined>>, stdin: string): Promise<Reply> {
+  let version: string = LATEST;
+  const warnings: string[] = [];
+  try {
+    const e = parseEnv(env);
+    const raw = e.command === 'VERSION' && stdin.trim() === '' ? {} : decode(stdin);
+    if (typeof raw.cniVersion === 'string') version = raw.cniVersion;
+    if (e.command === 'VERSION') return ok(JSON.stringify(renderVersion(version)));
+    configVersion(raw);
+    const parsed = parseConfig(raw, e.command);
+    warnings.push(...parsed.warnings);
+    const conf = parsed.conf;
+    const req = { containerId: e.containerId, netns: e.netns, ifname: e.ifname, conf };
+    switch (e.command) {
+      case 'ADD': {
+        const result = mergeResult(conf.prevResult, await cniAdd(ctx, req));
+        return ok(JSON.stringify(renderResult(result, version)), warnings);
+      }
+      case 'DEL':
+        await cniDel(ctx, { containerId: e.containerId, ifname: e.ifname, cniNetwork: conf.name });
+        return ok('', warnings);
+      case 'CHECK':
+        await cniCheck(ctx, req);
+        return ok('', warnings);
+      case 'GC': {
+        if (!conf.validAttachments) {
+          throw new CniError(CODE.INVALID_CONFIG, 'GC needs "cni.dev/valid-attachments" in the configuration', 'list the attachments still in use (an empty list removes all)');
+        }
+        const removed = await cniGc(ctx, conf.name, conf.validAttachments);
+        if (removed.length) warnings.push(`gc removed ${removed.join(', ')}`);
+        return ok('', warnings);
+      }
+      case 'STATUS':
+        await cniStatus(ctx, conf);
+        return ok('', warnings);
+    }
+  } catch (err) {
+    const ce = toCniError(err);
+    return { exit: 1, stdout: JSON.stringify(renderError(ce, version)) + '\n', stderr: stderrOf(warnings) };
+  }
+}
+
+const stderrOf = (warnings: readonly string[]) => warnings.map((w) => `ctnet: warning: ${w}\n`).join('');
+const ok = (stdout: string, warnings: readonly string[] = []): Reply => ({ exit: 0, stdout: stdout ? stdout + '\n' : '', stderr: stderrOf(warnings) });

@@ -1,0 +1,164 @@
+// ctnetd: the resident daemon behind the CNI plugin. One per state directory (its socket lives
+// there), in the network namespace of whoever started it. It keeps the store open and runs one
+// request at a time, so requests never interleave their kernel work; the store's transactions
+// still serialise it against CLI processes using the same state directory.
+import { chmodSync, existsSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { DatabaseSync } from 'node:sqlite';
+import { handleCni } from '../cni/handler.ts';
+import { CniError, CODE, renderError } from '../cni/protocol.ts';
+import type { Ctx } from '../engine/context.ts';
+import { Runner } from '../kernel/runner.ts';
+import { Store } from '../store/store.ts';
+import { decodeRequest, encodeReply, type Reply } from './wire.ts';
+
+export const SOCKET_NAME = 'ctnetd.sock';
+const LOCK_NAME = 'ctnetd.lock';
+const PID_NAME = 'ctnetd.pid';
+
+export const socketPath = (stateDir: string) => join(stateDir, SOCKET_NAME);
+
+const log = (m: string) => process.stderr.write(`${new Date().toISOString()} ctnetd[${process.pid}]: ${m}\n`);
+const myNetns = () => readlinkSync('/proc/self/ns/net');
+
+/**
+ * Holds the daemon lock of a state directory for the life of the process: an exclusive SQLite
+ * lock (a POSIX file lock, so a killed daemon releases it). Undefined when another daemon has it.
+ */
+function takeLock(stateDir: string): DatabaseSync | undefined {
+  const db = new DatabaseSync(join(stateDir, LOCK_NAME), { timeout: 0 });
+  try {
+    db.exec('PRAGMA locking_mode = EXCLUSIVE; BEGIN EXCLUSIVE');
+    return db;
+  } catch {
+    db.close();
+    return undefined;
+  }
+}
+
+/** The pid of the daemon serving stateDir, or undefined when none holds its lock. */
+export function daemonPid(stateDir: string): number | undefined {
+  if (!existsSync(join(stateDir, LOCK_NAME))) return undefined;
+  const probe = takeLock(stateDir);
+  if (probe) {
+    probe.close();
+    return undefined;
+  }
+  const pid = Number(readFileSync(join(stateDir, PID_NAME), 'utf8').trim());
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
+/** Stops the daemon of stateDir (SIGTERM, then SIGKILL after 10 s); false when none ran. */
+export async function stopDaemon(stateDir: string): Promise<boolean> {
+  const pid = daemonPid(stateDir);
+  if (!pid) return false;
+  process.kill(pid, 'SIGTERM');
+  for (let i = 0; i < 200 && daemonPid(stateDir); i++) await new Promise((r) => setTimeout(r, 50));
+  if (daemonPid(stateDir)) process.kill(pid, 'SIGKILL');
+  return true;
+}
+
+export interface DaemonOptions {
+  readonly stateDir: string;
+  /** Exit after this long without a request (0: never). */
+  readonly idleExitMs: number;
+}
+
+/** Runs until SIGTERM/SIGINT (or idle exit); resolves with the exit status. */
+export async function runDaemon(opts: DaemonOptions): Promise<number> {
+  const store = new Store(opts.stateDir, { busyTimeoutMs: Number(process.env.CTNET_BUSY_TIMEOUT_MS) || 10_000 });
+  const lock = takeLock(opts.stateDir);
+  if (!lock) {
+    store.close();
+    log(`another ctnetd serves ${opts.stateDir}; exiting`);
+    return 0;
+  }
+  writeFileSync(join(opts.stateDir, PID_NAME), `${process.pid}\n`);
+  const path = socketPath(opts.stateDir);
+  rmSync(path, { force: true }); // stale: its daemon is gone, or we could not hold the lock
+  const netns = myNetns();
+  let queue: Promise<unknown> = Promise.resolve();
+  let idle: NodeJS.Timeout | undefined;
+  let busy = 0;
+
+  // allowHalfOpen: the client half-closes after its request and still reads the reply.
+  const server = createServer({ allowHalfOpen: true }, (sock) => serve(sock));
+  const armIdle = () => {
+    if (opts.idleExitMs > 0 && busy === 0) {
+      clearTimeout(idle);
+      idle = setTimeout(() => stop('idle'), opts.idleExitMs);
+    }
+  };
+
+  function serve(sock: Socket): void {
+    clearTimeout(idle);
+    busy++;
+    const chunks: Buffer[] = [];
+    sock.on('data', (b) => chunks.push(b));
+    sock.on('error', () => {}); // a client killed mid-request: the operation still completes
+    sock.on('end', () => {
+      // One request at a time, in arrival order.
+      const run = queue.then(async () => {
+        const { reply, later } = await answer(Buffer.concat(chunks));
+        if (!sock.destroyed) sock.end(encodeReply(reply));
+        // Deferred work (stale conntrack entries) runs before the next request starts.
+        for (const fn of later) await fn().catch((e: Error) => log(`deferred work failed: ${e.message}`));
+      });
+      queue = run.catch((e: Error) => log(`request failed: ${e.stack ?? e.message}`));
+      void run.finally(() => {
+        busy--;
+        armIdle();
+      });
+    });
+  }
+
+  async function answer(buf: Buffer): Promise<{ reply: Reply; later: (() => Promise<void>)[] }> {
+    const later: (() => Promise<void>)[] = [];
+    let req;
+    try {
+      req = decodeRequest(buf);
+    } catch (e) {
+      return { later, reply: fail(new CniError(CODE.DECODE, `malformed request: ${(e as Error).message}`, 'use the ctnet plugin of the same version as ctnetd')) };
+    }
+    const clientNs = req.env.CTNET_CLIENT_NETNS;
+    if (clientNs && clientNs !== netns) {
+      return { later, reply: fail(new CniError(CODE.INVALID_CONFIG, `ctnetd for ${opts.stateDir} runs in network namespace ${netns}, the caller in ${clientNs}`,
+        'one state directory serves one network namespace: give this namespace its own stateDir')) };
+    }
+    const warnings: string[] = [];
+    const ctx: Ctx = { store, runner: new Runner(), warn: (m) => warnings.push(m), defer: (fn) => later.push(fn) };
+    const started = performance.now();
+    const reply = await handleCni(ctx, req.env, req.stdin);
+    const ms = (performance.now() - started).toFixed(1);
+    log(`${req.env.CNI_COMMAND ?? '?'} ${req.env.CNI_CONTAINERID ?? ''} ${req.env.CNI_IFNAME ?? ''}: exit ${reply.exit} in ${ms} ms${reply.exit ? ` ${reply.stdout.trim()}` : ''}`);
+    return { later, reply: { ...reply, stderr: reply.stderr + warnings.map((w) => `ctnet: ${w}\n`).join('') } };
+  }
+
+  let resolveDone!: (code: number) => void;
+  const done = new Promise<number>((r) => (resolveDone = r));
+  function stop(why: string): void {
+    log(`stopping (${why})`);
+    server.close();
+    void queue.finally(() => {
+      rmSync(path, { force: true });
+      rmSync(join(opts.stateDir, PID_NAME), { force: true });
+      store.close();
+      lock!.close();
+      resolveDone(0);
+    });
+  }
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(path, () => resolve());
+  });
+  chmodSync(path, 0o600);
+  log(`serving ${opts.stateDir} on ${path} (netns ${netns})`);
+  armIdle();
+  return done;
+}
+
+const fail = (e: CniError): Reply => ({ exit: 1, stdout: JSON.stringify(renderError(e, '1.1.0')) + '\n', stderr: '' });
