@@ -334,7 +334,8 @@ export function buildProgram(): Command {
 
   const daemon = globals(program.command('daemon')).description('run ctnetd, the daemon behind the CNI plugin (the plugin starts it on demand)')
     .option('--idle-exit <seconds>', 'exit after this long without a request (0: never)', '0')
-    .action(async (o: Globals & { idleExit: string }) => {
+    .action(async (_o: unknown, cmd: Command) => {
+      const o = cmd.optsWithGlobals<Globals & { idleExit: string }>();
       const dir = o.stateDir ?? process.env.CTNET_STATE_DIR ?? DEFAULT_STATE_DIR;
       const idle = Number(o.idleExit);
       if (!Number.isFinite(idle) || idle < 0) throw invalid(`--idle-exit ${o.idleExit} is not a number of seconds`);

@@ -106,13 +106,17 @@ static int try_connect(const char *path) {
 
 // Starts `ctnet daemon --state-dir DIR` detached (its own session, output to DIR/ctnetd.log).
 // Several clients may race here: the daemon takes a lock, and the losers exit at once.
-static void start_daemon(const char *bin, const char *dir) {
+// Returns 0, or the errno of an exec that failed (reported through a close-on-exec pipe).
+static int start_daemon(const char *bin, const char *dir) {
   char log[PATH_MAX];
   snprintf(log, sizeof log, "%s/ctnetd.log", dir);
   mkdir(dir, 0700);
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) return errno;
   pid_t pid = fork();
-  if (pid < 0) return;
+  if (pid < 0) return errno;
   if (pid == 0) {
+    close(p[0]);
     if (fork() != 0) _exit(0); // the grandchild is re-parented, so nobody waits for it
     setsid();
     int in = open("/dev/null", O_RDONLY);
@@ -125,10 +129,19 @@ static void start_daemon(const char *bin, const char *dir) {
     // Runtimes may exec plugins with a bare environment; the daemon runs ip, nft and conntrack.
     setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 0);
     execl(bin, bin, "daemon", "--state-dir", dir, (char *)NULL);
-    dprintf(2, "ctnet-cni: cannot start %s: %s\n", bin, strerror(errno));
+    int err = errno;
+    dprintf(2, "ctnet-cni: cannot start %s: %s\n", bin, strerror(err));
+    (void)!write(p[1], &err, sizeof err);
     _exit(127);
   }
+  close(p[1]);
   waitpid(pid, NULL, 0);
+  int err = 0;
+  ssize_t n;
+  while ((n = read(p[0], &err, sizeof err)) < 0 && errno == EINTR) {
+  }
+  close(p[0]);
+  return n == (ssize_t)sizeof err ? err : 0;
 }
 
 int main(void) {
@@ -180,7 +193,13 @@ int main(void) {
   int fd = try_connect(sock);
   if (fd == -2) fail(version, 4, "the state directory path is too long for a unix socket", dir);
   if (fd < 0) {
-    start_daemon(bin, dir);
+    int err = start_daemon(bin, dir);
+    if (err) {
+      char msg[PATH_MAX + 128];
+      snprintf(msg, sizeof msg, "ctnetd is not running for %s and cannot be started: %s: %s", dir, bin, strerror(err));
+      fail(version, command && strcmp(command, "STATUS") == 0 ? 50 : 11, msg,
+           "set ctnetBin in the network configuration (or CTNET_BIN) to the ctnet executable; ctnet cni install writes it");
+    }
     long deadline = now_ms() + START_TIMEOUT_MS;
     useconds_t pause = 2000;
     while ((fd = try_connect(sock)) < 0 && now_ms() < deadline) {

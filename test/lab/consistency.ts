@@ -13,6 +13,7 @@ export interface StoreDump {
   attachments: Row[];
   addresses: Row[];
   ports: Row[];
+  cni: Row[];
 }
 
 export function readStore(lab: Lab): StoreDump {
@@ -26,6 +27,7 @@ export function readStore(lab: Lab): StoreDump {
       attachments: all('SELECT * FROM attachments'),
       addresses: all('SELECT * FROM addresses'),
       ports: all('SELECT * FROM ports'),
+      cni: all('SELECT * FROM cni_attachments'),
     };
   } finally {
     db.close();
