@@ -3,7 +3,7 @@
 // request at a time, so requests never interleave their kernel work; the store's transactions
 // still serialise it against CLI processes using the same state directory.
 import { chmodSync, existsSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer, type Socket } from 'node:net';
+import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { handleCni } from '../cni/handler.ts';
@@ -45,7 +45,13 @@ export function daemonPid(stateDir: string): number | undefined {
     probe.close();
     return undefined;
   }
-  const pid = Number(readFileSync(join(stateDir, PID_NAME), 'utf8').trim());
+  let text = '';
+  try {
+    text = readFileSync(join(stateDir, PID_NAME), 'utf8');
+  } catch {
+    return undefined; // between taking the lock and writing its pid (or the reverse, stopping)
+  }
+  const pid = Number(text.trim());
   return Number.isInteger(pid) && pid > 0 ? pid : undefined;
 }
 
@@ -54,9 +60,26 @@ export async function stopDaemon(stateDir: string): Promise<boolean> {
   const pid = daemonPid(stateDir);
   if (!pid) return false;
   process.kill(pid, 'SIGTERM');
-  for (let i = 0; i < 200 && daemonPid(stateDir); i++) await new Promise((r) => setTimeout(r, 50));
-  if (daemonPid(stateDir)) process.kill(pid, 'SIGKILL');
+  const held = () => {
+    const probe = existsSync(join(stateDir, LOCK_NAME)) ? takeLock(stateDir) : undefined;
+    probe?.close();
+    return probe === undefined;
+  };
+  for (let i = 0; i < 200 && held(); i++) await new Promise((r) => setTimeout(r, 50));
+  if (held()) process.kill(pid, 'SIGKILL');
   return true;
+}
+
+/** True when a daemon accepts connections on path. */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = connect(path);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
 }
 
 export interface DaemonOptions {
@@ -68,7 +91,12 @@ export interface DaemonOptions {
 /** Runs until SIGTERM/SIGINT (or idle exit); resolves with the exit status. */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const store = new Store(opts.stateDir, { busyTimeoutMs: Number(process.env.CTNET_BUSY_TIMEOUT_MS) || 10_000 });
-  const lock = takeLock(opts.stateDir);
+  // Another daemon holds the lock: it serves, or it is stopping (then wait for it, briefly).
+  let lock = takeLock(opts.stateDir);
+  for (let i = 0; !lock && i < 100 && !(await answers(socketPath(opts.stateDir))); i++) {
+    await new Promise((r) => setTimeout(r, 50));
+    lock = takeLock(opts.stateDir);
+  }
   if (!lock) {
     store.close();
     log(`another ctnetd serves ${opts.stateDir}; exiting`);
@@ -98,6 +126,12 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     sock.on('data', (b) => chunks.push(b));
     sock.on('error', () => {}); // a client killed mid-request: the operation still completes
     sock.on('end', () => {
+      if (chunks.length === 0) { // a probe (another daemon asking whether this one answers)
+        sock.end();
+        busy--;
+        armIdle();
+        return;
+      }
       // One request at a time, in arrival order.
       const run = queue.then(async () => {
         const { reply, later } = await answer(Buffer.concat(chunks));
@@ -142,7 +176,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     server.close();
     void queue.finally(() => {
       rmSync(path, { force: true });
-      rmSync(join(opts.stateDir, PID_NAME), { force: true });
+      rmSync(join(opts.stateDir, PID_NAME), { force: true }); // before the lock: no successor wrote it yet
       store.close();
       lock!.close();
       resolveDone(0);

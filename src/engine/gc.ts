@@ -34,6 +34,11 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     if (!runner.dryRun) store.write(() => store.deleteAttachment(a.sandbox, a.network));
     done.push(`removed ${a.sandbox}'s attachment to ${a.network} (${a.state} when its ctnet stopped)`);
   }
+  // A namespace someone else made is only a sandbox while ctnet networks it (CNI, connect --netns).
+  for (const s of store.sandboxes().filter((x) => !x.owned && x.state === 'ready' && store.attachments({ sandbox: x.name }).length === 0)) {
+    if (!runner.dryRun) store.write(() => store.deleteSandbox(s.name));
+    done.push(`forgot sandbox ${s.name} (someone else's namespace, no longer attached)`);
+  }
   for (const n of store.networks().filter(interrupted)) {
     for (const a of store.attachments({ network: n.name })) {
       await teardownAttachment(ctx, a, store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === n.name));

@@ -2,21 +2,26 @@
 // lets gc tell an operation that died from one still running.
 import { readFileSync } from 'node:fs';
 
-function startTime(pid: number): string | undefined {
+function stat(pid: number): string[] | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Field 22; the command name (field 2) may hold spaces, so count from its closing paren.
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields from 3 on; the command name (field 2) may hold spaces, so count from its closing paren.
+    return text.slice(text.lastIndexOf(')') + 2).split(' ');
   } catch {
     return undefined;
   }
 }
 
+/** Field 22, the start time: with the pid, it names one process for ever. */
+const startTime = (pid: number) => stat(pid)?.[19];
+
 export function processToken(pid: number = process.pid): string {
   return `${pid}:${startTime(pid) ?? '?'}`;
 }
 
+/** True while the process runs; a zombie nobody reaped (a killed daemon re-parented to a PID 1 that does not reap) is dead. */
 export function isAlive(token: string): boolean {
   const [pid, start] = token.split(':');
-  return startTime(Number(pid)) === start;
+  const f = stat(Number(pid));
+  return f !== undefined && f[19] === start && f[0] !== 'Z' && f[0] !== 'X';
 }

@@ -55,6 +55,44 @@ describe('crash safety', () => {
     });
   });
 
+  it('CNI ADD and DEL in ctnetd, the daemon killed at every point, then gc', async () => {
+    const dir = (await lab.ctnetOk(['cni', 'install', '--bin-dir', `${lab.stateDir}/cni-bin`])).trim();
+    const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ctnet', stateDir: lab.stateDir,
+      runtimeConfig: { portMappings: [{ hostPort: 22000, containerPort: 80 }] } });
+    const nsName = `ctcrash-${lab.id}`;
+    await lab.inHost(['ip', 'netns', 'add', nsName]);
+    const netns = `/run/netns/${nsName}`;
+    const cni = (command: string, crashAt?: number) => lab.inHost(['sh', '-c', `${dir} <<'EOF'\n${conf}\nEOF`],
+      { CNI_COMMAND: command, CNI_CONTAINERID: 'crash', CNI_NETNS: netns, CNI_IFNAME: 'eth7', CNI_PATH: '/usr/lib/cni',
+        ...(crashAt === undefined ? {} : { CTNET_CRASH_AT: String(crashAt) }) });
+    // Each call below starts a fresh ctnetd with CTNET_CRASH_AT from its environment.
+    try {
+    for (const command of ['ADD', 'DEL']) {
+      let n = 0;
+      for (; n < 30; n++) {
+        await lab.ctnetOk(['daemon', 'stop']);
+        if (command === 'DEL') assert.equal((await cni('ADD')).code, 0);
+        await lab.ctnetOk(['daemon', 'stop']);
+        const r = await cni(command, n);
+        await lab.ctnetOk(['daemon', 'stop']);
+        if (r.code === 0) break;
+        assert.match(r.stdout, /"code":11/, `a crash at point ${n} of ${command} tells the runtime to try again: ${r.stdout}${r.stderr}`);
+        await lab.ctnetOk(['gc']);
+        assert.deepEqual(await checkConsistent(lab), [], `after a crash at point ${n} of CNI ${command} and gc`);
+        assert.equal((await cni('DEL')).code, 0, 'the runtime\'s DEL after a failed call succeeds');
+        assert.deepEqual(readStore(lab).cni, []);
+        assert.deepEqual(await checkConsistent(lab), []);
+      }
+      assert.ok(n >= 2 && n < 30, `CNI ${command} has crash points and completes (${n})`);
+      await lab.ctnetOk(['daemon', 'stop']);
+      assert.equal((await cni('DEL')).code, 0);
+    }
+    } finally {
+      await lab.inHost(['ip', 'netns', 'del', nsName]);
+    }
+    assert.deepEqual(readStore(lab).sandboxes.filter((s) => String(s.name).startsWith('cni-')), []);
+  });
+
   it('network create and network rm, killed at every point, then gc', async () => {
     await crashEverywhere((n) => ['network', 'create', `n${n}`, '--subnet', `10.47.${n}.0/24`]);
     await crashEverywhere((n) => ['network', 'rm', `m${n}`], async (n) => {
