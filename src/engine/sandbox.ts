@@ -294,9 +294,17 @@ export async function teardownAttachment(ctx: Ctx, a: AttachmentRow, addresses: 
   const n = store.network(a.network);
   runner.note(`${a.sandbox}: remove ${a.ifname} from network ${a.network}`);
   // The host end: deleting it removes the container end too.
-  await ignoreMissing(() => runIp(runner, [linkDel(a.hostVeth)]));
-  crashPoint();
-  await applyNftDelete(runner, [...(n ? endpointElements('delete', { bridge: n.bridge, addresses }) : []), ...extraDel]);
+  const unlink = () => ignoreMissing(() => runIp(runner, [linkDel(a.hostVeth)]));
+  const unlist = () => applyNftDelete(runner, [...(n ? endpointElements('delete', { bridge: n.bridge, addresses }) : []), ...extraDel]);
+  if (runner.explaining) {
+    await unlink();
+    crashPoint();
+    await unlist();
+  } else {
+    // Independent, and each idempotent: the veth deletion (the kernel's slowest step) and the nft
+    // transaction run side by side.
+    await Promise.all([unlink(), unlist()]);
+  }
   crashPoint();
   await forgetAddresses(ctx, addresses.map((x) => x.ip));
 }
