@@ -1,0 +1,828 @@
+// Benchmark: CNI ADD and DEL latency (p50, p95) with one port mapping per container, at 0, 100 and
+// 500 existing attachments, for ctnet's CNI plugin next to the reference chain
+// bridge + host-local + portmap from /usr/lib/cni, both driven the way libcni drives a conflist,
+// in the same lab host, in the same run. See bench/README.md.
+//
+//   scripts/node bench/cni.ts [--samples N] [--levels 0,100,500] [--sides ctnet,reference]
+//                             [--parallel N] [--json]
+import { spawn } from 'node:child_process';
+import { accessSync, constants as fsConstants, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { constants, cpus, release, tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { parseArgs } from 'node:util';
+import { table } from '../src/cli/table.ts';
+import { Lab, ROOT } from '../src/lab/lab.ts';
+import { exec, execOk, intOption, quantile } from './lib.ts';
+
+const DEFAULT_LEVELS = [0, 100, 500] as const;
+const DEFAULT_SAMPLES = 30;
+const DEFAULT_PARALLEL = 8;
+const MAX_LEVEL = 10_000;
+const NETWORK = 'bench';
+// Same size, different subnets and bridges: the two sides never share a kernel object.
+const CTNET_SUBNET = '10.200.0.0/16';
+const REF_SUBNET = '10.201.0.0/16';
+const REF_BRIDGE = 'cni0';
+const REF_NAME = 'ctbench';
+const CNI_PATH = '/usr/lib/cni';
+/** Each container publishes one distinct host port (lowest free from the side's base) -> 80/tcp. */
+const PORT_BASE = { ctnet: 20000, reference: 40000 } as const;
+const CONTAINER_PORT = 80;
+// Every namespace this script adds itself starts with this (the lab's own are ctlab-/ctnet-).
+const NETNS_PREFIX = 'ctbench-';
+/** One plugin exec may take this long before it is killed and the run fails. */
+const PLUGIN_TIMEOUT_MS = 120_000;
+/** After a plugin exits, how long its stdout/stderr may stay open (held by a child it started). */
+const PIPE_GRACE_MS = 5_000;
+
+type SideName = 'ctnet' | 'reference';
+const SIDE_NAMES: readonly SideName[] = ['ctnet', 'reference'];
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+interface Options {
+  readonly samples: number;
+  readonly levels: readonly number[];
+  readonly sides: readonly SideName[];
+  readonly parallel: number;
+  readonly json: boolean;
+}
+
+const USAGE = `usage: scripts/node bench/cni.ts [--samples N] [--levels L,L,...] [--sides S,S] [--parallel N] [--json]
+  --samples N        timed ADD + DEL pairs per level and side (default ${DEFAULT_SAMPLES})
+  --levels L,...     existing attachments during the samples, ascending (default ${DEFAULT_LEVELS.join(',')})
+  --sides S,...      ctnet, reference or both (default ctnet,reference)
+  --parallel N       plugin chains run at once while filling up to a level, untimed (default ${DEFAULT_PARALLEL})
+  --json             print the results as JSON instead of tables`;
+
+function parseOptions(argv: readonly string[]): Options | 'help' {
+  const { values } = parseArgs({
+    args: [...argv],
+    options: {
+      samples: { type: 'string' },
+      levels: { type: 'string' },
+      sides: { type: 'string' },
+      parallel: { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+    strict: true,
+    allowPositionals: false,
+  });
+  if (values.help) return 'help';
+  const samples = intOption('samples', values.samples, DEFAULT_SAMPLES, 1, 1000);
+  const parallel = intOption('parallel', values.parallel, DEFAULT_PARALLEL, 1, 64);
+  const levels = values.levels === undefined
+    ? [...DEFAULT_LEVELS]
+    : values.levels.split(',').map((l) => intOption('levels', l.trim(), 0, 0, MAX_LEVEL));
+  if (levels.length === 0 || levels.some((l, i) => i > 0 && l <= levels[i - 1]!)) {
+    throw new Error(`--levels must be distinct and ascending, got ${JSON.stringify(values.levels)}`);
+  }
+  const sides = values.sides === undefined ? [...SIDE_NAMES] : values.sides.split(',').map((s) => s.trim());
+  for (const s of sides) {
+    if (!SIDE_NAMES.includes(s as SideName)) throw new Error(`--sides takes ${SIDE_NAMES.join(', ')}, got ${JSON.stringify(s)}`);
+  }
+  // Always in the same order, whatever the command line said: ctnet first, then the reference.
+  const picked = SIDE_NAMES.filter((s) => sides.includes(s));
+  return { samples, levels, sides: picked, parallel, json: values.json };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a plugin the way libcni does
+
+interface PluginConf {
+  readonly type: string;
+  readonly capabilities?: Readonly<Record<string, boolean>>;
+  readonly [key: string]: unknown;
+}
+
+interface ConfList {
+  readonly cniVersion: string;
+  readonly name: string;
+  readonly plugins: readonly PluginConf[];
+}
+
+interface PortMapping {
+  readonly hostPort: number;
+  readonly containerPort: number;
+  readonly protocol: 'tcp';
+}
+
+/** One container of one side: its netns, its host port, and its ADD result (DEL's prevResult). */
+interface Container {
+  readonly name: string;
+  readonly netns: string;
+  readonly hostPort: number;
+  result?: object;
+}
+
+/** One plugin exec inside a chain: "portmap ADD" and how long it took. */
+interface Step {
+  readonly step: string;
+  readonly ms: number;
+}
+
+/**
+ * Spawns argv with env and stdin, resolves to its stdout when it exits 0 and closes its pipes.
+ * Throws with the plugin's error (CNI plugins print error JSON on stdout) otherwise. Unlike
+ * lib.ts's exec() it does not wait forever: a plugin that starts a daemon which inherits its
+ * stdout would otherwise hang the run, so that is reported as what it is.
+ */
+function runPlugin(argv: readonly string[], env: NodeJS.ProcessEnv, input: string): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(argv[0]!, argv.slice(1), { env: { ...process.env, ...env }, stdio: 'pipe' });
+    let stdout = '';
+    let stderr = '';
+    let exit: { code: number | null; signal: NodeJS.Signals | null } | undefined;
+    let settled = false;
+    const what = `${env.CNI_COMMAND} ${argv[argv.length - 1]} (${env.CNI_CONTAINERID})`;
+    const finish = (err: Error | undefined): void => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(overall);
+      clearTimeout(grace);
+      if (err) reject(err);
+      else resolve(stdout);
+    };
+    const overall = setTimeout(() => {
+      child.kill('SIGKILL');
+      finish(new Error(`${what} did not finish within ${PLUGIN_TIMEOUT_MS / 1000} s`));
+    }, PLUGIN_TIMEOUT_MS);
+    let grace: NodeJS.Timeout | undefined;
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', (e) => finish(new Error(`${what}: ${e.message}`)));
+    child.on('exit', (code, signal) => {
+      exit = { code, signal };
+      grace = setTimeout(() => finish(new Error(
+        `${what} exited (${code ?? signal}) but its stdout/stderr stayed open for ${PIPE_GRACE_MS / 1000} s: ` +
+        'a process it started (a daemon?) inherited them; it must close or redirect them')), PIPE_GRACE_MS);
+    });
+    child.on('close', () => {
+      const e = exit ?? { code: null, signal: null };
+      if (e.code === 0) return finish(undefined);
+      const detail = (stdout.trim() || stderr.trim()).split('\n').slice(-3).join('; ');
+      finish(new Error(`${what} failed (exit ${e.code ?? e.signal}): ${detail}`));
+    });
+    child.stdin.on('error', () => {}); // the plugin may exit without reading stdin; its exit code says why
+    child.stdin.end(input);
+  });
+}
+
+/**
+ * One side: a conflist run plugin by plugin in the lab host, as libcni's AddNetworkList and
+ * DelNetworkList run it. ADD: each plugin in order, its config being the list's cniVersion and name
+ * + the plugin's own, + `prevResult` = the previous plugin's result (from the second plugin on),
+ * + `runtimeConfig.portMappings` if the plugin declares `capabilities.portMappings`. DEL: each
+ * plugin in reverse order, with `prevResult` = the final ADD result and the same runtimeConfig.
+ * The container namespaces are `ip netns add`ed here (untimed) and tracked until deleted.
+ */
+abstract class Side {
+  abstract readonly label: SideName;
+  protected readonly lab: Lab;
+  readonly #prefix: string;
+  /** Containers whose netns exists (or is being added), by name. */
+  readonly live = new Map<string, Container>();
+  readonly #ports = new Set<number>();
+  #conflist: ConfList | undefined;
+  #pluginDirs: readonly string[] = [];
+  #fills = 0;
+
+  constructor(lab: Lab, letter: string) {
+    this.lab = lab;
+    this.#prefix = `${NETNS_PREFIX}${lab.id}-${letter}-`; // the lab id keeps parallel runs apart
+  }
+
+  /** Makes the network and returns the conflist and the directories to find its plugins in. */
+  protected abstract prepare(): Promise<{ conflist: ConfList; pluginDirs: readonly string[] }>;
+  /** Counts of the kernel and store objects this side's attachments make, for the residue check. */
+  abstract census(): Promise<Record<string, number>>;
+  /** How many attachments census() sees (veths on the side's bridges). */
+  abstract attached(census: Record<string, number>): number | undefined;
+  /** Environment a plugin exec gets on top of this process's and the CNI_* variables. */
+  protected pluginEnv(): NodeJS.ProcessEnv {
+    return {};
+  }
+  /** Adds what the side knows about a failed plugin exec (a log the cleanup would delete). */
+  protected explain(e: unknown): unknown {
+    return e;
+  }
+
+  async setup(): Promise<void> {
+    const { conflist, pluginDirs } = await this.prepare();
+    if (!conflist.plugins.some((p) => p.capabilities?.portMappings === true)) {
+      throw new Error(`${this.label}: no plugin in the conflist declares capabilities.portMappings, ` +
+        'so a runtime would not pass it the port mappings');
+    }
+    this.#conflist = conflist;
+    this.#pluginDirs = pluginDirs;
+  }
+
+  get conflist(): ConfList {
+    if (!this.#conflist) throw new Error(`${this.label}: setup() first`);
+    return this.#conflist;
+  }
+
+  #pluginPath(type: string): string {
+    for (const dir of this.#pluginDirs) {
+      const path = join(dir, type);
+      try {
+        accessSync(path, fsConstants.X_OK);
+        return path;
+      } catch {
+        // not in this directory
+      }
+    }
+    throw new Error(`${this.label}: no executable plugin ${JSON.stringify(type)} in ${this.#pluginDirs.join(':')}`);
+  }
+
+  #config(plugin: PluginConf, c: Container, prevResult: object | undefined): string {
+    const list = this.conflist;
+    const conf: Record<string, unknown> = { ...plugin, name: list.name, cniVersion: list.cniVersion };
+    if (prevResult !== undefined) conf.prevResult = prevResult;
+    if (plugin.capabilities?.portMappings === true) {
+      const mapping: PortMapping = { hostPort: c.hostPort, containerPort: CONTAINER_PORT, protocol: 'tcp' };
+      conf.runtimeConfig = { portMappings: [mapping] };
+    }
+    return JSON.stringify(conf);
+  }
+
+  #exec(command: 'ADD' | 'DEL', plugin: PluginConf, c: Container, prevResult: object | undefined): Promise<string> {
+    return runPlugin(['nsenter', `--net=/run/netns/${this.lab.host}`, this.#pluginPath(plugin.type)], {
+      ...this.pluginEnv(),
+      CNI_COMMAND: command,
+      CNI_CONTAINERID: c.netns,
+      CNI_NETNS: `/run/netns/${c.netns}`,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: this.#pluginDirs.join(':'),
+    }, this.#config(plugin, c, prevResult));
+  }
+
+  #port(): number {
+    let port = PORT_BASE[this.label];
+    while (this.#ports.has(port)) port++;
+    this.#ports.add(port);
+    return port;
+  }
+
+  /** Adds the container's netns (untimed), then runs the ADD chain. Returns the chain's wall time. */
+  async add(name: string): Promise<{ ms: number; steps: Step[] }> {
+    if (this.live.has(name)) throw new Error(`${this.label}: container ${name} exists already`);
+    const c: Container = { name, netns: this.#prefix + name, hostPort: this.#port() };
+    this.live.set(name, c); // before the command, so an interrupted add is still cleaned up
+    await execOk(['ip', 'netns', 'add', c.netns]);
+    const steps: Step[] = [];
+    const start = performance.now();
+    let prev: object | undefined;
+    for (const plugin of this.conflist.plugins) {
+      const t = performance.now();
+      const out = await this.#exec('ADD', plugin, c, prev).catch((e: unknown) => Promise.reject(this.explain(e)));
+      steps.push({ step: `${plugin.type} ADD`, ms: performance.now() - t });
+      try {
+        prev = JSON.parse(out) as object;
+      } catch {
+        throw new Error(`${this.label}: ${plugin.type} ADD for ${c.netns} printed no JSON result: ${JSON.stringify(out.slice(0, 200))}`);
+      }
+    }
+    const ms = performance.now() - start;
+    // A chain that "succeeds" without an address would make the comparison meaningless.
+    const ips = (prev as { ips?: unknown } | undefined)?.ips;
+    if (!Array.isArray(ips) || ips.length === 0) throw new Error(`${this.label}: ADD for ${c.netns} returned no addresses`);
+    c.result = prev;
+    return { ms, steps };
+  }
+
+  /** Runs the DEL chain (timed), then deletes the container's netns (untimed). */
+  async del(name: string): Promise<{ ms: number; steps: Step[] }> {
+    const c = this.live.get(name);
+    if (!c) throw new Error(`${this.label}: no container ${name}`);
+    const steps: Step[] = [];
+    const start = performance.now();
+    for (const plugin of [...this.conflist.plugins].reverse()) {
+      const t = performance.now();
+      const out = await this.#exec('DEL', plugin, c, c.result).catch((e: unknown) => Promise.reject(this.explain(e)));
+      steps.push({ step: `${plugin.type} DEL`, ms: performance.now() - t });
+      if (out.trim() !== '') throw new Error(`${this.label}: ${plugin.type} DEL for ${c.netns} printed output: ${out.slice(0, 200)}`);
+    }
+    const ms = performance.now() - start;
+    await execOk(['ip', 'netns', 'del', c.netns]);
+    this.live.delete(name);
+    this.#ports.delete(c.hostPort);
+    return { ms, steps };
+  }
+
+  /** Adds containers (untimed, `parallel` chains at once) until `level` exist; resolves to the wall time. */
+  async fill(level: number, parallel: number, signal: AbortSignal): Promise<number> {
+    const names: string[] = [];
+    while (this.live.size + names.length < level) names.push(`fill-${this.#fills++}`);
+    const start = performance.now();
+    let next = 0;
+    let failed: { error: unknown } | undefined;
+    // Every worker finishes its current chain before this returns, so cleanup never races an exec.
+    const worker = async (): Promise<void> => {
+      while (!failed && next < names.length) {
+        if (signal.aborted) {
+          failed = { error: signal.reason };
+          break;
+        }
+        const name = names[next++]!;
+        try {
+          await this.add(name);
+        } catch (e) {
+          failed ??= { error: e };
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(parallel, names.length) }, worker));
+    if (failed) throw failed.error;
+    return performance.now() - start;
+  }
+
+  /** Deletes every namespace still tracked (no CNI DEL: the lab's teardown takes the rest). */
+  async destroy(): Promise<void> {
+    const errors: string[] = [];
+    for (const [name, c] of this.live) {
+      const r = await exec(['ip', 'netns', 'del', c.netns]);
+      if (r.code === 0 || /No such file or directory/.test(r.stderr)) this.live.delete(name);
+      else errors.push(`ip netns del ${c.netns}: ${r.stderr.trim()}`);
+    }
+    if (errors.length > 0) throw new Error(`${this.label} cleanup left namespaces behind:\n  ${errors.join('\n  ')}`);
+  }
+
+  /** Runs argv in the lab host; throws on failure. */
+  protected inHost(argv: readonly string[]): Promise<string> {
+    return execOk(['nsenter', `--net=/run/netns/${this.lab.host}`, ...argv]);
+  }
+
+  /** Bridge ports in the lab host, by bridge. */
+  protected async bridgePorts(): Promise<Map<string, number>> {
+    const links = JSON.parse(await this.inHost(['ip', '-j', 'link', 'show'])) as { ifname: string; master?: string }[];
+    const ports = new Map<string, number>();
+    for (const l of links) if (l.master) ports.set(l.master, (ports.get(l.master) ?? 0) + 1);
+    return ports;
+  }
+}
+
+/**
+ * ctnet's plugin, installed with `ctnet cni install` into a temp dir; its conflist is read back
+ * and run as any runtime would run it. The plugin forwards to a daemon it starts in the lab host;
+ * the lab's teardown ends it with the lab host's other processes.
+ */
+class CtnetSide extends Side {
+  readonly label = 'ctnet';
+  readonly #tmp: string;
+
+  constructor(lab: Lab) {
+    super(lab, 'c');
+    this.#tmp = mkdtempSync(join(tmpdir(), `${NETNS_PREFIX}${lab.id}-cni-`));
+  }
+
+  protected async prepare(): Promise<{ conflist: ConfList; pluginDirs: readonly string[] }> {
+    const bin = join(this.#tmp, 'bin');
+    const conf = join(this.#tmp, 'conf');
+    mkdirSync(bin);
+    mkdirSync(conf);
+    await this.lab.ctnetOk(['network', 'create', NETWORK, '--subnet', CTNET_SUBNET]);
+    const r = await this.lab.ctnet(['cni', 'install', '--bin-dir', bin, '--conf-dir', conf, '--network', NETWORK]);
+    if (r.code !== 0) {
+      throw new Error(`ctnet cni install failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join('; ')}\n` +
+        '  (until ctnet has its CNI plugin, run only the reference: --sides reference)');
+    }
+    const path = join(conf, `${NETWORK}.conflist`);
+    const list = JSON.parse(readFileSync(path, 'utf8')) as Partial<ConfList>;
+    if (typeof list.cniVersion !== 'string' || typeof list.name !== 'string' || !Array.isArray(list.plugins) || list.plugins.length === 0) {
+      throw new Error(`${path}: not a conflist with cniVersion, name and plugins`);
+    }
+    const stateDir = list.plugins[0]?.stateDir;
+    if (typeof stateDir !== 'string' || resolve(stateDir) !== resolve(this.lab.stateDir)) {
+      throw new Error(`${path}: stateDir is ${JSON.stringify(stateDir)}, not the lab's ${this.lab.stateDir}`);
+    }
+    // CNI_PATH as a runtime sets it: its plugin directories, the installed one first.
+    return { conflist: list as ConfList, pluginDirs: [bin, CNI_PATH] };
+  }
+
+  async census(): Promise<Record<string, number>> {
+    let ports = 0;
+    for (const [bridge, n] of await this.bridgePorts()) if (bridge !== REF_BRIDGE) ports += n;
+    let rules = 0;
+    let elements = 0;
+    const r = await exec(['nsenter', `--net=/run/netns/${this.lab.host}`, 'nft', '-j', 'list', 'table', 'inet', 'ctnet']);
+    if (r.code === 0) {
+      for (const o of (JSON.parse(r.stdout) as { nftables: Record<string, { elem?: unknown[] }>[] }).nftables) {
+        if (o.rule) rules++;
+        elements += (o.set?.elem?.length ?? 0) + (o.map?.elem?.length ?? 0);
+      }
+    }
+    return { 'veths on ctnet bridges': ports, 'nft rules': rules, 'nft set/map elements': elements };
+  }
+
+  attached(census: Record<string, number>): number | undefined {
+    return census['veths on ctnet bridges'];
+  }
+
+  /**
+   * A runtime passes no CTNET_STATE_DIR; the plugin takes its state dir from the conflist. This
+   * sets it to the same dir anyway, as a guard: a plugin or daemon that ignored the config's
+   * stateDir would otherwise fall back to /var/lib/ctnet, outside the lab (as at e30d82a, where
+   * `ctnet daemon --state-dir DIR` ignored DIR; fixed in b840a57).
+   */
+  protected override pluginEnv(): NodeJS.ProcessEnv {
+    return { CTNET_STATE_DIR: this.lab.stateDir };
+  }
+
+  /** The plugin points at the daemon's log, which goes with the lab's state dir: quote its end. */
+  protected override explain(e: unknown): unknown {
+    const dir = this.conflist.plugins[0]?.stateDir;
+    try {
+      const log = readFileSync(join(typeof dir === 'string' ? dir : this.lab.stateDir, 'ctnetd.log'), 'utf8').trimEnd();
+      if (log === '' || !(e instanceof Error)) return e;
+      return new Error(`${e.message}\n  ctnetd.log ends with:\n    ${log.split('\n').slice(-10).join('\n    ')}`);
+    } catch {
+      return e; // no log
+    }
+  }
+
+  override async destroy(): Promise<void> {
+    try {
+      await super.destroy();
+    } finally {
+      rmSync(this.#tmp, { recursive: true, force: true });
+    }
+  }
+}
+
+/**
+ * The reference: the conflist bridge (host-local IPAM) -> portmap from /usr/lib/cni, run in the lab
+ * host. Its bridge, veths and iptables rules live in the lab host and vanish with it; host-local's
+ * leases go to a temp dir.
+ */
+class ReferenceSide extends Side {
+  readonly label = 'reference';
+  readonly #tmp: string;
+
+  constructor(lab: Lab) {
+    super(lab, 'r');
+    this.#tmp = mkdtempSync(join(tmpdir(), `${NETNS_PREFIX}${lab.id}-ref-`));
+  }
+
+  get #leaseDir(): string {
+    return join(this.#tmp, 'ipam');
+  }
+
+  protected async prepare(): Promise<{ conflist: ConfList; pluginDirs: readonly string[] }> {
+    const conflist: ConfList = {
+      cniVersion: '1.0.0',
+      name: REF_NAME,
+      plugins: [
+        {
+          type: 'bridge',
+          bridge: REF_BRIDGE,
+          // What ctnet's networks do: the bridge is the containers' gateway, traffic out is
+          // masqueraded, and a container can reach its own published port (hairpin).
+          isGateway: true,
+          ipMasq: true,
+          hairpinMode: true,
+          // host-local keeps its leases in files; a temp dir keeps them out of /var/lib/cni.
+          ipam: { type: 'host-local', ranges: [[{ subnet: REF_SUBNET }]], dataDir: this.#leaseDir },
+        },
+        // snat defaults to true: masquerade for hairpin and localhost connections to the port.
+        { type: 'portmap', capabilities: { portMappings: true } },
+      ],
+    };
+    return { conflist, pluginDirs: [CNI_PATH] };
+  }
+
+  async census(): Promise<Record<string, number>> {
+    const save = async (t: string) => (await this.inHost(['iptables-save', '-t', t])).split('\n');
+    const nat = await save('nat');
+    const filter = await save('filter');
+    // portmap's DEL also tears down IPv6 chains, whether or not it made any.
+    const nat6 = (await this.inHost(['ip6tables-save', '-t', 'nat'])).split('\n');
+    let leases = 0;
+    try {
+      leases = readdirSync(join(this.#leaseDir, REF_NAME)).filter((f) => f !== 'lock' && !f.startsWith('last_reserved_ip')).length;
+    } catch {
+      // no lease yet
+    }
+    return {
+      'veths on cni0': (await this.bridgePorts()).get(REF_BRIDGE) ?? 0,
+      'nat rules': nat.filter((l) => l.startsWith('-A ')).length,
+      'nat chains': nat.filter((l) => l.startsWith(':')).length,
+      'filter rules': filter.filter((l) => l.startsWith('-A ')).length,
+      'ip6 nat rules': nat6.filter((l) => l.startsWith('-A ')).length,
+      'ip6 nat chains': nat6.filter((l) => l.startsWith(':')).length,
+      'host-local leases': leases,
+    };
+  }
+
+  attached(census: Record<string, number>): number | undefined {
+    return census['veths on cni0'];
+  }
+
+  override async destroy(): Promise<void> {
+    try {
+      await super.destroy();
+    } finally {
+      rmSync(this.#tmp, { recursive: true, force: true });
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+
+interface Stats {
+  readonly p50: number;
+  readonly p95: number;
+  /** Every sample, in ms, in the order taken. */
+  readonly samples: readonly number[];
+}
+
+function stats(samples: readonly number[]): Stats {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return { p50: quantile(sorted, 0.5), p95: quantile(sorted, 0.95), samples };
+}
+
+const round = (ms: number): number => Math.round(ms * 100) / 100;
+
+// ---------------------------------------------------------------------------------------------
+// The run
+
+interface SideResult {
+  readonly add: Stats;
+  readonly del: Stats;
+  /** Per plugin exec ("portmap ADD"), the p50 and p95 of its own time. */
+  readonly steps: Record<string, Stats>;
+  /** Untimed fill from the previous level up to this one, wall time in ms. */
+  readonly fillMs: number;
+  readonly filled: number;
+  /** State before the samples, and what the samples' ADD + DEL left behind (after - before, non-zero only). */
+  readonly before: Record<string, number>;
+  readonly residue: Record<string, number>;
+}
+
+interface LevelResult {
+  readonly level: number;
+  readonly sides: Partial<Record<SideName, SideResult>>;
+}
+
+interface Machine {
+  readonly kernel: string;
+  readonly node: string;
+  readonly cpu: string;
+  readonly ctnet: string;
+  readonly commit: string;
+  readonly cniPlugins: string;
+  readonly iptables: string;
+  readonly load: string;
+}
+
+async function machine(): Promise<Machine> {
+  const cpu = cpus();
+  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+  // Debian's plugins are built without a version string, so ask the package manager.
+  const plugins = await exec(['dpkg-query', '-W', '-f', '${Version}', 'containernetworking-plugins']);
+  const commit = await exec(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD']);
+  const iptables = await exec(['iptables', '-V']);
+  let load = 'unknown';
+  try {
+    load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  } catch {
+    // not Linux?
+  }
+  return {
+    kernel: release(),
+    node: process.version,
+    cpu: `${cpu.length} x ${cpu[0]?.model.trim() ?? 'unknown'}`,
+    ctnet: pkg.version,
+    commit: commit.code === 0 ? commit.stdout.trim() : 'unknown',
+    cniPlugins: plugins.code === 0 && plugins.stdout ? plugins.stdout : 'unknown',
+    iptables: iptables.code === 0 ? iptables.stdout.trim() : 'unknown',
+    load,
+  };
+}
+
+const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
+
+function diff(before: Record<string, number>, after: Record<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of new Set([...Object.keys(before), ...Object.keys(after)])) {
+    const d = (after[k] ?? 0) - (before[k] ?? 0);
+    if (d !== 0) out[k] = d;
+  }
+  return out;
+}
+
+async function measure(sides: readonly Side[], opts: Options, signal: AbortSignal): Promise<LevelResult[]> {
+  for (const side of sides) {
+    signal.throwIfAborted();
+    progress(`${side.label}: setting up`);
+    await side.setup();
+  }
+
+  // One untimed ADD + DEL per side first: the first reference ADD also creates cni0 and portmap's
+  // and bridge's shared iptables chains; ctnet's plugin starts its daemon on the first call.
+  for (const side of sides) {
+    signal.throwIfAborted();
+    await side.add('warmup');
+    await side.del('warmup');
+  }
+
+  const results: LevelResult[] = [];
+  for (const level of opts.levels) {
+    const fill: Partial<Record<SideName, { ms: number; filled: number }>> = {};
+    for (const side of sides) {
+      const from = side.live.size;
+      if (level > from) progress(`${side.label}: filling from ${from} to ${level} attachments, ${opts.parallel} at a time`);
+      const ms = await side.fill(level, opts.parallel, signal);
+      fill[side.label] = { ms, filled: level - from };
+      if (level > from) progress(`${side.label}: filled ${level - from} in ${(ms / 1000).toFixed(1)} s`);
+    }
+    const before = new Map<Side, Record<string, number>>();
+    for (const side of sides) {
+      const c = await side.census();
+      const seen = side.attached(c);
+      if (seen !== undefined && seen !== level) progress(`warning: ${side.label} should have ${level} attachments, the lab host shows ${seen}`);
+      before.set(side, c);
+    }
+
+    progress(`level ${level}: ${opts.samples} samples (ADD, then DEL) per side`);
+    const add = new Map<Side, number[]>(sides.map((s) => [s, []]));
+    const del = new Map<Side, number[]>(sides.map((s) => [s, []]));
+    const steps = new Map<Side, Map<string, number[]>>(sides.map((s) => [s, new Map()]));
+    const record = (side: Side, into: Map<Side, number[]>, r: { ms: number; steps: Step[] }): void => {
+      into.get(side)!.push(r.ms);
+      const mine = steps.get(side)!;
+      for (const s of r.steps) {
+        if (!mine.has(s.step)) mine.set(s.step, []);
+        mine.get(s.step)!.push(s.ms);
+      }
+    };
+    for (let i = 0; i < opts.samples; i++) {
+      const name = `s${level}-${i}`;
+      // Alternate which side goes first so drift in machine load hits both alike. Each ADD runs
+      // with exactly `level` others on its side, each DEL with `level` others left.
+      const order = i % 2 === 0 ? sides : [...sides].reverse();
+      for (const side of order) {
+        signal.throwIfAborted();
+        record(side, add, await side.add(name));
+      }
+      for (const side of order) {
+        signal.throwIfAborted();
+        record(side, del, await side.del(name));
+      }
+    }
+
+    const level_: LevelResult = { level, sides: {} };
+    for (const side of sides) {
+      const b = before.get(side)!;
+      const stepStats: Record<string, Stats> = {};
+      for (const [k, v] of steps.get(side)!) stepStats[k] = stats(v);
+      level_.sides[side.label] = {
+        add: stats(add.get(side)!),
+        del: stats(del.get(side)!),
+        steps: stepStats,
+        fillMs: fill[side.label]!.ms,
+        filled: fill[side.label]!.filled,
+        before: b,
+        residue: diff(b, await side.census()),
+      };
+    }
+    results.push(level_);
+  }
+  return results;
+}
+
+function render(results: readonly LevelResult[], info: Machine, opts: Options): string {
+  const ms = (n: number) => n.toFixed(1);
+  const x = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
+  const out = [
+    `CNI ADD and DEL with one port mapping: ctnet plugin vs. bridge + host-local + portmap, ` +
+      `wall time of the whole chain in ms, ${opts.samples} samples per level and side`,
+    `kernel ${info.kernel}, node ${info.node}, ${info.cpu}, ctnet ${info.ctnet} (${info.commit}), ` +
+      `containernetworking-plugins ${info.cniPlugins}, ${info.iptables}, load ${info.load} at the start`,
+  ];
+  for (const r of results) {
+    const rows: string[][] = [];
+    for (const label of opts.sides) {
+      const s = r.sides[label]!;
+      rows.push([label, ms(s.add.p50), ms(s.add.p95), ms(s.del.p50), ms(s.del.p95)]);
+    }
+    const c = r.sides.ctnet;
+    const ref = r.sides.reference;
+    if (c && ref) {
+      rows.push(['ctnet/reference', x(c.add.p50, ref.add.p50), x(c.add.p95, ref.add.p95), x(c.del.p50, ref.del.p50), x(c.del.p95, ref.del.p95)]);
+    }
+    out.push('', `level ${r.level} (existing attachments per side)`, table(['side', 'ADD p50', 'ADD p95', 'DEL p50', 'DEL p95'], rows));
+    for (const label of opts.sides) {
+      const s = r.sides[label]!;
+      const steps = Object.entries(s.steps).map(([k, v]) => `${k} ${ms(v.p50)}/${ms(v.p95)}`).join(', ');
+      const state = Object.entries(s.before).map(([k, v]) => `${v} ${k}`).join(', ');
+      const residue = Object.entries(s.residue).map(([k, v]) => `${v > 0 ? '+' : ''}${v} ${k}`).join(', ') || 'none';
+      out.push(`  ${label}: per plugin p50/p95 ${steps}`);
+      out.push(`  ${label}: before the samples ${state}; left after the samples' DELs: ${residue}`);
+    }
+  }
+  out.push('', `fill (untimed, ${opts.parallel} chains at a time, one side after the other):`);
+  for (const label of opts.sides) {
+    const parts = results.filter((r) => r.sides[label]!.filled > 0)
+      .map((r) => `${r.sides[label]!.filled} up to ${r.level} in ${(r.sides[label]!.fillMs / 1000).toFixed(1)} s`);
+    const total = results.reduce((t, r) => t + r.sides[label]!.fillMs, 0);
+    const count = results.reduce((t, r) => t + r.sides[label]!.filled, 0);
+    out.push(`  ${label}: ${parts.join(', ') || 'nothing'}; total ${count} in ${(total / 1000).toFixed(1)} s` +
+      (count > 0 ? ` (${(total / count).toFixed(1)} ms per attachment)` : ''));
+  }
+  return out.join('\n') + '\n';
+}
+
+function toJson(results: readonly LevelResult[], info: Machine, opts: Options): string {
+  const st = (s: Stats) => ({ p50Ms: round(s.p50), p95Ms: round(s.p95), samplesMs: s.samples.map(round) });
+  return JSON.stringify({
+    benchmark: 'cni',
+    date: new Date().toISOString(),
+    machine: info,
+    samples: opts.samples,
+    parallel: opts.parallel,
+    levels: results.map((r) => {
+      const c = r.sides.ctnet;
+      const ref = r.sides.reference;
+      return {
+        level: r.level,
+        ...Object.fromEntries(Object.entries(r.sides).map(([label, s]) => [label, {
+          add: st(s.add),
+          del: st(s.del),
+          steps: Object.fromEntries(Object.entries(s.steps).map(([k, v]) => [k, st(v)])),
+          fill: { attachments: s.filled, ms: round(s.fillMs) },
+          before: s.before,
+          residue: s.residue,
+        }])),
+        ...(c && ref ? {
+          ratio: {
+            addP50: round(c.add.p50 / ref.add.p50), addP95: round(c.add.p95 / ref.add.p95),
+            delP50: round(c.del.p50 / ref.del.p50), delP95: round(c.del.p95 / ref.del.p95),
+          },
+        } : {}),
+      };
+    }),
+  }, null, 2) + '\n';
+}
+
+async function main(): Promise<number> {
+  let opts: Options | 'help';
+  try {
+    opts = parseOptions(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`bench: ${(e as Error).message}\n${USAGE}\n`);
+    return 2;
+  }
+  if (opts === 'help') {
+    process.stdout.write(`${USAGE}\n`);
+    return 0;
+  }
+
+  // Ctrl-C / SIGTERM must not kill us before the finally below has torn the lab down: turn the
+  // first signal into an abort checked between steps, and ignore the rest while cleaning up.
+  const abort = new AbortController();
+  let interrupted = 0; // exit code for the signal: 128 + its number, as a shell reports it
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (abort.signal.aborted) return;
+    progress(`${sig}: stopping after the current step, then cleaning up`);
+    interrupted = 128 + constants.signals[sig];
+    abort.abort(new Error(`interrupted by ${sig}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+
+  const info = await machine();
+  if (abort.signal.aborted) return interrupted;
+  progress('creating a lab');
+  const lab = await Lab.create(); // removes what it made if it fails itself
+  progress(`lab host ${lab.host}, container namespaces ${NETNS_PREFIX}${lab.id}-*`);
+  const sides: Side[] = [];
+  let code = 0;
+  try {
+    abort.signal.throwIfAborted();
+    for (const label of opts.sides) sides.push(label === 'ctnet' ? new CtnetSide(lab) : new ReferenceSide(lab));
+    const results = await measure(sides, opts, abort.signal);
+    process.stdout.write(opts.json ? toJson(results, info, opts) : render(results, info, opts));
+  } catch (e) {
+    process.stderr.write(`bench: ${(e as Error).message}\n`);
+    code = interrupted || 1;
+  } finally {
+    progress('cleaning up');
+    for (const side of sides) {
+      try {
+        await side.destroy();
+      } catch (e) {
+        process.stderr.write(`bench: ${(e as Error).message}\n`);
+        code ||= 1;
+      }
+    }
+    await lab.destroy();
+  }
+  return code;
+}
+
+process.exitCode = await main();
