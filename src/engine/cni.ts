@@ -5,7 +5,7 @@ import { createHash } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { CniError, CODE, type CniResult, type NetConf } from '../cni/protocol.ts';
 import { CtnetError, KernelError } from '../errors.ts';
-import { addrList, linkList, routeList, type Netns } from '../kernel/ip.ts';
+import { addrList, linkList, linkShow, routeList, type Netns } from '../kernel/ip.ts';
 import { nftTableExists } from '../kernel/nft.ts';
 import { isAlive } from '../kernel/proc.ts';
 import { isNetnsFile } from '../kernel/netns.ts';
@@ -98,7 +98,7 @@ function sandboxNameFor(store: Store, containerId: string, netns: string): strin
 const bridgeMacs = new Map<string, string>();
 async function bridgeMac(ctx: Ctx, bridge: string): Promise<string | undefined> {
   if (!bridgeMacs.has(bridge)) {
-    const l = (await linkList(ctx.runner)).find((x) => x.ifname === bridge);
+    const [l] = await linkShow(ctx.runner, bridge);
     if (l?.address) bridgeMacs.set(bridge, l.address);
   }
   return bridgeMacs.get(bridge);

@@ -137,6 +137,14 @@ async function ipJson<T>(runner: Runner, ns: Netns | undefined, args: string[]):
 
 /** Equivalent to: ip -j [-n NS] -d link show; all links of a namespace. */
 export const linkList = (runner: Runner, ns?: Netns) => ipJson<LinkInfo>(runner, ns, ['-d', 'link', 'show']);
+/** Equivalent to: ip -j link show dev NAME; empty when there is no such link. */
+export async function linkShow(runner: Runner, name: string): Promise<LinkInfo[]> {
+  try {
+    return await ipJson<LinkInfo>(runner, undefined, ['link', 'show', 'dev', name]);
+  } catch {
+    return [];
+  }
+}
 /** Equivalent to: ip -j link show master BRIDGE */
 export const linkListMaster = (runner: Runner, bridge: string) =>
   ipJson<LinkInfo>(runner, undefined, ['link', 'show', 'master', bridge]);
