@@ -9,6 +9,7 @@ export function renderSandbox(v: SandboxView): string {
     `  created    ${v.created}`,
     `  processes  ${v.pids.length ? v.pids.join(' ') : 'none'}`,
     `  labels     ${Object.entries(v.labels).map(([k, x]) => `${k}=${x}`).join(' ') || 'none'}`,
+    ...v.cni.map((c) => `  cni        container ${c.containerId}, ${c.ifname} on CNI network ${c.cniNetwork}`),
     '',
     'interfaces:',
     indent(table(['IFNAME', 'IFINDEX', 'NETWORK', 'MAC', 'STATE', 'ADDRESSES', 'HOST PEER (IFINDEX) @ BRIDGE'],

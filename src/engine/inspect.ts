@@ -48,6 +48,8 @@ export interface SandboxView {
   readonly present: boolean;
   readonly pids: number[];
   readonly labels: Record<string, string>;
+  /** CNI attachments: the runtime's container id and interface, and the CNI network name. */
+  readonly cni: { containerId: string; ifname: string; cniNetwork: string }[];
   readonly interfaces: InterfaceView[];
   readonly ports: PublishedView[];
   readonly routes: { dst: string; gateway?: string; dev?: string; scope?: string }[];
@@ -64,6 +66,8 @@ export function sandboxSummary(ctx: Ctx, s: SandboxRow) {
     labels: Object.fromEntries(ctx.store.labels(s.name).map((l) => [l.key, l.value])),
     netns: s.netns,
     owned: s.owned,
+    // Attachments a CNI runtime made: which container and interface, under which CNI network name.
+    ...(s.owned ? {} : { cni: ctx.store.cniAttachments({ sandbox: s.name }).map((c) => ({ containerId: c.containerId, ifname: c.ifname, cniNetwork: c.cniNetwork })) }),
   };
 }
 
@@ -99,6 +103,7 @@ export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxVie
       };
     }),
     labels: Object.fromEntries(store.labels(name).map((l) => [l.key, l.value])),
+    cni: store.cniAttachments({ sandbox: name }).map((c) => ({ containerId: c.containerId, ifname: c.ifname, cniNetwork: c.cniNetwork })),
     ports: publishedPorts(store, name),
     routes: present ? (await routeList(runner, ns)).map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev, scope: r.scope })) : [],
     neighbours: present ? (await neighList(runner, ns)).map((n) => ({ dst: n.dst, dev: n.dev, lladdr: n.lladdr, state: n.state })) : [],

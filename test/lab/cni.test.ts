@@ -101,6 +101,7 @@ describe('CNI plugin', () => {
     assert.ok(row, `ctnet ls shows the container: ${JSON.stringify(ls)}`);
     assert.deepEqual(row.labels, { tier: 'web' });
     assert.deepEqual(row.ports, ['8080:80/tcp']);
+    assert.match(await lab.ctnetOk(['inspect', row.name]), /cni +container web1, eth0 on CNI network cnet/);
 
     // Real traffic: the world reaches the published port, the container reaches the world.
     const server = spawn('nsenter', [`--net=${ns}`, ...Lab.serverArgv('web1', { tcp: 80 })], { stdio: 'ignore', detached: true });
