@@ -321,6 +321,7 @@ export async function disconnect(ctx: Ctx, network: string, sandbox: string): Pr
   const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
   const before = portFacts(store, sandbox);
   const wasTarget = before.length > 0 && before[0]!.targets.some((t) => addresses.some((x) => x.ip === t.ip));
+  const carried = ([4, 6] as const).filter((f) => defaultCarrier(store, sandbox, f) === network);
   // The ports' map elements go in the same nft transaction as the endpoint's.
   if (wasTarget) ctx.runner.note(`unpublish ${before.map((f) => formatPortSpec(f.mapping)).join(', ')}`);
   await teardownAttachment(ctx, a, addresses, wasTarget ? portLines('delete', before) : []);
@@ -331,8 +332,24 @@ export async function disconnect(ctx: Ctx, network: string, sandbox: string): Pr
     // A namespace someone else made is only a sandbox while ctnet networks it.
     if (!s.owned && store.attachments({ sandbox }).length === 0) store.deleteSandbox(sandbox);
   });
+  if (store.sandbox(sandbox)) await handOverDefault(ctx, s, carried);
   if (wasTarget && store.sandbox(sandbox)) await applyPorts(ctx, portFacts(store, sandbox), undefined);
   await syncPolicy(ctx);
+}
+
+/** The default routes the removed attachment carried move to the sandbox's next carrier, if any. */
+async function handOverDefault(ctx: Ctx, s: SandboxRow, families: readonly (4 | 6)[]): Promise<void> {
+  if (families.length === 0 || !isNetnsFile(s.netns)) return;
+  const ns = sandboxNetns(s);
+  const cmds = families.flatMap((f) => {
+    const next = defaultCarrier(ctx.store, s.name, f);
+    const a = next && ctx.store.attachments({ sandbox: s.name }).find((x) => x.network === next);
+    const gw = next && ctx.store.subnets(next).find((x) => x.family === f)?.gateway;
+    return a && gw ? [routeSetDefault(gw, a.ifname, ns)] : [];
+  });
+  if (cmds.length === 0) return;
+  ctx.runner.note(`${s.name}: the default route moves to the next network`);
+  await runIp(ctx.runner, cmds);
 }
 
 /** Removes a sandbox: its processes, interfaces, nft elements, netns (if ctnet's) and addresses. */

@@ -47,6 +47,7 @@ describe('CNI plugin', () => {
     dir = mkdtempSync(join(tmpdir(), `ctcni-${lab.id}-`));
     await lab.ctnetOk(['network', 'create', 'cnet', '--subnet', '10.96.0.0/24', '--subnet', 'fd00:96::/64']);
     await lab.ctnetOk(['network', 'create', 'closed', '--subnet', '10.95.0.0/24', '--internal']);
+    await lab.ctnetOk(['network', 'create', 'cnet2', '--subnet', '10.94.0.0/24']);
     const written = (await lab.ctnetOk(['cni', 'install', '--bin-dir', join(dir, 'bin'), '--conf-dir', join(dir, 'conf'), '--network', 'cnet'])).trim().split('\n');
     plugin = written[0]!;
     base = pluginConfigs(written[1]!)[0]!;
@@ -164,6 +165,22 @@ describe('CNI plugin', () => {
 
     assert.equal((await execPlugin(lab, '/usr/lib/cni/tuning', env('DEL', 'chain1', ns), JSON.stringify({ ...tuning, prevResult: final }))).code, 0);
     assert.equal((await call(env('DEL', 'chain1', ns), conf({ prevResult: final }))).code, 0);
+    assert.equal(await hostLinks(), 0);
+  });
+
+  it('a container on two networks: eth1 leaves eth0 the default route, and takes it over when eth0 goes', async () => {
+    const ns = newNetns();
+    const second = conf({ name: 'cnet2', network: 'cnet2' });
+    assert.equal((await call(env('ADD', 'multi', ns, 'eth0'), conf())).code, 0);
+    const r = await call(env('ADD', 'multi', ns, 'eth1'), second);
+    assert.equal(r.code, 0, r.stdout);
+    assert.deepEqual(r.json!.routes, [], 'eth1 adds no default route');
+    assert.match(inNs(ns, ['ip', 'route', 'show', 'default']), /via 10\.96\.0\.1 dev eth0/);
+    const ls = JSON.parse(await lab.ctnetOk(['ls', '--json'])) as { netns: string; networks: string[] }[];
+    assert.deepEqual(ls.find((x) => x.netns === ns)?.networks, ['cnet', 'cnet2'], 'one sandbox, two networks');
+    assert.equal((await call(env('DEL', 'multi', ns, 'eth0'), conf())).code, 0);
+    assert.match(inNs(ns, ['ip', 'route', 'show', 'default']), /via 10\.94\.0\.1 dev eth1/);
+    assert.equal((await call(env('DEL', 'multi', ns, 'eth1'), second)).code, 0);
     assert.equal(await hostLinks(), 0);
   });
 

@@ -99,4 +99,14 @@ describe('connectivity in a lab', () => {
     assert.deepEqual(await probe('a', 'tcp', '10.50.0.3', 7000), { server: 'b', client: '10.50.0.2' });
     assert.deepEqual(await probe('a', 'tcp', UPLINK.remote4, 7000), { server: 'world', client: UPLINK.host4 });
   });
+
+  it('disconnecting the network that carries the default route hands it to the next one', async () => {
+    await lab.ctnetOk(['create', 'hop', '--network', 'front', '--network', 'back']);
+    const route = async () => (await lab.ctnet(['exec', 'hop', '--', 'ip', '-4', 'route', 'show', 'default'])).stdout;
+    assert.match(await route(), /via 10\.50\.0\.1 dev eth0/);
+    await lab.ctnetOk(['disconnect', 'front', 'hop']);
+    assert.match(await route(), /via 10\.60\.0\.1 dev eth1/);
+    assert.deepEqual(await probe('hop', 'tcp', UPLINK.remote4, 7000), { server: 'world', client: UPLINK.host4 }, 'egress goes on through back');
+    await lab.ctnetOk(['rm', 'hop']);
+  });
 });
