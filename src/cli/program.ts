@@ -15,6 +15,7 @@ import { parseLabel } from '../model/policy.ts';
 import { addPolicies, addPolicy, changeLabels, parseRulesFile, checkPolicy, listPolicies, removePolicies } from '../engine/policy.ts';
 import { execInSandbox, startInSandbox } from '../engine/process.ts';
 import { gc } from '../engine/gc.ts';
+import { doctor } from '../engine/doctor.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../model/spec.ts';
 import { parseName } from '../model/names.ts';
 import { parseAddr, formatAddr } from '../model/cidr.ts';
@@ -310,6 +311,16 @@ export function buildProgram(): Command {
     .action(act(async (ctx, g) => {
       const done = await gc(ctx);
       if (!g.explain && !g.dryRun) out(done.length ? done.join('\n') : 'gc: store and kernel agree');
+    }));
+
+  globals(program.command('doctor'), true).description('check what on this host keeps ctnet\'s networks from working (forward policies, br_netfilter, sysctls, state)')
+    .action(act(async (ctx, g) => {
+      const findings = await doctor(ctx);
+      if (g.json) out(JSON.stringify(findings, null, 2));
+      else {
+        out(findings.map((f) => `${f.status.padEnd(4)}  ${f.check.padEnd(15)}  ${f.detail}${f.hint && f.status !== 'ok' ? `\n      ${''.padEnd(15)}  fix: ${f.hint}` : ''}`).join('\n'));
+      }
+      return findings.some((f) => f.status === 'fail') ? 1 : 0;
     }));
 
   // ---- CNI ----

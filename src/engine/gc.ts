@@ -5,7 +5,7 @@ import { addrAdd, linkAddBridge, linkDel, linkList, linkSetUp, netnsAdd, netnsDe
 import { nftApply } from '../kernel/nft.ts';
 import { isAlive } from '../kernel/proc.ts';
 import { isNetnsFile, netnsKillAll, netnsNames } from '../kernel/netns.ts';
-import { sysctlEnsure } from '../kernel/sysctl.ts';
+import { sysctlEnsure, sysctlGet } from '../kernel/sysctl.ts';
 import { randomMac } from '../model/mac.ts';
 import { fullScript } from '../nft/ruleset.ts';
 import type { Ctx } from './context.ts';
@@ -15,6 +15,14 @@ import { attachCommands, defaultCarrier, sandboxNetns, teardownAttachment, teard
 import { ignoreMissing } from './undo.ts';
 import { portFacts } from './ports.ts';
 import { elementsBySet, policyElements } from './policy.ts';
+
+const sysctlRead = (key: string) => {
+  try {
+    return sysctlGet(key);
+  } catch {
+    return undefined;
+  }
+};
 
 /** Rows another live ctnet process is working on right now are left to it. */
 const interrupted = (r: { state: string; owner: string | null }) => r.state !== 'ready' && !(r.owner && isAlive(r.owner));
@@ -51,6 +59,15 @@ export async function gc(ctx: Ctx): Promise<string[]> {
 
   // 2. Ready records whose kernel objects went missing are rebuilt.
   const ready = store.networks().filter((n) => n.state === 'ready');
+  // Forwarding is what every network needs; someone may have turned it off.
+  if (ready.length > 0) {
+    for (const [key, need] of [['net.ipv4.ip_forward', true], ['net.ipv6.conf.all.forwarding', store.subnets().some((s) => s.family === 6)]] as const) {
+      if (need && sysctlRead(key) !== '1') {
+        sysctlEnsure(runner, key, '1');
+        done.push(`turned ${key} on again`);
+      }
+    }
+  }
   let links = await linkList(runner);
   for (const n of ready) {
     const subnets = store.subnets(n.name);

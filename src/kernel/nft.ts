@@ -48,3 +48,19 @@ export async function nftTableExists(runner: Runner, family: string, name: strin
   const items = (JSON.parse(stdout) as { nftables: { table?: { family: string; name: string } }[] }).nftables;
   return items.some((i) => i.table?.family === family && i.table.name === name);
 }
+
+export interface NftChain {
+  readonly family: string;
+  readonly table: string;
+  readonly name: string;
+  readonly hook?: string;
+  readonly policy?: string;
+  readonly prio?: number;
+}
+
+/** Equivalent to: nft -j list chains; every chain of every table (base chains carry hook and policy). */
+export async function nftChains(runner: Runner): Promise<NftChain[]> {
+  const { stdout } = await runner.run(['nft', '-j', 'list', 'chains']);
+  const items = (JSON.parse(stdout) as { nftables: { chain?: NftChain }[] }).nftables;
+  return items.flatMap((i) => (i.chain ? [i.chain] : []));
+}

@@ -1,0 +1,106 @@
+// `ctnet doctor`: what in this host keeps ctnet's networks from working as configured. Reads only;
+// every finding says what breaks and what to do.
+import { existsSync } from 'node:fs';
+import { nftChains } from '../kernel/nft.ts';
+import { Runner } from '../kernel/runner.ts';
+import { sysctlGet } from '../kernel/sysctl.ts';
+import { daemonPid } from '../daemon/server.ts';
+import type { Ctx } from './context.ts';
+import { gc } from './gc.ts';
+
+export interface Finding {
+  readonly check: string;
+  readonly status: 'ok' | 'warn' | 'fail';
+  readonly detail: string;
+  readonly hint?: string;
+}
+
+const read = (key: string): string | undefined => {
+  try {
+    return sysctlGet(key);
+  } catch {
+    return undefined;
+  }
+};
+
+export async function doctor(ctx: Ctx): Promise<Finding[]> {
+  const { store, runner } = ctx;
+  const out: Finding[] = [];
+  const networks = store.networks();
+  const v6 = store.subnets().some((s) => s.family === 6);
+
+  for (const tool of [['ip', '-V'], ['nft', '--version'], ['conntrack', '--version']]) {
+    try {
+      const { stdout, stderr } = await runner.run(tool);
+      out.push({ check: tool[0]!, status: 'ok', detail: (stdout || stderr).trim().split('\n')[0]! });
+    } catch {
+      out.push({ check: tool[0]!, status: 'fail', detail: `${tool[0]} is not installed`, hint: 'run scripts/install.sh' });
+    }
+  }
+
+  if (networks.length > 0) {
+    const fwd = read('net/ipv4/ip_forward');
+    out.push(fwd === '1'
+      ? { check: 'ip_forward', status: 'ok', detail: 'IPv4 forwarding is on' }
+      : { check: 'ip_forward', status: 'fail', detail: 'net.ipv4.ip_forward is 0: no sandbox traffic leaves its bridge', hint: 'run "ctnet gc" (it turns it on again)' });
+    if (v6) {
+      const f6 = read('net/ipv6/conf/all/forwarding');
+      out.push(f6 === '1'
+        ? { check: 'ipv6 forwarding', status: 'ok', detail: 'IPv6 forwarding is on' }
+        : { check: 'ipv6 forwarding', status: 'fail', detail: 'net.ipv6.conf.all.forwarding is 0: IPv6 sandbox traffic does not leave its bridge', hint: 'run "ctnet gc"' });
+    }
+  }
+
+  const chains = await nftChains(runner);
+  const ours = chains.some((c) => c.family === 'inet' && c.table === 'ctnet');
+  if (networks.length > 0) {
+    out.push(ours
+      ? { check: 'nft table', status: 'ok', detail: 'table inet ctnet is loaded' }
+      : { check: 'nft table', status: 'fail', detail: 'table inet ctnet is missing: no NAT, no isolation, no published ports', hint: 'run "ctnet gc" to rewrite it from the state' });
+  }
+  // A drop in another table's forward hook wins over ctnet's accept (every base chain must accept).
+  const drops = chains.filter((c) => c.hook === 'forward' && c.policy === 'drop' && !(c.family === 'inet' && c.table === 'ctnet'));
+  for (const c of drops) {
+    out.push({
+      check: 'forward policy', status: networks.length ? 'fail' : 'warn',
+      detail: `chain ${c.family} ${c.table} ${c.name} drops forwarded packets by default (Docker sets iptables' FORWARD so): egress and published ports of ctnet sandboxes are dropped there`,
+      hint: `accept ctnet's bridges in it, e.g. iptables -I FORWARD -i ctbr+ -j ACCEPT; iptables -I FORWARD -o ctbr+ -j ACCEPT`,
+    });
+  }
+  if (drops.length === 0) out.push({ check: 'forward policy', status: 'ok', detail: 'no other table drops forwarded packets by default' });
+  if (existsSync('/usr/sbin/iptables-legacy')) {
+    try {
+      const { stdout } = await runner.run(['iptables-legacy', '-S', 'FORWARD']);
+      if (/^-P FORWARD DROP/m.test(stdout)) {
+        out.push({ check: 'iptables-legacy', status: networks.length ? 'fail' : 'warn', detail: 'iptables-legacy FORWARD policy is DROP: ctnet\'s sandboxes cannot forward through it',
+          hint: 'iptables-legacy -I FORWARD -i ctbr+ -j ACCEPT; iptables-legacy -I FORWARD -o ctbr+ -j ACCEPT' });
+      }
+    } catch {
+      // no legacy tables loaded
+    }
+  }
+
+  const needsBridgeNf = networks.some((n) => n.isolate) || store.policies().length > 0;
+  const bnf = read('net/bridge/bridge-nf-call-iptables');
+  const bnf6 = read('net/bridge/bridge-nf-call-ip6tables');
+  if (bnf === '1' && (bnf6 === '1' || !v6)) {
+    out.push({ check: 'br_netfilter', status: 'ok', detail: 'bridged packets pass nftables: same-network policy and --isolate apply' });
+  } else {
+    out.push({
+      check: 'br_netfilter', status: needsBridgeNf ? 'fail' : 'warn',
+      detail: bnf === undefined ? 'br_netfilter is not loaded: traffic between sandboxes of one network bypasses nftables' : 'bridge-nf-call-iptables/ip6tables is off: traffic between sandboxes of one network bypasses nftables',
+      hint: needsBridgeNf ? 'modprobe br_netfilter; sysctl -w net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1 (policy rules within one network and --isolate need it)'
+        : 'only needed for policy rules within one network and --isolate',
+    });
+  }
+
+  // What gc would do, done as a dry run: the store and the kernel disagree exactly there.
+  const pending = await gc({ ...ctx, runner: new Runner({ dryRun: true }) });
+  out.push(pending.length === 0
+    ? { check: 'state', status: 'ok', detail: 'store and kernel agree' }
+    : { check: 'state', status: 'warn', detail: `store and kernel disagree: ${pending.join('; ')}`, hint: 'run "ctnet gc"' });
+
+  const pid = daemonPid(store.dir);
+  out.push({ check: 'ctnetd', status: 'ok', detail: pid ? `runs as pid ${pid}` : 'not running (the CNI plugin starts it on demand)' });
+  return out;
+}
