@@ -4,12 +4,12 @@
 //
 //   scripts/node bench/create.ts [--samples N] [--json]
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { constants, cpus, release, tmpdir } from 'node:os';
+import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
-import { exec, execOk, quantile, timed } from './lib.ts';
+import { exec, execOk, optionsOrExit, progress, quantile, timed, trapSignals } from './lib.ts';
 
 const LEVELS = [0, 100, 250] as const;
 const DEFAULT_SAMPLES = 20;
@@ -225,7 +225,6 @@ async function machine(): Promise<Machine> {
 }
 
 
-const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
 
 async function measure(ctnet: CtnetSide, ref: ReferenceSide, opts: Options, signal: AbortSignal): Promise<LevelResult[]> {
   const sides = [ctnet, ref] as const;
@@ -305,34 +304,13 @@ function toJson(results: readonly LevelResult[], info: Machine, opts: Options): 
 }
 
 async function main(): Promise<number> {
-  let opts: Options | 'help';
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`bench: ${(e as Error).message}\n${USAGE}\n`);
-    return 2;
-  }
-  if (opts === 'help') {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
+  const opts = optionsOrExit(parseOptions, USAGE);
+  if (typeof opts === 'number') return opts;
 
-  // Ctrl-C / SIGTERM must not kill us before the finally below has torn the lab down: turn the
-  // first signal into an abort checked between steps, and ignore the rest while cleaning up.
-  const abort = new AbortController();
-  let interrupted = 0; // exit code for the signal: 128 + its number, as a shell reports it
-  const onSignal = (sig: NodeJS.Signals): void => {
-    if (abort.signal.aborted) return;
-    progress(`${sig}: stopping after the current step, then cleaning up`);
-    interrupted = 128 + constants.signals[sig];
-    abort.abort(new Error(`interrupted by ${sig}`));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('SIGHUP', onSignal);
+  const { abort, interrupted: signalled } = trapSignals();
 
   const info = await machine();
-  if (abort.signal.aborted) return interrupted;
+  if (abort.signal.aborted) return signalled();
   progress('creating a lab');
   const lab = await Lab.create(); // removes what it made if it fails itself
   let ref: ReferenceSide | undefined;
@@ -344,7 +322,7 @@ async function main(): Promise<number> {
     process.stdout.write(opts.json ? toJson(results, info, opts) : render(results, info, opts));
   } catch (e) {
     process.stderr.write(`bench: ${(e as Error).message}\n`);
-    code = interrupted || 1;
+    code = signalled() || 1;
   } finally {
     progress('cleaning up');
     try {

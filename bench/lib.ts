@@ -1,5 +1,6 @@
 // What every benchmark needs: running tools, option parsing, timing, quantiles.
 import { spawn } from 'node:child_process';
+import { constants } from 'node:os';
 
 export interface Exit {
   readonly code: number;
@@ -51,4 +52,43 @@ export function quantile(sorted: readonly number[], q: number): number {
   const lo = Math.floor(pos);
   const hi = Math.ceil(pos);
   return sorted[lo]! + (sorted[hi]! - sorted[lo]!) * (pos - lo);
+}
+
+/** Progress lines for humans, on stderr (stdout carries the results). */
+export const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
+
+/** Parses options with parse(); on an error prints it with the usage. Returns the options or an exit code. */
+export function optionsOrExit<T>(parse: (argv: readonly string[]) => T | 'help', usage: string): T | number {
+  let opts: T | 'help';
+  try {
+    opts = parse(process.argv.slice(2));
+  } catch (e) {
+    process.stderr.write(`bench: ${(e as Error).message}\n${usage}\n`);
+    return 2;
+  }
+  if (opts === 'help') {
+    process.stdout.write(`${usage}\n`);
+    return 0;
+  }
+  return opts;
+}
+
+/**
+ * Ctrl-C / SIGTERM must not kill a benchmark before its finally has torn the lab down: the first
+ * signal becomes an abort checked between steps, the rest are ignored while cleaning up.
+ * interrupted() is the exit code to report: 128 + the signal's number, as a shell reports it.
+ */
+export function trapSignals(): { abort: AbortController; interrupted: () => number } {
+  const abort = new AbortController();
+  let code = 0;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (abort.signal.aborted) return;
+    progress(`${sig}: stopping after the current step, then cleaning up`);
+    code = 128 + constants.signals[sig];
+    abort.abort(new Error(`interrupted by ${sig}`));
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  process.on('SIGHUP', onSignal);
+  return { abort, interrupted: () => code };
 }

@@ -4,13 +4,13 @@
 //
 //   scripts/node bench/podman.ts [--runs N] [--sides none,reference,netavark,ctnet] [--json]
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { constants, cpus, release, tmpdir } from 'node:os';
+import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
 import { IMAGE, Podman, REFERENCE_PLUGINS, referenceConflist } from '../test/lab/podman.ts';
-import { exec, execOk, intOption, quantile, timed } from './lib.ts';
+import { exec, execOk, intOption, optionsOrExit, progress, quantile, timed, trapSignals } from './lib.ts';
 
 const DEFAULT_RUNS = 10;
 const SIDES = ['none', 'reference', 'netavark', 'ctnet'] as const;
@@ -152,7 +152,6 @@ async function machine(): Promise<Machine> {
   };
 }
 
-const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
 
 type Results = Map<SideName, { side: Side; stats: Stats }>;
 
@@ -229,34 +228,13 @@ function toJson(r: Results, info: Machine, opts: Options): string {
 }
 
 async function main(): Promise<number> {
-  let opts: Options | 'help';
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`bench: ${(e as Error).message}\n${USAGE}\n`);
-    return 2;
-  }
-  if (opts === 'help') {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
+  const opts = optionsOrExit(parseOptions, USAGE);
+  if (typeof opts === 'number') return opts;
 
-  // Ctrl-C / SIGTERM must not kill us before the finally below has removed the containers and
-  // the lab: turn the first signal into an abort checked between runs, ignore the rest.
-  const abort = new AbortController();
-  let interrupted = 0;
-  const onSignal = (sig: NodeJS.Signals): void => {
-    if (abort.signal.aborted) return;
-    progress(`${sig}: stopping after the current step, then cleaning up`);
-    interrupted = 128 + constants.signals[sig];
-    abort.abort(new Error(`interrupted by ${sig}`));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('SIGHUP', onSignal);
+  const { abort, interrupted: signalled } = trapSignals();
 
   const info = await machine();
-  if (abort.signal.aborted) return interrupted;
+  if (abort.signal.aborted) return signalled();
   progress('creating a lab');
   const lab = await Lab.create(); // removes what it made if it fails itself
   const tmp = mkdtempSync(join(tmpdir(), `ctbench-podman-${lab.id}-`));
@@ -273,7 +251,7 @@ async function main(): Promise<number> {
     process.stdout.write(opts.json ? toJson(results, info, opts) : render(results, info, opts));
   } catch (e) {
     process.stderr.write(`bench: ${(e as Error).message}\n`);
-    code = interrupted || 1;
+    code = signalled() || 1;
   } finally {
     progress('cleaning up');
     // Podman first: its teardown runs in the lab host, which must still exist.

@@ -9,12 +9,12 @@
 //                                [--no-legacy] [--json]
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { constants, cpus, loadavg, release, tmpdir } from 'node:os';
+import { cpus, loadavg, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
-import { intOption, quantile, timed } from './lib.ts';
+import { intOption, optionsOrExit, progress, quantile, timed, trapSignals } from './lib.ts';
 
 const SMALL = 10;
 const DEFAULT_RULES = 10_000;
@@ -126,7 +126,6 @@ const inNetns = (netns: string, argv: readonly string[]): string[] => ['nsenter'
 
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
 
 // ---------------------------------------------------------------------------------------------
 // The rules. Decoy i allows a /32 source that never sends anything to network B's port: each is
@@ -711,31 +710,10 @@ async function createSetups(opts: Options, legacy: boolean, tmp: string, made: S
 }
 
 async function main(): Promise<number> {
-  let opts: Options | 'help';
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`bench: ${(e as Error).message}\n${USAGE}\n`);
-    return 2;
-  }
-  if (opts === 'help') {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
+  const opts = optionsOrExit(parseOptions, USAGE);
+  if (typeof opts === 'number') return opts;
 
-  // Ctrl-C / SIGTERM must not kill us before the finally below has torn the labs down: turn the
-  // first signal into an abort checked between steps, and ignore the rest while cleaning up.
-  const abort = new AbortController();
-  let interrupted = 0; // exit code for the signal: 128 + its number, as a shell reports it
-  const onSignal = (sig: NodeJS.Signals): void => {
-    if (abort.signal.aborted) return;
-    progress(`${sig}: stopping after the current step, then cleaning up`);
-    interrupted = 128 + constants.signals[sig];
-    abort.abort(new Error(`interrupted by ${sig}`));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('SIGHUP', onSignal);
+  const { abort, interrupted: signalled } = trapSignals();
 
   const info = await machine();
   if (info.iptablesNft === undefined) {
@@ -754,7 +732,7 @@ async function main(): Promise<number> {
     process.stdout.write(opts.json ? toJson(results, info, opts) : render(results, info, opts));
   } catch (e) {
     process.stderr.write(`bench: ${(e as Error).message}\n`);
-    code = interrupted || 1;
+    code = signalled() || 1;
   } finally {
     progress('cleaning up');
     for (const s of setups) {

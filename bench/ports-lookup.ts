@@ -8,14 +8,14 @@
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
-import { constants, cpus, release, tmpdir } from 'node:os';
+import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { netnsKillAll } from '../src/kernel/netns.ts';
 import { Lab, ROOT, UPLINK } from '../src/lab/lab.ts';
-import { exec, execOk, intOption, quantile, timed } from './lib.ts';
+import { exec, execOk, intOption, optionsOrExit, progress, quantile, timed, trapSignals } from './lib.ts';
 
 const LEVELS = [10, 10_000] as const;
 const DEFAULT_CONNECTIONS = 2000;
@@ -98,7 +98,6 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
 
 const inNetns = (netns: string, argv: readonly string[]): string[] => ['nsenter', `--net=/run/netns/${netns}`, ...argv];
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
 
 
 // ---------------------------------------------------------------------------------------------
@@ -472,31 +471,10 @@ function toJson(results: readonly Result[], info: Machine, opts: Options): strin
 
 async function main(): Promise<number> {
   if (process.argv[2] === 'client') return client(process.argv.slice(3));
-  let opts: Options | 'help';
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`bench: ${(e as Error).message}\n${USAGE}\n`);
-    return 2;
-  }
-  if (opts === 'help') {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
+  const opts = optionsOrExit(parseOptions, USAGE);
+  if (typeof opts === 'number') return opts;
 
-  // Ctrl-C / SIGTERM must not kill us before the finally below has torn the labs down: turn the
-  // first signal into an abort checked between steps, and ignore the rest while cleaning up.
-  const abort = new AbortController();
-  let interrupted = 0; // exit code for the signal: 128 + its number, as a shell reports it
-  const onSignal = (sig: NodeJS.Signals): void => {
-    if (abort.signal.aborted) return;
-    progress(`${sig}: stopping after the current step, then cleaning up`);
-    interrupted = 128 + constants.signals[sig];
-    abort.abort(new Error(`interrupted by ${sig}`));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('SIGHUP', onSignal);
+  const { abort, interrupted: signalled } = trapSignals();
 
   const info = await machine();
   const labs: Lab[] = [];
@@ -516,7 +494,7 @@ async function main(): Promise<number> {
     process.stdout.write(opts.json ? toJson(results, info, opts) : render(results, info, opts));
   } catch (e) {
     process.stderr.write(`bench: ${(e as Error).message}\n`);
-    code = interrupted || 1;
+    code = signalled() || 1;
   } finally {
     progress('cleaning up');
     for (const t of targets) {

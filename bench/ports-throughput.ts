@@ -5,12 +5,12 @@
 //   scripts/node bench/ports-throughput.ts [--seconds N] [--repeat N] [--json]
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { constants, cpus, release } from 'node:os';
+import { cpus, release } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT, UPLINK } from '../src/lab/lab.ts';
-import { intOption } from './lib.ts';
+import { intOption, optionsOrExit, progress, trapSignals } from './lib.ts';
 
 const DEFAULT_SECONDS = 5;
 const DEFAULT_REPEAT = 3;
@@ -61,7 +61,6 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
 // ---------------------------------------------------------------------------------------------
 // Small helpers
 
-const progress = (text: string): void => void process.stderr.write(`bench: ${text}\n`);
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function inHostOk(lab: Lab, argv: readonly string[]): Promise<string> {
@@ -279,31 +278,10 @@ function stopProxy(proxy: ChildProcess | undefined): void {
 }
 
 async function main(): Promise<number> {
-  let opts: Options | 'help';
-  try {
-    opts = parseOptions(process.argv.slice(2));
-  } catch (e) {
-    process.stderr.write(`bench: ${(e as Error).message}\n${USAGE}\n`);
-    return 2;
-  }
-  if (opts === 'help') {
-    process.stdout.write(`${USAGE}\n`);
-    return 0;
-  }
+  const opts = optionsOrExit(parseOptions, USAGE);
+  if (typeof opts === 'number') return opts;
 
-  // Ctrl-C / SIGTERM must not kill us before the finally below has torn the lab down: turn the
-  // first signal into an abort checked between steps, and ignore the rest while cleaning up.
-  const abort = new AbortController();
-  let interrupted = 0; // exit code for the signal: 128 + its number, as a shell reports it
-  const onSignal = (sig: NodeJS.Signals): void => {
-    if (abort.signal.aborted) return;
-    progress(`${sig}: stopping after the current step, then cleaning up`);
-    interrupted = 128 + constants.signals[sig];
-    abort.abort(new Error(`interrupted by ${sig}`));
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
-  process.on('SIGHUP', onSignal);
+  const { abort, interrupted: signalled } = trapSignals();
 
   progress('creating a lab');
   const lab = await Lab.create(); // removes what it made if it fails itself
@@ -317,7 +295,7 @@ async function main(): Promise<number> {
     process.stdout.write(opts.json ? toJson(results, info, opts) : render(results, info, opts));
   } catch (e) {
     process.stderr.write(`bench: ${(e as Error).message}\n`);
-    code = interrupted || 1;
+    code = signalled() || 1;
   } finally {
     progress('cleaning up');
     stopProxy(started.proxy);
