@@ -12,7 +12,7 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
-import { exec, execOk, intOption, optionsOrExit, progress, quantile, trapSignals } from './lib.ts';
+import { exec, execOk, intOption, optionsOrExit, progress, quantile, round, type Stats, stats, trapSignals } from './lib.ts';
 
 const DEFAULT_LEVELS = [0, 100, 500] as const;
 const DEFAULT_SAMPLES = 30;
@@ -532,19 +532,6 @@ class ReferenceSide extends Side {
 // ---------------------------------------------------------------------------------------------
 // Statistics
 
-interface Stats {
-  readonly p50: number;
-  readonly p95: number;
-  /** Every sample, in ms, in the order taken. */
-  readonly samples: readonly number[];
-}
-
-function stats(samples: readonly number[]): Stats {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return { p50: quantile(sorted, 0.5), p95: quantile(sorted, 0.95), samples };
-}
-
-const round = (ms: number): number => Math.round(ms * 100) / 100;
 
 // ---------------------------------------------------------------------------------------------
 // The run

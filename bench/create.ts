@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
-import { exec, execOk, optionsOrExit, progress, quantile, timed, trapSignals } from './lib.ts';
+import { exec, execOk, optionsOrExit, progress, quantile, round, type Stats, stats, timed, trapSignals } from './lib.ts';
 
 const LEVELS = [0, 100, 250] as const;
 const DEFAULT_SAMPLES = 20;
@@ -178,20 +178,6 @@ class ReferenceSide implements Side {
 // ---------------------------------------------------------------------------------------------
 // Statistics
 
-interface Stats {
-  readonly median: number;
-  readonly p95: number;
-  /** Every sample, in ms, in the order taken. */
-  readonly samples: readonly number[];
-}
-
-
-function stats(samples: readonly number[]): Stats {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return { median: quantile(sorted, 0.5), p95: quantile(sorted, 0.95), samples };
-}
-
-const round = (ms: number): number => Math.round(ms * 100) / 100;
 
 // ---------------------------------------------------------------------------------------------
 // The run
@@ -274,9 +260,9 @@ function render(results: readonly LevelResult[], info: Machine, opts: Options): 
   const x = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
   const rows = results.map((r) => [
     String(r.level),
-    ms(r.ctnet.median), ms(r.ctnet.p95),
-    ms(r.reference.median), ms(r.reference.p95),
-    x(r.ctnet.median, r.reference.median), x(r.ctnet.p95, r.reference.p95),
+    ms(r.ctnet.p50), ms(r.ctnet.p95),
+    ms(r.reference.p50), ms(r.reference.p95),
+    x(r.ctnet.p50, r.reference.p50), x(r.ctnet.p95, r.reference.p95),
   ]);
   return [
     `ctnet create vs. reference CNI bridge plugin: wall time in ms, ${opts.samples} samples per level and side`,
@@ -288,7 +274,7 @@ function render(results: readonly LevelResult[], info: Machine, opts: Options): 
 }
 
 function toJson(results: readonly LevelResult[], info: Machine, opts: Options): string {
-  const side = (s: Stats) => ({ medianMs: round(s.median), p95Ms: round(s.p95), samplesMs: s.samples.map(round) });
+  const side = (s: Stats) => ({ medianMs: round(s.p50), p95Ms: round(s.p95), samplesMs: s.samples.map(round) });
   return JSON.stringify({
     benchmark: 'create',
     date: new Date().toISOString(),
@@ -298,7 +284,7 @@ function toJson(results: readonly LevelResult[], info: Machine, opts: Options): 
       level: r.level,
       ctnet: side(r.ctnet),
       reference: side(r.reference),
-      ratio: { median: round(r.ctnet.median / r.reference.median), p95: round(r.ctnet.p95 / r.reference.p95) },
+      ratio: { median: round(r.ctnet.p50 / r.reference.p50), p95: round(r.ctnet.p95 / r.reference.p95) },
     })),
   }, null, 2) + '\n';
 }

@@ -92,3 +92,18 @@ export function trapSignals(): { abort: AbortController; interrupted: () => numb
   process.on('SIGHUP', onSignal);
   return { abort, interrupted: () => code };
 }
+
+/** p50 and p95 of latency samples (ms), with the samples in the order taken. */
+export interface Stats {
+  readonly p50: number;
+  readonly p95: number;
+  readonly samples: readonly number[];
+}
+
+export function stats(samples: readonly number[]): Stats {
+  const sorted = [...samples].sort((a, b) => a - b);
+  return { p50: quantile(sorted, 0.5), p95: quantile(sorted, 0.95), samples };
+}
+
+/** Milliseconds to two decimals, for JSON output. */
+export const round = (ms: number): number => Math.round(ms * 100) / 100;

@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
 import { IMAGE, Podman, REFERENCE_PLUGINS, referenceConflist } from '../test/lab/podman.ts';
-import { exec, execOk, intOption, optionsOrExit, progress, quantile, timed, trapSignals } from './lib.ts';
+import { exec, execOk, intOption, optionsOrExit, progress, quantile, round, type Stats, stats, timed, trapSignals } from './lib.ts';
 
 const DEFAULT_RUNS = 10;
 const SIDES = ['none', 'reference', 'netavark', 'ctnet'] as const;
@@ -109,19 +109,6 @@ async function runOnce(side: Side): Promise<void> {
 // ---------------------------------------------------------------------------------------------
 // Statistics
 
-interface Stats {
-  readonly p50: number;
-  readonly p95: number;
-  /** Every sample, in ms, in the order taken. */
-  readonly samples: readonly number[];
-}
-
-function stats(samples: readonly number[]): Stats {
-  const sorted = [...samples].sort((a, b) => a - b);
-  return { p50: quantile(sorted, 0.5), p95: quantile(sorted, 0.95), samples };
-}
-
-const round = (ms: number): number => Math.round(ms * 100) / 100;
 
 interface Machine {
   readonly kernel: string;
