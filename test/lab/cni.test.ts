@@ -184,6 +184,20 @@ describe('CNI plugin', () => {
     assert.equal(await hostLinks(), 0);
   });
 
+  it('chains with the reference bandwidth plugin: it finds the host veth in our result and shapes it', async () => {
+    const ns = newNetns();
+    const bw = { cniVersion: '1.0.0', name: base.name, type: 'bandwidth', runtimeConfig: { bandwidth: { ingressRate: 8_000_000, ingressBurst: 80_000 } } };
+    const add = await call(env('ADD', 'bw1', ns), conf());
+    assert.equal(add.code, 0, add.stdout);
+    const b = await execPlugin(lab, '/usr/lib/cni/bandwidth', env('ADD', 'bw1', ns), JSON.stringify({ ...bw, prevResult: add.json }));
+    assert.equal(b.code, 0, b.stdout + b.stderr);
+    const hostVeth = (add.json!.interfaces as { name: string }[])[1]!.name;
+    assert.match((await lab.inHost(['tc', 'qdisc', 'show', 'dev', hostVeth])).stdout, /tbf .*rate 8Mbit/);
+    assert.equal((await execPlugin(lab, '/usr/lib/cni/bandwidth', env('DEL', 'bw1', ns), JSON.stringify({ ...bw, prevResult: b.json }))).code, 0);
+    assert.equal((await call(env('DEL', 'bw1', ns), conf({ prevResult: b.json }))).code, 0);
+    assert.equal(await hostLinks(), 0);
+  });
+
   it('DEL is idempotent, and complete with the netns gone, CNI_NETNS empty, or no runtimeConfig', async () => {
     const withPorts = (p: number) => conf({ runtimeConfig: { portMappings: [{ hostPort: p, containerPort: 80, protocol: 'udp' }] } });
     const a = newNetns();
