@@ -124,6 +124,32 @@ describe('crash safety', () => {
     for (const x of s.sandboxes.filter((x) => String(x.name).startsWith('k'))) await lab.ctnetOk(['rm', String(x.name)]);
   });
 
+  it('ctnetd SIGKILLed at a random moment under 10 parallel ADDs: gc, then the runtime\'s DELs, leave nothing', async () => {
+    const plugin = (await lab.ctnetOk(['cni', 'install', '--bin-dir', `${lab.stateDir}/cni-bin`])).trim();
+    const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'net', type: 'ctnet', stateDir: lab.stateDir });
+    const nss = Array.from({ length: 10 }, (_, i) => `ctrand-${lab.id}-${i}`);
+    for (const n of nss) await lab.inHost(['ip', 'netns', 'add', n]);
+    const cni = (command: string, i: number) => lab.inHost(['sh', '-c', `${plugin} <<'EOF'\n${conf}\nEOF`],
+      { CNI_COMMAND: command, CNI_CONTAINERID: `rand${i}`, CNI_NETNS: `/run/netns/${nss[i]}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' });
+    try {
+      assert.equal((await cni('DEL', 0)).code, 0); // starts ctnetd
+      const pid = Number(/pid (\d+)/.exec(await lab.ctnetOk(['daemon', 'status']))![1]);
+      const adds = Promise.all(nss.map((_, i) => cni('ADD', i)));
+      await new Promise((r) => setTimeout(r, 20 + Math.floor(Math.random() * 150)));
+      process.kill(pid, 'SIGKILL');
+      const results = await adds;
+      assert.ok(results.every((r) => r.code === 0 || /"code":11/.test(r.stdout)), 'each ADD succeeded or was told to try again');
+      await lab.ctnetOk(['gc']);
+      assert.deepEqual(await checkConsistent(lab), []);
+      for (const i of nss.keys()) assert.equal((await cni('DEL', i)).code, 0);
+      assert.deepEqual(readStore(lab).cni, []);
+      assert.deepEqual(await checkConsistent(lab), []);
+    } finally {
+      await lab.ctnetOk(['daemon', 'stop']);
+      for (const n of nss) await lab.inHost(['ip', 'netns', 'del', n]);
+    }
+  });
+
   it('network create and network rm, killed at every point, then gc', async () => {
     await crashEverywhere((n) => ['network', 'create', `n${n}`, '--subnet', `10.47.${n}.0/24`]);
     await crashEverywhere((n) => ['network', 'rm', `m${n}`], async (n) => {
