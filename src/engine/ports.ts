@@ -128,11 +128,13 @@ export async function applyPorts(ctx: Ctx, facts: readonly PortFacts[], undo: Un
  */
 export async function forgetStaleFlows(ctx: Ctx, facts: readonly PortFacts[]): Promise<void> {
   if (facts.length === 0) return;
-  await forgetFlows(ctx, async () => {
-    const local = await localAddresses(ctx);
-    return (f) => facts.some(({ mapping: m }) =>
+  await forgetFlows(ctx, async (flows) => {
+    const candidates = flows.filter((f) => f.reply.src === f.orig.dst && facts.some(({ mapping: m }) =>
       f.proto === m.proto && f.orig.dport !== undefined && f.orig.dport >= m.hostPort && f.orig.dport < m.hostPort + m.count &&
-      local.has(f.orig.dst) && (isWildcard(m.hostIp) || f.orig.dst === m.hostIp) && hostIpFamilies(m.hostIp).includes(f.family));
+      (isWildcard(m.hostIp) || f.orig.dst === m.hostIp) && hostIpFamilies(m.hostIp).includes(f.family)));
+    if (candidates.length === 0) return []; // the usual case: no need to list the host's addresses
+    const local = await localAddresses(ctx);
+    return candidates.filter((f) => local.has(f.orig.dst));
   });
 }
 
@@ -149,28 +151,41 @@ export async function unapplyPorts(ctx: Ctx, facts: readonly PortFacts[]): Promi
 /** Deletes the flows still DNATed through these mappings. */
 export async function forgetUnpublished(ctx: Ctx, facts: readonly PortFacts[]): Promise<void> {
   if (facts.length === 0) return;
-  await forgetFlows(ctx, async () => (f) => facts.some(({ mapping: m, targets }) =>
+  await forgetFlows(ctx, async (flows) => flows.filter((f) => facts.some(({ mapping: m, targets }) =>
     f.proto === m.proto && targets.some((t) => t.ip === f.reply.src) && f.orig.dst !== f.reply.src &&
-    f.reply.sport !== undefined && f.reply.sport >= m.containerPort && f.reply.sport < m.containerPort + m.count));
+    f.reply.sport !== undefined && f.reply.sport >= m.containerPort && f.reply.sport < m.containerPort + m.count)));
 }
 
 /** Deletes every flow from, to or DNATed to these addresses (they are being released). */
 export async function forgetAddresses(ctx: Ctx, ips: readonly string[]): Promise<void> {
   if (ips.length === 0) return;
   const set = new Set(ips);
-  await forgetFlows(ctx, async () => (f) => set.has(f.orig.src) || set.has(f.orig.dst) || set.has(f.reply.src) || set.has(f.reply.dst));
+  await forgetFlows(ctx, async (flows) => flows.filter((f) => set.has(f.orig.src) || set.has(f.orig.dst) || set.has(f.reply.src) || set.has(f.reply.dst)));
 }
 
-/** Deletes the flows match() picks; in the daemon, after the reply (see Ctx.defer). */
-async function forgetFlows(ctx: Ctx, matcher: () => Promise<(f: Flow) => boolean>): Promise<void> {
+/** Picks, from all tracked flows, the ones to delete. */
+type FlowPicker = (flows: readonly Flow[]) => Promise<Flow[]>;
+
+/** Pickers waiting for the deferred run of their request (one conntrack listing for all of them). */
+const deferred = new WeakMap<Ctx, FlowPicker[]>();
+
+/** Deletes the flows pick() chooses; in the daemon, after the reply, with one listing per request (see Ctx.defer). */
+async function forgetFlows(ctx: Ctx, pick: FlowPicker): Promise<void> {
   if (ctx.runner.dryRun) return; // the flows to delete depend on the moment; nothing to print ahead
-  const work = async () => {
-    const match = await matcher();
-    const flows = (await conntrackList(ctx.runner)).filter(match);
-    await conntrackDelete(ctx.runner, flows);
+  const run = async (pickers: readonly FlowPicker[]) => {
+    const flows = await conntrackList(ctx.runner);
+    const chosen = new Set((await Promise.all(pickers.map((p) => p(flows)))).flat());
+    await conntrackDelete(ctx.runner, [...chosen]);
   };
-  if (ctx.defer) ctx.defer(work);
-  else await work();
+  if (!ctx.defer) return run([pick]);
+  const waiting = deferred.get(ctx);
+  if (waiting) return void waiting.push(pick);
+  const pickers = [pick];
+  deferred.set(ctx, pickers);
+  ctx.defer(async () => {
+    deferred.delete(ctx);
+    await run(pickers);
+  });
 }
 
 async function localAddresses(ctx: Ctx): Promise<Set<string>> {

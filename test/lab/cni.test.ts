@@ -184,6 +184,22 @@ describe('CNI plugin', () => {
     assert.equal(await hostLinks(), 0);
   });
 
+  it('a UDP client sending to the host port before the ADD reaches the container after it (stale flow cleared by ctnetd)', async () => {
+    const flow = lab.inWorld(Lab.flowArgv(UPLINK.host4, 9100, 'late', 20_000));
+    await new Promise((r) => setTimeout(r, 500)); // conntrack now holds the un-NATed flow to the host
+    const ns = newNetns();
+    const add = await call(env('ADD', 'late', ns), conf({ runtimeConfig: { portMappings: [{ hostPort: 9100, containerPort: 91, protocol: 'udp' }] } }));
+    assert.equal(add.code, 0, add.stdout);
+    const server = spawn('nsenter', [`--net=${ns}`, ...Lab.serverArgv('late', { udp: 91 })], { stdio: 'ignore', detached: true });
+    try {
+      const r = await flow;
+      assert.equal(r.code, 0, `the flow reached the container (saw: ${r.stdout.trim()})`);
+    } finally {
+      server.kill('SIGKILL');
+    }
+    assert.equal((await call(env('DEL', 'late', ns), conf())).code, 0);
+  });
+
   it('chains with the reference bandwidth plugin: it finds the host veth in our result and shapes it', async () => {
     const ns = newNetns();
     const bw = { cniVersion: '1.0.0', name: base.name, type: 'bandwidth', runtimeConfig: { bandwidth: { ingressRate: 8_000_000, ingressBurst: 80_000 } } };
