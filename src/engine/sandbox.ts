@@ -137,16 +137,32 @@ export async function applyAttach(ctx: Ctx, ns: Netns, p: AttachPlan, undo: Undo
   const { runner } = ctx;
   const { host, inside } = attachCommands(ctx, ns, p);
   runner.note(`${p.attachment.sandbox}: ${p.attachment.ifname} on network ${p.network.name} (${p.addresses.map((a) => a.ip).join(', ')}), host side ${p.attachment.hostVeth}`);
+  const facts = { bridge: p.network.bridge, addresses: p.addresses };
+  const script = [...endpointElements('add', facts), ...extra.add].join('\n') + '\n';
   // Deleting the host end removes both ends of the pair.
   undo.push(`veth ${p.attachment.hostVeth}`, () => ignoreMissing(() => runIp(runner, [linkDel(p.attachment.hostVeth)])));
-  await runIp(runner, host);
-  crashPoint();
-  await runIp(runner, inside);
-  crashPoint();
-  const facts = { bridge: p.network.bridge, addresses: p.addresses };
   undo.push(`nft elements of ${p.attachment.sandbox}`, () => applyNftDelete(runner, [...endpointElements('delete', facts), ...extra.del]));
-  await nftApply(runner, [...endpointElements('add', facts), ...extra.add].join('\n') + '\n');
+  if (runner.explaining) {
+    await runIp(runner, host);
+    crashPoint();
+    await runIp(runner, inside);
+    crashPoint();
+    await nftApply(runner, script);
+  } else {
+    // The nft elements name the bridge and addresses, not the veth: they go in side by side with
+    // the host's half of the link (both undone, whichever failed).
+    await settleAll([runIp(runner, host), nftApply(runner, script)]);
+    crashPoint();
+    await runIp(runner, inside);
+  }
   crashPoint();
+}
+
+/** Like Promise.all, but waits for every promise before throwing the first failure (nothing runs on after a rollback). */
+async function settleAll(ps: readonly Promise<unknown>[]): Promise<void> {
+  const results = await Promise.allSettled(ps);
+  const failed = results.find((r) => r.status === 'rejected');
+  if (failed) throw (failed as PromiseRejectedResult).reason;
 }
 
 /**
@@ -303,7 +319,7 @@ export async function teardownAttachment(ctx: Ctx, a: AttachmentRow, addresses: 
   } else {
     // Independent, and each idempotent: the veth deletion (the kernel's slowest step) and the nft
     // transaction run side by side.
-    await Promise.all([unlink(), unlist()]);
+    await settleAll([unlink(), unlist()]);
   }
   crashPoint();
   await forgetAddresses(ctx, addresses.map((x) => x.ip));
