@@ -133,7 +133,8 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
   // The runtime holds published host ports open itself (podman's conmon): never refuse for a listener.
   const host = await readHost(ctx, { mappings: conf.portMappings, force: true });
   const sandbox = sandboxNameFor(store, req.containerId, req.netns);
-  const ns: Netns = { path: req.netns };
+  // A netns in /run/netns can be named (`ip -n NAME`): one exec fewer than nsenter + ip.
+  const ns: Netns = /^\/run\/netns\/[^/]+$/.test(req.netns) ? { name: req.netns.slice('/run/netns/'.length) } : { path: req.netns };
   const before = portFacts(store, sandbox);
   const { plan, ports } = store.write(() => {
     const existing = store.sandbox(sandbox);
