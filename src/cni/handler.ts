@@ -3,6 +3,7 @@
 import type { Ctx } from '../engine/context.ts';
 import { cniAdd, cniCheck, cniDel, cniGc, cniStatus, toCniError } from '../engine/cni.ts';
 import type { Reply } from '../daemon/wire.ts';
+import { parseLabel } from '../model/policy.ts';
 import {
   CniError, CODE, configVersion, decode, mergeResult, parseConfig, parseEnv, renderError, renderResult, renderVersion,
   SUPPORTED_VERSIONS,
@@ -21,7 +22,7 @@ export async function handleCni(ctx: Ctx, env: Readonly<Record<string, string | 
     configVersion(raw);
     const parsed = parseConfig(raw, e.command);
     warnings.push(...parsed.warnings);
-    const conf = parsed.conf;
+    const conf = { ...parsed.conf, labels: withRuntimeLabels(parsed.conf.labels, e.args, warnings) };
     const req = { containerId: e.containerId, netns: e.netns, ifname: e.ifname, conf };
     switch (e.command) {
       case 'ADD': {
@@ -50,6 +51,25 @@ export async function handleCni(ctx: Ctx, env: Readonly<Record<string, string | 
     const ce = toCniError(err);
     return { exit: 1, stdout: JSON.stringify(renderError(ce, version)) + '\n', stderr: stderrOf(warnings) };
   }
+}
+
+/**
+ * The pod (podman: container) name and namespace runtimes pass in CNI_ARGS become the labels
+ * Kubernetes uses for them, so policy can select by them; args.cni.labels win over these.
+ */
+function withRuntimeLabels(labels: readonly { key: string; value: string }[], args: ReadonlyMap<string, string>,
+  warnings: string[]): { key: string; value: string }[] {
+  const out = [...labels];
+  for (const [arg, key] of [['K8S_POD_NAME', 'io.kubernetes.pod.name'], ['K8S_POD_NAMESPACE', 'io.kubernetes.pod.namespace']] as const) {
+    const value = args.get(arg);
+    if (!value || out.some((l) => l.key === key)) continue;
+    try {
+      out.push(parseLabel(`CNI_ARGS ${arg}`, `${key}=${value}`));
+    } catch (err) {
+      warnings.push(`not a label: ${(err as Error).message}`);
+    }
+  }
+  return out;
 }
 
 const stderrOf = (warnings: readonly string[]) => warnings.map((w) => `ctnet: warning: ${w}\n`).join('');

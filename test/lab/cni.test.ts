@@ -127,6 +127,15 @@ describe('CNI plugin', () => {
     assert.equal(del.code, 0, del.stdout);
   });
 
+  it('the pod name and namespace in CNI_ARGS become labels policy can select', async () => {
+    const ns = newNetns();
+    const r = await call({ ...env('ADD', 'pod1', ns), CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=cart-7d9f' }, conf());
+    assert.equal(r.code, 0, r.stdout);
+    const ls = JSON.parse(await lab.ctnetOk(['ls', '--json'])) as { netns: string; labels: Json }[];
+    assert.deepEqual(ls.find((x) => x.netns === ns)?.labels, { 'io.kubernetes.pod.name': 'cart-7d9f', 'io.kubernetes.pod.namespace': 'shop' });
+    assert.equal((await call(env('DEL', 'pod1', ns), conf())).code, 0);
+  });
+
   it('answers in the config\'s version: 0.4.0 results name the IP family, 1.1.0 results say 1.1.0', async () => {
     const ns = newNetns();
     const old = await call(env('ADD', 'v040', ns), conf({ cniVersion: '0.4.0' }));
