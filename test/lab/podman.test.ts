@@ -174,12 +174,14 @@ podmanScenario('podman with ctnet\'s CNI plugin (ctnet cni install)', {
   },
   whileRunning(c) {
     it('ctnet ls shows both containers on pnet, with podman\'s addresses and netns files', async () => {
-      const rows = JSON.parse(await c.lab.ctnetOk(['ls', '--json'])) as { name: string; networks: string[]; addresses: string[]; netns: string }[];
+      const rows = JSON.parse(await c.lab.ctnetOk(['ls', '--json'])) as
+        { name: string; networks: string[]; addresses: string[]; netns: string; labels: Record<string, string> }[];
       for (const [name, { ip, netns }] of c.seen) {
         const row = rows.find((r) => r.addresses.includes(ip));
         assert.ok(row, `a ctnet sandbox with ${name}'s address ${ip} (ctnet ls: ${JSON.stringify(rows)})`);
         assert.deepEqual(row.networks, ['pnet']);
         assert.equal(row.netns, netns);
+        assert.equal(row.labels['io.kubernetes.pod.name'], name, 'podman\'s container name (K8S_POD_NAME) is a label');
       }
     });
   },
