@@ -33,6 +33,9 @@ describe('published ports', () => {
     await serve('c', 'other', [], { tcp: 80 }); // 10.92.0.2
     await until(() => fromWorld('tcp', UPLINK.host4, 8080));
     await until(() => fromWorld('tcp', UPLINK.host4, 9000));
+    // IPv6's first neighbour discovery (world -> uplink, host -> sandbox) can need a retransmission
+    // under load (CI runs two lab files at once): wait for that path too before judging it.
+    await until(() => fromWorld('tcp', UPLINK.host6, 8080));
   });
   after(() => lab?.destroy());
 
