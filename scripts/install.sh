@@ -38,5 +38,8 @@ if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.j
   npm ci --silent --no-audit --no-fund >/dev/null
 fi
 
+# The bundled command (bin/ctnet falls back to src/ when it is missing or older than src/).
+scripts/build.sh
+
 ln -sf "$root/bin/ctnet" /usr/local/bin/ctnet
 echo "install: ready ($(scripts/node --version), $(nft --version | head -1), ctnet -> $root/bin/ctnet)"

@@ -3,12 +3,11 @@
 import { execFileSync } from 'node:child_process';
 import { chmodSync, copyFileSync, existsSync, mkdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { CtnetError } from '../errors.ts';
 import type { Store } from '../store/store.ts';
 import { SUPPORTED_VERSIONS } from './protocol.ts';
+import { ROOT } from '../root.ts';
 
-const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SOURCE = join(ROOT, 'src', 'cni', 'client.c');
 export const CLIENT = join(ROOT, 'build', 'ctnet-cni');
 /** What the client starts as the daemon: this checkout's launcher. */

@@ -6,13 +6,13 @@ import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { DatabaseSync } from 'node:sqlite';
 import { addrAdd, linkSetUp, netnsAdd, netnsDel, routeSetDefault, runIp, type IpCommand } from '../kernel/ip.ts';
 import { netnsKillAll, netnsNames } from '../kernel/netns.ts';
 import { Runner } from '../kernel/runner.ts';
+import { ROOT } from '../root.ts';
 
-export const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
+export { ROOT };
 const CTNET = join(ROOT, 'bin', 'ctnet');
 const NODE = join(ROOT, 'scripts', 'node');
 const NETCHECK = join(ROOT, 'src', 'lab', 'netcheck.ts');

@@ -1,0 +1,11 @@
+#!/bin/sh
+# Bundles the ctnet command into build/ctnet.mjs: one plain-JS file, so a start skips type
+# stripping and ~45 module loads (bin/ctnet uses it while it is newer than everything in src/).
+set -eu
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+mkdir -p build
+node_modules/.bin/esbuild src/cli/main.ts --bundle --platform=node --format=esm --target=node24 \
+  --outfile=build/ctnet.mjs.tmp --log-level=warning \
+  --banner:js="import { createRequire as __ctnetRequire } from 'node:module'; const require = __ctnetRequire(import.meta.url);"
+mv build/ctnet.mjs.tmp build/ctnet.mjs
