@@ -2,7 +2,7 @@
 // there), in the network namespace of whoever started it. It keeps the store open and runs one
 // request at a time, so requests never interleave their kernel work; the store's transactions
 // still serialise it against CLI processes using the same state directory.
-import { chmodSync, existsSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, fstatSync, ftruncateSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -18,6 +18,22 @@ const LOCK_NAME = 'ctnetd.lock';
 const PID_NAME = 'ctnetd.pid';
 
 export const socketPath = (stateDir: string) => join(stateDir, SOCKET_NAME);
+
+/** The log (ctnetd.log, where the plugin points stderr) keeps at most this much, plus one older copy. */
+const LOG_MAX = Number(process.env.CTNET_LOG_MAX_BYTES) || 8 << 20;
+
+/** When stderr is STATE_DIR/ctnetd.log and has grown past LOG_MAX: copy it to .1 and start again. */
+function boundLog(stateDir: string): void {
+  const path = join(stateDir, 'ctnetd.log');
+  try {
+    const mine = fstatSync(2);
+    if (mine.size < LOG_MAX || mine.ino !== statSync(path).ino) return;
+    copyFileSync(path, `${path}.1`);
+    ftruncateSync(2, 0); // opened with O_APPEND: the next line starts the file again
+  } catch {
+    // stderr is not that file (a terminal, a pipe): nothing to bound
+  }
+}
 
 const log = (m: string) => process.stderr.write(`${new Date().toISOString()} ctnetd[${process.pid}]: ${m}\n`);
 const myNetns = () => readlinkSync('/proc/self/ns/net');
@@ -141,6 +157,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
       });
       queue = run.catch((e: Error) => log(`request failed: ${e.stack ?? e.message}`));
       void run.finally(() => {
+        boundLog(opts.stateDir);
         busy--;
         armIdle();
       });

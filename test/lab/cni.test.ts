@@ -409,6 +409,16 @@ describe('CNI plugin', () => {
     });
   });
 
+  it('ctnetd keeps its log bounded: past the limit it keeps one older copy and starts again', async () => {
+    await lab.ctnetOk(['daemon', 'stop']);
+    const status = () => call({ CNI_COMMAND: 'STATUS', CNI_PATH: '/usr/lib/cni' }, conf({ cniVersion: '1.1.0' }), { CTNET_LOG_MAX_BYTES: '1500' });
+    for (let i = 0; i < 30; i++) assert.equal((await status()).code, 0);
+    const { statSync } = await import('node:fs');
+    assert.ok(statSync(join(lab.stateDir, 'ctnetd.log')).size < 1500 + 400, 'the log was cut');
+    assert.ok(statSync(join(lab.stateDir, 'ctnetd.log.1')).size >= 1500, 'the older copy is kept');
+    await lab.ctnetOk(['daemon', 'stop']); // the next test's calls start one with the default limit
+  });
+
   it('`ctnet cni exec` runs the same handler without the daemon', async () => {
     const file = join(dir, 'exec.json');
     writeFileSync(file, JSON.stringify(conf({ cniVersion: '9.9.9' })));
