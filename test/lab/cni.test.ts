@@ -319,10 +319,11 @@ describe('CNI plugin', () => {
     const child = spawn('nsenter', [`--net=/run/netns/${lab.host}`, plugin], {
       env: { PATH: process.env.PATH, ...env('ADD', 'killed', ns) } as NodeJS.ProcessEnv,
     });
+    const closed = new Promise((r) => child.on('close', r)); // before the kill: a fast ADD may finish first
     child.stdin.end(JSON.stringify(conf()));
-    await new Promise((r) => setTimeout(r, 15));
+    await new Promise((r) => setTimeout(r, 5)); // an ADD through ctnetd takes ~15 ms
     child.kill('SIGKILL');
-    await new Promise((r) => child.on('close', r));
+    await closed;
     const st = await call({ CNI_COMMAND: 'STATUS', CNI_PATH: '/usr/lib/cni' }, conf({ cniVersion: '1.1.0' }));
     assert.equal(st.code, 0, 'ctnetd still answers');
     assert.equal((await call(env('DEL', 'killed', ns), conf())).code, 0);
