@@ -164,6 +164,7 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
     if (!runner.dryRun) {
       store.write(() => {
         store.deleteAttachment(sandbox, network.name);
+        for (const r of ports) store.deletePort(r); // the sandbox may live on, with its other attachments
         if (store.attachments({ sandbox }).length === 0) store.deleteSandbox(sandbox);
       });
     }
