@@ -136,6 +136,7 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
   // A netns in /run/netns can be named (`ip -n NAME`): one exec fewer than nsenter + ip.
   const ns: Netns = /^\/run\/netns\/[^/]+$/.test(req.netns) ? { name: req.netns.slice('/run/netns/'.length) } : { path: req.netns };
   const before = portFacts(store, sandbox);
+  const labelsBefore = store.labels(sandbox);
   const { plan, ports } = store.write(() => {
     const existing = store.sandbox(sandbox);
     if (!existing) store.insertSandbox({ name: sandbox, netns: req.netns, owned: false, state: 'ready' });
@@ -164,7 +165,10 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
     if (!runner.dryRun) {
       store.write(() => {
         store.deleteAttachment(sandbox, network.name);
-        for (const r of ports) store.deletePort(r); // the sandbox may live on, with its other attachments
+        // The sandbox may live on, with its other attachments: as it was before this ADD.
+        for (const r of ports) store.deletePort(r);
+        for (const l of conf.labels) store.deleteLabel(sandbox, l.key);
+        for (const l of labelsBefore) store.setLabel(sandbox, l.key, l.value);
         if (store.attachments({ sandbox }).length === 0) store.deleteSandbox(sandbox);
       });
     }

@@ -375,13 +375,13 @@ describe('CNI plugin', () => {
       inNs(ns, ['ip', 'link', 'del', 'eth0']);
     });
 
-    it('a failed second attachment leaves the first as it was, with none of its ports recorded', async () => {
+    it('a failed second attachment leaves the first as it was, with none of its ports or labels recorded', async () => {
       const two = newNetns();
       assert.equal((await call(env('ADD', 'half', two, 'eth0'), conf())).code, 0);
       inNs(two, ['ip', 'link', 'add', 'eth1', 'type', 'veth', 'peer', 'name', 'other1']);
       const before = await snapshot();
       const r = await call(env('ADD', 'half', two, 'eth1'),
-        conf({ name: 'cnet2', network: 'cnet2', runtimeConfig: { portMappings: [{ hostPort: 9200, containerPort: 80 }] } }));
+        conf({ name: 'cnet2', network: 'cnet2', runtimeConfig: { portMappings: [{ hostPort: 9200, containerPort: 80 }] }, args: { cni: { labels: [{ key: 'tier', value: 'x' }] } } }));
       assert.equal(r.json?.code, 4, r.stdout);
       assert.equal(await snapshot(), before);
       assert.equal((await call(env('DEL', 'half', two, 'eth0'), conf())).code, 0);

@@ -14,6 +14,7 @@ export interface StoreDump {
   addresses: Row[];
   ports: Row[];
   cni: Row[];
+  labels: Row[];
 }
 
 export function readStore(lab: Lab): StoreDump {
@@ -28,6 +29,7 @@ export function readStore(lab: Lab): StoreDump {
       addresses: all('SELECT * FROM addresses'),
       ports: all('SELECT * FROM ports'),
       cni: all('SELECT * FROM cni_attachments'),
+      labels: all('SELECT * FROM labels'),
     };
   } finally {
     db.close();
