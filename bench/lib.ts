@@ -25,7 +25,11 @@ export function exec(argv: readonly string[], opts: { input?: string; env?: Node
 
 /** Like exec(), but a failure throws an error naming the command, its exit code and its output. */
 export async function execOk(argv: readonly string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<string> {
-  const r = await exec(argv, opts);
+  return check(argv, await exec(argv, opts));
+}
+
+/** The stdout of a finished command, or an error naming it, its exit code and its output. */
+export function check(argv: readonly string[], r: Exit): string {
   if (r.code !== 0) {
     // CNI plugins report errors as JSON on stdout, not stderr.
     const detail = (r.stderr.trim() || r.stdout.trim()).split('\n').slice(-3).join('; ');

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
-import { intOption, optionsOrExit, progress, quantile, timed, trapSignals } from './lib.ts';
+import { check, exec, execOk, type Exit, intOption, optionsOrExit, progress, quantile, timed, trapSignals } from './lib.ts';
 
 const SMALL = 10;
 const DEFAULT_RULES = 10_000;
@@ -91,36 +91,6 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
 
 // ---------------------------------------------------------------------------------------------
 // Processes
-
-interface Exit {
-  readonly code: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
-
-/** Spawns argv (no shell), feeds it `input`, and resolves when it exits. Never rejects. */
-function exec(argv: readonly string[], input = ''): Promise<Exit> {
-  return new Promise((resolve) => {
-    const child = spawn(argv[0]!, argv.slice(1), { stdio: 'pipe' });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.on('error', (e) => resolve({ code: 127, stdout, stderr: stderr + String(e) }));
-    child.on('close', (code, signal) => resolve({ code: code ?? (signal ? 128 : 1), stdout, stderr }));
-    child.stdin.on('error', () => {}); // the child may exit without reading stdin; its exit code says why
-    child.stdin.end(input);
-  });
-}
-
-function check(argv: readonly string[], r: Exit): string {
-  if (r.code !== 0) throw new Error(`${argv.join(' ')} failed (exit ${r.code}): ${r.stderr.trim().split('\n').slice(-3).join('; ')}`);
-  return r.stdout;
-}
-
-async function execOk(argv: readonly string[], input = ''): Promise<string> {
-  return check(argv, await exec(argv, input));
-}
 
 const inNetns = (netns: string, argv: readonly string[]): string[] => ['nsenter', `--net=/run/netns/${netns}`, ...argv];
 
@@ -304,7 +274,7 @@ class IptablesSetup implements Setup {
   }
 
   async #hostOk(argv: readonly string[], input = ''): Promise<string> {
-    return execOk(inNetns(this.lab.host, argv), input);
+    return execOk(inNetns(this.lab.host, argv), { input });
   }
 
   async addBatch(first: number, n: number): Promise<void> {
