@@ -133,8 +133,7 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
   // The runtime holds published host ports open itself (podman's conmon): never refuse for a listener.
   const host = await readHost(ctx, { mappings: conf.portMappings, force: true });
   const sandbox = sandboxNameFor(store, req.containerId, req.netns);
-  // A netns in /run/netns can be named (`ip -n NAME`): one exec fewer than nsenter + ip.
-  const ns: Netns = /^\/run\/netns\/[^/]+$/.test(req.netns) ? { name: req.netns.slice('/run/netns/'.length) } : { path: req.netns };
+  const ns = sandboxNetns({ netns: req.netns });
   const before = portFacts(store, sandbox);
   const labelsBefore = store.labels(sandbox);
   const { plan, ports } = store.write(() => {
@@ -201,11 +200,11 @@ export async function cniDel(ctx: Ctx, key: { containerId: string; ifname: strin
   return true;
 }
 
-async function removeCniAttachment(ctx: Ctx, row: CniRow): Promise<void> {
-  // disconnect removes the veth (both ends go with the host end, even when the netns is gone), the
-  // nft elements, ports, flows and addresses, and the sandbox with its last attachment.
-  await disconnect(ctx, row.network, row.sandbox);
-}
+/**
+ * disconnect removes the veth (both ends go with the host end, even when the netns is gone), the nft
+ * elements, ports, flows and addresses, and the sandbox with its last attachment.
+ */
+const removeCniAttachment = (ctx: Ctx, row: CniRow) => disconnect(ctx, row.network, row.sandbox);
 
 /** GC: DELs every attachment of this CNI network that the runtime no longer lists. */
 export async function cniGc(ctx: Ctx, cniNetwork: string, valid: readonly { containerId: string; ifname: string }[]): Promise<string[]> {
@@ -237,7 +236,7 @@ export async function cniCheck(ctx: Ctx, req: CniRequest): Promise<void> {
   const link = links.find((l) => l.ifname === req.ifname);
   if (!link) throw fail(`interface ${req.ifname} is missing`);
   if (link.address !== a.mac) throw fail(`interface ${req.ifname} has MAC ${link.address}, expected ${a.mac}`);
-  const hostLink = (await linkList(runner)).find((l) => l.ifname === a.hostVeth);
+  const [hostLink] = await linkShow(runner, a.hostVeth);
   const network = store.network(row.network)!;
   if (!hostLink) throw fail(`host interface ${a.hostVeth} is missing`);
   if (hostLink.master !== network.bridge) throw fail(`host interface ${a.hostVeth} is not on bridge ${network.bridge}`);
@@ -275,9 +274,9 @@ export async function cniStatus(ctx: Ctx, conf: NetConf): Promise<void> {
       `create it with "ctnet network create ${conf.network} --subnet CIDR"`);
   }
   if (n.state !== 'ready') throw new CniError(CODE.NOT_AVAILABLE, `network ${n.name} is ${n.state}`, 'wait for it, or run "ctnet gc"');
-  const links = await linkList(runner);
+  const bridge = (await linkShow(runner, n.bridge)).length > 0;
   const table = await nftTableExists(runner, 'inet', 'ctnet');
-  if (!links.some((l) => l.ifname === n.bridge) || !table) {
+  if (!bridge || !table) {
     const what = !table ? 'the nftables table inet ctnet is missing' : `bridge ${n.bridge} is missing`;
     throw new CniError(store.attachments({ network: n.name }).length ? CODE.LIMITED_CONNECTIVITY : CODE.NOT_AVAILABLE,
       `network ${n.name} is broken: ${what}`, 'run "ctnet gc" to rebuild it from the state');

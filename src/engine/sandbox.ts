@@ -3,7 +3,7 @@
 import { CtnetError } from '../errors.ts';
 import {
   addrAdd, linkAddVeth, linkDel, linkList, linkSetHairpin, linkSetMaster, linkSetUp, netnsAdd, netnsDel,
-  routeSetDefault, runIp, type IpCommand, type Netns,
+  netnsOf, routeSetDefault, runIp, type IpCommand, type Netns,
 } from '../kernel/ip.ts';
 import { nftApply } from '../kernel/nft.ts';
 import { isNetnsFile, netnsKillAll, netnsPids } from '../kernel/netns.ts';
@@ -24,9 +24,8 @@ import { syncPolicy } from './policy.ts';
 
 const NO_PORTS: PublishRequest = { mappings: [], force: false };
 
-export function sandboxNetns(s: Pick<SandboxRow, 'netns' | 'owned'>): Netns {
-  const prefix = '/run/netns/';
-  return s.owned && s.netns.startsWith(prefix) ? { name: s.netns.slice(prefix.length) } : { path: s.netns };
+export function sandboxNetns(s: Pick<SandboxRow, 'netns'>): Netns {
+  return netnsOf(s.netns);
 }
 
 export function getSandbox(ctx: Ctx, name: string): SandboxRow {
@@ -142,19 +141,11 @@ export async function applyAttach(ctx: Ctx, ns: Netns, p: AttachPlan, undo: Undo
   // Deleting the host end removes both ends of the pair.
   undo.push(`veth ${p.attachment.hostVeth}`, () => ignoreMissing(() => runIp(runner, [linkDel(p.attachment.hostVeth)])));
   undo.push(`nft elements of ${p.attachment.sandbox}`, () => applyNftDelete(runner, [...endpointElements('delete', facts), ...extra.del]));
-  if (runner.explaining) {
-    await runIp(runner, host);
-    crashPoint();
-    await runIp(runner, inside);
-    crashPoint();
-    await nftApply(runner, script);
-  } else {
-    // The nft elements name the bridge and addresses, not the veth: they go in side by side with
-    // the host's half of the link (both undone, whichever failed).
-    await settleAll([runIp(runner, host), nftApply(runner, script)]);
-    crashPoint();
-    await runIp(runner, inside);
-  }
+  // The nft elements name the bridge and addresses, not the veth: they go in side by side with the
+  // host's half of the link (both undone, whichever failed). --explain prints them in call order.
+  await settleAll([runIp(runner, host), nftApply(runner, script)]);
+  crashPoint();
+  await runIp(runner, inside);
   crashPoint();
 }
 
@@ -312,15 +303,9 @@ export async function teardownAttachment(ctx: Ctx, a: AttachmentRow, addresses: 
   // The host end: deleting it removes the container end too.
   const unlink = () => ignoreMissing(() => runIp(runner, [linkDel(a.hostVeth)]));
   const unlist = () => applyNftDelete(runner, [...(n ? endpointElements('delete', { bridge: n.bridge, addresses }) : []), ...extraDel]);
-  if (runner.explaining) {
-    await unlink();
-    crashPoint();
-    await unlist();
-  } else {
-    // Independent, and each idempotent: the veth deletion (the kernel's slowest step) and the nft
-    // transaction run side by side.
-    await settleAll([unlink(), unlist()]);
-  }
+  // Independent, and each idempotent: the veth deletion (the kernel's slowest step) and the nft
+  // transaction run side by side.
+  await settleAll([unlink(), unlist()]);
   crashPoint();
   await forgetAddresses(ctx, addresses.map((x) => x.ip));
 }

@@ -11,6 +11,12 @@ export interface IpCommand {
   readonly args: readonly string[];
 }
 
+/** A netns file as a Netns: one directly in /run/netns by name (`ip -n`, one exec fewer than nsenter). */
+export function netnsOf(path: string): Netns {
+  const m = /^\/run\/netns\/([^/]+)$/.exec(path);
+  return m ? { name: m[1]! } : { path };
+}
+
 export function netnsPath(ns: Netns): string {
   return 'name' in ns ? `/run/netns/${ns.name}` : ns.path;
 }

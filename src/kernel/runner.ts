@@ -37,11 +37,6 @@ export class Runner {
     this.#explain = options.explain;
   }
 
-  /** True when commands are printed (--explain, --dry-run): callers keep them in a readable order. */
-  get explaining(): boolean {
-    return this.#explain !== undefined;
-  }
-
   /** Prints a comment line in --explain output (context for the commands that follow). */
   note(text: string): void {
     this.#explain?.(`# ${text}`);
