@@ -5,7 +5,7 @@ import { cniAdd, cniCheck, cniDel, cniGc, cniStatus, toCniError } from '../engin
 import type { Reply } from '../daemon/wire.ts';
 import { parseLabel } from '../model/policy.ts';
 import {
-  CniError, CODE, configVersion, decode, mergeResult, parseConfig, parseEnv, renderError, renderResult, renderVersion,
+  CniError, CODE, decode, mergeResult, parseConfig, parseEnv, renderError, renderResult, renderVersion,
   SUPPORTED_VERSIONS,
 } from './protocol.ts';
 
@@ -19,7 +19,6 @@ export async function handleCni(ctx: Ctx, env: Readonly<Record<string, string | 
     const raw = e.command === 'VERSION' && stdin.trim() === '' ? {} : decode(stdin);
     if (typeof raw.cniVersion === 'string') version = raw.cniVersion;
     if (e.command === 'VERSION') return ok(JSON.stringify(renderVersion(version)));
-    configVersion(raw);
     const parsed = parseConfig(raw, e.command);
     warnings.push(...parsed.warnings);
     const conf = { ...parsed.conf, labels: withRuntimeLabels(parsed.conf.labels, e.args, warnings) };

@@ -53,14 +53,17 @@ function takeLock(stateDir: string): DatabaseSync | undefined {
   }
 }
 
+/** True while a daemon holds the lock of stateDir. */
+function lockHeld(stateDir: string): boolean {
+  if (!existsSync(join(stateDir, LOCK_NAME))) return false;
+  const probe = takeLock(stateDir);
+  probe?.close();
+  return probe === undefined;
+}
+
 /** The pid of the daemon serving stateDir, or undefined when none holds its lock. */
 export function daemonPid(stateDir: string): number | undefined {
-  if (!existsSync(join(stateDir, LOCK_NAME))) return undefined;
-  const probe = takeLock(stateDir);
-  if (probe) {
-    probe.close();
-    return undefined;
-  }
+  if (!lockHeld(stateDir)) return undefined;
   let text = '';
   try {
     text = readFileSync(join(stateDir, PID_NAME), 'utf8');
@@ -76,13 +79,8 @@ export async function stopDaemon(stateDir: string): Promise<boolean> {
   const pid = daemonPid(stateDir);
   if (!pid) return false;
   process.kill(pid, 'SIGTERM');
-  const held = () => {
-    const probe = existsSync(join(stateDir, LOCK_NAME)) ? takeLock(stateDir) : undefined;
-    probe?.close();
-    return probe === undefined;
-  };
-  for (let i = 0; i < 200 && held(); i++) await new Promise((r) => setTimeout(r, 50));
-  if (held()) process.kill(pid, 'SIGKILL');
+  for (let i = 0; i < 200 && lockHeld(stateDir); i++) await new Promise((r) => setTimeout(r, 50));
+  if (lockHeld(stateDir)) process.kill(pid, 'SIGKILL');
   return true;
 }
 

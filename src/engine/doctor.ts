@@ -3,7 +3,7 @@
 import { existsSync } from 'node:fs';
 import { nftChains } from '../kernel/nft.ts';
 import { Runner } from '../kernel/runner.ts';
-import { sysctlGet } from '../kernel/sysctl.ts';
+import { sysctlRead as read } from '../kernel/sysctl.ts';
 import { daemonPid } from '../daemon/server.ts';
 import type { Ctx } from './context.ts';
 import { gc } from './gc.ts';
@@ -14,14 +14,6 @@ export interface Finding {
   readonly detail: string;
   readonly hint?: string;
 }
-
-const read = (key: string): string | undefined => {
-  try {
-    return sysctlGet(key);
-  } catch {
-    return undefined;
-  }
-};
 
 export async function doctor(ctx: Ctx): Promise<Finding[]> {
   const { store, runner } = ctx;

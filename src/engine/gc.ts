@@ -5,7 +5,7 @@ import { addrAdd, linkAddBridge, linkDel, linkList, linkSetUp, netnsAdd, netnsDe
 import { nftApply } from '../kernel/nft.ts';
 import { isAlive } from '../kernel/proc.ts';
 import { isNetnsFile, netnsKillAll, netnsNames } from '../kernel/netns.ts';
-import { sysctlEnsure, sysctlGet } from '../kernel/sysctl.ts';
+import { sysctlEnsure, sysctlRead } from '../kernel/sysctl.ts';
 import { randomMac } from '../model/mac.ts';
 import { fullScript } from '../nft/ruleset.ts';
 import type { Ctx } from './context.ts';
@@ -15,14 +15,6 @@ import { attachCommands, defaultCarrier, sandboxNetns, teardownAttachment, teard
 import { ignoreMissing } from './undo.ts';
 import { portFacts } from './ports.ts';
 import { elementsBySet, policyElements } from './policy.ts';
-
-const sysctlRead = (key: string) => {
-  try {
-    return sysctlGet(key);
-  } catch {
-    return undefined;
-  }
-};
 
 /** Rows another live ctnet process is working on right now are left to it. */
 const interrupted = (r: { state: string; owner: string | null }) => r.state !== 'ready' && !(r.owner && isAlive(r.owner));

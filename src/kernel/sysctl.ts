@@ -12,14 +12,17 @@ export function sysctlGet(key: string): string {
   return readFileSync(path(key), 'utf8').trim();
 }
 
+/** Like sysctlGet, but undefined when the key does not exist (a module not loaded, an interface gone). */
+export function sysctlRead(key: string): string | undefined {
+  try {
+    return sysctlGet(key);
+  } catch {
+    return undefined;
+  }
+}
+
 /** Equivalent to: sysctl -w KEY=VALUE. Nothing is done (or printed) when it already holds VALUE. */
 export function sysctlEnsure(runner: Runner, key: string, value: string): void {
-  let current: string | undefined;
-  try {
-    current = sysctlGet(key);
-  } catch {
-    current = undefined; // e.g. the interface of a --dry-run does not exist
-  }
-  if (current === value) return;
+  if (sysctlRead(key) === value) return; // an interface of a --dry-run does not exist: undefined
   if (runner.willChange(`sysctl -w ${key}=${value}`)) writeFileSync(path(key), value);
 }
