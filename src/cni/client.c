@@ -27,7 +27,10 @@
 #define CTNET_DEFAULT_BIN "/usr/local/bin/ctnet"
 #endif
 #define DEFAULT_STATE_DIR "/var/lib/ctnet"
-#define SUPPORTED "[\"0.3.0\",\"0.3.1\",\"0.4.0\",\"1.0.0\",\"1.1.0\"]"
+// The JSON list of versions ctnet speaks, passed in by the build from src/cni/protocol.ts.
+#ifndef SUPPORTED_VERSIONS
+#error "build with -DSUPPORTED_VERSIONS='[...]' (ctnet cni install does)"
+#endif
 #define START_TIMEOUT_MS 20000
 
 extern char **environ;
@@ -156,7 +159,7 @@ int main(void) {
   if (!version) version = "1.1.0";
   if (command && strcmp(command, "VERSION") == 0) {
     // Never needs the daemon: runtimes ask this for every plugin, before nearly every command.
-    printf("{\"cniVersion\":%s,\"supportedVersions\":" SUPPORTED "}\n", json_dumps(json_string(version), JSON_ENCODE_ANY));
+    printf("{\"cniVersion\":%s,\"supportedVersions\":" SUPPORTED_VERSIONS "}\n", json_dumps(json_string(version), JSON_ENCODE_ANY));
     return 0;
   }
   if (in.len && !conf) {

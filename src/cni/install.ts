@@ -13,13 +13,16 @@ export const CLIENT = join(ROOT, 'build', 'ctnet-cni');
 /** What the client starts as the daemon: this checkout's launcher. */
 export const CTNET_BIN = join(ROOT, 'bin', 'ctnet');
 
-/** Compiles src/cni/client.c into build/ctnet-cni when it is missing or older than its source. */
+/** Compiles src/cni/client.c into build/ctnet-cni when it is missing or older than its inputs. */
 export function buildClient(): string {
-  if (existsSync(CLIENT) && statSync(CLIENT).mtimeMs >= statSync(SOURCE).mtimeMs) return CLIENT;
+  // The versions come from protocol.ts: a change there rebuilds the client too.
+  const inputs = [SOURCE, join(ROOT, 'src', 'cni', 'protocol.ts')];
+  if (existsSync(CLIENT) && inputs.every((f) => statSync(CLIENT).mtimeMs >= statSync(f).mtimeMs)) return CLIENT;
   mkdirSync(dirname(CLIENT), { recursive: true });
   const tmp = `${CLIENT}.${process.pid}.tmp`;
   try {
-    execFileSync('cc', ['-O2', '-Wall', '-Wextra', `-DCTNET_DEFAULT_BIN="${CTNET_BIN}"`, '-o', tmp, SOURCE, '-ljansson'], { stdio: ['ignore', 'ignore', 'pipe'] });
+    execFileSync('cc', ['-O2', '-Wall', '-Wextra', `-DCTNET_DEFAULT_BIN="${CTNET_BIN}"`,
+      `-DSUPPORTED_VERSIONS=${JSON.stringify(JSON.stringify(SUPPORTED_VERSIONS))}`, '-o', tmp, SOURCE, '-ljansson'], { stdio: ['ignore', 'ignore', 'pipe'] });
   } catch (e) {
     const err = e as { stderr?: Buffer; message: string };
     throw new CtnetError('ENVIRONMENT', `cannot build the CNI plugin client: ${(err.stderr?.toString() || err.message).trim().split('\n').slice(-3).join('; ')}`,
