@@ -2,9 +2,8 @@
 // calls one engine use case, and prints the result; errors are rendered once, in main.ts.
 import { Command, Option } from 'commander';
 import { CtnetError, invalid } from '../errors.ts';
-import { Runner } from '../kernel/runner.ts';
 import { DEFAULT_STATE_DIR, Store } from '../store/store.ts';
-import type { Ctx } from '../engine/context.ts';
+import { createCtx, type Ctx } from '../engine/context.ts';
 import { createNetwork, removeNetwork } from '../engine/network.ts';
 import { connect, connectExternal, createSandbox, disconnect, removeSandbox } from '../engine/sandbox.ts';
 import { inspectNetwork, inspectSandbox, networkSummary, publishedPorts, sandboxSummary } from '../engine/inspect.ts';
@@ -45,11 +44,12 @@ export function openCtx(g: Globals): Ctx {
     throw new CtnetError('ENVIRONMENT', 'ctnet programs the kernel and must run as root', 'run it with sudo');
   }
   const explain = g.explain || g.dryRun;
-  return {
+  return createCtx({
     store: new Store(dir),
-    runner: new Runner({ dryRun: g.dryRun ?? false, explain: explain ? (line) => out(line) : undefined }),
+    dryRun: g.dryRun ?? false,
+    explain: explain ? (line) => out(line) : undefined,
     warn: (m) => process.stderr.write(`ctnet: ${m}\n`),
-  };
+  });
 }
 
 /** Wraps an action: opens the context from the merged global options and always closes it. */
@@ -315,7 +315,7 @@ export function buildProgram(): Command {
 
   globals(program.command('doctor'), true).description('check what on this host keeps ctnet\'s networks from working (forward policies, br_netfilter, sysctls, state)')
     .action(act(async (ctx, g) => {
-      const findings = await doctor(ctx);
+      const findings = await doctor(ctx, daemonPid(ctx.store.dir));
       if (g.json) out(JSON.stringify(findings, null, 2));
       else {
         out(findings.map((f) => `${f.status.padEnd(4)}  ${f.check.padEnd(15)}  ${f.detail}${f.hint && f.status !== 'ok' ? `\n      ${''.padEnd(15)}  fix: ${f.hint}` : ''}`).join('\n'));

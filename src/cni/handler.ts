@@ -1,21 +1,30 @@
 // One CNI invocation: environment + stdin in, exit status + stdout + stderr out. The daemon runs
 // it for the plugin client; `ctnet cni exec` runs it in-process (no daemon) with the same result.
 import type { Ctx } from '../engine/context.ts';
-import { cniAdd, cniCheck, cniDel, cniGc, cniStatus, toCniError } from '../engine/cni.ts';
-import type { Reply } from '../daemon/wire.ts';
+import { cniAdd, cniCheck, cniDel, cniGc, cniStatus } from '../engine/cni.ts';
+import { toCniError } from './errors.ts';
 import { parseLabel } from '../model/policy.ts';
 import {
-  CniError, CODE, decode, mergeResult, parseConfig, parseEnv, renderError, renderResult, renderVersion,
+  CniError, CODE, type Command, decode, mergeResult, parseConfig, parseEnv, renderError, renderResult, renderVersion,
   SUPPORTED_VERSIONS,
 } from './protocol.ts';
 
 const LATEST = SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.length - 1]!;
 
+/** What a plugin process answers: its exit status, stdout and stderr. */
+export interface Reply {
+  readonly exit: number;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
 export async function handleCni(ctx: Ctx, env: Readonly<Record<string, string | undefined>>, stdin: string): Promise<Reply> {
   let version: string = LATEST;
+  let command: Command | undefined;
   const warnings: string[] = [];
   try {
     const e = parseEnv(env);
+    command = e.command;
     const raw = e.command === 'VERSION' && stdin.trim() === '' ? {} : decode(stdin);
     if (typeof raw.cniVersion === 'string') version = raw.cniVersion;
     if (e.command === 'VERSION') return ok(JSON.stringify(renderVersion(version)));
@@ -47,7 +56,7 @@ export async function handleCni(ctx: Ctx, env: Readonly<Record<string, string | 
         return ok('', warnings);
     }
   } catch (err) {
-    const ce = toCniError(err);
+    const ce = toCniError(err, command);
     return { exit: 1, stdout: JSON.stringify(renderError(ce, version)) + '\n', stderr: stderrOf(warnings) };
   }
 }

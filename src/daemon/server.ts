@@ -8,8 +8,8 @@ import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { handleCni } from '../cni/handler.ts';
 import { CniError, CODE, renderError } from '../cni/protocol.ts';
-import type { Ctx } from '../engine/context.ts';
-import { Runner } from '../kernel/runner.ts';
+import { CrashPoints } from '../engine/applier.ts';
+import { createCtx } from '../engine/context.ts';
 import { Store } from '../store/store.ts';
 import { decodeRequest, encodeReply, type Reply } from './wire.ts';
 
@@ -120,6 +120,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const path = socketPath(opts.stateDir);
   rmSync(path, { force: true }); // stale: its daemon is gone, or we could not hold the lock
   const netns = myNetns();
+  const crash = new CrashPoints(); // CTNET_CRASH_AT counts over the daemon's life, as it did per process
   let queue: Promise<unknown> = Promise.resolve();
   let idle: NodeJS.Timeout | undefined;
   let busy = 0;
@@ -176,7 +177,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
         'one state directory serves one network namespace: give this namespace its own stateDir')) };
     }
     const warnings: string[] = [];
-    const ctx: Ctx = { store, runner: new Runner(), warn: (m) => warnings.push(m), defer: (fn) => later.push(fn) };
+    const ctx = createCtx({ store, warn: (m) => warnings.push(m), defer: (fn) => later.push(fn), crash });
     const started = performance.now();
     const reply = await handleCni(ctx, req.env, req.stdin);
     const ms = (performance.now() - started).toFixed(1);

@@ -7,11 +7,9 @@ export interface Request {
   readonly stdin: string;
 }
 
-export interface Reply {
-  readonly exit: number;
-  readonly stdout: string;
-  readonly stderr: string;
-}
+import type { Reply } from '../cni/handler.ts';
+
+export type { Reply };
 
 export function decodeRequest(buf: Buffer): Request {
   const env: Record<string, string> = {};

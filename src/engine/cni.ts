@@ -3,20 +3,21 @@
 // store alone, GC a DEL of every attachment the runtime no longer lists.
 import { createHash } from 'node:crypto';
 import { statSync } from 'node:fs';
-import { CniError, CODE, type CniResult, type NetConf } from '../cni/protocol.ts';
+import type { CniResult, NetConf } from '../cni/protocol.ts';
 import { CtnetError, KernelError } from '../errors.ts';
-import { addrList, linkList, linkShow, routeList, type Netns } from '../kernel/ip.ts';
-import { nftTableExists } from '../kernel/nft.ts';
 import { isAlive } from '../kernel/proc.ts';
-import { isNetnsFile } from '../kernel/netns.ts';
+import type { Netns } from '../model/netns.ts';
 import { formatPortSpec } from '../model/ports.ts';
 import type { AttachmentRow, CniRow, NetworkRow, Store } from '../store/store.ts';
 import type { PortFacts } from '../nft/ruleset.ts';
 import type { Ctx } from './context.ts';
+import { attachSteps, type PlannedAttachment } from './attach.ts';
+import { recordAttachments } from './attach.ts';
 import { syncPolicy } from './policy.ts';
-import { forgetStaleFlows, portFacts, portLines, portTargets, readHost, recordPorts } from './ports.ts';
-import { applyAttach, disconnect, planAttachments, retargetPorts, sandboxNetns, type AttachPlan } from './sandbox.ts';
-import { crashPoint, transaction } from './undo.ts';
+import { portFacts, portLines, portTargets, readHost, recordPorts } from './ports.ts';
+import { sandboxNetns } from './records.ts';
+import { disconnect, retargetPorts } from './sandbox.ts';
+import { step } from '../plan/plan.ts';
 
 export interface CniRequest {
   readonly containerId: string;
@@ -25,32 +26,16 @@ export interface CniRequest {
   readonly conf: NetConf;
 }
 
-/** Store and kernel errors keep their text; the code tells the runtime what kind of failure it was. */
-export function toCniError(e: unknown): CniError {
-  if (e instanceof CniError) return e;
-  if (e instanceof CtnetError) {
-    const code = e instanceof KernelError ? CODE.IO_FAILURE
-      : e.code === 'INVALID_ARGUMENT' || e.code === 'CONFLICT' || e.code === 'NOT_FOUND' ? CODE.INVALID_CONFIG
-        : e.code === 'STATE' ? CODE.TRY_AGAIN : CODE.IO_FAILURE;
-    return new CniError(code, e.message, e.hint ?? '');
-  }
-  const err = e as Error & { code?: string; errcode?: number };
-  if (err?.code === 'ERR_SQLITE_ERROR' && /locked|busy/i.test(err.message)) {
-    return new CniError(CODE.TRY_AGAIN, `ctnet's state is locked by another operation: ${err.message}`, 'try again in a moment');
-  }
-  return new CniError(CODE.IO_FAILURE, err?.message ?? String(e), 'see the ctnetd log in the state directory');
-}
-
 /** The network an ADD may use: it exists, is ready, and agrees with what the config claims. */
 function usableNetwork(store: Store, conf: NetConf): NetworkRow {
   const n = store.network(conf.network);
   if (!n) {
-    throw new CniError(CODE.INVALID_CONFIG, `network ${conf.network} is not a ctnet network (state directory ${store.dir})`,
+    throw new CtnetError('NOT_FOUND', `network ${conf.network} is not a ctnet network (state directory ${store.dir})`,
       `create it with "ctnet network create ${conf.network} --subnet CIDR", or set "network" in the config to an existing one (ctnet network ls)`);
   }
   if (n.state !== 'ready') {
     const live = n.owner !== null && isAlive(n.owner);
-    throw new CniError(CODE.TRY_AGAIN, `network ${n.name} is ${n.state}`, live ? 'try again when that operation finishes' : 'an interrupted ctnet left it so: run "ctnet gc"');
+    throw new CtnetError('STATE', `network ${n.name} is ${n.state}`, live ? 'try again when that operation finishes' : 'an interrupted ctnet left it so: run "ctnet gc"');
   }
   const c = conf.claims;
   const fix = `leave the key out: the ctnet network ${n.name} decides it`;
@@ -65,17 +50,17 @@ function usableNetwork(store: Store, conf: NetConf): NetworkRow {
 }
 
 const unsupportedClaim = (key: string, value: unknown, why: string, fix: string) =>
-  new CniError(CODE.UNSUPPORTED_FIELD, `${key}=${JSON.stringify(value)} cannot be honoured: ${why}`, fix);
+  new CtnetError('UNSUPPORTED', `${key}=${JSON.stringify(value)} cannot be honoured: ${why}`, fix);
 
-/** CNI_NETNS must be a network namespace that exists (code 3 when it is gone, 4 when it is something else). */
-function checkNetns(path: string): void {
+/** CNI_NETNS must be a network namespace that exists (GONE when it is gone, INVALID_TARGET when it is something else). */
+function checkNetns(ctx: Ctx, path: string): void {
   try {
     statSync(path);
   } catch {
-    throw new CniError(CODE.UNKNOWN_CONTAINER, `CNI_NETNS ${path} does not exist`, 'the container\'s network namespace is gone; start the container again');
+    throw new CtnetError('GONE', `CNI_NETNS ${path} does not exist`, 'the container\'s network namespace is gone; start the container again');
   }
-  if (!isNetnsFile(path)) {
-    throw new CniError(CODE.INVALID_ENV, `CNI_NETNS ${path} is not a network namespace`, 'give a netns file such as /run/netns/NAME or /proc/PID/ns/net');
+  if (!ctx.kernel.isNetns(path)) {
+    throw new CtnetError('INVALID_TARGET', `CNI_NETNS ${path} is not a network namespace`, 'give a netns file such as /run/netns/NAME or /proc/PID/ns/net');
   }
 }
 
@@ -85,7 +70,7 @@ function sandboxNameFor(store: Store, containerId: string, netns: string): strin
   if (mine) {
     const s = store.sandbox(mine.sandbox);
     if (s && s.netns !== netns) {
-      throw new CniError(CODE.INVALID_ENV, `container ${containerId} is attached already with another namespace (${s.netns})`,
+      throw new CtnetError('INVALID_TARGET', `container ${containerId} is attached already with another namespace (${s.netns})`,
         'DEL its earlier attachments first');
     }
     return mine.sandbox;
@@ -95,39 +80,34 @@ function sandboxNameFor(store: Store, containerId: string, netns: string): strin
   return `cni-${createHash('sha256').update(containerId).digest('hex').slice(0, 24)}`;
 }
 
-const bridgeMacs = new Map<string, string>();
-async function bridgeMac(ctx: Ctx, bridge: string): Promise<string | undefined> {
-  if (!bridgeMacs.has(bridge)) {
-    const [l] = await linkShow(ctx.runner, bridge);
-    if (l?.address) bridgeMacs.set(bridge, l.address);
-  }
-  return bridgeMacs.get(bridge);
+/** The bridge's MAC: recorded with the network; read from the kernel only for networks made before that. */
+async function bridgeMac(ctx: Ctx, n: NetworkRow): Promise<string | undefined> {
+  return n.mac ?? (await ctx.kernel.link(n.bridge))?.address;
 }
 
 /** The result of one attachment, as the reference bridge plugin shapes it. */
-function resultOf(store: Store, plan: Pick<AttachPlan, 'attachment' | 'addresses' | 'defaults'>, bridge: string, brMac: string | undefined,
-  netns: string, conf: NetConf): CniResult {
-  const subnets = store.subnets(plan.attachment.network);
+function resultOf(store: Store, plan: PlannedAttachment, bridge: string, brMac: string | undefined, netns: string, conf: NetConf): CniResult {
+  const subnets = store.subnets(plan.row.network);
   const gw = (cidr: string) => subnets.find((s) => s.cidr === cidr)!.gateway;
   return {
     interfaces: [
       { name: bridge, ...(brMac ? { mac: brMac } : {}) },
-      { name: plan.attachment.hostVeth },
-      { name: plan.attachment.ifname, mac: plan.attachment.mac, sandbox: netns },
+      { name: plan.row.hostVeth },
+      { name: plan.row.ifname, mac: plan.row.mac, sandbox: netns },
     ],
     ips: plan.addresses.map((a) => ({ address: `${a.ip}/${a.cidr.split('/')[1]}`, gateway: gw(a.cidr), interface: 2 })),
-    routes: plan.defaults.map((f) => ({ dst: f === 4 ? '0.0.0.0/0' : '::/0', gw: subnets.find((s) => s.family === f)!.gateway })),
+    routes: plan.defaults.map((d) => ({ dst: d.family === 4 ? '0.0.0.0/0' : '::/0', gw: d.via })),
     dns: conf.dns ?? {},
   };
 }
 
 export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
-  const { store, runner } = ctx;
+  const { store, applier } = ctx;
   const { conf } = req;
   const network = usableNetwork(store, conf);
-  checkNetns(req.netns);
+  checkNetns(ctx, req.netns);
   if (store.cniAttachments({ containerId: req.containerId }).some((c) => c.ifname === req.ifname && c.cniNetwork === conf.name)) {
-    throw new CniError(CODE.INVALID_ENV, `container ${req.containerId} already has ${req.ifname} on network ${conf.name}`,
+    throw new CtnetError('INVALID_TARGET', `container ${req.containerId} already has ${req.ifname} on network ${conf.name}`,
       'ADD once per container and interface; DEL it before adding it again');
   }
   // The runtime holds published host ports open itself (podman's conmon): never refuse for a listener.
@@ -135,48 +115,39 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
   const sandbox = sandboxNameFor(store, req.containerId, req.netns);
   const ns = sandboxNetns({ netns: req.netns });
   const before = portFacts(store, sandbox);
-  const labelsBefore = store.labels(sandbox);
-  const { plan, ports } = store.write(() => {
-    const existing = store.sandbox(sandbox);
-    if (!existing) store.insertSandbox({ name: sandbox, netns: req.netns, owned: false, state: 'ready' });
-    const used = store.attachments({ sandbox }).map((a) => a.ifname);
-    const [p] = planAttachments(store, sandbox, [network.name], { ips: conf.ips, mac: conf.mac }, used, req.ifname);
-    store.insertCniAttachment({ containerId: req.containerId, ifname: req.ifname, cniNetwork: conf.name, sandbox, network: network.name });
-    for (const l of conf.labels) store.setLabel(sandbox, l.key, l.value);
-    // A container on several networks gets the same portMappings on each: publish them once.
-    const have = new Set(store.ports({ sandbox }).map(formatPortSpec));
-    const fresh = conf.portMappings.filter((m) => !have.has(formatPortSpec(m)));
-    const rows = recordPorts(store, sandbox, { mappings: fresh, force: true }, host);
-    return { plan: p!, ports: rows };
-  }, { rollback: runner.dryRun });
-  crashPoint();
+  let plan!: PlannedAttachment;
   try {
-    await transaction(async (undo) => {
+    await applier.transaction(async (tx) => {
+      const p = tx.decide((rec) => {
+        if (!store.sandbox(sandbox)) rec.record({ kind: 'sandbox.insert', row: { name: sandbox, netns: req.netns, owned: false, state: 'ready' } });
+        const used = store.attachments({ sandbox }).map((a) => a.ifname);
+        const [a] = recordAttachments(rec, sandbox, [network.name], { ips: conf.ips, mac: conf.mac }, used, req.ifname);
+        rec.record({ kind: 'cni.insert', row: { containerId: req.containerId, ifname: req.ifname, cniNetwork: conf.name, sandbox, network: network.name } },
+          ...conf.labels.map((l) => ({ kind: 'label.set' as const, sandbox, key: l.key, value: l.value })));
+        // A container on several networks gets the same portMappings on each: publish them once.
+        const have = new Set(store.ports({ sandbox }).map(formatPortSpec));
+        const fresh = conf.portMappings.filter((m) => !have.has(formatPortSpec(m)));
+        const rows = recordPorts(rec, sandbox, { mappings: fresh, force: true }, host);
+        return { attachment: a!, ports: rows };
+      });
+      plan = p.attachment;
       // New mappings go in the attachment's own nft transaction, unless this attachment moves the
       // sandbox's earlier mappings too (then retargetPorts below moves them all).
       const targets = portTargets(store, sandbox);
-      const facts = moved(before, targets) ? [] : ports.map((mapping) => ({ mapping, targets }));
-      await applyAttach(ctx, ns, plan, undo, { add: portLines('add', facts), del: portLines('delete', facts) });
-      await forgetStaleFlows(ctx, facts);
-      if (!runner.dryRun) store.write(() => store.setAttachmentState(sandbox, network.name, 'ready'));
-    }, ctx.warn);
+      const facts = moved(before, targets) ? [] : p.ports.map((mapping) => ({ mapping, targets }));
+      await tx.run([
+        ...attachSteps(store, ns, p.attachment, { add: portLines('add', facts), del: portLines('delete', facts) }),
+        ...(facts.length ? [step([{ kind: 'conntrack.forget', filter: { kind: 'stale', ports: facts } }])] : []),
+      ]);
+      tx.commit({ kind: 'attachment.state', sandbox, network: network.name, state: 'ready' });
+    });
   } catch (e) {
-    if (!runner.dryRun) {
-      store.write(() => {
-        store.deleteAttachment(sandbox, network.name);
-        // The sandbox may live on, with its other attachments: as it was before this ADD.
-        for (const r of ports) store.deletePort(r);
-        for (const l of conf.labels) store.deleteLabel(sandbox, l.key);
-        for (const l of labelsBefore) store.setLabel(sandbox, l.key, l.value);
-        if (store.attachments({ sandbox }).length === 0) store.deleteSandbox(sandbox);
-      });
-    }
     throw await explainAttachFailure(ctx, e, ns, req);
   }
   // This attachment may be the first with a way out: ports published earlier move to it.
   if (moved(before, portTargets(store, sandbox))) await retargetPorts(ctx, sandbox, before);
   await syncPolicy(ctx);
-  return resultOf(store, plan, network.bridge, await bridgeMac(ctx, network.bridge), req.netns, conf);
+  return resultOf(store, plan, network.bridge, await bridgeMac(ctx, network), req.netns, conf);
 }
 
 /** True when the sandbox had mappings before and their target addresses changed. */
@@ -186,9 +157,9 @@ const moved = (before: readonly PortFacts[], targets: readonly { ip: string }[])
 /** An ADD that failed because CNI_IFNAME exists in the namespace says so (ADD is not idempotent). */
 async function explainAttachFailure(ctx: Ctx, e: unknown, ns: Netns, req: CniRequest): Promise<unknown> {
   if (!(e instanceof KernelError && e.isExists)) return e;
-  const inside = await linkList(ctx.runner, ns).catch(() => []);
+  const inside = await ctx.kernel.links(ns).catch(() => []);
   if (!inside.some((l) => l.ifname === req.ifname)) return e;
-  return new CniError(CODE.INVALID_ENV, `CNI_IFNAME ${req.ifname} exists already in ${req.netns}`,
+  return new CtnetError('INVALID_TARGET', `CNI_IFNAME ${req.ifname} exists already in ${req.netns}`,
     'choose another CNI_IFNAME, or DEL the attachment that made it first');
 }
 
@@ -220,27 +191,27 @@ export async function cniGc(ctx: Ctx, cniNetwork: string, valid: readonly { cont
 
 /** CHECK: the live interface, addresses and routes still match the store and prevResult. */
 export async function cniCheck(ctx: Ctx, req: CniRequest): Promise<void> {
-  const { store, runner } = ctx;
+  const { store, kernel } = ctx;
   const { conf } = req;
   usableNetwork(store, conf);
-  checkNetns(req.netns);
+  checkNetns(ctx, req.netns);
   const row = store.cniAttachments({ containerId: req.containerId }).find((c) => c.ifname === req.ifname && c.cniNetwork === conf.name);
-  if (!row) throw new CniError(CODE.UNKNOWN_CONTAINER, `container ${req.containerId} has no ${req.ifname} on network ${conf.name}`, 'ADD it first');
+  if (!row) throw new CtnetError('GONE', `container ${req.containerId} has no ${req.ifname} on network ${conf.name}`, 'ADD it first');
   const s = store.sandbox(row.sandbox)!;
   const a = store.attachments({ sandbox: s.name }).find((x) => x.network === row.network) as AttachmentRow;
   const addresses = store.addresses({ sandbox: s.name }).filter((x) => x.network === row.network);
-  const fail = (what: string) => new CniError(CODE.INVALID_CONFIG, `CHECK failed for ${req.containerId}/${req.ifname}: ${what}`, 'DEL and ADD the attachment again, or run "ctnet gc"');
+  const fail = (what: string) => new CtnetError('MISMATCH', `CHECK failed for ${req.containerId}/${req.ifname}: ${what}`, 'DEL and ADD the attachment again, or run "ctnet gc"');
   if (s.netns !== req.netns) throw fail(`it was added in ${s.netns}, not ${req.netns}`);
   const ns = sandboxNetns(s);
-  const links = await linkList(runner, ns);
+  const links = await kernel.links(ns);
   const link = links.find((l) => l.ifname === req.ifname);
   if (!link) throw fail(`interface ${req.ifname} is missing`);
   if (link.address !== a.mac) throw fail(`interface ${req.ifname} has MAC ${link.address}, expected ${a.mac}`);
-  const [hostLink] = await linkShow(runner, a.hostVeth);
+  const hostLink = await kernel.link(a.hostVeth);
   const network = store.network(row.network)!;
   if (!hostLink) throw fail(`host interface ${a.hostVeth} is missing`);
   if (hostLink.master !== network.bridge) throw fail(`host interface ${a.hostVeth} is not on bridge ${network.bridge}`);
-  const live = (await addrList(runner, ns)).find((l) => l.ifname === req.ifname)?.addr_info ?? [];
+  const live = (await kernel.addrs(ns)).find((l) => l.ifname === req.ifname)?.addr_info ?? [];
   for (const x of addresses) {
     if (!live.some((l) => l.local === x.ip)) throw fail(`address ${x.ip} is missing from ${req.ifname}`);
   }
@@ -251,7 +222,7 @@ export async function cniCheck(ctx: Ctx, req: CniRequest): Promise<void> {
       const addr = String(ip.address ?? '').split('/')[0]!;
       if (addr && !live.some((l) => l.local === addr)) throw fail(`prevResult address ${ip.address} is not on ${req.ifname}`);
     }
-    const routes = await routeList(runner, ns);
+    const routes = await kernel.routes(ns);
     const prevRoutes = Array.isArray(prev.routes) ? (prev.routes as { dst?: string; gw?: string }[]) : [];
     for (const r of prevRoutes) {
       const dst = r.dst === '0.0.0.0/0' || r.dst === '::/0' ? 'default' : r.dst;
@@ -267,18 +238,17 @@ export async function cniCheck(ctx: Ctx, req: CniRequest): Promise<void> {
 
 /** STATUS: ready for ADDs (code 50 when not), existing attachments connected (51 when not). */
 export async function cniStatus(ctx: Ctx, conf: NetConf): Promise<void> {
-  const { store, runner } = ctx;
+  const { store, kernel } = ctx;
   const n = store.network(conf.network);
   if (!n) {
-    throw new CniError(CODE.NOT_AVAILABLE, `network ${conf.network} is not a ctnet network (state directory ${store.dir})`,
+    throw new CtnetError('NOT_FOUND', `network ${conf.network} is not a ctnet network (state directory ${store.dir})`,
       `create it with "ctnet network create ${conf.network} --subnet CIDR"`);
   }
-  if (n.state !== 'ready') throw new CniError(CODE.NOT_AVAILABLE, `network ${n.name} is ${n.state}`, 'wait for it, or run "ctnet gc"');
-  const bridge = (await linkShow(runner, n.bridge)).length > 0;
-  const table = await nftTableExists(runner, 'inet', 'ctnet');
+  if (n.state !== 'ready') throw new CtnetError('STATE', `network ${n.name} is ${n.state}`, 'wait for it, or run "ctnet gc"');
+  const [bridge, table] = await Promise.all([kernel.link(n.bridge).then((l) => l !== undefined), kernel.nftTable().then((t) => t !== undefined)]);
   if (!bridge || !table) {
     const what = !table ? 'the nftables table inet ctnet is missing' : `bridge ${n.bridge} is missing`;
-    throw new CniError(store.attachments({ network: n.name }).length ? CODE.LIMITED_CONNECTIVITY : CODE.NOT_AVAILABLE,
+    throw new CtnetError(store.attachments({ network: n.name }).length ? 'DEGRADED' : 'UNAVAILABLE',
       `network ${n.name} is broken: ${what}`, 'run "ctnet gc" to rebuild it from the state');
   }
 }

@@ -1,10 +1,6 @@
 // `ctnet doctor`: what in this host keeps ctnet's networks from working as configured. Reads only;
 // every finding says what breaks and what to do.
-import { existsSync } from 'node:fs';
-import { nftChains } from '../kernel/nft.ts';
-import { Runner } from '../kernel/runner.ts';
-import { sysctlRead as read } from '../kernel/sysctl.ts';
-import { daemonPid } from '../daemon/server.ts';
+import { Applier } from './applier.ts';
 import type { Ctx } from './context.ts';
 import { gc } from './gc.ts';
 
@@ -15,19 +11,19 @@ export interface Finding {
   readonly hint?: string;
 }
 
-export async function doctor(ctx: Ctx): Promise<Finding[]> {
-  const { store, runner } = ctx;
+/** daemonPid: the pid of the ctnetd serving this state directory, if one runs (the caller asks the daemon layer). */
+export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<Finding[]> {
+  const { store, kernel } = ctx;
+  const read = (key: string) => kernel.sysctl(key);
   const out: Finding[] = [];
   const networks = store.networks();
   const v6 = store.subnets().some((s) => s.family === 6);
 
-  for (const tool of [['ip', '-V'], ['nft', '--version'], ['conntrack', '--version']]) {
-    try {
-      const { stdout, stderr } = await runner.run(tool);
-      out.push({ check: tool[0]!, status: 'ok', detail: (stdout || stderr).trim().split('\n')[0]! });
-    } catch {
-      out.push({ check: tool[0]!, status: 'fail', detail: `${tool[0]} is not installed`, hint: 'run scripts/install.sh' });
-    }
+  for (const tool of ['ip', 'nft', 'conntrack'] as const) {
+    const version = await kernel.toolVersion(tool);
+    out.push(version !== undefined
+      ? { check: tool, status: 'ok', detail: version }
+      : { check: tool, status: 'fail', detail: `${tool} is not installed`, hint: 'run scripts/install.sh' });
   }
 
   if (networks.length > 0) {
@@ -43,7 +39,7 @@ export async function doctor(ctx: Ctx): Promise<Finding[]> {
     }
   }
 
-  const chains = await nftChains(runner);
+  const chains = await kernel.nftChains();
   const ours = chains.some((c) => c.family === 'inet' && c.table === 'ctnet');
   if (networks.length > 0) {
     out.push(ours
@@ -60,16 +56,10 @@ export async function doctor(ctx: Ctx): Promise<Finding[]> {
     });
   }
   if (drops.length === 0) out.push({ check: 'forward policy', status: 'ok', detail: 'no other table drops forwarded packets by default' });
-  if (existsSync('/usr/sbin/iptables-legacy')) {
-    try {
-      const { stdout } = await runner.run(['iptables-legacy', '-S', 'FORWARD']);
-      if (/^-P FORWARD DROP/m.test(stdout)) {
-        out.push({ check: 'iptables-legacy', status: networks.length ? 'fail' : 'warn', detail: 'iptables-legacy FORWARD policy is DROP: ctnet\'s sandboxes cannot forward through it',
-          hint: 'iptables-legacy -I FORWARD -i ctbr+ -j ACCEPT; iptables-legacy -I FORWARD -o ctbr+ -j ACCEPT' });
-      }
-    } catch {
-      // no legacy tables loaded
-    }
+  const legacy = await kernel.legacyForward();
+  if (legacy !== undefined && /^-P FORWARD DROP/m.test(legacy)) {
+    out.push({ check: 'iptables-legacy', status: networks.length ? 'fail' : 'warn', detail: 'iptables-legacy FORWARD policy is DROP: ctnet\'s sandboxes cannot forward through it',
+      hint: 'iptables-legacy -I FORWARD -i ctbr+ -j ACCEPT; iptables-legacy -I FORWARD -o ctbr+ -j ACCEPT' });
   }
 
   const needsBridgeNf = networks.some((n) => n.isolate) || store.policies().length > 0;
@@ -87,12 +77,11 @@ export async function doctor(ctx: Ctx): Promise<Finding[]> {
   }
 
   // What gc would do, done as a dry run: the store and the kernel disagree exactly there.
-  const pending = await gc({ ...ctx, runner: new Runner({ dryRun: true }) });
+  const pending = await gc({ ...ctx, applier: new Applier({ backend: kernel, store, dryRun: true, warn: ctx.warn }) });
   out.push(pending.length === 0
     ? { check: 'state', status: 'ok', detail: 'store and kernel agree' }
     : { check: 'state', status: 'warn', detail: `store and kernel disagree: ${pending.join('; ')}`, hint: 'run "ctnet gc"' });
 
-  const pid = daemonPid(store.dir);
-  out.push({ check: 'ctnetd', status: 'ok', detail: pid ? `runs as pid ${pid}` : 'not running (the CNI plugin starts it on demand)' });
+  out.push({ check: 'ctnetd', status: 'ok', detail: daemonPid ? `runs as pid ${daemonPid}` : 'not running (the CNI plugin starts it on demand)' });
   return out;
 }

@@ -1,10 +1,8 @@
 // Read-only views that join the store's records with what the kernel holds now.
-import { addrList, fdbList, linkList, linkListMaster, neighList, routeList, type LinkInfo } from '../kernel/ip.ts';
-import { isNetnsFile, netnsPids } from '../kernel/netns.ts';
+import type { LinkInfo } from '../kernel/backend.ts';
 import type { SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
-import { getNetwork } from './network.ts';
-import { getSandbox, sandboxNetns } from './sandbox.ts';
+import { existingNetwork, readySandbox, sandboxNetns } from './records.ts';
 import { portFacts } from './ports.ts';
 import { describeMapping, formatPortSpec, hostIpFamilies, type Proto } from '../model/ports.ts';
 import type { Store } from '../store/store.ts';
@@ -72,13 +70,13 @@ export function sandboxSummary(ctx: Ctx, s: SandboxRow) {
 }
 
 export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxView> {
-  const { runner, store } = ctx;
-  const s = store.sandbox(name) ?? getSandbox(ctx, name);
+  const { kernel, store } = ctx;
+  const s = store.sandbox(name) ?? readySandbox(store, name);
   const ns = sandboxNetns(s);
-  const present = isNetnsFile(s.netns);
-  const inner: LinkInfo[] = present ? await linkList(runner, ns) : [];
-  const host = await linkList(runner);
-  const addrs = present ? await addrList(runner, ns) : [];
+  const present = kernel.isNetns(s.netns);
+  const inner: LinkInfo[] = present ? await kernel.links(ns) : [];
+  const host = await kernel.links();
+  const addrs = present ? await kernel.addrs(ns) : [];
   const attachments = store.attachments({ sandbox: name });
   return {
     name: s.name,
@@ -87,7 +85,7 @@ export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxVie
     state: s.state,
     created: s.created,
     present,
-    pids: present && 'name' in ns ? netnsPids(ns) : [],
+    pids: present && 'name' in ns ? kernel.netnsPids(ns) : [],
     interfaces: attachments.map((a) => {
       const link = inner.find((l) => l.ifname === a.ifname);
       const peer = host.find((l) => l.ifname === a.hostVeth);
@@ -105,8 +103,8 @@ export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxVie
     labels: Object.fromEntries(store.labels(name).map((l) => [l.key, l.value])),
     cni: store.cniAttachments({ sandbox: name }).map((c) => ({ containerId: c.containerId, ifname: c.ifname, cniNetwork: c.cniNetwork })),
     ports: publishedPorts(store, name),
-    routes: present ? (await routeList(runner, ns)).map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev, scope: r.scope })) : [],
-    neighbours: present ? (await neighList(runner, ns)).map((n) => ({ dst: n.dst, dev: n.dev, lladdr: n.lladdr, state: n.state })) : [],
+    routes: present ? (await kernel.routes(ns)).map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev, scope: r.scope })) : [],
+    neighbours: present ? (await kernel.neighbours(ns)).map((n) => ({ dst: n.dst, dev: n.dev, lladdr: n.lladdr, state: n.state })) : [],
   };
 }
 
@@ -123,7 +121,7 @@ export interface NetworkView {
 }
 
 export function networkSummary(ctx: Ctx, name: string) {
-  const n = getNetwork(ctx, name);
+  const n = existingNetwork(ctx.store, name);
   return {
     name: n.name,
     bridge: n.bridge,
@@ -135,15 +133,15 @@ export function networkSummary(ctx: Ctx, name: string) {
 }
 
 export async function inspectNetwork(ctx: Ctx, name: string): Promise<NetworkView> {
-  const { runner, store } = ctx;
-  const n = getNetwork(ctx, name);
-  const bridge = (await linkList(runner)).find((l) => l.ifname === n.bridge);
-  const ports = bridge ? await linkListMaster(runner, n.bridge) : [];
+  const { kernel, store } = ctx;
+  const n = existingNetwork(store, name);
+  const bridge = await kernel.link(n.bridge);
+  const ports = bridge ? await kernel.linksOf(n.bridge) : [];
   const attachments = store.attachments({ network: name });
   const bySandboxVeth = new Map(attachments.map((a) => [a.hostVeth, a.sandbox]));
   const byMac = new Map(attachments.map((a) => [a.mac, a.sandbox]));
-  const fdb = bridge ? await fdbList(runner, n.bridge) : [];
-  const addrs = bridge ? (await addrList(runner)).find((a) => a.ifname === n.bridge)?.addr_info ?? [] : [];
+  const fdb = bridge ? await kernel.fdb(n.bridge) : [];
+  const addrs = bridge ? (await kernel.addrs()).find((a) => a.ifname === n.bridge)?.addr_info ?? [] : [];
   return {
     name: n.name,
     state: n.state,

@@ -2,9 +2,6 @@
 // kernel's policy sets equal to what the rules say about the sandboxes that exist now.
 import ipaddr from 'ipaddr.js';
 import { CtnetError } from '../errors.ts';
-import { conntrackDelete, conntrackList, type Flow } from '../kernel/conntrack.ts';
-import { addrList } from '../kernel/ip.ts';
-import { nftApply, nftListTable } from '../kernel/nft.ts';
 import { addrToBigint, parseAddr, parseSubnet, type Family } from '../model/cidr.ts';
 import { parseName } from '../model/names.ts';
 import {
@@ -12,6 +9,7 @@ import {
   type Action, type Box, type Decision, type PolicyRule, type PolicyWorld, type Selector,
 } from '../model/policy.ts';
 import { policyLines, TABLE, type PolicyElements } from '../nft/ruleset.ts';
+import { step } from '../plan/plan.ts';
 import type { PolicyRow, Store } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 
@@ -69,7 +67,7 @@ export function elementsBySet(e: PolicyElements): Map<string, readonly string[]>
  * Call inside store.writeAsync, which serialises this with every other ctnet process.
  */
 async function applyPolicy(ctx: Ctx, want: PolicyElements): Promise<void> {
-  const { store, runner } = ctx;
+  const { store, applier } = ctx;
   const have = store.policyMirror();
   const target = elementsBySet(want);
   const lines: string[] = [];
@@ -93,53 +91,27 @@ async function applyPolicy(ctx: Ctx, want: PolicyElements): Promise<void> {
   }
   for (const [set, elements] of adds) batch('add', set, elements);
   if (lines.length === 0) return;
-  runner.note('policy: update the policy sets');
   try {
-    await nftApply(runner, lines.join('\n') + '\n');
+    await applier.apply([step([{ kind: 'nft', lines }], 'policy: update the policy sets')]);
   } catch {
-    runner.note('policy: the sets differ from the record; rewrite them whole');
-    await nftApply(runner, policyLines(want).join('\n') + '\n');
+    await applier.apply([step([{ kind: 'nft', lines: policyLines(want) }], 'policy: the sets differ from the record; rewrite them whole')]);
   }
   store.setPolicyMirror(target);
 }
 
 /** Brings the policy sets up to date with the store; with cut, connections now denied end. */
 export async function syncPolicy(ctx: Ctx, options: { cut?: boolean } = {}): Promise<void> {
-  const { store, runner } = ctx;
+  const { store, applier } = ctx;
   if (store.policies().length === 0 && store.policyMirror().size === 0) return; // nothing to keep up
-  await store.writeAsync(() => applyPolicy(ctx, policyElements(store)), { rollback: runner.dryRun });
+  await store.writeAsync(() => applyPolicy(ctx, policyElements(store)), { rollback: applier.dryRun });
   if (options.cut) await cutDeniedFlows(ctx);
 }
 
-/** Deletes tracked connections through ctnet's forward path that the current policy denies. */
+/** Ends tracked connections through ctnet's forward path that the current policy denies. */
 async function cutDeniedFlows(ctx: Ctx): Promise<void> {
-  if (ctx.runner.dryRun) return;
-  const rules = ctx.store.policies().map(toRule);
-  const world = policyWorld(ctx.store);
-  const local = new Set((await addrList(ctx.runner)).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
-  const flows = (await conntrackList(ctx.runner)).filter((f) => f.state !== 'TIME_WAIT' && f.state !== 'CLOSE'); // closed: nothing to cut
-  const denied = flows.filter((f) => {
-    const p = flowPacket(f, local);
-    return p !== undefined && !decide(rules, world, p).allowed;
-  });
-  await conntrackDelete(ctx.runner, denied, flows);
-}
-
-/** The packet the forward chain judged for a flow; undefined for the host's own traffic. */
-function flowPacket(f: Flow, local: ReadonlySet<string>) {
-  if (local.has(f.orig.src)) return undefined; // from the host: output path, not forwarded
-  const dnat = f.reply.src !== f.orig.dst;
-  if (!dnat && local.has(f.orig.dst)) return undefined; // to the host itself: input path
-  const dst = dnat ? f.reply.src : f.orig.dst;
-  const port = dnat ? f.reply.sport : f.orig.dport;
-  try {
-    return {
-      family: f.family, src: addrToBigint(ipaddr.parse(f.orig.src)), dst: addrToBigint(ipaddr.parse(dst)),
-      proto: PROTO_NUMBERS[f.proto] ?? -1, port: port ?? 0, published: dnat,
-    };
-  } catch {
-    return undefined;
-  }
+  const { store, applier } = ctx;
+  if (applier.dryRun) return; // which flows depends on the moment: nothing to print ahead
+  await applier.apply([step([{ kind: 'conntrack.forget', filter: { kind: 'denied', rules: store.policies().map(toRule), world: policyWorld(store) } }])]);
 }
 
 function checkSelector(store: Store, flag: string, s: Selector): void {
@@ -166,7 +138,7 @@ export async function addPolicy(ctx: Ctx, req: PolicyRequest): Promise<PolicyRow
 
 /** Adds rules together: one store transaction, one nft transaction (all or nothing). */
 export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Promise<PolicyRow[]> {
-  const { store, runner } = ctx;
+  const { store, applier } = ctx;
   const parsed = reqs.map((req) => {
     const from = parseSelector('--from', req.from);
     const to = parseSelector('--to', req.to);
@@ -188,10 +160,10 @@ export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Pro
       if (row.name !== undefined) names.add(row.name);
       return store.insertPolicy(row);
     });
-    for (const row of rows) runner.note(`policy ${row.name}: ${row.action} ${row.from} -> ${row.to} ${row.port ?? 'any'}`);
+    for (const row of rows) applier.note(`policy ${row.name}: ${row.action} ${row.from} -> ${row.to} ${row.port ?? 'any'}`);
     await applyPolicy(ctx, policyElements(store));
     return rows;
-  }, { rollback: runner.dryRun });
+  }, { rollback: applier.dryRun });
   await cutDeniedFlows(ctx);
   return rows;
 }
@@ -233,7 +205,7 @@ export function findPolicy(store: Store, nameOrId: string): PolicyRow {
 
 /** Removes rules (by name or ID) in one transaction; connections only they allowed are cut. */
 export async function removePolicies(ctx: Ctx, namesOrIds: readonly string[]): Promise<void> {
-  const { store, runner } = ctx;
+  const { store, applier } = ctx;
   const all = store.policies();
   const byName = new Map(all.map((p) => [p.name, p]));
   const byId = new Map(all.map((p) => [String(p.id), p]));
@@ -241,10 +213,10 @@ export async function removePolicies(ctx: Ctx, namesOrIds: readonly string[]): P
   await store.writeAsync(async () => {
     for (const row of rows) {
       store.deletePolicy(row.id);
-      runner.note(`policy ${row.name}: remove`);
+      applier.note(`policy ${row.name}: remove`);
     }
     await applyPolicy(ctx, policyElements(store));
-  }, { rollback: runner.dryRun });
+  }, { rollback: applier.dryRun });
   await cutDeniedFlows(ctx);
 }
 
@@ -254,12 +226,12 @@ export interface PolicyView extends PolicyRow {
 
 /** Every rule with its hit counter (new connections it decided), read from the element counters. */
 export async function listPolicies(ctx: Ctx): Promise<PolicyView[]> {
-  const { store, runner } = ctx;
+  const { store, kernel } = ctx;
   const rows = store.policies();
   const owner = new Map<string, number>();
   for (const c of compiled(store)) for (const b of c.boxes) owner.set(`${c.action}${c.family}|${boxKey(b.box)}`, b.rule);
   const hits = new Map<number, { packets: number; bytes: number }>(rows.map((r) => [r.id, { packets: 0, bytes: 0 }]));
-  const table = rows.length ? (await nftListTable(runner, 'inet', TABLE.split(' ')[1]!)) ?? [] : [];
+  const table = rows.length ? (await kernel.nftTable()) ?? [] : [];
   for (const item of table as { set?: { name: string; elem?: unknown[] } }[]) {
     const m = /^policy_(allow|deny)([46])$/.exec(item.set?.name ?? '');
     if (!m) continue;
@@ -357,11 +329,9 @@ export function checkPolicy(ctx: Ctx, from: string, to: string, portText: string
 
 /** Sets and removes labels of a sandbox, then brings the policy sets up to date. */
 export async function changeLabels(ctx: Ctx, sandbox: string, set: readonly { key: string; value: string }[], remove: readonly string[]): Promise<void> {
-  const { store, runner } = ctx;
+  const { store, applier } = ctx;
   if (!store.sandbox(sandbox)) throw new CtnetError('NOT_FOUND', `no sandbox named ${sandbox}`, 'list sandboxes with "ctnet ls"');
-  store.write(() => {
-    for (const l of set) store.setLabel(sandbox, l.key, l.value);
-    for (const k of remove) store.deleteLabel(sandbox, k);
-  }, { rollback: runner.dryRun });
+  applier.record(...set.map((l) => ({ kind: 'label.set' as const, sandbox, key: l.key, value: l.value })),
+    ...remove.map((key) => ({ kind: 'label.delete' as const, sandbox, key })));
   await syncPolicy(ctx, { cut: true });
 }

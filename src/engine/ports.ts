@@ -1,16 +1,13 @@
 // Published ports: checks against the store and the host, the map elements a sandbox's mappings
 // make, and the conntrack entries that must go when a mapping (or an address) goes.
 import { CtnetError } from '../errors.ts';
-import { conntrackDelete, conntrackList, type Flow } from '../kernel/conntrack.ts';
-import { addrList } from '../kernel/ip.ts';
-import { nftApply } from '../kernel/nft.ts';
-import { listeners, type Listener } from '../kernel/sockets.ts';
+import type { Listener } from '../kernel/backend.ts';
 import { collides, formatPortSpec, hostIpFamilies, isWildcard, type PortMapping } from '../model/ports.ts';
 import { portElements, type PortFacts } from '../nft/ruleset.ts';
+import { step, type Step } from '../plan/plan.ts';
 import type { PortRow, Store } from '../store/store.ts';
+import type { Recorder } from './applier.ts';
 import type { Ctx } from './context.ts';
-import { applyNftDelete } from './nftops.ts';
-import { crashPoint, type UndoStack } from './undo.ts';
 
 export interface PublishRequest {
   readonly mappings: readonly PortMapping[];
@@ -25,18 +22,19 @@ export interface HostView {
 }
 
 export async function readHost(ctx: Ctx, req: PublishRequest): Promise<HostView> {
+  const { kernel } = ctx;
   if (req.mappings.length === 0) return { addresses: new Set(), listeners: [] };
   // The host's addresses only matter to check a mapping that names one.
   const addresses = req.mappings.every((m) => isWildcard(m.hostIp))
     ? new Set<string>()
-    : new Set((await addrList(ctx.runner)).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
+    : new Set((await kernel.addrs()).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
   const sctp = req.mappings.some((m) => m.proto === 'sctp');
   let found: Listener[] = [];
   if (!req.force) {
     try {
-      found = await listeners(ctx.runner, sctp);
+      found = await kernel.listeners(sctp);
     } catch {
-      found = sctp ? await listeners(ctx.runner, false) : []; // a kernel without SCTP: ss -S fails
+      found = sctp ? await kernel.listeners(false) : []; // a kernel without SCTP: ss -S fails
     }
   }
   return { addresses, listeners: found };
@@ -58,7 +56,6 @@ export function portFacts(store: Store, sandbox: string): PortFacts[] {
 }
 
 export const portLines = (verb: 'add' | 'delete', facts: readonly PortFacts[]) => facts.flatMap((f) => portElements(verb, f));
-const lines = portLines;
 
 const listenerCovers = (l: Listener, m: PortMapping): boolean => {
   if (l.proto !== m.proto || l.port < m.hostPort || l.port >= m.hostPort + m.count) return false;
@@ -70,10 +67,11 @@ const listenerCovers = (l: Listener, m: PortMapping): boolean => {
 };
 
 /**
- * Checks mappings for SANDBOX and records them; call inside store.write, after its attachments are
+ * Checks mappings for SANDBOX and records them; call while deciding, after its attachments are
  * recorded. Throws (changing nothing) on a collision, a foreign host address, or a busy port.
  */
-export function recordPorts(store: Store, sandbox: string, req: PublishRequest, host: HostView): PortRow[] {
+export function recordPorts(rec: Recorder, sandbox: string, req: PublishRequest, host: HostView): PortRow[] {
+  const { store } = rec;
   const rows: PortRow[] = [];
   const targets = portTargets(store, sandbox);
   const existing = store.ports(); // read once: checking each mapping against a fresh read is n^2
@@ -105,91 +103,30 @@ export function recordPorts(store: Store, sandbox: string, req: PublishRequest, 
         'choose another host port, stop that process, or use --force to publish anyway (the sandbox then gets the traffic, not the process)');
     }
     const row = { ...m, sandbox };
-    store.insertPort(row);
+    rec.record({ kind: 'port.insert', row });
     rows.push(row);
   }
   return rows;
 }
 
-/** Adds the map elements of these mappings and clears flows to their host ports made before them. */
-export async function applyPorts(ctx: Ctx, facts: readonly PortFacts[], undo: UndoStack | undefined): Promise<void> {
-  const add = lines('add', facts);
-  if (add.length === 0) return;
-  ctx.runner.note(`publish ${facts.map((f) => formatPortSpec(f.mapping)).join(', ')} -> ${facts[0]!.targets.map((t) => t.ip).join(', ')}`);
-  undo?.push('published ports', () => applyNftDelete(ctx.runner, lines('delete', facts)));
-  await nftApply(ctx.runner, add.join('\n') + '\n');
-  crashPoint();
-  await forgetStaleFlows(ctx, facts);
+/** Adds the map elements of these mappings and ends flows to their host ports made before them. */
+export function publishSteps(facts: readonly PortFacts[]): Step[] {
+  if (facts.every((f) => portElements('add', f).length === 0)) return [];
+  return [
+    step([{ kind: 'nft', lines: portLines('add', facts), undo: portLines('delete', facts) }],
+      `publish ${facts.map((f) => formatPortSpec(f.mapping)).join(', ')} -> ${facts[0]!.targets.map((t) => t.ip).join(', ')}`),
+    step([{ kind: 'conntrack.forget', filter: { kind: 'stale', ports: facts } }]),
+  ];
 }
 
-/**
- * A UDP flow that hit the host port before the mapping existed has an un-NATed conntrack entry
- * that would keep its packets away from the sandbox for as long as the client keeps sending.
- */
-export async function forgetStaleFlows(ctx: Ctx, facts: readonly PortFacts[]): Promise<void> {
-  if (facts.length === 0) return;
-  await forgetFlows(ctx, async (flows) => {
-    const candidates = flows.filter((f) => f.reply.src === f.orig.dst && facts.some(({ mapping: m }) =>
-      f.proto === m.proto && f.orig.dport !== undefined && f.orig.dport >= m.hostPort && f.orig.dport < m.hostPort + m.count &&
-      (isWildcard(m.hostIp) || f.orig.dst === m.hostIp) && hostIpFamilies(m.hostIp).includes(f.family)));
-    if (candidates.length === 0) return []; // the usual case: no need to list the host's addresses
-    const local = await localAddresses(ctx);
-    return candidates.filter((f) => local.has(f.orig.dst));
-  });
-}
-
-/** Removes the map elements of these mappings and the flows still DNATed through them. */
-export async function unapplyPorts(ctx: Ctx, facts: readonly PortFacts[]): Promise<void> {
-  const del = lines('delete', facts);
-  if (del.length === 0) return;
-  ctx.runner.note(`unpublish ${facts.map((f) => formatPortSpec(f.mapping)).join(', ')}`);
-  await applyNftDelete(ctx.runner, del);
-  crashPoint();
-  await forgetUnpublished(ctx, facts);
-}
-
-/** Deletes the flows still DNATed through these mappings. */
-export async function forgetUnpublished(ctx: Ctx, facts: readonly PortFacts[]): Promise<void> {
-  if (facts.length === 0) return;
-  await forgetFlows(ctx, async (flows) => flows.filter((f) => facts.some(({ mapping: m, targets }) =>
-    f.proto === m.proto && targets.some((t) => t.ip === f.reply.src) && f.orig.dst !== f.reply.src &&
-    f.reply.sport !== undefined && f.reply.sport >= m.containerPort && f.reply.sport < m.containerPort + m.count)));
-}
-
-/** Deletes every flow from, to or DNATed to these addresses (they are being released). */
-export async function forgetAddresses(ctx: Ctx, ips: readonly string[]): Promise<void> {
-  if (ips.length === 0) return;
-  const set = new Set(ips);
-  await forgetFlows(ctx, async (flows) => flows.filter((f) => set.has(f.orig.src) || set.has(f.orig.dst) || set.has(f.reply.src) || set.has(f.reply.dst)));
-}
-
-/** Picks, from all tracked flows, the ones to delete. */
-type FlowPicker = (flows: readonly Flow[]) => Promise<Flow[]>;
-
-/** Pickers waiting for the deferred run of their request (one conntrack listing for all of them). */
-const deferred = new WeakMap<Ctx, FlowPicker[]>();
-
-/** Deletes the flows pick() chooses; in the daemon, after the reply, with one listing per request (see Ctx.defer). */
-async function forgetFlows(ctx: Ctx, pick: FlowPicker): Promise<void> {
-  if (ctx.runner.dryRun) return; // the flows to delete depend on the moment; nothing to print ahead
-  const run = async (pickers: readonly FlowPicker[]) => {
-    const flows = await conntrackList(ctx.runner);
-    const chosen = new Set((await Promise.all(pickers.map((p) => p(flows)))).flat());
-    await conntrackDelete(ctx.runner, [...chosen]);
-  };
-  if (!ctx.defer) return run([pick]);
-  const waiting = deferred.get(ctx);
-  if (waiting) return void waiting.push(pick);
-  const pickers = [pick];
-  deferred.set(ctx, pickers);
-  ctx.defer(async () => {
-    deferred.delete(ctx);
-    await run(pickers);
-  });
-}
-
-async function localAddresses(ctx: Ctx): Promise<Set<string>> {
-  return new Set((await addrList(ctx.runner)).flatMap((l) => (l.addr_info ?? []).map((a) => a.local)));
+/** Removes the map elements of these mappings and the flows still DNATed through them (a teardown). */
+export function unpublishSteps(facts: readonly PortFacts[]): Step[] {
+  const del = portLines('delete', facts);
+  if (del.length === 0) return [];
+  return [
+    step([{ kind: 'nft.delete', lines: del }], `unpublish ${facts.map((f) => formatPortSpec(f.mapping)).join(', ')}`),
+    step([{ kind: 'conntrack.forget', filter: { kind: 'unpublished', ports: facts } }]),
+  ];
 }
 
 /** Finds the recorded mapping a `port rm` names (its canonical text must match). */

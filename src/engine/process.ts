@@ -2,14 +2,15 @@
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { CtnetError } from '../errors.ts';
-import { isNetnsFile, nsenterArgv, spawnInNetns } from '../kernel/netns.ts';
-import { shellLine } from '../kernel/shell.ts';
+import { spawnInNetns } from '../kernel/netns.ts';
+import { nsenterArgv, shellLine } from '../plan/render.ts';
 import type { Ctx } from './context.ts';
-import { getSandbox, sandboxNetns } from './sandbox.ts';
+import { readySandbox, sandboxNetns } from './records.ts';
 
-function netnsOf(ctx: Ctx, name: string) {
-  const s = getSandbox(ctx, name);
-  if (!isNetnsFile(s.netns)) {
+/** The namespace of a ready sandbox whose namespace file exists. */
+function liveNetns(ctx: Ctx, name: string) {
+  const s = readySandbox(ctx.store, name);
+  if (!ctx.kernel.isNetns(s.netns)) {
     throw new CtnetError('STATE', `the network namespace of sandbox ${name} (${s.netns}) is gone`, 'run "ctnet gc" to rebuild it, or remove the sandbox');
   }
   return sandboxNetns(s);
@@ -17,10 +18,11 @@ function netnsOf(ctx: Ctx, name: string) {
 
 /** Runs cmd in the sandbox with the terminal's stdio; resolves to its exit status. */
 export function execInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): Promise<number> {
-  const ns = netnsOf(ctx, name);
-  ctx.runner.note(`run in sandbox ${name}`);
-  ctx.runner.willChange(shellLine(nsenterArgv(ns, cmd)));
-  if (ctx.runner.dryRun) return Promise.resolve(0);
+  const ns = liveNetns(ctx, name);
+  // A user's process, not a kernel setting: printed for --explain like a plan, run here.
+  ctx.applier.note(`run in sandbox ${name}`);
+  ctx.applier.explainLine(shellLine(nsenterArgv(ns, cmd)));
+  if (ctx.applier.dryRun) return Promise.resolve(0);
   const child = spawnInNetns(ns, cmd, { stdio: 'inherit', detached: false });
   const forward = (sig: NodeJS.Signals) => child.kill(sig);
   process.on('SIGINT', forward).on('SIGTERM', forward);
@@ -35,13 +37,13 @@ export function execInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): P
 
 /** Starts cmd in the background, its output in STATE_DIR/logs/NAME.log; returns its pid. */
 export function startInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): number {
-  const ns = netnsOf(ctx, name);
+  const ns = liveNetns(ctx, name);
   const logs = join(ctx.store.dir, 'logs');
   mkdirSync(logs, { recursive: true });
   const log = join(logs, `${name}.log`);
-  ctx.runner.note(`start in sandbox ${name}, output to ${log}`);
-  ctx.runner.willChange(`${shellLine(nsenterArgv(ns, cmd))} >>${shellLine([log])} 2>&1 &`);
-  if (ctx.runner.dryRun) return 0;
+  ctx.applier.note(`start in sandbox ${name}, output to ${log}`);
+  ctx.applier.explainLine(`${shellLine(nsenterArgv(ns, cmd))} >>${shellLine([log])} 2>&1 &`);
+  if (ctx.applier.dryRun) return 0;
   const fd = openSync(log, 'a');
   try {
     const child = spawnInNetns(ns, cmd, { stdio: ['ignore', fd, fd], detached: true });

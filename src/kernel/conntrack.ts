@@ -1,24 +1,7 @@
 // Connection tracking entries of ctnet's namespace (conntrack-tools). Removing a published port or
 // a sandbox must delete the entries that still lead to it, or established flows (UDP above all)
 // keep going to an address that is gone or, worse, to the next sandbox that gets it.
-import { KernelError } from '../errors.ts';
-import type { Runner } from './runner.ts';
-
-export interface Tuple {
-  readonly src: string;
-  readonly dst: string;
-  readonly sport: number | undefined;
-  readonly dport: number | undefined;
-}
-
-export interface Flow {
-  readonly proto: string;
-  /** TCP's state (ESTABLISHED, TIME_WAIT, ...); undefined for other protocols. */
-  readonly state: string | undefined;
-  readonly family: 4 | 6;
-  readonly orig: Tuple;
-  readonly reply: Tuple;
-}
+import type { Flow } from '../plan/flows.ts';
 
 /** Parses `conntrack -L` text: the first src/dst/sport/dport group is the original direction. */
 export function parseFlows(text: string): Flow[] {
@@ -41,11 +24,6 @@ export function parseFlows(text: string): Flow[] {
   return flows;
 }
 
-/** Equivalent to: conntrack -L (both families). */
-export async function conntrackList(runner: Runner): Promise<Flow[]> {
-  return parseFlows((await runner.run(['conntrack', '-L'])).stdout);
-}
-
 /** The argv that deletes exactly one flow, named by its original tuple. */
 export function conntrackDeleteArgv(f: Flow): string[] {
   const ports = f.orig.sport === undefined || f.orig.dport === undefined ? [] : ['--sport', String(f.orig.sport), '--dport', String(f.orig.dport)];
@@ -58,24 +36,17 @@ export function conntrackDeletePairArgv(f: Flow): string[] {
 }
 
 /**
- * Equivalent to: conntrack -D ... for each flow. A flow that expired meanwhile counts as deleted.
- * With all = every flow listed, flows sharing protocol, source and destination go in one command.
+ * The commands that delete these flows. With all = every flow listed, flows sharing protocol,
+ * source and destination go in one command when every one of them is chosen.
  */
-export async function conntrackDelete(runner: Runner, flows: readonly Flow[], all?: readonly Flow[]): Promise<void> {
+export function conntrackDeleteArgvs(flows: readonly Flow[], all?: readonly Flow[]): string[][] {
   const key = (f: Flow) => `${f.proto} ${f.orig.src} ${f.orig.dst}`;
+  if (!all) return flows.map(conntrackDeleteArgv);
+  const total = new Map<string, number>();
+  for (const f of all) total.set(key(f), (total.get(key(f)) ?? 0) + 1);
+  const chosen = new Map<string, Flow[]>();
+  for (const f of flows) chosen.set(key(f), [...(chosen.get(key(f)) ?? []), f]);
   const argvs: string[][] = [];
-  if (all) {
-    const total = new Map<string, number>();
-    for (const f of all) total.set(key(f), (total.get(key(f)) ?? 0) + 1);
-    const chosen = new Map<string, Flow[]>();
-    for (const f of flows) chosen.set(key(f), [...(chosen.get(key(f)) ?? []), f]);
-    for (const [k, fs] of chosen) argvs.push(...(fs.length > 1 && fs.length === total.get(k) ? [conntrackDeletePairArgv(fs[0]!)] : fs.map(conntrackDeleteArgv)));
-  } else argvs.push(...flows.map(conntrackDeleteArgv));
-  for (const argv of argvs) {
-    try {
-      await runner.run(argv, { mutates: true });
-    } catch (e) {
-      if (!(e instanceof KernelError && /0 flow entries have been deleted/.test(e.stderr))) throw e;
-    }
-  }
+  for (const [k, fs] of chosen) argvs.push(...(fs.length > 1 && fs.length === total.get(k) ? [conntrackDeletePairArgv(fs[0]!)] : fs.map(conntrackDeleteArgv)));
+  return argvs;
 }

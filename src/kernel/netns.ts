@@ -1,8 +1,8 @@
 // Network namespace files and the processes inside them.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readlinkSync, statfsSync, statSync } from 'node:fs';
-import type { Netns } from './ip.ts';
-import { netnsPath } from './ip.ts';
+import { netnsPath, type Netns } from '../model/netns.ts';
+import { nsenterArgv } from '../plan/render.ts';
 
 export const NETNS_DIR = '/run/netns';
 
@@ -63,11 +63,6 @@ export function netnsKillAll(ns: Netns): number[] {
     }
   }
   return pids;
-}
-
-/** argv of `nsenter --net=NS -- CMD ARGS` (what spawnInNetns runs, and what --explain prints). */
-export function nsenterArgv(ns: Netns, cmd: readonly string[]): string[] {
-  return ['nsenter', `--net=${netnsPath(ns)}`, '--', ...cmd];
 }
 
 /**

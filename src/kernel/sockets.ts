@@ -2,16 +2,7 @@
 // host process already serves.
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import type { Runner } from './runner.ts';
-
-export interface Listener {
-  readonly proto: 'tcp' | 'udp' | 'sctp';
-  /** The bound address; '*' , 0.0.0.0 and :: mean every address. */
-  readonly address: string;
-  readonly port: number;
-  /** "name (pid N)" of the processes holding it, when ss could see them. */
-  readonly processes: string[];
-}
+import type { Listener } from './backend.ts';
 
 /** Parses `ss -Hlnp -t -u` lines: Netid State Recv-Q Send-Q Local:Port Peer:Port [users:((...))]. */
 export function parseListeners(text: string): Listener[] {
@@ -33,11 +24,8 @@ export function parseListeners(text: string): Listener[] {
   return out;
 }
 
-/** Equivalent to: ss -Hlnp -t -u [--sctp] */
-export async function listeners(runner: Runner, sctp: boolean): Promise<Listener[]> {
-  const argv = ['ss', '-H', '-l', '-n', '-p', '-t', '-u', ...(sctp ? ['-S'] : [])];
-  return parseListeners((await runner.run(argv)).stdout);
-}
+/** argv of: ss -Hlnp -t -u [--sctp] */
+export const listenersArgv = (sctp: boolean) => ['ss', '-H', '-l', '-n', '-p', '-t', '-u', ...(sctp ? ['-S'] : [])];
 
 /** The program a pid runs (ss shows the thread name, e.g. node's "MainThread"). */
 function programName(pid: string): string | undefined {

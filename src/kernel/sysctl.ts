@@ -1,6 +1,5 @@
 // sysctls of ctnet's own network namespace (/proc/sys/net shows the reader's namespace).
 import { readFileSync, writeFileSync } from 'node:fs';
-import type { Runner } from './runner.ts';
 
 // Keys naming an interface (which may contain dots) are written with slashes, as sysctl allows.
 const path = (key: string) => `/proc/sys/${key.includes('/') ? key : key.replaceAll('.', '/')}`;
@@ -21,8 +20,7 @@ export function sysctlRead(key: string): string | undefined {
   }
 }
 
-/** Equivalent to: sysctl -w KEY=VALUE. Nothing is done (or printed) when it already holds VALUE. */
-export function sysctlEnsure(runner: Runner, key: string, value: string): void {
-  if (sysctlRead(key) === value) return; // an interface of a --dry-run does not exist: undefined
-  if (runner.willChange(`sysctl -w ${key}=${value}`)) writeFileSync(path(key), value);
+/** Equivalent to: sysctl -w KEY=VALUE */
+export function sysctlWrite(key: string, value: string): void {
+  writeFileSync(path(key), value);
 }

@@ -7,9 +7,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
-import { addrAdd, linkSetUp, netnsAdd, netnsDel, routeSetDefault, runIp, type IpCommand } from '../kernel/ip.ts';
+import { ExecBackend } from '../kernel/exec/backend.ts';
 import { netnsKillAll, netnsNames } from '../kernel/netns.ts';
-import { Runner } from '../kernel/runner.ts';
+import type { Op } from '../plan/ops.ts';
 import { ROOT } from '../root.ts';
 
 export { ROOT };
@@ -46,7 +46,7 @@ export class Lab {
   readonly host: string;
   readonly world: string;
   readonly stateDir: string;
-  readonly #runner = new Runner();
+  readonly #kernel = new ExecBackend();
   #destroyed = false;
 
   private constructor(id: string) {
@@ -70,22 +70,23 @@ export class Lab {
   async #build(): Promise<void> {
     const h = { name: this.host };
     const w = { name: this.world };
-    const r = this.#runner;
-    await runIp(r, [netnsAdd(this.host), netnsAdd(this.world)]);
-    const cmds: IpCommand[] = [
-      { netns: h, args: ['link', 'add', 'uplink0', 'type', 'veth', 'peer', 'name', 'wan0', 'netns', this.world] },
-      linkSetUp('lo', h), linkSetUp('uplink0', h),
-      addrAdd(`${UPLINK.host4}/${UPLINK.prefix4}`, 'uplink0', h),
-      addrAdd(`${UPLINK.host6}/${UPLINK.prefix6}`, 'uplink0', h),
-      routeSetDefault(UPLINK.world4, 'uplink0', h),
-      routeSetDefault(UPLINK.world6, 'uplink0', h),
-      linkSetUp('lo', w), linkSetUp('wan0', w),
-      addrAdd(`${UPLINK.world4}/${UPLINK.prefix4}`, 'wan0', w),
-      addrAdd(`${UPLINK.world6}/${UPLINK.prefix6}`, 'wan0', w),
-      addrAdd(`${UPLINK.remote4}/32`, 'lo', w),
-      addrAdd(`${UPLINK.remote6}/128`, 'lo', w),
-    ];
-    await runIp(r, cmds);
+    const up = (name: string, netns: typeof h): Op => ({ kind: 'link.set.up', name, netns });
+    const addr = (cidr: string, dev: string, netns: typeof h): Op => ({ kind: 'addr.add', cidr, dev, netns });
+    const route = (via: string, netns: typeof h): Op => ({ kind: 'route.replace.default', via, dev: 'uplink0', netns });
+    await this.#kernel.apply([{ kind: 'netns.add', name: this.host }, { kind: 'netns.add', name: this.world }]);
+    await this.#kernel.apply([
+      { kind: 'link.add.veth', name: 'uplink0', netns: h, peer: 'wan0', peerNetns: w },
+      up('lo', h), up('uplink0', h),
+      addr(`${UPLINK.host4}/${UPLINK.prefix4}`, 'uplink0', h),
+      addr(`${UPLINK.host6}/${UPLINK.prefix6}`, 'uplink0', h),
+      route(UPLINK.world4, h),
+      route(UPLINK.world6, h),
+      up('lo', w), up('wan0', w),
+      addr(`${UPLINK.world4}/${UPLINK.prefix4}`, 'wan0', w),
+      addr(`${UPLINK.world6}/${UPLINK.prefix6}`, 'wan0', w),
+      addr(`${UPLINK.remote4}/32`, 'lo', w),
+      addr(`${UPLINK.remote6}/128`, 'lo', w),
+    ]);
   }
 
   /** Runs `ctnet ARGS` inside the lab host, with the lab's state directory. */
@@ -167,7 +168,7 @@ export class Lab {
     for (const name of mine) netnsKillAll({ name });
     for (const name of mine) {
       try {
-        await runIp(this.#runner, [netnsDel(name)]);
+        await this.#kernel.apply([{ kind: 'netns.del', name }]);
       } catch {
         // gone already
       }

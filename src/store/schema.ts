@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -120,9 +120,18 @@ CREATE TABLE cni_attachments (
 CREATE INDEX cni_by_sandbox ON cni_attachments(sandbox);
 `;
 
+// Drivers (schema 5): a network records the driver that made it (bridge for every earlier one) and
+// its device's MAC, so results and gc's rebuild use the recorded value instead of reading (or
+// caching) the kernel's.
+export const DRIVERS = `
+ALTER TABLE networks ADD COLUMN driver TEXT NOT NULL DEFAULT 'bridge';
+ALTER TABLE networks ADD COLUMN mac TEXT;
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
   3: POLICY,
   4: CNI,
+  5: DRIVERS,
 };

@@ -19,6 +19,10 @@ export interface NetworkRow {
   /** Sandboxes on it may not talk to each other unless a policy allows it. */
   readonly isolate: boolean;
   readonly mtu: number | null;
+  /** The network driver that made it (src/drivers/). */
+  readonly driver: string;
+  /** The MAC of its device, as made; null for networks made before ctnet kept it. */
+  readonly mac: string | null;
   readonly state: State;
   readonly owner: string | null;
   readonly created: string;
@@ -158,14 +162,17 @@ export class Store {
     return r && toNetwork(r);
   }
   insertNetwork(n: Omit<NetworkRow, 'created' | 'owner'>, subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[]): void {
-    this.#run('INSERT INTO networks(name, bridge, internal, isolate, mtu, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.mtu, n.state, processToken(), new Date().toISOString());
+    this.#run('INSERT INTO networks(name, bridge, internal, isolate, mtu, driver, mac, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString());
     for (const s of subnets) {
       this.#run('INSERT INTO subnets(network, cidr, family, gateway) VALUES (?, ?, ?, ?)', n.name, s.cidr, s.family, s.gateway);
     }
   }
   setNetworkState(name: string, state: State): void {
     this.#run('UPDATE networks SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
+  }
+  setNetworkMac(name: string, mac: string): void {
+    this.#run('UPDATE networks SET mac = ? WHERE name = ?', mac, name);
   }
   deleteNetwork(name: string): void {
     this.#run('DELETE FROM networks WHERE name = ?', name);
@@ -179,7 +186,7 @@ export class Store {
       gateway: r.gateway as string, cursor: (r.cursor as string | null) ?? null,
     }));
   }
-  setCursor(network: string, cidr: string, ip: string): void {
+  setCursor(network: string, cidr: string, ip: string | null): void {
     this.#run('UPDATE subnets SET cursor = ? WHERE network = ? AND cidr = ?', ip, network, cidr);
   }
 
@@ -378,7 +385,7 @@ export class Store {
 
 const toNetwork = (r: Row): NetworkRow => ({
   name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1,
-  mtu: (r.mtu as number | null) ?? null, state: r.state as State, created: r.created as string,
+  mtu: (r.mtu as number | null) ?? null, driver: r.driver as string, mac: (r.mac as string | null) ?? null, state: r.state as State, created: r.created as string,
   owner: (r.owner as string | null) ?? null,
 });
 const toSandbox = (r: Row): SandboxRow => ({

@@ -8,8 +8,7 @@ import { parseMac, randomMac } from '../../src/model/mac.ts';
 import { parseIfname, parseName } from '../../src/model/names.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
 import { endpointElements, fullScript, networkElements } from '../../src/nft/ruleset.ts';
-import { ipLine, linkAddVeth, linkSetUp, routeSetDefault } from '../../src/kernel/ip.ts';
-import { shellLine } from '../../src/kernel/shell.ts';
+import { renderOp, shellLine } from '../../src/plan/render.ts';
 
 const fails = (fn: () => unknown, re: RegExp) =>
   assert.throws(fn, (e: unknown) => e instanceof CtnetError && e.code === 'INVALID_ARGUMENT' && re.test(e.message));
@@ -97,10 +96,13 @@ describe('nft text and ip commands', () => {
     assert.deepEqual(lines, ['add element inet ctnet bridges { "br" }']);
   });
   it('builders print their Equivalent-to line', () => {
-    assert.equal(ipLine(linkSetUp('eth0', { name: 'ns1' })), 'ip -n ns1 link set eth0 up');
-    assert.equal(ipLine(linkSetUp('eth0', { path: '/proc/1/ns/net' })), 'nsenter --net=/proc/1/ns/net ip link set eth0 up');
-    assert.equal(ipLine(routeSetDefault('fd00::1', 'eth0', { name: 'n' })), 'ip -n n -6 route replace default via fd00::1 dev eth0');
-    assert.equal(ipLine(linkAddVeth({ name: 'ctv1', peer: 'eth0', peerNetns: { name: 'n' } })), 'ip link add ctv1 type veth peer name eth0 netns n');
+    const line = (op: Parameters<typeof renderOp>[0]) => renderOp(op).join('\n');
+    assert.equal(line({ kind: 'link.set.up', name: 'eth0', netns: { name: 'ns1' } }), 'ip -n ns1 link set eth0 up');
+    assert.equal(line({ kind: 'link.set.up', name: 'eth0', netns: { path: '/proc/1/ns/net' } }), 'nsenter --net=/proc/1/ns/net ip link set eth0 up');
+    assert.equal(line({ kind: 'route.replace.default', via: 'fd00::1', dev: 'eth0', netns: { name: 'n' } }), 'ip -n n -6 route replace default via fd00::1 dev eth0');
+    assert.equal(line({ kind: 'link.add.veth', name: 'ctv1', peer: 'eth0', peerNetns: { name: 'n' } }), 'ip link add ctv1 type veth peer name eth0 netns n');
+    assert.equal(line({ kind: 'sysctl.set', key: 'net.ipv4.ip_forward', value: '1' }), 'sysctl -w net.ipv4.ip_forward=1');
+    assert.equal(line({ kind: 'nft', lines: ['add table inet ctnet'] }), "nft -f - <<'EOF'\nadd table inet ctnet\nEOF");
     assert.equal(shellLine(['echo', "it's", 'a b']), `echo 'it'\\''s' 'a b'`);
   });
 });

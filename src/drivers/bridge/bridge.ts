@@ -1,0 +1,139 @@
+// The bridge driver: a Linux bridge per network, its gateway addresses on the bridge, a veth pair per
+// sandbox with the host end on the bridge (seed 001 and 002, as plans). Pure but for observe().
+import { CtnetError } from '../../errors.ts';
+import type { KernelBackend } from '../../kernel/backend.ts';
+import { overlaps, parseSubnet } from '../../model/cidr.ts';
+import type { Op } from '../../plan/ops.ts';
+import { sideBySide, step, type Step } from '../../plan/plan.ts';
+import { endpointElements, networkElements, type NetworkFacts } from '../../nft/ruleset.ts';
+import type { DriverNetwork, Drift, HostView, NetworkDriver } from '../driver.ts';
+
+const prefixOf = (cidr: string) => cidr.split('/')[1];
+
+function facts(n: DriverNetwork): NetworkFacts {
+  return { bridge: n.device, internal: n.internal, isolate: n.isolate, subnets: n.subnets };
+}
+
+/** Equivalent to: sysctl -w net.ipv4.conf.BRIDGE.route_localnet=1 */
+function routeLocalnet(n: DriverNetwork): Op[] {
+  // Published ports reached at 127.0.0.1 are DNATed to a sandbox behind this bridge: the kernel only
+  // routes a loopback source out of an interface with route_localnet (the guard chain keeps
+  // sandboxes themselves off the host's loopback).
+  return n.subnets.some((s) => s.family === 4) ? [{ kind: 'sysctl.set', key: `net/ipv4/conf/${n.device}/route_localnet`, value: '1' }] : [];
+}
+
+/** The bridge with its gateway addresses, up. */
+function bridgeOps(n: DriverNetwork): Op[] {
+  if (!n.mac) throw new Error(`network ${n.name} has no recorded bridge MAC`);
+  return [
+    // A fixed MAC: otherwise the bridge takes its lowest port's and changes as sandboxes come and go.
+    { kind: 'link.add.bridge', name: n.device, mac: n.mac, mtu: n.mtu ?? undefined },
+    ...n.subnets.map((s): Op => ({ kind: 'addr.add', cidr: `${s.gateway}/${prefixOf(s.cidr)}`, dev: n.device })),
+    { kind: 'link.set.up', name: n.device },
+  ];
+}
+
+/** Routes print host routes without a prefix and IPv4 networks unpadded (10/8); make a CIDR. */
+function normalise(dst: string): string {
+  const withLen = dst.includes('/') ? dst : `${dst}/${dst.includes(':') ? 128 : 32}`;
+  const [addr, len] = withLen.split('/');
+  if (!addr!.includes(':') && addr!.split('.').length < 4) return `${[...addr!.split('.'), '0', '0', '0'].slice(0, 4).join('.')}/${len}`;
+  return withLen;
+}
+
+export const bridgeDriver: NetworkDriver = {
+  name: 'bridge',
+
+  validate(n: DriverNetwork, host: HostView): void {
+    if (host.interfaces.has(n.device)) {
+      throw new CtnetError('CONFLICT', `an interface named ${n.device} exists already`, 'choose another --bridge (or network name)');
+    }
+    for (const s of n.subnets) {
+      const mine = parseSubnet('subnet', s.cidr);
+      for (const r of host.routes) {
+        let routed;
+        try {
+          routed = parseSubnet('route', normalise(r.dst));
+        } catch {
+          continue; // multicast, link-local and such: not something a subnet competes with
+        }
+        if (overlaps(mine, routed)) {
+          throw new CtnetError('CONFLICT', `subnet ${s.cidr} overlaps ${r.dst}, routed via ${r.via} on this host`, 'choose a subnet this host does not already reach');
+        }
+      }
+    }
+  },
+
+  planCreate(n: DriverNetwork): Step[] {
+    const elements = networkElements('add', facts(n));
+    return [
+      step([...bridgeOps(n), ...routeLocalnet(n)], `network ${n.name}: bridge ${n.device} with ${n.subnets.map((s) => `${s.cidr} (gateway ${s.gateway})`).join(', ')}`),
+      step([{ kind: 'nft', lines: elements, undo: networkElements('delete', facts(n)) }]),
+    ];
+  },
+
+  planAttach(n, a, extraNft = { add: [], del: [] }): Step[] {
+    const ns = a.netns;
+    const endpoint = { bridge: n.device, addresses: a.addresses };
+    return [
+      // The nft elements name the bridge and addresses, not the veth: they go in side by side with
+      // the host's half of the link (both undone, whichever failed).
+      sideBySide([
+        [
+          { kind: 'link.add.veth', name: a.hostVeth, peer: a.ifname, peerNetns: ns, peerMac: a.mac, mtu: n.mtu ?? undefined },
+          { kind: 'link.set.master', name: a.hostVeth, master: n.device },
+          { kind: 'link.set.hairpin', name: a.hostVeth },
+          { kind: 'link.set.up', name: a.hostVeth },
+        ],
+        [{ kind: 'nft', lines: [...endpointElements('add', endpoint), ...extraNft.add], undo: [...endpointElements('delete', endpoint), ...extraNft.del] }],
+      ], `${a.sandbox}: ${a.ifname} on network ${n.name} (${a.addresses.map((x) => x.ip).join(', ')}), host side ${a.hostVeth}`),
+      step([
+        ...a.addresses.map((x): Op => ({ kind: 'addr.add', cidr: `${x.ip}/${prefixOf(x.cidr)}`, dev: a.ifname, netns: ns })),
+        { kind: 'link.set.up', name: a.ifname, netns: ns },
+        ...a.defaults.map((d): Op => ({ kind: 'route.replace.default', via: d.via, dev: a.ifname, netns: ns, previous: d.previous })),
+      ]),
+    ];
+  },
+
+  planDetach(n, a, extraDel = []): Step[] {
+    // Independent, and each idempotent: the veth deletion (the kernel's slowest step) and the nft
+    // transaction run side by side. Deleting the host end removes the sandbox's end too.
+    return [
+      sideBySide([
+        [{ kind: 'link.del', name: a.hostVeth }],
+        [{ kind: 'nft.delete', lines: [...endpointElements('delete', { bridge: n.device, addresses: a.addresses }), ...extraDel] }],
+      ], `${a.sandbox}: remove ${a.ifname} from network ${n.name}`),
+      step(a.addresses.length ? [{ kind: 'conntrack.forget', filter: { kind: 'addresses', ips: a.addresses.map((x) => x.ip) } }] : []),
+    ];
+  },
+
+  planRemove(n): Step[] {
+    return [
+      step([{ kind: 'nft.delete', lines: networkElements('delete', facts(n)) }], `remove network ${n.name}`),
+      step([{ kind: 'link.del', name: n.device }]),
+    ];
+  },
+
+  planRepair(n, drift): Step[] {
+    switch (drift.kind) {
+      case 'device-missing': return [step([...bridgeOps(n), ...routeLocalnet(n)], `recreate bridge ${n.device} of network ${n.name}`)];
+      case 'port-detached':
+        return [step([{ kind: 'link.set.master', name: drift.hostVeth, master: n.device }, { kind: 'link.set.up', name: drift.hostVeth }],
+          `put ${drift.hostVeth} of ${drift.sandbox} back on bridge ${n.device}`)];
+      case 'port-missing': return []; // the use case plugs the sandbox in again with planAttach
+    }
+  },
+
+  async observe(kernel: KernelBackend, n: DriverNetwork, attachments): Promise<Drift[]> {
+    const ports = new Map((await kernel.linksOf(n.device).catch(() => [])).map((l) => [l.ifname, l]));
+    const bridge = await kernel.link(n.device);
+    if (!bridge) return [{ kind: 'device-missing' }];
+    const drift: Drift[] = [];
+    for (const a of attachments) {
+      if (ports.has(a.hostVeth)) continue;
+      const link = await kernel.link(a.hostVeth);
+      drift.push({ kind: link ? 'port-detached' : 'port-missing', sandbox: a.sandbox, hostVeth: a.hostVeth });
+    }
+    return drift;
+  },
+};

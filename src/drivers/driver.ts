@@ -1,0 +1,63 @@
+// A network driver turns a network and its attachments into kernel plans. The use cases (create,
+// connect, disconnect, rm, gc) speak only this interface; `bridge` is the first driver, an overlay
+// (vxlan) the next. Plans are data (src/plan/), so a driver does no I/O except in observe().
+import type { KernelBackend } from '../kernel/backend.ts';
+import type { Netns } from '../model/netns.ts';
+import type { Step } from '../plan/plan.ts';
+
+/** A network as a driver sees it (from the store's record). */
+export interface DriverNetwork {
+  readonly name: string;
+  /** The host interface sandboxes attach to (the bridge's name). */
+  readonly device: string;
+  /** The device's MAC, fixed when the network is made; null for records from before it was kept. */
+  readonly mac: string | null;
+  readonly internal: boolean;
+  readonly isolate: boolean;
+  readonly mtu: number | null;
+  readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string; readonly gateway: string }[];
+}
+
+/** One sandbox interface on a network, with everything decided (names, MAC, addresses, routes). */
+export interface DriverAttachment {
+  readonly sandbox: string;
+  readonly ifname: string;
+  readonly hostVeth: string;
+  readonly mac: string;
+  /** The sandbox's namespace. */
+  readonly netns: Netns;
+  readonly addresses: readonly { readonly family: 4 | 6; readonly ip: string; readonly cidr: string }[];
+  /** Default routes this attachment carries, with the one each replaces (another network's), if any. */
+  readonly defaults: readonly { readonly family: 4 | 6; readonly via: string; readonly previous?: { via: string; dev: string } | undefined }[];
+}
+
+/** What the host has that a new network must not collide with. */
+export interface HostView {
+  readonly interfaces: ReadonlySet<string>;
+  /** Routes not made by ctnet: destination CIDR and what it goes through. */
+  readonly routes: readonly { readonly dst: string; readonly via: string }[];
+}
+
+/** What is out of place in the kernel for a network, found by observe(); gc repairs it. */
+export type Drift =
+  | { readonly kind: 'device-missing' }
+  | { readonly kind: 'port-missing'; readonly sandbox: string; readonly hostVeth: string }
+  | { readonly kind: 'port-detached'; readonly sandbox: string; readonly hostVeth: string };
+
+export interface NetworkDriver {
+  readonly name: string;
+  /** Checks a new network against the host; throws a CtnetError that says what to change. */
+  validate(n: DriverNetwork, host: HostView): void;
+  /** Makes the network's device and its nft elements. */
+  planCreate(n: DriverNetwork): Step[];
+  /** Plugs one sandbox in. extraNft: more element lines (published ports) for the same nft transaction. */
+  planAttach(n: DriverNetwork, a: DriverAttachment, extraNft?: { add: readonly string[]; del: readonly string[] }): Step[];
+  /** Unplugs one sandbox (a teardown plan: idempotent). */
+  planDetach(n: DriverNetwork, a: Pick<DriverAttachment, 'sandbox' | 'ifname' | 'hostVeth' | 'addresses'>, extraDel?: readonly string[]): Step[];
+  /** Removes the network's device and elements (a teardown plan). */
+  planRemove(n: DriverNetwork): Step[];
+  /** Puts right what observe() found (a missing port is plugged in again by the use case, with planAttach). */
+  planRepair(n: DriverNetwork, drift: Drift): Step[];
+  /** What the kernel lacks of this network and its attachments. */
+  observe(kernel: KernelBackend, n: DriverNetwork, attachments: readonly { sandbox: string; hostVeth: string }[]): Promise<Drift[]>;
+}

@@ -1,0 +1,88 @@
+// Deciding attachments: interface names, MACs, addresses and default routes of a sandbox on one or
+// more networks, recorded while the store's write lock is held (so no address is handed out twice).
+import { CtnetError } from '../errors.ts';
+import type { DriverAttachment } from '../drivers/driver.ts';
+import { contains, parseSubnet } from '../model/cidr.ts';
+import { allocate } from '../model/ipam.ts';
+import { randomMac } from '../model/mac.ts';
+import type { Netns } from '../model/netns.ts';
+import type { AttachSpec, IpRequest } from '../model/spec.ts';
+import type { Step } from '../plan/plan.ts';
+import type { AddressRow, AttachmentRow, NetworkRow, Store } from '../store/store.ts';
+import type { Recorder } from './applier.ts';
+import { nextIfname, vethName } from './naming.ts';
+import { carriesDefault, currentDefault, driverNetwork, driverOf, readyNetwork } from './records.ts';
+
+/** One attachment as decided: its record, its network, its addresses and the default routes it carries. */
+export interface PlannedAttachment {
+  readonly row: Omit<AttachmentRow, 'owner'>;
+  readonly network: NetworkRow;
+  readonly addresses: readonly AddressRow[];
+  readonly defaults: DriverAttachment['defaults'];
+}
+
+function checkRequestedIps(store: Store, networks: readonly string[], ips: readonly IpRequest[]): void {
+  const subnets = networks.flatMap((n) => store.subnets(n));
+  for (const r of ips) {
+    if (!subnets.some((s) => contains(parseSubnet('subnet', s.cidr), r.family, r.n))) {
+      throw new CtnetError('INVALID_ARGUMENT', `--ip ${r.text} is outside the subnets of ${networks.join(', ')} (${subnets.map((s) => s.cidr).join(', ')})`,
+        'choose an address inside one of them');
+    }
+  }
+}
+
+/**
+ * Decides and records attachments of SANDBOX to NETWORKS (call while deciding). ifname fixes the
+ * (single) attachment's interface name, as a CNI runtime does; usedIfnames are taken already.
+ */
+export function recordAttachments(rec: Recorder, sandbox: string, networks: readonly string[], spec: Pick<AttachSpec, 'ips' | 'mac'>,
+  usedIfnames: string[], ifname?: string): PlannedAttachment[] {
+  const { store } = rec;
+  checkRequestedIps(store, networks, spec.ips);
+  // The default route each family has now; an attachment that takes it over undoes to it.
+  const current = new Map<4 | 6, { via: string; dev: string } | undefined>([[4, currentDefault(store, sandbox, 4)], [6, currentDefault(store, sandbox, 6)]]);
+  const planned: PlannedAttachment[] = [];
+  for (const [i, name] of networks.entries()) {
+    const network = readyNetwork(store, name);
+    if (store.attachments({ sandbox }).some((a) => a.network === name)) {
+      throw new CtnetError('CONFLICT', `sandbox ${sandbox} is already connected to network ${name}`);
+    }
+    if (ifname !== undefined && usedIfnames.includes(ifname)) {
+      throw new CtnetError('CONFLICT', `sandbox ${sandbox} has an interface ${ifname} already`, 'choose another interface name');
+    }
+    const chosen = ifname ?? nextIfname(usedIfnames);
+    usedIfnames.push(chosen);
+    let hostVeth = vethName();
+    while (store.hostVethTaken(hostVeth)) hostVeth = vethName();
+    const row = {
+      sandbox, network: name, ifname: chosen, hostVeth,
+      mac: (i === 0 ? spec.mac : undefined) ?? randomMac(), state: 'creating' as const,
+    };
+    rec.record({ kind: 'attachment.insert', row });
+    const addresses = store.subnets(name).map((lease): AddressRow => {
+      const a = allocate(name, lease, spec.ips, (ip) => store.addressHolder(ip));
+      if (a.cursor !== undefined) rec.record({ kind: 'cursor.set', network: name, cidr: lease.cidr, ip: a.cursor });
+      const address = { ip: a.ip, family: a.family, cidr: a.cidr, network: name, sandbox };
+      rec.record({ kind: 'address.insert', row: address });
+      return address;
+    });
+    const defaults = ([4, 6] as const).filter((f) =>
+      addresses.some((a) => a.family === f) && carriesDefault(store, sandbox, network, f, networks.slice(0, i))).map((f) => {
+      const via = store.subnets(name).find((s) => s.family === f)!.gateway;
+      const previous = current.get(f);
+      current.set(f, { via, dev: chosen });
+      return { family: f, via, previous };
+    });
+    planned.push({ row, network, addresses, defaults });
+  }
+  return planned;
+}
+
+/** The driver's plan that plugs a decided attachment in. */
+export function attachSteps(store: Store, ns: Netns, p: PlannedAttachment, extraNft?: { add: readonly string[]; del: readonly string[] }): Step[] {
+  const a: DriverAttachment = {
+    sandbox: p.row.sandbox, ifname: p.row.ifname, hostVeth: p.row.hostVeth, mac: p.row.mac, netns: ns,
+    addresses: p.addresses.map((x) => ({ family: x.family, ip: x.ip, cidr: x.cidr })), defaults: p.defaults,
+  };
+  return driverOf(p.network).planAttach(driverNetwork(store, p.network), a, extraNft);
+}

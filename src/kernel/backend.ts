@@ -1,0 +1,115 @@
+// The seam between ctnet and the kernel. Everything above it passes plain data: plans of operations
+// (src/plan/ops.ts) to apply, and typed views of what the kernel holds. Implementations: exec/
+// (iproute2, nft, conntrack processes), fake.ts (in memory, for unit tests of the engine). Every
+// failure is a KernelError with its kind decided here, so nothing above matches error text.
+import type { Netns } from '../model/netns.ts';
+import type { Flow } from '../plan/flows.ts';
+import type { Op } from '../plan/ops.ts';
+
+export interface LinkInfo {
+  readonly ifindex: number;
+  readonly ifname: string;
+  readonly link_index?: number;
+  readonly link_netnsid?: number;
+  readonly master?: string;
+  readonly operstate?: string;
+  readonly address?: string;
+  readonly mtu?: number;
+  readonly flags?: string[];
+  readonly linkinfo?: { info_kind?: string };
+}
+
+export interface AddrInfo {
+  readonly ifname: string;
+  readonly addr_info: { family: string; local: string; prefixlen: number; scope: string }[];
+}
+
+export interface RouteInfo {
+  readonly dst: string;
+  readonly gateway?: string;
+  readonly dev?: string;
+  readonly protocol?: string;
+  readonly scope?: string;
+  readonly prefsrc?: string;
+}
+
+export interface NeighInfo {
+  readonly dst: string;
+  readonly dev: string;
+  readonly lladdr?: string;
+  readonly state?: string[];
+}
+
+export interface FdbInfo {
+  readonly mac: string;
+  readonly ifname?: string;
+  readonly master?: string;
+  readonly state?: string;
+  readonly flags?: string[];
+  readonly vlan?: number;
+}
+
+export interface NftChain {
+  readonly family: string;
+  readonly table: string;
+  readonly name: string;
+  readonly hook?: string;
+  readonly policy?: string;
+  readonly prio?: number;
+}
+
+export interface Listener {
+  readonly proto: 'tcp' | 'udp' | 'sctp';
+  /** The bound address; '*' , 0.0.0.0 and :: mean every address. */
+  readonly address: string;
+  readonly port: number;
+  /** "name (pid N)" of the processes holding it, when ss could see them. */
+  readonly processes: string[];
+}
+
+export interface KernelBackend {
+  /**
+   * Applies operations in order, stopping at the first failure (a KernelError). Consecutive
+   * operations may be sent as one batch, so on failure any of them may have happened: the applier
+   * registers inverses before it calls this.
+   */
+  apply(ops: readonly Op[]): Promise<void>;
+
+  // ---- reads (never printed by --explain) ----
+  /** Equivalent to: ip -j -d [-n NS] link show */
+  links(ns?: Netns): Promise<LinkInfo[]>;
+  /** Equivalent to: ip -j [-n NS] link show dev NAME; undefined when there is no such link. */
+  link(name: string, ns?: Netns): Promise<LinkInfo | undefined>;
+  /** Equivalent to: ip -j link show master BRIDGE */
+  linksOf(bridge: string): Promise<LinkInfo[]>;
+  /** Equivalent to: ip -j [-n NS] addr show */
+  addrs(ns?: Netns): Promise<AddrInfo[]>;
+  /** Equivalent to: ip -j [-n NS] -4 route show; ip -j [-n NS] -6 route show */
+  routes(ns?: Netns): Promise<RouteInfo[]>;
+  /** Equivalent to: ip -j [-n NS] neigh show */
+  neighbours(ns?: Netns): Promise<NeighInfo[]>;
+  /** Equivalent to: bridge -j fdb show br BRIDGE */
+  fdb(bridge: string): Promise<FdbInfo[]>;
+  /** Equivalent to: nft -j list table inet ctnet; undefined when it does not exist. */
+  nftTable(): Promise<unknown[] | undefined>;
+  /** Equivalent to: nft list table inet ctnet (text, for humans); undefined when it does not exist. */
+  nftTableText(): Promise<string | undefined>;
+  /** Equivalent to: nft -j list chains; every chain of every table. */
+  nftChains(): Promise<NftChain[]>;
+  /** Equivalent to: conntrack -L (both families). */
+  flows(): Promise<Flow[]>;
+  /** Equivalent to: ss -Hlnp -t -u [--sctp]. */
+  listeners(sctp: boolean): Promise<Listener[]>;
+  /** A sysctl of ctnet's namespace; undefined when the key does not exist. */
+  sysctl(key: string): string | undefined;
+  /** Names of the netns files in /run/netns (ip netns list). */
+  netnsNames(): string[];
+  /** True when PATH is a network namespace file. */
+  isNetns(path: string): boolean;
+  /** PIDs of the processes in a namespace. */
+  netnsPids(ns: Netns): number[];
+  /** The first line of TOOL's version, or undefined when it is not installed (ctnet doctor). */
+  toolVersion(tool: 'ip' | 'nft' | 'conntrack'): Promise<string | undefined>;
+  /** Equivalent to: iptables-legacy -S FORWARD; undefined when there is none (ctnet doctor). */
+  legacyForward(): Promise<string | undefined>;
+}

@@ -1,0 +1,226 @@
+// The kernel backend that runs the tools a person would: iproute2 (`ip -batch` for consecutive
+// commands in one namespace), nft (one transaction per operation), conntrack and ss, and writes to
+// /proc/sys. In-process netlink can replace it behind the same interface.
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { KernelError } from '../../errors.ts';
+import { sameNetns, type Netns } from '../../model/netns.ts';
+import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
+import type { Op } from '../../plan/ops.ts';
+import { ipArgv, ipCommand, shellLine, type IpCommand } from '../../plan/render.ts';
+import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, RouteInfo } from '../backend.ts';
+import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
+import { isNetnsFile, netnsKillAll, netnsNames, netnsPids } from '../netns.ts';
+import { listenersArgv, parseListeners } from '../sockets.ts';
+import { sysctlRead, sysctlWrite } from '../sysctl.ts';
+import { run } from './run.ts';
+
+const TABLE = ['inet', 'ctnet'] as const;
+
+export class ExecBackend implements KernelBackend {
+  async apply(ops: readonly Op[]): Promise<void> {
+    let i = 0;
+    while (i < ops.length) {
+      const op = ops[i]!;
+      const ip = ipCommand(op);
+      if (ip) {
+        // Neighbours in the same namespace go in one `ip -batch -`. `-6` is a global option, not
+        // allowed inside a batch: such commands run alone.
+        const group: IpCommand[] = [ip];
+        let j = i + 1;
+        for (; j < ops.length && batchable(ip); j++) {
+          const next = ipCommand(ops[j]!);
+          if (!next || !batchable(next) || !sameNetns(next.netns, ip.netns)) break;
+          group.push(next);
+        }
+        await runIp(op.kind, group);
+        i = j;
+        continue;
+      }
+      if (op.kind === 'conntrack.forget') {
+        // Consecutive filters share one listing of the flows.
+        const filters: FlowFilter[] = [];
+        for (; i < ops.length && ops[i]!.kind === 'conntrack.forget'; i++) filters.push((ops[i] as { filter: FlowFilter }).filter);
+        await this.#forget(filters);
+        continue;
+      }
+      await this.#one(op);
+      i++;
+    }
+  }
+
+  async #one(op: Op): Promise<void> {
+    switch (op.kind) {
+      case 'sysctl.set':
+        if (sysctlRead(op.key) === op.value) return;
+        try {
+          sysctlWrite(op.key, op.value);
+        } catch (e) {
+          const err = e as NodeJS.ErrnoException;
+          throw new KernelError({
+            kind: err.code === 'ENOENT' ? 'not-found' : err.code === 'EACCES' || err.code === 'EPERM' ? 'permission' : 'failed',
+            op: op.kind, command: `sysctl -w ${op.key}=${op.value}`, stderr: err.message, errno: err.code,
+          });
+        }
+        return;
+      case 'netns.kill':
+        netnsKillAll(op.netns);
+        return;
+      case 'nft':
+        return nftApply(op.kind, op.lines);
+      case 'nft.delete':
+        return nftDelete(op.lines);
+      default:
+        throw new Error(`the exec backend cannot apply ${op.kind}`);
+    }
+  }
+
+  async #forget(filters: readonly FlowFilter[]): Promise<void> {
+    const flows = await this.flows();
+    if (flows.length === 0) return;
+    let local: Promise<ReadonlySet<string>> | undefined;
+    const localAddrs = () => (local ??= this.addrs().then((ls) => new Set(ls.flatMap((l) => (l.addr_info ?? []).map((a) => a.local)))));
+    const chosen = new Set((await Promise.all(filters.map((f) => pickFlows(f, flows, localAddrs)))).flat());
+    for (const argv of conntrackDeleteArgvs([...chosen], flows)) {
+      try {
+        await run('conntrack.forget', argv);
+      } catch (e) {
+        if (!(e instanceof KernelError && e.isNotFound)) throw e; // expired meanwhile: deleted
+      }
+    }
+  }
+
+  // ---- reads ----
+  links(ns?: Netns): Promise<LinkInfo[]> {
+    return ipJson('link.list', ns, ['-d', 'link', 'show']);
+  }
+  async link(name: string, ns?: Netns): Promise<LinkInfo | undefined> {
+    try {
+      return (await ipJson<LinkInfo>('link.show', ns, ['link', 'show', 'dev', name]))[0];
+    } catch (e) {
+      if (e instanceof KernelError && e.isNotFound) return undefined;
+      throw e;
+    }
+  }
+  linksOf(bridge: string): Promise<LinkInfo[]> {
+    return ipJson('link.list', undefined, ['link', 'show', 'master', bridge]);
+  }
+  addrs(ns?: Netns): Promise<AddrInfo[]> {
+    return ipJson('addr.list', ns, ['addr', 'show']);
+  }
+  async routes(ns?: Netns): Promise<RouteInfo[]> {
+    const [v4, v6] = await Promise.all([ipJson<RouteInfo>('route.list', ns, ['-4', 'route', 'show']), ipJson<RouteInfo>('route.list', ns, ['-6', 'route', 'show'])]);
+    return [...v4, ...v6];
+  }
+  neighbours(ns?: Netns): Promise<NeighInfo[]> {
+    return ipJson('neigh.list', ns, ['neigh', 'show']);
+  }
+  async fdb(bridge: string): Promise<FdbInfo[]> {
+    const { stdout } = await run('fdb.list', ['bridge', '-j', 'fdb', 'show', 'br', bridge]);
+    return stdout.trim() ? (JSON.parse(stdout) as FdbInfo[]) : [];
+  }
+  async nftTable(): Promise<unknown[] | undefined> {
+    try {
+      const { stdout } = await run('nft.list', ['nft', '-j', 'list', 'table', ...TABLE]);
+      return (JSON.parse(stdout) as { nftables: unknown[] }).nftables;
+    } catch (e) {
+      if (e instanceof KernelError && e.isNotFound) return undefined;
+      throw e;
+    }
+  }
+  async nftTableText(): Promise<string | undefined> {
+    try {
+      return (await run('nft.list', ['nft', 'list', 'table', ...TABLE])).stdout;
+    } catch (e) {
+      if (e instanceof KernelError && e.isNotFound) return undefined;
+      throw e;
+    }
+  }
+  async nftChains(): Promise<NftChain[]> {
+    const { stdout } = await run('nft.list', ['nft', '-j', 'list', 'chains']);
+    const items = (JSON.parse(stdout) as { nftables: { chain?: NftChain }[] }).nftables;
+    return items.flatMap((i) => (i.chain ? [i.chain] : []));
+  }
+  async flows(): Promise<Flow[]> {
+    return parseFlows((await run('conntrack.list', ['conntrack', '-L'])).stdout);
+  }
+  async listeners(sctp: boolean): Promise<Listener[]> {
+    return parseListeners((await run('socket.list', listenersArgv(sctp))).stdout);
+  }
+  sysctl(key: string): string | undefined {
+    return sysctlRead(key);
+  }
+  netnsNames(): string[] {
+    return netnsNames();
+  }
+  isNetns(path: string): boolean {
+    return isNetnsFile(path);
+  }
+  netnsPids(ns: Netns): number[] {
+    return netnsPids(ns);
+  }
+  async toolVersion(tool: 'ip' | 'nft' | 'conntrack'): Promise<string | undefined> {
+    try {
+      const { stdout, stderr } = await run('tool.version', [tool, tool === 'ip' ? '-V' : '--version']);
+      return (stdout || stderr).trim().split('\n')[0];
+    } catch {
+      return undefined;
+    }
+  }
+  async legacyForward(): Promise<string | undefined> {
+    try {
+      return (await run('iptables.list', ['iptables-legacy', '-S', 'FORWARD'])).stdout;
+    } catch {
+      return undefined; // not installed, or no legacy tables loaded
+    }
+  }
+}
+
+const batchable = (c: IpCommand) => c.args[0] !== '-6';
+
+async function runIp(op: string, group: readonly IpCommand[]): Promise<void> {
+  const first = group[0]!;
+  if (group.length === 1) {
+    await run(op, ipArgv(first.netns, first.args));
+    return;
+  }
+  await run(op, ipArgv(first.netns, ['-batch', '-']), group.map((c) => shellLine(c.args)).join('\n') + '\n');
+}
+
+async function ipJson<T>(op: string, ns: Netns | undefined, args: string[]): Promise<T[]> {
+  const { stdout } = await run(op, ipArgv(ns, ['-j', ...args]));
+  return stdout.trim() ? (JSON.parse(stdout) as T[]) : [];
+}
+
+/** Equivalent to: nft -f FILE. `nft -f -` cannot read Node's stdin pipe, so a temp file carries it. */
+async function nftApply(op: string, lines: readonly string[]): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), 'ctnet-nft-'));
+  const file = join(dir, 'ruleset.nft');
+  try {
+    writeFileSync(file, lines.join('\n') + '\n');
+    await run(op, ['nft', '-f', file]);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * Deletes set elements, treating ones already gone as deleted. nft 1.0.6 has no `destroy`, and one
+ * missing element fails the whole transaction, so on failure each line is retried alone.
+ */
+async function nftDelete(lines: readonly string[]): Promise<void> {
+  if (lines.length === 0) return;
+  try {
+    await nftApply('nft.delete', lines);
+  } catch (e) {
+    if (!(e instanceof KernelError)) throw e;
+    for (const line of lines) {
+      try {
+        await nftApply('nft.delete', [line]);
+      } catch (e2) {
+        if (!(e2 instanceof KernelError && e2.isNotFound)) throw e2;
+      }
+    }
+  }
+}

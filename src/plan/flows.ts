@@ -1,0 +1,102 @@
+// Which tracked connections (conntrack flows) an operation ends, as data: a filter is planned, and
+// applied to the flows the kernel tracks at the moment the plan runs. Pure.
+import ipaddr from 'ipaddr.js';
+import { addrToBigint } from '../model/cidr.ts';
+import { decide, PROTO_NUMBERS, type PolicyRule, type PolicyWorld } from '../model/policy.ts';
+import { hostIpFamilies, isWildcard, type PortMapping } from '../model/ports.ts';
+
+export interface Tuple {
+  readonly src: string;
+  readonly dst: string;
+  readonly sport: number | undefined;
+  readonly dport: number | undefined;
+}
+
+export interface Flow {
+  readonly proto: string;
+  /** TCP's state (ESTABLISHED, TIME_WAIT, ...); undefined for other protocols. */
+  readonly state: string | undefined;
+  readonly family: 4 | 6;
+  readonly orig: Tuple;
+  readonly reply: Tuple;
+}
+
+export interface PortTarget {
+  readonly mapping: PortMapping;
+  readonly targets: readonly { readonly family: 4 | 6; readonly ip: string }[];
+}
+
+export type FlowFilter =
+  /** Every flow from, to or DNATed to these addresses (they are being released). */
+  | { readonly kind: 'addresses'; readonly ips: readonly string[] }
+  /** Flows still DNATed through these mappings (they are being removed or moved). */
+  | { readonly kind: 'unpublished'; readonly ports: readonly PortTarget[] }
+  /**
+   * Flows that hit these host ports before the mappings existed: an un-NATed UDP entry would keep
+   * its packets away from the sandbox for as long as the client keeps sending.
+   */
+  | { readonly kind: 'stale'; readonly ports: readonly PortTarget[] }
+  /** Forwarded connections the policy now denies. */
+  | { readonly kind: 'denied'; readonly rules: readonly PolicyRule[]; readonly world: PolicyWorld };
+
+/** A line for --explain: what the filter picks (which flows is known only when it runs). */
+export function describeFilter(f: FlowFilter): string {
+  switch (f.kind) {
+    case 'addresses': return `flows of ${f.ips.join(', ')}`;
+    case 'unpublished': return `flows through published ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')}`;
+    case 'stale': return `flows that reached host ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')} before they were published`;
+    case 'denied': return 'forwarded flows the policy now denies';
+  }
+}
+
+/**
+ * The flows a filter picks. local() lists the host's own addresses; it is called only when the
+ * filter needs them and a candidate exists (listing them costs a process at scale).
+ */
+export async function pickFlows(f: FlowFilter, flows: readonly Flow[], local: () => Promise<ReadonlySet<string>>): Promise<Flow[]> {
+  switch (f.kind) {
+    case 'addresses': {
+      const set = new Set(f.ips);
+      return flows.filter((x) => set.has(x.orig.src) || set.has(x.orig.dst) || set.has(x.reply.src) || set.has(x.reply.dst));
+    }
+    case 'unpublished':
+      return flows.filter((x) => f.ports.some(({ mapping: m, targets }) =>
+        x.proto === m.proto && targets.some((t) => t.ip === x.reply.src) && x.orig.dst !== x.reply.src &&
+        x.reply.sport !== undefined && x.reply.sport >= m.containerPort && x.reply.sport < m.containerPort + m.count));
+    case 'stale': {
+      const candidates = flows.filter((x) => x.reply.src === x.orig.dst && f.ports.some(({ mapping: m }) =>
+        x.proto === m.proto && x.orig.dport !== undefined && x.orig.dport >= m.hostPort && x.orig.dport < m.hostPort + m.count &&
+        (isWildcard(m.hostIp) || x.orig.dst === m.hostIp) && hostIpFamilies(m.hostIp).includes(x.family)));
+      if (candidates.length === 0) return []; // the usual case: no need to list the host's addresses
+      const mine = await local();
+      // Only flows to the host itself: a forwarded flow to that port elsewhere is not ours to end.
+      return candidates.filter((x) => mine.has(x.orig.dst));
+    }
+    case 'denied': {
+      const live = flows.filter((x) => x.state !== 'TIME_WAIT' && x.state !== 'CLOSE'); // closed: nothing to cut
+      if (live.length === 0) return [];
+      const mine = await local();
+      return live.filter((x) => {
+        const p = flowPacket(x, mine);
+        return p !== undefined && !decide(f.rules, f.world, p).allowed;
+      });
+    }
+  }
+}
+
+/** The packet the forward chain judged for a flow; undefined for the host's own traffic. */
+function flowPacket(f: Flow, local: ReadonlySet<string>) {
+  if (local.has(f.orig.src)) return undefined; // from the host: output path, not forwarded
+  const dnat = f.reply.src !== f.orig.dst;
+  if (!dnat && local.has(f.orig.dst)) return undefined; // to the host itself: input path
+  const dst = dnat ? f.reply.src : f.orig.dst;
+  const port = dnat ? f.reply.sport : f.orig.dport;
+  try {
+    return {
+      family: f.family, src: addrToBigint(ipaddr.parse(f.orig.src)), dst: addrToBigint(ipaddr.parse(dst)),
+      proto: PROTO_NUMBERS[f.proto] ?? -1, port: port ?? 0, published: dnat,
+    };
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,102 @@
+// The kernel operations ctnet performs, as plain values. A use case computes a list of them (a
+// plan); the applier (src/engine/applier.ts) runs it through a kernel backend. Each operation that
+// can be undone knows its inverse, so rollback, --explain, --dry-run and the fake backend all work
+// from the same data. Pure: no I/O here.
+import type { Netns } from '../model/netns.ts';
+import type { FlowFilter } from './flows.ts';
+
+export type Op =
+  /** ip netns add NAME */
+  | { readonly kind: 'netns.add'; readonly name: string }
+  /** ip netns del NAME */
+  | { readonly kind: 'netns.del'; readonly name: string }
+  /** ip netns pids NS | xargs kill -KILL: every process in a namespace ctnet owns. */
+  | { readonly kind: 'netns.kill'; readonly netns: Netns }
+  /** ip link add NAME address MAC [mtu N] type bridge */
+  | { readonly kind: 'link.add.bridge'; readonly name: string; readonly mac: string; readonly mtu?: number | undefined }
+  /**
+   * [ip -n NS] ip link add NAME [mtu N] type veth peer name PEER [address MAC] netns PEER_NS: the
+   * peer is made in place, with its final name.
+   */
+  | {
+    readonly kind: 'link.add.veth'; readonly name: string; readonly netns?: Netns | undefined; readonly peer: string; readonly peerNetns: Netns;
+    readonly peerMac?: string | undefined; readonly mtu?: number | undefined;
+  }
+  /** ip [-n NS] link del NAME */
+  | { readonly kind: 'link.del'; readonly name: string; readonly netns?: Netns | undefined }
+  /** ip link set NAME master BRIDGE */
+  | { readonly kind: 'link.set.master'; readonly name: string; readonly master: string }
+  /** ip link set NAME type bridge_slave hairpin on */
+  | { readonly kind: 'link.set.hairpin'; readonly name: string }
+  /** ip [-n NS] link set NAME up */
+  | { readonly kind: 'link.set.up'; readonly name: string; readonly netns?: Netns | undefined }
+  /** ip [-n NS] addr add CIDR dev DEV (nodad for IPv6: usable at once) */
+  | { readonly kind: 'addr.add'; readonly cidr: string; readonly dev: string; readonly netns?: Netns | undefined }
+  /** ip [-n NS] addr del CIDR dev DEV */
+  | { readonly kind: 'addr.del'; readonly cidr: string; readonly dev: string; readonly netns?: Netns | undefined }
+  /**
+   * ip [-n NS] [-6] route replace default via GW dev DEV. `previous` is the default route it
+   * replaces (another network's), which its inverse puts back.
+   */
+  | {
+    readonly kind: 'route.replace.default'; readonly via: string; readonly dev: string; readonly netns?: Netns | undefined;
+    readonly previous?: { readonly via: string; readonly dev: string } | undefined;
+  }
+  /** ip [-n NS] [-6] route del default via GW dev DEV */
+  | { readonly kind: 'route.del.default'; readonly via: string; readonly dev: string; readonly netns?: Netns | undefined }
+  /** sysctl -w KEY=VALUE in ctnet's namespace; nothing is done when it holds VALUE already. */
+  | { readonly kind: 'sysctl.set'; readonly key: string; readonly value: string }
+  /**
+   * nft -f: these lines as one atomic transaction. `undo` lines (element deletes) are its inverse,
+   * applied as nft.delete is.
+   */
+  | { readonly kind: 'nft'; readonly lines: readonly string[]; readonly undo?: readonly string[] | undefined }
+  /** Element deletes where one already gone counts as deleted (nft 1.0.6 has no `destroy`). */
+  | { readonly kind: 'nft.delete'; readonly lines: readonly string[] }
+  /**
+   * conntrack -D of the tracked flows a filter picks at the moment it runs: which flows those are
+   * is not known when planning, so --dry-run prints only what would be picked.
+   */
+  | { readonly kind: 'conntrack.forget'; readonly filter: FlowFilter };
+
+export type OpKind = Op['kind'];
+
+/**
+ * The operation that undoes op, or undefined when nothing needs undoing (its effect goes with the
+ * link or namespace whose creation is undone, or it is a deletion or a one-way setting such as
+ * forwarding). Inverses tolerate absence: the applier runs an inverse also for a step that failed
+ * half way, so what it undoes may never have happened.
+ */
+export function inverse(op: Op): Op | undefined {
+  switch (op.kind) {
+    case 'netns.add': return { kind: 'netns.del', name: op.name };
+    // Deleting the host end of a veth removes its peer too.
+    case 'link.add.bridge': return { kind: 'link.del', name: op.name };
+    case 'link.add.veth': return { kind: 'link.del', name: op.name, netns: op.netns };
+    case 'addr.add': return { kind: 'addr.del', cidr: op.cidr, dev: op.dev, netns: op.netns };
+    case 'route.replace.default':
+      return op.previous
+        ? { kind: 'route.replace.default', via: op.previous.via, dev: op.previous.dev, netns: op.netns }
+        : { kind: 'route.del.default', via: op.via, dev: op.dev, netns: op.netns };
+    case 'nft': return op.undo && op.undo.length > 0 ? { kind: 'nft.delete', lines: op.undo } : undefined;
+    // Link settings vanish with their link; a sysctl this ctnet turned on (forwarding) stays on,
+    // as other networks may rely on it; deletions and flows cannot be brought back.
+    case 'link.set.master':
+    case 'link.set.hairpin':
+    case 'link.set.up':
+    case 'sysctl.set':
+    case 'netns.del':
+    case 'netns.kill':
+    case 'link.del':
+    case 'addr.del':
+    case 'route.del.default':
+    case 'nft.delete':
+    case 'conntrack.forget':
+      return undefined;
+  }
+}
+
+/** True for operations that remove something: in a teardown, "already gone" is success. */
+export function removes(op: Op): boolean {
+  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'nft.delete', 'conntrack.forget'].includes(op.kind);
+}

@@ -1,0 +1,82 @@
+// Operations as the equivalent shell commands: what --explain and --dry-run print, and (for the
+// iproute2 ones) the very argv the exec backend runs. Pure.
+import { netnsPath, type Netns } from '../model/netns.ts';
+import { describeFilter } from './flows.ts';
+import type { Op } from './ops.ts';
+
+// Renders argv as a line a POSIX shell would run unchanged.
+const SAFE = /^[A-Za-z0-9_@%+=:,./-]+$/;
+
+export function quote(arg: string): string {
+  return arg !== '' && SAFE.test(arg) ? arg : `'${arg.replaceAll("'", `'\\''`)}'`;
+}
+
+export function shellLine(argv: readonly string[]): string {
+  return argv.map(quote).join(' ');
+}
+
+/** An iproute2 command: its arguments, and the namespace it runs in (undefined: ctnet's own). */
+export interface IpCommand {
+  readonly netns?: Netns | undefined;
+  readonly args: readonly string[];
+}
+
+const mtuArgs = (mtu: number | undefined) => (mtu ? ['mtu', String(mtu)] : []);
+const v6 = (addr: string) => (addr.includes(':') ? ['-6'] : []);
+
+/** The iproute2 command of an operation, or undefined for one that is not an `ip` command. */
+export function ipCommand(op: Op): IpCommand | undefined {
+  switch (op.kind) {
+    case 'netns.add': return { args: ['netns', 'add', op.name] };
+    case 'netns.del': return { args: ['netns', 'del', op.name] };
+    case 'link.add.bridge':
+      return { args: ['link', 'add', op.name, 'address', op.mac, ...mtuArgs(op.mtu), 'type', 'bridge'] };
+    case 'link.add.veth':
+      return {
+        netns: op.netns,
+        args: ['link', 'add', op.name, ...mtuArgs(op.mtu), 'type', 'veth', 'peer', 'name', op.peer, ...mtuArgs(op.mtu),
+          ...(op.peerMac ? ['address', op.peerMac] : []), 'netns', 'name' in op.peerNetns ? op.peerNetns.name : op.peerNetns.path],
+      };
+    case 'link.del': return { netns: op.netns, args: ['link', 'del', op.name] };
+    case 'link.set.master': return { args: ['link', 'set', op.name, 'master', op.master] };
+    // Lets the bridge send a frame back out of the port it came in on: with br_netfilter, a sandbox
+    // reaching its own published port through the host's address is DNATed inside the bridge.
+    case 'link.set.hairpin': return { args: ['link', 'set', op.name, 'type', 'bridge_slave', 'hairpin', 'on'] };
+    case 'link.set.up': return { netns: op.netns, args: ['link', 'set', op.name, 'up'] };
+    case 'addr.add': return { netns: op.netns, args: ['addr', 'add', op.cidr, 'dev', op.dev, ...(op.cidr.includes(':') ? ['nodad'] : [])] };
+    case 'addr.del': return { netns: op.netns, args: ['addr', 'del', op.cidr, 'dev', op.dev] };
+    // replace: a network with a way out takes the default over from an --internal one.
+    case 'route.replace.default': return { netns: op.netns, args: [...v6(op.via), 'route', 'replace', 'default', 'via', op.via, 'dev', op.dev] };
+    case 'route.del.default': return { netns: op.netns, args: [...v6(op.via), 'route', 'del', 'default', 'via', op.via, 'dev', op.dev] };
+    default: return undefined;
+  }
+}
+
+/** argv that runs `ip ARGS...` in ns. `ip -n` takes only names, so other paths go through nsenter. */
+export function ipArgv(ns: Netns | undefined, args: readonly string[]): string[] {
+  if (!ns) return ['ip', ...args];
+  if ('name' in ns) return ['ip', '-n', ns.name, ...args];
+  return ['nsenter', `--net=${ns.path}`, 'ip', ...args];
+}
+
+/** argv of `nsenter --net=NS -- CMD ARGS`. */
+export function nsenterArgv(ns: Netns, cmd: readonly string[]): string[] {
+  return ['nsenter', `--net=${netnsPath(ns)}`, '--', ...cmd];
+}
+
+/** A heredoc that feeds an nft script to `nft -f -`, as a person would paste it. */
+export const nftLine = (lines: readonly string[]) => `nft -f - <<'EOF'\n${lines.join('\n')}\nEOF`;
+
+/** The shell lines equivalent to one operation. */
+export function renderOp(op: Op): string[] {
+  const ip = ipCommand(op);
+  if (ip) return [shellLine(ipArgv(ip.netns, ip.args))];
+  switch (op.kind) {
+    case 'netns.kill': return [`ip netns pids ${quote('name' in op.netns ? op.netns.name : op.netns.path)} | xargs -r kill -KILL`];
+    case 'sysctl.set': return [`sysctl -w ${op.key}=${op.value}`];
+    case 'nft': return [nftLine(op.lines)];
+    case 'nft.delete': return [nftLine(op.lines)];
+    case 'conntrack.forget': return [`# conntrack -D: ${describeFilter(op.filter)}`];
+    default: throw new Error(`no rendering for ${op.kind}`);
+  }
+}

@@ -1,0 +1,108 @@
+// Changes to the store, as plain values: what a use case records, and (computed as each is made)
+// what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
+// rollback puts store and kernel back together.
+import type { AddressRow, AttachmentRow, CniRow, NetworkRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
+
+export type StoreChange =
+  | { readonly kind: 'network.insert'; readonly row: Omit<NetworkRow, 'created' | 'owner'>; readonly subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[] }
+  | { readonly kind: 'network.state'; readonly name: string; readonly state: State }
+  | { readonly kind: 'network.delete'; readonly name: string }
+  | { readonly kind: 'network.mac'; readonly name: string; readonly mac: string }
+  | { readonly kind: 'sandbox.insert'; readonly row: Omit<SandboxRow, 'created' | 'owner'> }
+  | { readonly kind: 'sandbox.state'; readonly name: string; readonly state: State }
+  | { readonly kind: 'sandbox.delete'; readonly name: string }
+  | { readonly kind: 'attachment.insert'; readonly row: Omit<AttachmentRow, 'owner'> }
+  | { readonly kind: 'attachment.state'; readonly sandbox: string; readonly network: string; readonly state: State }
+  | { readonly kind: 'attachment.delete'; readonly sandbox: string; readonly network: string }
+  | { readonly kind: 'address.insert'; readonly row: AddressRow }
+  | { readonly kind: 'cursor.set'; readonly network: string; readonly cidr: string; readonly ip: string | null }
+  | { readonly kind: 'port.insert'; readonly row: PortRow }
+  | { readonly kind: 'port.delete'; readonly row: PortRow }
+  | { readonly kind: 'label.set'; readonly sandbox: string; readonly key: string; readonly value: string }
+  | { readonly kind: 'label.delete'; readonly sandbox: string; readonly key: string }
+  | { readonly kind: 'cni.insert'; readonly row: Omit<CniRow, 'created'> }
+  | { readonly kind: 'policy.delete'; readonly id: number }
+  | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> };
+
+/**
+ * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
+ * nothing can: a deletion that cascades, which a use case only records once its kernel work is done.
+ */
+export function applyChange(store: Store, c: StoreChange): StoreChange | undefined {
+  switch (c.kind) {
+    case 'network.insert':
+      store.insertNetwork(c.row, c.subnets);
+      return { kind: 'network.delete', name: c.row.name };
+    case 'network.state': {
+      const was = store.network(c.name)?.state;
+      store.setNetworkState(c.name, c.state);
+      return was && { kind: 'network.state', name: c.name, state: was };
+    }
+    case 'network.delete':
+      store.deleteNetwork(c.name);
+      return undefined;
+    case 'network.mac': {
+      const was = store.network(c.name)?.mac;
+      store.setNetworkMac(c.name, c.mac);
+      return was ? { kind: 'network.mac', name: c.name, mac: was } : undefined;
+    }
+    case 'sandbox.insert':
+      store.insertSandbox(c.row);
+      return { kind: 'sandbox.delete', name: c.row.name };
+    case 'sandbox.state': {
+      const was = store.sandbox(c.name)?.state;
+      store.setSandboxState(c.name, c.state);
+      return was && { kind: 'sandbox.state', name: c.name, state: was };
+    }
+    case 'sandbox.delete':
+      store.deleteSandbox(c.name);
+      return undefined;
+    case 'attachment.insert':
+      store.insertAttachment(c.row);
+      return { kind: 'attachment.delete', sandbox: c.row.sandbox, network: c.row.network };
+    case 'attachment.state': {
+      const was = store.attachments({ sandbox: c.sandbox }).find((a) => a.network === c.network)?.state;
+      store.setAttachmentState(c.sandbox, c.network, c.state);
+      return was && { kind: 'attachment.state', sandbox: c.sandbox, network: c.network, state: was };
+    }
+    case 'attachment.delete':
+      store.deleteAttachment(c.sandbox, c.network);
+      return undefined;
+    // An address goes with its attachment (cascade); alone, it is deleted with the row's key.
+    case 'address.insert':
+      store.insertAddress(c.row);
+      return undefined;
+    case 'cursor.set': {
+      const was = store.subnets(c.network).find((s) => s.cidr === c.cidr)?.cursor ?? null;
+      store.setCursor(c.network, c.cidr, c.ip);
+      return { kind: 'cursor.set', network: c.network, cidr: c.cidr, ip: was };
+    }
+    case 'port.insert':
+      store.insertPort(c.row);
+      return { kind: 'port.delete', row: c.row };
+    case 'port.delete':
+      store.deletePort(c.row);
+      return { kind: 'port.insert', row: c.row };
+    case 'label.set': {
+      const was = store.labels(c.sandbox).find((l) => l.key === c.key);
+      store.setLabel(c.sandbox, c.key, c.value);
+      return was ? { kind: 'label.set', sandbox: c.sandbox, key: c.key, value: was.value } : { kind: 'label.delete', sandbox: c.sandbox, key: c.key };
+    }
+    case 'label.delete': {
+      const was = store.labels(c.sandbox).find((l) => l.key === c.key);
+      store.deleteLabel(c.sandbox, c.key);
+      return was && { kind: 'label.set', sandbox: c.sandbox, key: c.key, value: was.value };
+    }
+    case 'cni.insert':
+      store.insertCniAttachment(c.row);
+      return undefined; // goes with its attachment (cascade)
+    case 'policy.delete':
+      store.deletePolicy(c.id);
+      return undefined;
+    case 'policy.mirror': {
+      const was = store.policyMirror();
+      store.setPolicyMirror(c.sets);
+      return { kind: 'policy.mirror', sets: new Map([...was].map(([k, v]) => [k, [...v]])) };
+    }
+  }
+}
