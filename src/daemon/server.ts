@@ -10,6 +10,7 @@ import { handleCni } from '../cni/handler.ts';
 import { CniError, CODE, renderError } from '../cni/protocol.ts';
 import { CrashPoints } from '../engine/applier.ts';
 import { createCtx } from '../engine/context.ts';
+import { ExecBackend } from '../kernel/exec/backend.ts';
 import { Store } from '../store/store.ts';
 import { decodeRequest, encodeReply, type Reply } from './wire.ts';
 
@@ -177,11 +178,14 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
         'one state directory serves one network namespace: give this namespace its own stateDir')) };
     }
     const warnings: string[] = [];
-    const ctx = createCtx({ store, warn: (m) => warnings.push(m), defer: (fn) => later.push(fn), crash });
+    const kernel = new ExecBackend();
+    const ctx = createCtx({ store, kernel, warn: (m) => warnings.push(m), defer: (fn) => later.push(fn), crash });
     const started = performance.now();
     const reply = await handleCni(ctx, req.env, req.stdin);
-    const ms = (performance.now() - started).toFixed(1);
-    log(`${req.env.CNI_COMMAND ?? '?'} ${req.env.CNI_CONTAINERID ?? ''} ${req.env.CNI_IFNAME ?? ''}: exit ${reply.exit} in ${ms} ms${reply.exit ? ` ${reply.stdout.trim()}` : ''}`);
+    const total = performance.now() - started;
+    // The engine's own time (parse, plan, store, apply) apart from the tools it spawned.
+    const tools = `tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns, engine ${(total - kernel.stats.ms).toFixed(1)} ms`;
+    log(`${req.env.CNI_COMMAND ?? '?'} ${req.env.CNI_CONTAINERID ?? ''} ${req.env.CNI_IFNAME ?? ''}: exit ${reply.exit} in ${total.toFixed(1)} ms (${tools})${reply.exit ? ` ${reply.stdout.trim()}` : ''}`);
     return { later, reply: { ...reply, stderr: reply.stderr + warnings.map((w) => `ctnet: ${w}\n`).join('') } };
   }
 

@@ -20,7 +20,8 @@ export function createCtx(o: {
   dryRun?: boolean | undefined;
   defer?: ((fn: () => Promise<void>) => void) | undefined;
   crash?: CrashPoints | undefined;
+  kernel?: KernelBackend | undefined;
 }): Ctx {
-  const kernel = new ExecBackend();
+  const kernel = o.kernel ?? new ExecBackend();
   return { store: o.store, kernel, warn: o.warn, applier: new Applier({ backend: kernel, ...o }) };
 }

@@ -439,4 +439,28 @@ describe('CNI plugin', () => {
     assert.equal(r.code, 1);
     assert.equal((JSON.parse(r.stdout) as Json).code, 1);
   });
+
+  it('a warm ctnetd reports the bridge MAC of a network removed and made again under the same name', async () => {
+    // Issue 11: ctnetd cached bridge MACs for its whole life, so after `network rm` + `network create`
+    // an ADD answered with the old bridge's MAC.
+    await lab.ctnetOk(['network', 'create', 'again', '--subnet', '10.93.0.0/24']);
+    const macOf = async () => (JSON.parse((await lab.inHost(['ip', '-j', 'link', 'show', 'ctbr-again'])).stdout) as { address: string }[])[0]!.address;
+    const bridgeIn = (r: { json?: Json }) => ((r.json!.interfaces as { name: string; mac?: string }[]).find((i) => i.name === 'ctbr-again'))?.mac;
+    const again = conf({ name: 'again', network: 'again' });
+    const ns1 = newNetns();
+    const first = await call(env('ADD', 'mac1', ns1), again);
+    assert.equal(first.code, 0, first.stdout);
+    assert.equal(bridgeIn(first), await macOf());
+    assert.equal((await call(env('DEL', 'mac1', ns1), again)).code, 0);
+    await lab.ctnetOk(['network', 'rm', 'again']);
+    await lab.ctnetOk(['network', 'create', 'again', '--subnet', '10.93.0.0/24']);
+    assert.equal((await daemon()).code, 0, 'ctnetd is still the warm one');
+    const ns2 = newNetns();
+    const second = await call(env('ADD', 'mac2', ns2), again);
+    assert.equal(second.code, 0, second.stdout);
+    assert.notEqual(bridgeIn(second), bridgeIn(first), 'a new bridge has a new MAC');
+    assert.equal(bridgeIn(second), await macOf(), 'the result carries the bridge\'s MAC as it is now');
+    assert.equal((await call(env('DEL', 'mac2', ns2), again)).code, 0);
+    await lab.ctnetOk(['network', 'rm', 'again']);
+  });
 });

@@ -28,16 +28,20 @@ async function snapshot(lab: Lab, netns: string): Promise<unknown> {
   return { links, addrs, nft, nsLinks, nsAddrs, routes };
 }
 
-it('--explain output of network create + create, pasted on a clean lab host, reproduces the result', async () => {
+it('--explain output of network create + create -p + policy allow, pasted on a clean lab host, reproduces the result', async () => {
   const a = await Lab.create();
   labs.push(a);
   const script = [
     await a.ctnetOk(['network', 'create', 'n', '--subnet', '10.90.0.0/24', '--subnet', 'fd00:90::/64', '--explain']),
-    await a.ctnetOk(['create', 's', '--network', 'n', '--explain']),
+    await a.ctnetOk(['create', 's', '--network', 'n', '-p', '8080:80', '--explain']),
+    await a.ctnetOk(['policy', 'allow', '--from', 'net:n', '--to', 's', '--port', '80', '--name', 'web', '--explain']),
   ].join('\n');
   const netns = /ip netns add (\S+)/.exec(script)![1]!;
   const want = await snapshot(a, netns);
   assert.match(JSON.stringify(want), /ctbr-n.*10\.90\.0\.1\/24.*endpoints4.*10\.90\.0\.2\/24.*default 10\.90\.0\.1 eth0/s, 'the snapshot holds the real state');
+  assert.match(JSON.stringify(want), /ports4_any[^}]*elements = \{ tcp \. 8080 : 10\.90\.0\.2 \. 80/, 'the published port is in the snapshot');
+  assert.match(JSON.stringify(want), /policy_allow4[^}]*elements = \{ 10\.90\.0\.0\/24 \. 10\.90\.0\.2 \. tcp \. 80/, 'the policy rule is in the snapshot');
+  await a.ctnetOk(['policy', 'rm', 'web']);
   await a.ctnetOk(['rm', 's']);
   await a.ctnetOk(['network', 'rm', 'n']);
 

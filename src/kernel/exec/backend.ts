@@ -14,11 +14,15 @@ import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
 import { isNetnsFile, netnsKillAll, netnsNames, netnsPids } from '../netns.ts';
 import { listenersArgv, parseListeners } from '../sockets.ts';
 import { sysctlRead, sysctlWrite } from '../sysctl.ts';
-import { run } from './run.ts';
+import { run, SpawnStats } from './run.ts';
 
 const TABLE = ['inet', 'ctnet'] as const;
 
 export class ExecBackend implements KernelBackend {
+  /** Processes spawned and the time they took (the daemon reports a request's own time apart from them). */
+  readonly stats = new SpawnStats();
+  readonly #run = (op: string, argv: readonly string[], input?: string) => run(op, argv, input, this.stats);
+
   async apply(ops: readonly Op[]): Promise<void> {
     let i = 0;
     while (i < ops.length) {
@@ -34,7 +38,7 @@ export class ExecBackend implements KernelBackend {
           if (!next || !batchable(next) || !sameNetns(next.netns, ip.netns)) break;
           group.push(next);
         }
-        await runIp(op.kind, group);
+        await this.#runIp(op.kind, group);
         i = j;
         continue;
       }
@@ -68,9 +72,9 @@ export class ExecBackend implements KernelBackend {
         netnsKillAll(op.netns);
         return;
       case 'nft':
-        return nftApply(op.kind, op.lines);
+        return this.#nftApply(op.kind, op.lines);
       case 'nft.delete':
-        return nftDelete(op.lines);
+        return this.#nftDelete(op.lines);
       default:
         throw new Error(`the exec backend cannot apply ${op.kind}`);
     }
@@ -84,7 +88,7 @@ export class ExecBackend implements KernelBackend {
     const chosen = new Set((await Promise.all(filters.map((f) => pickFlows(f, flows, localAddrs)))).flat());
     for (const argv of conntrackDeleteArgvs([...chosen], flows)) {
       try {
-        await run('conntrack.forget', argv);
+        await this.#run('conntrack.forget', argv);
       } catch (e) {
         if (!(e instanceof KernelError && e.isNotFound)) throw e; // expired meanwhile: deleted
       }
@@ -93,36 +97,36 @@ export class ExecBackend implements KernelBackend {
 
   // ---- reads ----
   links(ns?: Netns): Promise<LinkInfo[]> {
-    return ipJson('link.list', ns, ['-d', 'link', 'show']);
+    return this.#ipJson('link.list', ns, ['-d', 'link', 'show']);
   }
   async link(name: string, ns?: Netns): Promise<LinkInfo | undefined> {
     try {
-      return (await ipJson<LinkInfo>('link.show', ns, ['link', 'show', 'dev', name]))[0];
+      return (await this.#ipJson<LinkInfo>('link.show', ns, ['link', 'show', 'dev', name]))[0];
     } catch (e) {
       if (e instanceof KernelError && e.isNotFound) return undefined;
       throw e;
     }
   }
   linksOf(bridge: string): Promise<LinkInfo[]> {
-    return ipJson('link.list', undefined, ['link', 'show', 'master', bridge]);
+    return this.#ipJson('link.list', undefined, ['link', 'show', 'master', bridge]);
   }
   addrs(ns?: Netns): Promise<AddrInfo[]> {
-    return ipJson('addr.list', ns, ['addr', 'show']);
+    return this.#ipJson('addr.list', ns, ['addr', 'show']);
   }
   async routes(ns?: Netns): Promise<RouteInfo[]> {
-    const [v4, v6] = await Promise.all([ipJson<RouteInfo>('route.list', ns, ['-4', 'route', 'show']), ipJson<RouteInfo>('route.list', ns, ['-6', 'route', 'show'])]);
+    const [v4, v6] = await Promise.all([this.#ipJson<RouteInfo>('route.list', ns, ['-4', 'route', 'show']), this.#ipJson<RouteInfo>('route.list', ns, ['-6', 'route', 'show'])]);
     return [...v4, ...v6];
   }
   neighbours(ns?: Netns): Promise<NeighInfo[]> {
-    return ipJson('neigh.list', ns, ['neigh', 'show']);
+    return this.#ipJson('neigh.list', ns, ['neigh', 'show']);
   }
   async fdb(bridge: string): Promise<FdbInfo[]> {
-    const { stdout } = await run('fdb.list', ['bridge', '-j', 'fdb', 'show', 'br', bridge]);
+    const { stdout } = await this.#run('fdb.list', ['bridge', '-j', 'fdb', 'show', 'br', bridge]);
     return stdout.trim() ? (JSON.parse(stdout) as FdbInfo[]) : [];
   }
   async nftTable(): Promise<unknown[] | undefined> {
     try {
-      const { stdout } = await run('nft.list', ['nft', '-j', 'list', 'table', ...TABLE]);
+      const { stdout } = await this.#run('nft.list', ['nft', '-j', 'list', 'table', ...TABLE]);
       return (JSON.parse(stdout) as { nftables: unknown[] }).nftables;
     } catch (e) {
       if (e instanceof KernelError && e.isNotFound) return undefined;
@@ -131,22 +135,22 @@ export class ExecBackend implements KernelBackend {
   }
   async nftTableText(): Promise<string | undefined> {
     try {
-      return (await run('nft.list', ['nft', 'list', 'table', ...TABLE])).stdout;
+      return (await this.#run('nft.list', ['nft', 'list', 'table', ...TABLE])).stdout;
     } catch (e) {
       if (e instanceof KernelError && e.isNotFound) return undefined;
       throw e;
     }
   }
   async nftChains(): Promise<NftChain[]> {
-    const { stdout } = await run('nft.list', ['nft', '-j', 'list', 'chains']);
+    const { stdout } = await this.#run('nft.list', ['nft', '-j', 'list', 'chains']);
     const items = (JSON.parse(stdout) as { nftables: { chain?: NftChain }[] }).nftables;
     return items.flatMap((i) => (i.chain ? [i.chain] : []));
   }
   async flows(): Promise<Flow[]> {
-    return parseFlows((await run('conntrack.list', ['conntrack', '-L'])).stdout);
+    return parseFlows((await this.#run('conntrack.list', ['conntrack', '-L'])).stdout);
   }
   async listeners(sctp: boolean): Promise<Listener[]> {
-    return parseListeners((await run('socket.list', listenersArgv(sctp))).stdout);
+    return parseListeners((await this.#run('socket.list', listenersArgv(sctp))).stdout);
   }
   sysctl(key: string): string | undefined {
     return sysctlRead(key);
@@ -162,7 +166,7 @@ export class ExecBackend implements KernelBackend {
   }
   async toolVersion(tool: 'ip' | 'nft' | 'conntrack'): Promise<string | undefined> {
     try {
-      const { stdout, stderr } = await run('tool.version', [tool, tool === 'ip' ? '-V' : '--version']);
+      const { stdout, stderr } = await this.#run('tool.version', [tool, tool === 'ip' ? '-V' : '--version']);
       return (stdout || stderr).trim().split('\n')[0];
     } catch {
       return undefined;
@@ -170,36 +174,33 @@ export class ExecBackend implements KernelBackend {
   }
   async legacyForward(): Promise<string | undefined> {
     try {
-      return (await run('iptables.list', ['iptables-legacy', '-S', 'FORWARD'])).stdout;
+      return (await this.#run('iptables.list', ['iptables-legacy', '-S', 'FORWARD'])).stdout;
     } catch {
       return undefined; // not installed, or no legacy tables loaded
     }
   }
-}
 
-const batchable = (c: IpCommand) => c.args[0] !== '-6';
-
-async function runIp(op: string, group: readonly IpCommand[]): Promise<void> {
+  async #runIp(op: string, group: readonly IpCommand[]): Promise<void> {
   const first = group[0]!;
   if (group.length === 1) {
-    await run(op, ipArgv(first.netns, first.args));
+    await this.#run(op, ipArgv(first.netns, first.args));
     return;
   }
-  await run(op, ipArgv(first.netns, ['-batch', '-']), group.map((c) => shellLine(c.args)).join('\n') + '\n');
+  await this.#run(op, ipArgv(first.netns, ['-batch', '-']), group.map((c) => shellLine(c.args)).join('\n') + '\n');
 }
 
-async function ipJson<T>(op: string, ns: Netns | undefined, args: string[]): Promise<T[]> {
-  const { stdout } = await run(op, ipArgv(ns, ['-j', ...args]));
+  async #ipJson<T>(op: string, ns: Netns | undefined, args: string[]): Promise<T[]> {
+  const { stdout } = await this.#run(op, ipArgv(ns, ['-j', ...args]));
   return stdout.trim() ? (JSON.parse(stdout) as T[]) : [];
 }
 
 /** Equivalent to: nft -f FILE. `nft -f -` cannot read Node's stdin pipe, so a temp file carries it. */
-async function nftApply(op: string, lines: readonly string[]): Promise<void> {
+  async #nftApply(op: string, lines: readonly string[]): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ctnet-nft-'));
   const file = join(dir, 'ruleset.nft');
   try {
     writeFileSync(file, lines.join('\n') + '\n');
-    await run(op, ['nft', '-f', file]);
+    await this.#run(op, ['nft', '-f', file]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -209,18 +210,21 @@ async function nftApply(op: string, lines: readonly string[]): Promise<void> {
  * Deletes set elements, treating ones already gone as deleted. nft 1.0.6 has no `destroy`, and one
  * missing element fails the whole transaction, so on failure each line is retried alone.
  */
-async function nftDelete(lines: readonly string[]): Promise<void> {
+  async #nftDelete(lines: readonly string[]): Promise<void> {
   if (lines.length === 0) return;
   try {
-    await nftApply('nft.delete', lines);
+    await this.#nftApply('nft.delete', lines);
   } catch (e) {
     if (!(e instanceof KernelError)) throw e;
     for (const line of lines) {
       try {
-        await nftApply('nft.delete', [line]);
+        await this.#nftApply('nft.delete', [line]);
       } catch (e2) {
         if (!(e2 instanceof KernelError && e2.isNotFound)) throw e2;
       }
     }
   }
 }
+}
+
+const batchable = (c: IpCommand) => c.args[0] !== '-6';

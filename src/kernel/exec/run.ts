@@ -27,14 +27,32 @@ export function classify(stderr: string): KernelErrorKind {
   return 'failed';
 }
 
+/** Time spent in tools, so a request can report its own (engine) time apart from process spawns. */
+export class SpawnStats {
+  spawns = 0;
+  /** Wall time with at least one tool running (overlapping tools count once). */
+  ms = 0;
+  #running = 0;
+  #since = 0;
+  started(now: number): void {
+    if (this.#running++ === 0) this.#since = now;
+  }
+  ended(now: number): void {
+    this.spawns++;
+    if (--this.#running === 0) this.ms += now - this.#since;
+  }
+}
+
 /** Runs argv; op names the operation (or read) for the error. input: text for the tool's stdin. */
-export async function run(op: string, argv: readonly string[], input?: string): Promise<RunResult> {
-  if (!TRACE) return exec(op, argv, input);
+export async function run(op: string, argv: readonly string[], input?: string, stats?: SpawnStats): Promise<RunResult> {
   const t = performance.now();
+  stats?.started(t);
   try {
     return await exec(op, argv, input);
   } finally {
-    process.stderr.write(`ctnet: trace: ${(performance.now() - t).toFixed(1)} ms ${shellLine(argv).slice(0, 120)}\n`);
+    const now = performance.now();
+    stats?.ended(now);
+    if (TRACE) process.stderr.write(`ctnet: trace: ${(now - t).toFixed(1)} ms ${shellLine(argv).slice(0, 120)}\n`);
   }
 }
 
