@@ -8,6 +8,9 @@ import { parseIfname, parseName } from '../model/names.ts';
 import { parseLabel } from '../model/policy.ts';
 import { PROTOCOLS, type PortMapping, type Proto } from '../model/ports.ts';
 import type { IpRequest } from '../model/spec.ts';
+import type { CniInterface, CniIp, CniResult, CniRoute, Dns, NetConf, NetworkClaims } from '../model/cni.ts';
+
+export type { CniInterface, CniIp, CniResult, CniRoute, Dns, NetConf, NetworkClaims } from '../model/cni.ts';
 
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 export const COMMANDS = ['ADD', 'DEL', 'CHECK', 'VERSION', 'GC', 'STATUS'] as const;
@@ -101,40 +104,6 @@ export function parseArgs(text: string): Map<string, string> {
     out.set(part.slice(0, eq), part.slice(eq + 1));
   }
   return out;
-}
-
-export interface Dns {
-  readonly nameservers?: string[];
-  readonly domain?: string;
-  readonly search?: string[];
-  readonly options?: string[];
-}
-
-/** Keys of the reference bridge plugin that ctnet's network decides; honoured when they agree. */
-export interface NetworkClaims {
-  readonly bridge?: string;
-  readonly ipMasq?: boolean;
-  readonly isGateway?: boolean;
-  readonly isDefaultGateway?: boolean;
-  readonly hairpinMode?: boolean;
-  readonly mtu?: number;
-}
-
-export interface NetConf {
-  readonly cniVersion: string;
-  /** The CNI network name (the conflist's name); attachments are recorded under it. */
-  readonly name: string;
-  /** The ctnet network to attach to ("network", default: name). */
-  readonly network: string;
-  readonly claims: NetworkClaims;
-  readonly portMappings: readonly PortMapping[];
-  readonly ips: readonly IpRequest[];
-  readonly mac: string | undefined;
-  readonly labels: readonly { key: string; value: string }[];
-  readonly dns: Dns | undefined;
-  readonly prevResult: Record<string, unknown> | undefined;
-  /** GC: the attachments the runtime still uses; undefined when the key is absent. */
-  readonly validAttachments: readonly { containerId: string; ifname: string }[] | undefined;
 }
 
 /** Keys ctnet reads or knows to be the runtime's, so they need no warning. */
@@ -364,27 +333,6 @@ function parseValid(v: unknown): { containerId: string; ifname: string }[] | und
 }
 
 // ---- results ----
-
-export interface CniInterface {
-  readonly name: string;
-  readonly mac?: string;
-  readonly sandbox?: string;
-}
-export interface CniIp {
-  readonly address: string;
-  readonly gateway?: string;
-  readonly interface: number;
-}
-export interface CniRoute {
-  readonly dst: string;
-  readonly gw?: string;
-}
-export interface CniResult {
-  readonly interfaces: readonly CniInterface[];
-  readonly ips: readonly CniIp[];
-  readonly routes: readonly CniRoute[];
-  readonly dns: Dns;
-}
 
 /** Appends ours to a previous plugin's result (ctnet after another plugin), shifting indices. */
 export function mergeResult(prev: Record<string, unknown> | undefined, ours: CniResult): CniResult {

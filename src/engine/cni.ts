@@ -3,7 +3,7 @@
 // store alone, GC a DEL of every attachment the runtime no longer lists.
 import { createHash } from 'node:crypto';
 import { statSync } from 'node:fs';
-import type { CniResult, NetConf } from '../cni/protocol.ts';
+import type { CniResult, NetConf } from '../model/cni.ts';
 import { CtnetError, KernelError } from '../errors.ts';
 import { isAlive } from '../kernel/proc.ts';
 import type { Netns } from '../model/netns.ts';
