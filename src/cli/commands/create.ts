@@ -1,0 +1,17 @@
+import { createSandbox } from '../../engine/sandbox.ts';
+import { parseName } from '../../model/names.ts';
+import { parseAttachSpec } from '../../model/spec.ts';
+import { ATTACH_OPTIONS, labelsOf, publishRequest } from '../attach.ts';
+import { defineCommand } from '../command.ts';
+
+export default defineCommand({
+  name: 'create',
+  summary: 'create a sandbox (a network namespace) on networks',
+  args: ['<name>'],
+  options: ATTACH_OPTIONS,
+  async run({ ctx, args, opts, io }) {
+    const spec = parseAttachSpec(opts);
+    const s = await createSandbox(ctx, parseName('sandbox', args.name), spec, publishRequest(opts), labelsOf(opts));
+    if (!io.quiet) io.out(s.name);
+  },
+});

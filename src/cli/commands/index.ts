@@ -1,0 +1,50 @@
+// Every ctnet command, in the order `ctnet --help` lists them. A parent word that is not a command
+// itself ('network', 'policy', 'cni') is a group with its help line here.
+import type { CommandModule } from '../command.ts';
+import networkCreate from './network-create.ts';
+import networkLs from './network-ls.ts';
+import networkInspect from './network-inspect.ts';
+import networkRm from './network-rm.ts';
+import create from './create.ts';
+import run from './run.ts';
+import exec from './exec.ts';
+import connect from './connect.ts';
+import disconnect from './disconnect.ts';
+import ls from './ls.ts';
+import inspect from './inspect.ts';
+import rm from './rm.ts';
+import port from './port.ts';
+import portAdd from './port-add.ts';
+import portRm from './port-rm.ts';
+import label from './label.ts';
+import { policyRule } from './policy-rule.ts';
+import policyApply from './policy-apply.ts';
+import policyLs from './policy-ls.ts';
+import policyRm from './policy-rm.ts';
+import policyCheck from './policy-check.ts';
+import gc from './gc.ts';
+import doctor from './doctor.ts';
+import cniInstall from './cni-install.ts';
+import cniExec from './cni-exec.ts';
+import daemon from './daemon.ts';
+import daemonStop from './daemon-stop.ts';
+import daemonStatus from './daemon-status.ts';
+import demo from './demo.ts';
+
+export const GROUPS: Readonly<Record<string, string>> = {
+  network: 'manage bridge networks',
+  policy: 'allow or deny traffic between sandboxes, networks, labels, CIDRs and the world',
+  cni: 'ctnet as a CNI plugin for podman, containerd, Kubernetes (docs/cni.md)',
+};
+
+export const COMMANDS: readonly CommandModule[] = [
+  networkCreate, networkLs, networkInspect, networkRm,
+  create, run, exec, connect, disconnect, ls, inspect, rm,
+  port, portAdd, portRm,
+  label,
+  policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
+  gc, doctor,
+  cniInstall, cniExec,
+  daemon, daemonStop, daemonStatus,
+  demo,
+];
