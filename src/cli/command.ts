@@ -35,7 +35,7 @@ export interface Io {
 }
 
 export interface RunInput<O extends readonly OptionSpec[], A extends readonly ArgSpec[], N extends boolean> {
-  /** The store and runner; undefined for the commands that declare `needsCtx: false`. */
+  /** The store, kernel and applier; undefined for the commands that declare `needsCtx: false`. */
   readonly ctx: N extends false ? undefined : Ctx;
   readonly args: ArgsOf<A>;
   readonly opts: OptsOf<O>;

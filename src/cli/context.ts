@@ -1,9 +1,8 @@
 // The global options, worked out in one place: the state directory, --explain/--dry-run, --json,
-// the root check, and the Ctx (store + runner) a command runs with.
+// the root check, and the Ctx (store, kernel, applier) a command runs with.
 import { CtnetError } from '../errors.ts';
-import { Runner } from '../kernel/runner.ts';
 import { DEFAULT_STATE_DIR, Store } from '../store/store.ts';
-import type { Ctx } from '../engine/context.ts';
+import { createCtx, type Ctx } from '../engine/context.ts';
 import type { Io, OptionSpec } from './command.ts';
 
 /** The global options as commander parsed them (merged from the program and the subcommand). */
@@ -47,15 +46,11 @@ export function makeIo(g: Globals): Io {
   return { out, warn, json: g.json, quiet: g.explain || g.dryRun, stateDir: g.stateDir };
 }
 
-/** Opens the store and runner for one command. The caller closes the store. */
+/** Opens the store and the applier for one command. The caller closes the store. */
 export function openCtx(g: Globals): Ctx {
   if (process.getuid?.() !== 0) {
     throw new CtnetError('ENVIRONMENT', 'ctnet programs the kernel and must run as root', 'run it with sudo');
   }
   const explain = g.explain || g.dryRun;
-  return {
-    store: new Store(g.stateDir),
-    runner: new Runner({ dryRun: g.dryRun, explain: explain ? (line) => out(line) : undefined }),
-    warn,
-  };
+  return createCtx({ store: new Store(g.stateDir), dryRun: g.dryRun, explain: explain ? (line) => out(line) : undefined, warn });
 }
