@@ -1,10 +1,12 @@
 // Benchmark: CNI ADD and DEL latency (p50, p95) with one port mapping per container, at 0, 100 and
 // 500 existing attachments, for ctnet's CNI plugin next to the reference chain
 // bridge + host-local + portmap from /usr/lib/cni, both driven the way libcni drives a conflist,
-// in the same lab host, in the same run. See bench/README.md.
+// each in a lab of its own, in the same run. With --baseline DIR, a third side does what the ctnet
+// side does with another checkout's bin/ctnet (its plugin, its ctnetd), in a third lab. ctnetd's
+// log splits each sampled request into its tools' time and the engine's own. See bench/README.md.
 //
-//   scripts/node bench/cni.ts [--samples N] [--levels 0,100,500] [--sides ctnet,reference]
-//                             [--parallel N] [--json]
+//   scripts/node bench/cni.ts [--samples N] [--levels 0,100,500] [--sides ctnet,reference,baseline]
+//                             [--baseline DIR] [--parallel N] [--json]
 import { spawn } from 'node:child_process';
 import { accessSync, constants as fsConstants, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
@@ -12,21 +14,25 @@ import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
-import { exec, execOk, intOption, optionsOrExit, progress, quantile, round, type Stats, stats, trapSignals } from './lib.ts';
+import {
+  type Checkout, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, round, sampleOrder, type Stats,
+  stats, trapSignals,
+} from './lib.ts';
 
 const DEFAULT_LEVELS = [0, 100, 500] as const;
 const DEFAULT_SAMPLES = 30;
 const DEFAULT_PARALLEL = 8;
 const MAX_LEVEL = 10_000;
 const NETWORK = 'bench';
-// Same size, different subnets and bridges: the two sides never share a kernel object.
+// Each side has a lab of its own. The subnets and bridges differ anyway, so no two sides could
+// share a kernel object even in one lab; the baseline does exactly what the ctnet side does.
 const CTNET_SUBNET = '10.200.0.0/16';
 const REF_SUBNET = '10.201.0.0/16';
 const REF_BRIDGE = 'cni0';
 const REF_NAME = 'ctbench';
 const CNI_PATH = '/usr/lib/cni';
 /** Each container publishes one distinct host port (lowest free from the side's base) -> 80/tcp. */
-const PORT_BASE = { ctnet: 20000, reference: 40000 } as const;
+const PORT_BASE = { ctnet: 20000, reference: 40000, baseline: 20000 } as const;
 const CONTAINER_PORT = 80;
 // Every namespace this script adds itself starts with this (the lab's own are ctlab-/ctnet-).
 const NETNS_PREFIX = 'ctbench-';
@@ -35,8 +41,8 @@ const PLUGIN_TIMEOUT_MS = 120_000;
 /** After a plugin exits, how long its stdout/stderr may stay open (held by a child it started). */
 const PIPE_GRACE_MS = 5_000;
 
-type SideName = 'ctnet' | 'reference';
-const SIDE_NAMES: readonly SideName[] = ['ctnet', 'reference'];
+type SideName = 'ctnet' | 'reference' | 'baseline';
+const SIDE_NAMES: readonly SideName[] = ['ctnet', 'reference', 'baseline'];
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -45,14 +51,18 @@ interface Options {
   readonly samples: number;
   readonly levels: readonly number[];
   readonly sides: readonly SideName[];
+  /** Another ctnet checkout, for the baseline side. */
+  readonly baseline: string | undefined;
   readonly parallel: number;
   readonly json: boolean;
 }
 
-const USAGE = `usage: scripts/node bench/cni.ts [--samples N] [--levels L,L,...] [--sides S,S] [--parallel N] [--json]
+const USAGE = `usage: scripts/node bench/cni.ts [--samples N] [--levels L,L,...] [--sides S,...] [--baseline DIR] [--parallel N] [--json]
   --samples N        timed ADD + DEL pairs per level and side (default ${DEFAULT_SAMPLES})
   --levels L,...     existing attachments during the samples, ascending (default ${DEFAULT_LEVELS.join(',')})
-  --sides S,...      ctnet, reference or both (default ctnet,reference)
+  --sides S,...      any of ctnet, reference, baseline (default ctnet,reference, and baseline with --baseline)
+  --baseline DIR     another ctnet checkout (scripts/build.sh run in it): the baseline side does what the
+                     ctnet side does with DIR/bin/ctnet, and the output adds ctnet/baseline ratios
   --parallel N       plugin chains run at once while filling up to a level, untimed (default ${DEFAULT_PARALLEL})
   --json             print the results as JSON instead of tables`;
 
@@ -63,6 +73,7 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
       samples: { type: 'string' },
       levels: { type: 'string' },
       sides: { type: 'string' },
+      baseline: { type: 'string' },
       parallel: { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
@@ -79,13 +90,17 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
   if (levels.length === 0 || levels.some((l, i) => i > 0 && l <= levels[i - 1]!)) {
     throw new Error(`--levels must be distinct and ascending, got ${JSON.stringify(values.levels)}`);
   }
-  const sides = values.sides === undefined ? [...SIDE_NAMES] : values.sides.split(',').map((s) => s.trim());
+  if (values.baseline === '') throw new Error('--baseline needs a directory');
+  const sides = values.sides === undefined
+    ? SIDE_NAMES.filter((s) => s !== 'baseline' || values.baseline !== undefined)
+    : values.sides.split(',').map((s) => s.trim());
   for (const s of sides) {
     if (!SIDE_NAMES.includes(s as SideName)) throw new Error(`--sides takes ${SIDE_NAMES.join(', ')}, got ${JSON.stringify(s)}`);
   }
-  // Always in the same order, whatever the command line said: ctnet first, then the reference.
+  if (sides.includes('baseline') && values.baseline === undefined) throw new Error('--sides baseline needs --baseline DIR');
+  // Always in the same order, whatever the command line said: ctnet, the reference, the baseline.
   const picked = SIDE_NAMES.filter((s) => sides.includes(s));
-  return { samples, levels, sides: picked, parallel, json: values.json };
+  return { samples, levels, sides: picked, baseline: values.baseline, parallel, json: values.json };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -194,6 +209,11 @@ abstract class Side {
     this.#prefix = `${NETNS_PREFIX}${lab.id}-${letter}-`; // the lab id keeps parallel runs apart
   }
 
+  /** The CNI_CONTAINERID (and netns name) of container `name`. */
+  containerId(name: string): string {
+    return this.#prefix + name;
+  }
+
   /** Makes the network and returns the conflist and the directories to find its plugins in. */
   protected abstract prepare(): Promise<{ conflist: ConfList; pluginDirs: readonly string[] }>;
   /** Counts of the kernel and store objects this side's attachments make, for the residue check. */
@@ -269,7 +289,7 @@ abstract class Side {
   /** Adds the container's netns (untimed), then runs the ADD chain. Returns the chain's wall time. */
   async add(name: string): Promise<{ ms: number; steps: Step[] }> {
     if (this.live.has(name)) throw new Error(`${this.label}: container ${name} exists already`);
-    const c: Container = { name, netns: this.#prefix + name, hostPort: this.#port() };
+    const c: Container = { name, netns: this.containerId(name), hostPort: this.#port() };
     this.live.set(name, c); // before the command, so an interrupted add is still cleaned up
     await execOk(['ip', 'netns', 'add', c.netns]);
     const steps: Step[] = [];
@@ -367,14 +387,17 @@ abstract class Side {
 /**
  * ctnet's plugin, installed with `ctnet cni install` into a temp dir; its conflist is read back
  * and run as any runtime would run it. The plugin forwards to a daemon it starts in the lab host;
- * the lab's teardown ends it with the lab host's other processes.
+ * the lab's teardown ends it with the lab host's other processes. The baseline side is this class
+ * in a lab whose ctnet() runs the baseline checkout's bin/ctnet: its `cni install` compiles that
+ * checkout's client, with that checkout's bin/ctnet as the daemon to start.
  */
 class CtnetSide extends Side {
-  readonly label = 'ctnet';
+  readonly label: 'ctnet' | 'baseline';
   readonly #tmp: string;
 
-  constructor(lab: Lab) {
-    super(lab, 'c');
+  constructor(lab: Lab, label: 'ctnet' | 'baseline') {
+    super(lab, label === 'ctnet' ? 'c' : 'b');
+    this.label = label;
     this.#tmp = mkdtempSync(join(tmpdir(), `${NETNS_PREFIX}${lab.id}-cni-`));
   }
 
@@ -398,8 +421,47 @@ class CtnetSide extends Side {
     if (typeof stateDir !== 'string' || resolve(stateDir) !== resolve(this.lab.stateDir)) {
       throw new Error(`${path}: stateDir is ${JSON.stringify(stateDir)}, not the lab's ${this.lab.stateDir}`);
     }
+    const ctnetBin = list.plugins[0]?.ctnetBin;
+    if (typeof ctnetBin === 'string' && resolve(ctnetBin) !== resolve(this.lab.ctnetBin)) {
+      throw new Error(`${path}: ctnetBin is ${JSON.stringify(ctnetBin)}, not ${this.lab.ctnetBin}, the ctnet this side runs`);
+    }
     // CNI_PATH as a runtime sets it: its plugin directories, the installed one first.
     return { conflist: list as ConfList, pluginDirs: [bin, CNI_PATH] };
+  }
+
+  /** ctnetd's log: STATE_DIR/ctnetd.log (the plugin points the daemon's stderr there). */
+  get #log(): string {
+    const dir = this.conflist.plugins[0]?.stateDir;
+    return join(typeof dir === 'string' ? dir : this.lab.stateDir, 'ctnetd.log');
+  }
+
+  /**
+   * What ctnetd logged about requests for these container IDs, by "ADD id" / "DEL id". ctnetd logs
+   * one line per request, `ADD ID IFNAME: exit 0 in X ms (tools Y ms in N spawns, engine Z ms)`,
+   * where X runs from the decoded request to the reply, Y is the time during which at least one
+   * process it spawned (ip, nft, ...) ran, and Z = X - Y. Older ctnetds log only `in X ms`. The log rotates at 8 MiB into
+   * ctnetd.log.1, so both are read.
+   */
+  daemonLog(ids: ReadonlySet<string>): Map<string, DaemonRequest> {
+    const found = new Map<string, DaemonRequest>();
+    const line = /ctnetd\[\d+\]: (ADD|DEL) (\S+) \S*: exit (\d+) in ([\d.]+) ms(?: \(tools ([\d.]+) ms in (\d+) spawns, engine (-?[\d.]+) ms\))?/;
+    for (const file of [`${this.#log}.1`, this.#log]) {
+      let text: string;
+      try {
+        text = readFileSync(file, 'utf8');
+      } catch {
+        continue; // no rotated copy yet
+      }
+      for (const l of text.split('\n')) {
+        const m = line.exec(l);
+        if (!m || !ids.has(m[2]!) || m[3] !== '0') continue;
+        found.set(`${m[1]} ${m[2]}`, {
+          totalMs: Number(m[4]),
+          ...(m[5] !== undefined ? { toolsMs: Number(m[5]), spawns: Number(m[6]), engineMs: Number(m[7]) } : {}),
+        });
+      }
+    }
+    return found;
   }
 
   async census(): Promise<Record<string, number>> {
@@ -433,9 +495,8 @@ class CtnetSide extends Side {
 
   /** The plugin points at the daemon's log, which goes with the lab's state dir: quote its end. */
   protected override explain(e: unknown): unknown {
-    const dir = this.conflist.plugins[0]?.stateDir;
     try {
-      const log = readFileSync(join(typeof dir === 'string' ? dir : this.lab.stateDir, 'ctnetd.log'), 'utf8').trimEnd();
+      const log = readFileSync(this.#log, 'utf8').trimEnd();
       if (log === '' || !(e instanceof Error)) return e;
       return new Error(`${e.message}\n  ctnetd.log ends with:\n    ${log.split('\n').slice(-10).join('\n    ')}`);
     } catch {
@@ -530,8 +591,49 @@ class ReferenceSide extends Side {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Statistics
+// ctnetd's own account of the sampled requests
 
+/** One request as ctnetd logged it (tools, spawns and engine only from a ctnetd that logs them). */
+interface DaemonRequest {
+  readonly totalMs: number;
+  readonly toolsMs?: number;
+  readonly spawns?: number;
+  readonly engineMs?: number;
+}
+
+/** The sampled ADDs (or DELs) of one level, as ctnetd logged them. */
+interface DaemonStats {
+  /** How many of the sampled requests the log has. */
+  readonly found: number;
+  /** From the decoded request to the reply. */
+  readonly totalMs: Stats;
+  /** The chain's wall time minus ctnetd's: plugin exec, nsenter, socket, the queue. Per sample. */
+  readonly outsideMs: Stats;
+  readonly toolsMs?: Stats;
+  readonly spawns?: Stats;
+  readonly engineMs?: Stats;
+}
+
+/** Pairs each sample's wall time with ctnetd's line for it. */
+function daemonStats(log: Map<string, DaemonRequest>, command: 'ADD' | 'DEL', walls: ReadonlyMap<string, number>): DaemonStats | undefined {
+  const got: { wall: number; r: DaemonRequest }[] = [];
+  for (const [id, wall] of walls) {
+    const r = log.get(`${command} ${id}`);
+    if (r) got.push({ wall, r });
+  }
+  if (got.length === 0) return undefined;
+  const split = got.every((g) => g.r.toolsMs !== undefined);
+  return {
+    found: got.length,
+    totalMs: stats(got.map((g) => g.r.totalMs)),
+    outsideMs: stats(got.map((g) => g.wall - g.r.totalMs)),
+    ...(split ? {
+      toolsMs: stats(got.map((g) => g.r.toolsMs!)),
+      spawns: stats(got.map((g) => g.r.spawns!)),
+      engineMs: stats(got.map((g) => g.r.engineMs!)),
+    } : {}),
+  };
+}
 
 // ---------------------------------------------------------------------------------------------
 // The run
@@ -547,6 +649,8 @@ interface SideResult {
   /** State before the samples, and what the samples' ADD + DEL left behind (after - before, non-zero only). */
   readonly before: Record<string, number>;
   readonly residue: Record<string, number>;
+  /** The ctnet and baseline sides: the sampled requests as ctnetd logged them. */
+  readonly daemon?: { readonly add?: DaemonStats; readonly del?: DaemonStats };
 }
 
 interface LevelResult {
@@ -563,14 +667,14 @@ interface Machine {
   readonly cniPlugins: string;
   readonly iptables: string;
   readonly load: string;
+  /** This checkout, and the baseline's (with --baseline). */
+  readonly checkouts: { readonly ctnet: Checkout; readonly baseline?: Checkout };
 }
 
-async function machine(): Promise<Machine> {
+async function machine(baselineDir: string | undefined): Promise<Machine> {
   const cpu = cpus();
-  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
   // Debian's plugins are built without a version string, so ask the package manager.
   const plugins = await exec(['dpkg-query', '-W', '-f', '${Version}', 'containernetworking-plugins']);
-  const commit = await exec(['git', '-C', ROOT, 'rev-parse', '--short', 'HEAD']);
   const iptables = await exec(['iptables', '-V']);
   let load = 'unknown';
   try {
@@ -578,15 +682,18 @@ async function machine(): Promise<Machine> {
   } catch {
     // not Linux?
   }
+  const ctnet = await checkout(ROOT);
+  const baseline = baselineDir === undefined ? undefined : await checkout(baselineDir);
   return {
     kernel: release(),
     node: process.version,
     cpu: `${cpu.length} x ${cpu[0]?.model.trim() ?? 'unknown'}`,
-    ctnet: pkg.version,
-    commit: commit.code === 0 ? commit.stdout.trim() : 'unknown',
+    ctnet: ctnet.version,
+    commit: ctnet.commit,
     cniPlugins: plugins.code === 0 && plugins.stdout ? plugins.stdout : 'unknown',
     iptables: iptables.code === 0 ? iptables.stdout.trim() : 'unknown',
     load,
+    checkouts: { ctnet, ...(baseline ? { baseline } : {}) },
   };
 }
 
@@ -636,9 +743,13 @@ async function measure(sides: readonly Side[], opts: Options, signal: AbortSigna
     progress(`level ${level}: ${opts.samples} samples (ADD, then DEL) per side`);
     const add = new Map<Side, number[]>(sides.map((s) => [s, []]));
     const del = new Map<Side, number[]>(sides.map((s) => [s, []]));
+    // Each sample's wall time by container ID, to pair with ctnetd's log line for it.
+    const addById = new Map<Side, Map<string, number>>(sides.map((s) => [s, new Map()]));
+    const delById = new Map<Side, Map<string, number>>(sides.map((s) => [s, new Map()]));
     const steps = new Map<Side, Map<string, number[]>>(sides.map((s) => [s, new Map()]));
-    const record = (side: Side, into: Map<Side, number[]>, r: { ms: number; steps: Step[] }): void => {
+    const record = (side: Side, name: string, into: Map<Side, number[]>, byId: Map<Side, Map<string, number>>, r: { ms: number; steps: Step[] }): void => {
       into.get(side)!.push(r.ms);
+      byId.get(side)!.set(side.containerId(name), r.ms);
       const mine = steps.get(side)!;
       for (const s of r.steps) {
         if (!mine.has(s.step)) mine.set(s.step, []);
@@ -647,16 +758,16 @@ async function measure(sides: readonly Side[], opts: Options, signal: AbortSigna
     };
     for (let i = 0; i < opts.samples; i++) {
       const name = `s${level}-${i}`;
-      // Alternate which side goes first so drift in machine load hits both alike. Each ADD runs
-      // with exactly `level` others on its side, each DEL with `level` others left.
-      const order = i % 2 === 0 ? sides : [...sides].reverse();
+      // Vary which side goes first (see sampleOrder) so drift in machine load hits all alike. Each
+      // ADD runs with exactly `level` others on its side, each DEL with `level` others left.
+      const order = sampleOrder(sides, i);
       for (const side of order) {
         signal.throwIfAborted();
-        record(side, add, await side.add(name));
+        record(side, name, add, addById, await side.add(name));
       }
       for (const side of order) {
         signal.throwIfAborted();
-        record(side, del, await side.del(name));
+        record(side, name, del, delById, await side.del(name));
       }
     }
 
@@ -665,6 +776,16 @@ async function measure(sides: readonly Side[], opts: Options, signal: AbortSigna
       const b = before.get(side)!;
       const stepStats: Record<string, Stats> = {};
       for (const [k, v] of steps.get(side)!) stepStats[k] = stats(v);
+      let daemon: SideResult['daemon'];
+      if (side instanceof CtnetSide) {
+        const log = side.daemonLog(new Set(addById.get(side)!.keys()));
+        const a = daemonStats(log, 'ADD', addById.get(side)!);
+        const d = daemonStats(log, 'DEL', delById.get(side)!);
+        daemon = { ...(a ? { add: a } : {}), ...(d ? { del: d } : {}) };
+        if ((a?.found ?? 0) < opts.samples || (d?.found ?? 0) < opts.samples) {
+          progress(`warning: ${side.label}: ctnetd.log has ${a?.found ?? 0} of the ${opts.samples} sampled ADDs and ${d?.found ?? 0} of the DELs`);
+        }
+      }
       level_.sides[side.label] = {
         add: stats(add.get(side)!),
         del: stats(del.get(side)!),
@@ -673,6 +794,7 @@ async function measure(sides: readonly Side[], opts: Options, signal: AbortSigna
         filled: fill[side.label]!.filled,
         before: b,
         residue: diff(b, await side.census()),
+        ...(daemon ? { daemon } : {}),
       };
     }
     results.push(level_);
@@ -680,14 +802,22 @@ async function measure(sides: readonly Side[], opts: Options, signal: AbortSigna
   return results;
 }
 
+/** ctnet's p50 and p95 divided by another side's, for ADD and DEL. */
+function ratios(c: SideResult, o: SideResult): { addP50: number; addP95: number; delP50: number; delP95: number } {
+  return { addP50: c.add.p50 / o.add.p50, addP95: c.add.p95 / o.add.p95, delP50: c.del.p50 / o.del.p50, delP95: c.del.p95 / o.del.p95 };
+}
+
 function render(results: readonly LevelResult[], info: Machine, opts: Options): string {
   const ms = (n: number) => n.toFixed(1);
-  const x = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
+  const x = (n: number) => `${n.toFixed(2)}x`;
+  const { ctnet, baseline } = info.checkouts;
   const out = [
-    `CNI ADD and DEL with one port mapping: ctnet plugin vs. bridge + host-local + portmap, ` +
-      `wall time of the whole chain in ms, ${opts.samples} samples per level and side`,
+    `CNI ADD and DEL with one port mapping: ctnet plugin vs. bridge + host-local + portmap` +
+      `${baseline ? ' and the baseline\'s ctnet plugin' : ''}, wall time of the whole chain in ms, ${opts.samples} samples per level and side`,
     `kernel ${info.kernel}, node ${info.node}, ${info.cpu}, ctnet ${info.ctnet} (${info.commit}), ` +
       `containernetworking-plugins ${info.cniPlugins}, ${info.iptables}, load ${info.load} at the start`,
+    describeCheckout('ctnet', ctnet),
+    ...(baseline ? [describeCheckout('baseline', baseline)] : []),
   ];
   for (const r of results) {
     const rows: string[][] = [];
@@ -696,9 +826,11 @@ function render(results: readonly LevelResult[], info: Machine, opts: Options): 
       rows.push([label, ms(s.add.p50), ms(s.add.p95), ms(s.del.p50), ms(s.del.p95)]);
     }
     const c = r.sides.ctnet;
-    const ref = r.sides.reference;
-    if (c && ref) {
-      rows.push(['ctnet/reference', x(c.add.p50, ref.add.p50), x(c.add.p95, ref.add.p95), x(c.del.p50, ref.del.p50), x(c.del.p95, ref.del.p95)]);
+    for (const other of ['reference', 'baseline'] as const) {
+      const o = r.sides[other];
+      if (!c || !o) continue;
+      const q = ratios(c, o);
+      rows.push([`ctnet/${other}`, x(q.addP50), x(q.addP95), x(q.delP50), x(q.delP95)]);
     }
     out.push('', `level ${r.level} (existing attachments per side)`, table(['side', 'ADD p50', 'ADD p95', 'DEL p50', 'DEL p95'], rows));
     for (const label of opts.sides) {
@@ -719,11 +851,40 @@ function render(results: readonly LevelResult[], info: Machine, opts: Options): 
     out.push(`  ${label}: ${parts.join(', ') || 'nothing'}; total ${count} in ${(total / 1000).toFixed(1)} s` +
       (count > 0 ? ` (${(total / count).toFixed(1)} ms per attachment)` : ''));
   }
+
+  // ctnetd's own account: where a request's time goes, and so what in-process netlink could save.
+  const rows: string[][] = [];
+  for (const label of opts.sides) {
+    for (const r of results) {
+      const s = r.sides[label]!;
+      for (const [command, d, wall] of [['ADD', s.daemon?.add, s.add], ['DEL', s.daemon?.del, s.del]] as const) {
+        if (!s.daemon) continue;
+        const pair = (st: Stats | undefined) => (st ? `${ms(st.p50)}/${ms(st.p95)}` : '-');
+        const spawns = d?.spawns ? `${d.spawns.p50} (${Math.min(...d.spawns.samples)}-${Math.max(...d.spawns.samples)})` : '-';
+        rows.push([label, String(r.level), command, `${d?.found ?? 0}/${opts.samples}`, pair(wall), pair(d?.totalMs), pair(d?.outsideMs),
+          pair(d?.toolsMs), spawns, pair(d?.engineMs)]);
+      }
+    }
+  }
+  if (rows.length > 0) {
+    const old = rows.some((row) => row[9] === '-') ? ' (- where that ctnetd logs no tools and engine times)' : '';
+    out.push('', `inside ctnetd, p50/p95 in ms, from ctnetd.log${old}:`,
+      table(['side', 'level', 'request', 'logged', 'wall', 'in ctnetd', 'outside', 'tools', 'spawns', 'engine'], rows));
+  }
   return out.join('\n') + '\n';
 }
 
 function toJson(results: readonly LevelResult[], info: Machine, opts: Options): string {
   const st = (s: Stats) => ({ p50Ms: round(s.p50), p95Ms: round(s.p95), samplesMs: s.samples.map(round) });
+  const rq = (q: ReturnType<typeof ratios>) => ({ addP50: round(q.addP50), addP95: round(q.addP95), delP50: round(q.delP50), delP95: round(q.delP95) });
+  const dm = (d: DaemonStats) => ({
+    found: d.found,
+    total: st(d.totalMs),
+    outside: st(d.outsideMs),
+    ...(d.toolsMs ? { tools: st(d.toolsMs) } : {}),
+    ...(d.spawns ? { spawns: { p50: d.spawns.p50, p95: d.spawns.p95, samples: d.spawns.samples } } : {}),
+    ...(d.engineMs ? { engine: st(d.engineMs) } : {}),
+  });
   return JSON.stringify({
     benchmark: 'cni',
     date: new Date().toISOString(),
@@ -733,6 +894,7 @@ function toJson(results: readonly LevelResult[], info: Machine, opts: Options): 
     levels: results.map((r) => {
       const c = r.sides.ctnet;
       const ref = r.sides.reference;
+      const base = r.sides.baseline;
       return {
         level: r.level,
         ...Object.fromEntries(Object.entries(r.sides).map(([label, s]) => [label, {
@@ -742,13 +904,10 @@ function toJson(results: readonly LevelResult[], info: Machine, opts: Options): 
           fill: { attachments: s.filled, ms: round(s.fillMs) },
           before: s.before,
           residue: s.residue,
+          ...(s.daemon ? { daemon: { ...(s.daemon.add ? { add: dm(s.daemon.add) } : {}), ...(s.daemon.del ? { del: dm(s.daemon.del) } : {}) } } : {}),
         }])),
-        ...(c && ref ? {
-          ratio: {
-            addP50: round(c.add.p50 / ref.add.p50), addP95: round(c.add.p95 / ref.add.p95),
-            delP50: round(c.del.p50 / ref.del.p50), delP95: round(c.del.p95 / ref.del.p95),
-          },
-        } : {}),
+        ...(c && ref ? { ratio: rq(ratios(c, ref)) } : {}),
+        ...(c && base ? { ratioToBaseline: rq(ratios(c, base)) } : {}),
       };
     }),
   }, null, 2) + '\n';
@@ -760,16 +919,32 @@ async function main(): Promise<number> {
 
   const { abort, interrupted: signalled } = trapSignals();
 
-  const info = await machine();
+  let info: Machine;
+  try {
+    info = await machine(opts.baseline);
+  } catch (e) {
+    process.stderr.write(`bench: ${(e as Error).message}\n`);
+    return 2;
+  }
   if (abort.signal.aborted) return signalled();
-  progress('creating a lab');
-  const lab = await Lab.create(); // removes what it made if it fails itself
-  progress(`lab host ${lab.host}, container namespaces ${NETNS_PREFIX}${lab.id}-*`);
+  const baseline = info.checkouts.baseline;
+  if (baseline) {
+    progress(describeCheckout('ctnet', info.checkouts.ctnet));
+    progress(describeCheckout('baseline', baseline));
+  }
+  // A lab per side: no side's links, rules or daemon are in another side's netns.
+  const labs: Lab[] = [];
   const sides: Side[] = [];
   let code = 0;
   try {
-    abort.signal.throwIfAborted();
-    for (const label of opts.sides) sides.push(label === 'ctnet' ? new CtnetSide(lab) : new ReferenceSide(lab));
+    for (const label of opts.sides) {
+      abort.signal.throwIfAborted();
+      progress(`${label}: creating a lab`);
+      const lab = await Lab.create(label === 'baseline' ? { ctnet: baseline!.bin } : {}); // removes what it made if it fails itself
+      labs.push(lab);
+      progress(`${label}: lab host ${lab.host}, container namespaces ${NETNS_PREFIX}${lab.id}-*`);
+      sides.push(label === 'reference' ? new ReferenceSide(lab) : new CtnetSide(lab, label));
+    }
     const results = await measure(sides, opts, abort.signal);
     process.stdout.write(opts.json ? toJson(results, info, opts) : render(results, info, opts));
   } catch (e) {
@@ -785,7 +960,14 @@ async function main(): Promise<number> {
         code ||= 1;
       }
     }
-    await lab.destroy();
+    for (const lab of labs) {
+      try {
+        await lab.destroy();
+      } catch (e) {
+        process.stderr.write(`bench: ${(e as Error).message}\n`);
+        code ||= 1;
+      }
+    }
   }
   return code;
 }

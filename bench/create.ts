@@ -1,44 +1,60 @@
 // Benchmark: wall time of `ctnet create NAME --network bench` at 0, 100 and 250 existing sandboxes,
 // next to the reference CNI bridge plugin doing the same work (a fresh netns + a veth on a bridge
-// + an address + masquerade) in the same lab host, in the same run. See bench/README.md.
+// + an address + masquerade), each in a lab of its own, in the same run. With --baseline DIR, a
+// third side runs the same `ctnet create` with another checkout's bin/ctnet. See bench/README.md.
 //
-//   scripts/node bench/create.ts [--samples N] [--json]
+//   scripts/node bench/create.ts [--samples N] [--levels 0,100,250] [--baseline DIR] [--json]
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
-import { exec, execOk, optionsOrExit, progress, quantile, round, type Stats, stats, timed, trapSignals } from './lib.ts';
+import {
+  bundled, type Checkout, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, round, sampleOrder,
+  startupMismatch, type Stats, stats, timed, trapSignals,
+} from './lib.ts';
 
-const LEVELS = [0, 100, 250] as const;
+const DEFAULT_LEVELS = [0, 100, 250] as const;
 const DEFAULT_SAMPLES = 20;
+const MAX_LEVEL = 5000;
 const NETWORK = 'bench';
 const CTNET_SUBNET = '10.200.0.0/16';
-// The reference side gets its own subnet and bridge so the two never share kernel objects.
+// Each side has a lab of its own; the reference's subnet and bridge differ from ctnet's anyway.
+// The baseline does exactly what the ctnet side does.
 const REF_SUBNET = '10.201.0.0/16';
 const REF_BRIDGE = 'cni0';
 const CNI_PATH = '/usr/lib/cni';
 // Every namespace this script adds itself starts with this (the lab's own are ctlab-/ctnet-).
 const NETNS_PREFIX = 'ctbench-';
 
+type SideName = 'ctnet' | 'reference' | 'baseline';
+
 // ---------------------------------------------------------------------------------------------
 // Options
 
 interface Options {
   readonly samples: number;
+  readonly levels: readonly number[];
+  /** Another ctnet checkout, for the baseline side. */
+  readonly baseline: string | undefined;
   readonly json: boolean;
 }
 
-const USAGE = `usage: scripts/node bench/create.ts [--samples N] [--json]
-  --samples N   timed creates per level and side (default ${DEFAULT_SAMPLES})
-  --json        print the results as JSON instead of a table`;
+const USAGE = `usage: scripts/node bench/create.ts [--samples N] [--levels L,L,...] [--baseline DIR] [--json]
+  --samples N      timed creates per level and side (default ${DEFAULT_SAMPLES})
+  --levels L,...   existing sandboxes during the samples, ascending (default ${DEFAULT_LEVELS.join(',')})
+  --baseline DIR   another ctnet checkout (scripts/build.sh run in it): a third side runs the same
+                   ctnet create with DIR/bin/ctnet, and the output adds ctnet/baseline ratios
+  --json           print the results as JSON instead of a table`;
 
 function parseOptions(argv: readonly string[]): Options | 'help' {
   const { values } = parseArgs({
     args: [...argv],
     options: {
       samples: { type: 'string' },
+      levels: { type: 'string' },
+      baseline: { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -46,35 +62,39 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
     allowPositionals: false,
   });
   if (values.help) return 'help';
-  const samples = values.samples === undefined ? DEFAULT_SAMPLES : Number(values.samples);
-  if (!Number.isInteger(samples) || samples < 1 || samples > 1000) {
-    throw new Error(`--samples must be an integer from 1 to 1000, got ${JSON.stringify(values.samples)}`);
+  const samples = intOption('samples', values.samples, DEFAULT_SAMPLES, 1, 1000);
+  const levels = values.levels === undefined
+    ? [...DEFAULT_LEVELS]
+    : values.levels.split(',').map((l) => intOption('levels', l.trim(), 0, 0, MAX_LEVEL));
+  if (levels.length === 0 || levels.some((l, i) => i > 0 && l <= levels[i - 1]!)) {
+    throw new Error(`--levels must be distinct and ascending, got ${JSON.stringify(values.levels)}`);
   }
-  return { samples, json: values.json };
+  if (values.baseline === '') throw new Error('--baseline needs a directory');
+  return { samples, levels, baseline: values.baseline, json: values.json };
 }
 
 // ---------------------------------------------------------------------------------------------
-// Processes
-
-
-
-
-// ---------------------------------------------------------------------------------------------
-// The two sides. add() is exactly the operation that is timed; fill and cleanup use the same calls.
+// The sides. add() is exactly the operation that is timed; fill and cleanup use the same calls.
 
 interface Side {
-  readonly label: string;
+  readonly label: SideName;
+  setup(): Promise<void>;
   add(name: string): Promise<void>;
   remove(names: readonly string[]): Promise<void>;
+  destroy(): Promise<void>;
 }
 
-/** ctnet, spawned end to end as a user runs it: `ctnet create NAME --network bench`. */
+/**
+ * ctnet, spawned end to end as a user runs it: `ctnet create NAME --network bench`. The baseline
+ * side is this class in a lab whose ctnet() runs the baseline checkout's bin/ctnet.
+ */
 class CtnetSide implements Side {
-  readonly label = 'ctnet';
+  readonly label: 'ctnet' | 'baseline';
   readonly #lab: Lab;
 
-  constructor(lab: Lab) {
+  constructor(lab: Lab, label: 'ctnet' | 'baseline') {
     this.#lab = lab;
+    this.label = label;
   }
 
   async setup(): Promise<void> {
@@ -87,6 +107,10 @@ class CtnetSide implements Side {
 
   async remove(names: readonly string[]): Promise<void> {
     if (names.length > 0) await this.#lab.ctnetOk(['rm', ...names]);
+  }
+
+  async destroy(): Promise<void> {
+    // the lab's teardown removes ctnet's namespaces
   }
 }
 
@@ -119,6 +143,10 @@ class ReferenceSide implements Side {
       // host-local keeps its leases in files; a temp dir keeps them out of /var/lib/cni.
       ipam: { type: 'host-local', subnet: REF_SUBNET, dataDir: join(this.#tmp, 'ipam') },
     });
+  }
+
+  async setup(): Promise<void> {
+    // bridge makes cni0 on the first ADD (the warm-up)
   }
 
   #inHost(argv: readonly string[]): string[] {
@@ -176,16 +204,11 @@ class ReferenceSide implements Side {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Statistics
-
-
-// ---------------------------------------------------------------------------------------------
 // The run
 
 interface LevelResult {
   readonly level: number;
-  readonly ctnet: Stats;
-  readonly reference: Stats;
+  readonly sides: Partial<Record<SideName, Stats>>;
 }
 
 interface Machine {
@@ -194,39 +217,52 @@ interface Machine {
   readonly cpu: string;
   readonly ctnet: string;
   readonly cniPlugins: string;
+  readonly load: string;
+  /** This checkout, and the baseline's (with --baseline). */
+  readonly checkouts: { readonly ctnet: Checkout; readonly baseline?: Checkout };
 }
 
-async function machine(): Promise<Machine> {
+async function machine(baselineDir: string | undefined): Promise<Machine> {
   const cpu = cpus();
-  const pkg = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { version: string };
   // Debian's plugins are built without a version string, so ask the package manager.
   const plugins = await exec(['dpkg-query', '-W', '-f', '${Version}', 'containernetworking-plugins']);
+  let load = 'unknown';
+  try {
+    load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  } catch {
+    // not Linux?
+  }
+  const ctnet = await checkout(ROOT);
+  const baseline = baselineDir === undefined ? undefined : await checkout(baselineDir);
   return {
     kernel: release(),
     node: process.version,
     cpu: `${cpu.length} x ${cpu[0]?.model.trim() ?? 'unknown'}`,
-    ctnet: pkg.version,
+    ctnet: ctnet.version,
     cniPlugins: plugins.code === 0 && plugins.stdout ? plugins.stdout : 'unknown',
+    load,
+    checkouts: { ctnet, ...(baseline ? { baseline } : {}) },
   };
 }
 
-
-
-async function measure(ctnet: CtnetSide, ref: ReferenceSide, opts: Options, signal: AbortSignal): Promise<LevelResult[]> {
-  const sides = [ctnet, ref] as const;
-  await ctnet.setup();
+async function measure(sides: readonly Side[], opts: Options, signal: AbortSignal): Promise<LevelResult[]> {
+  for (const side of sides) {
+    signal.throwIfAborted();
+    await side.setup();
+  }
 
   // One untimed create + remove per side first: the first reference ADD also creates cni0 and the
   // first ctnet create runs with cold caches; `network create` already made ctnet's bridge.
   for (const side of sides) {
+    signal.throwIfAborted();
     await side.add('warmup');
     await side.remove(['warmup']);
   }
 
   const results: LevelResult[] = [];
   let filled = 0;
-  for (const level of LEVELS) {
-    progress(`filling both sides to ${level} attachments`);
+  for (const level of opts.levels) {
+    if (level > filled) progress(`filling every side from ${filled} to ${level} attachments, one at a time and side after side`);
     for (; filled < level; filled++) {
       for (const side of sides) {
         signal.throwIfAborted();
@@ -235,57 +271,80 @@ async function measure(ctnet: CtnetSide, ref: ReferenceSide, opts: Options, sign
     }
 
     progress(`level ${level}: ${opts.samples} samples per side`);
-    const times = { ctnet: [] as number[], reference: [] as number[] };
+    const times = new Map<Side, number[]>(sides.map((s) => [s, []]));
     const taken: string[] = [];
     for (let i = 0; i < opts.samples; i++) {
       const name = `s${level}-${i}`;
       taken.push(name);
-      // Alternate which side goes first so drift in machine load hits both alike.
-      const order = i % 2 === 0 ? sides : ([ref, ctnet] as const);
-      for (const side of order) {
+      // Vary which side goes first (see sampleOrder) so drift in machine load hits all alike.
+      for (const side of sampleOrder(sides, i)) {
         signal.throwIfAborted();
-        const ms = await timed(() => side.add(name));
-        (side === ctnet ? times.ctnet : times.reference).push(ms);
+        times.get(side)!.push(await timed(() => side.add(name)));
       }
     }
     // Back to `level` attachments before the next level fills up.
     for (const side of sides) await side.remove(taken);
-    results.push({ level, ctnet: stats(times.ctnet), reference: stats(times.reference) });
+    results.push({ level, sides: Object.fromEntries(sides.map((s) => [s.label, stats(times.get(s)!)])) });
   }
   return results;
 }
 
-function render(results: readonly LevelResult[], info: Machine, opts: Options): string {
+function render(results: readonly LevelResult[], info: Machine, opts: Options, warnings: readonly string[]): string {
   const ms = (n: number) => n.toFixed(1);
   const x = (a: number, b: number) => `${(a / b).toFixed(2)}x`;
-  const rows = results.map((r) => [
-    String(r.level),
-    ms(r.ctnet.p50), ms(r.ctnet.p95),
-    ms(r.reference.p50), ms(r.reference.p95),
-    x(r.ctnet.p50, r.reference.p50), x(r.ctnet.p95, r.reference.p95),
-  ]);
+  const { ctnet, baseline } = info.checkouts;
+  const head = ['level', 'ctnet median', 'ctnet p95', 'ref median', 'ref p95'];
+  if (baseline) head.push('base median', 'base p95');
+  head.push('ctnet/ref median', 'ctnet/ref p95');
+  if (baseline) head.push('ctnet/base median', 'ctnet/base p95');
+  const rows = results.map((r) => {
+    const c = r.sides.ctnet!;
+    const ref = r.sides.reference!;
+    const base = r.sides.baseline;
+    return [
+      String(r.level),
+      ms(c.p50), ms(c.p95), ms(ref.p50), ms(ref.p95),
+      ...(base ? [ms(base.p50), ms(base.p95)] : []),
+      x(c.p50, ref.p50), x(c.p95, ref.p95),
+      ...(base ? [x(c.p50, base.p50), x(c.p95, base.p95)] : []),
+    ];
+  });
   return [
-    `ctnet create vs. reference CNI bridge plugin: wall time in ms, ${opts.samples} samples per level and side`,
-    `kernel ${info.kernel}, node ${info.node}, ${info.cpu}, ctnet ${info.ctnet}, containernetworking-plugins ${info.cniPlugins}`,
+    `ctnet create vs. reference CNI bridge plugin${baseline ? ' and the baseline\'s ctnet create' : ''}: ` +
+      `wall time in ms, ${opts.samples} samples per level and side`,
+    `kernel ${info.kernel}, node ${info.node}, ${info.cpu}, ctnet ${info.ctnet}, containernetworking-plugins ${info.cniPlugins}, ` +
+      `load ${info.load} at the start`,
+    describeCheckout('ctnet', ctnet),
+    ...(baseline ? [describeCheckout('baseline', baseline)] : []),
+    ...warnings,
     '',
-    table(['level', 'ctnet median', 'ctnet p95', 'ref median', 'ref p95', 'ratio median', 'ratio p95'], rows),
+    table(head, rows),
     '',
   ].join('\n');
 }
 
-function toJson(results: readonly LevelResult[], info: Machine, opts: Options): string {
+function toJson(results: readonly LevelResult[], info: Machine, opts: Options, warnings: readonly string[]): string {
   const side = (s: Stats) => ({ medianMs: round(s.p50), p95Ms: round(s.p95), samplesMs: s.samples.map(round) });
+  const ratio = (a: Stats, b: Stats) => ({ median: round(a.p50 / b.p50), p95: round(a.p95 / b.p95) });
   return JSON.stringify({
     benchmark: 'create',
     date: new Date().toISOString(),
     machine: info,
     samples: opts.samples,
-    levels: results.map((r) => ({
-      level: r.level,
-      ctnet: side(r.ctnet),
-      reference: side(r.reference),
-      ratio: { median: round(r.ctnet.p50 / r.reference.p50), p95: round(r.ctnet.p95 / r.reference.p95) },
-    })),
+    warnings,
+    levels: results.map((r) => {
+      const c = r.sides.ctnet!;
+      const ref = r.sides.reference!;
+      const base = r.sides.baseline;
+      return {
+        level: r.level,
+        ctnet: side(c),
+        reference: side(ref),
+        ...(base ? { baseline: side(base) } : {}),
+        ratio: ratio(c, ref),
+        ...(base ? { ratioToBaseline: ratio(c, base) } : {}),
+      };
+    }),
   }, null, 2) + '\n';
 }
 
@@ -295,29 +354,68 @@ async function main(): Promise<number> {
 
   const { abort, interrupted: signalled } = trapSignals();
 
-  const info = await machine();
+  let info: Machine;
+  try {
+    info = await machine(opts.baseline);
+  } catch (e) {
+    process.stderr.write(`bench: ${(e as Error).message}\n`);
+    return 2;
+  }
   if (abort.signal.aborted) return signalled();
-  progress('creating a lab');
-  const lab = await Lab.create(); // removes what it made if it fails itself
-  let ref: ReferenceSide | undefined;
+  const baseline = info.checkouts.baseline;
+  const warnings: string[] = [];
+  if (baseline) {
+    progress(describeCheckout('ctnet', info.checkouts.ctnet));
+    progress(describeCheckout('baseline', baseline));
+    const w = startupMismatch(info.checkouts.ctnet, baseline);
+    if (w) {
+      progress(w);
+      warnings.push(w);
+    }
+  }
+  // A lab per side: no side's links or rules are in another side's netns.
+  const labels: SideName[] = ['ctnet', 'reference', ...(baseline ? ['baseline' as const] : [])];
+  const labs: Lab[] = [];
+  const sides: Side[] = [];
   let code = 0;
   try {
-    abort.signal.throwIfAborted();
-    ref = new ReferenceSide(lab);
-    const results = await measure(new CtnetSide(lab), ref, opts, abort.signal);
-    process.stdout.write(opts.json ? toJson(results, info, opts) : render(results, info, opts));
+    for (const label of labels) {
+      abort.signal.throwIfAborted();
+      progress(`${label}: creating a lab`);
+      const lab = await Lab.create(label === 'baseline' ? { ctnet: baseline!.bin } : {}); // removes what it made if it fails itself
+      labs.push(lab);
+      progress(`${label}: lab host ${lab.host}${label === 'reference' ? `, container namespaces ${NETNS_PREFIX}${lab.id}-*` : ''}`);
+      sides.push(label === 'reference' ? new ReferenceSide(lab) : new CtnetSide(lab, label));
+    }
+    const results = await measure(sides, opts, abort.signal);
+    // bin/ctnet decides at every start: an edit in src/ during the run switches it to the sources.
+    for (const c of [info.checkouts.ctnet, ...(baseline ? [baseline] : [])]) {
+      if (await bundled(c.dir) !== c.bundle) {
+        warnings.push(`warning: ${c.dir}/bin/ctnet ${c.bundle ? 'ran the bundle at the start and the sources at the end' : 'ran the sources at the start and the bundle at the end'}; some samples started the other way`);
+      }
+    }
+    process.stdout.write(opts.json ? toJson(results, info, opts, warnings) : render(results, info, opts, warnings));
   } catch (e) {
     process.stderr.write(`bench: ${(e as Error).message}\n`);
     code = signalled() || 1;
   } finally {
     progress('cleaning up');
-    try {
-      await ref?.destroy();
-    } catch (e) {
-      process.stderr.write(`bench: ${(e as Error).message}\n`);
-      code ||= 1;
+    for (const side of sides) {
+      try {
+        await side.destroy();
+      } catch (e) {
+        process.stderr.write(`bench: ${(e as Error).message}\n`);
+        code ||= 1;
+      }
     }
-    await lab.destroy();
+    for (const lab of labs) {
+      try {
+        await lab.destroy();
+      } catch (e) {
+        process.stderr.write(`bench: ${(e as Error).message}\n`);
+        code ||= 1;
+      }
+    }
   }
   return code;
 }

@@ -1,6 +1,8 @@
 // What every benchmark needs: running tools, option parsing, timing, quantiles.
 import { spawn } from 'node:child_process';
+import { accessSync, constants as fsConstants, existsSync, readFileSync } from 'node:fs';
 import { constants } from 'node:os';
+import { join, resolve } from 'node:path';
 
 export interface Exit {
   readonly code: number;
@@ -111,3 +113,82 @@ export function stats(samples: readonly number[]): Stats {
 
 /** Milliseconds to two decimals, for JSON output. */
 export const round = (ms: number): number => Math.round(ms * 100) / 100;
+
+/**
+ * A ctnet checkout whose bin/ctnet a benchmark runs: the one it runs from (ROOT) or a baseline
+ * (`--baseline DIR`). `bundle` says what bin/ctnet starts: build/ctnet.mjs (scripts/build.sh) while
+ * no file in src/ is newer, else the sources, which start about twice as slowly. Two sides are
+ * comparable only if both start the same way.
+ */
+export interface Checkout {
+  readonly dir: string;
+  readonly bin: string;
+  readonly version: string;
+  /** Short commit, with "+changes" if src/, bin/ or scripts/ differ from it (untracked files too). */
+  readonly commit: string;
+  readonly bundle: boolean;
+}
+
+/** Whether bin/ctnet in dir starts the bundle right now (the test bin/ctnet itself makes), not the sources. */
+export async function bundled(dir: string): Promise<boolean> {
+  const bundle = join(dir, 'build', 'ctnet.mjs');
+  let launcher = '';
+  try {
+    launcher = readFileSync(join(dir, 'bin', 'ctnet'), 'utf8');
+  } catch {
+    return false;
+  }
+  if (!launcher.includes('ctnet.mjs') || !existsSync(bundle)) return false;
+  const newer = await exec(['find', join(dir, 'src'), '-newer', bundle, '-print', '-quit']);
+  return newer.code === 0 && newer.stdout.trim() === '';
+}
+
+export async function checkout(dir: string): Promise<Checkout> {
+  const root = resolve(dir);
+  const bin = join(root, 'bin', 'ctnet');
+  try {
+    accessSync(bin, fsConstants.X_OK);
+  } catch {
+    throw new Error(`${root} is not a ctnet checkout: no executable bin/ctnet`);
+  }
+  let version = 'unknown';
+  try {
+    version = (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { version: string }).version;
+  } catch {
+    // no package.json: keep going, the commit says more
+  }
+  // Read-only git: no index refresh, no locks (other sessions work in these checkouts).
+  const env = { GIT_OPTIONAL_LOCKS: '0' };
+  const head = await exec(['git', '-C', root, 'rev-parse', '--short', 'HEAD'], { env });
+  const dirty = await exec(['git', '-C', root, 'status', '--porcelain', '--', 'src', 'bin', 'scripts', 'package.json'], { env });
+  const commit = head.code !== 0 ? 'unknown' : `${head.stdout.trim()}${dirty.code === 0 && dirty.stdout.trim() !== '' ? '+changes' : ''}`;
+  return { dir: root, bin, version, commit, bundle: await bundled(root) };
+}
+
+/** One line about a checkout, for the header of a result. */
+export function describeCheckout(label: string, c: Checkout): string {
+  return `${label}: ${c.dir} at ${c.commit} (version ${c.version}), bin/ctnet runs ${c.bundle ? 'the bundle' : 'the sources (no current build/ctnet.mjs)'}`;
+}
+
+/**
+ * Why a ctnet/baseline comparison would be unfair on how the two start, or undefined. A warning,
+ * not an error: an edited checkout runs its sources on purpose.
+ */
+export function startupMismatch(ctnet: Checkout, baseline: Checkout): string | undefined {
+  if (ctnet.bundle === baseline.bundle) return undefined;
+  const [bundled_, sources] = ctnet.bundle ? ['ctnet', 'baseline'] : ['baseline', 'ctnet'];
+  return `warning: ${bundled_} runs its bundle (build/ctnet.mjs) but ${sources} runs its sources, so each of ${sources}'s ctnet ` +
+    `processes starts slower; run scripts/build.sh in ${sources === 'ctnet' ? ctnet.dir : baseline.dir} (and touch nothing in its src/ until the run ends)`;
+}
+
+/**
+ * The order in which sample i takes the sides, so that drift in machine load hits all alike. Two
+ * sides alternate (AB, BA, ...). More sides rotate by one each sample, and every other round of
+ * rotations runs backwards: with three, six samples take all six orders, so each side is first,
+ * second and last equally often, and comes before each other side as often as after it.
+ */
+export function sampleOrder<T>(sides: readonly T[], i: number): T[] {
+  const n = sides.length;
+  const order = sides.map((_, k) => sides[(k + i) % n]!);
+  return n > 2 && Math.floor(i / n) % 2 === 1 ? order.reverse() : order;
+}

@@ -41,23 +41,31 @@ function run(argv: readonly string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 6
   });
 }
 
+export interface LabOptions {
+  /** The ctnet executable that ctnet() and scriptEnv run (default: this checkout's bin/ctnet). */
+  readonly ctnet?: string;
+}
+
 export class Lab {
   readonly id: string;
   readonly host: string;
   readonly world: string;
   readonly stateDir: string;
+  /** The ctnet executable this lab runs. */
+  readonly ctnetBin: string;
   readonly #kernel = new ExecBackend();
   #destroyed = false;
 
-  private constructor(id: string) {
+  private constructor(id: string, ctnetBin: string) {
     this.id = id;
+    this.ctnetBin = ctnetBin;
     this.host = `ctlab-${id}-host`;
     this.world = `ctlab-${id}-world`;
     this.stateDir = mkdtempSync(join(tmpdir(), `ctlab-${id}-`));
   }
 
-  static async create(): Promise<Lab> {
-    const lab = new Lab(randomBytes(3).toString('hex'));
+  static async create(opts: LabOptions = {}): Promise<Lab> {
+    const lab = new Lab(randomBytes(3).toString('hex'), opts.ctnet ?? CTNET);
     try {
       await lab.#build();
     } catch (e) {
@@ -91,7 +99,7 @@ export class Lab {
 
   /** Runs `ctnet ARGS` inside the lab host, with the lab's state directory. */
   ctnet(args: readonly string[], env: NodeJS.ProcessEnv = {}): Promise<Result> {
-    return run(['nsenter', `--net=/run/netns/${this.host}`, CTNET, ...args], { CTNET_STATE_DIR: this.stateDir, ...env }, 120_000);
+    return run(['nsenter', `--net=/run/netns/${this.host}`, this.ctnetBin, ...args], { CTNET_STATE_DIR: this.stateDir, ...env }, 120_000);
   }
 
   /** Like ctnet(), but throws with its stderr when it fails; returns stdout. */
@@ -108,7 +116,7 @@ export class Lab {
 
   /** The environment that makes scripts calling $CTNET drive this lab's ctnet (examples/). */
   get scriptEnv(): NodeJS.ProcessEnv {
-    return { CTNET: CTNET, CTNET_STATE_DIR: this.stateDir };
+    return { CTNET: this.ctnetBin, CTNET_STATE_DIR: this.stateDir };
   }
   inWorld(argv: readonly string[]): Promise<Result> {
     return run(['nsenter', `--net=/run/netns/${this.world}`, ...argv]);
