@@ -9,14 +9,13 @@ import { isAlive } from '../kernel/proc.ts';
 import type { Netns } from '../model/netns.ts';
 import { formatPortSpec } from '../model/ports.ts';
 import type { AttachmentRow, CniRow, NetworkRow, Store } from '../store/store.ts';
-import type { PortFacts } from '../nft/ruleset.ts';
 import type { Ctx } from './context.ts';
 import { attachSteps, type PlannedAttachment } from './attach.ts';
 import { recordAttachments } from './attach.ts';
 import { syncPolicy } from './policy.ts';
-import { portFacts, portLines, portTargets, readHost, recordPorts } from './ports.ts';
+import { portFacts, portLines, portMoveLines, portsMoved, portTargets, readHost, recordPorts } from './ports.ts';
 import { sandboxNetns } from './records.ts';
-import { disconnect, retargetPorts } from './sandbox.ts';
+import { disconnect, movedFlowSteps } from './sandbox.ts';
 import { step } from '../plan/plan.ts';
 
 export interface CniRequest {
@@ -131,28 +130,24 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
         return { attachment: a!, ports: rows };
       });
       plan = p.attachment;
-      // New mappings go in the attachment's own nft transaction, unless this attachment moves the
-      // sandbox's earlier mappings too (then retargetPorts below moves them all).
+      // New mappings go in the attachment's own nft transaction; so do the sandbox's earlier ones
+      // when this attachment is the first with a way out and they move to it.
+      const after = portFacts(store, sandbox);
       const targets = portTargets(store, sandbox);
-      const facts = moved(before, targets) ? [] : p.ports.map((mapping) => ({ mapping, targets }));
+      const facts = p.ports.map((mapping) => ({ mapping, targets }));
+      const move = portsMoved(before, after);
       await tx.run([
-        ...attachSteps(store, ns, p.attachment, { add: portLines('add', facts), del: portLines('delete', facts) }),
-        ...(facts.length ? [step([{ kind: 'conntrack.forget', filter: { kind: 'stale', ports: facts } }])] : []),
+        ...attachSteps(store, ns, p.attachment, move ? portMoveLines(before, after) : { add: portLines('add', facts), del: portLines('delete', facts) }),
+        ...(move ? movedFlowSteps(before, after) : facts.length ? [step([{ kind: 'conntrack.forget', filter: { kind: 'stale', ports: facts } }])] : []),
       ]);
       tx.commit({ kind: 'attachment.state', sandbox, network: network.name, state: 'ready' });
     });
   } catch (e) {
     throw await explainAttachFailure(ctx, e, ns, req);
   }
-  // This attachment may be the first with a way out: ports published earlier move to it.
-  if (moved(before, portTargets(store, sandbox))) await retargetPorts(ctx, sandbox, before);
   await syncPolicy(ctx);
   return resultOf(store, plan, network.bridge, await bridgeMac(ctx, network), req.netns, conf);
 }
-
-/** True when the sandbox had mappings before and their target addresses changed. */
-const moved = (before: readonly PortFacts[], targets: readonly { ip: string }[]) =>
-  before.length > 0 && JSON.stringify(before[0]!.targets) !== JSON.stringify(targets);
 
 /** An ADD that failed because CNI_IFNAME exists in the namespace says so (ADD is not idempotent). */
 async function explainAttachFailure(ctx: Ctx, e: unknown, ns: Netns, req: CniRequest): Promise<unknown> {

@@ -119,6 +119,22 @@ export function publishSteps(facts: readonly PortFacts[]): Step[] {
   ];
 }
 
+/**
+ * The nft lines that move a sandbox's mappings from their old targets to their new ones (an attachment
+ * changed which network they lead to), for the attachment's own nft transaction, with their undo.
+ * A map key cannot be added while it holds another value: the old elements go first.
+ */
+export function portMoveLines(before: readonly PortFacts[], after: readonly PortFacts[]): { add: string[]; del: string[] } {
+  return {
+    add: [...portLines('delete', before), ...portLines('add', after)],
+    del: [...portLines('delete', after), ...portLines('add', before)],
+  };
+}
+
+/** True when a sandbox had mappings and the addresses they lead to changed. */
+export const portsMoved = (before: readonly PortFacts[], after: readonly PortFacts[]): boolean =>
+  before.length > 0 && JSON.stringify(before[0]!.targets) !== JSON.stringify(after[0]?.targets ?? []);
+
 /** Removes the map elements of these mappings and the flows still DNATed through them (a teardown). */
 export function unpublishSteps(facts: readonly PortFacts[]): Step[] {
   const del = portLines('delete', facts);

@@ -10,7 +10,7 @@ import type { AttachmentRow, SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 import { attachSteps, recordAttachments } from './attach.ts';
 import { netnsName } from './naming.ts';
-import { portFacts, portLines, publishSteps, readHost, recordPorts, unpublishSteps, type PublishRequest } from './ports.ts';
+import { portFacts, portLines, portMoveLines, portsMoved, publishSteps, readHost, recordPorts, unpublishSteps, type PublishRequest } from './ports.ts';
 import { currentDefault, defaultCarrier, driverNetwork, driverOf, existingNetwork, readySandbox, sandboxNetns } from './records.ts';
 import { syncPolicy } from './policy.ts';
 
@@ -77,25 +77,30 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
   const used = readNames ? (await kernel.links(ns)).map((l) => l.ifname) : [];
   const before = portFacts(store, s.name);
   await applier.transaction(async (tx) => {
-    const [p] = tx.decide((rec) => {
+    const { planned, after } = tx.decide((rec) => {
       if (isNew) rec.record({ kind: 'sandbox.insert', row: { name: s.name, netns: s.netns, owned: false, state: 'ready' } });
       used.push(...store.attachments({ sandbox: s.name }).map((a) => a.ifname));
-      return recordAttachments(rec, s.name, [network], { ips, mac: undefined }, used);
+      const [a] = recordAttachments(rec, s.name, [network], { ips, mac: undefined }, used);
+      return { planned: a!, after: portFacts(store, s.name) };
     });
-    await tx.run(attachSteps(store, ns, p!));
+    // This network may be the first with a way out: the published ports move to it, in the
+    // attachment's own nft transaction (undone with it).
+    const moved = portsMoved(before, after);
+    await tx.run([
+      ...attachSteps(store, ns, planned, moved ? portMoveLines(before, after) : undefined),
+      ...(moved ? movedFlowSteps(before, after) : []),
+    ]);
     tx.commit({ kind: 'attachment.state', sandbox: s.name, network, state: 'ready' });
   });
-  await retargetPorts(ctx, s.name, before);
   await syncPolicy(ctx);
 }
 
-/** Moves published ports when the network they lead to changed (a connect or a disconnect). */
-export async function retargetPorts(ctx: Ctx, sandbox: string, before: readonly PortFacts[]): Promise<void> {
-  const after = portFacts(ctx.store, sandbox);
-  const key = (f: readonly PortFacts[]) => JSON.stringify(f[0]?.targets ?? []);
-  if (key(before) === key(after)) return;
-  await ctx.applier.teardown(unpublishSteps(before));
-  await ctx.applier.apply(publishSteps(after));
+/** After mappings moved: flows still DNATed to the old targets end, and flows that predate the new ones. */
+export function movedFlowSteps(before: readonly PortFacts[], after: readonly PortFacts[]): Step[] {
+  return [step([
+    { kind: 'conntrack.forget', filter: { kind: 'unpublished', ports: before } },
+    ...(after.length ? [{ kind: 'conntrack.forget', filter: { kind: 'stale', ports: after } } as const] : []),
+  ])];
 }
 
 /** The teardown plan of one attachment: its link, its nft elements (and extraDel), its flows. */

@@ -51,7 +51,10 @@ export type Op =
    * applied as nft.delete is.
    */
   | { readonly kind: 'nft'; readonly lines: readonly string[]; readonly undo?: readonly string[] | undefined }
-  /** Element deletes where one already gone counts as deleted (nft 1.0.6 has no `destroy`). */
+  /**
+   * Element deletes where one already gone counts as deleted (nft 1.0.6 has no `destroy`); as the
+   * inverse of a step that moved map elements, it may also add back what the step removed.
+   */
   | { readonly kind: 'nft.delete'; readonly lines: readonly string[] }
   /**
    * conntrack -D of the tracked flows a filter picks at the moment it runs: which flows those are
