@@ -16,7 +16,7 @@ import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
 import {
   type Checkout, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, round, sampleOrder, type Stats,
-  stats, trapSignals,
+  destroyAll, levelsAndBaseline, stats, trapSignals,
 } from './lib.ts';
 
 const DEFAULT_LEVELS = [0, 100, 500] as const;
@@ -84,15 +84,9 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
   if (values.help) return 'help';
   const samples = intOption('samples', values.samples, DEFAULT_SAMPLES, 1, 1000);
   const parallel = intOption('parallel', values.parallel, DEFAULT_PARALLEL, 1, 64);
-  const levels = values.levels === undefined
-    ? [...DEFAULT_LEVELS]
-    : values.levels.split(',').map((l) => intOption('levels', l.trim(), 0, 0, MAX_LEVEL));
-  if (levels.length === 0 || levels.some((l, i) => i > 0 && l <= levels[i - 1]!)) {
-    throw new Error(`--levels must be distinct and ascending, got ${JSON.stringify(values.levels)}`);
-  }
-  if (values.baseline === '') throw new Error('--baseline needs a directory');
+  const { levels, baseline } = levelsAndBaseline(values, DEFAULT_LEVELS, MAX_LEVEL);
   const sides = values.sides === undefined
-    ? SIDE_NAMES.filter((s) => s !== 'baseline' || values.baseline !== undefined)
+    ? SIDE_NAMES.filter((s) => s !== 'baseline' || baseline !== undefined)
     : values.sides.split(',').map((s) => s.trim());
   for (const s of sides) {
     if (!SIDE_NAMES.includes(s as SideName)) throw new Error(`--sides takes ${SIDE_NAMES.join(', ')}, got ${JSON.stringify(s)}`);
@@ -100,7 +94,7 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
   if (sides.includes('baseline') && values.baseline === undefined) throw new Error('--sides baseline needs --baseline DIR');
   // Always in the same order, whatever the command line said: ctnet, the reference, the baseline.
   const picked = SIDE_NAMES.filter((s) => sides.includes(s));
-  return { samples, levels, sides: picked, baseline: values.baseline, parallel, json: values.json };
+  return { samples, levels, sides: picked, baseline, parallel, json: values.json };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -952,22 +946,8 @@ async function main(): Promise<number> {
     code = signalled() || 1;
   } finally {
     progress('cleaning up');
-    for (const side of sides) {
-      try {
-        await side.destroy();
-      } catch (e) {
-        process.stderr.write(`bench: ${(e as Error).message}\n`);
-        code ||= 1;
-      }
-    }
-    for (const lab of labs) {
-      try {
-        await lab.destroy();
-      } catch (e) {
-        process.stderr.write(`bench: ${(e as Error).message}\n`);
-        code ||= 1;
-      }
-    }
+    const sidesFailed = await destroyAll(sides); // labs go too, whatever the sides did
+    code ||= (await destroyAll(labs)) || sidesFailed;
   }
   return code;
 }

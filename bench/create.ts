@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
 import {
-  bundled, type Checkout, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, round, sampleOrder,
+  bundled, type Checkout, destroyAll, levelsAndBaseline, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, round, sampleOrder,
   startupMismatch, type Stats, stats, timed, trapSignals,
 } from './lib.ts';
 
@@ -63,14 +63,8 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
   });
   if (values.help) return 'help';
   const samples = intOption('samples', values.samples, DEFAULT_SAMPLES, 1, 1000);
-  const levels = values.levels === undefined
-    ? [...DEFAULT_LEVELS]
-    : values.levels.split(',').map((l) => intOption('levels', l.trim(), 0, 0, MAX_LEVEL));
-  if (levels.length === 0 || levels.some((l, i) => i > 0 && l <= levels[i - 1]!)) {
-    throw new Error(`--levels must be distinct and ascending, got ${JSON.stringify(values.levels)}`);
-  }
-  if (values.baseline === '') throw new Error('--baseline needs a directory');
-  return { samples, levels, baseline: values.baseline, json: values.json };
+  const { levels, baseline } = levelsAndBaseline(values, DEFAULT_LEVELS, MAX_LEVEL);
+  return { samples, levels, baseline, json: values.json };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -400,22 +394,8 @@ async function main(): Promise<number> {
     code = signalled() || 1;
   } finally {
     progress('cleaning up');
-    for (const side of sides) {
-      try {
-        await side.destroy();
-      } catch (e) {
-        process.stderr.write(`bench: ${(e as Error).message}\n`);
-        code ||= 1;
-      }
-    }
-    for (const lab of labs) {
-      try {
-        await lab.destroy();
-      } catch (e) {
-        process.stderr.write(`bench: ${(e as Error).message}\n`);
-        code ||= 1;
-      }
-    }
+    const sidesFailed = await destroyAll(sides); // labs go too, whatever the sides did
+    code ||= (await destroyAll(labs)) || sidesFailed;
   }
   return code;
 }

@@ -192,3 +192,30 @@ export function sampleOrder<T>(sides: readonly T[], i: number): T[] {
   const order = sides.map((_, k) => sides[(k + i) % n]!);
   return n > 2 && Math.floor(i / n) % 2 === 1 ? order.reverse() : order;
 }
+
+/** Destroys each in turn, past failures (each reported); returns 1 when any failed, else 0. */
+export async function destroyAll(things: readonly { destroy(): Promise<void> }[]): Promise<number> {
+  let code = 0;
+  for (const t of things) {
+    try {
+      await t.destroy();
+    } catch (e) {
+      process.stderr.write(`bench: ${(e as Error).message}\n`);
+      code = 1;
+    }
+  }
+  return code;
+}
+
+/** --levels (distinct, ascending; default `fallback`) and --baseline (a directory, if given). */
+export function levelsAndBaseline(values: { levels?: string | undefined; baseline?: string | undefined }, fallback: readonly number[], max: number):
+  { levels: number[]; baseline: string | undefined } {
+  const levels = values.levels === undefined
+    ? [...fallback]
+    : values.levels.split(',').map((l) => intOption('levels', l.trim(), 0, 0, max));
+  if (levels.length === 0 || levels.some((l, i) => i > 0 && l <= levels[i - 1]!)) {
+    throw new Error(`--levels must be distinct and ascending, got ${JSON.stringify(values.levels)}`);
+  }
+  if (values.baseline === '') throw new Error('--baseline needs a directory');
+  return { levels, baseline: values.baseline };
+}
