@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 4;
+export const SCHEMA_VERSION = 5;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -120,9 +120,25 @@ CREATE TABLE cni_attachments (
 CREATE INDEX cni_by_sandbox ON cni_attachments(sandbox);
 `;
 
+// The change feed (schema 5): one row per committed change of a recorded row, appended by triggers
+// in the writer's transaction (src/store/events.ts says which tables and columns, and installs the
+// triggers; src/store/feed.ts reads it). AUTOINCREMENT: ids only grow, even past a pruned end, and
+// writers serialise (BEGIN IMMEDIATE), so id order is commit order and a reader's cursor is one id.
+export const FEED = `
+CREATE TABLE events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  at TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  action TEXT NOT NULL CHECK (action IN ('created', 'changed', 'removed')),
+  key TEXT NOT NULL,
+  data TEXT NOT NULL
+);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
   3: POLICY,
   4: CNI,
+  5: FEED,
 };

@@ -1,11 +1,12 @@
 // ctnet's state: one SQLite file per state directory (node:sqlite, WAL, busy timeout). Every write
 // happens in one BEGIN IMMEDIATE transaction, so concurrent ctnet processes serialise here.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { CtnetError } from '../errors.ts';
 import { processToken } from '../kernel/proc.ts';
+import { FEED_TRIGGERS, META_TRIGGERS } from './events.ts';
 import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.ts';
 import type { PortMapping, Proto } from '../model/ports.ts';
 
@@ -88,6 +89,8 @@ export const DEFAULT_STATE_DIR = '/var/lib/ctnet';
 
 type Row = Record<string, unknown>;
 
+const TRIGGERS_HASH = createHash('sha256').update(FEED_TRIGGERS).digest('hex').slice(0, 16);
+
 export class Store {
   readonly db: DatabaseSync;
   readonly dir: string;
@@ -125,8 +128,23 @@ export class Store {
       } else if (version > SCHEMA_VERSION) {
         throw new CtnetError('STATE', `the state in ${this.dir} was written by a newer ctnet (schema ${version})`, 'upgrade ctnet');
       }
+      this.#installFeedTriggers();
       return (this.db.prepare("SELECT value FROM meta WHERE key = 'instance'").get() as Row).value as string;
     });
+  }
+
+  /**
+   * The change feed's triggers are code (src/store/events.ts), not history: they follow the recorded
+   * columns, so they are (re)installed whenever their text differs from what this store holds, in
+   * the opening transaction. Schema 5's migration only creates the events table.
+   */
+  #installFeedTriggers(): void {
+    const installed = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(META_TRIGGERS) as Row | undefined;
+    if (installed?.value === TRIGGERS_HASH) return;
+    const old = this.db.prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE 'feed\\_%' ESCAPE '\\'").all() as Row[];
+    for (const r of old) this.db.exec(`DROP TRIGGER "${r.name as string}"`);
+    this.db.exec(FEED_TRIGGERS);
+    this.db.prepare('INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(META_TRIGGERS, TRIGGERS_HASH);
   }
 
   /**
