@@ -37,7 +37,10 @@ export type Action = 'created' | 'changed' | 'removed';
 export type ChangeEvent = {
   [K in Kind]: {
     readonly id: number;
-    /** When the change was written, in its transaction (ISO 8601, ms): its commit is at or after it. */
+    /**
+     * When the change was committed (ISO 8601, ms): the store stamps its transaction's events just
+     * before COMMIT. (A writer other than Store, e.g. the sqlite3 shell, leaves the statement's time.)
+     */
     readonly at: string;
     readonly kind: K;
     readonly action: Action;
@@ -112,12 +115,13 @@ export function rowJson(kind: Kind, row: string): string {
 
 export const rowKey = (kind: Kind, row: string) => sub(RECORDED[kind].key, row);
 
-const NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
+/** SQL for now, as an event's time. */
+export const FEED_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 function triggers(kind: Kind): string {
   const { table, columns } = RECORDED[kind];
   const insert = (action: Action, row: 'NEW' | 'OLD') =>
-    `INSERT INTO events(at, kind, action, key, data) VALUES (${NOW}, '${kind}', '${action}', ${rowKey(kind, row)}, ${rowJson(kind, row)});`;
+    `INSERT INTO events(at, kind, action, key, data) VALUES (${FEED_NOW}, '${kind}', '${action}', ${rowKey(kind, row)}, ${rowJson(kind, row)});`;
   // An update that touches only unrecorded columns (owner, cursor) is no change to a resident service.
   const changed = columns.map((col) => `OLD.${col.column} IS NOT NEW.${col.column}`).join(' OR ');
   return [
