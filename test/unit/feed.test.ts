@@ -12,6 +12,9 @@ import { ChangeFeed, type Batch } from '../../src/store/feed.ts';
 import { CNI, MIGRATIONS, POLICY, PORTS, SCHEMA } from '../../src/store/schema.ts';
 import { Store } from '../../src/store/store.ts';
 
+const until = async (cond: () => boolean) => {
+  while (!cond()) await new Promise((r) => setTimeout(r, 5));
+};
 const brief = (e: ChangeEvent) => `${e.kind} ${e.key} ${e.action}${'state' in e.data ? ` ${e.data.state}` : ''}`;
 
 describe('change feed', () => {
@@ -116,6 +119,17 @@ describe('change feed', () => {
     assert.equal(feed.head(), 0);
   });
 
+  it('an event\'s time is its commit\'s, also when the transaction held the lock across awaits', async () => {
+    let beforeCommit = 0;
+    await store.writeAsync(async () => {
+      store.insertSandbox({ name: 'a', netns: '/n', owned: true, state: 'ready' });
+      await new Promise((r) => setTimeout(r, 50));
+      beforeCommit = Date.now();
+    });
+    const [e] = all();
+    assert.ok(Date.parse(e!.at) >= beforeCommit - 1, `${e!.at} is not before ${new Date(beforeCommit).toISOString()}`);
+  });
+
   it('removing a sandbox records the removal of everything that cascades, with the rows as they were', () => {
     sandboxWithEverything();
     const head = feed.head();
@@ -162,60 +176,67 @@ describe('change feed', () => {
     process.stderr.write(`# ${total} label changes in one transaction: ${ms.toFixed(0)} ms, ${count} events kept, pruned through #${pruned}\n`);
   });
 
-  it('tail: catches up from a cursor, sees another process\'s commits, resyncs after a gap', async () => {
-    sandboxWithEverything();
-    const other = new Store(dir); // another writer, as a CLI process would be
-    const batches: Batch[] = [];
-    let wake: () => void = () => {};
-    const tail = feed.tail(3, (b) => {
-      batches.push(b);
-      wake();
-    }, { intervalMs: 5 });
-    const next = () => new Promise<void>((r) => (wake = r));
-    try {
-      await new Promise((r) => setTimeout(r, 20));
-      assert.equal(batches.length, 1);
-      const first = batches[0]!;
-      assert.ok(first.kind === 'events');
-      assert.deepEqual(first.events.map((e) => e.id), [4, 5, 6, 7, 8, 9, 10, 11]);
+  for (const [mode, options] of [
+    // No safety poll: this passes only if inotify wakes the tail.
+    ['inotify', { safetyPollMs: 1e9 }],
+    ['poll only', { watch: false, intervalMs: 5 }],
+  ] as const) {
+    it(`tail (${mode}): catches up from a cursor, sees another connection\'s commits, resyncs after a gap`, async () => {
+      sandboxWithEverything();
+      const other = new Store(dir); // another writer, as a CLI process would be
+      const batches: Batch[] = [];
+      let wake: () => void = () => {};
+      const next = () => new Promise<void>((r) => (wake = r));
+      const caughtUp = next();
+      const tail = feed.tail(3, (b) => {
+        batches.push(b);
+        wake();
+      }, options);
+      try {
+        await caughtUp;
+        assert.equal(batches.length, 1);
+        const first = batches[0]!;
+        assert.ok(first.kind === 'events');
+        assert.deepEqual(first.events.map((e) => e.id), [4, 5, 6, 7, 8, 9, 10, 11]);
 
-      for (let i = 0; i < 20; i++) {
-        const seen = next();
-        other.write(() => other.setLabel('a', 'round', String(i)));
-        await seen;
+        for (let i = 0; i < 20; i++) {
+          const seen = next();
+          other.write(() => other.setLabel('a', 'round', String(i)));
+          await seen;
+        }
+        const evs = batches.slice(1).flatMap((b) => (b.kind === 'events' ? b.events : []));
+        assert.deepEqual(evs.map((e) => e.id), Array.from({ length: 20 }, (_, i) => 12 + i), 'every change once, in order');
+        await new Promise((r) => setImmediate(r)); // the cursor moves once the batch's handler returned
+        assert.equal(tail.cursor, 31);
+
+        // Fall behind a prune: the next batch is a snapshot, then tailing goes on after it.
+        const resynced = next();
+        other.write(() => {
+          for (let i = 0; i < FEED_KEEP + FEED_PRUNE_EVERY; i++) other.setLabel('a', 'n', String(i));
+        });
+        await resynced;
+        const r = batches.at(-1)!;
+        assert.ok(r.kind === 'resync', `got ${r.kind}`);
+        assert.match(r.reason, /^events 32\.\.\d+ were pruned before they were read$/);
+        assert.equal(r.cursor, feed.head());
+        assert.deepEqual(r.snapshot.rows.label.map((l) => `${l.key}=${l.value}`).sort(), ['n=10999', 'round=19', 'tier=web']);
+        const after = next();
+        other.write(() => other.deleteLabel('a', 'n'));
+        await after;
+        const last = batches.at(-1)!;
+        assert.ok(last.kind === 'events' && last.events.length === 1 && last.events[0]!.id === r.cursor + 1);
+      } finally {
+        await tail.stop();
+        other.close();
       }
-      const evs = batches.slice(1).flatMap((b) => (b.kind === 'events' ? b.events : []));
-      assert.deepEqual(evs.map((e) => e.id), Array.from({ length: 20 }, (_, i) => 12 + i), 'every change once, in order');
-      await new Promise((r) => setImmediate(r)); // the cursor moves once the batch's handler returned
-      assert.equal(tail.cursor, 31);
-
-      // Fall behind a prune: the next batch is a snapshot, then tailing goes on after it.
-      const resynced = next();
-      other.write(() => {
-        for (let i = 0; i < FEED_KEEP + FEED_PRUNE_EVERY; i++) other.setLabel('a', 'n', String(i));
-      });
-      await resynced;
-      const r = batches.at(-1)!;
-      assert.ok(r.kind === 'resync', `got ${r.kind}`);
-      assert.match(r.reason, /^events 32\.\.\d+ were pruned before they were read$/);
-      assert.equal(r.cursor, feed.head());
-      assert.deepEqual(r.snapshot.rows.label.map((l) => `${l.key}=${l.value}`).sort(), ['n=10999', 'round=19', 'tier=web']);
-      const after = next();
-      other.write(() => other.deleteLabel('a', 'n'));
-      await after;
-      const last = batches.at(-1)!;
-      assert.ok(last.kind === 'events' && last.events.length === 1 && last.events[0]!.id === r.cursor + 1);
-    } finally {
-      await tail.stop();
-      other.close();
-    }
-  });
+    });
+  }
 
   it('tail: a cursor past the head (the store was replaced) resyncs from a snapshot', async () => {
     sandboxWithEverything();
     const got: Batch[] = [];
     const tail = feed.tail(500, (b) => void got.push(b), { intervalMs: 5 });
-    await new Promise((r) => setTimeout(r, 20));
+    await until(() => got.length > 0);
     await tail.stop();
     assert.equal(got.length, 1);
     assert.ok(got[0]!.kind === 'resync' && /past the newest event 11/.test(got[0]!.reason));
@@ -232,7 +253,7 @@ describe('change feed', () => {
       if (++calls === 1) throw new Error('busy');
       if (b.kind === 'events') seen.push(b.events.map((e) => e.id));
     }, { intervalMs: 5, onError: (e) => errors.push(e.message) });
-    await new Promise((r) => setTimeout(r, 40));
+    await until(() => seen.length > 0);
     await tail.stop();
     assert.deepEqual(errors, ['busy']);
     assert.deepEqual(seen, [[10, 11]]);
