@@ -27,6 +27,7 @@ import { runDemo } from './demo.ts';
 import { handleCni } from '../cni/handler.ts';
 import { installCni } from '../cni/install.ts';
 import { daemonPid, runDaemon, stopDaemon } from '../daemon/server.ts';
+import { eventsCommand } from '../daemon/events.ts';
 
 interface Globals {
   stateDir?: string;
@@ -358,6 +359,7 @@ export function buildProgram(): Command {
       const dir = g.stateDir ?? process.env.CTNET_STATE_DIR ?? DEFAULT_STATE_DIR;
       out(await stopDaemon(dir) ? `ctnetd for ${dir} stopped` : `no ctnetd runs for ${dir}`);
     });
+  eventsCommand(globals(daemon.command('events'), true));
   globals(daemon.command('status')).description('say whether ctnetd runs for a state directory, and its pid')
     .action(async (_o: unknown, cmd: Command) => {
       const g = cmd.optsWithGlobals<Globals>();
