@@ -10,6 +10,8 @@ import { ChangeFeed, type Batch, type Tail } from '../store/feed.ts';
 import type { Service, ServiceContext } from '../services/service.ts';
 
 const CURSOR_NAME = 'ctnetd.cursor';
+/** The first back-off before a failed service gets a snapshot, when no batch comes sooner. */
+const RETRY_MS = 1_000;
 
 interface SavedCursor {
   readonly instance: string;
@@ -56,9 +58,6 @@ export async function startAgent(opts: AgentOptions): Promise<Agent> {
   const feed = new ChangeFeed(opts.stateDir);
   const ctx = (s: Service): ServiceContext => ({ stateDir: opts.stateDir, feed, log: (m) => opts.log(`${s.name}: ${m}`) });
   const started: Service[] = [];
-  // A service that failed on a batch is given a snapshot next time instead of the events it may
-  // have half applied; the others go on.
-  const stale = new Set<Service>();
   const guarded = async (s: Service, what: string, fn: () => void | Promise<void>) => {
     try {
       await fn();
@@ -72,20 +71,58 @@ export async function startAgent(opts: AgentOptions): Promise<Agent> {
     if (await guarded(s, 'start', () => s.start(ctx(s)))) started.push(s);
   }
 
-  const deliver = async (b: Batch) => {
+  // Deliveries and recoveries run one at a time, in order.
+  let chain: Promise<unknown> = Promise.resolve();
+  const serial = <T>(fn: () => Promise<T>): Promise<T> => {
+    const p = chain.then(fn);
+    chain = p.catch(() => {});
+    return p;
+  };
+
+  // A service that failed on a batch may have half applied it: it gets a snapshot instead, at the
+  // next batch or after a back-off (1 s, doubling to a minute), whichever comes first; the others
+  // go on. Events up to a service's last snapshot are not given to it again.
+  const stale = new Set<Service>();
+  const floor = new Map<Service, number>();
+  let retry: NodeJS.Timeout | undefined;
+  let retryMs = RETRY_MS;
+  const markStale = (s: Service) => {
+    stale.add(s);
+    if (retry) return;
+    retry = setTimeout(() => {
+      retry = undefined;
+      void serial(async () => {
+        for (const x of [...stale]) await recover(x);
+      });
+    }, retryMs);
+    retryMs = Math.min(retryMs * 2, 60_000);
+  };
+  const resynced = (s: Service, cursor: number) => {
+    stale.delete(s);
+    floor.set(s, cursor);
+    if (stale.size === 0) retryMs = RETRY_MS;
+  };
+  const recover = async (s: Service) => {
+    const snapshot = feed.snapshot();
+    if (await guarded(s, 'resync', () => s.resync(snapshot, 'it failed on an earlier batch'))) resynced(s, snapshot.cursor);
+    else markStale(s);
+  };
+
+  const deliver = (b: Batch) => serial(async () => {
     for (const s of started) {
       if (b.kind === 'resync') {
-        if (await guarded(s, 'resync', () => s.resync(b.snapshot, b.reason))) stale.delete(s);
+        if (await guarded(s, 'resync', () => s.resync(b.snapshot, b.reason))) resynced(s, b.cursor);
+        else markStale(s);
       } else if (stale.has(s)) {
-        const snapshot = feed.snapshot();
-        if (await guarded(s, 'resync', () => s.resync(snapshot, 'it failed on an earlier batch'))) stale.delete(s);
-      } else if (!(await guarded(s, `changes #${b.events[0]!.id}..#${b.cursor}`, () => s.changes(b.events)))) {
-        stale.add(s);
+        await recover(s);
+      } else {
+        const events = b.events.filter((e) => e.id > (floor.get(s) ?? 0));
+        if (events.length && !(await guarded(s, `changes #${events[0]!.id}..#${b.cursor}`, () => s.changes(events)))) markStale(s);
       }
     }
     saveCursor(opts.stateDir, opts.instance, b.cursor);
     opts.afterBatch?.();
-  };
+  });
 
   opts.log(`services: ${started.map((s) => s.name).join(', ') || 'none'}`);
   let from = loadCursor(opts.stateDir, opts.instance);
@@ -105,6 +142,8 @@ export async function startAgent(opts: AgentOptions): Promise<Agent> {
     },
     async stop() {
       await tail.stop();
+      clearTimeout(retry);
+      await chain;
       for (const s of [...started].reverse()) await guarded(s, 'stop', () => s.stop());
       feed.close();
     },

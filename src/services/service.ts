@@ -17,8 +17,10 @@ export interface Service {
   start(ctx: ServiceContext): void | Promise<void>;
   /**
    * Committed changes, in commit order, each delivered once; at start, also those made while
-   * ctnetd was down (from its saved cursor). Events carry whole rows, so applying one that a
-   * snapshot already reflects (id <= snapshot.cursor) is harmless, and skipping it is cheaper.
+   * ctnetd was down (from its saved cursor). Never one that the last resync()'s snapshot already
+   * holds. A service that builds its state from feed.snapshot() itself (in start) skips the
+   * events with id <= that snapshot's cursor: applying them again is harmless (they carry whole
+   * rows) but useless.
    */
   changes(events: readonly ChangeEvent[]): void | Promise<void>;
   /**
