@@ -63,6 +63,21 @@ describe('change feed through ctnetd', () => {
   it('ctnetd sees every change the CLI and the CNI plugin commit: in order, each once; a dry run records nothing', async () => {
     await startDaemon();
     assert.match(readLog(), /log: resync at #0 \(first start: ctnetd has no saved cursor\): nothing recorded/);
+    // Another subscriber, outside ctnetd: `ctnet daemon events --follow --json`.
+    const follower = spawn('nsenter', [`--net=/run/netns/${lab.host}`, join(ROOT, 'bin', 'ctnet'), 'daemon', 'events', '--follow', '--json'], {
+      env: { ...process.env, CTNET_STATE_DIR: lab.stateDir }, stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const followed: { id: number; ms: number }[] = [];
+    let partial = '';
+    follower.stdout.setEncoding('utf8').on('data', (d: string) => {
+      const now = Date.now();
+      const lines = (partial + d).split('\n');
+      partial = lines.pop()!;
+      for (const l of lines) {
+        const e = JSON.parse(l) as ChangeEvent;
+        followed.push({ id: e.id, ms: now - Date.parse(e.at) });
+      }
+    });
     const steps: [string, string[]][] = [
       ['network create', ['network', 'create', 'web', '--subnet', '10.77.0.0/24', '--subnet', 'fd00:77::/64']],
       ['network create --internal', ['network', 'create', 'db', '--subnet', '10.78.0.0/24', '--internal']],
@@ -89,9 +104,11 @@ describe('change feed through ctnetd', () => {
     netns = `ctfeed-${lab.id}`;
     execFileSync('ip', ['netns', 'add', netns]);
     const env = (cmd: string) => ({ CNI_COMMAND: cmd, CNI_CONTAINERID: 'pod1', CNI_NETNS: `/run/netns/${netns}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' });
+    const beforeCni = await head();
     const add = await execPlugin(lab, written[0]!, env('ADD'), conf);
     assert.equal(add.code, 0, add.stdout + add.stderr);
     assert.equal((await execPlugin(lab, written[0]!, env('DEL'), conf)).code, 0);
+    const afterCni = await head();
     await lab.ctnetOk(['rm', 'a']);
 
     const events = await feed();
@@ -105,7 +122,15 @@ describe('change feed through ctnetd', () => {
     assert.deepEqual([...kinds].sort(), ['address', 'attachment', 'cni', 'label', 'network', 'policy', 'port', 'sandbox', 'subnet']);
     assert.ok(events.some((e) => e.kind === 'cni' && e.action === 'created' && e.key === 'pod1/eth0/web'));
     assert.ok(events.some((e) => e.kind === 'attachment' && e.key === 'a/web' && e.action === 'changed' && e.data.state === 'ready'));
-    report('live: CLI and CNI changes seen by ctnetd', got);
+    const byCni = (x: { id: number }) => x.id > beforeCni && x.id <= afterCni;
+    report('live: CLI changes seen by ctnetd', got.filter((x) => !byCni(x)));
+    // ctnetd makes these itself, and sees them once the request's work lets its event loop run.
+    report('live: CNI changes (made inside ctnetd) seen by ctnetd', got.filter(byCni));
+
+    await until(() => followed.some((f) => f.id === last), `daemon events --follow printed #${last}`);
+    follower.kill();
+    assert.deepEqual(followed.map((f) => f.id), events.map((e) => e.id), 'daemon events --follow printed every change, in order, once');
+    report('live: all of them printed by ctnet daemon events --follow', followed.map((f) => ({ ...f, what: '' })));
   });
 
   it('what the CLI changes while ctnetd is down reaches it at start: in order, exactly once', async () => {
