@@ -22,8 +22,8 @@ function loadCursor(stateDir: string, instance: string): number | string {
   let saved: SavedCursor;
   try {
     saved = JSON.parse(readFileSync(join(stateDir, CURSOR_NAME), 'utf8')) as SavedCursor;
-  } catch {
-    return 'first start: ctnetd has no saved cursor';
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'first start: ctnetd has no saved cursor' : `the saved cursor is unreadable (${(e as Error).message})`;
   }
   if (saved.instance !== instance) return `the saved cursor belongs to store ${saved.instance}, not ${instance}`;
   if (!Number.isInteger(saved.cursor) || saved.cursor < 0) return 'the saved cursor is unreadable';
