@@ -269,7 +269,7 @@ describe('schema 6 migration', () => {
       db.exec("INSERT INTO meta VALUES ('instance', 'abcd'); PRAGMA user_version = 4");
       db.exec("INSERT INTO sandboxes(name, netns, owned, state, created) VALUES ('old', '/n', 1, 'ready', 'then')");
       db.close();
-      assert.equal(Object.keys(MIGRATIONS).at(-1), '5');
+      assert.equal(Object.keys(MIGRATIONS).at(-1), '6');
       const store = new Store(dir);
       const feed = new ChangeFeed(dir);
       try {
