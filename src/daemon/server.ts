@@ -1,7 +1,9 @@
-// ctnetd: the resident daemon behind the CNI plugin. One per state directory (its socket lives
-// there), in the network namespace of whoever started it. It keeps the store open and runs one
-// request at a time, so requests never interleave their kernel work; the store's transactions
-// still serialise it against CLI processes using the same state directory.
+// ctnetd: the node agent, one per state directory (its socket lives there), in the network
+// namespace of whoever started it. It owns what is resident: the CNI plugin's requests, and the
+// services (src/services/) that follow the store's change feed (agent.ts). For CNI it keeps the
+// store open and runs one request at a time, so requests never interleave their kernel work; the
+// store's transactions still serialise it against CLI processes using the same state directory.
+// The CLI never needs ctnetd: what it changes while ctnetd is down reaches the services at start.
 import { chmodSync, copyFileSync, existsSync, fstatSync, ftruncateSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -11,7 +13,9 @@ import { CniError, CODE, renderError } from '../cni/protocol.ts';
 import { CrashPoints } from '../engine/applier.ts';
 import { createCtx } from '../engine/context.ts';
 import { ExecBackend } from '../kernel/exec/backend.ts';
+import { builtinServices } from '../services/index.ts';
 import { Store } from '../store/store.ts';
+import { startAgent, type Agent } from './agent.ts';
 import { decodeRequest, encodeReply, type Reply } from './wire.ts';
 
 export const SOCKET_NAME = 'ctnetd.sock';
@@ -189,12 +193,15 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     return { later, reply: { ...reply, stderr: reply.stderr + warnings.map((w) => `ctnet: ${w}\n`).join('') } };
   }
 
+  let agent: Promise<Agent | undefined> = Promise.resolve(undefined);
   let resolveDone!: (code: number) => void;
   const done = new Promise<number>((r) => (resolveDone = r));
   function stop(why: string): void {
     log(`stopping (${why})`);
     server.close();
-    void queue.finally(() => {
+    void queue.finally(async () => {
+      // Services stop (and the cursor is saved) while the lock is held: no successor overlaps them.
+      await (await agent)?.stop().catch((e: Error) => log(`stopping services failed: ${e.message}`));
       rmSync(path, { force: true });
       rmSync(join(opts.stateDir, PID_NAME), { force: true }); // before the lock: no successor wrote it yet
       store.close();
@@ -211,6 +218,11 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   });
   chmodSync(path, 0o600);
   log(`serving ${opts.stateDir} on ${path} (netns ${netns})`);
+  agent = startAgent({ stateDir: opts.stateDir, instance: store.instance, services: builtinServices(), log, afterBatch: () => boundLog(opts.stateDir) })
+    .catch((e: Error) => {
+      log(`services did not start (CNI requests are still served): ${e.stack ?? e.message}`);
+      return undefined;
+    });
   armIdle();
   return done;
 }

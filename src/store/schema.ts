@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 5;
+export const SCHEMA_VERSION = 6;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -128,10 +128,26 @@ ALTER TABLE networks ADD COLUMN driver TEXT NOT NULL DEFAULT 'bridge';
 ALTER TABLE networks ADD COLUMN mac TEXT;
 `;
 
+// The change feed (schema 6): one row per committed change of a recorded row, appended by triggers
+// in the writer's transaction (src/store/events.ts says which tables and columns, and installs the
+// triggers; src/store/feed.ts reads it). AUTOINCREMENT: ids only grow, even past a pruned end, and
+// writers serialise (BEGIN IMMEDIATE), so id order is commit order and a reader's cursor is one id.
+export const FEED = `
+CREATE TABLE events (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  at TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  action TEXT NOT NULL CHECK (action IN ('created', 'changed', 'removed')),
+  key TEXT NOT NULL,
+  data TEXT NOT NULL
+);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
   3: POLICY,
   4: CNI,
   5: DRIVERS,
+  6: FEED,
 };

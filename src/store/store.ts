@@ -1,11 +1,12 @@
 // ctnet's state: one SQLite file per state directory (node:sqlite, WAL, busy timeout). Every write
 // happens in one BEGIN IMMEDIATE transaction, so concurrent ctnet processes serialise here.
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { DatabaseSync } from 'node:sqlite';
+import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import { CtnetError } from '../errors.ts';
 import { processToken } from '../kernel/proc.ts';
+import { FEED_NOW, FEED_TRIGGERS, META_TRIGGERS } from './events.ts';
 import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.ts';
 import type { PortMapping, Proto } from '../model/ports.ts';
 
@@ -92,6 +93,8 @@ export const DEFAULT_STATE_DIR = '/var/lib/ctnet';
 
 type Row = Record<string, unknown>;
 
+const TRIGGERS_HASH = createHash('sha256').update(FEED_TRIGGERS).digest('hex').slice(0, 16);
+
 export class Store {
   readonly db: DatabaseSync;
   readonly dir: string;
@@ -110,6 +113,10 @@ export class Store {
     }
     this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;');
     this.instance = this.#migrate();
+    this.#feed = {
+      head: this.db.prepare('SELECT coalesce(max(id), 0) AS id FROM events'),
+      stamp: this.db.prepare(`UPDATE events SET at = ${FEED_NOW} WHERE id > ?`),
+    };
   }
 
   close(): void {
@@ -129,8 +136,23 @@ export class Store {
       } else if (version > SCHEMA_VERSION) {
         throw new CtnetError('STATE', `the state in ${this.dir} was written by a newer ctnet (schema ${version})`, 'upgrade ctnet');
       }
+      this.#installFeedTriggers();
       return (this.db.prepare("SELECT value FROM meta WHERE key = 'instance'").get() as Row).value as string;
     });
+  }
+
+  /**
+   * The change feed's triggers are code (src/store/events.ts), not history: they follow the recorded
+   * columns, so they are (re)installed whenever their text differs from what this store holds, in
+   * the opening transaction. Schema 5's migration only creates the events table.
+   */
+  #installFeedTriggers(): void {
+    const installed = this.db.prepare('SELECT value FROM meta WHERE key = ?').get(META_TRIGGERS) as Row | undefined;
+    if (installed?.value === TRIGGERS_HASH) return;
+    const old = this.db.prepare("SELECT name FROM sqlite_schema WHERE type = 'trigger' AND name LIKE 'feed\\_%' ESCAPE '\\'").all() as Row[];
+    for (const r of old) this.db.exec(`DROP TRIGGER "${r.name as string}"`);
+    this.db.exec(FEED_TRIGGERS);
+    this.db.prepare('INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(META_TRIGGERS, TRIGGERS_HASH);
   }
 
   /**
@@ -140,13 +162,33 @@ export class Store {
   write<T>(fn: () => T, options: { rollback?: boolean } = {}): T {
     this.db.exec('BEGIN IMMEDIATE');
     try {
+      const mark = this.#feedMark();
       const result = fn();
-      this.db.exec(options.rollback ? 'ROLLBACK' : 'COMMIT');
+      this.#end(mark, options.rollback);
       return result;
     } catch (e) {
       if (this.db.isTransaction) this.db.exec('ROLLBACK');
       throw e;
     }
+  }
+
+  /** The feed's statements, once #migrate made the events table. */
+  #feed: { head: StatementSync; stamp: StatementSync } | undefined;
+
+  /** The newest event id when a write transaction begins. */
+  #feedMark(): number {
+    return this.#feed ? (this.#feed.head.get() as Row).id as number : 0;
+  }
+
+  /**
+   * Commits (or rolls back). The transaction's events get the commit's time, not their
+   * statements': a transaction holding the lock across kernel work (writeAsync) becomes visible
+   * only at its commit, and a reader's latency is measured from there.
+   */
+  #end(mark: number, rollback: boolean | undefined): void {
+    if (rollback) return void this.db.exec('ROLLBACK');
+    this.#feed?.stamp.run(mark);
+    this.db.exec('COMMIT');
   }
 
   // ---- networks ----
@@ -303,7 +345,7 @@ export class Store {
   }
   setPolicyMirror(sets: ReadonlyMap<string, readonly string[]>): void {
     this.#run('DELETE FROM policy_elements');
-    const insert = this.db.prepare('INSERT OR IGNORE INTO policy_elements(set_name, element) VALUES (?, ?)');
+    const insert = this.#prepared('INSERT OR IGNORE INTO policy_elements(set_name, element) VALUES (?, ?)');
     for (const [name, elements] of sets) for (const e of elements) insert.run(name, e);
   }
 
@@ -314,8 +356,9 @@ export class Store {
   async writeAsync<T>(fn: () => Promise<T>, options: { rollback?: boolean } = {}): Promise<T> {
     this.db.exec('BEGIN IMMEDIATE');
     try {
+      const mark = this.#feedMark();
       const result = await fn();
-      this.db.exec(options.rollback ? 'ROLLBACK' : 'COMMIT');
+      this.#end(mark, options.rollback);
       return result;
     } catch (e) {
       if (this.db.isTransaction) this.db.exec('ROLLBACK');
@@ -333,7 +376,7 @@ export class Store {
   /** Inserts a rule; a missing name becomes "rule-ID". */
   insertPolicy(p: Omit<PolicyRow, 'id' | 'created' | 'name'> & { name: string | undefined }): PolicyRow {
     const created = new Date().toISOString();
-    const r = this.db.prepare('INSERT INTO policies(name, action, from_sel, to_sel, port, created) VALUES (?, ?, ?, ?, ?, ?)')
+    const r = this.#prepared('INSERT INTO policies(name, action, from_sel, to_sel, port, created) VALUES (?, ?, ?, ?, ?, ?)')
       .run(p.name ?? `pending-${randomBytes(4).toString('hex')}`, p.action, p.from, p.to, p.port, created);
     const id = Number(r.lastInsertRowid);
     const name = p.name ?? `rule-${id}`;
@@ -372,14 +415,25 @@ export class Store {
     this.#run('INSERT INTO processes(sandbox, pid, command) VALUES (?, ?, ?)', p.sandbox, p.pid, p.command);
   }
 
+  /**
+   * Statements are prepared once per store: preparing a write to a table with the feed's triggers
+   * compiles the triggers of every table it cascades to (~100-300 µs here), executing it costs a
+   * few µs. SQLite re-prepares a cached statement by itself when the schema changes.
+   */
+  readonly #statements = new Map<string, StatementSync>();
+  #prepared(sql: string): StatementSync {
+    let st = this.#statements.get(sql);
+    if (!st) this.#statements.set(sql, (st = this.db.prepare(sql)));
+    return st;
+  }
   #all(sql: string, ...params: (string | number | null)[]): Row[] {
-    return this.db.prepare(sql).all(...params) as Row[];
+    return this.#prepared(sql).all(...params) as Row[];
   }
   #get(sql: string, ...params: (string | number | null)[]): Row | undefined {
-    return this.db.prepare(sql).get(...params) as Row | undefined;
+    return this.#prepared(sql).get(...params) as Row | undefined;
   }
   #run(sql: string, ...params: (string | number | null)[]): void {
-    this.db.prepare(sql).run(...params);
+    this.#prepared(sql).run(...params);
   }
 }
 

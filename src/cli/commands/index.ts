@@ -28,6 +28,7 @@ import cniInstall from './cni-install.ts';
 import cniExec from './cni-exec.ts';
 import daemon from './daemon.ts';
 import daemonStop from './daemon-stop.ts';
+import daemonEvents from './daemon-events.ts';
 import daemonStatus from './daemon-status.ts';
 import demo from './demo.ts';
 
@@ -45,6 +46,6 @@ export const COMMANDS: readonly CommandModule[] = [
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
   gc, doctor,
   cniInstall, cniExec,
-  daemon, daemonStop, daemonStatus,
+  daemon, daemonStop, daemonEvents, daemonStatus,
   demo,
 ];

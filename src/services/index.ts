@@ -1,0 +1,5 @@
+// The services ctnetd runs, in start order (they stop in reverse).
+import { logService } from './log.ts';
+import type { Service } from './service.ts';
+
+export const builtinServices = (): Service[] => [logService()];
