@@ -121,6 +121,13 @@ export class Applier {
       return await body(tx);
     } catch (e) {
       for (const f of await this.rollback(tx.log)) this.warn(`rollback could not undo ${f}; run "ctnet gc"`);
+      for (const again of tx.recompute.splice(0)) {
+        try {
+          await again();
+        } catch (err) {
+          this.warn(`after the rollback: ${(err as Error).message}; run "ctnet gc"`);
+        }
+      }
       throw e;
     }
   }
@@ -241,6 +248,12 @@ export class Applier {
 /** One operation's undo log, store and kernel together. */
 export class Transaction {
   readonly log: Undo[] = [];
+  /**
+   * State derived from the whole store (the policy sets), brought up to date inside the
+   * transaction: after a rollback it is derived again from the store as the rollback left it,
+   * rather than undone step by step.
+   */
+  readonly recompute: (() => Promise<void>)[] = [];
   readonly #a: Applier;
   constructor(a: Applier) {
     this.#a = a;
@@ -272,5 +285,6 @@ export class Transaction {
   commit(...changes: readonly StoreChange[]): void {
     this.#a.record(...changes);
     this.log.length = 0;
+    this.recompute.length = 0;
   }
 }

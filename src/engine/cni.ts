@@ -140,12 +140,12 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
         ...attachSteps(store, ns, p.attachment, move ? portMoveLines(before, after) : { add: portLines('add', facts), del: portLines('delete', facts) }),
         ...(move ? movedFlowSteps(before, after) : facts.length ? [step([{ kind: 'conntrack.forget', filter: { kind: 'stale', ports: facts } }])] : []),
       ]);
+      await syncPolicy(ctx, { tx });
       tx.commit({ kind: 'attachment.state', sandbox, network: network.name, state: 'ready' });
     });
   } catch (e) {
     throw await explainAttachFailure(ctx, e, ns, req);
   }
-  await syncPolicy(ctx);
   return resultOf(store, plan, network.bridge, await bridgeMac(ctx, network), req.netns, conf);
 }
 

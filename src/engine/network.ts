@@ -61,9 +61,9 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<Networ
       return dn;
     });
     await tx.run([...hostSteps(n.subnets.some((s) => s.family === 6)), ...driver.planCreate(n)]);
+    await syncPolicy(ctx, { tx }); // "world" and net: selectors depend on the networks
     tx.commit({ kind: 'network.state', name: spec.name, state: 'ready' });
   });
-  await syncPolicy(ctx); // "world" and net: selectors depend on the networks
   return { ...row, state: 'ready' };
 }
 

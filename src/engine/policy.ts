@@ -11,6 +11,7 @@ import {
 import { policyLines, TABLE, type PolicyElements } from '../nft/ruleset.ts';
 import { step } from '../plan/plan.ts';
 import type { PolicyRow, Store } from '../store/store.ts';
+import type { Transaction } from './applier.ts';
 import type { Ctx } from './context.ts';
 
 /** The networks and sandboxes as the policy model sees them (plain data). */
@@ -100,7 +101,10 @@ async function applyPolicy(ctx: Ctx, want: PolicyElements): Promise<void> {
 }
 
 /** Brings the policy sets up to date with the store; with cut, connections now denied end. */
-export async function syncPolicy(ctx: Ctx, options: { cut?: boolean } = {}): Promise<void> {
+export async function syncPolicy(ctx: Ctx, options: { cut?: boolean; tx?: Transaction } = {}): Promise<void> {
+  // Inside an operation's transaction: if it fails later, the sets are derived again from the
+  // store as its rollback leaves it.
+  options.tx?.recompute.push(() => syncPolicy(ctx));
   const { store, applier } = ctx;
   if (store.policies().length === 0 && store.policyMirror().size === 0) return; // nothing to keep up
   await store.writeAsync(() => applyPolicy(ctx, policyElements(store)), { rollback: applier.dryRun });

@@ -40,10 +40,10 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
       ...p.attachments.flatMap((a) => attachSteps(store, ns, a)),
       ...publishSteps(p.ports),
     ]);
+    await syncPolicy(ctx, { tx });
     tx.commit(...p.attachments.map((a) => ({ kind: 'attachment.state' as const, sandbox: name, network: a.row.network, state: 'ready' as const })),
       { kind: 'sandbox.state', name, state: 'ready' });
   });
-  await syncPolicy(ctx);
   return { ...row, state: 'ready', owner: null, created: new Date().toISOString() };
 }
 
@@ -90,9 +90,9 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
       ...attachSteps(store, ns, planned, moved ? portMoveLines(before, after) : undefined),
       ...(moved ? movedFlowSteps(before, after) : []),
     ]);
+    await syncPolicy(ctx, { tx });
     tx.commit({ kind: 'attachment.state', sandbox: s.name, network, state: 'ready' });
   });
-  await syncPolicy(ctx);
 }
 
 /** After mappings moved: flows still DNATed to the old targets end, and flows that predate the new ones. */
