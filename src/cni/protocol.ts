@@ -260,7 +260,12 @@ function parseIps(key: string, v: unknown): IpRequest[] {
   for (const [i, t] of v.entries()) {
     if (typeof t !== 'string') throw invalidConfig(`${key}[${i}]`, t, 'not a string', 'write addresses as "10.88.0.5/24" or "10.88.0.5"');
     try {
-      const a = parseAddr(`${key}[${i}]`, t.split('/')[0]!);
+      const [addr, prefix, ...rest] = t.split('/');
+      const a = parseAddr(`${key}[${i}]`, addr!);
+      const bits = a.family === 4 ? 32 : 128;
+      if (rest.length > 0 || (prefix !== undefined && (!/^\d{1,3}$/.test(prefix) || Number(prefix) > bits))) {
+        throw new Error(`the prefix /${[prefix, ...rest].join('/')} is not one of /0 to /${bits}`);
+      }
       const text = formatAddr(a.family, a.n);
       if (out.some((o) => o.text === text)) throw new Error(`${text} is given twice`);
       out.push({ ...a, text });

@@ -23,11 +23,20 @@ export interface PlannedAttachment {
 
 function checkRequestedIps(store: Store, networks: readonly string[], ips: readonly IpRequest[]): void {
   const subnets = networks.flatMap((n) => store.subnets(n));
+  const inSubnet = new Map<string, IpRequest>();
   for (const r of ips) {
-    if (!subnets.some((s) => contains(parseSubnet('subnet', s.cidr), r.family, r.n))) {
-      throw new CtnetError('INVALID_ARGUMENT', `--ip ${r.text} is outside the subnets of ${networks.join(', ')} (${subnets.map((s) => s.cidr).join(', ')})`,
+    const s = subnets.find((x) => contains(parseSubnet('subnet', x.cidr), r.family, r.n));
+    if (!s) {
+      throw new CtnetError('INVALID_ARGUMENT', `--ip ${r.text} is outside the subnets of ${networks.join(', ')} (${subnets.map((x) => x.cidr).join(', ')})`,
         'choose an address inside one of them');
     }
+    // One address per subnet: a second one would be silently ignored.
+    const other = inSubnet.get(s.cidr);
+    if (other) {
+      throw new CtnetError('INVALID_ARGUMENT', `--ip ${other.text} and --ip ${r.text} are both in subnet ${s.cidr} of network ${s.network}`,
+        'a sandbox gets one address per subnet: give one of them');
+    }
+    inSubnet.set(s.cidr, r);
   }
 }
 

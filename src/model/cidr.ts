@@ -26,11 +26,23 @@ export function formatSubnet(s: Subnet): string {
   return `${formatAddr(s.family, s.network)}/${s.prefix}`;
 }
 
+/**
+ * IPv4 as four plain decimal numbers. ipaddr.js (like inet_aton) also reads 010.1.0.0 as octal
+ * (8.1.0.0) and 0x0a.1.0.0 as hex, which would silently mean another address than the one written.
+ */
+function checkDottedQuad(what: string, value: string, addr: string): void {
+  if (!addr.includes(':') && !ipaddr.IPv4.isValidFourPartDecimal(addr)) {
+    throw invalid(`${what} ${JSON.stringify(value)} is not an IPv4 address in plain form`,
+      'write four decimal numbers without leading zeros, e.g. 10.88.0.5 (010.88.0.5 would be read as octal)');
+  }
+}
+
 /** An IP address (no prefix). */
 export function parseAddr(what: string, value: string): { family: Family; n: bigint } {
   if (!ipaddr.isValid(value) || value.includes('/') || value.includes('%')) {
     throw invalid(`${what} ${JSON.stringify(value)} is not an IP address`, 'write it as e.g. 10.88.0.5 or fd00::5');
   }
+  checkDottedQuad(what, value, value);
   const a = ipaddr.parse(value);
   // ::ffff:a.b.c.d would be an IPv4 address in IPv6 clothing: refuse it rather than guess.
   return { family: a.kind() === 'ipv4' ? 4 : 6, n: addrToBigint(a) };
@@ -44,6 +56,7 @@ export function parseSubnet(what: string, value: string): Subnet {
   } catch {
     throw invalid(`${what} ${JSON.stringify(value)} is not a CIDR`, 'write it as ADDRESS/PREFIX, e.g. 10.88.0.0/24 or fd00:88::/64');
   }
+  checkDottedQuad(what, value, value.split('/')[0]!);
   const [addr, prefix] = parsed;
   const family: Family = addr.kind() === 'ipv4' ? 4 : 6;
   const bits = bitsOf(family);
@@ -57,8 +70,9 @@ export function parseSubnet(what: string, value: string): Subnet {
   if (prefix > maxPrefix) throw invalid(`${what} ${value} is too small for a gateway and a sandbox`, `use a prefix of /${maxPrefix} or shorter`);
   const minPrefix = family === 4 ? 8 : 48;
   if (prefix < minPrefix) throw invalid(`${what} ${value} is larger than ctnet allows`, `use a prefix of /${minPrefix} or longer`);
-  if (family === 4 && (ipaddr.parse(formatAddr(4, network)) as ipaddr.IPv4).range() === 'multicast') {
-    throw invalid(`${what} ${value} is a multicast range`);
+  if (family === 4) {
+    const taken = RESERVED4.find((r) => overlaps(s, r.subnet));
+    if (taken) throw invalid(`${what} ${value} overlaps ${formatSubnet(taken.subnet)}, ${taken.why}`, 'use a private range such as 10.0.0.0/8, 172.16.0.0/12 or 192.168.0.0/16');
   }
   if (family === 6 && addr.range() !== 'uniqueLocal' && addr.range() !== 'unicast' && addr.range() !== 'reserved') {
     throw invalid(`${what} ${value} is in the ${addr.range()} range`, 'use a unique local (fd00::/8) or global unicast prefix');
@@ -83,3 +97,12 @@ export function hostRange(s: Subnet): { first: bigint; last: bigint } {
   const last = s.network + size(s) - 1n;
   return { first: s.network + 1n, last: s.family === 4 ? last - 1n : last };
 }
+
+/** IPv4 ranges no network of ctnet's may use: the kernel gives them a meaning of their own. */
+const RESERVED4: readonly { subnet: Subnet; why: string }[] = [
+  ['0.0.0.0', 8, 'which means "this network" (0.0.0.0/8)'],
+  ['127.0.0.0', 8, 'the loopback range: the kernel treats it as martian outside lo'],
+  ['169.254.0.0', 16, 'the link-local range'],
+  ['224.0.0.0', 4, 'the multicast range'],
+  ['240.0.0.0', 4, 'a reserved range (and the broadcast address)'],
+].map(([a, p, why]) => ({ subnet: { family: 4 as const, network: addrToBigint(ipaddr.parse(a as string)), prefix: p as number }, why: why as string }));

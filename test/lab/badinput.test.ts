@@ -32,6 +32,13 @@ describe('bad input', () => {
     [['network', 'create', 'a;reboot', '--subnet', '10.81.0.0/24'], /not allowed/],
     [['network', 'create', 'n2', '--subnet', '10.81.0.0/24', '--bridge', 'br0 type veth'], /not a valid interface name/],
     [['network', 'create', 'web', '--subnet', '10.81.0.0/24'], /exists already/],
+    // Issue 12, point 7: ranges with a kernel meaning of their own, and addresses read as octal.
+    [['network', 'create', 'n2', '--subnet', '127.1.0.0/24'], /overlaps 127\.0\.0\.0\/8, the loopback range/],
+    [['network', 'create', 'n2', '--subnet', '169.254.7.0/24'], /link-local range/],
+    [['network', 'create', 'n2', '--subnet', '0.0.0.0/8'], /this network/],
+    [['network', 'create', 'n2', '--subnet', '010.81.0.0/24'], /not an IPv4 address in plain form/],
+    [['create', 'b', '--network', 'web', '--ip', '10.80.0.050'], /not an IPv4 address in plain form/],
+    [['create', 'b', '--network', 'web', '--ip', '10.80.0.5', '--ip', '10.80.0.6'], /10\.80\.0\.5 and --ip 10\.80\.0\.6 are both in subnet 10\.80\.0\.0\/24/],
     [['create', 'b', '--network', 'nope'], /no network named nope/],
     [['create', 'b', '--network', 'web', '--ip', '10.99.0.1'], /outside the subnets/],
     [['create', 'b', '--network', 'web', '--ip', '10.80.0.9'], /taken by sandbox app/],

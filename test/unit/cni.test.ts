@@ -46,6 +46,12 @@ describe('CNI configuration', () => {
     assert.deepEqual(conf.dns, { nameservers: ['1.1.1.1'] });
     assert.deepEqual(warnings, ['ignoring unknown configuration key "extra"', 'ignoring runtimeConfig.bandwidth: ctnet has no such capability']);
   });
+  it('refuses a requested address with a prefix that is not one', () => {
+    code(() => parseConfig({ ...base, runtimeConfig: { ips: ['10.1.0.5/33'] } }, 'ADD'), 7, /runtimeConfig\.ips\[0\].*\/33/);
+    code(() => parseConfig({ ...base, runtimeConfig: { ips: ['fd00::5/129'] } }, 'ADD'), 7, /\/129/);
+    code(() => parseConfig({ ...base, runtimeConfig: { ips: ['10.1.0.5/24/1'] } }, 'ADD'), 7, /prefix/);
+    assert.deepEqual(parseConfig({ ...base, runtimeConfig: { ips: ['10.1.0.5/24', 'fd00::5'] } }, 'ADD').conf.ips.map((i) => i.text), ['10.1.0.5', 'fd00::5']);
+  });
   it('names the bad key and value', () => {
     code(() => parseConfig({ ...base, cniVersion: '2.0.0' }, 'ADD'), 1, /cniVersion 2\.0\.0 is not supported/);
     code(() => parseConfig({ ...base, cniVersion: '0.3.1' }, 'CHECK'), 1, /CHECK is not defined for cniVersion 0\.3\.1/);

@@ -22,6 +22,18 @@ describe('cidr', () => {
     fails(() => parseSubnet('--subnet', '10.0.0.0/31'), /too small/);
     fails(() => parseSubnet('--subnet', '224.0.0.0/24'), /multicast/);
   });
+  it('refuses IPv4 ranges the kernel gives a meaning of their own, and leading zeros (octal)', () => {
+    fails(() => parseSubnet('--subnet', '127.0.0.0/24'), /loopback/);
+    fails(() => parseSubnet('--subnet', '127.255.0.0/16'), /loopback/);
+    fails(() => parseSubnet('--subnet', '169.254.0.0/24'), /link-local/);
+    fails(() => parseSubnet('--subnet', '0.0.0.0/8'), /this network/);
+    fails(() => parseSubnet('--subnet', '240.0.0.0/24'), /reserved/);
+    fails(() => parseSubnet('--subnet', '010.1.0.0/24'), /plain form/);
+    fails(() => parseAddr('--ip', '010.1.0.5'), /plain form/);
+    fails(() => parseAddr('--ip', '0x0a.1.0.5'), /plain form|not an IP address/);
+    assert.equal(parseSubnet('--subnet', '10.0.0.0/24').prefix, 24);
+    assert.equal(parseAddr('--ip', '10.0.0.5').n, 0x0a000005n);
+  });
   it('computes host ranges and overlaps for both families', () => {
     const s = parseSubnet('s', '10.0.0.0/29');
     const r = hostRange(s);
