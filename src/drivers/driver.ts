@@ -53,7 +53,7 @@ export interface NetworkDriver {
   /** Plugs one sandbox in. extraNft: more element lines (published ports) for the same nft transaction. */
   planAttach(n: DriverNetwork, a: DriverAttachment, extraNft?: { add: readonly string[]; del: readonly string[] }): Step[];
   /** Unplugs one sandbox (a teardown plan: idempotent). */
-  planDetach(n: DriverNetwork, a: Pick<DriverAttachment, 'sandbox' | 'ifname' | 'hostVeth' | 'addresses'>, extraDel?: readonly string[]): Step[];
+  planDetach(n: DriverNetwork, a: Pick<DriverAttachment, 'sandbox' | 'ifname' | 'hostVeth' | 'mac' | 'addresses'>, extraDel?: readonly string[]): Step[];
   /** Removes the network's device and elements (a teardown plan). */
   planRemove(n: DriverNetwork): Step[];
   /** Puts right what observe() found (a missing port is plugged in again by the use case, with planAttach). */

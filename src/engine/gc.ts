@@ -67,7 +67,7 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   const nets = store.networks();
   const endpoints = store.attachments().flatMap((a) => {
     const n = nets.find((x) => x.name === a.network);
-    return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network) }] : [];
+    return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network), port: { name: a.hostVeth, mac: a.mac } }] : [];
   });
   const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
   const policy = policyElements(store);

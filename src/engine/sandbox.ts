@@ -109,7 +109,7 @@ function detachSteps(ctx: Ctx, a: AttachmentRow, extraDel: readonly string[] = [
   const n = store.network(a.network);
   const addresses = store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network);
   if (!n) return [step([{ kind: 'link.del', name: a.hostVeth }], `${a.sandbox}: remove ${a.ifname}`)];
-  return driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, addresses }, extraDel);
+  return driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, mac: a.mac, addresses }, extraDel);
 }
 
 /** Removes one attachment's kernel objects; idempotent. */

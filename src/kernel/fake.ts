@@ -16,6 +16,12 @@ import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, N
 /** The key of ctnet's own (the host's) namespace in the model and in snapshots. */
 export const HOST = 'host';
 const TABLE = 'inet ctnet';
+/**
+ * ctnet's bridge-family table (per-port identity). The fake keeps its sets and chains with those of
+ * the inet table, named "bridge:NAME"; deleting the inet table takes both (ctnet drops them together).
+ */
+const BRIDGE = 'bridge ctnet';
+const TABLES = `(?:${TABLE}|${BRIDGE})`;
 
 type Family = 4 | 6;
 
@@ -455,35 +461,42 @@ export class FakeKernel implements KernelBackend {
       const line = raw.trim();
       if (line === '' || line.startsWith('#')) continue;
       let m: RegExpExecArray | null;
-      if (line === `add table ${TABLE}`) {
+      // Names in the bridge table carry its prefix.
+      const ns = (name: string) => (line.includes(` ${BRIDGE} `) || line.endsWith(` ${BRIDGE}`) ? `bridge:${name}` : name);
+      if (line === `add table ${TABLE}` || line === `add table ${BRIDGE}`) {
         state ??= { sets: new Map(), chains: new Map() };
       } else if (line === `delete table ${TABLE}`) {
         if (!state) throw missing(line);
         state = undefined;
+      } else if (line === `delete table ${BRIDGE}`) {
+        if (!state) throw missing(line);
+        for (const k of [...state.sets.keys()]) if (k.startsWith('bridge:')) state.sets.delete(k);
+        for (const k of [...state.chains.keys()]) if (k.startsWith('bridge:')) state.chains.delete(k);
       } else if (line === `flush table ${TABLE}`) {
         for (const s of table(line).sets.values()) s.elements.clear();
         for (const c of table(line).chains.values()) c.rules = [];
-      } else if ((m = new RegExp(`^add (set|map) ${TABLE} ([\\w.-]+) \\{.*\\}$`).exec(line))) {
+      } else if ((m = new RegExp(`^add (set|map) ${TABLES} ([\\w.-]+) \\{.*\\}$`).exec(line))) {
         const t = table(line);
-        const existing = t.sets.get(m[2]!);
+        const existing = t.sets.get(ns(m[2]!));
         if (existing && existing.kind !== m[1]) throw new Failure('exists', `Error: Could not process rule: File exists\n${line}`);
-        if (!existing) t.sets.set(m[2]!, { kind: m[1] as 'set' | 'map', elements: new Map() });
-      } else if ((m = new RegExp(`^add chain ${TABLE} ([\\w.-]+)(?: \\{ (.*) \\})?$`).exec(line))) {
+        if (!existing) t.sets.set(ns(m[2]!), { kind: m[1] as 'set' | 'map', elements: new Map() });
+      } else if ((m = new RegExp(`^add chain ${TABLES} ([\\w.-]+)(?: \\{ (.*) \\})?$`).exec(line))) {
         const t = table(line);
-        if (!t.chains.has(m[1]!)) t.chains.set(m[1]!, { spec: m[2], rules: [] });
-      } else if ((m = new RegExp(`^flush chain ${TABLE} ([\\w.-]+)$`).exec(line))) {
-        const c = table(line).chains.get(m[1]!);
+        if (!t.chains.has(ns(m[1]!))) t.chains.set(ns(m[1]!), { spec: m[2], rules: [] });
+      } else if ((m = new RegExp(`^flush chain ${TABLES} ([\\w.-]+)$`).exec(line))) {
+        const c = table(line).chains.get(ns(m[1]!));
         if (!c) throw missing(line);
         c.rules = [];
-      } else if ((m = new RegExp(`^add rule ${TABLE} ([\\w.-]+) (.+)$`).exec(line))) {
-        const c = table(line).chains.get(m[1]!);
+      } else if ((m = new RegExp(`^add rule ${TABLES} ([\\w.-]+) (.+)$`).exec(line))) {
+        const c = table(line).chains.get(ns(m[1]!));
         if (!c) throw missing(line);
-        for (const ref of m[2]!.matchAll(/@([\w.-]+)/g)) setOf(line, ref[1]!); // a rule naming a missing set fails
+        // A rule naming a missing set fails (@th,OFFSET,LEN is a raw payload field, not a set).
+        for (const ref of m[2]!.matchAll(/@([A-Za-z_][\w.-]*)(?![\w.,-])/g)) setOf(line, ns(ref[1]!));
         c.rules.push(m[2]!);
-      } else if ((m = new RegExp(`^flush (?:set|map) ${TABLE} ([\\w.-]+)$`).exec(line))) {
-        setOf(line, m[1]!).elements.clear();
-      } else if ((m = new RegExp(`^(add|delete) element ${TABLE} ([\\w.-]+) \\{(.*)\\}$`).exec(line))) {
-        const s = setOf(line, m[2]!);
+      } else if ((m = new RegExp(`^flush (?:set|map) ${TABLES} ([\\w.-]+)$`).exec(line))) {
+        setOf(line, ns(m[1]!)).elements.clear();
+      } else if ((m = new RegExp(`^(add|delete) element ${TABLES} ([\\w.-]+) \\{(.*)\\}$`).exec(line))) {
+        const s = setOf(line, ns(m[2]!));
         for (const element of splitElements(m[3]!)) {
           const key = keyOf(element);
           if (m[1] === 'delete') {

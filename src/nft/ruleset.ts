@@ -2,9 +2,16 @@
 //
 // Every per-network and per-sandbox fact is a set element, never a rule, so the rules below are the
 // same whatever the number of networks or sandboxes and each packet costs a few hash lookups.
+import { ipv6Hex, linkLocalOf } from '../model/mac.ts';
 import { hostIpFamilies, isWildcard, type PortMapping } from '../model/ports.ts';
 
 export const TABLE = 'inet ctnet';
+/**
+ * Per-port identity lives in a bridge-family table: only there does a rule see which bridge port
+ * (host veth) a frame came in on, and ARP and neighbour discovery, before anything is forwarded or
+ * delivered, with or without br_netfilter.
+ */
+export const BRIDGE_TABLE = 'bridge ctnet';
 
 export interface NetworkFacts {
   readonly bridge: string;
@@ -23,6 +30,8 @@ export interface PortFacts {
 export interface EndpointFacts {
   readonly bridge: string;
   readonly addresses: readonly { readonly family: 4 | 6; readonly ip: string }[];
+  /** The sandbox's bridge port (host veth) and its interface's MAC: what the port may send as. */
+  readonly port?: { readonly name: string; readonly mac: string } | undefined;
 }
 
 const q = (ifname: string) => JSON.stringify(ifname); // names are validated: [A-Za-z0-9_.-]
@@ -77,6 +86,7 @@ add rule ${TABLE} postrouting ct status dnat ip6 saddr . oifname @endpoints6 cou
 add rule ${TABLE} postrouting ct status dnat ip saddr 127.0.0.0/8 counter masquerade comment "published port reached at 127.0.0.1"
 add rule ${TABLE} postrouting ip saddr @masq4 oifname != @bridges counter masquerade
 add rule ${TABLE} postrouting ip6 saddr @masq6 oifname != @bridges counter masquerade
+${identityScript()}
 `;
 }
 
@@ -122,6 +132,36 @@ function dnatRules(chain: 'prerouting' | 'output'): string {
   }).join('\n');
 }
 
+/**
+ * A sandbox's port may send only as the sandbox: its MAC, its addresses (IPv6: and the link-local
+ * address the kernel makes from its MAC), in ARP and neighbour advertisements too; never router
+ * advertisements, redirects or DHCP answers. A ctnet port not (or no longer) registered sends nothing.
+ * Set lookups keyed by port: the same few rules whatever the number of sandboxes.
+ */
+function identityScript(): string {
+  const T = BRIDGE_TABLE;
+  return `add table ${T}
+add set ${T} ports { type ifname; comment "sandbox ports (host veths)"; }
+add set ${T} port_mac { type ifname . ether_addr; comment "port . the MAC its sandbox has"; }
+add set ${T} port_ip4 { type ifname . ipv4_addr; comment "port . an address its sandbox has"; }
+add set ${T} port_ip6 { type ifname . ipv6_addr; comment "port . an address its sandbox has (with its link-local)"; }
+add set ${T} port_nd { typeof iifname . @th,64,128; comment "port . an address its neighbour advertisements may claim (the ND target)"; }
+add chain ${T} identity { type filter hook prerouting priority filter; policy accept; }
+flush chain ${T} identity
+add rule ${T} identity iifname "${PORT_GLOB}" iifname != @ports counter drop comment "a ctnet port with no sandbox identity"
+add rule ${T} identity iifname @ports iifname . ether saddr != @port_mac counter drop comment "spoofed MAC"
+add rule ${T} identity iifname @ports arp saddr ip != 0.0.0.0 iifname . arp saddr ip != @port_ip4 counter drop comment "ARP claiming another's address"
+add rule ${T} identity iifname @ports iifname . arp saddr ether != @port_mac counter drop comment "ARP claiming another's MAC"
+add rule ${T} identity iifname @ports ip saddr != 0.0.0.0 iifname . ip saddr != @port_ip4 counter drop comment "spoofed IPv4 source"
+add rule ${T} identity iifname @ports ip6 saddr != :: iifname . ip6 saddr != @port_ip6 counter drop comment "spoofed IPv6 source"
+add rule ${T} identity iifname @ports icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @port_nd counter drop comment "neighbour advertisement claiming another's address"
+add rule ${T} identity iifname @ports icmpv6 type { nd-router-advert, nd-redirect } counter drop comment "sandboxes are not routers"
+add rule ${T} identity iifname @ports udp sport { 67, 547 } counter drop comment "sandboxes are not DHCP servers"`;
+}
+
+/** Host veths of sandboxes are named ctv + hex (engine/naming.ts). */
+const PORT_GLOB = 'ctv*';
+
 type Verb = 'add' | 'delete';
 
 export function networkElements(verb: Verb, n: NetworkFacts): string[] {
@@ -133,7 +173,20 @@ export function networkElements(verb: Verb, n: NetworkFacts): string[] {
 }
 
 export function endpointElements(verb: Verb, e: EndpointFacts): string[] {
-  return e.addresses.map((a) => `${verb} element ${TABLE} endpoints${a.family} { ${a.ip} . ${q(e.bridge)} }`);
+  const lines = e.addresses.map((a) => `${verb} element ${TABLE} endpoints${a.family} { ${a.ip} . ${q(e.bridge)} }`);
+  if (!e.port) return lines;
+  const p = q(e.port.name);
+  const v6 = [...e.addresses.filter((a) => a.family === 6).map((a) => a.ip), linkLocalOf(e.port.mac)];
+  const v4 = e.addresses.filter((a) => a.family === 4).map((a) => `${p} . ${a.ip}`);
+  // The port goes last on add and first on delete: while it is in ports, its identity is complete.
+  const identity = [
+    `${verb} element ${BRIDGE_TABLE} port_mac { ${p} . ${e.port.mac} }`,
+    ...(v4.length ? [`${verb} element ${BRIDGE_TABLE} port_ip4 { ${v4.join(', ')} }`] : []),
+    `${verb} element ${BRIDGE_TABLE} port_ip6 { ${v6.map((a) => `${p} . ${a}`).join(', ')} }`,
+    `${verb} element ${BRIDGE_TABLE} port_nd { ${v6.map((a) => `${p} . ${ipv6Hex(a)}`).join(', ')} }`,
+  ];
+  const port = `${verb} element ${BRIDGE_TABLE} ports { ${p} }`;
+  return verb === 'add' ? [...lines, ...identity, port] : [...lines, port, ...identity];
 }
 
 /** Map elements of one published mapping, one line per map; delete lines name only the keys. */
@@ -153,9 +206,9 @@ export function portElements(verb: Verb, p: PortFacts): string[] {
   return lines;
 }
 
-/** Adds the table if missing, then deletes it: succeeds whether or not it existed. */
+/** Adds the tables if missing, then deletes them: succeeds whether or not they existed. */
 export function dropTableScript(): string {
-  return `add table ${TABLE}\ndelete table ${TABLE}\n`;
+  return `add table ${BRIDGE_TABLE}\ndelete table ${BRIDGE_TABLE}\nadd table ${TABLE}\ndelete table ${TABLE}\n`;
 }
 
 /** The whole table from scratch, atomically replacing whatever is there (used by gc). */

@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { CtnetError } from '../../src/errors.ts';
 import { formatAddr, hostRange, overlaps, parseAddr, parseSubnet } from '../../src/model/cidr.ts';
 import { nextFree } from '../../src/model/ipam.ts';
-import { parseMac, randomMac } from '../../src/model/mac.ts';
+import { ipv6Hex, linkLocalOf, parseMac, randomMac } from '../../src/model/mac.ts';
 import { parseIfname, parseName } from '../../src/model/names.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
 import { endpointElements, fullScript, networkElements } from '../../src/nft/ruleset.ts';
@@ -59,6 +59,23 @@ describe('ipam', () => {
 });
 
 describe('names and MACs', () => {
+  it('knows the link-local address the kernel makes from a MAC (EUI-64), and the ND target form', () => {
+    assert.equal(linkLocalOf('02:42:ac:11:00:02'), 'fe80::42:acff:fe11:2');
+    assert.equal(linkLocalOf('00:16:3e:00:00:01'), 'fe80::216:3eff:fe00:1');
+    assert.equal(ipv6Hex('fe80::1'), '0xfe800000000000000000000000000001');
+  });
+  it('a port\'s identity: MAC, addresses and link-local, the port registered last and removed first', () => {
+    const e = { bridge: 'br', addresses: [{ family: 4 as const, ip: '10.0.0.2' }, { family: 6 as const, ip: 'fd00::2' }], port: { name: 'ctv1', mac: '02:42:ac:11:00:02' } };
+    const add = endpointElements('add', e);
+    assert.deepEqual(add.slice(2), [
+      'add element bridge ctnet port_mac { "ctv1" . 02:42:ac:11:00:02 }',
+      'add element bridge ctnet port_ip4 { "ctv1" . 10.0.0.2 }',
+      'add element bridge ctnet port_ip6 { "ctv1" . fd00::2, "ctv1" . fe80::42:acff:fe11:2 }',
+      'add element bridge ctnet port_nd { "ctv1" . 0xfd000000000000000000000000000002, "ctv1" . 0xfe800000000000000042acfffe110002 }',
+      'add element bridge ctnet ports { "ctv1" }',
+    ]);
+    assert.equal(endpointElements('delete', e)[2], 'delete element bridge ctnet ports { "ctv1" }');
+  });
   it('refuse what could inject into ip/nft arguments', () => {
     for (const bad of ['', 'a b', 'x;reboot', '$(id)', '"q"', '../etc', 'a\nb', '-rf', 'x'.repeat(49)]) {
       assert.throws(() => parseName('sandbox', bad), CtnetError, JSON.stringify(bad));
@@ -101,7 +118,7 @@ describe('nft text and ip commands', () => {
     assert.ok(!lines.some((l) => l.includes('masq')));
     assert.deepEqual(endpointElements('delete', { bridge: 'br', addresses: [{ family: 6, ip: 'fd00::2' }] }),
       ['delete element inet ctnet endpoints6 { fd00::2 . "br" }']);
-    assert.equal(fullScript([], []), 'add table inet ctnet\ndelete table inet ctnet\n');
+    assert.equal(fullScript([], []), 'add table bridge ctnet\ndelete table bridge ctnet\nadd table inet ctnet\ndelete table inet ctnet\n');
   });
   it('an --isolate network has no bridge . bridge pair (same-network traffic is not accepted by default)', () => {
     const lines = networkElements('add', { bridge: 'br', internal: false, isolate: true, subnets: [] });

@@ -74,7 +74,7 @@ export const bridgeDriver: NetworkDriver = {
 
   planAttach(n, a, extraNft = { add: [], del: [] }): Step[] {
     const ns = a.netns;
-    const endpoint = { bridge: n.device, addresses: a.addresses };
+    const endpoint = { bridge: n.device, addresses: a.addresses, port: { name: a.hostVeth, mac: a.mac } };
     return [
       // The nft elements name the bridge and addresses, not the veth: they go in side by side with
       // the host's half of the link (both undone, whichever failed).
@@ -101,7 +101,7 @@ export const bridgeDriver: NetworkDriver = {
     return [
       sideBySide([
         [{ kind: 'link.del', name: a.hostVeth }],
-        [{ kind: 'nft.delete', lines: [...endpointElements('delete', { bridge: n.device, addresses: a.addresses }), ...extraDel] }],
+        [{ kind: 'nft.delete', lines: [...endpointElements('delete', { bridge: n.device, addresses: a.addresses, port: { name: a.hostVeth, mac: a.mac } }), ...extraDel] }],
       ], `${a.sandbox}: remove ${a.ifname} from network ${n.name}`),
       step(a.addresses.length ? [{ kind: 'conntrack.forget', filter: { kind: 'addresses', ips: a.addresses.map((x) => x.ip) } }] : []),
     ];
