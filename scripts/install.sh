@@ -11,8 +11,9 @@ cd "$root"
 # iperf3/socat: the published-port benchmarks (throughput, and a userland proxy to compare with).
 # podman + runc + busybox-static (+ netavark, podman's own backend, for the benchmark): the CNI plugin test drives real podman with a local busybox image;
 # gcc + libjansson-dev: build the CNI plugin client (src/cni/client.c).
+# python3: test/lab/identity.test.ts sends a router advertisement from a sandbox (raw ICMPv6 socket).
 pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables iperf3 socat
-  podman runc busybox-static netavark gcc libc6-dev libjansson-dev)
+  podman runc busybox-static netavark gcc libc6-dev libjansson-dev python3)
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do
