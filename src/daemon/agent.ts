@@ -48,6 +48,8 @@ export interface AgentOptions {
   readonly instance: string;
   readonly services: readonly Service[];
   readonly log: (message: string) => void;
+  /** Runs work in ctnetd's request queue with an engine context (see ServiceContext.exclusive). */
+  readonly exclusive?: ServiceContext['exclusive'];
   /** After each batch (ctnetd bounds its log here). */
   readonly afterBatch?: () => void;
   readonly intervalMs?: number;
@@ -56,7 +58,8 @@ export interface AgentOptions {
 /** Starts the services, catches them up on what changed since the saved cursor, and follows the feed. */
 export async function startAgent(opts: AgentOptions): Promise<Agent> {
   const feed = new ChangeFeed(opts.stateDir);
-  const ctx = (s: Service): ServiceContext => ({ stateDir: opts.stateDir, feed, log: (m) => opts.log(`${s.name}: ${m}`) });
+  const exclusive: ServiceContext['exclusive'] = opts.exclusive ?? (() => Promise.reject(new Error('this agent runs no engine work')));
+  const ctx = (s: Service): ServiceContext => ({ stateDir: opts.stateDir, feed, log: (m) => opts.log(`${s.name}: ${m}`), exclusive });
   const started: Service[] = [];
   const guarded = async (s: Service, what: string, fn: () => void | Promise<void>) => {
     try {

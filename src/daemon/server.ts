@@ -11,7 +11,7 @@ import { DatabaseSync } from 'node:sqlite';
 import { handleCni } from '../cni/handler.ts';
 import { CniError, CODE, renderError } from '../cni/protocol.ts';
 import { CrashPoints } from '../engine/applier.ts';
-import { createCtx } from '../engine/context.ts';
+import { createCtx, type Ctx } from '../engine/context.ts';
 import { ExecBackend } from '../kernel/exec/backend.ts';
 import { builtinServices } from '../services/index.ts';
 import { Store } from '../store/store.ts';
@@ -218,7 +218,13 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   });
   chmodSync(path, 0o600);
   log(`serving ${opts.stateDir} on ${path} (netns ${netns})`);
-  agent = startAgent({ stateDir: opts.stateDir, instance: store.instance, services: builtinServices(), log, afterBatch: () => boundLog(opts.stateDir) })
+  // Services' kernel work joins the request queue, so it never interleaves with a CNI request.
+  const exclusive = <T>(fn: (ctx: Ctx) => Promise<T>): Promise<T> => {
+    const run = queue.then(() => fn(createCtx({ store, warn: log, crash })));
+    queue = run.catch((e: Error) => log(`service work failed: ${e.stack ?? e.message}`));
+    return run;
+  };
+  agent = startAgent({ stateDir: opts.stateDir, instance: store.instance, services: builtinServices(), log, exclusive, afterBatch: () => boundLog(opts.stateDir) })
     .catch((e: Error) => {
       log(`services did not start (CNI requests are still served): ${e.stack ?? e.message}`);
       return undefined;

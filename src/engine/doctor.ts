@@ -3,6 +3,7 @@
 import { Applier } from './applier.ts';
 import type { Ctx } from './context.ts';
 import { gc } from './gc.ts';
+import { tableDrift } from './tables.ts';
 
 export interface Finding {
   readonly check: string;
@@ -40,11 +41,11 @@ export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<F
   }
 
   const chains = await kernel.nftChains();
-  const ours = chains.some((c) => c.family === 'inet' && c.table === 'ctnet');
   if (networks.length > 0) {
-    out.push(ours
-      ? { check: 'nft table', status: 'ok', detail: 'table inet ctnet is loaded' }
-      : { check: 'nft table', status: 'fail', detail: 'table inet ctnet is missing: no NAT, no isolation, no published ports', hint: 'run "ctnet gc" to rewrite it from the state' });
+    const drift = await tableDrift(ctx);
+    out.push(drift.length === 0
+      ? { check: 'nft table', status: 'ok', detail: 'tables inet ctnet and bridge ctnet hold what the store says' }
+      : { check: 'nft table', status: 'fail', detail: `ctnet's tables differ from the store (flushed or changed by someone): ${drift.join('; ')}: isolation, policy, identity or published ports may not hold`, hint: 'run "ctnet gc" to rewrite them from the state (a running ctnetd does it by itself)' });
   }
   // A drop in another table's forward hook wins over ctnet's accept (every base chain must accept).
   const drops = chains.filter((c) => c.hook === 'forward' && c.policy === 'drop' && !(c.family === 'inet' && c.table === 'ctnet'));

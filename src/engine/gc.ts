@@ -3,14 +3,12 @@
 // each network's driver), and removes ctnet-marked objects nobody records.
 import { isAlive } from '../kernel/proc.ts';
 import { randomMac } from '../model/mac.ts';
-import { fullScript } from '../nft/ruleset.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
 import type { Ctx } from './context.ts';
 import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX } from './naming.ts';
 import { teardownNetwork } from './network.ts';
-import { portFacts } from './ports.ts';
-import { elementsBySet, policyElements } from './policy.ts';
+import { restoreTables, tableDrift } from './tables.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { teardownAttachment, teardownSandbox } from './sandbox.ts';
 
@@ -64,16 +62,9 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     const key = `net/ipv4/conf/${n.bridge}/route_localnet`;
     if (store.subnets(n.name).some((s) => s.family === 4) && kernel.sysctl(key) === '0') fix.push({ kind: 'sysctl.set', key, value: '1' });
   }
-  const nets = store.networks();
-  const endpoints = store.attachments().flatMap((a) => {
-    const n = nets.find((x) => x.name === a.network);
-    return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network), port: { name: a.hostVeth, mac: a.mac } }] : [];
-  });
-  const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
-  const policy = policyElements(store);
-  const facts = nets.map((n) => ({ bridge: n.bridge, internal: n.internal, isolate: n.isolate, subnets: store.subnets(n.name) }));
-  await applier.apply([step([...fix, { kind: 'nft', lines: fullScript(facts, endpoints, ports, policy).trimEnd().split('\n') }])]);
-  applier.record({ kind: 'policy.mirror', sets: nets.length ? elementsBySet(policy) : new Map() });
+  const drift = await tableDrift(ctx);
+  await restoreTables(ctx, fix);
+  if (drift.length) done.push(`rewrote ctnet's nft tables from the store (${drift.join('; ')})`);
 
   // 3. Ready records whose kernel objects went missing are rebuilt, as their drivers see it.
   for (const n of ready) {

@@ -90,8 +90,8 @@ export interface KernelBackend {
   neighbours(ns?: Netns): Promise<NeighInfo[]>;
   /** Equivalent to: bridge -j fdb show br BRIDGE */
   fdb(bridge: string): Promise<FdbInfo[]>;
-  /** Equivalent to: nft -j list table inet ctnet; undefined when it does not exist. */
-  nftTable(): Promise<unknown[] | undefined>;
+  /** Equivalent to: nft -j list table FAMILY ctnet (inet by default); undefined when it does not exist. */
+  nftTable(family?: 'inet' | 'bridge'): Promise<unknown[] | undefined>;
   /** Equivalent to: nft list table inet ctnet (text, for humans); undefined when it does not exist. */
   nftTableText(): Promise<string | undefined>;
   /** Equivalent to: nft -j list chains; every chain of every table. */

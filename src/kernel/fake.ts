@@ -685,15 +685,22 @@ export class FakeKernel implements KernelBackend {
   }
 
   /** nft -j list table inet ctnet, in the shape listPolicies and the labs read: sets' elem are texts, maps' [key, value]. */
-  async nftTable(): Promise<unknown[] | undefined> {
+  async nftTable(family: 'inet' | 'bridge' = 'inet'): Promise<unknown[] | undefined> {
     const t = this.#nft;
     if (!t) return undefined;
+    // The bridge table's names carry "bridge:" here (see BRIDGE).
+    const mine = (name: string) => (family === 'bridge') === name.startsWith('bridge:');
+    const bare = (name: string) => name.replace(/^bridge:/, '');
+    if (family === 'bridge' && ![...t.sets.keys(), ...t.chains.keys()].some(mine)) return undefined;
     return [
-      { table: { family: 'inet', name: 'ctnet' } },
-      ...[...t.sets].map(([name, s]) => (s.kind === 'set'
-        ? { set: { family: 'inet', table: 'ctnet', name, elem: [...s.elements.keys()] } }
-        : { map: { family: 'inet', table: 'ctnet', name, elem: [...s.elements].map(([k, v]) => [k, v]) } })),
-      ...this.#chainList().map((c) => ({ chain: c })),
+      { table: { family, name: 'ctnet' } },
+      ...[...t.sets].filter(([name]) => mine(name)).map(([name, s]) => (s.kind === 'set'
+        ? { set: { family, table: 'ctnet', name: bare(name), elem: [...s.elements.keys()] } }
+        : { map: { family, table: 'ctnet', name: bare(name), elem: [...s.elements].map(([k, v]) => [k, v]) } })),
+      ...[...t.chains].filter(([name]) => mine(name)).flatMap(([name, c]) => [
+        { chain: { family, table: 'ctnet', name: bare(name) } },
+        ...c.rules.map((expr) => ({ rule: { family, table: 'ctnet', chain: bare(name), expr } })),
+      ]),
     ];
   }
 

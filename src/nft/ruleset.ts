@@ -149,6 +149,8 @@ add set ${T} port_nd { typeof iifname . @th,64,128; comment "port . an address i
 add chain ${T} identity { type filter hook prerouting priority filter; policy accept; }
 flush chain ${T} identity
 add rule ${T} identity iifname "${PORT_GLOB}" iifname != @ports counter drop comment "a ctnet port with no sandbox identity"
+add rule ${T} identity iifname @ports ip daddr 127.0.0.0/8 counter drop comment "the host's loopback (route_localnet is on for bridges): also guarded here, so a flush of inet ctnet alone does not open it"
+add rule ${T} identity iifname @ports ip6 daddr ::1 counter drop comment "the host's loopback"
 add rule ${T} identity iifname @ports iifname . ether saddr != @port_mac counter drop comment "spoofed MAC"
 add rule ${T} identity iifname @ports arp saddr ip != 0.0.0.0 iifname . arp saddr ip != @port_ip4 counter drop comment "ARP claiming another's address"
 add rule ${T} identity iifname @ports iifname . arp saddr ether != @port_mac counter drop comment "ARP claiming another's MAC"

@@ -1,5 +1,6 @@
 // The services ctnetd runs, in start order (they stop in reverse).
 import { logService } from './log.ts';
+import { tableGuard } from './tableguard.ts';
 import type { Service } from './service.ts';
 
-export const builtinServices = (): Service[] => [logService()];
+export const builtinServices = (): Service[] => [logService(), tableGuard()];

@@ -1,6 +1,7 @@
 // A resident part of ctnetd (the node agent): something that must follow the store's state as it
 // changes (the overlay watch, DNS, the live page), whoever changed it: the CLI, the CNI plugin, a
 // file. ctnetd starts each service with itself and hands it every committed change, in order.
+import type { Ctx } from '../engine/context.ts';
 import type { ChangeEvent } from '../store/events.ts';
 import type { ChangeFeed, Snapshot } from '../store/feed.ts';
 
@@ -10,6 +11,11 @@ export interface ServiceContext {
   readonly feed: ChangeFeed;
   /** One line in ctnetd's log. */
   readonly log: (message: string) => void;
+  /**
+   * Runs fn with an engine context in ctnetd's request queue: one at a time with the CNI requests,
+   * so a service that changes the kernel never interleaves with them.
+   */
+  readonly exclusive: <T>(fn: (ctx: Ctx) => Promise<T>) => Promise<T>;
 }
 
 export interface Service {

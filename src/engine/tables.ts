@@ -1,0 +1,103 @@
+// ctnet's nft tables as the store says they must be: written whole (gc, and ctnetd's table guard
+// after someone flushed or changed them), and compared with what the kernel holds.
+import type { KernelBackend } from '../kernel/backend.ts';
+import { BRIDGE_TABLE, fullScript, TABLE } from '../nft/ruleset.ts';
+import type { Op } from '../plan/ops.ts';
+import { step } from '../plan/plan.ts';
+import type { Store } from '../store/store.ts';
+import type { Ctx } from './context.ts';
+import { portFacts } from './ports.ts';
+import { elementsBySet, policyElements } from './policy.ts';
+
+/** Both tables from scratch, from the store (one nft transaction replaces whatever is there). */
+export function tablesScript(store: Store): string[] {
+  const nets = store.networks();
+  const endpoints = store.attachments().flatMap((a) => {
+    const n = nets.find((x) => x.name === a.network);
+    return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network), port: { name: a.hostVeth, mac: a.mac } }] : [];
+  });
+  const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
+  const facts = nets.map((n) => ({ bridge: n.bridge, internal: n.internal, isolate: n.isolate, subnets: store.subnets(n.name) }));
+  return fullScript(facts, endpoints, ports, policyElements(store)).trimEnd().split('\n');
+}
+
+/** Rewrites both tables from the store (with `also`, e.g. forwarding sysctls, in the same step). */
+export async function restoreTables(ctx: Ctx, also: readonly Op[] = [], note?: string): Promise<void> {
+  const { store, applier } = ctx;
+  await applier.apply([step([...also, { kind: 'nft', lines: tablesScript(store) }], note)]);
+  applier.record({ kind: 'policy.mirror', sets: store.networks().length ? elementsBySet(policyElements(store)) : new Map() });
+}
+
+interface Shape {
+  /** Per table: whether it exists. */
+  readonly tables: Map<string, boolean>;
+  /** "TABLE SET" -> number of elements. */
+  readonly sets: Map<string, number>;
+  /** "TABLE CHAIN" -> number of rules. */
+  readonly rules: Map<string, number>;
+}
+
+const emptyShape = (): Shape => ({ tables: new Map([[TABLE, false], [BRIDGE_TABLE, false]]), sets: new Map(), rules: new Map() });
+
+/** The shape a script leaves the tables in (the script ctnet writes: add/delete/flush, elements in braces). */
+function scriptShape(lines: readonly string[]): Shape {
+  const s = emptyShape();
+  const T = `(${TABLE}|${BRIDGE_TABLE})`;
+  for (const line of lines) {
+    let m: RegExpExecArray | null;
+    if ((m = new RegExp(`^add table ${T}$`).exec(line))) s.tables.set(m[1]!, true);
+    else if ((m = new RegExp(`^delete table ${T}$`).exec(line))) {
+      s.tables.set(m[1]!, false);
+      for (const map of [s.sets, s.rules]) for (const k of [...map.keys()]) if (k.startsWith(`${m[1]} `)) map.delete(k);
+    } else if ((m = new RegExp(`^add (?:set|map) ${T} (\\S+) `).exec(line))) s.sets.set(`${m[1]} ${m[2]}`, s.sets.get(`${m[1]} ${m[2]}`) ?? 0);
+    else if ((m = new RegExp(`^flush (?:set|map) ${T} (\\S+)$`).exec(line))) s.sets.set(`${m[1]} ${m[2]}`, 0);
+    else if ((m = new RegExp(`^add chain ${T} (\\S+)`).exec(line))) s.rules.set(`${m[1]} ${m[2]}`, s.rules.get(`${m[1]} ${m[2]}`) ?? 0);
+    else if ((m = new RegExp(`^flush chain ${T} (\\S+)$`).exec(line))) s.rules.set(`${m[1]} ${m[2]}`, 0);
+    else if ((m = new RegExp(`^add rule ${T} (\\S+) `).exec(line))) s.rules.set(`${m[1]} ${m[2]}`, (s.rules.get(`${m[1]} ${m[2]}`) ?? 0) + 1);
+    else if ((m = new RegExp(`^add element ${T} (\\S+) \\{ (.*) \\}$`).exec(line))) {
+      s.sets.set(`${m[1]} ${m[2]}`, (s.sets.get(`${m[1]} ${m[2]}`) ?? 0) + m[3]!.split(', ').length);
+    }
+  }
+  return s;
+}
+
+/** The shape the kernel's tables have now. */
+async function kernelShape(kernel: KernelBackend): Promise<Shape> {
+  const s = emptyShape();
+  for (const [family, table] of [['inet', TABLE], ['bridge', BRIDGE_TABLE]] as const) {
+    const items = (await kernel.nftTable(family)) as Record<string, { name?: string; chain?: string; elem?: unknown[] }>[] | undefined;
+    if (!items) continue;
+    s.tables.set(table, true);
+    for (const item of items) {
+      const set = item.set ?? item.map;
+      // Anonymous sets (__setN) belong to the rules that name them.
+      if (set?.name && !set.name.startsWith('__')) s.sets.set(`${table} ${set.name}`, set.elem?.length ?? 0);
+      if (item.chain?.name) s.rules.set(`${table} ${item.chain.name}`, s.rules.get(`${table} ${item.chain.name}`) ?? 0);
+      if (item.rule?.chain) s.rules.set(`${table} ${item.rule.chain}`, (s.rules.get(`${table} ${item.rule.chain}`) ?? 0) + 1);
+    }
+  }
+  return s;
+}
+
+/**
+ * How the kernel's tables differ from what the store says they must hold: missing tables, chains
+ * with other rules, sets with another number of elements. Empty when they agree.
+ */
+export async function tableDrift(ctx: Pick<Ctx, 'store' | 'kernel'>): Promise<string[]> {
+  const want = scriptShape(tablesScript(ctx.store));
+  const have = await kernelShape(ctx.kernel);
+  const out: string[] = [];
+  for (const [t, exists] of want.tables) {
+    if (exists && !have.tables.get(t)) out.push(`table ${t} is missing`);
+    if (!exists && have.tables.get(t)) out.push(`table ${t} exists with no network to serve`);
+  }
+  for (const [k, n] of want.rules) {
+    const got = have.rules.get(k);
+    if (have.tables.get(k.split(' ').slice(0, 2).join(' ')) && got !== n) out.push(got === undefined ? `chain ${k} is missing` : `chain ${k} has ${got} rules, not ${n}`);
+  }
+  for (const [k, n] of want.sets) {
+    const got = have.sets.get(k);
+    if (have.tables.get(k.split(' ').slice(0, 2).join(' ')) && got !== n) out.push(got === undefined ? `set ${k} is missing` : `set ${k} has ${got} elements, not ${n}`);
+  }
+  return out;
+}
