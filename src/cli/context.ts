@@ -52,5 +52,5 @@ export function openCtx(g: Globals): Ctx {
     throw new CtnetError('ENVIRONMENT', 'ctnet programs the kernel and must run as root', 'run it with sudo');
   }
   const explain = g.explain || g.dryRun;
-  return createCtx({ store: new Store(g.stateDir), dryRun: g.dryRun, explain: explain ? (line) => out(line) : undefined, warn });
+  return createCtx({ store: new Store(g.stateDir, { onWait: warn }), dryRun: g.dryRun, explain: explain ? (line) => out(line) : undefined, warn });
 }

@@ -109,7 +109,7 @@ export interface DaemonOptions {
 
 /** Runs until SIGTERM/SIGINT (or idle exit); resolves with the exit status. */
 export async function runDaemon(opts: DaemonOptions): Promise<number> {
-  const store = new Store(opts.stateDir, { busyTimeoutMs: Number(process.env.CTNET_BUSY_TIMEOUT_MS) || 10_000 });
+  const store = new Store(opts.stateDir, { busyTimeoutMs: Number(process.env.CTNET_BUSY_TIMEOUT_MS) || 10_000, onWait: (m) => log(m) });
   // Another daemon holds the lock: it serves, or it is stopping (then wait for it, briefly).
   let lock = takeLock(opts.stateDir);
   for (let i = 0; !lock && i < 100 && !(await answers(socketPath(opts.stateDir))); i++) {

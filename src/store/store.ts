@@ -101,17 +101,30 @@ export class Store {
   /** Random per state directory: marks the netns files this ctnet owns. */
   readonly instance: string;
 
-  /** busyTimeoutMs: how long a write waits for another process's transaction (default 60 s). */
-  constructor(dir: string, options: { busyTimeoutMs?: number } = {}) {
+  readonly #busyTimeoutMs: number;
+  readonly #onWait: ((message: string) => void) | undefined;
+
+  /**
+   * busyTimeoutMs: how long a write waits for another process's transaction (default 60 s).
+   * onWait: told once when a write has waited a second (so a person knows why nothing happens).
+   */
+  constructor(dir: string, options: { busyTimeoutMs?: number; onWait?: (message: string) => void } = {}) {
     this.dir = dir;
+    this.#busyTimeoutMs = options.busyTimeoutMs ?? 60_000;
+    this.#onWait = options.onWait;
     try {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
-      this.db = new DatabaseSync(join(dir, 'ctnet.db'), { timeout: options.busyTimeoutMs ?? 60_000 });
+      this.db = new DatabaseSync(join(dir, 'ctnet.db'), { timeout: this.#busyTimeoutMs });
     } catch (e) {
       throw new CtnetError('ENVIRONMENT', `cannot open the state database in ${dir}: ${(e as Error).message}`,
         'run ctnet as root, or choose another directory with --state-dir', { cause: e });
     }
-    this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;');
+    try {
+      this.db.exec('PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;');
+    } catch (e) {
+      this.db.close();
+      throw storeError(e, dir);
+    }
     this.instance = this.#migrate();
     this.#feed = {
       head: this.db.prepare('SELECT coalesce(max(id), 0) AS id FROM events'),
@@ -160,7 +173,7 @@ export class Store {
    * write decisions such as address choice cannot race). With rollback, nothing is kept (dry runs).
    */
   write<T>(fn: () => T, options: { rollback?: boolean } = {}): T {
-    this.db.exec('BEGIN IMMEDIATE');
+    this.#begin();
     try {
       const mark = this.#feedMark();
       const result = fn();
@@ -168,7 +181,33 @@ export class Store {
       return result;
     } catch (e) {
       if (this.db.isTransaction) this.db.exec('ROLLBACK');
-      throw e;
+      throw storeError(e, this.dir);
+    }
+  }
+
+  /**
+   * BEGIN IMMEDIATE: waits its turn behind other ctnet processes' writes. After a second it says it
+   * is waiting, then waits out the rest of the busy timeout; a lock held longer is a clear error.
+   */
+  #begin(): void {
+    const first = Math.min(1000, this.#busyTimeoutMs);
+    this.db.exec(`PRAGMA busy_timeout = ${first}`);
+    try {
+      this.db.exec('BEGIN IMMEDIATE');
+      return;
+    } catch (e) {
+      if (!isBusy(e) || first >= this.#busyTimeoutMs) throw storeError(e, this.dir);
+    } finally {
+      this.db.exec(`PRAGMA busy_timeout = ${this.#busyTimeoutMs}`);
+    }
+    this.#onWait?.(`waiting for another ctnet operation on ${this.dir} to finish`);
+    this.db.exec(`PRAGMA busy_timeout = ${this.#busyTimeoutMs - first}`);
+    try {
+      this.db.exec('BEGIN IMMEDIATE');
+    } catch (e) {
+      throw storeError(e, this.dir);
+    } finally {
+      this.db.exec(`PRAGMA busy_timeout = ${this.#busyTimeoutMs}`);
     }
   }
 
@@ -354,7 +393,7 @@ export class Store {
    * ctnet processes apply their changes one at a time. Use only for short kernel steps.
    */
   async writeAsync<T>(fn: () => Promise<T>, options: { rollback?: boolean } = {}): Promise<T> {
-    this.db.exec('BEGIN IMMEDIATE');
+    this.#begin();
     try {
       const mark = this.#feedMark();
       const result = await fn();
@@ -362,7 +401,7 @@ export class Store {
       return result;
     } catch (e) {
       if (this.db.isTransaction) this.db.exec('ROLLBACK');
-      throw e;
+      throw storeError(e, this.dir);
     }
   }
 
@@ -448,3 +487,29 @@ const toSandbox = (r: Row): SandboxRow => ({
 });
 
 const ownerFor = (state: State) => (state === 'ready' ? null : processToken());
+
+const isBusy = (e: unknown) => /database is locked|database table is locked|SQLITE_BUSY/i.test((e as Error)?.message ?? '');
+
+/**
+ * SQLite's failures as errors a person can act on (one line and a hint, never a stack): a lock held
+ * too long, a full disk, a damaged file. Anything else (and every CtnetError) passes unchanged.
+ */
+export function storeError(e: unknown, dir: string): unknown {
+  if (e instanceof CtnetError || !(e instanceof Error) || (e as { code?: string }).code !== 'ERR_SQLITE_ERROR') return e;
+  const file = join(dir, 'ctnet.db');
+  if (isBusy(e)) {
+    return new CtnetError('STATE', `the state in ${dir} stayed locked by another ctnet operation: nothing was changed`,
+      'try again; if it persists, look for a ctnet process that hangs (ps -C node -f) and stop it', { cause: e });
+  }
+  if (/disk is full|SQLITE_FULL/i.test(e.message)) {
+    return new CtnetError('ENVIRONMENT', `the disk holding ${file} is full: nothing was changed`, `free space on the file system of ${dir}, then run the command again`, { cause: e });
+  }
+  if (/malformed|not a database|corrupt/i.test(e.message)) {
+    return new CtnetError('STATE', `the state database ${file} is damaged (${e.message}): nothing was changed`,
+      `restore ${file} from a backup; ctnet will not guess its state from the kernel (ctnet gc would remove what an empty store does not record)`, { cause: e });
+  }
+  if (/readonly|read-only|unable to open/i.test(e.message)) {
+    return new CtnetError('ENVIRONMENT', `cannot write the state database ${file}: ${e.message}`, 'run ctnet as root, on a writable --state-dir', { cause: e });
+  }
+  return e;
+}
