@@ -14,6 +14,7 @@ export interface DriverNetwork {
   readonly mac: string | null;
   readonly internal: boolean;
   readonly isolate: boolean;
+  readonly hostAccess: boolean;
   readonly mtu: number | null;
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string; readonly gateway: string }[];
 }

@@ -51,11 +51,11 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<Networ
         }
       }
       const dn: DriverNetwork = {
-        name: spec.name, device, mac: randomMac(), internal: spec.internal, isolate: spec.isolate, mtu: spec.mtu ?? null,
+        name: spec.name, device, mac: randomMac(), internal: spec.internal, isolate: spec.isolate, hostAccess: spec.hostAccess, mtu: spec.mtu ?? null,
         subnets: spec.subnets.map((s) => ({ family: s.subnet.family, cidr: s.cidr, gateway: s.gateway })),
       };
       driver.validate(dn, host);
-      const r = { name: dn.name, bridge: device, internal: dn.internal, isolate: dn.isolate, mtu: dn.mtu, driver: driver.name, mac: dn.mac, state: 'creating' as const };
+      const r = { name: dn.name, bridge: device, internal: dn.internal, isolate: dn.isolate, hostAccess: dn.hostAccess, mtu: dn.mtu, driver: driver.name, mac: dn.mac, state: 'creating' as const };
       rec.record({ kind: 'network.insert', row: r, subnets: dn.subnets.map((s) => ({ cidr: s.cidr, family: s.family, gateway: s.gateway })) });
       row = { ...r, owner: null, created: new Date().toISOString() };
       return dn;

@@ -38,7 +38,7 @@ export function readyNetwork(store: Store, name: string): NetworkRow {
 
 export function driverNetwork(store: Store, n: NetworkRow): DriverNetwork {
   return {
-    name: n.name, device: n.bridge, mac: n.mac, internal: n.internal, isolate: n.isolate, mtu: n.mtu,
+    name: n.name, device: n.bridge, mac: n.mac, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, mtu: n.mtu,
     subnets: store.subnets(n.name).map((s) => ({ family: s.family, cidr: s.cidr, gateway: s.gateway })),
   };
 }

@@ -17,7 +17,7 @@ export function tablesScript(store: Store): string[] {
     return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network), port: { name: a.hostVeth, mac: a.mac } }] : [];
   });
   const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
-  const facts = nets.map((n) => ({ bridge: n.bridge, internal: n.internal, isolate: n.isolate, subnets: store.subnets(n.name) }));
+  const facts = nets.map((n) => ({ bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: store.subnets(n.name) }));
   return fullScript(facts, endpoints, ports, policyElements(store)).trimEnd().split('\n');
 }
 

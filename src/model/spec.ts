@@ -16,6 +16,8 @@ export interface NetworkSpec {
   readonly bridge: string | undefined;
   readonly internal: boolean;
   readonly isolate: boolean;
+  /** Sandboxes may reach any service of the host (else only ICMP and published ports). */
+  readonly hostAccess: boolean;
   readonly mtu: number | undefined;
 }
 
@@ -26,10 +28,14 @@ export interface RawNetwork {
   bridge?: string;
   internal?: boolean;
   isolate?: boolean;
+  hostAccess?: boolean;
   mtu?: string;
 }
 
 export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
+  if (raw.internal && raw.hostAccess) {
+    throw invalid('--internal and --host-access cannot be used together', 'an --internal network reaches nothing outside it, the host included');
+  }
   const name = parseName('network', raw.name);
   const subnets = (raw.subnet ?? []).map((s) => parseSubnet('--subnet', s));
   if (subnets.length === 0) throw invalid('a network needs at least one --subnet', 'e.g. --subnet 10.88.0.0/24');
@@ -68,6 +74,7 @@ export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
     bridge: raw.bridge === undefined ? undefined : parseIfname('--bridge', raw.bridge),
     internal: raw.internal ?? false,
     isolate: raw.isolate ?? false,
+    hostAccess: raw.hostAccess ?? false,
     mtu,
   };
 }

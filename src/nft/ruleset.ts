@@ -18,6 +18,8 @@ export interface NetworkFacts {
   readonly internal: boolean;
   /** No bridge_pairs element: its sandboxes reach each other only where a policy allows. */
   readonly isolate: boolean;
+  /** Its sandboxes may reach every service of the host. */
+  readonly hostAccess: boolean;
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string }[];
 }
 
@@ -45,6 +47,7 @@ export function baseScript(): string {
 add set ${TABLE} bridges { type ifname; comment "every ctnet bridge"; }
 add set ${TABLE} bridge_pairs { type ifname . ifname; comment "bridge . itself: traffic that stays in its network"; }
 add set ${TABLE} internal_bridges { type ifname; comment "bridges of --internal networks"; }
+add set ${TABLE} host_access_bridges { type ifname; comment "bridges of --host-access networks: their sandboxes reach the host's services"; }
 add set ${TABLE} masq4 { type ipv4_addr; flags interval; comment "subnets whose egress is masqueraded"; }
 add set ${TABLE} masq6 { type ipv6_addr; flags interval; comment "subnets whose egress is masqueraded"; }
 add set ${TABLE} endpoints4 { type ipv4_addr . ifname; comment "sandbox address . its bridge"; }
@@ -58,11 +61,13 @@ add chain ${TABLE} guard { type filter hook prerouting priority raw; policy acce
 add chain ${TABLE} prerouting { type nat hook prerouting priority dstnat; policy accept; }
 add chain ${TABLE} output { type nat hook output priority -100; policy accept; }
 add chain ${TABLE} forward { type filter hook forward priority filter; policy accept; }
+add chain ${TABLE} input { type filter hook input priority filter; policy accept; }
 add chain ${TABLE} postrouting { type nat hook postrouting priority srcnat; policy accept; }
 flush chain ${TABLE} guard
 flush chain ${TABLE} prerouting
 flush chain ${TABLE} output
 flush chain ${TABLE} forward
+flush chain ${TABLE} input
 flush chain ${TABLE} postrouting
 add rule ${TABLE} guard iifname @bridges ip daddr 127.0.0.0/8 counter drop comment "route_localnet is on for bridges: keep sandboxes off the host's loopback"
 add rule ${TABLE} guard iifname @bridges ip saddr 127.0.0.0/8 counter drop comment "loopback source from a sandbox"
@@ -83,6 +88,11 @@ add rule ${TABLE} forward iifname @bridges oifname @bridges counter drop comment
 add rule ${TABLE} forward oifname @bridges counter drop comment "from outside, only published ports reach sandboxes"
 add rule ${TABLE} postrouting ct status dnat ip saddr . oifname @endpoints4 counter masquerade comment "hairpin: published port reached from its own bridge"
 add rule ${TABLE} postrouting ct status dnat ip6 saddr . oifname @endpoints6 counter masquerade comment "hairpin: published port reached from its own bridge"
+add rule ${TABLE} input iifname != @bridges accept
+add rule ${TABLE} input ct state established,related accept comment "replies to what the host started"
+add rule ${TABLE} input meta l4proto { icmp, ipv6-icmp } accept comment "ping, neighbour discovery, path MTU"
+add rule ${TABLE} input iifname @host_access_bridges accept comment "network --host-access"
+add rule ${TABLE} input counter drop comment "the host is not open to sandboxes (published ports are DNATed past it; network --host-access opens it)"
 add rule ${TABLE} postrouting ct status dnat ip saddr 127.0.0.0/8 counter masquerade comment "published port reached at 127.0.0.1"
 add rule ${TABLE} postrouting ip saddr @masq4 oifname != @bridges counter masquerade
 add rule ${TABLE} postrouting ip6 saddr @masq6 oifname != @bridges counter masquerade
@@ -170,6 +180,7 @@ export function networkElements(verb: Verb, n: NetworkFacts): string[] {
   const lines = [`${verb} element ${TABLE} bridges { ${q(n.bridge)} }`];
   if (!n.isolate) lines.push(`${verb} element ${TABLE} bridge_pairs { ${q(n.bridge)} . ${q(n.bridge)} }`);
   if (n.internal) lines.push(`${verb} element ${TABLE} internal_bridges { ${q(n.bridge)} }`);
+  if (n.hostAccess) lines.push(`${verb} element ${TABLE} host_access_bridges { ${q(n.bridge)} }`);
   else for (const s of n.subnets) lines.push(`${verb} element ${TABLE} masq${s.family} { ${s.cidr} }`);
   return lines;
 }

@@ -76,7 +76,7 @@ const b = (column: string): Column => ({ json: column, column, bool: true });
 
 /** The recorded tables, in the order a snapshot lists them (parents before children). */
 export const RECORDED: { readonly [K in Kind]: Recorded } = {
-  network: { table: 'networks', key: '$.name', columns: [c('name'), c('bridge'), b('internal'), b('isolate'), c('mtu'), c('driver'), c('mac'), c('state'), c('created')] },
+  network: { table: 'networks', key: '$.name', columns: [c('name'), c('bridge'), b('internal'), b('isolate'), { json: 'hostAccess', column: 'host_access', bool: true }, c('mtu'), c('driver'), c('mac'), c('state'), c('created')] },
   subnet: { table: 'subnets', key: '$.cidr', columns: [c('network'), c('cidr'), c('family'), c('gateway')] },
   sandbox: { table: 'sandboxes', key: '$.name', columns: [c('name'), c('netns'), b('owned'), c('state'), c('created')] },
   attachment: {

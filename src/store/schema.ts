@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 6;
+export const SCHEMA_VERSION = 7;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -143,6 +143,12 @@ CREATE TABLE events (
 );
 `;
 
+// Host access (schema 7): may a network's sandboxes reach the host's own services? Networks made
+// before ctnet closed the host keep the access they had; new ones say (default: closed).
+export const HOST_ACCESS = `
+ALTER TABLE networks ADD COLUMN host_access INTEGER NOT NULL DEFAULT 1;
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -150,4 +156,5 @@ export const MIGRATIONS: Record<number, string> = {
   4: CNI,
   5: DRIVERS,
   6: FEED,
+  7: HOST_ACCESS,
 };

@@ -19,6 +19,8 @@ export interface NetworkRow {
   readonly internal: boolean;
   /** Sandboxes on it may not talk to each other unless a policy allows it. */
   readonly isolate: boolean;
+  /** Its sandboxes may reach every service of the host (else only ICMP and published ports). */
+  readonly hostAccess: boolean;
   readonly mtu: number | null;
   /** The network driver that made it (src/drivers/). */
   readonly driver: string;
@@ -243,8 +245,8 @@ export class Store {
     return r && toNetwork(r);
   }
   insertNetwork(n: Omit<NetworkRow, 'created' | 'owner'>, subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[]): void {
-    this.#run('INSERT INTO networks(name, bridge, internal, isolate, mtu, driver, mac, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString());
+    this.#run('INSERT INTO networks(name, bridge, internal, isolate, host_access, mtu, driver, mac, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.hostAccess ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString());
     for (const s of subnets) {
       this.#run('INSERT INTO subnets(network, cidr, family, gateway) VALUES (?, ?, ?, ?)', n.name, s.cidr, s.family, s.gateway);
     }
@@ -477,7 +479,7 @@ export class Store {
 }
 
 const toNetwork = (r: Row): NetworkRow => ({
-  name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1,
+  name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1, hostAccess: r.host_access === 1,
   mtu: (r.mtu as number | null) ?? null, driver: r.driver as string, mac: (r.mac as string | null) ?? null, state: r.state as State, created: r.created as string,
   owner: (r.owner as string | null) ?? null,
 });

@@ -113,7 +113,7 @@ describe('request parsing', () => {
 
 describe('nft text and ip commands', () => {
   it('internal networks are never masqueraded', () => {
-    const lines = networkElements('add', { bridge: 'br', internal: true, isolate: false, subnets: [{ family: 4, cidr: '10.0.0.0/24' }] });
+    const lines = networkElements('add', { bridge: 'br', internal: true, isolate: false, hostAccess: false, subnets: [{ family: 4, cidr: '10.0.0.0/24' }] });
     assert.ok(lines.some((l) => l.includes('internal_bridges { "br" }')));
     assert.ok(!lines.some((l) => l.includes('masq')));
     assert.deepEqual(endpointElements('delete', { bridge: 'br', addresses: [{ family: 6, ip: 'fd00::2' }] }),
@@ -121,7 +121,7 @@ describe('nft text and ip commands', () => {
     assert.equal(fullScript([], []), 'add table bridge ctnet\ndelete table bridge ctnet\nadd table inet ctnet\ndelete table inet ctnet\n');
   });
   it('an --isolate network has no bridge . bridge pair (same-network traffic is not accepted by default)', () => {
-    const lines = networkElements('add', { bridge: 'br', internal: false, isolate: true, subnets: [] });
+    const lines = networkElements('add', { bridge: 'br', internal: false, isolate: true, hostAccess: false, subnets: [] });
     assert.deepEqual(lines, ['add element inet ctnet bridges { "br" }']);
   });
   it('builders print their Equivalent-to line', () => {

@@ -12,10 +12,11 @@ export default defineCommand({
     { flags: '--bridge <ifname>', description: 'bridge interface name (default: ctbr-NAME)' },
     { flags: '--internal', description: 'no egress: sandboxes reach only their own network' },
     { flags: '--isolate', description: 'sandboxes on this network may not talk to each other unless a policy allows it' },
+    { flags: '--host-access', description: 'sandboxes may reach every service of the host (by default only ping and published ports)' },
     { flags: '--mtu <n>', description: 'MTU of the bridge and the sandboxes\' interfaces' },
   ],
   async run({ ctx, args, opts, io }) {
-    const spec = parseNetworkSpec({ name: args.name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, mtu: opts.mtu });
+    const spec = parseNetworkSpec({ name: args.name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu });
     const n = await createNetwork(ctx, spec);
     if (!io.quiet) io.out(n.name);
   },

@@ -11,7 +11,7 @@ import type { DriverNetwork, Drift, HostView, NetworkDriver } from '../driver.ts
 const prefixOf = (cidr: string) => cidr.split('/')[1];
 
 function facts(n: DriverNetwork): NetworkFacts {
-  return { bridge: n.device, internal: n.internal, isolate: n.isolate, subnets: n.subnets };
+  return { bridge: n.device, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: n.subnets };
 }
 
 /** Equivalent to: sysctl -w net.ipv4.conf.BRIDGE.route_localnet=1 */
