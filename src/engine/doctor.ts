@@ -3,6 +3,8 @@
 import { Applier } from './applier.ts';
 import type { Ctx } from './context.ts';
 import { gc } from './gc.ts';
+import { droppingChains, forwardTargets } from './forward.ts';
+import type { ForwardTarget } from '../plan/ops.ts';
 import { tableDrift } from './tables.ts';
 
 export interface Finding {
@@ -48,19 +50,33 @@ export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<F
       : { check: 'nft table', status: 'fail', detail: `ctnet's tables differ from the store (flushed or changed by someone): ${drift.join('; ')}: isolation, policy, identity or published ports may not hold`, hint: 'run "ctnet gc" to rewrite them from the state (a running ctnetd does it by itself)' });
   }
   // A drop in another table's forward hook wins over ctnet's accept (every base chain must accept).
-  const drops = chains.filter((c) => c.hook === 'forward' && c.policy === 'drop' && !(c.family === 'inet' && c.table === 'ctnet'));
-  for (const c of drops) {
+  const consented = forwardTargets(store);
+  const covered = (t: ForwardTarget) => consented.some((c) => c.family === t.family && c.legacy === t.legacy);
+  const { fixable, other } = droppingChains(chains);
+  for (const t of fixable) {
+    const name = `${t.family === 4 ? 'ip' : 'ip6'} filter FORWARD`;
+    out.push(covered(t)
+      ? { check: 'forward policy', status: 'ok', detail: `chain ${name} drops forwarded packets by default; ctnet's bridges are accepted in it (doctor --fix)` }
+      : {
+        check: 'forward policy', status: networks.length ? 'fail' : 'warn',
+        detail: `chain ${name} drops forwarded packets by default (Docker sets iptables' FORWARD so): egress and published ports of ctnet sandboxes are dropped there`,
+        hint: 'run "ctnet doctor --fix": each network then accepts its own bridge in that chain (marked ctnet, removed with the network)',
+      });
+  }
+  for (const c of other) {
     out.push({
       check: 'forward policy', status: networks.length ? 'fail' : 'warn',
-      detail: `chain ${c.family} ${c.table} ${c.name} drops forwarded packets by default (Docker sets iptables' FORWARD so): egress and published ports of ctnet sandboxes are dropped there`,
-      hint: `accept ctnet's bridges in it, e.g. iptables -I FORWARD -i ctbr+ -j ACCEPT; iptables -I FORWARD -o ctbr+ -j ACCEPT`,
+      detail: `chain ${c.family} ${c.table} ${c.name} drops forwarded packets by default: egress and published ports of ctnet sandboxes are dropped there`,
+      hint: `accept ctnet's bridges in it (ctnet does not edit that table), e.g. nft insert rule ${c.family} ${c.table} ${c.name} iifname "ctbr*" accept; and oifname "ctbr*"`,
     });
   }
-  if (drops.length === 0) out.push({ check: 'forward policy', status: 'ok', detail: 'no other table drops forwarded packets by default' });
+  if (fixable.length + other.length === 0) out.push({ check: 'forward policy', status: 'ok', detail: 'no other table drops forwarded packets by default' });
   const legacy = await kernel.legacyForward();
   if (legacy !== undefined && /^-P FORWARD DROP/m.test(legacy)) {
-    out.push({ check: 'iptables-legacy', status: networks.length ? 'fail' : 'warn', detail: 'iptables-legacy FORWARD policy is DROP: ctnet\'s sandboxes cannot forward through it',
-      hint: 'iptables-legacy -I FORWARD -i ctbr+ -j ACCEPT; iptables-legacy -I FORWARD -o ctbr+ -j ACCEPT' });
+    out.push(covered({ family: 4, legacy: true })
+      ? { check: 'iptables-legacy', status: 'ok', detail: 'iptables-legacy FORWARD drops by default; ctnet\'s bridges are accepted in it (doctor --fix)' }
+      : { check: 'iptables-legacy', status: networks.length ? 'fail' : 'warn', detail: 'iptables-legacy FORWARD policy is DROP: ctnet\'s sandboxes cannot forward through it',
+        hint: 'run "ctnet doctor --fix": each network then accepts its own bridge in that chain (marked ctnet, removed with the network)' });
   }
 
   const needsBridgeNf = networks.some((n) => n.isolate) || store.policies().length > 0;

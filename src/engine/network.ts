@@ -13,6 +13,7 @@ import type { Ctx } from './context.ts';
 import { bridgeName } from './naming.ts';
 import { driverNetwork, driverOf } from './records.ts';
 import { disconnect } from './sandbox.ts';
+import { forwardSteps } from './forward.ts';
 import { syncPolicy } from './policy.ts';
 
 /** What every network needs of the host: forwarding, and ctnet's table with its rules. */
@@ -60,7 +61,7 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<Networ
       row = { ...r, owner: null, created: new Date().toISOString() };
       return dn;
     });
-    await tx.run([...hostSteps(n.subnets.some((s) => s.family === 6)), ...driver.planCreate(n)]);
+    await tx.run([...hostSteps(n.subnets.some((s) => s.family === 6)), ...driver.planCreate(n), ...forwardSteps(store, device, 'add')]);
     await syncPolicy(ctx, { tx }); // "world" and net: selectors depend on the networks
     tx.commit({ kind: 'network.state', name: spec.name, state: 'ready' });
   });
@@ -88,6 +89,7 @@ export async function teardownNetwork(ctx: Ctx, n: NetworkRow): Promise<void> {
   const { store, applier } = ctx;
   const last = store.networks().every((o) => o.name === n.name);
   await applier.teardown([
+    ...forwardSteps(store, n.bridge, 'remove'),
     ...driverOf(n).planRemove(driverNetwork(store, n)),
     ...(last ? [step([{ kind: 'nft', lines: dropTableScript().trimEnd().split('\n') }], 'the last network: remove ctnet\'s table')] : []),
   ]);

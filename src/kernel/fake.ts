@@ -149,6 +149,8 @@ export class FakeKernel implements KernelBackend {
   readonly listening: Listener[] = [];
   /** Chains of other tables (Docker's, a firewall's) nft would list besides ctnet's. */
   readonly foreignChains: NftChain[] = [];
+  /** ctnet's accepts in the host's shared FORWARD chains ("FAMILY [legacy] BRIDGE"). */
+  readonly forwardAccepts: string[] = [];
 
   /**
    * host: seed the host's own interfaces (lo, and eth0 with 192.0.2.10/24 and a default route via
@@ -430,6 +432,18 @@ export class FakeKernel implements KernelBackend {
       }
       case 'conntrack.forget':
         return this.#forget(op.filter);
+      case 'forward.accept': {
+        const rule = `${op.target.family}${op.target.legacy ? ' legacy' : ''} ${op.bridge}`;
+        this.forwardAccepts.push(rule);
+        return;
+      }
+      case 'forward.unaccept': {
+        const rule = `${op.target.family}${op.target.legacy ? ' legacy' : ''} ${op.bridge}`;
+        const i = this.forwardAccepts.indexOf(rule);
+        if (i < 0) throw new Failure('not-found', 'iptables: Bad rule (does a matching rule exist in that chain?).');
+        this.forwardAccepts.splice(i, 1);
+        return;
+      }
     }
   }
 

@@ -60,7 +60,21 @@ export type Op =
    * conntrack -D of the tracked flows a filter picks at the moment it runs: which flows those are
    * is not known when planning, so --dry-run prints only what would be picked.
    */
-  | { readonly kind: 'conntrack.forget'; readonly filter: FlowFilter };
+  | { readonly kind: 'conntrack.forget'; readonly filter: FlowFilter }
+  /**
+   * iptables -I FORWARD -i BRIDGE -j ACCEPT and -o BRIDGE: a network's narrow accept in the host's
+   * shared FORWARD chain, where its policy is DROP (Docker's) and the user consented (doctor --fix).
+   * Marked with the comment "ctnet" so it is recognisably ctnet's.
+   */
+  | { readonly kind: 'forward.accept'; readonly target: ForwardTarget; readonly bridge: string }
+  /** Removes what forward.accept inserted (missing counts as removed). */
+  | { readonly kind: 'forward.unaccept'; readonly target: ForwardTarget; readonly bridge: string };
+
+/** A shared FORWARD chain ctnet may add its accept to: iptables (nft-based) or iptables-legacy, per family. */
+export interface ForwardTarget {
+  readonly family: 4 | 6;
+  readonly legacy: boolean;
+}
 
 export type OpKind = Op['kind'];
 
@@ -82,6 +96,7 @@ export function inverse(op: Op): Op | undefined {
         ? { kind: 'route.replace.default', via: op.previous.via, dev: op.previous.dev, netns: op.netns }
         : { kind: 'route.del.default', via: op.via, dev: op.dev, netns: op.netns };
     case 'nft': return op.undo && op.undo.length > 0 ? { kind: 'nft.delete', lines: op.undo } : undefined;
+    case 'forward.accept': return { kind: 'forward.unaccept', target: op.target, bridge: op.bridge };
     // Link settings vanish with their link; a sysctl this ctnet turned on (forwarding) stays on,
     // as other networks may rely on it; deletions and flows cannot be brought back.
     case 'link.set.master':
@@ -95,11 +110,12 @@ export function inverse(op: Op): Op | undefined {
     case 'route.del.default':
     case 'nft.delete':
     case 'conntrack.forget':
+    case 'forward.unaccept':
       return undefined;
   }
 }
 
 /** True for operations that remove something: in a teardown, "already gone" is success. */
 export function removes(op: Op): boolean {
-  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'nft.delete', 'conntrack.forget'].includes(op.kind);
+  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'nft.delete', 'conntrack.forget', 'forward.unaccept'].includes(op.kind);
 }

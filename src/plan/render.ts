@@ -67,6 +67,12 @@ export function nsenterArgv(ns: Netns, cmd: readonly string[]): string[] {
 /** A heredoc that feeds an nft script to `nft -f -`, as a person would paste it. */
 export const nftLine = (lines: readonly string[]) => `nft -f - <<'EOF'\n${lines.join('\n')}\nEOF`;
 
+/** The iptables commands of a forward.accept (verb -I) or forward.unaccept (verb -D). */
+export function forwardArgvs(verb: '-I' | '-D', t: { family: 4 | 6; legacy: boolean }, bridge: string): string[][] {
+  const tool = `${t.family === 4 ? 'iptables' : 'ip6tables'}${t.legacy ? '-legacy' : ''}`;
+  return (['-i', '-o'] as const).map((dir) => [tool, '-w', verb, 'FORWARD', dir, bridge, '-m', 'comment', '--comment', 'ctnet', '-j', 'ACCEPT']);
+}
+
 /** The shell lines equivalent to one operation. */
 export function renderOp(op: Op): string[] {
   const ip = ipCommand(op);
@@ -77,6 +83,8 @@ export function renderOp(op: Op): string[] {
     case 'nft': return [nftLine(op.lines)];
     case 'nft.delete': return [nftLine(op.lines)];
     case 'conntrack.forget': return [`# conntrack -D: ${describeFilter(op.filter)}`];
+    case 'forward.accept': return forwardArgvs('-I', op.target, op.bridge).map(shellLine);
+    case 'forward.unaccept': return forwardArgvs('-D', op.target, op.bridge).map(shellLine);
     default: throw new Error(`no rendering for ${op.kind}`);
   }
 }

@@ -22,7 +22,8 @@ export type StoreChange =
   | { readonly kind: 'label.delete'; readonly sandbox: string; readonly key: string }
   | { readonly kind: 'cni.insert'; readonly row: Omit<CniRow, 'created'> }
   | { readonly kind: 'policy.delete'; readonly id: number }
-  | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> };
+  | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> }
+  | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null };
 
 /**
  * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
@@ -99,6 +100,11 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
     case 'policy.delete':
       store.deletePolicy(c.id);
       return undefined;
+    case 'meta.set': {
+      const was = store.meta(c.key) ?? null;
+      store.setMeta(c.key, c.value);
+      return { kind: 'meta.set', key: c.key, value: was };
+    }
     case 'policy.mirror': {
       const was = store.policyMirror();
       store.setPolicyMirror(c.sets);

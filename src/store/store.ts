@@ -134,6 +134,15 @@ export class Store {
     };
   }
 
+  /** A setting of this state directory (meta table); undefined when unset. */
+  meta(key: string): string | undefined {
+    return this.#get('SELECT value FROM meta WHERE key = ?', key)?.value as string | undefined;
+  }
+  setMeta(key: string, value: string | null): void {
+    if (value === null) this.#run('DELETE FROM meta WHERE key = ?', key);
+    else this.#run('INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value', key, value);
+  }
+
   close(): void {
     if (this.db.isOpen) this.db.close();
   }

@@ -8,7 +8,7 @@ import { KernelError } from '../../errors.ts';
 import { sameNetns, type Netns } from '../../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
 import type { Op } from '../../plan/ops.ts';
-import { ipArgv, ipCommand, shellLine, type IpCommand } from '../../plan/render.ts';
+import { forwardArgvs, ipArgv, ipCommand, shellLine, type IpCommand } from '../../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, RouteInfo } from '../backend.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
 import { isNetnsFile, netnsKillAll, netnsNames, netnsPids } from '../netns.ts';
@@ -75,6 +75,18 @@ export class ExecBackend implements KernelBackend {
         return this.#nftApply(op.kind, op.lines);
       case 'nft.delete':
         return this.#nftDelete(op.lines);
+      case 'forward.accept':
+        for (const argv of forwardArgvs('-I', op.target, op.bridge)) await this.#run(op.kind, argv);
+        return;
+      case 'forward.unaccept':
+        for (const argv of forwardArgvs('-D', op.target, op.bridge)) {
+          try {
+            await this.#run(op.kind, argv);
+          } catch (e) {
+            if (!(e instanceof KernelError && e.isNotFound)) throw e;
+          }
+        }
+        return;
       default:
         throw new Error(`the exec backend cannot apply ${op.kind}`);
     }

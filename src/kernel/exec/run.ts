@@ -14,7 +14,7 @@ export interface RunResult {
 }
 
 // iproute2, nft, conntrack and ss say "it is not there" and "it is there already" in these words.
-const NOT_FOUND = /Cannot find device|No such file or directory|does not exist|No such process|Cannot find|not found|No such device|Cannot remove namespace|Invalid "netns"|0 flow entries have been deleted/i;
+const NOT_FOUND = /Cannot find device|No such file or directory|does not exist|No such process|Cannot find|not found|No such device|Cannot remove namespace|Invalid "netns"|0 flow entries have been deleted|does a matching rule exist/i;
 const EXISTS = /File exists|already exists/i;
 const BUSY = /Device or resource busy|Resource busy/i;
 const PERMISSION = /Operation not permitted|Permission denied/i;
