@@ -179,8 +179,8 @@ type Verb = 'add' | 'delete';
 export function networkElements(verb: Verb, n: NetworkFacts): string[] {
   const lines = [`${verb} element ${TABLE} bridges { ${q(n.bridge)} }`];
   if (!n.isolate) lines.push(`${verb} element ${TABLE} bridge_pairs { ${q(n.bridge)} . ${q(n.bridge)} }`);
-  if (n.internal) lines.push(`${verb} element ${TABLE} internal_bridges { ${q(n.bridge)} }`);
   if (n.hostAccess) lines.push(`${verb} element ${TABLE} host_access_bridges { ${q(n.bridge)} }`);
+  if (n.internal) lines.push(`${verb} element ${TABLE} internal_bridges { ${q(n.bridge)} }`);
   else for (const s of n.subnets) lines.push(`${verb} element ${TABLE} masq${s.family} { ${s.cidr} }`);
   return lines;
 }
