@@ -8,6 +8,7 @@ import { step } from '../plan/plan.ts';
 import type { Ctx } from './context.ts';
 import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX } from './naming.ts';
 import { teardownNetwork } from './network.ts';
+import { cutDeniedFlows } from './policy.ts';
 import { restoreTables, tableDrift } from './tables.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { teardownAttachment, teardownSandbox } from './sandbox.ts';
@@ -64,7 +65,10 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   }
   const drift = await tableDrift(ctx);
   await restoreTables(ctx, fix);
-  if (drift.length) done.push(`rewrote ctnet's nft tables from the store (${drift.join('; ')})`);
+  if (drift.length) {
+    done.push(`rewrote ctnet's nft tables from the store (${drift.join('; ')})`);
+    await cutDeniedFlows(ctx); // flows begun while the tables were gone are established: end those they deny
+  }
 
   // 3. Ready records whose kernel objects went missing are rebuilt, as their drivers see it.
   for (const n of ready) {

@@ -111,8 +111,8 @@ export async function syncPolicy(ctx: Ctx, options: { cut?: boolean; tx?: Transa
   if (options.cut) await cutDeniedFlows(ctx);
 }
 
-/** Ends tracked connections through ctnet's forward path that the current policy denies. */
-async function cutDeniedFlows(ctx: Ctx): Promise<void> {
+/** Ends tracked connections through ctnet's forward path that the current policy (and isolation) denies. */
+export async function cutDeniedFlows(ctx: Ctx): Promise<void> {
   const { store, applier } = ctx;
   if (applier.dryRun) return; // which flows depends on the moment: nothing to print ahead
   await applier.apply([step([{ kind: 'conntrack.forget', filter: { kind: 'denied', rules: store.policies().map(toRule), world: policyWorld(store) } }])]);

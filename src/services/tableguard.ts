@@ -4,6 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { isAlive } from '../kernel/proc.ts';
+import { cutDeniedFlows } from '../engine/policy.ts';
 import { restoreTables, tableDrift } from '../engine/tables.ts';
 import type { Ctx } from '../engine/context.ts';
 import type { Service, ServiceContext } from './service.ts';
@@ -29,26 +30,35 @@ export function tableGuard(): Service {
   let timer: NodeJS.Timeout | undefined;
   let stopping = false;
   let who: string[] = [];
+  /** While the guard writes the tables itself, the transactions nft monitor names are its own. */
+  let restoring = false;
   let since = 0;
 
   return {
     name: 'table guard',
     start(ctx: ServiceContext) {
       const check = async () => {
-        const seen = who;
-        who = [];
         const changed = await ctx.exclusive(async (e) => {
+          restoring = false;
           if (operationUnderWay(e)) return 'busy' as const;
           const drift = await tableDrift(e);
           if (drift.length === 0) return [];
+          restoring = true;
           await restoreTables(e, [], 'table guard: rewrite ctnet\'s tables from the store');
+          // Flows that started while the tables were gone are established now, and an established
+          // flow is accepted before any rule looks at it: end those the rules deny.
+          await cutDeniedFlows(e);
           return drift;
         });
         if (changed === 'busy') {
-          who = [...seen, ...who];
           schedule(BUSY_RETRY_MS);
+        } else if (changed.length === 0) {
+          who = []; // nothing of ctnet's was lost (its own work, or the guard's own restore)
         } else if (changed.length > 0) {
-          const by = [...new Set(seen)].join(', ') || 'a process nft monitor did not name';
+          // nft monitor names a transaction's process after its events: read the names now.
+          const by = [...new Set(who)].join(', ') || 'a process nft monitor did not name';
+          who = [];
+          restoring = false;
           ctx.log(`restored ctnet's nft tables ${(performance.now() - since).toFixed(1)} ms after a change by ${by}: ${changed.join('; ')}`);
         }
       };
@@ -61,11 +71,13 @@ export function tableGuard(): Service {
       };
       const watch = () => {
         // The namespace ctnetd runs in is the one its tables are in.
-        child = spawn('nft', ['monitor'], { stdio: ['ignore', 'pipe', 'pipe'] });
+        // Line-buffered (stdbuf): nft writes to a pipe in blocks, and a transaction's events and the
+        // line naming its process must arrive as they happen.
+        child = spawn('stdbuf', ['-oL', 'nft', 'monitor'], { stdio: ['ignore', 'pipe', 'pipe'] });
         createInterface({ input: child.stdout! }).on('line', (line) => {
           const g = GENERATION.exec(line);
           if (g) {
-            who.push(`${g[2]} (pid ${g[1]})`);
+            if (!restoring) who.push(`${g[2]} (pid ${g[1]})`);
           } else if (RELEVANT.test(line)) {
             if (!timer) since = performance.now();
             schedule(SETTLE_MS);
