@@ -62,6 +62,8 @@ describe('change feed through ctnetd', () => {
 
   it('ctnetd sees every change the CLI and the CNI plugin commit: in order, each once; a dry run records nothing', async () => {
     await startDaemon();
+    // The services start, then the log service is handed its first snapshot: wait for that line.
+    await until(() => / log: resync at /.test(readLog()), 'the log service got its first snapshot');
     assert.match(readLog(), /log: resync at #0 \(first start: ctnetd has no saved cursor\): nothing recorded/);
     // Another subscriber, outside ctnetd: `ctnet daemon events --follow --json`.
     const follower = spawn('nsenter', [`--net=/run/netns/${lab.host}`, join(ROOT, 'bin', 'ctnet'), 'daemon', 'events', '--follow', '--json'], {
