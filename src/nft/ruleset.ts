@@ -146,7 +146,8 @@ function dnatRules(chain: 'prerouting' | 'output'): string {
  * A sandbox's port may send only as the sandbox: its MAC, its addresses (IPv6: and the link-local
  * address the kernel makes from its MAC), in ARP and neighbour advertisements too; never router
  * advertisements, redirects or DHCP answers. A ctnet port not (or no longer) registered sends nothing.
- * Set lookups keyed by port: the same few rules whatever the number of sandboxes.
+ * Set lookups keyed by port: the same few rules whatever the number of sandboxes; a frame passes
+ * the port's registration and MAC once, then only its own protocol's rules.
  */
 function identityScript(): string {
   const T = BRIDGE_TABLE;
@@ -157,18 +158,28 @@ add set ${T} port_ip4 { type ifname . ipv4_addr; comment "port . an address its 
 add set ${T} port_ip6 { type ifname . ipv6_addr; comment "port . an address its sandbox has (with its link-local)"; }
 add set ${T} port_nd { typeof iifname . @th,64,128; comment "port . an address its neighbour advertisements may claim (the ND target)"; }
 add chain ${T} identity { type filter hook prerouting priority filter; policy accept; }
+add chain ${T} port4
+add chain ${T} port6
+add chain ${T} port_arp
 flush chain ${T} identity
-add rule ${T} identity iifname "${PORT_GLOB}" iifname != @ports counter drop comment "a ctnet port with no sandbox identity"
-add rule ${T} identity iifname @ports ip daddr 127.0.0.0/8 counter drop comment "the host's loopback (route_localnet is on for bridges): also guarded here, so a flush of inet ctnet alone does not open it"
-add rule ${T} identity iifname @ports ip6 daddr ::1 counter drop comment "the host's loopback"
-add rule ${T} identity iifname @ports iifname . ether saddr != @port_mac counter drop comment "spoofed MAC"
-add rule ${T} identity iifname @ports arp saddr ip != 0.0.0.0 iifname . arp saddr ip != @port_ip4 counter drop comment "ARP claiming another's address"
-add rule ${T} identity iifname @ports iifname . arp saddr ether != @port_mac counter drop comment "ARP claiming another's MAC"
-add rule ${T} identity iifname @ports ip saddr != 0.0.0.0 iifname . ip saddr != @port_ip4 counter drop comment "spoofed IPv4 source"
-add rule ${T} identity iifname @ports ip6 saddr != :: iifname . ip6 saddr != @port_ip6 counter drop comment "spoofed IPv6 source"
-add rule ${T} identity iifname @ports icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @port_nd counter drop comment "neighbour advertisement claiming another's address"
-add rule ${T} identity iifname @ports icmpv6 type { nd-router-advert, nd-redirect } counter drop comment "sandboxes are not routers"
-add rule ${T} identity iifname @ports udp sport { 67, 547 } counter drop comment "sandboxes are not DHCP servers"`;
+flush chain ${T} port4
+flush chain ${T} port6
+flush chain ${T} port_arp
+add rule ${T} identity iifname != "${PORT_GLOB}" accept comment "not a sandbox's port"
+add rule ${T} identity iifname != @ports counter drop comment "a ctnet port with no sandbox identity"
+add rule ${T} identity iifname . ether saddr != @port_mac counter drop comment "spoofed MAC"
+add rule ${T} identity ether type vmap { ip : goto port4, ip6 : goto port6, arp : goto port_arp } comment "goto: the protocol chain decides, nothing after this rule runs for these"
+add rule ${T} identity counter drop comment "sandboxes send IPv4, IPv6 and ARP only (no VLAN tags around spoofed packets)"
+add rule ${T} port4 ip saddr != 0.0.0.0 iifname . ip saddr != @port_ip4 counter drop comment "spoofed IPv4 source"
+add rule ${T} port4 ip daddr 127.0.0.0/8 counter drop comment "the host's loopback (route_localnet is on for bridges): also guarded here, so a flush of inet ctnet alone does not open it"
+add rule ${T} port4 udp sport 67 counter drop comment "sandboxes are not DHCP servers"
+add rule ${T} port6 ip6 saddr != :: iifname . ip6 saddr != @port_ip6 counter drop comment "spoofed IPv6 source"
+add rule ${T} port6 ip6 daddr ::1 counter drop comment "the host's loopback"
+add rule ${T} port6 icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @port_nd counter drop comment "neighbour advertisement claiming another's address"
+add rule ${T} port6 icmpv6 type { nd-router-advert, nd-redirect } counter drop comment "sandboxes are not routers"
+add rule ${T} port6 udp sport 547 counter drop comment "sandboxes are not DHCPv6 servers"
+add rule ${T} port_arp arp saddr ip != 0.0.0.0 iifname . arp saddr ip != @port_ip4 counter drop comment "ARP claiming another's address"
+add rule ${T} port_arp iifname . arp saddr ether != @port_mac counter drop comment "ARP claiming another's MAC"`;
 }
 
 /** Host veths of sandboxes are named ctv + hex (engine/naming.ts). */
