@@ -122,6 +122,19 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     return 0;
   }
   writeFileSync(join(opts.stateDir, PID_NAME), `${process.pid}\n`);
+  // The file this daemon's store has open: if it is deleted or replaced (a restore, an rm), the
+  // daemon would go on writing to a file nobody reads, and a new empty store would say nothing
+  // exists. It refuses instead, and stops: the next call starts a daemon on the directory as it is.
+  const dbFile = join(opts.stateDir, 'ctnet.db');
+  const dbInode = statSync(dbFile).ino;
+  const storeGone = (): string | undefined => {
+    try {
+      const ino = statSync(dbFile).ino;
+      return ino === dbInode ? undefined : `was replaced (inode ${dbInode} is now ${ino})`;
+    } catch {
+      return 'was deleted';
+    }
+  };
   const path = socketPath(opts.stateDir);
   rmSync(path, { force: true }); // stale: its daemon is gone, or we could not hold the lock
   const netns = myNetns();
@@ -175,6 +188,13 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
       req = decodeRequest(buf);
     } catch (e) {
       return { later, reply: fail(new CniError(CODE.DECODE, `malformed request: ${(e as Error).message}`, 'use the ctnet plugin of the same version as ctnetd')) };
+    }
+    const gone = storeGone();
+    if (gone) {
+      log(`the state database ${dbFile} ${gone} while ctnetd ran: refusing requests and stopping`);
+      setImmediate(() => stop('state database replaced'));
+      return { later, reply: fail(new CniError(CODE.TRY_AGAIN, `ctnet's state database ${dbFile} ${gone} while ctnetd ran: nothing was changed`,
+        'ctnetd stops now; try again (the next call starts one on the state directory as it is). If the file was lost, restore it before anything else: an empty state would know none of the attachments that exist')) };
     }
     const clientNs = req.env.CTNET_CLIENT_NETNS;
     if (clientNs && clientNs !== netns) {

@@ -463,4 +463,32 @@ describe('CNI plugin', () => {
     assert.equal((await call(env('DEL', 'mac2', ns2), again)).code, 0);
     await lab.ctnetOk(['network', 'rm', 'again']);
   });
+
+  it('a state database deleted or replaced under a running ctnetd is refused, never taken for "nothing exists"', async () => {
+    // Issue 12, point 6: ctnetd went on writing to the deleted file, and a new empty store said
+    // nothing existed.
+    const ns = newNetns();
+    assert.equal((await call(env('ADD', 'inode1', ns), conf())).code, 0); // a warm ctnetd, and an attachment it knows
+    const db = join(lab.stateDir, 'ctnet.db');
+    const { renameSync } = await import('node:fs');
+    for (const f of ['', '-wal', '-shm']) renameSync(db + f, `${db}.moved${f}`);
+    try {
+      const r = await call(env('ADD', 'inode2', newNetns()), conf());
+      assert.equal(r.json?.code, 11, r.stdout);
+      assert.match(String(r.json!.msg), /state database .*ctnet\.db was deleted while ctnetd ran: nothing was changed/);
+      for (let i = 0; i < 50 && (await daemon()).code === 0; i++) await new Promise((res) => setTimeout(res, 100));
+      assert.equal((await daemon()).code, 3, 'ctnetd stopped');
+    } finally {
+      await lab.ctnetOk(['daemon', 'stop']);
+      for (const f of ['', '-wal', '-shm']) {
+        try {
+          renameSync(`${db}.moved${f}`, db + f);
+        } catch {
+          // -wal/-shm may be gone after a checkpoint
+        }
+      }
+    }
+    assert.equal((await call(env('DEL', 'inode1', ns), conf())).code, 0, 'with the file back, everything it records is served again');
+    assert.deepEqual(readStore(lab).cni.filter((c) => c.container_id === 'inode1'), []);
+  });
 });
