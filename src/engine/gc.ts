@@ -7,7 +7,7 @@ import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
 import type { Ctx } from './context.ts';
 import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX } from './naming.ts';
-import { teardownNetwork } from './network.ts';
+import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { cutDeniedFlows } from './policy.ts';
 import { restoreTables, tableDrift } from './tables.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
@@ -63,9 +63,15 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     const key = `net/ipv4/conf/${n.bridge}/route_localnet`;
     if (store.subnets(n.name).some((s) => s.family === 4) && kernel.sysctl(key) === '0') fix.push({ kind: 'sysctl.set', key, value: '1' });
   }
+  // A store that never made a network did not make what the kernel holds: it may add, not take away.
+  const trusted = store.meta(MADE_NETWORKS) === '1' || store.networks().length > 0;
   const drift = await tableDrift(ctx);
-  await restoreTables(ctx, fix);
-  if (drift.length) {
+  if (!trusted && drift.length) {
+    done.push(`left ctnet's nft tables alone: this state directory (${store.dir}) has never made a network, so they are another's, or those of a state database that was lost; restore that database, or remove the tables by hand (nft delete table inet ctnet; nft delete table bridge ctnet) if they are garbage`);
+  } else {
+    await restoreTables(ctx, fix);
+  }
+  if (trusted && drift.length) {
     done.push(`rewrote ctnet's nft tables from the store (${drift.join('; ')})`);
     await cutDeniedFlows(ctx); // flows begun while the tables were gone are established: end those they deny
   }
@@ -108,7 +114,9 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   for (const l of await kernel.links()) {
     const orphanBridge = l.ifname.startsWith(BRIDGE_PREFIX) && l.linkinfo?.info_kind === 'bridge' && !bridges.has(l.ifname);
     const orphanVeth = l.ifname.startsWith(VETH_PREFIX) && l.linkinfo?.info_kind === 'veth' && !veths.has(l.ifname);
-    if (orphanBridge || orphanVeth) {
+    if ((orphanBridge || orphanVeth) && !trusted) {
+      done.push(`left ${l.ifname} alone: ctnet-marked, but this state directory has never made a network (another state directory's, or its lost database's); remove it by hand if it is garbage`);
+    } else if (orphanBridge || orphanVeth) {
       await applier.teardown([step([{ kind: 'link.del', name: l.ifname }])]);
       done.push(`removed ${l.ifname}, which no record owns`);
     }

@@ -16,6 +16,13 @@ import { disconnect } from './sandbox.ts';
 import { forwardSteps } from './forward.ts';
 import { syncPolicy } from './policy.ts';
 
+/**
+ * Set in a state directory once it has made a network: only then may gc take ctnet-marked kernel
+ * objects it has no record of for its own leftovers. A fresh (or lost and recreated) store must not
+ * remove what another state directory, or the store it replaced, made.
+ */
+export const MADE_NETWORKS = 'made_networks';
+
 /** What every network needs of the host: forwarding, and ctnet's table with its rules. */
 export function hostSteps(v6: boolean): Step[] {
   const forwarding: Op[] = [
@@ -57,7 +64,8 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<Networ
       };
       driver.validate(dn, host);
       const r = { name: dn.name, bridge: device, internal: dn.internal, isolate: dn.isolate, hostAccess: dn.hostAccess, mtu: dn.mtu, driver: driver.name, mac: dn.mac, state: 'creating' as const };
-      rec.record({ kind: 'network.insert', row: r, subnets: dn.subnets.map((s) => ({ cidr: s.cidr, family: s.family, gateway: s.gateway })) });
+      rec.record({ kind: 'network.insert', row: r, subnets: dn.subnets.map((s) => ({ cidr: s.cidr, family: s.family, gateway: s.gateway })) },
+        { kind: 'meta.set', key: MADE_NETWORKS, value: '1' });
       row = { ...r, owner: null, created: new Date().toISOString() };
       return dn;
     });

@@ -580,6 +580,23 @@ describe('gc on the fake kernel', () => {
     await addPolicy(w.ctx, { action: 'allow', from: 's1', to: 's2', port: '80', name: undefined });
   }
 
+  it('a store that never made a network takes away nothing it has no record of (another\'s, or a lost database\'s)', () => withWorld(async (w) => {
+    // What another state directory (or the database this one replaced) made.
+    await w.fake.apply([
+      { kind: 'link.add.bridge', name: 'ctbr-old', mac: '02:00:00:00:00:aa' },
+      { kind: 'nft', lines: ['add table inet ctnet', 'add set inet ctnet bridges { type ifname; }', 'add element inet ctnet bridges { "ctbr-old" }'] },
+    ]);
+    const before = w.fake.snapshot();
+    const done = await gc(w.ctx);
+    assert.ok(done.some((d) => /^left ctbr-old alone: ctnet-marked, but this state directory has never made a network/.test(d)), done.join('\n'));
+    assert.ok(done.some((d) => /^left ctnet's nft tables alone/.test(d)), done.join('\n'));
+    assert.deepEqual(w.fake.snapshot(), before, 'nothing was removed');
+    // Once it has made (and removed) a network of its own, leftovers are its to clean.
+    await createNetwork(w.ctx, WEB());
+    await removeNetwork(w.ctx, 'web', { force: false });
+    assert.ok((await gc(w.ctx)).includes('removed ctbr-old, which no record owns'));
+  }));
+
   it('a bridge deleted by hand comes back with the same MAC, and every port is plugged in again', () => withWorld(async (w) => {
     await busy(w);
     const want = w.fake.snapshot();
