@@ -16,7 +16,7 @@ import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
 import {
   type Checkout, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, round, sampleOrder, type Stats,
-  destroyAll, levelsAndBaseline, stats, trapSignals,
+  destroyAll, levelsAndBaseline, loadAverage, stats, trapSignals,
 } from './lib.ts';
 
 const DEFAULT_LEVELS = [0, 100, 500] as const;
@@ -670,12 +670,7 @@ async function machine(baselineDir: string | undefined): Promise<Machine> {
   // Debian's plugins are built without a version string, so ask the package manager.
   const plugins = await exec(['dpkg-query', '-W', '-f', '${Version}', 'containernetworking-plugins']);
   const iptables = await exec(['iptables', '-V']);
-  let load = 'unknown';
-  try {
-    load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-  } catch {
-    // not Linux?
-  }
+  const load = loadAverage();
   const ctnet = await checkout(ROOT);
   const baseline = baselineDir === undefined ? undefined : await checkout(baselineDir);
   return {

@@ -11,7 +11,7 @@ import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
 import {
-  bundled, type Checkout, destroyAll, levelsAndBaseline, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, round, sampleOrder,
+  bundled, type Checkout, destroyAll, levelsAndBaseline, loadAverage, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, round, sampleOrder,
   startupMismatch, type Stats, stats, timed, trapSignals,
 } from './lib.ts';
 
@@ -220,12 +220,7 @@ async function machine(baselineDir: string | undefined): Promise<Machine> {
   const cpu = cpus();
   // Debian's plugins are built without a version string, so ask the package manager.
   const plugins = await exec(['dpkg-query', '-W', '-f', '${Version}', 'containernetworking-plugins']);
-  let load = 'unknown';
-  try {
-    load = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
-  } catch {
-    // not Linux?
-  }
+  const load = loadAverage();
   const ctnet = await checkout(ROOT);
   const baseline = baselineDir === undefined ? undefined : await checkout(baselineDir);
   return {

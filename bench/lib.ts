@@ -219,3 +219,12 @@ export function levelsAndBaseline(values: { levels?: string | undefined; baselin
   if (values.baseline === '') throw new Error('--baseline needs a directory');
   return { levels, baseline: values.baseline };
 }
+
+/** The 1, 5 and 15 minute load averages, as /proc/loadavg says them ("unknown" elsewhere). */
+export function loadAverage(): string {
+  try {
+    return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
+  } catch {
+    return 'unknown';
+  }
+}
