@@ -79,4 +79,17 @@ describe('ctnet doctor', () => {
     await lab.ctnetOk(['gc']);
     assert.equal(status((await findings()).list, 'state'), 'ok');
   });
+
+  it('a sandbox whose namespace was deleted by hand: doctor says so (not an ip error), gc rebuilds it', async () => {
+    // Issue 12, point 6: doctor used to end with one line of ip's error here.
+    const netns = (JSON.parse(await lab.ctnetOk(['ls', '--json'])) as { name: string; netns: string }[]).find((s) => s.name === 'a')!.netns;
+    await lab.inHost(['ip', 'netns', 'del', netns.split('/').pop()!]);
+    const r = await lab.ctnet(['doctor', '--json']);
+    const f = (JSON.parse(r.stdout) as Finding[]).find((x) => x.check === 'state')!;
+    assert.equal(f.status, 'warn', r.stderr);
+    assert.match(f.detail, /recreated network namespace of sandbox a/);
+    assert.match(await lab.ctnetOk(['gc']), /recreated network namespace of sandbox a\nreattached a to network net/);
+    assert.equal(status((await findings()).list, 'state'), 'ok');
+    assert.ok(await egress(), 'and the sandbox works again');
+  });
 });
