@@ -16,7 +16,11 @@ export interface LinkInfo {
   readonly address?: string;
   readonly mtu?: number;
   readonly flags?: string[];
-  readonly linkinfo?: { info_kind?: string };
+  readonly linkinfo?: {
+    info_kind?: string;
+    /** A VXLAN device's settings (ip -d). */
+    info_data?: { id?: number; local?: string; link?: string; port?: number; learning?: boolean };
+  };
 }
 
 export interface AddrInfo {
@@ -31,6 +35,8 @@ export interface RouteInfo {
   readonly protocol?: string;
   readonly scope?: string;
   readonly prefsrc?: string;
+  /** e.g. onlink */
+  readonly flags?: string[];
 }
 
 export interface NeighInfo {
@@ -47,6 +53,8 @@ export interface FdbInfo {
   readonly state?: string;
   readonly flags?: string[];
   readonly vlan?: number;
+  /** A VXLAN device's entry: the remote VTEP a MAC is reached at. */
+  readonly dst?: string;
 }
 
 export interface NftChain {
@@ -90,6 +98,8 @@ export interface KernelBackend {
   neighbours(ns?: Netns): Promise<NeighInfo[]>;
   /** Equivalent to: bridge -j fdb show br BRIDGE */
   fdb(bridge: string): Promise<FdbInfo[]>;
+  /** Equivalent to: bridge -j fdb show dev DEV (a VXLAN device's own entries and the rest) */
+  fdbOf(dev: string): Promise<FdbInfo[]>;
   /** Equivalent to: nft -j list table FAMILY ctnet (inet by default); undefined when it does not exist. */
   nftTable(family?: 'inet' | 'bridge'): Promise<unknown[] | undefined>;
   /** Equivalent to: nft list table inet ctnet (text, for humans); undefined when it does not exist. */

@@ -1,5 +1,5 @@
-// An in-memory kernel for unit tests of the engine: namespaces, links (bridges, veth pairs), addresses,
-// default routes, sysctls, ctnet's nft table (sets and maps as the element text ctnet sends), conntrack
+// An in-memory kernel for unit tests of the engine: namespaces, links (bridges, veth pairs, VXLAN
+// devices with their fdb), addresses, default and gateway routes, neighbour entries, sysctls, ctnet's nft table (sets and maps as the element text ctnet sends), conntrack
 // flows and the processes of a namespace. It fails as the kernel does (a KernelError with the kind the
 // exec backend would decide), and test hooks make any operation fail: failAt(n) makes the n-th
 // operation from now on throw, before or after taking effect, so a test can check that every failure
@@ -28,7 +28,7 @@ type Family = 4 | 6;
 interface FakeLink {
   ifindex: number;
   name: string;
-  kind: 'bridge' | 'veth' | 'loopback' | 'ether';
+  kind: 'bridge' | 'veth' | 'loopback' | 'ether' | 'vxlan';
   master: string | undefined;
   up: boolean;
   hairpin: boolean;
@@ -40,12 +40,27 @@ interface FakeLink {
   addrs: string[];
   /** Per-interface sysctls (net/ipv4/conf/NAME/KEY), host links only; they go with the link. */
   sysctls: Map<string, string>;
+  /** A VXLAN device's settings. */
+  vxlan: { vni: number; local: string; dev: string; port: number } | undefined;
+  /** A VXLAN device's own fdb: MAC -> the VTEP address frames to it go to. */
+  fdb: Map<string, string>;
+}
+
+interface FakeRoute {
+  dst: string;
+  via: string;
+  dev: string;
+  onlink: boolean;
 }
 
 interface FakeNs {
   id: number;
   links: Map<string, FakeLink>;
   defaults: Map<Family, { via: string; dev: string }>;
+  /** Routes to a destination other than default (route.replace), by destination. */
+  routes: Map<string, FakeRoute>;
+  /** Neighbour entries, by "DEV ADDR": the MAC. */
+  neighs: Map<string, string>;
   /** Routes seeded by a test (a host's LAN routes); reported as they are. */
   extraRoutes: RouteInfo[];
   pids: number[];
@@ -78,8 +93,13 @@ export interface FakeSnapshot {
     readonly links: Record<string, {
       readonly ifindex: number; readonly kind: string; readonly master: string | null; readonly up: boolean; readonly hairpin: boolean;
       readonly mac: string; readonly mtu: number; readonly peer: string | null; readonly addrs: string[]; readonly sysctls: Record<string, string>;
+      readonly vxlan?: string; readonly fdb?: string[];
     }>;
     readonly defaults: Record<string, string>;
+    /** "DST via GW dev DEV [onlink]", sorted (present when there are any). */
+    readonly routes?: string[];
+    /** "ADDR lladdr MAC dev DEV", sorted (present when there are any). */
+    readonly neigh?: string[];
     readonly pids: number[];
   }>;
   readonly sysctls: Record<string, string>;
@@ -251,10 +271,17 @@ export class FakeKernel implements KernelBackend {
           ifindex: l.ifindex, kind: l.kind, master: l.master ?? null, up: l.up, hairpin: l.hairpin, mac: l.mac, mtu: l.mtu,
           peer: l.peer ? `${l.peer.ns}:${l.peer.name}` : null, addrs: [...l.addrs].sort(),
           sysctls: Object.fromEntries([...l.sysctls].sort(([a], [b]) => a.localeCompare(b))),
+          // Only VXLAN devices carry these, so snapshots of everything else keep their shape.
+          ...(l.vxlan ? {
+            vxlan: `id ${l.vxlan.vni} local ${l.vxlan.local} dev ${l.vxlan.dev} dstport ${l.vxlan.port}`,
+            fdb: [...l.fdb].map(([mac, dst]) => `${mac} dst ${dst}`).sort(),
+          } : {}),
         };
       }
       const defaults = Object.fromEntries([...ns.defaults].sort(([a], [b]) => a - b).map(([f, r]) => [`ipv${f}`, `via ${r.via} dev ${r.dev}`]));
-      namespaces[key] = { links, defaults, pids: [...ns.pids].sort((a, b) => a - b) };
+      const routes = [...ns.routes.values()].map((r) => `${r.dst} via ${r.via} dev ${r.dev}${r.onlink ? ' onlink' : ''}`).sort();
+      const neigh = [...ns.neighs].map(([k, mac]) => `${k.split(' ')[1]} lladdr ${mac} dev ${k.split(' ')[0]}`).sort();
+      namespaces[key] = { links, defaults, ...(routes.length ? { routes } : {}), ...(neigh.length ? { neigh } : {}), pids: [...ns.pids].sort((a, b) => a - b) };
     }
     const nft = this.#nft && {
       sets: Object.fromEntries([...this.#nft.sets.keys()].sort().map((name) => [name, { kind: this.#nft!.sets.get(name)!.kind, elements: this.elements(name)! }])),
@@ -323,6 +350,58 @@ export class FakeKernel implements KernelBackend {
         const host = this.#host();
         if (host.links.has(op.name)) throw new Failure('exists', 'RTNETLINK answers: File exists');
         this.#newLink(host, op.name, 'bridge', op.mac, op.mtu ?? 1500);
+        return;
+      }
+      case 'link.add.vxlan': {
+        const host = this.#host();
+        if (host.links.has(op.name)) throw new Failure('exists', 'RTNETLINK answers: File exists');
+        if (!host.links.has(op.dev)) throw new Failure('not-found', `Cannot find device "${op.dev}"`);
+        if ([...host.links.values()].some((l) => l.vxlan && l.vxlan.vni === op.vni && l.vxlan.port === op.port)) {
+          throw new Failure('exists', 'Error: A VXLAN device with the specified VNI already exists.');
+        }
+        const link = this.#newLink(host, op.name, 'vxlan', op.mac, op.mtu ?? 1500);
+        link.vxlan = { vni: op.vni, local: op.local, dev: op.dev, port: op.port };
+        return;
+      }
+      case 'neigh.replace': {
+        this.#linkOf(undefined, op.dev);
+        this.#host().neighs.set(`${op.dev} ${op.addr}`, op.lladdr);
+        return;
+      }
+      case 'neigh.del': {
+        this.#linkOf(undefined, op.dev);
+        if (!this.#host().neighs.delete(`${op.dev} ${op.addr}`)) throw new Failure('not-found', 'RTNETLINK answers: No such file or directory');
+        return;
+      }
+      case 'fdb.replace': {
+        const link = this.#linkOf(undefined, op.dev);
+        if (link.kind !== 'vxlan') throw new Failure('failed', 'RTNETLINK answers: Operation not supported');
+        link.fdb.set(op.mac, op.dst);
+        return;
+      }
+      case 'fdb.del': {
+        const link = this.#linkOf(undefined, op.dev);
+        if (link.fdb.get(op.mac) !== op.dst) throw new Failure('not-found', 'RTNETLINK answers: No such file or directory');
+        link.fdb.delete(op.mac);
+        return;
+      }
+      case 'route.replace': {
+        const ns = this.#host();
+        const link = this.#linkOf(undefined, op.dev);
+        // onlink: the kernel takes the gateway as on the link, but only on a device that is up;
+        // otherwise it wants the gateway in a connected subnet.
+        if (op.onlink ? !link.up : !link.up || !link.addrs.some((c) => familyOf(c) === familyOf(op.via) && inSubnet(c, op.via))) {
+          throw new Failure('failed', op.onlink ? 'Error: Nexthop device is not up.' : 'Error: Nexthop has invalid gateway.');
+        }
+        networkOf(op.dst); // a malformed destination throws, as ip would refuse it
+        ns.routes.set(op.dst, { dst: op.dst, via: op.via, dev: op.dev, onlink: op.onlink });
+        return;
+      }
+      case 'route.del': {
+        const ns = this.#host();
+        const r = ns.routes.get(op.dst);
+        if (!r || r.via !== op.via || r.dev !== op.dev) throw new Failure('not-found', 'RTNETLINK answers: No such process');
+        ns.routes.delete(op.dst);
         return;
       }
       case 'link.add.veth': {
@@ -535,7 +614,7 @@ export class FakeKernel implements KernelBackend {
   // ---- namespaces and links ----
 
   #newNs(key: string): FakeNs {
-    const ns: FakeNs = { id: this.#nextNsId++, links: new Map(), defaults: new Map(), extraRoutes: [], pids: [] };
+    const ns: FakeNs = { id: this.#nextNsId++, links: new Map(), defaults: new Map(), routes: new Map(), neighs: new Map(), extraRoutes: [], pids: [] };
     this.#ns.set(key, ns);
     return ns;
   }
@@ -551,7 +630,7 @@ export class FakeKernel implements KernelBackend {
   #newLink(ns: FakeNs, name: string, kind: FakeLink['kind'], mac: string, mtu: number): FakeLink {
     const link: FakeLink = {
       ifindex: this.#nextIfindex++, name, kind, master: undefined, up: false, hairpin: false, mac, mtu, peer: undefined, addrs: [],
-      sysctls: new Map(ns === this.#ns.get(HOST) ? Object.entries(PER_LINK_SYSCTLS) : []),
+      sysctls: new Map(ns === this.#ns.get(HOST) ? Object.entries(PER_LINK_SYSCTLS) : []), vxlan: undefined, fdb: new Map(),
     };
     ns.links.set(name, link);
     return link;
@@ -563,6 +642,9 @@ export class FakeKernel implements KernelBackend {
     if (!ns || !link) return;
     ns.links.delete(name);
     for (const [f, r] of ns.defaults) if (r.dev === name) ns.defaults.delete(f);
+    // Its routes and neighbour entries go with it.
+    for (const [dst, r] of ns.routes) if (r.dev === name) ns.routes.delete(dst);
+    for (const k of [...ns.neighs.keys()]) if (k.startsWith(`${name} `)) ns.neighs.delete(k);
     // A bridge's ports stay, detached.
     if (link.kind === 'bridge') for (const l of ns.links.values()) if (l.master === name) l.master = undefined;
     if (link.peer) this.#deleteLink(link.peer.ns, link.peer.name);
@@ -634,6 +716,7 @@ export class FakeKernel implements KernelBackend {
       address: l.mac, mtu: l.mtu,
       flags: [l.kind === 'loopback' ? 'LOOPBACK' : 'BROADCAST', 'MULTICAST', ...(l.up ? ['UP'] : []), ...(lowerUp ? ['LOWER_UP'] : [])],
       ...(l.kind === 'bridge' || l.kind === 'veth' ? { linkinfo: { info_kind: l.kind } } : {}),
+      ...(l.vxlan ? { linkinfo: { info_kind: 'vxlan', info_data: { id: l.vxlan.vni, local: l.vxlan.local, link: l.vxlan.dev, port: l.vxlan.port, learning: false } } } : {}),
     };
   }
 
@@ -685,17 +768,30 @@ export class FakeKernel implements KernelBackend {
           out.push({ dst: networkOf(c), dev: l.name, protocol: 'kernel', scope: 'link', ...(f === 4 ? { prefsrc: c.split('/')[0]! } : {}) });
         }
       }
+      for (const r of [...n.routes.values()].filter((x) => familyOf(x.via) === f)) {
+        out.push({ dst: r.dst, gateway: r.via, dev: r.dev, ...(r.onlink ? { flags: ['onlink'] } : {}) });
+      }
       out.push(...n.extraRoutes.filter((r) => (r.gateway ?? r.dst).includes(':') === (f === 6)));
     }
     return out;
   }
 
-  async neighbours(_ns?: Netns): Promise<NeighInfo[]> {
-    return [];
+  async neighbours(ns?: Netns): Promise<NeighInfo[]> {
+    const n = this.#readNs('neigh.list', ['ip', '-j', 'neigh', 'show'], ns);
+    return [...n.neighs].map(([k, mac]) => ({ dst: k.split(' ')[1]!, dev: k.split(' ')[0]!, lladdr: mac, state: ['PERMANENT'] }));
   }
 
   async fdb(_bridge: string): Promise<FdbInfo[]> {
     return [];
+  }
+
+  async fdbOf(dev: string): Promise<FdbInfo[]> {
+    const link = this.#host().links.get(dev);
+    if (!link) {
+      throw new KernelError({ kind: 'not-found', op: 'fdb.list', command: shellLine(['bridge', '-j', 'fdb', 'show', 'dev', dev]),
+        stderr: `Cannot find device "${dev}"`, exitCode: 255 });
+    }
+    return [...link.fdb].map(([mac, dst]) => ({ mac, dst, flags: ['self'], state: 'permanent' }));
   }
 
   /** nft -j list table inet ctnet, in the shape listPolicies and the labs read: sets' elem are texts, maps' [key, value]. */

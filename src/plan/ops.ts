@@ -22,6 +22,14 @@ export type Op =
     readonly kind: 'link.add.veth'; readonly name: string; readonly netns?: Netns | undefined; readonly peer: string; readonly peerNetns: Netns;
     readonly peerMac?: string | undefined; readonly mtu?: number | undefined;
   }
+  /**
+   * ip link add NAME address MAC [mtu N] type vxlan id VNI local IP dev DEV dstport PORT nolearning:
+   * a VTEP whose forwarding entries ctnet writes (nolearning: no flooding, no learning from packets).
+   */
+  | {
+    readonly kind: 'link.add.vxlan'; readonly name: string; readonly mac: string; readonly vni: number; readonly local: string;
+    readonly dev: string; readonly port: number; readonly mtu?: number | undefined;
+  }
   /** ip [-n NS] link del NAME */
   | { readonly kind: 'link.del'; readonly name: string; readonly netns?: Netns | undefined }
   /** ip link set NAME master BRIDGE */
@@ -44,6 +52,30 @@ export type Op =
   }
   /** ip [-n NS] [-6] route del default via GW dev DEV */
   | { readonly kind: 'route.del.default'; readonly via: string; readonly dev: string; readonly netns?: Netns | undefined }
+  /**
+   * ip neigh replace ADDR lladdr MAC dev DEV nud permanent. `previous` is the MAC the entry had,
+   * which its inverse puts back.
+   */
+  | { readonly kind: 'neigh.replace'; readonly addr: string; readonly lladdr: string; readonly dev: string; readonly previous?: { readonly lladdr: string } | undefined }
+  /** ip neigh del ADDR dev DEV. `lladdr`: the MAC it had, which its inverse puts back. */
+  | { readonly kind: 'neigh.del'; readonly addr: string; readonly dev: string; readonly lladdr?: string | undefined }
+  /**
+   * bridge fdb replace MAC dev DEV dst IP self permanent: frames to MAC go to the VTEP at IP.
+   * `previous` is the destination the entry had, which its inverse puts back.
+   */
+  | { readonly kind: 'fdb.replace'; readonly mac: string; readonly dev: string; readonly dst: string; readonly previous?: { readonly dst: string } | undefined }
+  /** bridge fdb del MAC dev DEV dst IP self (its inverse puts it back) */
+  | { readonly kind: 'fdb.del'; readonly mac: string; readonly dev: string; readonly dst: string }
+  /**
+   * ip route replace DST via GW dev DEV [onlink]. `previous` is the route to DST it replaces,
+   * which its inverse puts back.
+   */
+  | {
+    readonly kind: 'route.replace'; readonly dst: string; readonly via: string; readonly dev: string; readonly onlink: boolean;
+    readonly previous?: { readonly via: string; readonly dev: string; readonly onlink: boolean } | undefined;
+  }
+  /** ip route del DST via GW dev DEV (its inverse puts it back, onlink as it was) */
+  | { readonly kind: 'route.del'; readonly dst: string; readonly via: string; readonly dev: string; readonly onlink?: boolean | undefined }
   /** sysctl -w KEY=VALUE in ctnet's namespace; nothing is done when it holds VALUE already. */
   | { readonly kind: 'sysctl.set'; readonly key: string; readonly value: string }
   /**
@@ -54,8 +86,9 @@ export type Op =
   /**
    * Element deletes where one already gone counts as deleted (nft 1.0.6 has no `destroy`); as the
    * inverse of a step that moved map elements, it may also add back what the step removed.
+   * `undo` lines (element adds) are its inverse, applied the same way.
    */
-  | { readonly kind: 'nft.delete'; readonly lines: readonly string[] }
+  | { readonly kind: 'nft.delete'; readonly lines: readonly string[]; readonly undo?: readonly string[] | undefined }
   /**
    * conntrack -D of the tracked flows a filter picks at the moment it runs: which flows those are
    * is not known when planning, so --dry-run prints only what would be picked.
@@ -90,6 +123,18 @@ export function inverse(op: Op): Op | undefined {
     // Deleting the host end of a veth removes its peer too.
     case 'link.add.bridge': return { kind: 'link.del', name: op.name };
     case 'link.add.veth': return { kind: 'link.del', name: op.name, netns: op.netns };
+    case 'link.add.vxlan': return { kind: 'link.del', name: op.name };
+    case 'neigh.replace':
+      return op.previous
+        ? { kind: 'neigh.replace', addr: op.addr, lladdr: op.previous.lladdr, dev: op.dev }
+        : { kind: 'neigh.del', addr: op.addr, dev: op.dev };
+    case 'fdb.replace':
+      // The entry is keyed by MAC: putting the old destination back replaces the new one.
+      return op.previous ? { kind: 'fdb.replace', mac: op.mac, dev: op.dev, dst: op.previous.dst } : { kind: 'fdb.del', mac: op.mac, dev: op.dev, dst: op.dst };
+    case 'route.replace':
+      return op.previous
+        ? { kind: 'route.replace', dst: op.dst, via: op.previous.via, dev: op.previous.dev, onlink: op.previous.onlink }
+        : { kind: 'route.del', dst: op.dst, via: op.via, dev: op.dev };
     case 'addr.add': return { kind: 'addr.del', cidr: op.cidr, dev: op.dev, netns: op.netns };
     case 'route.replace.default':
       return op.previous
@@ -97,6 +142,11 @@ export function inverse(op: Op): Op | undefined {
         : { kind: 'route.del.default', via: op.via, dev: op.dev, netns: op.netns };
     case 'nft': return op.undo && op.undo.length > 0 ? { kind: 'nft.delete', lines: op.undo } : undefined;
     case 'forward.accept': return { kind: 'forward.unaccept', target: op.target, bridge: op.bridge };
+    // A peer's entries are deleted knowing what they held, so a failed change puts them back.
+    case 'neigh.del': return op.lladdr ? { kind: 'neigh.replace', addr: op.addr, lladdr: op.lladdr, dev: op.dev } : undefined;
+    case 'fdb.del': return { kind: 'fdb.replace', mac: op.mac, dev: op.dev, dst: op.dst };
+    case 'route.del': return { kind: 'route.replace', dst: op.dst, via: op.via, dev: op.dev, onlink: op.onlink ?? false };
+    case 'nft.delete': return op.undo && op.undo.length > 0 ? { kind: 'nft.delete', lines: op.undo } : undefined;
     // Link settings vanish with their link; a sysctl this ctnet turned on (forwarding) stays on,
     // as other networks may rely on it; deletions and flows cannot be brought back.
     case 'link.set.master':
@@ -108,7 +158,6 @@ export function inverse(op: Op): Op | undefined {
     case 'link.del':
     case 'addr.del':
     case 'route.del.default':
-    case 'nft.delete':
     case 'conntrack.forget':
     case 'forward.unaccept':
       return undefined;
@@ -117,5 +166,6 @@ export function inverse(op: Op): Op | undefined {
 
 /** True for operations that remove something: in a teardown, "already gone" is success. */
 export function removes(op: Op): boolean {
-  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'nft.delete', 'conntrack.forget', 'forward.unaccept'].includes(op.kind);
+  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'neigh.del', 'fdb.del', 'route.del', 'nft.delete', 'conntrack.forget', 'forward.unaccept']
+    .includes(op.kind);
 }

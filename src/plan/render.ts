@@ -37,6 +37,11 @@ export function ipCommand(op: Op): IpCommand | undefined {
         args: ['link', 'add', op.name, ...mtuArgs(op.mtu), 'type', 'veth', 'peer', 'name', op.peer, ...mtuArgs(op.mtu),
           ...(op.peerMac ? ['address', op.peerMac] : []), 'netns', 'name' in op.peerNetns ? op.peerNetns.name : op.peerNetns.path],
       };
+    case 'link.add.vxlan':
+      return {
+        args: ['link', 'add', op.name, 'address', op.mac, ...mtuArgs(op.mtu), 'type', 'vxlan', 'id', String(op.vni), 'local', op.local, 'dev', op.dev,
+          'dstport', String(op.port), 'nolearning'],
+      };
     case 'link.del': return { netns: op.netns, args: ['link', 'del', op.name] };
     case 'link.set.master': return { args: ['link', 'set', op.name, 'master', op.master] };
     // Lets the bridge send a frame back out of the port it came in on: with br_netfilter, a sandbox
@@ -48,6 +53,22 @@ export function ipCommand(op: Op): IpCommand | undefined {
     // replace: a network with a way out takes the default over from an --internal one.
     case 'route.replace.default': return { netns: op.netns, args: [...v6(op.via), 'route', 'replace', 'default', 'via', op.via, 'dev', op.dev] };
     case 'route.del.default': return { netns: op.netns, args: [...v6(op.via), 'route', 'del', 'default', 'via', op.via, 'dev', op.dev] };
+    // permanent: never aged out or probed; the control plane is its only writer.
+    case 'neigh.replace': return { args: ['neigh', 'replace', op.addr, 'lladdr', op.lladdr, 'dev', op.dev, 'nud', 'permanent'] };
+    case 'neigh.del': return { args: ['neigh', 'del', op.addr, 'dev', op.dev] };
+    // onlink: the gateway is a peer's VTEP address, reached through the device without a connected route.
+    case 'route.replace': return { args: ['route', 'replace', op.dst, 'via', op.via, 'dev', op.dev, ...(op.onlink ? ['onlink'] : [])] };
+    case 'route.del': return { args: ['route', 'del', op.dst, 'via', op.via, 'dev', op.dev] };
+    default: return undefined;
+  }
+}
+
+/** The `bridge` (iproute2) command of an operation, or undefined for one that is not one. */
+export function bridgeCommand(op: Op): readonly string[] | undefined {
+  switch (op.kind) {
+    // self: the entry is the VXLAN device's own (its VTEP table), not a bridge master's.
+    case 'fdb.replace': return ['fdb', 'replace', op.mac, 'dev', op.dev, 'dst', op.dst, 'self', 'permanent'];
+    case 'fdb.del': return ['fdb', 'del', op.mac, 'dev', op.dev, 'dst', op.dst, 'self'];
     default: return undefined;
   }
 }
@@ -77,6 +98,8 @@ export function forwardArgvs(verb: '-I' | '-D', t: { family: 4 | 6; legacy: bool
 export function renderOp(op: Op): string[] {
   const ip = ipCommand(op);
   if (ip) return [shellLine(ipArgv(ip.netns, ip.args))];
+  const bridge = bridgeCommand(op);
+  if (bridge) return [shellLine(['bridge', ...bridge])];
   switch (op.kind) {
     case 'netns.kill': return [`ip netns pids ${quote('name' in op.netns ? op.netns.name : op.netns.path)} | xargs -r kill -KILL`];
     case 'sysctl.set': return [`sysctl -w ${op.key}=${op.value}`];

@@ -8,7 +8,7 @@ import { KernelError } from '../../errors.ts';
 import { sameNetns, type Netns } from '../../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
 import type { Op } from '../../plan/ops.ts';
-import { forwardArgvs, ipArgv, ipCommand, shellLine, type IpCommand } from '../../plan/render.ts';
+import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, type IpCommand } from '../../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, RouteInfo } from '../backend.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
 import { isNetnsFile, netnsKillAll, netnsNames, netnsPids } from '../netns.ts';
@@ -40,6 +40,15 @@ export class ExecBackend implements KernelBackend {
         }
         await this.#runIp(op.kind, group);
         i = j;
+        continue;
+      }
+      if (bridgeCommand(op)) {
+        // Consecutive fdb entries go in one `bridge -batch -`.
+        const group: (readonly string[])[] = [];
+        for (; i < ops.length && bridgeCommand(ops[i]!); i++) group.push(bridgeCommand(ops[i]!)!);
+        await (group.length === 1
+          ? this.#run(op.kind, ['bridge', ...group[0]!])
+          : this.#run(op.kind, ['bridge', '-batch', '-'], group.map((c) => shellLine(c)).join('\n') + '\n'));
         continue;
       }
       if (op.kind === 'conntrack.forget') {
@@ -134,6 +143,10 @@ export class ExecBackend implements KernelBackend {
   }
   async fdb(bridge: string): Promise<FdbInfo[]> {
     const { stdout } = await this.#run('fdb.list', ['bridge', '-j', 'fdb', 'show', 'br', bridge]);
+    return stdout.trim() ? (JSON.parse(stdout) as FdbInfo[]) : [];
+  }
+  async fdbOf(dev: string): Promise<FdbInfo[]> {
+    const { stdout } = await this.#run('fdb.list', ['bridge', '-j', 'fdb', 'show', 'dev', dev]);
     return stdout.trim() ? (JSON.parse(stdout) as FdbInfo[]) : [];
   }
   async nftTable(family: 'inet' | 'bridge' = 'inet'): Promise<unknown[] | undefined> {
