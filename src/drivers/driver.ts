@@ -1,8 +1,9 @@
 // A network driver turns a network and its attachments into kernel plans. The use cases (create,
-// connect, disconnect, rm, gc) speak only this interface; `bridge` is the first driver, an overlay
-// (vxlan) the next. Plans are data (src/plan/), so a driver does no I/O except in observe().
+// connect, disconnect, rm, gc) speak only this interface; `bridge` is the first driver, `vxlan` (an
+// overlay across hosts) the second. Plans are data (src/plan/), so a driver does no I/O except in observe().
 import type { KernelBackend } from '../kernel/backend.ts';
 import type { Netns } from '../model/netns.ts';
+import type { Peer } from '../model/overlay.ts';
 import type { Step } from '../plan/plan.ts';
 
 /** A network as a driver sees it (from the store's record). */
@@ -16,7 +17,26 @@ export interface DriverNetwork {
   readonly isolate: boolean;
   readonly hostAccess: boolean;
   readonly mtu: number | null;
+  /** Its subnets on this host (an overlay network's: this host's lease), each with its gateway. */
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string; readonly gateway: string }[];
+  /** An overlay network's side on this host (vxlan driver); absent for a bridge network. */
+  readonly overlay?: DriverOverlay | undefined;
+}
+
+/** What the vxlan driver needs beyond a bridge network: the VTEP and the peers this host programs. */
+export interface DriverOverlay {
+  readonly vni: number;
+  readonly port: number;
+  /** The VXLAN device (ctov-...). */
+  readonly device: string;
+  /** Its MAC, fixed when the network is made: peers' neighbour and fdb entries name it. */
+  readonly vtepMac: string;
+  /** The overlay's whole subnets: every host's lease lies in one. */
+  readonly cidrs: readonly string[];
+  /** This host's underlay address and the interface that has it. */
+  readonly underlay: { readonly ip: string; readonly dev: string };
+  /** The peers this host has programmed, as recorded. */
+  readonly peers: readonly Peer[];
 }
 
 /** One sandbox interface on a network, with everything decided (names, MAC, addresses, routes). */
@@ -43,7 +63,11 @@ export interface HostView {
 export type Drift =
   | { readonly kind: 'device-missing' }
   | { readonly kind: 'port-missing'; readonly sandbox: string; readonly hostVeth: string }
-  | { readonly kind: 'port-detached'; readonly sandbox: string; readonly hostVeth: string };
+  | { readonly kind: 'port-detached'; readonly sandbox: string; readonly hostVeth: string }
+  /** An overlay network's VXLAN device is gone (with every peer's entries). */
+  | { readonly kind: 'vtep-missing' }
+  /** A recorded peer lacks some of its three entries (or they point elsewhere). */
+  | { readonly kind: 'peer-missing'; readonly peer: Peer };
 
 export interface NetworkDriver {
   readonly name: string;

@@ -2,8 +2,9 @@
 import { CtnetError } from '../errors.ts';
 import { bridgeDriver } from './bridge/bridge.ts';
 import type { NetworkDriver } from './driver.ts';
+import { vxlanDriver } from './vxlan/vxlan.ts';
 
-const DRIVERS: ReadonlyMap<string, NetworkDriver> = new Map([[bridgeDriver.name, bridgeDriver]]);
+const DRIVERS: ReadonlyMap<string, NetworkDriver> = new Map([[bridgeDriver.name, bridgeDriver], [vxlanDriver.name, vxlanDriver]]);
 
 export function driverFor(name: string): NetworkDriver {
   const d = DRIVERS.get(name);

@@ -6,7 +6,7 @@ import { randomMac } from '../model/mac.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
 import type { Ctx } from './context.ts';
-import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX } from './naming.ts';
+import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
 import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { cutDeniedFlows } from './policy.ts';
 import { restoreTables, tableDrift } from './tables.ts';
@@ -92,6 +92,8 @@ export async function gc(ctx: Ctx): Promise<string[]> {
       await applier.apply(driver.planRepair(dn, d));
       if (d.kind === 'device-missing') done.push(`recreated bridge ${n.bridge} of network ${n.name}`);
       if (d.kind === 'port-detached') done.push(`put ${d.sandbox}'s ${d.hostVeth} back on bridge ${n.bridge}`);
+      if (d.kind === 'vtep-missing') done.push(`recreated VXLAN device ${dn.overlay?.device} of network ${n.name}, with its ${dn.overlay?.peers.length ?? 0} peers' entries`);
+      if (d.kind === 'peer-missing') done.push(`rewrote the entries of peer ${d.peer.host} (${d.peer.subnet} at ${d.peer.underlay}) on network ${n.name}`);
     }
     // A recreated device has no ports: every attachment is plugged in again below.
     if (drift.some((d) => d.kind === 'device-missing')) {
@@ -111,12 +113,14 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   // 4. ctnet-marked objects that no record owns.
   const bridges = new Set(store.networks().map((n) => n.bridge));
   const veths = new Set(store.attachments().map((a) => a.hostVeth));
+  const vxlans = new Set(store.overlays().map((o) => o.device));
   for (const l of await kernel.links()) {
     const orphanBridge = l.ifname.startsWith(BRIDGE_PREFIX) && l.linkinfo?.info_kind === 'bridge' && !bridges.has(l.ifname);
     const orphanVeth = l.ifname.startsWith(VETH_PREFIX) && l.linkinfo?.info_kind === 'veth' && !veths.has(l.ifname);
-    if ((orphanBridge || orphanVeth) && !trusted) {
+    const orphanVxlan = l.ifname.startsWith(VXLAN_PREFIX) && l.linkinfo?.info_kind === 'vxlan' && !vxlans.has(l.ifname);
+    if ((orphanBridge || orphanVeth || orphanVxlan) && !trusted) {
       done.push(`left ${l.ifname} alone: ctnet-marked, but this state directory has never made a network (another state directory's, or its lost database's); remove it by hand if it is garbage`);
-    } else if (orphanBridge || orphanVeth) {
+    } else if (orphanBridge || orphanVeth || orphanVxlan) {
       await applier.teardown([step([{ kind: 'link.del', name: l.ifname }])]);
       done.push(`removed ${l.ifname}, which no record owns`);
     }

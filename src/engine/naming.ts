@@ -4,12 +4,21 @@ import { IFNAME_MAX } from '../model/names.ts';
 
 export const BRIDGE_PREFIX = 'ctbr-';
 export const VETH_PREFIX = 'ctv';
+/** VXLAN devices of overlay networks (not ctv...: sandbox ports are matched by that prefix). */
+export const VXLAN_PREFIX = 'ctov-';
 
 /** ctbr-NAME when it fits, else ctbr- and a hash of the name. */
 export function bridgeName(network: string): string {
   const plain = BRIDGE_PREFIX + network;
   if (plain.length <= IFNAME_MAX) return plain;
   return BRIDGE_PREFIX + createHash('sha256').update(network).digest('hex').slice(0, IFNAME_MAX - BRIDGE_PREFIX.length);
+}
+
+/** ctov-NAME when it fits, else ctov- and a hash of the name. */
+export function vxlanName(network: string): string {
+  const plain = VXLAN_PREFIX + network;
+  if (plain.length <= IFNAME_MAX) return plain;
+  return VXLAN_PREFIX + createHash('sha256').update(network).digest('hex').slice(0, IFNAME_MAX - VXLAN_PREFIX.length);
 }
 
 /** A fresh host-side veth name: ctv + 10 random hex digits. */

@@ -8,9 +8,10 @@ import type { NetworkSpec } from '../model/spec.ts';
 import { baseScript, dropTableScript } from '../nft/ruleset.ts';
 import type { Op } from '../plan/ops.ts';
 import { step, type Step } from '../plan/plan.ts';
-import type { NetworkRow } from '../store/store.ts';
+import { overlayMtu } from '../model/overlay.ts';
+import type { NetworkRow, OverlayRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
-import { bridgeName } from './naming.ts';
+import { bridgeName, vxlanName } from './naming.ts';
 import { driverNetwork, driverOf } from './records.ts';
 import { disconnect } from './sandbox.ts';
 import { forwardSteps } from './forward.ts';
@@ -32,13 +33,38 @@ export function hostSteps(v6: boolean): Step[] {
   return [step([...forwarding, { kind: 'nft', lines: baseScript().trimEnd().split('\n') }])];
 }
 
-export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<NetworkRow> {
+/**
+ * What the control plane decided for an overlay (vxlan) network on this host. The network's spec
+ * then holds this host's lease as its one subnet (gateway: the lease's first address).
+ */
+export interface OverlaySpec {
+  readonly vni: number;
+  readonly port: number;
+  /** The overlay's whole subnet. */
+  readonly cidr: string;
+  /** This host's underlay address, the interface that has it, and that interface's MTU. */
+  readonly underlay: { readonly ip: string; readonly dev: string; readonly mtu: number };
+}
+
+/**
+ * Makes a network: a bridge network, or with `overlay` this host's side of an overlay network
+ * (whose peers syncPeers in engine/overlay.ts programs).
+ */
+export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: OverlaySpec): Promise<NetworkRow> {
   const { store, kernel, applier } = ctx;
-  const driver = driverFor('bridge');
+  const driver = driverFor(overlay ? 'vxlan' : 'bridge');
   const device = spec.bridge ?? bridgeName(spec.name);
+  const vxlan = vxlanName(spec.name);
+  // Every sandbox interface must fit into the VXLAN device: the overlay's MTU, never more.
+  const mtu = overlay ? (spec.mtu ?? overlayMtu(overlay.underlay.mtu)) : spec.mtu;
+  if (overlay && spec.mtu !== undefined && spec.mtu > overlayMtu(overlay.underlay.mtu)) {
+    throw new CtnetError('INVALID_ARGUMENT', `--mtu ${spec.mtu} is more than overlay network ${spec.name} carries (${overlayMtu(overlay.underlay.mtu)}: the underlay's ${overlay.underlay.mtu} less 50)`,
+      'leave --mtu out');
+  }
   // Read the kernel before deciding: an interface or route already there is a conflict.
   const [links, routes] = await Promise.all([kernel.links(), kernel.routes()]);
-  const ours = new Set(store.networks().map((n) => n.bridge));
+  // Routes through ctnet's own devices are its networks' (peers' leases lie in their overlays, checked below).
+  const ours = new Set([...store.networks().map((n) => n.bridge), ...store.overlays().map((o) => o.device)]);
   const host: HostView = {
     interfaces: new Set(links.map((l) => l.ifname)),
     routes: routes.filter((r) => r.dst && r.dst !== 'default' && !(r.dev && ours.has(r.dev))).map((r) => ({ dst: r.dst, via: r.dev ?? r.gateway ?? '?' })),
@@ -51,20 +77,33 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec): Promise<Networ
       }
       const holder = store.networkByBridge(device);
       if (holder) throw new CtnetError('CONFLICT', `bridge ${device} belongs to network ${holder.name}`, 'choose another --bridge');
-      for (const s of spec.subnets) {
-        for (const other of store.subnets()) {
-          if (overlaps(s.subnet, parseSubnet('subnet', other.cidr))) {
-            throw new CtnetError('CONFLICT', `subnet ${s.cidr} overlaps ${other.cidr} of network ${other.network}`, 'choose a subnet that no other network uses');
+      // An overlay takes its whole subnet on every host: other hosts' leases are routed here.
+      const taken = [
+        ...store.subnets().map((o) => ({ cidr: o.cidr, what: `network ${o.network}` })),
+        ...store.overlays().map((o) => ({ cidr: o.cidr, what: `overlay network ${o.network}` })),
+      ];
+      const mine = overlay ? [overlay.cidr] : spec.subnets.map((s) => s.cidr);
+      for (const cidr of mine) {
+        for (const other of taken) {
+          if (overlaps(parseSubnet('subnet', cidr), parseSubnet('subnet', other.cidr))) {
+            throw new CtnetError('CONFLICT', `subnet ${cidr} overlaps ${other.cidr} of ${other.what}`, 'choose a subnet that no other network uses');
           }
         }
       }
+      const vniHolder = overlay && store.overlays().find((o) => o.vni === overlay.vni);
+      if (vniHolder) throw new CtnetError('CONFLICT', `VNI ${overlay!.vni} is used by overlay network ${vniHolder.network}`, 'choose another --vni');
+      const o: OverlayRow | undefined = overlay && {
+        network: spec.name, vni: overlay.vni, port: overlay.port, device: vxlan, vtepMac: randomMac(), cidr: overlay.cidr,
+        underlayIp: overlay.underlay.ip, underlayDev: overlay.underlay.dev,
+      };
       const dn: DriverNetwork = {
-        name: spec.name, device, mac: randomMac(), internal: spec.internal, isolate: spec.isolate, hostAccess: spec.hostAccess, mtu: spec.mtu ?? null,
+        name: spec.name, device, mac: randomMac(), internal: spec.internal, isolate: spec.isolate, hostAccess: spec.hostAccess, mtu: mtu ?? null,
         subnets: spec.subnets.map((s) => ({ family: s.subnet.family, cidr: s.cidr, gateway: s.gateway })),
+        overlay: o && { vni: o.vni, port: o.port, device: o.device, vtepMac: o.vtepMac, cidrs: [o.cidr], underlay: { ip: o.underlayIp, dev: o.underlayDev }, peers: [] },
       };
       driver.validate(dn, host);
       const r = { name: dn.name, bridge: device, internal: dn.internal, isolate: dn.isolate, hostAccess: dn.hostAccess, mtu: dn.mtu, driver: driver.name, mac: dn.mac, state: 'creating' as const };
-      rec.record({ kind: 'network.insert', row: r, subnets: dn.subnets.map((s) => ({ cidr: s.cidr, family: s.family, gateway: s.gateway })) },
+      rec.record({ kind: 'network.insert', row: r, subnets: dn.subnets.map((s) => ({ cidr: s.cidr, family: s.family, gateway: s.gateway })), overlay: o },
         { kind: 'meta.set', key: MADE_NETWORKS, value: '1' });
       row = { ...r, owner: null, created: new Date().toISOString() };
       return dn;

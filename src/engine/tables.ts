@@ -5,7 +5,9 @@ import { BRIDGE_TABLE, fullScript, TABLE } from '../nft/ruleset.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
 import type { Store } from '../store/store.ts';
+import { overlayFacts } from '../drivers/vxlan/vxlan.ts';
 import type { Ctx } from './context.ts';
+import { driverNetwork } from './records.ts';
 import { portFacts } from './ports.ts';
 import { elementsBySet, policyElements } from './policy.ts';
 
@@ -17,7 +19,9 @@ export function tablesScript(store: Store): string[] {
     return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network), port: { name: a.hostVeth, mac: a.mac } }] : [];
   });
   const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
-  const facts = nets.map((n) => ({ bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: store.subnets(n.name) }));
+  const facts = nets.map((n) => (store.overlay(n.name)
+    ? overlayFacts(driverNetwork(store, n))
+    : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: store.subnets(n.name) }));
   return fullScript(facts, endpoints, ports, policyElements(store)).trimEnd().split('\n');
 }
 

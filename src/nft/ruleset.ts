@@ -21,6 +21,18 @@ export interface NetworkFacts {
   /** Its sandboxes may reach every service of the host. */
   readonly hostAccess: boolean;
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string }[];
+  /** An overlay network's side of the host: its VXLAN device, the overlay's subnets, its VNI and port, the peers' VTEPs. */
+  readonly overlay?: OverlayFacts | undefined;
+}
+
+export interface OverlayFacts {
+  readonly device: string;
+  /** The overlay's whole subnets (every host's lease lies in one): traffic between them is not masqueraded. */
+  readonly cidrs: readonly string[];
+  readonly vni: number;
+  readonly port: number;
+  /** Underlay addresses of the peers' VTEPs: the only sources whose VXLAN packets for this VNI are accepted. */
+  readonly vteps: readonly string[];
 }
 
 export interface PortFacts {
@@ -50,6 +62,10 @@ add set ${TABLE} internal_bridges { type ifname; comment "bridges of --internal 
 add set ${TABLE} host_access_bridges { type ifname; comment "bridges of --host-access networks: their sandboxes reach the host's services"; }
 add set ${TABLE} masq4 { type ipv4_addr; flags interval; comment "subnets whose egress is masqueraded"; }
 add set ${TABLE} masq6 { type ipv6_addr; flags interval; comment "subnets whose egress is masqueraded"; }
+add set ${TABLE} overlays { type ifname; comment "VXLAN devices of overlay networks: other hosts' sandboxes come in through them"; }
+add set ${TABLE} overlay4 { type ipv4_addr; flags interval; comment "overlay subnets: traffic to them is not masqueraded"; }
+add set ${TABLE} vxlan_ids { typeof udp dport . @th,96,24; comment "UDP port . VNI of this host's overlay networks (the VNI is bits 96-119 past the UDP header's start)"; }
+add set ${TABLE} vteps4 { typeof ip saddr . udp dport . @th,96,24; comment "known VTEPs: underlay address . UDP port . VNI"; }
 add set ${TABLE} endpoints4 { type ipv4_addr . ifname; comment "sandbox address . its bridge"; }
 add set ${TABLE} endpoints6 { type ipv6_addr . ifname; comment "sandbox address . its bridge"; }
 add map ${TABLE} ports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; comment "published on one host address: address . protocol . port -> sandbox address . port"; }
@@ -86,15 +102,18 @@ add rule ${TABLE} forward oifname @internal_bridges counter drop comment "intern
 add rule ${TABLE} forward ct status dnat counter accept comment "published port"
 add rule ${TABLE} forward iifname @bridges oifname @bridges counter drop comment "networks are isolated from each other"
 add rule ${TABLE} forward oifname @bridges counter drop comment "from outside, only published ports reach sandboxes"
+add rule ${TABLE} forward iifname @overlays counter drop comment "the overlay carries its networks' traffic only, to and from their bridges"
+add rule ${TABLE} forward oifname @overlays counter drop comment "the overlay carries its networks' traffic only, to and from their bridges"
 add rule ${TABLE} postrouting ct status dnat ip saddr . oifname @endpoints4 counter masquerade comment "hairpin: published port reached from its own bridge"
 add rule ${TABLE} postrouting ct status dnat ip6 saddr . oifname @endpoints6 counter masquerade comment "hairpin: published port reached from its own bridge"
-add rule ${TABLE} input iifname != @bridges accept
+add rule ${TABLE} input udp dport . @th,96,24 @vxlan_ids ip saddr . udp dport . @th,96,24 != @vteps4 counter drop comment "VXLAN from an unknown VTEP"
+add rule ${TABLE} input iifname != @bridges iifname != @overlays accept
 add rule ${TABLE} input ct state established,related accept comment "replies to what the host started"
 add rule ${TABLE} input meta l4proto { icmp, ipv6-icmp } accept comment "ping, neighbour discovery, path MTU"
 add rule ${TABLE} input iifname @host_access_bridges accept comment "network --host-access"
 add rule ${TABLE} input counter drop comment "the host is not open to sandboxes (published ports are DNATed past it; network --host-access opens it)"
 add rule ${TABLE} postrouting ct status dnat ip saddr 127.0.0.0/8 counter masquerade comment "published port reached at 127.0.0.1"
-add rule ${TABLE} postrouting ip saddr @masq4 oifname != @bridges counter masquerade
+add rule ${TABLE} postrouting ip saddr @masq4 ip daddr != @overlay4 oifname != @bridges counter masquerade comment "egress, but not between overlay subnets"
 add rule ${TABLE} postrouting ip6 saddr @masq6 oifname != @bridges counter masquerade
 ${identityScript()}
 `;
@@ -193,7 +212,20 @@ export function networkElements(verb: Verb, n: NetworkFacts): string[] {
   if (n.hostAccess) lines.push(`${verb} element ${TABLE} host_access_bridges { ${q(n.bridge)} }`);
   if (n.internal) lines.push(`${verb} element ${TABLE} internal_bridges { ${q(n.bridge)} }`);
   else for (const s of n.subnets) lines.push(`${verb} element ${TABLE} masq${s.family} { ${s.cidr} }`);
-  return lines;
+  const o = n.overlay;
+  if (!o) return lines;
+  lines.push(`${verb} element ${TABLE} overlays { ${q(o.device)} }`);
+  // The overlay is part of the network: its bridge and its VXLAN device are a pair, both ways.
+  if (!n.isolate) lines.push(`${verb} element ${TABLE} bridge_pairs { ${q(n.bridge)} . ${q(o.device)}, ${q(o.device)} . ${q(n.bridge)} }`);
+  if (n.hostAccess) lines.push(`${verb} element ${TABLE} host_access_bridges { ${q(o.device)} }`);
+  for (const c of o.cidrs.filter((x) => !x.includes(':'))) lines.push(`${verb} element ${TABLE} overlay4 { ${c} }`);
+  lines.push(`${verb} element ${TABLE} vxlan_ids { ${o.port} . ${o.vni} }`);
+  return [...lines, ...vtepElements(verb, o, o.vteps)];
+}
+
+/** Known VTEPs of an overlay network: one line per element, so a delete of one already gone spares the rest. */
+export function vtepElements(verb: Verb, o: Pick<OverlayFacts, 'port' | 'vni'>, underlays: readonly string[]): string[] {
+  return underlays.filter((u) => !u.includes(':')).map((u) => `${verb} element ${TABLE} vteps4 { ${u} . ${o.port} . ${o.vni} }`);
 }
 
 export function endpointElements(verb: Verb, e: EndpointFacts): string[] {

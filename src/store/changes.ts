@@ -1,10 +1,16 @@
 // Changes to the store, as plain values: what a use case records, and (computed as each is made)
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
-import type { AddressRow, AttachmentRow, CniRow, NetworkRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
+import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
-  | { readonly kind: 'network.insert'; readonly row: Omit<NetworkRow, 'created' | 'owner'>; readonly subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[] }
+  | {
+    readonly kind: 'network.insert'; readonly row: Omit<NetworkRow, 'created' | 'owner'>; readonly subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[];
+    /** An overlay network's side on this host (vxlan driver). */
+    readonly overlay?: OverlayRow | undefined;
+  }
+  | { readonly kind: 'peer.set'; readonly row: PeerRow }
+  | { readonly kind: 'peer.delete'; readonly network: string; readonly host: string }
   | { readonly kind: 'network.state'; readonly name: string; readonly state: State }
   | { readonly kind: 'network.delete'; readonly name: string }
   | { readonly kind: 'network.mac'; readonly name: string; readonly mac: string }
@@ -33,7 +39,18 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
   switch (c.kind) {
     case 'network.insert':
       store.insertNetwork(c.row, c.subnets);
-      return { kind: 'network.delete', name: c.row.name };
+      if (c.overlay) store.insertOverlay(c.overlay);
+      return { kind: 'network.delete', name: c.row.name }; // its overlay and peers go with it (cascade)
+    case 'peer.set': {
+      const was = store.peers(c.row.network).find((p) => p.host === c.row.host);
+      store.setPeer(c.row);
+      return was ? { kind: 'peer.set', row: was } : { kind: 'peer.delete', network: c.row.network, host: c.row.host };
+    }
+    case 'peer.delete': {
+      const was = store.peers(c.network).find((p) => p.host === c.host);
+      store.deletePeer(c.network, c.host);
+      return was && { kind: 'peer.set', row: was };
+    }
     case 'network.state': {
       const was = store.network(c.name)?.state;
       store.setNetworkState(c.name, c.state);

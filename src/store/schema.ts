@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 7;
+export const SCHEMA_VERSION = 8;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -149,6 +149,32 @@ export const HOST_ACCESS = `
 ALTER TABLE networks ADD COLUMN host_access INTEGER NOT NULL DEFAULT 1;
 `;
 
+// Overlays (schema 8): an overlay (vxlan) network's side on this host: its VXLAN device and VTEP
+// MAC (fixed, so peers' entries stay right across a rebuild), the overlay's whole subnet (the
+// network's subnets row holds this host's lease), this host's underlay; and the peers this host
+// has programmed, so gc rebuilds their entries and the tables their known VTEPs without the
+// control plane (etcd may be down).
+export const OVERLAY = `
+CREATE TABLE overlays (
+  network TEXT PRIMARY KEY REFERENCES networks(name) ON DELETE CASCADE,
+  vni INTEGER NOT NULL UNIQUE CHECK (vni BETWEEN 1 AND 16777215),
+  port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+  device TEXT NOT NULL UNIQUE,
+  vtep_mac TEXT NOT NULL,
+  cidr TEXT NOT NULL,
+  underlay_ip TEXT NOT NULL,
+  underlay_dev TEXT NOT NULL
+);
+CREATE TABLE overlay_peers (
+  network TEXT NOT NULL REFERENCES overlays(network) ON DELETE CASCADE,
+  host TEXT NOT NULL,
+  subnet TEXT NOT NULL,
+  underlay TEXT NOT NULL,
+  vtep_mac TEXT NOT NULL,
+  PRIMARY KEY (network, host)
+);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -157,4 +183,5 @@ export const MIGRATIONS: Record<number, string> = {
   5: DRIVERS,
   6: FEED,
   7: HOST_ACCESS,
+  8: OVERLAY,
 };

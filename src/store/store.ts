@@ -30,6 +30,27 @@ export interface NetworkRow {
   readonly owner: string | null;
   readonly created: string;
 }
+/** An overlay network's side on this host (schema 8). */
+export interface OverlayRow {
+  readonly network: string;
+  readonly vni: number;
+  readonly port: number;
+  /** The VXLAN device. */
+  readonly device: string;
+  readonly vtepMac: string;
+  /** The overlay's whole subnet (this host's lease is the network's subnet). */
+  readonly cidr: string;
+  readonly underlayIp: string;
+  readonly underlayDev: string;
+}
+/** A remote host this host has programmed for an overlay network. */
+export interface PeerRow {
+  readonly network: string;
+  readonly host: string;
+  readonly subnet: string;
+  readonly underlay: string;
+  readonly vtepMac: string;
+}
 export interface SubnetRow {
   readonly network: string;
   readonly cidr: string;
@@ -282,6 +303,33 @@ export class Store {
     this.#run('UPDATE subnets SET cursor = ? WHERE network = ? AND cidr = ?', ip, network, cidr);
   }
 
+  // ---- overlays ----
+  overlays(): OverlayRow[] {
+    return this.#all('SELECT * FROM overlays ORDER BY network').map(toOverlay);
+  }
+  overlay(network: string): OverlayRow | undefined {
+    const r = this.#get('SELECT * FROM overlays WHERE network = ?', network);
+    return r && toOverlay(r);
+  }
+  insertOverlay(o: OverlayRow): void {
+    this.#run('INSERT INTO overlays(network, vni, port, device, vtep_mac, cidr, underlay_ip, underlay_dev) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
+      o.network, o.vni, o.port, o.device, o.vtepMac, o.cidr, o.underlayIp, o.underlayDev);
+  }
+  peers(network?: string): PeerRow[] {
+    const rows = network === undefined
+      ? this.#all('SELECT * FROM overlay_peers ORDER BY network, host')
+      : this.#all('SELECT * FROM overlay_peers WHERE network = ? ORDER BY host', network);
+    return rows.map((r) => ({ network: r.network as string, host: r.host as string, subnet: r.subnet as string, underlay: r.underlay as string, vtepMac: r.vtep_mac as string }));
+  }
+  setPeer(p: PeerRow): void {
+    this.#run(`INSERT INTO overlay_peers(network, host, subnet, underlay, vtep_mac) VALUES (?, ?, ?, ?, ?)
+      ON CONFLICT (network, host) DO UPDATE SET subnet = excluded.subnet, underlay = excluded.underlay, vtep_mac = excluded.vtep_mac`,
+    p.network, p.host, p.subnet, p.underlay, p.vtepMac);
+  }
+  deletePeer(network: string, host: string): void {
+    this.#run('DELETE FROM overlay_peers WHERE network = ? AND host = ?', network, host);
+  }
+
   // ---- sandboxes ----
   sandboxes(): SandboxRow[] {
     return this.#all('SELECT * FROM sandboxes ORDER BY name').map(toSandbox);
@@ -491,6 +539,10 @@ const toNetwork = (r: Row): NetworkRow => ({
   name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1, hostAccess: r.host_access === 1,
   mtu: (r.mtu as number | null) ?? null, driver: r.driver as string, mac: (r.mac as string | null) ?? null, state: r.state as State, created: r.created as string,
   owner: (r.owner as string | null) ?? null,
+});
+const toOverlay = (r: Row): OverlayRow => ({
+  network: r.network as string, vni: r.vni as number, port: r.port as number, device: r.device as string, vtepMac: r.vtep_mac as string,
+  cidr: r.cidr as string, underlayIp: r.underlay_ip as string, underlayDev: r.underlay_dev as string,
 });
 const toSandbox = (r: Row): SandboxRow => ({
   name: r.name as string, netns: r.netns as string, owned: r.owned === 1,

@@ -269,11 +269,11 @@ describe('schema migrations', () => {
       db.exec("INSERT INTO meta VALUES ('instance', 'abcd'); PRAGMA user_version = 4");
       db.exec("INSERT INTO sandboxes(name, netns, owned, state, created) VALUES ('old', '/n', 1, 'ready', 'then')");
       db.close();
-      assert.equal(Object.keys(MIGRATIONS).at(-1), '7');
+      assert.equal(Object.keys(MIGRATIONS).at(-1), '8');
       const store = new Store(dir);
       const feed = new ChangeFeed(dir);
       try {
-        assert.equal((store.db.prepare('PRAGMA user_version').get() as { user_version: number }).user_version, 7);
+        assert.equal((store.db.prepare('PRAGMA user_version').get() as { user_version: number }).user_version, 8);
         assert.equal(feed.head(), 0);
         assert.deepEqual(feed.snapshot().rows.sandbox, [{ name: 'old', netns: '/n', owned: true, state: 'ready', created: 'then' }]);
         store.write(() => store.setSandboxState('old', 'removing'));

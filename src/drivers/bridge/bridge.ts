@@ -10,12 +10,13 @@ import type { DriverNetwork, Drift, HostView, NetworkDriver } from '../driver.ts
 
 const prefixOf = (cidr: string) => cidr.split('/')[1];
 
-function facts(n: DriverNetwork): NetworkFacts {
+/** The nft facts of a bridge network (the vxlan driver adds its overlay's). */
+export function bridgeFacts(n: DriverNetwork): NetworkFacts {
   return { bridge: n.device, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: n.subnets };
 }
 
 /** Equivalent to: sysctl -w net.ipv4.conf.BRIDGE.route_localnet=1 */
-function routeLocalnet(n: DriverNetwork): Op[] {
+export function routeLocalnet(n: DriverNetwork): Op[] {
   // Published ports reached at 127.0.0.1 are DNATed to a sandbox behind this bridge: the kernel only
   // routes a loopback source out of an interface with route_localnet (the guard chain keeps
   // sandboxes themselves off the host's loopback).
@@ -23,7 +24,7 @@ function routeLocalnet(n: DriverNetwork): Op[] {
 }
 
 /** The bridge with its gateway addresses, up. */
-function bridgeOps(n: DriverNetwork): Op[] {
+export function bridgeOps(n: DriverNetwork): Op[] {
   if (!n.mac) throw new Error(`network ${n.name} has no recorded bridge MAC`);
   return [
     // A fixed MAC: otherwise the bridge takes its lowest port's and changes as sandboxes come and go.
@@ -34,11 +35,29 @@ function bridgeOps(n: DriverNetwork): Op[] {
 }
 
 /** Routes print host routes without a prefix and IPv4 networks unpadded (10/8); make a CIDR. */
-function normalise(dst: string): string {
+export function normalise(dst: string): string {
   const withLen = dst.includes('/') ? dst : `${dst}/${dst.includes(':') ? 128 : 32}`;
   const [addr, len] = withLen.split('/');
   if (!addr!.includes(':') && addr!.split('.').length < 4) return `${[...addr!.split('.'), '0', '0', '0'].slice(0, 4).join('.')}/${len}`;
   return withLen;
+}
+
+/** Throws when a subnet overlaps a route the host has already (another network, a LAN). */
+export function unrouted(cidrs: readonly string[], host: HostView): void {
+  for (const cidr of cidrs) {
+    const mine = parseSubnet('subnet', cidr);
+    for (const r of host.routes) {
+      let routed;
+      try {
+        routed = parseSubnet('route', normalise(r.dst));
+      } catch {
+        continue; // multicast, link-local and such: not something a subnet competes with
+      }
+      if (overlaps(mine, routed)) {
+        throw new CtnetError('CONFLICT', `subnet ${cidr} overlaps ${r.dst}, routed via ${r.via} on this host`, 'choose a subnet this host does not already reach');
+      }
+    }
+  }
 }
 
 export const bridgeDriver: NetworkDriver = {
@@ -48,27 +67,14 @@ export const bridgeDriver: NetworkDriver = {
     if (host.interfaces.has(n.device)) {
       throw new CtnetError('CONFLICT', `an interface named ${n.device} exists already`, 'choose another --bridge (or network name)');
     }
-    for (const s of n.subnets) {
-      const mine = parseSubnet('subnet', s.cidr);
-      for (const r of host.routes) {
-        let routed;
-        try {
-          routed = parseSubnet('route', normalise(r.dst));
-        } catch {
-          continue; // multicast, link-local and such: not something a subnet competes with
-        }
-        if (overlaps(mine, routed)) {
-          throw new CtnetError('CONFLICT', `subnet ${s.cidr} overlaps ${r.dst}, routed via ${r.via} on this host`, 'choose a subnet this host does not already reach');
-        }
-      }
-    }
+    unrouted(n.subnets.map((s) => s.cidr), host);
   },
 
   planCreate(n: DriverNetwork): Step[] {
-    const elements = networkElements('add', facts(n));
+    const elements = networkElements('add', bridgeFacts(n));
     return [
       step([...bridgeOps(n), ...routeLocalnet(n)], `network ${n.name}: bridge ${n.device} with ${n.subnets.map((s) => `${s.cidr} (gateway ${s.gateway})`).join(', ')}`),
-      step([{ kind: 'nft', lines: elements, undo: networkElements('delete', facts(n)) }]),
+      step([{ kind: 'nft', lines: elements, undo: networkElements('delete', bridgeFacts(n)) }]),
     ];
   },
 
@@ -109,7 +115,7 @@ export const bridgeDriver: NetworkDriver = {
 
   planRemove(n): Step[] {
     return [
-      step([{ kind: 'nft.delete', lines: networkElements('delete', facts(n)) }], `remove network ${n.name}`),
+      step([{ kind: 'nft.delete', lines: networkElements('delete', bridgeFacts(n)) }], `remove network ${n.name}`),
       step([{ kind: 'link.del', name: n.device }]),
     ];
   },
@@ -121,6 +127,9 @@ export const bridgeDriver: NetworkDriver = {
         return [step([{ kind: 'link.set.master', name: drift.hostVeth, master: n.device }, { kind: 'link.set.up', name: drift.hostVeth }],
           `put ${drift.hostVeth} of ${drift.sandbox} back on bridge ${n.device}`)];
       case 'port-missing': return []; // the use case plugs the sandbox in again with planAttach
+      case 'vtep-missing':
+      case 'peer-missing':
+        return []; // an overlay's: never observed on a bridge network
     }
   },
 
