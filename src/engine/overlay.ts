@@ -15,6 +15,8 @@ export interface PeerSync {
   readonly removed: readonly string[];
   /** Peers left out, and why. */
   readonly refused: readonly { readonly host: string; readonly reason: string }[];
+  /** Kernel and nft operations applied (0 when everything was right already). */
+  readonly operations: number;
 }
 
 function overlayNetwork(ctx: Ctx, network: string) {
@@ -62,7 +64,10 @@ export async function syncPeers(ctx: Ctx, network: string, want: readonly Peer[]
     await tx.run(plan);
     tx.commit();
   });
-  return { programmed, removed, refused: refused.map((r) => ({ host: 'host' in r.peer ? (r.peer as Peer).host : r.peer.underlay, reason: r.reason })) };
+  return {
+    programmed, removed, refused: refused.map((r) => ({ host: 'host' in r.peer ? (r.peer as Peer).host : r.peer.underlay, reason: r.reason })),
+    operations: plan.flatMap((s) => s.lanes.flat()).length,
+  };
 }
 
 export interface PeerStatus extends Peer {

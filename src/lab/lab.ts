@@ -44,6 +44,10 @@ function run(argv: readonly string[], env: NodeJS.ProcessEnv = {}, timeoutMs = 6
 export interface LabOptions {
   /** The ctnet executable that ctnet() and scriptEnv run (default: this checkout's bin/ctnet). */
   readonly ctnet?: string;
+  /** The lab's id (default: random); hosts of one cluster lab share it (src/lab/cluster-lab.ts). */
+  readonly id?: string;
+  /** The host's name within its lab: its namespaces are ctlab-ID-NAME and ctlab-ID-NAME-world (default: host, world). */
+  readonly name?: string;
 }
 
 export class Lab {
@@ -56,16 +60,16 @@ export class Lab {
   readonly #kernel = new ExecBackend();
   #destroyed = false;
 
-  private constructor(id: string, ctnetBin: string) {
+  private constructor(id: string, ctnetBin: string, name: string | undefined) {
     this.id = id;
     this.ctnetBin = ctnetBin;
-    this.host = `ctlab-${id}-host`;
-    this.world = `ctlab-${id}-world`;
-    this.stateDir = mkdtempSync(join(tmpdir(), `ctlab-${id}-`));
+    this.host = `ctlab-${id}-${name ?? 'host'}`;
+    this.world = name ? `ctlab-${id}-${name}-world` : `ctlab-${id}-world`;
+    this.stateDir = mkdtempSync(join(tmpdir(), `ctlab-${id}-${name ? `${name}-` : ''}`));
   }
 
   static async create(opts: LabOptions = {}): Promise<Lab> {
-    const lab = new Lab(randomBytes(3).toString('hex'), opts.ctnet ?? CTNET);
+    const lab = new Lab(opts.id ?? randomBytes(3).toString('hex'), opts.ctnet ?? CTNET, opts.name);
     try {
       await lab.#build();
     } catch (e) {

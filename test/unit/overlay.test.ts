@@ -261,17 +261,17 @@ describe('the vxlan driver through the use cases', () => {
         for (let i = 0; i < sandboxes; i++) await createSandbox(w.ctx, `s${i}`, parseAttachSpec({ network: ['ov'] }));
         const me = { host: 'me', subnet: '10.50.1.0/24', underlay: '192.0.2.10', vtepMac: w.store.overlay('ov')!.vtepMac };
         const r = await syncPeers(w.ctx, 'ov', [me, peer(2), peer(3)]);
-        assert.deepEqual(r, { programmed: ['h2', 'h3'], removed: [], refused: [] });
+        assert.deepEqual(r, { programmed: ['h2', 'h3'], removed: [], refused: [], operations: 7 });
         const e = entries(w.fake);
         assert.deepEqual([e.neigh.length, e.fdb.length, e.routes.length], [2, 2, 2], `${sandboxes} sandboxes`);
         assert.deepEqual(w.fake.elements('vteps4'), ['192.0.2.12 . 4789 . 42', '192.0.2.13 . 4789 . 42']);
         assert.deepEqual(w.store.peers('ov').map((p) => p.host), ['h2', 'h3']);
 
         const count = w.fake.opCount;
-        assert.deepEqual(await syncPeers(w.ctx, 'ov', [peer(3), peer(2)]), { programmed: [], removed: [], refused: [] });
+        assert.deepEqual(await syncPeers(w.ctx, 'ov', [peer(3), peer(2)]), { programmed: [], removed: [], refused: [], operations: 0 });
         assert.equal(w.fake.opCount, count, 'nothing applied: no entry flushed and re-added');
 
-        assert.deepEqual(await syncPeers(w.ctx, 'ov', [peer(3)]), { programmed: [], removed: ['h2'], refused: [] });
+        assert.deepEqual(await syncPeers(w.ctx, 'ov', [peer(3)]), { programmed: [], removed: ['h2'], refused: [], operations: 4 });
         assert.deepEqual(entries(w.fake), {
           neigh: ['10.50.3.0 lladdr 02:00:00:00:00:03 dev ctov-ov'], fdb: ['02:00:00:00:00:03 dst 192.0.2.13'], routes: ['10.50.3.0/24 via 10.50.3.0 dev ctov-ov onlink'],
         });
