@@ -47,6 +47,8 @@ export class ClusterLab {
   readonly underlay: string;
   readonly hosts: ClusterHost[] = [];
   readonly nodes: UnderlayNode[] = [];
+  /** Every namespace added besides the hosts' (nodes and others), removed with the lab. */
+  readonly #extra: string[] = [];
   readonly #kernel = new ExecBackend();
   #ports = 0;
   #destroyed = false;
@@ -82,10 +84,18 @@ export class ClusterLab {
     return h;
   }
 
-  /** Adds a bare namespace on the underlay at ip (e.g. 192.0.2.99); removed with the lab. */
-  async addNode(name: string, ip: string): Promise<UnderlayNode> {
+  /** Adds an empty namespace ctlab-ID-NAME (lo up), removed with the lab; returns its name. */
+  async addNetns(name: string): Promise<string> {
     const netns = `ctlab-${this.id}-${name}`;
     await this.#kernel.apply([{ kind: 'netns.add', name: netns }]);
+    this.#extra.push(netns);
+    await this.#kernel.apply([{ kind: 'link.set.up', name: 'lo', netns: { name: netns } }]);
+    return netns;
+  }
+
+  /** Adds a bare namespace on the underlay at ip (e.g. 192.0.2.99); removed with the lab. */
+  async addNode(name: string, ip: string): Promise<UnderlayNode> {
+    const netns = await this.addNetns(name);
     const node = { netns, ip, dev: UNDERLAY.dev };
     this.nodes.push(node);
     await this.#plug(netns, ip);
@@ -100,7 +110,6 @@ export class ClusterLab {
       { kind: 'link.add.veth', name: UNDERLAY.dev, netns: ns, peer: port, peerNetns: { name: this.underlay }, mtu: UNDERLAY.mtu },
       { kind: 'addr.add', cidr: `${ip}/${UNDERLAY.prefix}`, dev: UNDERLAY.dev, netns: ns },
       { kind: 'link.set.up', name: UNDERLAY.dev, netns: ns },
-      { kind: 'link.set.up', name: 'lo', netns: ns },
     ];
     await this.#kernel.apply(ops);
     await runOk(['ip', '-n', this.underlay, 'link', 'set', port, 'master', UNDERLAY.bridge, 'up']);
@@ -116,7 +125,7 @@ export class ClusterLab {
     if (this.#destroyed) return;
     this.#destroyed = true;
     for (const h of this.hosts) await h.lab.destroy();
-    for (const name of [...this.nodes.map((n) => n.netns), this.underlay]) {
+    for (const name of [...this.#extra, this.underlay]) {
       netnsKillAll({ name });
       try {
         await this.#kernel.apply([{ kind: 'netns.del', name }]);
