@@ -158,9 +158,14 @@ async function explainAttachFailure(ctx: Ctx, e: unknown, ns: Netns, req: CniReq
     'choose another CNI_IFNAME, or DEL the attachment that made it first');
 }
 
-/** Removes one attachment and everything it made, found from the store; missing is success. */
-export async function cniDel(ctx: Ctx, key: { containerId: string; ifname: string; cniNetwork: string }): Promise<boolean> {
-  const row = ctx.store.cniAttachments({ containerId: key.containerId }).find((c) => c.ifname === key.ifname && c.cniNetwork === key.cniNetwork);
+/**
+ * Removes one attachment and everything it made, found from the store; missing is success. Without
+ * the CNI network's name (a configuration DEL could not read), the container's only attachment on
+ * that interface is the one.
+ */
+export async function cniDel(ctx: Ctx, key: { containerId: string; ifname: string; cniNetwork: string | undefined }): Promise<boolean> {
+  const rows = ctx.store.cniAttachments({ containerId: key.containerId }).filter((c) => c.ifname === key.ifname);
+  const row = key.cniNetwork === undefined ? (rows.length === 1 ? rows[0] : undefined) : rows.find((c) => c.cniNetwork === key.cniNetwork);
   if (!row) return false;
   await removeCniAttachment(ctx, row);
   return true;
