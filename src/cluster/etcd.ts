@@ -327,14 +327,17 @@ export class EtcdClient {
    * stream breaks; the caller lists again and watches on (see follow()). Never retries by itself.
    */
   watch(key: string, options: { prefix?: boolean; startRevision: string; prevKv?: boolean }, onEvents: (events: readonly WatchEvent[], revision: string) => void | Promise<void>): Watch {
-    const abort = new AbortController();
+    let abort = new AbortController();
     let stopped = false;
     const ended = (async (): Promise<WatchEnd> => {
       const failures: string[] = [];
       for (const ep of [...this.#order]) {
         if (stopped) return { kind: 'stopped' };
+        // One controller per endpoint: a timeout on one must not abort the try of the next.
+        abort = new AbortController();
+        const mine = abort;
         // Only the answer's start is bounded: the stream itself lives as long as the watch.
-        const first = setTimeout(() => abort.abort(new DOMException('timeout', 'TimeoutError')), this.timeoutMs);
+        const first = setTimeout(() => mine.abort(new DOMException('timeout', 'TimeoutError')), this.timeoutMs);
         let res: Response;
         try {
           res = await fetch(`${ep}/v3/watch`, {
