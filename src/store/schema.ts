@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 7;
+export const SCHEMA_VERSION = 8;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -149,6 +149,30 @@ export const HOST_ACCESS = `
 ALTER TABLE networks ADD COLUMN host_access INTEGER NOT NULL DEFAULT 1;
 `;
 
+// Cluster membership (schema 8): at most one row, this host as a member of an etcd cluster
+// (src/cluster/), so ctnetd knows to keep its etcd lease alive and what to register again after
+// the lease expired. lease_id is the etcd lease last granted (renewals do not change it; it is not
+// in the change feed). cluster_leases: the subnet this host leased per overlay network, kept after
+// `cluster leave`, so the host takes the same subnet back (live sandboxes never change subnet).
+export const CLUSTER = `
+CREATE TABLE cluster_member (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  host TEXT NOT NULL,
+  endpoints TEXT NOT NULL,
+  underlay TEXT NOT NULL,
+  vtep_mac TEXT NOT NULL,
+  lease_ttl INTEGER NOT NULL CHECK (lease_ttl > 0),
+  lease_id TEXT,
+  state TEXT NOT NULL CHECK (state IN ('ready', 'leaving')),
+  joined TEXT NOT NULL
+);
+CREATE TABLE cluster_leases (
+  network TEXT PRIMARY KEY,
+  subnet TEXT NOT NULL,
+  claimed TEXT NOT NULL
+);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -157,4 +181,5 @@ export const MIGRATIONS: Record<number, string> = {
   5: DRIVERS,
   6: FEED,
   7: HOST_ACCESS,
+  8: CLUSTER,
 };
