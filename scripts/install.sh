@@ -12,8 +12,10 @@ cd "$root"
 # podman + runc + busybox-static (+ netavark, podman's own backend, for the benchmark): the CNI plugin test drives real podman with a local busybox image;
 # gcc + libjansson-dev: build the CNI plugin client (src/cni/client.c).
 # python3: test/lab/identity.test.ts sends a router advertisement from a sandbox (raw ICMPv6 socket).
+# etcd-server + etcd-client: the multi-host lab runs etcd (3.4) in a namespace of its own and checks it
+# with etcdctl (src/lab/etcd.ts); ctnet itself talks to etcd over HTTP and needs neither on a host.
 pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables iperf3 socat
-  podman runc busybox-static netavark gcc libc6-dev libjansson-dev python3)
+  podman runc busybox-static netavark gcc libc6-dev libjansson-dev python3 etcd-server etcd-client)
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do

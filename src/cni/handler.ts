@@ -5,8 +5,8 @@ import { cniAdd, cniCheck, cniDel, cniGc, cniStatus } from '../engine/cni.ts';
 import { toCniError } from './errors.ts';
 import { parseLabel } from '../model/policy.ts';
 import {
-  CniError, CODE, type Command, decode, mergeResult, parseConfig, parseEnv, renderError, renderResult, renderVersion,
-  SUPPORTED_VERSIONS,
+  type CniEnv, CniError, CODE, type Command, decode, mergeResult, nameForDel, parseConfig, parseEnv, renderError, renderResult, renderVersion,
+  SUPPORTED_VERSIONS, withArgsClaims,
 } from './protocol.ts';
 
 const LATEST = SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.length - 1]!;
@@ -25,21 +25,19 @@ export async function handleCni(ctx: Ctx, env: Readonly<Record<string, string | 
   try {
     const e = parseEnv(env);
     command = e.command;
+    if (e.command === 'DEL') return await del(ctx, e, stdin, warnings);
     const raw = e.command === 'VERSION' && stdin.trim() === '' ? {} : decode(stdin);
     if (typeof raw.cniVersion === 'string') version = raw.cniVersion;
     if (e.command === 'VERSION') return ok(JSON.stringify(renderVersion(version)));
     const parsed = parseConfig(raw, e.command);
     warnings.push(...parsed.warnings);
-    const conf = { ...parsed.conf, labels: withRuntimeLabels(parsed.conf.labels, e.args, warnings) };
+    const conf = { ...withArgsClaims(parsed.conf, e.args), labels: withRuntimeLabels(parsed.conf.labels, e.args, warnings) };
     const req = { containerId: e.containerId, netns: e.netns, ifname: e.ifname, conf };
     switch (e.command) {
       case 'ADD': {
         const result = mergeResult(conf.prevResult, await cniAdd(ctx, req));
         return ok(JSON.stringify(renderResult(result, version)), warnings);
       }
-      case 'DEL':
-        await cniDel(ctx, { containerId: e.containerId, ifname: e.ifname, cniNetwork: conf.name });
-        return ok('', warnings);
       case 'CHECK':
         await cniCheck(ctx, req);
         return ok('', warnings);
@@ -59,6 +57,27 @@ export async function handleCni(ctx: Ctx, env: Readonly<Record<string, string | 
     const ce = toCniError(err, command);
     return { exit: 1, stdout: JSON.stringify(renderError(ce, version)) + '\n', stderr: stderrOf(warnings) };
   }
+}
+
+/**
+ * DEL works from the store: whatever else is wrong in the request (a runtimeConfig ctnet cannot
+ * read, a version it does not speak), it succeeds when the store can answer it, and says on stderr
+ * what it ignored. Otherwise containerd marks the pod SANDBOX_UNKNOWN and its namespace leaks.
+ */
+async function del(ctx: Ctx, e: CniEnv, stdin: string, warnings: string[]): Promise<Reply> {
+  let raw: Record<string, unknown> = {};
+  let name: string | undefined;
+  try {
+    raw = decode(stdin);
+    const parsed = parseConfig(raw, 'DEL');
+    warnings.push(...parsed.warnings);
+    name = parsed.conf.name;
+  } catch (err) {
+    name = nameForDel(raw);
+    warnings.push(`DEL ignored what it does not need: ${(err as Error).message}`);
+  }
+  await cniDel(ctx, { containerId: e.containerId, ifname: e.ifname, cniNetwork: name });
+  return ok('', warnings);
 }
 
 /**

@@ -194,7 +194,7 @@ export function parseConfig(conf: Json, command: Command): { conf: NetConf; warn
       labels: parseLabels(cniArgs.labels),
       dns: parseDns('runtimeConfig.dns', runtime.dns, true) ?? parseDns('dns', conf.dns, false),
       prevResult,
-      validAttachments: parseValid(conf['cni.dev/valid-attachments'] ?? runtime['cni.dev/valid-attachments']),
+      validAttachments: parseValid(validKey(conf, runtime)),
     },
     warnings,
   };
@@ -220,6 +220,18 @@ function parseClaims(conf: Json): NetworkClaims {
   return claims as NetworkClaims;
 }
 
+/**
+ * A field by name, matched as Go's encoding/json does: the exact key first, then any casing.
+ * containerd's CRI plugin sends portMappings with Go's field names (HostPort, ContainerPort,
+ * Protocol, HostIP: go-cni's PortMapping has no JSON tags), and Go plugins read them alike.
+ */
+function field(m: Json, name: string): unknown {
+  if (name in m) return m[name];
+  const lower = name.toLowerCase();
+  const k = Object.keys(m).find((x) => x.toLowerCase() === lower);
+  return k === undefined ? undefined : m[k];
+}
+
 function parsePortMappings(v: unknown): PortMapping[] {
   if (v === undefined || v === null) return [];
   if (!Array.isArray(v)) throw invalidConfig('runtimeConfig.portMappings', v, 'not a list', 'pass a list of {hostPort, containerPort, protocol, hostIP}');
@@ -227,27 +239,29 @@ function parsePortMappings(v: unknown): PortMapping[] {
     const key = `runtimeConfig.portMappings[${i}]`;
     if (!isObject(m)) throw invalidConfig(key, m, 'not an object', 'pass {hostPort, containerPort, protocol, hostIP}');
     const port = (k: string) => {
-      const p = m[k];
+      const p = field(m, k);
       if (!Number.isInteger(p) || (p as number) < 1 || (p as number) > 65535) throw invalidConfig(`${key}.${k}`, p, 'not a port from 1 to 65535', 'give a whole number from 1 to 65535');
       return p as number;
     };
-    const protocol = m.protocol === undefined || m.protocol === '' ? 'tcp' : m.protocol;
+    const rawProtocol = field(m, 'protocol');
+    const protocol = rawProtocol === undefined || rawProtocol === '' ? 'tcp' : rawProtocol;
     if (typeof protocol !== 'string') throw invalidConfig(`${key}.protocol`, protocol, 'not a string', 'use tcp, udp or sctp');
     const proto = protocol.toLowerCase();
     if (!(PROTOCOLS as readonly string[]).includes(proto)) {
       throw unsupported(`${key}.protocol`, protocol, `ctnet publishes ${PROTOCOLS.join(', ')} only`, 'use tcp, udp or sctp');
     }
     let hostIp = '';
-    if (m.hostIP !== undefined && m.hostIP !== '') {
-      if (typeof m.hostIP !== 'string') throw invalidConfig(`${key}.hostIP`, m.hostIP, 'not a string', 'give a host address, or leave it out for all');
+    const rawHostIp = field(m, 'hostIP');
+    if (rawHostIp !== undefined && rawHostIp !== '') {
+      if (typeof rawHostIp !== 'string') throw invalidConfig(`${key}.hostIP`, rawHostIp, 'not a string', 'give a host address, or leave it out for all');
       let a;
       try {
-        a = parseAddr('hostIP', m.hostIP);
+        a = parseAddr('hostIP', rawHostIp);
       } catch (e) {
-        throw invalidConfig(`${key}.hostIP`, m.hostIP, (e as Error).message, 'give a host address, or leave it out for all');
+        throw invalidConfig(`${key}.hostIP`, rawHostIp, (e as Error).message, 'give a host address, or leave it out for all');
       }
       hostIp = formatAddr(a.family, a.n);
-      if (hostIp === '::1') throw unsupported(`${key}.hostIP`, m.hostIP, 'IPv6 has no route_localnet, so ::1 cannot be DNATed to a container', 'publish on 127.0.0.1 or on all addresses');
+      if (hostIp === '::1') throw unsupported(`${key}.hostIP`, rawHostIp, 'IPv6 has no route_localnet, so ::1 cannot be DNATed to a container', 'publish on 127.0.0.1 or on all addresses');
     }
     return { proto: proto as Proto, hostIp, hostPort: port('hostPort'), containerPort: port('containerPort'), count: 1 };
   });
@@ -276,14 +290,38 @@ function parseIps(key: string, v: unknown): IpRequest[] {
   return out;
 }
 
-function parseMacKey(v: unknown): string | undefined {
+function parseMacKey(v: unknown, key = 'runtimeConfig.mac'): string | undefined {
   if (v === undefined || v === null || v === '') return undefined;
-  if (typeof v !== 'string') throw invalidConfig('runtimeConfig.mac', v, 'not a string', 'write a MAC such as 02:42:ac:11:00:02');
+  if (typeof v !== 'string') throw invalidConfig(key, v, 'not a string', 'write a MAC such as 02:42:ac:11:00:02');
   try {
     return parseMac(v);
   } catch (e) {
-    throw invalidConfig('runtimeConfig.mac', v, (e as Error).message, (e as CtnetError).hint ?? '');
+    throw invalidConfig(key, v, (e as Error).message, (e as CtnetError).hint ?? '');
   }
+}
+
+/**
+ * podman (containers/common's CNI backend) asks for a static address and MAC in CNI_ARGS, as
+ * IP=ADDR[,ADDR] and MAC=MAC (with IgnoreUnknown=1), as the reference plugins read them. They count
+ * only where the configuration asks for nothing (runtimeConfig and args.cni come first).
+ */
+export function withArgsClaims(conf: NetConf, args: ReadonlyMap<string, string>): NetConf {
+  const ip = args.get('IP');
+  const mac = args.get('MAC');
+  return {
+    ...conf,
+    ips: conf.ips.length === 0 && ip ? parseIps('CNI_ARGS IP', ip.split(',')) : conf.ips,
+    mac: conf.mac ?? parseMacKey(mac, 'CNI_ARGS MAC'),
+  };
+}
+
+/**
+ * What DEL needs when the configuration cannot be parsed whole: the CNI network's name, if the
+ * JSON has a usable one. DEL works from the store, so a bad runtimeConfig must not stop it.
+ */
+export function nameForDel(raw: Json): string | undefined {
+  const name = raw.name;
+  return typeof name === 'string' && /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/.test(name) ? name : undefined;
 }
 
 function parseLabels(v: unknown): { key: string; value: string }[] {
@@ -325,8 +363,19 @@ function parseDns(key: string, v: unknown, runtime: boolean): Dns | undefined {
   return dns;
 }
 
+/**
+ * The GC list, where the config or runtimeConfig has it. Present as null is an empty list: libcni
+ * 1.2 sends null for a nil Go slice, which means no attachment is valid.
+ */
+function validKey(conf: Json, runtime: Json): unknown {
+  const KEY = 'cni.dev/valid-attachments';
+  if (conf[KEY] !== undefined) return conf[KEY] ?? [];
+  if (runtime[KEY] !== undefined) return runtime[KEY] ?? [];
+  return KEY in conf || KEY in runtime ? [] : undefined;
+}
+
 function parseValid(v: unknown): { containerId: string; ifname: string }[] | undefined {
-  if (v === undefined || v === null) return undefined;
+  if (v === undefined) return undefined;
   const key = 'cni.dev/valid-attachments';
   if (!Array.isArray(v)) throw invalidConfig(key, v, 'not a list', 'pass [{"containerID": ..., "ifname": ...}]');
   return v.map((a: unknown, i) => {

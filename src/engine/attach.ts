@@ -40,16 +40,28 @@ function checkRequestedIps(store: Store, networks: readonly string[], ips: reado
   }
 }
 
+/** Default routes a namespace has, by family, as the kernel lists them. */
+export type KernelDefaults = ReadonlyMap<4 | 6, { readonly via: string; readonly dev: string }>;
+
+export function kernelDefaults(routes: readonly { dst: string; gateway?: string | undefined; dev?: string | undefined }[]): KernelDefaults {
+  const out = new Map<4 | 6, { via: string; dev: string }>();
+  for (const r of routes) if (r.dst === 'default' && r.gateway && r.dev) out.set(r.gateway.includes(':') ? 6 : 4, { via: r.gateway, dev: r.dev });
+  return out;
+}
+
 /**
  * Decides and records attachments of SANDBOX to NETWORKS (call while deciding). ifname fixes the
  * (single) attachment's interface name, as a CNI runtime does; usedIfnames are taken already.
+ * foreign: the default routes someone else's namespace has now (another plugin's), which an
+ * attachment that takes a default over must put back when it is undone.
  */
 export function recordAttachments(rec: Recorder, sandbox: string, networks: readonly string[], spec: Pick<AttachSpec, 'ips' | 'mac'>,
-  usedIfnames: string[], ifname?: string): PlannedAttachment[] {
+  usedIfnames: string[], ifname?: string, foreign?: KernelDefaults): PlannedAttachment[] {
   const { store } = rec;
   checkRequestedIps(store, networks, spec.ips);
   // The default route each family has now; an attachment that takes it over undoes to it.
-  const current = new Map<4 | 6, { via: string; dev: string } | undefined>([[4, currentDefault(store, sandbox, 4)], [6, currentDefault(store, sandbox, 6)]]);
+  const now = (f: 4 | 6) => currentDefault(store, sandbox, f) ?? foreign?.get(f);
+  const current = new Map<4 | 6, { via: string; dev: string } | undefined>([[4, now(4)], [6, now(6)]]);
   const planned: PlannedAttachment[] = [];
   for (const [i, name] of networks.entries()) {
     const network = readyNetwork(store, name);

@@ -11,7 +11,7 @@ import { formatPortSpec } from '../model/ports.ts';
 import type { AttachmentRow, CniRow, NetworkRow, Store } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 import { attachSteps, type PlannedAttachment } from './attach.ts';
-import { recordAttachments } from './attach.ts';
+import { kernelDefaults, recordAttachments } from './attach.ts';
 import { syncPolicy } from './policy.ts';
 import { portFacts, portLines, portMoveLines, portsMoved, portTargets, readHost, recordPorts } from './ports.ts';
 import { sandboxNetns } from './records.ts';
@@ -113,6 +113,7 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
   const host = await readHost(ctx, { mappings: conf.portMappings, force: true });
   const sandbox = sandboxNameFor(store, req.containerId, req.netns);
   const ns = sandboxNetns({ netns: req.netns });
+  const foreign = kernelDefaults(await ctx.kernel.routes(ns));
   const before = portFacts(store, sandbox);
   let plan!: PlannedAttachment;
   try {
@@ -120,7 +121,7 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
       const p = tx.decide((rec) => {
         if (!store.sandbox(sandbox)) rec.record({ kind: 'sandbox.insert', row: { name: sandbox, netns: req.netns, owned: false, state: 'ready' } });
         const used = store.attachments({ sandbox }).map((a) => a.ifname);
-        const [a] = recordAttachments(rec, sandbox, [network.name], { ips: conf.ips, mac: conf.mac }, used, req.ifname);
+        const [a] = recordAttachments(rec, sandbox, [network.name], { ips: conf.ips, mac: conf.mac }, used, req.ifname, foreign);
         rec.record({ kind: 'cni.insert', row: { containerId: req.containerId, ifname: req.ifname, cniNetwork: conf.name, sandbox, network: network.name } },
           ...conf.labels.map((l) => ({ kind: 'label.set' as const, sandbox, key: l.key, value: l.value })));
         // A container on several networks gets the same portMappings on each: publish them once.
@@ -158,9 +159,14 @@ async function explainAttachFailure(ctx: Ctx, e: unknown, ns: Netns, req: CniReq
     'choose another CNI_IFNAME, or DEL the attachment that made it first');
 }
 
-/** Removes one attachment and everything it made, found from the store; missing is success. */
-export async function cniDel(ctx: Ctx, key: { containerId: string; ifname: string; cniNetwork: string }): Promise<boolean> {
-  const row = ctx.store.cniAttachments({ containerId: key.containerId }).find((c) => c.ifname === key.ifname && c.cniNetwork === key.cniNetwork);
+/**
+ * Removes one attachment and everything it made, found from the store; missing is success. Without
+ * the CNI network's name (a configuration DEL could not read), the container's only attachment on
+ * that interface is the one.
+ */
+export async function cniDel(ctx: Ctx, key: { containerId: string; ifname: string; cniNetwork: string | undefined }): Promise<boolean> {
+  const rows = ctx.store.cniAttachments({ containerId: key.containerId }).filter((c) => c.ifname === key.ifname);
+  const row = key.cniNetwork === undefined ? (rows.length === 1 ? rows[0] : undefined) : rows.find((c) => c.cniNetwork === key.cniNetwork);
   if (!row) return false;
   await removeCniAttachment(ctx, row);
   return true;

@@ -11,7 +11,7 @@ import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { cutDeniedFlows } from './policy.ts';
 import { restoreTables, tableDrift } from './tables.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
-import { teardownAttachment, teardownSandbox } from './sandbox.ts';
+import { removeSandbox, teardownAttachment, teardownSandbox } from './sandbox.ts';
 
 /** Rows another live ctnet process is working on right now are left to it. */
 const interrupted = (r: { state: string; owner: string | null }) => r.state !== 'ready' && !(r.owner && isAlive(r.owner));
@@ -35,6 +35,12 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   for (const s of store.sandboxes().filter((x) => !x.owned && x.state === 'ready' && store.attachments({ sandbox: x.name }).length === 0)) {
     applier.record({ kind: 'sandbox.delete', name: s.name });
     done.push(`forgot sandbox ${s.name} (someone else's namespace, no longer attached)`);
+  }
+  // Someone else's namespace that is gone (a container killed without a DEL, as ctr does for a
+  // detached task): nothing can use its attachments again, so they go, and their addresses with them.
+  for (const s of store.sandboxes().filter((x) => !x.owned && x.state === 'ready' && !kernel.isNetns(x.netns))) {
+    await removeSandbox(ctx, s.name);
+    done.push(`removed sandbox ${s.name}: its network namespace ${s.netns} is gone (its addresses are free again)`);
   }
   for (const n of store.networks().filter(interrupted)) {
     for (const a of store.attachments({ network: n.name })) {

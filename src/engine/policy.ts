@@ -5,10 +5,10 @@ import { CtnetError } from '../errors.ts';
 import { addrToBigint, parseAddr, parseSubnet, type Family } from '../model/cidr.ts';
 import { parseName } from '../model/names.ts';
 import {
-  boxText, compile, decide, formatPortFilter, formatSelector, parsePortFilter, parseSelector, PROTO_NUMBERS,
-  type Action, type Box, type Decision, type PolicyRule, type PolicyWorld, type Selector,
+  boxText, checkRuleSelectors, compile, decide, formatPortFilter, formatSelector, hostBoxText, parsePortFilter, parseSelector, PROTO_NUMBERS,
+  type Action, type Box, type Decision, type PolicyRule, type PolicyTarget, type PolicyWorld, type Selector,
 } from '../model/policy.ts';
-import { policyLines, TABLE, type PolicyElements } from '../nft/ruleset.ts';
+import { POLICY_SET_NAMES, policyLines, TABLE, type PolicyElements } from '../nft/ruleset.ts';
 import { step } from '../plan/plan.ts';
 import type { PolicyRow, Store } from '../store/store.ts';
 import type { Transaction } from './applier.ts';
@@ -19,7 +19,7 @@ export function policyWorld(store: Store): PolicyWorld {
   const labels = store.labels();
   return {
     networks: store.networks().map((n) => ({
-      name: n.name, internal: n.internal, isolate: n.isolate,
+      name: n.name, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess,
       subnets: store.subnets(n.name).map((s) => {
         const sub = parseSubnet('subnet', s.cidr);
         return { family: s.family, start: sub.network, end: sub.network + (1n << BigInt((s.family === 4 ? 32 : 128) - sub.prefix)) - 1n };
@@ -41,24 +41,26 @@ export function toRule(r: PolicyRow): PolicyRule {
   };
 }
 
-const SETS = [['deny', 4], ['deny', 6], ['allow', 4], ['allow', 6]] as const;
+/** Each policy set: which rules (action, target) fill it, for which family. */
+const SETS = (Object.keys(POLICY_SET_NAMES) as (keyof PolicyElements)[]).map((key) => {
+  const m = /^(host)?(allow|deny)([46])$/i.exec(key)!;
+  return { key, action: m[2]!.toLowerCase() as Action, family: Number(m[3]) as 4 | 6, target: (m[1] ? 'host' : 'forward') as PolicyTarget };
+});
 
 function compiled(store: Store) {
   const rules = store.policies().map(toRule);
   const world = policyWorld(store);
-  return SETS.map(([action, family]) => ({ action, family, boxes: compile(rules, action, world, family) }));
+  return SETS.map((s) => ({ ...s, set: POLICY_SET_NAMES[s.key], boxes: compile(rules, s.action, world, s.family, s.target) }));
 }
 
-/** The elements of the four policy sets, for the rules and sandboxes in the store now. */
+/** The elements of every policy set, for the rules and sandboxes in the store now. */
 export function policyElements(store: Store): PolicyElements {
-  const [deny4, deny6, allow4, allow6] = compiled(store).map((c) => c.boxes.map((b) => boxText(b.box, c.family)));
-  return { deny4: deny4!, deny6: deny6!, allow4: allow4!, allow6: allow6! };
+  const text = (c: ReturnType<typeof compiled>[number]) => c.boxes.map((b) => (c.target === 'host' ? hostBoxText : boxText)(b.box, c.family));
+  return Object.fromEntries(compiled(store).map((c) => [c.key, text(c)])) as unknown as PolicyElements;
 }
-
-const SET_NAMES = { deny4: 'policy_deny4', deny6: 'policy_deny6', allow4: 'policy_allow4', allow6: 'policy_allow6' } as const;
 
 export function elementsBySet(e: PolicyElements): Map<string, readonly string[]> {
-  return new Map(Object.entries(SET_NAMES).map(([k, name]) => [name, e[k as keyof PolicyElements]]));
+  return new Map(Object.entries(POLICY_SET_NAMES).map(([k, name]) => [name, e[k as keyof PolicyElements]]));
 }
 
 /**
@@ -146,6 +148,7 @@ export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Pro
   const parsed = reqs.map((req) => {
     const from = parseSelector('--from', req.from);
     const to = parseSelector('--to', req.to);
+    checkRuleSelectors(from, to);
     const port = req.port === undefined ? undefined : parsePortFilter(req.port);
     const name = req.name === undefined ? undefined : parseName('policy', req.name);
     if (name !== undefined && /^rule-\d+$/.test(name)) throw new CtnetError('INVALID_ARGUMENT', `policy name ${name} is reserved for unnamed rules`, 'choose another --name');
@@ -233,17 +236,17 @@ export async function listPolicies(ctx: Ctx): Promise<PolicyView[]> {
   const { store, kernel } = ctx;
   const rows = store.policies();
   const owner = new Map<string, number>();
-  for (const c of compiled(store)) for (const b of c.boxes) owner.set(`${c.action}${c.family}|${boxKey(b.box)}`, b.rule);
+  for (const c of compiled(store)) for (const b of c.boxes) owner.set(`${c.set}|${boxKey(b.box)}`, b.rule);
   const hits = new Map<number, { packets: number; bytes: number }>(rows.map((r) => [r.id, { packets: 0, bytes: 0 }]));
   const table = rows.length ? (await kernel.nftTable()) ?? [] : [];
   for (const item of table as { set?: { name: string; elem?: unknown[] } }[]) {
-    const m = /^policy_(allow|deny)([46])$/.exec(item.set?.name ?? '');
+    const m = /^policy_(host_)?(allow|deny)([46])$/.exec(item.set?.name ?? '');
     if (!m) continue;
     for (const e of item.set!.elem ?? []) {
       const el = (e as { elem?: { val: unknown; counter?: { packets: number; bytes: number } } }).elem;
       if (!el?.counter) continue;
-      const box = parseElement(el.val, Number(m[2]) as Family);
-      const rule = box && owner.get(`${m[1]}${m[2]}|${boxKey(box)}`);
+      const box = parseElement(el.val, Number(m[3]) as Family, m[1] !== undefined);
+      const rule = box && owner.get(`${item.set!.name}|${boxKey(box)}`);
       const h = rule === undefined ? undefined : hits.get(rule);
       if (h) {
         h.packets += el.counter.packets;
@@ -283,12 +286,14 @@ function parseField(v: unknown, kind: 'addr' | 'proto' | 'port', family: Family)
   return n === undefined ? undefined : [n, n];
 }
 
-function parseElement(val: unknown, family: Family): Box | undefined {
+/** A set element as a box; a host set's element (source . protocol . port) gets the host's destination. */
+function parseElement(val: unknown, family: Family, host: boolean): Box | undefined {
   const fields = (val as { concat?: unknown[] })?.concat;
-  if (!fields || fields.length !== 4) return undefined;
-  const kinds = ['addr', 'addr', 'proto', 'port'] as const;
+  const kinds = host ? (['addr', 'proto', 'port'] as const) : (['addr', 'addr', 'proto', 'port'] as const);
+  if (!fields || fields.length !== kinds.length) return undefined;
   const parts = fields.map((f, i) => parseField(f, kinds[i]!, family));
-  return parts.every((p) => p !== undefined) ? (parts as unknown as Box) : undefined;
+  if (!parts.every((p) => p !== undefined)) return undefined;
+  return (host ? [parts[0], [0n, 0n], parts[1], parts[2]] : parts) as unknown as Box;
 }
 
 /** Resolves FROM/TO (sandbox names or addresses) for `policy check`. */
@@ -309,19 +314,27 @@ export interface CheckResult extends Decision {
   readonly port: string;
 }
 
-/** What the kernel does with a new connection FROM -> TO (each address pair of the same family). */
+/**
+ * What the kernel does with a new connection FROM -> TO (each address pair of the same family).
+ * TO may be `host`: the host itself, as the sandbox reaches it (at its gateway, or any host address).
+ */
 export function checkPolicy(ctx: Ctx, from: string, to: string, portText: string | undefined): CheckResult[] {
   const { store } = ctx;
   const port = portText === undefined ? undefined : parsePortFilter(portText);
   const src = endpoints(store, 'FROM', from);
-  const dst = endpoints(store, 'TO', to);
+  const toHost = to === 'host';
+  const gateways = toHost ? store.networks().flatMap((n) => store.subnets(n.name)) : [];
+  const dst = toHost ? [] : endpoints(store, 'TO', to);
   const rules = store.policies().map(toRule);
   const world = policyWorld(store);
   const out: CheckResult[] = [];
   for (const s of src) {
-    for (const d of dst.filter((x) => x.family === s.family)) {
+    const targets = toHost
+      ? [{ family: s.family, n: 0n, label: `host${gatewayOf(gateways, s) ? ` (${gatewayOf(gateways, s)})` : ''}` }]
+      : dst.filter((x) => x.family === s.family);
+    for (const d of targets) {
       const proto = port ? (port.proto === 'icmp' ? (s.family === 4 ? 1 : 58) : PROTO_NUMBERS[port.proto]!) : 6;
-      const decision = decide(rules, world, { family: s.family, src: s.n, dst: d.n, proto, port: port?.start ?? 0 });
+      const decision = decide(rules, world, { family: s.family, src: s.n, dst: d.n, proto, port: port?.start ?? 0, toHost });
       out.push({ from: s.label, to: d.label, port: port ? formatPortFilter(port) : 'any/tcp', ...decision });
     }
   }
@@ -329,6 +342,15 @@ export function checkPolicy(ctx: Ctx, from: string, to: string, portText: string
     throw new CtnetError('INVALID_ARGUMENT', `${from} and ${to} have no addresses of the same family`, 'check them with "ctnet inspect"');
   }
   return out;
+}
+
+/** The gateway of the subnet an address is in: where the sandbox reaches the host. */
+function gatewayOf(subnets: readonly { cidr: string; family: Family; gateway: string }[], a: { family: Family; n: bigint }): string | undefined {
+  return subnets.find((s) => {
+    if (s.family !== a.family) return false;
+    const sub = parseSubnet('subnet', s.cidr);
+    return a.n >> BigInt((s.family === 4 ? 32 : 128) - sub.prefix) === sub.network >> BigInt((s.family === 4 ? 32 : 128) - sub.prefix);
+  })?.gateway;
 }
 
 /** Sets and removes labels of a sandbox, then brings the policy sets up to date. */

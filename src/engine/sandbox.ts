@@ -8,7 +8,7 @@ import type { Op } from '../plan/ops.ts';
 import { step, type Step } from '../plan/plan.ts';
 import type { AttachmentRow, SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
-import { attachSteps, recordAttachments } from './attach.ts';
+import { attachSteps, kernelDefaults, recordAttachments } from './attach.ts';
 import { netnsName } from './naming.ts';
 import { portFacts, portLines, portMoveLines, portsMoved, publishSteps, readHost, recordPorts, unpublishSteps, type PublishRequest } from './ports.ts';
 import { currentDefault, defaultCarrier, driverNetwork, driverOf, existingNetwork, readySandbox, sandboxNetns } from './records.ts';
@@ -75,12 +75,13 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
   const ns = sandboxNetns(s);
   // In someone else's namespace any interface may exist; in ours, the store knows them all.
   const used = readNames ? (await kernel.links(ns)).map((l) => l.ifname) : [];
+  const foreign = readNames ? kernelDefaults(await kernel.routes(ns)) : undefined;
   const before = portFacts(store, s.name);
   await applier.transaction(async (tx) => {
     const { planned, after } = tx.decide((rec) => {
       if (isNew) rec.record({ kind: 'sandbox.insert', row: { name: s.name, netns: s.netns, owned: false, state: 'ready' } });
       used.push(...store.attachments({ sandbox: s.name }).map((a) => a.ifname));
-      const [a] = recordAttachments(rec, s.name, [network], { ips, mac: undefined }, used);
+      const [a] = recordAttachments(rec, s.name, [network], { ips, mac: undefined }, used, undefined, foreign);
       return { planned: a!, after: portFacts(store, s.name) };
     });
     // This network may be the first with a way out: the published ports move to it, in the

@@ -11,7 +11,9 @@ export type Selector =
   | { readonly kind: 'net'; readonly name: string }
   | { readonly kind: 'label'; readonly key: string; readonly value: string }
   | { readonly kind: 'cidr'; readonly family: Family; readonly start: bigint; readonly end: bigint; readonly text: string }
-  | { readonly kind: 'world' };
+  | { readonly kind: 'world' }
+  /** The host itself (any of its addresses, the gateways included): only as a destination. */
+  | { readonly kind: 'host' };
 
 export type Action = 'allow' | 'deny';
 export const POLICY_PROTOCOLS = ['tcp', 'udp', 'sctp', 'icmp'] as const;
@@ -62,8 +64,8 @@ function parseCidrSelector(what: string, text: string): Selector {
       prefix = addr.kind() === 'ipv4' ? 32 : 128;
     }
   } catch {
-    throw invalid(`${what} ${JSON.stringify(text)} is not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR or world`,
-      'e.g. web1, net:frontend, label:tier=api, 10.0.0.0/8, world');
+    throw invalid(`${what} ${JSON.stringify(text)} is not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR, world or host`,
+      'e.g. web1, net:frontend, label:tier=api, 10.0.0.0/8, world, host');
   }
   const family: Family = addr.kind() === 'ipv4' ? 4 : 6;
   const host = BigInt(bitsOf(family) - prefix);
@@ -75,14 +77,31 @@ function parseCidrSelector(what: string, text: string): Selector {
 
 export function parseSelector(what: string, text: string): Selector {
   if (text === 'world') return { kind: 'world' };
+  if (text === 'host') return { kind: 'host' };
   if (text.startsWith('net:')) return { kind: 'net', name: parseName(`${what} network`, text.slice(4)) };
   if (text.startsWith('label:')) return { kind: 'label', ...parseLabel(`${what} label`, text.slice(6)) };
   if (/^[0-9]/.test(text) && (text.includes('.') || text.includes('/')) || text.includes(':')) return parseCidrSelector(what, text);
   try {
     return { kind: 'sandbox', name: parseName(`${what} sandbox`, text) };
   } catch {
-    throw invalid(`${what} ${JSON.stringify(text)} is not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR or world`,
-      'e.g. web1, net:frontend, label:tier=api, 10.0.0.0/8, world');
+    throw invalid(`${what} ${JSON.stringify(text)} is not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR, world or host`,
+      'e.g. web1, net:frontend, label:tier=api, 10.0.0.0/8, world, host');
+  }
+}
+
+/**
+ * A rule's selectors as a pair: `host` only as the destination, from sandboxes. The host's own
+ * connections leave through its output path, which ctnet does not filter, and the world's reach the
+ * host on its uplink, which is not ctnet's to judge: such a rule would never match anything.
+ */
+export function checkRuleSelectors(from: Selector, to: Selector): void {
+  if (from.kind === 'host') {
+    throw invalid('--from host: ctnet does not filter the host\'s own connections (the host reaches every sandbox)',
+      'use host as a destination: --to host, to say what sandboxes may reach on the host');
+  }
+  if (to.kind === 'host' && from.kind === 'world') {
+    throw invalid('--from world --to host: ctnet judges only what sandboxes send to the host, never the world\'s traffic to it',
+      'use the host\'s own firewall for that, or name sandboxes with --from (net:NAME, label:KEY=VALUE, a sandbox, a CIDR)');
   }
 }
 
@@ -93,6 +112,7 @@ export function formatSelector(s: Selector): string {
     case 'label': return `label:${s.key}=${s.value}`;
     case 'cidr': return s.text;
     case 'world': return 'world';
+    case 'host': return 'host';
   }
 }
 
@@ -129,6 +149,8 @@ export interface PolicyNetwork {
   readonly name: string;
   readonly internal: boolean;
   readonly isolate: boolean;
+  /** network --host-access: its sandboxes reach every service of the host. */
+  readonly hostAccess: boolean;
   readonly subnets: readonly { readonly family: Family; readonly start: bigint; readonly end: bigint }[];
 }
 export interface PolicySandbox {
@@ -157,6 +179,8 @@ export function resolve(sel: Selector, w: PolicyWorld, family: Family): Range[] 
       return sel.family === family ? [[sel.start, sel.end]] : [];
     case 'world':
       return complement(w.networks.flatMap((n) => n.subnets.filter((s) => s.family === family).map((s): Range => [s.start, s.end])), family);
+    case 'host':
+      return []; // not an address range: the host's rules go to their own sets (compile's 'host' target)
   }
 }
 
@@ -185,9 +209,16 @@ export function protoRange(p: PortFilter | undefined, family: Family): [Range, R
   return [[num, num], [BigInt(p.start), BigInt(p.end)]];
 }
 
-function ruleBoxes(r: PolicyRule, w: PolicyWorld, family: Family): Box[] {
+/** Where a rule's boxes go: the forward path (between addresses) or the host's input path. */
+export type PolicyTarget = 'forward' | 'host';
+
+/** The only destination of a host box: its sets have no destination field. */
+const HOST_DST: Range = [0n, 0n];
+
+function ruleBoxes(r: PolicyRule, w: PolicyWorld, family: Family, target: PolicyTarget): Box[] {
+  if ((r.to.kind === 'host') !== (target === 'host')) return [];
   const from = resolve(r.from, w, family);
-  const to = resolve(r.to, w, family);
+  const to = target === 'host' ? [HOST_DST] : resolve(r.to, w, family);
   const [proto, port] = protoRange(r.port, family);
   return from.flatMap((s) => to.map((d): Box => [s, d, proto, port]));
 }
@@ -226,11 +257,11 @@ export interface CompiledBox {
  * The rules of one action as disjoint boxes (the kernel refuses overlapping elements in a
  * concatenated interval set), in rule order so each part belongs to the oldest rule covering it.
  */
-export function compile(rules: readonly PolicyRule[], action: Action, w: PolicyWorld, family: Family): CompiledBox[] {
+export function compile(rules: readonly PolicyRule[], action: Action, w: PolicyWorld, family: Family, target: PolicyTarget = 'forward'): CompiledBox[] {
   const out: CompiledBox[] = [];
   const index = new BoxIndex();
   for (const r of rules.filter((x) => x.action === action)) {
-    for (const box of ruleBoxes(r, w, family)) {
+    for (const box of ruleBoxes(r, w, family, target)) {
       let parts: Box[] = [box];
       for (const existing of index.candidates(box)) {
         parts = parts.flatMap((p) => (intersects(p, existing) ? subtract(p, existing) : [p]));
@@ -291,6 +322,12 @@ export function boxText(b: Box, family: Family): string {
   return `${addr(b[0])} . ${addr(b[1])} . ${num(b[2])} . ${num(b[3])}`;
 }
 
+/** nft's text for a host box (source . protocol . port: the host sets have no destination). */
+export function hostBoxText(b: Box, family: Family): string {
+  const [src, , proto, port] = boxText(b, family).split(' . ');
+  return `${src} . ${proto} . ${port}`;
+}
+
 // ---- evaluation ----
 
 export interface Packet {
@@ -301,6 +338,8 @@ export interface Packet {
   readonly port: number;
   /** Arrived through a published port (DNAT): the default for it is to pass. */
   readonly published?: boolean;
+  /** Addressed to the host itself (its input path; dst is then one of the host's addresses). */
+  readonly toHost?: boolean;
 }
 
 export interface Decision {
@@ -312,10 +351,13 @@ export interface Decision {
 const inside = (r: Range, n: bigint) => r[0] <= n && n <= r[1];
 
 function matches(r: PolicyRule, w: PolicyWorld, p: Packet): boolean {
+  if ((r.to.kind === 'host') !== (p.toHost === true)) return false;
   const [proto, port] = protoRange(r.port, p.family);
   return inside(proto, BigInt(p.proto)) && inside(port, BigInt(p.port)) &&
-    resolve(r.from, w, p.family).some((x) => inside(x, p.src)) && resolve(r.to, w, p.family).some((x) => inside(x, p.dst));
+    resolve(r.from, w, p.family).some((x) => inside(x, p.src)) && (p.toHost || resolve(r.to, w, p.family).some((x) => inside(x, p.dst)));
 }
+
+const ICMP = new Set([1, 58]);
 
 /** What ctnet's forward chain does with a new connection (same order: deny, allow, defaults). */
 export function decide(rules: readonly PolicyRule[], w: PolicyWorld, p: Packet): Decision {
@@ -324,6 +366,7 @@ export function decide(rules: readonly PolicyRule[], w: PolicyWorld, p: Packet):
   const allow = rules.find((r) => r.action === 'allow' && matches(r, w, p));
   if (allow) return { allowed: true, by: `rule ${allow.name}` };
   const netOf = (n: bigint) => w.networks.find((x) => x.subnets.some((s) => s.family === p.family && inside([s.start, s.end], n)));
+  if (p.toHost) return decideHost(netOf(p.src), p);
   const src = netOf(p.src);
   const dst = netOf(p.dst);
   if (src && dst && src.name === dst.name && !src.isolate) return { allowed: true, by: `default: same network (${src.name})` };
@@ -335,6 +378,15 @@ export function decide(rules: readonly PolicyRule[], w: PolicyWorld, p: Packet):
   if (src) return { allowed: true, by: `default: egress from ${src.name}` };
   if (dst) return { allowed: false, by: 'default: from outside, only published ports reach sandboxes' };
   return { allowed: true, by: 'default: not ctnet traffic' };
+}
+
+/** The defaults of ctnet's input chain, for a new connection to the host no rule decided. */
+function decideHost(src: PolicyNetwork | undefined, p: Packet): Decision {
+  if (!src) return { allowed: true, by: 'default: not from a sandbox' };
+  if (src.internal) return { allowed: false, by: `default: network ${src.name} is --internal (nothing on the host)` };
+  if (ICMP.has(p.proto)) return { allowed: true, by: 'default: ping and ICMP reach the host' };
+  if (src.hostAccess) return { allowed: true, by: `default: network ${src.name} has --host-access` };
+  return { allowed: false, by: `default: the host is closed to sandboxes of ${src.name} (allow a port with --to host, or make the network with --host-access)` };
 }
 
 /** conntrack's protocol names as numbers. */

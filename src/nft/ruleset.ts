@@ -109,9 +109,15 @@ add rule ${TABLE} postrouting ct status dnat ip6 saddr . oifname @endpoints6 cou
 add rule ${TABLE} input udp dport . @th,96,24 @vxlan_ids ip saddr . udp dport . @th,96,24 != @vteps4 counter drop comment "VXLAN from an unknown VTEP"
 add rule ${TABLE} input iifname != @bridges iifname != @overlays accept
 add rule ${TABLE} input ct state established,related accept comment "replies to what the host started"
-add rule ${TABLE} input meta l4proto { icmp, ipv6-icmp } accept comment "ping, neighbour discovery, path MTU"
+add rule ${TABLE} input icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept comment "neighbour discovery: a sandbox must find its gateway"
+add rule ${TABLE} input ip saddr . meta l4proto . th dport @policy_host_deny4 counter drop comment "policy: deny --to host"
+add rule ${TABLE} input ip6 saddr . meta l4proto . th dport @policy_host_deny6 counter drop comment "policy: deny --to host"
+add rule ${TABLE} input ip saddr . meta l4proto . th dport @policy_host_allow4 counter accept comment "policy: allow --to host"
+add rule ${TABLE} input ip6 saddr . meta l4proto . th dport @policy_host_allow6 counter accept comment "policy: allow --to host"
+add rule ${TABLE} input iifname @internal_bridges counter drop comment "internal network: nothing on the host (but what a policy allows)"
+add rule ${TABLE} input meta l4proto { icmp, ipv6-icmp } accept comment "ping, path MTU"
 add rule ${TABLE} input iifname @host_access_bridges accept comment "network --host-access"
-add rule ${TABLE} input counter drop comment "the host is not open to sandboxes (published ports are DNATed past it; network --host-access opens it)"
+add rule ${TABLE} input counter drop comment "the host is not open to sandboxes (published ports are DNATed past it; policy allow --to host or network --host-access opens it)"
 add rule ${TABLE} postrouting ct status dnat ip saddr 127.0.0.0/8 counter masquerade comment "published port reached at 127.0.0.1"
 add rule ${TABLE} postrouting ip saddr @masq4 ip daddr != @overlay4 oifname != @bridges counter masquerade comment "egress, but not between overlay subnets"
 add rule ${TABLE} postrouting ip6 saddr @masq6 oifname != @bridges counter masquerade
@@ -119,30 +125,35 @@ ${identityScript()}
 `;
 }
 
-export const POLICY_SETS = ['policy_deny4', 'policy_deny6', 'policy_allow4', 'policy_allow6'] as const;
+/** The policy sets, by the PolicyElements field that fills each. */
+export const POLICY_SET_NAMES = {
+  deny4: 'policy_deny4', deny6: 'policy_deny6', allow4: 'policy_allow4', allow6: 'policy_allow6',
+  hostDeny4: 'policy_host_deny4', hostDeny6: 'policy_host_deny6', hostAllow4: 'policy_host_allow4', hostAllow6: 'policy_host_allow6',
+} as const;
+export const POLICY_SETS = Object.values(POLICY_SET_NAMES);
 
 /**
- * Policy rules compiled to disjoint boxes of source . destination . protocol . port: one lookup per
- * set for a new connection, whatever the number of rules; per-element counters give rule hits.
+ * Policy rules compiled to disjoint boxes of source . destination . protocol . port (rules --to host:
+ * source . protocol . port, looked up on the input path): one lookup per set for a new connection,
+ * whatever the number of rules; per-element counters give rule hits.
  */
 function policySets(): string {
   return POLICY_SETS.map((name) => {
     const addr = name.endsWith('4') ? 'ipv4_addr' : 'ipv6_addr';
-    return `add set ${TABLE} ${name} { type ${addr} . ${addr} . inet_proto . inet_service; flags interval; counter; comment "policy: source . destination . protocol . port"; }`;
+    const host = name.includes('_host_');
+    const type = host ? `${addr} . inet_proto . inet_service` : `${addr} . ${addr} . inet_proto . inet_service`;
+    const comment = host ? 'policy --to host: source . protocol . port' : 'policy: source . destination . protocol . port';
+    return `add set ${TABLE} ${name} { type ${type}; flags interval; counter; comment "${comment}"; }`;
   }).join('\n');
 }
 
-export interface PolicyElements {
-  readonly deny4: readonly string[];
-  readonly deny6: readonly string[];
-  readonly allow4: readonly string[];
-  readonly allow6: readonly string[];
-}
+export type PolicyElements = { readonly [K in keyof typeof POLICY_SET_NAMES]: readonly string[] };
 
 /** Replaces every policy element in one transaction (with the rest of the script it is part of). */
 export function policyLines(e: PolicyElements): string[] {
   const lines: string[] = POLICY_SETS.map((name) => `flush set ${TABLE} ${name}`);
-  for (const [set, elements] of [['policy_deny4', e.deny4], ['policy_deny6', e.deny6], ['policy_allow4', e.allow4], ['policy_allow6', e.allow6]] as const) {
+  for (const [key, set] of Object.entries(POLICY_SET_NAMES)) {
+    const elements = e[key as keyof PolicyElements];
     for (let i = 0; i < elements.length; i += 500) lines.push(`add element ${TABLE} ${set} { ${elements.slice(i, i + 500).join(', ')} }`);
   }
   return lines;

@@ -45,7 +45,7 @@ export function describeFilter(f: FlowFilter): string {
     case 'addresses': return `flows of ${f.ips.join(', ')}`;
     case 'unpublished': return `flows through published ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')}`;
     case 'stale': return `flows that reached host ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')} before they were published`;
-    case 'denied': return 'forwarded flows the policy now denies';
+    case 'denied': return 'flows (forwarded, or to the host) the policy now denies';
   }
 }
 
@@ -84,17 +84,18 @@ export async function pickFlows(f: FlowFilter, flows: readonly Flow[], local: ()
   }
 }
 
-/** The packet the forward chain judged for a flow; undefined for the host's own traffic. */
+/** The packet ctnet's forward or input chain judged for a flow; undefined for the host's own traffic. */
 function flowPacket(f: Flow, local: ReadonlySet<string>) {
   if (local.has(f.orig.src)) return undefined; // from the host: output path, not forwarded
   const dnat = f.reply.src !== f.orig.dst;
-  if (!dnat && local.has(f.orig.dst)) return undefined; // to the host itself: input path
+  // To the host itself: its input path, judged by the rules --to host and the host defaults.
+  const toHost = !dnat && local.has(f.orig.dst);
   const dst = dnat ? f.reply.src : f.orig.dst;
   const port = dnat ? f.reply.sport : f.orig.dport;
   try {
     return {
       family: f.family, src: addrToBigint(ipaddr.parse(f.orig.src)), dst: addrToBigint(ipaddr.parse(dst)),
-      proto: PROTO_NUMBERS[f.proto] ?? -1, port: port ?? 0, published: dnat,
+      proto: PROTO_NUMBERS[f.proto] ?? -1, port: port ?? 0, published: dnat, toHost,
     };
   } catch {
     return undefined;

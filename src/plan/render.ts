@@ -48,7 +48,8 @@ export function ipCommand(op: Op): IpCommand | undefined {
     // reaching its own published port through the host's address is DNATed inside the bridge.
     case 'link.set.hairpin': return { args: ['link', 'set', op.name, 'type', 'bridge_slave', 'hairpin', 'on'] };
     case 'link.set.up': return { netns: op.netns, args: ['link', 'set', op.name, 'up'] };
-    case 'addr.add': return { netns: op.netns, args: ['addr', 'add', op.cidr, 'dev', op.dev, ...(op.cidr.includes(':') ? ['nodad'] : [])] };
+    // IPv4 gets its subnet's broadcast address (brd +), as the bridge plugin and Docker set it.
+    case 'addr.add': return { netns: op.netns, args: ['addr', 'add', op.cidr, ...(op.cidr.includes(':') ? [] : ['brd', '+']), 'dev', op.dev, ...(op.cidr.includes(':') ? ['nodad'] : [])] };
     case 'addr.del': return { netns: op.netns, args: ['addr', 'del', op.cidr, 'dev', op.dev] };
     // replace: a network with a way out takes the default over from an --internal one.
     case 'route.replace.default': return { netns: op.netns, args: [...v6(op.via), 'route', 'replace', 'default', 'via', op.via, 'dev', op.dev] };

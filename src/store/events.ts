@@ -5,7 +5,7 @@
 // Triggers, not the engine, write the events: every writer (the CLI, ctnetd's CNI handler, a future
 // file-driven apply, even the sqlite3 shell) records them in the same transaction as the change,
 // and a rolled-back transaction (a dry run, a failed operation) records nothing.
-import type { AddressRow, AttachmentRow, CniRow, NetworkRow, PolicyRow, PortRow, SandboxRow, SubnetRow } from './store.ts';
+import type { AddressRow, AttachmentRow, CniRow, MemberRow, NetworkRow, PolicyRow, PortRow, SandboxRow, SubnetRow } from './store.ts';
 
 /**
  * What a resident service needs to know, per kind. Not recorded, on purpose:
@@ -14,7 +14,9 @@ import type { AddressRow, AttachmentRow, CniRow, NetworkRow, PolicyRow, PortRow,
  * - subnets.cursor: IPAM's next-address hint, advanced by every allocation;
  * - policy_elements: the kernel's policy sets as last applied, derived from policies, labels and
  *   addresses, which are recorded;
- * - processes (pids `ctnet run -d` started) and meta: not network state.
+ * - processes (pids `ctnet run -d` started) and meta: not network state;
+ * - cluster_member.lease_id: ctnetd's own bookkeeping of the etcd lease it renews;
+ *   cluster_leases: the subnets to take back, read by ctnetd when it registers again.
  */
 export interface FeedData {
   network: Omit<NetworkRow, 'owner'>;
@@ -26,6 +28,8 @@ export interface FeedData {
   label: { readonly sandbox: string; readonly key: string; readonly value: string };
   policy: PolicyRow;
   cni: CniRow;
+  /** This host's cluster membership; endpoints as the column holds them (comma-separated). */
+  member: Omit<MemberRow, 'leaseId' | 'endpoints'> & { readonly endpoints: string };
 }
 export type Kind = keyof FeedData;
 export type Action = 'created' | 'changed' | 'removed';
@@ -97,6 +101,10 @@ export const RECORDED: { readonly [K in Kind]: Recorded } = {
   cni: {
     table: 'cni_attachments', key: "$.container_id || '/' || $.ifname || '/' || $.cni_network",
     columns: [c('container_id'), c('ifname'), c('cni_network'), c('sandbox'), c('network'), c('created')],
+  },
+  member: {
+    table: 'cluster_member', key: '$.host',
+    columns: [c('host'), c('endpoints'), c('underlay'), c('vtep_mac'), c('lease_ttl'), c('state'), c('joined')],
   },
 };
 

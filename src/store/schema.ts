@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 8;
+export const SCHEMA_VERSION = 9;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -149,7 +149,31 @@ export const HOST_ACCESS = `
 ALTER TABLE networks ADD COLUMN host_access INTEGER NOT NULL DEFAULT 1;
 `;
 
-// Overlays (schema 8): an overlay (vxlan) network's side on this host: its VXLAN device and VTEP
+// Cluster membership (schema 8): at most one row, this host as a member of an etcd cluster
+// (src/cluster/), so ctnetd knows to keep its etcd lease alive and what to register again after
+// the lease expired. lease_id is the etcd lease last granted (renewals do not change it; it is not
+// in the change feed). cluster_leases: the subnet this host leased per overlay network, kept after
+// `cluster leave`, so the host takes the same subnet back (live sandboxes never change subnet).
+export const CLUSTER = `
+CREATE TABLE cluster_member (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  host TEXT NOT NULL,
+  endpoints TEXT NOT NULL,
+  underlay TEXT NOT NULL,
+  vtep_mac TEXT NOT NULL,
+  lease_ttl INTEGER NOT NULL CHECK (lease_ttl > 0),
+  lease_id TEXT,
+  state TEXT NOT NULL CHECK (state IN ('ready', 'leaving')),
+  joined TEXT NOT NULL
+);
+CREATE TABLE cluster_leases (
+  network TEXT PRIMARY KEY,
+  subnet TEXT NOT NULL,
+  claimed TEXT NOT NULL
+);
+`;
+
+// Overlays (schema 9): an overlay (vxlan) network's side on this host: its VXLAN device and VTEP
 // MAC (fixed, so peers' entries stay right across a rebuild), the overlay's whole subnet (the
 // network's subnets row holds this host's lease), this host's underlay; and the peers this host
 // has programmed, so gc rebuilds their entries and the tables their known VTEPs without the
@@ -183,5 +207,6 @@ export const MIGRATIONS: Record<number, string> = {
   5: DRIVERS,
   6: FEED,
   7: HOST_ACCESS,
-  8: OVERLAY,
+  8: CLUSTER,
+  9: OVERLAY,
 };

@@ -112,6 +112,29 @@ export interface CniRow {
   readonly created: string;
 }
 
+/** This host's membership of a cluster (src/cluster/): one row at most. */
+export interface MemberRow {
+  readonly host: string;
+  /** etcd client URLs, as parsed (parseEndpoints). */
+  readonly endpoints: readonly string[];
+  readonly underlay: string;
+  readonly vtepMac: string;
+  /** Seconds: the TTL of the host's etcd lease. */
+  readonly leaseTtl: number;
+  /** The etcd lease last granted (null before the first). */
+  readonly leaseId: string | null;
+  /** leaving: `cluster leave` is under way, ctnetd must not register the host again. */
+  readonly state: 'ready' | 'leaving';
+  readonly joined: string;
+}
+
+/** The subnet this host leased (or last leased) in an overlay network. */
+export interface ClusterLeaseRow {
+  readonly network: string;
+  readonly subnet: string;
+  readonly claimed: string;
+}
+
 export const DEFAULT_STATE_DIR = '/var/lib/ctnet';
 
 type Row = Record<string, unknown>;
@@ -502,6 +525,40 @@ export class Store {
   insertCniAttachment(c: Omit<CniRow, 'created'>): void {
     this.#run('INSERT INTO cni_attachments(container_id, ifname, cni_network, sandbox, network, created) VALUES (?, ?, ?, ?, ?, ?)',
       c.containerId, c.ifname, c.cniNetwork, c.sandbox, c.network, new Date().toISOString());
+  }
+
+  // ---- cluster membership ----
+  member(): MemberRow | undefined {
+    const r = this.#get('SELECT * FROM cluster_member WHERE id = 1');
+    return r && {
+      host: r.host as string, endpoints: (r.endpoints as string).split(','), underlay: r.underlay as string, vtepMac: r.vtep_mac as string,
+      leaseTtl: r.lease_ttl as number, leaseId: (r.lease_id as string | null) ?? null, state: r.state as MemberRow['state'], joined: r.joined as string,
+    };
+  }
+  /** Records this host's membership; a second one fails (the primary key is the constant 1). */
+  insertMember(m: MemberRow): void {
+    this.#run('INSERT INTO cluster_member(id, host, endpoints, underlay, vtep_mac, lease_ttl, lease_id, state, joined) VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)',
+      m.host, m.endpoints.join(','), m.underlay, m.vtepMac, m.leaseTtl, m.leaseId, m.state, m.joined);
+  }
+  setMemberLease(leaseId: string): void {
+    this.#run('UPDATE cluster_member SET lease_id = ? WHERE id = 1', leaseId);
+  }
+  setMemberState(state: MemberRow['state']): void {
+    this.#run('UPDATE cluster_member SET state = ? WHERE id = 1', state);
+  }
+  deleteMember(): void {
+    this.#run('DELETE FROM cluster_member WHERE id = 1');
+  }
+  clusterLeases(): ClusterLeaseRow[] {
+    return this.#all('SELECT * FROM cluster_leases ORDER BY network')
+      .map((r) => ({ network: r.network as string, subnet: r.subnet as string, claimed: r.claimed as string }));
+  }
+  setClusterLease(network: string, subnet: string): void {
+    this.#run('INSERT INTO cluster_leases(network, subnet, claimed) VALUES (?, ?, ?) ON CONFLICT (network) DO UPDATE SET subnet = excluded.subnet, claimed = excluded.claimed',
+      network, subnet, new Date().toISOString());
+  }
+  deleteClusterLease(network: string): void {
+    this.#run('DELETE FROM cluster_leases WHERE network = ?', network);
   }
 
   // ---- processes ctnet started in sandboxes ----

@@ -1,7 +1,7 @@
 // Pure logic of the CNI protocol: env and config parsing, results in each version, the wire format.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { CniError, decode, mergeResult, parseArgs, parseConfig, parseEnv, renderResult, type CniResult } from '../../src/cni/protocol.ts';
+import { CniError, decode, mergeResult, nameForDel, parseArgs, parseConfig, parseEnv, renderResult, withArgsClaims, type CniResult } from '../../src/cni/protocol.ts';
 import { decodeReply, decodeRequest, encodeReply, encodeRequest } from '../../src/daemon/wire.ts';
 
 const code = (fn: () => unknown, c: number, re: RegExp) =>
@@ -62,6 +62,39 @@ describe('CNI configuration', () => {
     code(() => parseConfig({ ...base, type: 'bridge' }, 'ADD'), 7, /type="bridge"/);
     code(() => parseConfig({ ...base, args: { cni: { labels: [{ key: 'a b', value: 'x' }] } } }, 'ADD'), 7, /args\.cni\.labels\[0\]/);
     code(() => parseConfig({ ...base, cniVersion: '1.1.0', 'cni.dev/valid-attachments': [{ containerID: 1 }] }, 'GC'), 7, /valid-attachments\[0\]/);
+  });
+});
+
+describe('what real runtimes send (issue 13)', () => {
+  it('containerd\'s CRI plugin: portMappings with Go field names (no JSON tags), matched as Go does', () => {
+    const { conf } = parseConfig({ ...base, runtimeConfig: { portMappings: [{ HostPort: 8080, ContainerPort: 80, Protocol: 'TCP', HostIP: '' }, { hostport: 53, containerport: 53, protocol: 'udp' }] } }, 'ADD');
+    assert.deepEqual(conf.portMappings, [
+      { proto: 'tcp', hostIp: '', hostPort: 8080, containerPort: 80, count: 1 },
+      { proto: 'udp', hostIp: '', hostPort: 53, containerPort: 53, count: 1 },
+    ]);
+    code(() => parseConfig({ ...base, runtimeConfig: { portMappings: [{ HostPort: 0, ContainerPort: 80 }] } }, 'ADD'), 7, /portMappings\[0\]\.hostPort=0/);
+  });
+  it('podman: CNI_ARGS IP= and MAC= ask for an address and a MAC, unless the configuration does', () => {
+    const args = parseArgs('IgnoreUnknown=1;IP=10.88.0.77;MAC=02:11:22:33:44:55');
+    const { conf } = parseConfig({ ...base }, 'ADD');
+    const claimed = withArgsClaims(conf, args);
+    assert.deepEqual(claimed.ips.map((i) => i.text), ['10.88.0.77']);
+    assert.equal(claimed.mac, '02:11:22:33:44:55');
+    const both = withArgsClaims(conf, parseArgs('IP=10.88.0.77,fd00::77'));
+    assert.deepEqual(both.ips.map((i) => i.text), ['10.88.0.77', 'fd00::77']);
+    const own = withArgsClaims(parseConfig({ ...base, runtimeConfig: { ips: ['10.88.0.5'] } }, 'ADD').conf, args);
+    assert.deepEqual(own.ips.map((i) => i.text), ['10.88.0.5'], 'runtimeConfig.ips comes first');
+    code(() => withArgsClaims(conf, parseArgs('IP=10.88.0.777')), 7, /CNI_ARGS IP\[0\]/);
+    code(() => withArgsClaims(conf, parseArgs('MAC=zz')), 7, /CNI_ARGS MAC/);
+  });
+  it('libcni 1.2: "cni.dev/valid-attachments": null means none is valid', () => {
+    assert.deepEqual(parseConfig({ ...base, cniVersion: '1.1.0', 'cni.dev/valid-attachments': null }, 'GC').conf.validAttachments, []);
+    assert.deepEqual(parseConfig({ ...base, cniVersion: '1.1.0', runtimeConfig: { 'cni.dev/valid-attachments': null } }, 'GC').conf.validAttachments, []);
+    assert.equal(parseConfig({ ...base, cniVersion: '1.1.0' }, 'GC').conf.validAttachments, undefined);
+  });
+  it('DEL keeps the network name from a configuration it cannot parse whole', () => {
+    assert.equal(nameForDel({ ...base, runtimeConfig: { portMappings: 'nonsense' } }), 'net1');
+    assert.equal(nameForDel({ name: 'bad name' }), undefined);
   });
 });
 

@@ -7,9 +7,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { after, afterEach, beforeEach, describe, it } from 'node:test';
-import { FEED_KEEP, FEED_PRUNE_EVERY, META_TRIGGERS, type ChangeEvent } from '../../src/store/events.ts';
+import { FEED_KEEP, FEED_PRUNE_EVERY, KINDS, META_TRIGGERS, type ChangeEvent } from '../../src/store/events.ts';
 import { ChangeFeed, type Batch } from '../../src/store/feed.ts';
-import { CNI, MIGRATIONS, POLICY, PORTS, SCHEMA } from '../../src/store/schema.ts';
+import { CNI, MIGRATIONS, POLICY, PORTS, SCHEMA, SCHEMA_VERSION } from '../../src/store/schema.ts';
 import { Store } from '../../src/store/store.ts';
 
 const until = async (cond: () => boolean) => {
@@ -269,21 +269,21 @@ describe('schema migrations', () => {
       db.exec("INSERT INTO meta VALUES ('instance', 'abcd'); PRAGMA user_version = 4");
       db.exec("INSERT INTO sandboxes(name, netns, owned, state, created) VALUES ('old', '/n', 1, 'ready', 'then')");
       db.close();
-      assert.equal(Object.keys(MIGRATIONS).at(-1), '8');
+      assert.equal(Object.keys(MIGRATIONS).at(-1), String(SCHEMA_VERSION));
       const store = new Store(dir);
       const feed = new ChangeFeed(dir);
       try {
-        assert.equal((store.db.prepare('PRAGMA user_version').get() as { user_version: number }).user_version, 8);
+        assert.equal((store.db.prepare('PRAGMA user_version').get() as { user_version: number }).user_version, SCHEMA_VERSION);
         assert.equal(feed.head(), 0);
         assert.deepEqual(feed.snapshot().rows.sandbox, [{ name: 'old', netns: '/n', owned: true, state: 'ready', created: 'then' }]);
         store.write(() => store.setSandboxState('old', 'removing'));
         assert.equal(feed.head(), 1);
         const triggers = store.db.prepare("SELECT count(*) AS n FROM sqlite_schema WHERE type = 'trigger'").get() as { n: number };
-        assert.equal(triggers.n, 9 * 3 + 1);
+        assert.equal(triggers.n, KINDS.length * 3 + 1);
         // Reopening keeps them; a store whose triggers differ from the code's gets them replaced.
         store.db.exec(`DROP TRIGGER feed_labels_insert; UPDATE meta SET value = 'old' WHERE key = '${META_TRIGGERS}'`);
         new Store(dir).close();
-        assert.equal((store.db.prepare("SELECT count(*) AS n FROM sqlite_schema WHERE type = 'trigger'").get() as { n: number }).n, 9 * 3 + 1);
+        assert.equal((store.db.prepare("SELECT count(*) AS n FROM sqlite_schema WHERE type = 'trigger'").get() as { n: number }).n, KINDS.length * 3 + 1);
       } finally {
         feed.close();
         store.close();

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CtnetError } from '../../src/errors.ts';
 import {
-  boxText, compile, decide, formatSelector, parsePortFilter, parseSelector, resolve, type Box, type PolicyRule, type PolicyWorld,
+  boxText, checkRuleSelectors, compile, decide, formatSelector, hostBoxText, parsePortFilter, parseSelector, resolve, type Box, type PolicyRule, type PolicyWorld,
 } from '../../src/model/policy.ts';
 
 const fails = (fn: () => unknown, re: RegExp) =>
@@ -12,10 +12,10 @@ const a4 = (t: string) => t.split('.').reduce((n, x) => (n << 8n) | BigInt(x), 0
 
 const world: PolicyWorld = {
   networks: [
-    { name: 'front', internal: false, isolate: false, subnets: [{ family: 4, start: a4('10.1.0.0'), end: a4('10.1.0.255') }] },
-    { name: 'back', internal: false, isolate: false, subnets: [{ family: 4, start: a4('10.2.0.0'), end: a4('10.2.0.255') }] },
-    { name: 'iso', internal: false, isolate: true, subnets: [{ family: 4, start: a4('10.3.0.0'), end: a4('10.3.0.255') }] },
-    { name: 'vault', internal: true, isolate: false, subnets: [{ family: 4, start: a4('10.4.0.0'), end: a4('10.4.0.255') }] },
+    { name: 'front', internal: false, isolate: false, hostAccess: false, subnets: [{ family: 4, start: a4('10.1.0.0'), end: a4('10.1.0.255') }] },
+    { name: 'back', internal: false, isolate: false, hostAccess: false, subnets: [{ family: 4, start: a4('10.2.0.0'), end: a4('10.2.0.255') }] },
+    { name: 'iso', internal: false, isolate: true, hostAccess: false, subnets: [{ family: 4, start: a4('10.3.0.0'), end: a4('10.3.0.255') }] },
+    { name: 'vault', internal: true, isolate: false, hostAccess: false, subnets: [{ family: 4, start: a4('10.4.0.0'), end: a4('10.4.0.255') }] },
   ],
   sandboxes: [
     { name: 'web', labels: { tier: 'web' }, addresses: [{ family: 4, n: a4('10.1.0.2'), network: 'front' }] },
@@ -30,7 +30,7 @@ const tcp = (src: string, dst: string, port: number) => ({ family: 4 as const, s
 
 describe('selectors and port filters', () => {
   it('parse every kind and print back the same text', () => {
-    for (const t of ['web1', 'net:front', 'label:tier=api', '10.0.0.0/8', '10.1.2.3/32', 'fd00::/8', 'world']) {
+    for (const t of ['web1', 'net:front', 'label:tier=api', '10.0.0.0/8', '10.1.2.3/32', 'fd00::/8', 'world', 'host']) {
       assert.equal(formatSelector(parseSelector('--from', t)), t);
     }
     assert.equal(formatSelector(parseSelector('--from', '10.1.2.3')), '10.1.2.3/32');
@@ -95,3 +95,41 @@ describe('decisions', () => {
     assert.equal(d('203.0.113.1', '10.1.0.2', true).allowed, true);
   });
 });
+
+describe('the host as a destination (--to host)', () => {
+  const hostWorld: PolicyWorld = { ...world, networks: [...world.networks, { name: 'open', internal: false, isolate: false, hostAccess: true, subnets: [{ family: 4, start: a4('10.5.0.0'), end: a4('10.5.0.255') }] }] };
+  const toHost = (src: string, port: number, proto = 6) => ({ family: 4 as const, src: a4(src), dst: 0n, proto, port, toHost: true });
+
+  it('host is a destination only, and never for the world', () => {
+    fails(() => checkRuleSelectors(parseSelector('--from', 'host'), parseSelector('--to', 'web')), /--from host: ctnet does not filter the host's own connections/);
+    fails(() => checkRuleSelectors(parseSelector('--from', 'world'), parseSelector('--to', 'host')), /--from world --to host/);
+    assert.doesNotThrow(() => checkRuleSelectors(parseSelector('--from', 'net:vault'), parseSelector('--to', 'host')));
+  });
+
+  it('rules --to host compile to source . protocol . port boxes, apart from the forward rules', () => {
+    const rules = [rule('allow', 'net:vault', 'host', '53/udp'), rule('allow', 'web', 'api', '80')];
+    const host = compile(rules, 'allow', hostWorld, 4, 'host');
+    assert.deepEqual(host.map((b) => hostBoxText(b.box, 4)), ['10.4.0.0-10.4.0.255 . 17 . 53']);
+    assert.deepEqual(compile(rules, 'allow', hostWorld, 4).map((b) => boxText(b.box, 4)), ['10.1.0.2 . 10.2.0.2 . 6 . 80'], 'the host rule is not a forward box');
+    assert.deepEqual(compile(rules, 'allow', hostWorld, 6, 'host'), [], 'no IPv6 sandbox in net:vault');
+  });
+
+  it('defaults: closed but for ICMP, open with --host-access, nothing from --internal; rules decide first', () => {
+    assert.match(decide([], hostWorld, toHost('10.1.0.2', 22)).by, /the host is closed to sandboxes of front/);
+    assert.equal(decide([], hostWorld, toHost('10.1.0.2', 0, 1)).allowed, true);
+    assert.match(decide([], hostWorld, toHost('10.5.0.2', 22)).by, /--host-access/);
+    assert.equal(decide([], hostWorld, toHost('10.5.0.2', 22)).allowed, true);
+    assert.match(decide([], hostWorld, toHost('10.4.0.2', 0, 1)).by, /--internal/);
+    assert.match(decide([], hostWorld, toHost('203.0.113.9', 22)).by, /not from a sandbox/);
+    const rules = [rule('allow', 'net:vault', 'host', '53/udp'), rule('deny', 'net:open', 'host', '22'), rule('allow', '10.1.0.0/24', 'host', '22')];
+    assert.equal(decide(rules, hostWorld, toHost('10.4.0.2', 53, 17)).allowed, true, 'an allow opens the host to an --internal network');
+    assert.equal(decide(rules, hostWorld, toHost('10.4.0.2', 54, 17)).allowed, false);
+    assert.equal(decide(rules, hostWorld, toHost('10.5.0.2', 22)).allowed, false, 'a deny closes a port of a --host-access network');
+    assert.equal(decide(rules, hostWorld, toHost('10.5.0.2', 23)).allowed, true);
+    assert.equal(decide(rules, hostWorld, toHost('10.1.0.2', 22)).allowed, true);
+    // A host rule never decides forwarded traffic, nor a forward rule the host's.
+    assert.match(decide(rules, hostWorld, tcp('10.1.0.2', '10.2.0.2', 22)).by, /isolated from each other/);
+    assert.match(decide([rule('allow', 'web', '0.0.0.0/0', '22')], hostWorld, toHost('10.1.0.2', 22)).by, /closed/);
+  });
+});
+

@@ -30,12 +30,16 @@ import daemon from './daemon.ts';
 import daemonStop from './daemon-stop.ts';
 import daemonEvents from './daemon-events.ts';
 import daemonStatus from './daemon-status.ts';
+import clusterJoin from './cluster-join.ts';
+import clusterLs from './cluster-ls.ts';
+import clusterLeave from './cluster-leave.ts';
 import demo from './demo.ts';
 
 export const GROUPS: Readonly<Record<string, string>> = {
   network: 'manage bridge networks',
   policy: 'allow or deny traffic between sandboxes, networks, labels, CIDRs and the world',
   cni: 'ctnet as a CNI plugin for podman, containerd, Kubernetes (docs/cni.md)',
+  cluster: 'many hosts: membership of a cluster whose shared state is in etcd (docs/overlay.md)',
 };
 
 export const COMMANDS: readonly CommandModule[] = [
@@ -47,5 +51,6 @@ export const COMMANDS: readonly CommandModule[] = [
   gc, doctor,
   cniInstall, cniExec,
   daemon, daemonStop, daemonEvents, daemonStatus,
+  clusterJoin, clusterLs, clusterLeave,
   demo,
 ];

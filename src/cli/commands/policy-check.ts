@@ -3,7 +3,7 @@ import { defineCommand } from '../command.ts';
 
 export default defineCommand({
   name: 'policy check',
-  summary: 'say whether a new connection FROM -> TO (sandboxes or addresses) is allowed, and which rule or default decides',
+  summary: `say whether a new connection FROM -> TO (sandboxes, addresses, or host) is allowed, and which rule or default decides`,
   args: ['<from>', '<to>', '[port]'],
   json: true,
   async run({ ctx, args, io }) {

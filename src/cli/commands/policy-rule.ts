@@ -4,7 +4,7 @@ import { defineCommand } from '../command.ts';
 /** `policy allow` and `policy deny`: one rule from the command line. */
 export const policyRule = (action: 'allow' | 'deny') => defineCommand({
   name: `policy ${action}`,
-  summary: `${action} new connections --from SEL --to SEL (SEL: sandbox, net:NAME, label:KEY=VALUE, CIDR, world)`,
+  summary: `${action} new connections --from SEL --to SEL (SEL: sandbox, net:NAME, label:KEY=VALUE, CIDR, world; --to also host)`,
   options: [
     { flags: '--from <sel>', description: 'where connections come from', required: true },
     { flags: '--to <sel>', description: 'where they go', required: true },

@@ -1,0 +1,187 @@
+// What ctnet keeps in etcd, and where: the key layout and the JSON of each value, parsed and
+// checked here so nothing above handles raw keys. Pure: no I/O. (docs/overlay.md describes it.)
+//
+//   /ctnet/networks/NAME            {subnet, hostPrefix, vni, port, internal}     an overlay network
+//   /ctnet/leases/NET/10.50.3.0-24  {host, underlay, vtepMac}   a host's subnet of NET; etcd lease
+//   /ctnet/hosts/NAME               {underlay, vtepMac, joined}  a member (VTEP record); etcd lease
+//   /ctnet/sandboxes/HOST/NAME      {addresses, labels, networks} the directory; etcd lease
+//
+// Keys bound to an etcd lease (the host's, one per host, kept alive by its ctnetd) disappear with
+// it: a host that stops renewing leaves the cluster after its TTL, subnets and all.
+import { formatAddr, formatSubnet, parseAddr, parseSubnet, type Subnet } from '../model/cidr.ts';
+import { parseMac } from '../model/mac.ts';
+import { parseName } from '../model/names.ts';
+
+export const PREFIX = '/ctnet/';
+export const NETWORKS = `${PREFIX}networks/`;
+export const LEASES = `${PREFIX}leases/`;
+export const HOSTS = `${PREFIX}hosts/`;
+export const SANDBOXES = `${PREFIX}sandboxes/`;
+
+/** An overlay network as every host must see it. */
+export interface OverlayDef {
+  /** The whole overlay range, e.g. 10.50.0.0/16. */
+  readonly subnet: string;
+  /** The prefix length of each host's share, e.g. 24. */
+  readonly hostPrefix: number;
+  /** VXLAN network identifier (24 bits). */
+  readonly vni: number;
+  /** VXLAN UDP port. */
+  readonly port: number;
+  /** No egress to the world. */
+  readonly internal: boolean;
+}
+
+/** A host's subnet of an overlay network (the value of leases/NET/SUBNET). */
+export interface LeaseValue {
+  readonly host: string;
+  readonly underlay: string;
+  readonly vtepMac: string;
+}
+
+/** A member host (the value of hosts/NAME). */
+export interface HostValue {
+  readonly underlay: string;
+  readonly vtepMac: string;
+  /** When it joined (ISO 8601). */
+  readonly joined: string;
+}
+
+/** A sandbox in the cluster's directory (the value of sandboxes/HOST/NAME). */
+export interface SandboxValue {
+  readonly addresses: readonly string[];
+  readonly labels: Readonly<Record<string, string>>;
+  readonly networks: readonly string[];
+}
+
+export const networkKey = (name: string) => `${NETWORKS}${name}`;
+/** 10.50.3.0/24 -> 10.50.3.0-24 (as flannel writes it: a '/' would make one more level). */
+export const subnetKeyPart = (cidr: string) => cidr.replace('/', '-');
+export const leasePrefix = (network: string) => `${LEASES}${network}/`;
+export const leaseKey = (network: string, cidr: string) => `${leasePrefix(network)}${subnetKeyPart(cidr)}`;
+export const hostKey = (name: string) => `${HOSTS}${name}`;
+export const sandboxPrefix = (host: string) => `${SANDBOXES}${host}/`;
+export const sandboxKey = (host: string, name: string) => `${sandboxPrefix(host)}${name}`;
+
+/** One of ctnet's keys, with the names it holds; undefined for a key outside the layout. */
+export type ParsedKey =
+  | { readonly kind: 'network'; readonly name: string }
+  | { readonly kind: 'lease'; readonly network: string; readonly subnet: string }
+  | { readonly kind: 'host'; readonly name: string }
+  | { readonly kind: 'sandbox'; readonly host: string; readonly name: string };
+
+const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
+
+export function parseKey(key: string): ParsedKey | undefined {
+  if (!key.startsWith(PREFIX)) return undefined;
+  const parts = key.slice(PREFIX.length).split('/');
+  const [kind, a, b] = parts;
+  // A lease's last part is a subnet (10.50.3.0-24, fd00:50:0:3::-64); every other part a name.
+  if (!parts.every((p, i) => NAME.test(p) || (kind === 'leases' && i === 2 && /^[0-9a-fA-F.:]+-\d{1,3}$/.test(p)))) return undefined;
+  if (kind === 'networks' && parts.length === 2) return { kind: 'network', name: a! };
+  if (kind === 'hosts' && parts.length === 2) return { kind: 'host', name: a! };
+  if (kind === 'sandboxes' && parts.length === 3) return { kind: 'sandbox', host: a!, name: b! };
+  if (kind === 'leases' && parts.length === 3) {
+    const m = /^(.+)-(\d{1,3})$/.exec(b!);
+    return m ? { kind: 'lease', network: a!, subnet: `${m[1]}/${m[2]}` } : undefined;
+  }
+  return undefined;
+}
+
+/** A key and its value, read and checked; or why it could not be (it is then left alone, and reported). */
+export type Entry =
+  | { readonly kind: 'network'; readonly name: string; readonly def: OverlayDef }
+  | { readonly kind: 'lease'; readonly network: string; readonly subnet: string; readonly value: LeaseValue }
+  | { readonly kind: 'host'; readonly name: string; readonly value: HostValue }
+  | { readonly kind: 'sandbox'; readonly host: string; readonly name: string; readonly value: SandboxValue }
+  | { readonly kind: 'bad'; readonly key: string; readonly reason: string };
+
+type Json = Record<string, unknown>;
+
+function object(text: string): Json {
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    throw new Error('not JSON');
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('not a JSON object');
+  return v as Json;
+}
+function str(o: Json, k: string): string {
+  if (typeof o[k] !== 'string') throw new Error(`"${k}" is not a string`);
+  return o[k];
+}
+function int(o: Json, k: string, min: number, max: number): number {
+  const v = o[k];
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < min || v > max) throw new Error(`"${k}" is not an integer in ${min}..${max}`);
+  return v;
+}
+function strings(o: Json, k: string): string[] {
+  const v = o[k];
+  if (!Array.isArray(v) || !v.every((x) => typeof x === 'string')) throw new Error(`"${k}" is not a list of strings`);
+  return v;
+}
+
+/** Checks a thrown parse error into a plain reason (the model's invalid() errors included). */
+const reasonOf = (e: unknown) => (e as Error).message;
+
+export function decodeEntry(key: string, value: string): Entry {
+  const k = parseKey(key);
+  if (!k) return { kind: 'bad', key, reason: 'not a key of ctnet\'s layout' };
+  try {
+    const o = object(value);
+    switch (k.kind) {
+      case 'network':
+        return { kind: 'network', name: k.name, def: checkOverlayDef({
+          subnet: str(o, 'subnet'), hostPrefix: int(o, 'hostPrefix', 1, 128), vni: int(o, 'vni', 1, VNI_MAX),
+          port: int(o, 'port', 1, 65535), internal: o.internal === true,
+        }) };
+      case 'lease': {
+        const s = parseSubnet('leased subnet', k.subnet);
+        if (formatSubnet(s) !== k.subnet) throw new Error(`subnet ${k.subnet} is not in canonical form`);
+        return { kind: 'lease', network: k.network, subnet: k.subnet, value: {
+          host: parseName('host', str(o, 'host')), underlay: canonicalAddr(str(o, 'underlay')), vtepMac: parseMac(str(o, 'vtepMac')),
+        } };
+      }
+      case 'host':
+        return { kind: 'host', name: k.name, value: { underlay: canonicalAddr(str(o, 'underlay')), vtepMac: parseMac(str(o, 'vtepMac')), joined: str(o, 'joined') } };
+      case 'sandbox': {
+        const labels = o.labels;
+        if (typeof labels !== 'object' || labels === null || Array.isArray(labels) || !Object.values(labels).every((x) => typeof x === 'string')) {
+          throw new Error('"labels" is not an object of strings');
+        }
+        return { kind: 'sandbox', host: k.host, name: k.name, value: {
+          addresses: strings(o, 'addresses').map(canonicalAddr), labels: labels as Record<string, string>, networks: strings(o, 'networks'),
+        } };
+      }
+    }
+  } catch (e) {
+    return { kind: 'bad', key, reason: reasonOf(e) };
+  }
+}
+
+/** The JSON written for each kind (fields in a fixed order, so equal values are equal text). */
+export const encodeOverlayDef = (d: OverlayDef) => JSON.stringify({ subnet: d.subnet, hostPrefix: d.hostPrefix, vni: d.vni, port: d.port, internal: d.internal });
+export const encodeLease = (v: LeaseValue) => JSON.stringify({ host: v.host, underlay: v.underlay, vtepMac: v.vtepMac });
+export const encodeHost = (v: HostValue) => JSON.stringify({ underlay: v.underlay, vtepMac: v.vtepMac, joined: v.joined });
+export const encodeSandbox = (v: SandboxValue) => JSON.stringify({ addresses: v.addresses, labels: v.labels, networks: v.networks });
+
+/** An address in the one form every host writes (so a comparison of text is one of addresses). */
+export function canonicalAddr(text: string): string {
+  const [addr, prefix] = text.split('/');
+  const a = parseAddr('address', addr!);
+  return formatAddr(a.family, a.n) + (prefix === undefined ? '' : `/${prefix}`);
+}
+
+export const VNI_MAX = 0xffffff;
+
+/** Checks what a definition read from etcd (or made by parseOverlaySpec) says on its own. */
+export function checkOverlayDef(d: OverlayDef): OverlayDef {
+  const s: Subnet = parseSubnet('overlay subnet', d.subnet);
+  const max = s.family === 4 ? 30 : 126;
+  if (d.hostPrefix < s.prefix) throw new Error(`host prefix /${d.hostPrefix} is larger than the subnet ${d.subnet}`);
+  if (d.hostPrefix === s.prefix) throw new Error(`host prefix /${d.hostPrefix} leaves one host subnet in ${d.subnet}; at least 2 are needed`);
+  if (d.hostPrefix > max) throw new Error(`host prefix /${d.hostPrefix} leaves no room for a gateway and a sandbox (at most /${max})`);
+  return { ...d, subnet: formatSubnet(s) };
+}
