@@ -12,6 +12,7 @@ import type { AttachmentRow, CniRow, NetworkRow, Store } from '../store/store.ts
 import type { Ctx } from './context.ts';
 import { attachSteps, type PlannedAttachment } from './attach.ts';
 import { kernelDefaults, recordAttachments } from './attach.ts';
+import { ensureOverlaySide } from './overlay-network.ts';
 import { syncPolicy } from './policy.ts';
 import { portFacts, portLines, portMoveLines, portsMoved, portTargets, readHost, recordPorts } from './ports.ts';
 import { sandboxNetns } from './records.ts';
@@ -103,6 +104,7 @@ function resultOf(store: Store, plan: PlannedAttachment, bridge: string, brMac: 
 export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
   const { store, applier } = ctx;
   const { conf } = req;
+  await ensureOverlaySide(ctx, conf.network);
   const network = usableNetwork(store, conf);
   checkNetns(ctx, req.netns);
   if (store.cniAttachments({ containerId: req.containerId }).some((c) => c.ifname === req.ifname && c.cniNetwork === conf.name)) {

@@ -44,6 +44,8 @@ export interface OverlaySpec {
   readonly cidr: string;
   /** This host's underlay address, the interface that has it, and that interface's MTU. */
   readonly underlay: { readonly ip: string; readonly dev: string; readonly mtu: number };
+  /** The VXLAN device's MAC: the one the host published in its lease (default: a new one). */
+  readonly vtepMac?: string | undefined;
 }
 
 /**
@@ -93,7 +95,7 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: Overl
       const vniHolder = overlay && store.overlays().find((o) => o.vni === overlay.vni);
       if (vniHolder) throw new CtnetError('CONFLICT', `VNI ${overlay!.vni} is used by overlay network ${vniHolder.network}`, 'choose another --vni');
       const o: OverlayRow | undefined = overlay && {
-        network: spec.name, vni: overlay.vni, port: overlay.port, device: vxlan, vtepMac: randomMac(), cidr: overlay.cidr,
+        network: spec.name, vni: overlay.vni, port: overlay.port, device: vxlan, vtepMac: overlay.vtepMac ?? randomMac(), cidr: overlay.cidr,
         underlayIp: overlay.underlay.ip, underlayDev: overlay.underlay.dev,
       };
       const dn: DriverNetwork = {

@@ -9,6 +9,7 @@ import { step, type Step } from '../plan/plan.ts';
 import type { AttachmentRow, SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 import { attachSteps, kernelDefaults, recordAttachments } from './attach.ts';
+import { ensureOverlaySides } from './overlay-network.ts';
 import { netnsName } from './naming.ts';
 import { portFacts, portLines, portMoveLines, portsMoved, publishSteps, readHost, recordPorts, unpublishSteps, type PublishRequest } from './ports.ts';
 import { currentDefault, defaultCarrier, driverNetwork, driverOf, existingNetwork, readySandbox, sandboxNetns } from './records.ts';
@@ -19,6 +20,7 @@ const NO_PORTS: PublishRequest = { mappings: [], force: false };
 export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, publish: PublishRequest = NO_PORTS,
   labels: readonly { key: string; value: string }[] = []): Promise<SandboxRow> {
   const { store, kernel, applier } = ctx;
+  await ensureOverlaySides(ctx, spec.networks);
   const host = await readHost(ctx, publish);
   const nsName = netnsName(store.instance, name);
   const ns = { name: nsName };
@@ -50,6 +52,7 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
 /** Connects an existing sandbox to one more network. */
 export async function connect(ctx: Ctx, network: string, sandbox: string, ips: readonly IpRequest[]): Promise<void> {
   const s = readySandbox(ctx.store, sandbox);
+  await ensureOverlaySides(ctx, [network]);
   await attachOne(ctx, s, network, ips, false);
 }
 
@@ -67,6 +70,7 @@ export async function connectExternal(ctx: Ctx, network: string, netnsPath: stri
     throw new CtnetError('CONFLICT', `sandbox ${name} exists already with another namespace`, 'choose another --name');
   }
   const s = existing ?? { name, netns: netnsPath, owned: false, state: 'ready' as const, owner: null, created: '' };
+  await ensureOverlaySides(ctx, [network]);
   await attachOne(ctx, s, network, ips, true, !existing);
 }
 

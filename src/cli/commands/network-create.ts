@@ -1,21 +1,44 @@
 import { createNetwork } from '../../engine/network.ts';
+import { createOverlayNetwork } from '../../engine/overlay-network.ts';
+import { invalid } from '../../errors.ts';
 import { parseNetworkSpec } from '../../model/spec.ts';
 import { defineCommand } from '../command.ts';
 
+const DRIVERS = ['bridge', 'vxlan'];
+
 export default defineCommand({
   name: 'network create',
-  summary: 'create a bridge network',
+  summary: 'create a network: a bridge on this host, or (--driver vxlan) an overlay across the cluster\'s hosts',
   args: ['<name>'],
   options: [
-    { flags: '--subnet <cidr>', description: 'a subnet (repeat for IPv4 + IPv6)', repeatable: true },
+    { flags: '--driver <name>', description: 'bridge (default), or vxlan: an overlay network across the hosts of the cluster (ctnet cluster join)' },
+    { flags: '--subnet <cidr>', description: 'a subnet (repeat for IPv4 + IPv6); vxlan: the overlay\'s, of which each host leases a share', repeatable: true },
     { flags: '--gateway <ip>', description: 'gateway address (default: first address of the subnet)', repeatable: true },
     { flags: '--bridge <ifname>', description: 'bridge interface name (default: ctbr-NAME)' },
     { flags: '--internal', description: 'no egress: sandboxes reach only their own network' },
     { flags: '--isolate', description: 'sandboxes on this network may not talk to each other unless a policy allows it' },
     { flags: '--host-access', description: 'sandboxes may reach every service of the host (by default only ping and published ports)' },
-    { flags: '--mtu <n>', description: 'MTU of the bridge and the sandboxes\' interfaces' },
+    { flags: '--mtu <n>', description: 'MTU of the bridge and the sandboxes\' interfaces (vxlan: at most the underlay\'s less 50, the default)' },
+    { flags: '--host-prefix <n>', description: 'vxlan: the prefix of each host\'s share of --subnet (default 24)' },
+    { flags: '--vni <n>', description: 'vxlan: the VXLAN network identifier (default: the lowest free)' },
+    { flags: '--port <n>', description: 'vxlan: the UDP port of VXLAN (default 4789)' },
   ],
   async run({ ctx, args, opts, io }) {
+    const driver = opts.driver ?? 'bridge';
+    if (!DRIVERS.includes(driver)) throw invalid(`--driver ${JSON.stringify(driver)} is not a network driver`, `use ${DRIVERS.join(' or ')}`);
+    if (driver === 'vxlan') {
+      if ((opts.subnet ?? []).length > 1) throw invalid('an overlay network has one --subnet', 'give one IPv4 subnet, e.g. --subnet 10.50.0.0/16');
+      if (opts.gateway?.length || opts.bridge) throw invalid('--gateway and --bridge are chosen per host for an overlay network', 'leave them out');
+      const n = await createOverlayNetwork(ctx, {
+        name: args.name, subnet: opts.subnet?.[0], hostPrefix: opts.hostPrefix, vni: opts.vni, port: opts.port, internal: opts.internal,
+        isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu,
+      });
+      if (!io.quiet) io.out(n.name);
+      return;
+    }
+    for (const [flag, v] of [['--host-prefix', opts.hostPrefix], ['--vni', opts.vni], ['--port', opts.port]] as const) {
+      if (v !== undefined) throw invalid(`${flag} is for overlay networks`, 'add --driver vxlan, or leave it out');
+    }
     const spec = parseNetworkSpec({ name: args.name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu });
     const n = await createNetwork(ctx, spec);
     if (!io.quiet) io.out(n.name);

@@ -1,4 +1,5 @@
 import { removeNetwork } from '../../engine/network.ts';
+import { removeOverlaySide } from '../../engine/overlay-network.ts';
 import { parseName } from '../../model/names.ts';
 import { defineCommand } from '../command.ts';
 
@@ -13,7 +14,13 @@ export default defineCommand({
     for (const name of args.name) {
       parseName('network', name);
       if (!ctx.store.network(name)) ctx.warn(`no network named ${name}: nothing to remove`);
-      await removeNetwork(ctx, name, { force });
+      if (ctx.store.network(name)?.driver === 'vxlan') {
+        const r = await removeOverlaySide(ctx, name, { force });
+        ctx.warn(r === 'undefined' ? `overlay network ${name}: this host's side removed; no host leases it any more, so it is gone from the cluster`
+          : `overlay network ${name}: this host's side removed and its lease given back; other hosts keep theirs`);
+      } else {
+        await removeNetwork(ctx, name, { force });
+      }
     }
   },
 });

@@ -1,0 +1,145 @@
+// Overlay networks as the user sees them: `network create --driver vxlan` defines the network in
+// the cluster (etcd) and makes this host's side of it; any other member makes its side the first
+// time one of its sandboxes (or a CNI ADD) asks for the network; `network rm` removes this host's
+// side and gives its lease back, and the definition goes with the last lease. The datapath is the
+// vxlan driver's (createNetwork with an OverlaySpec); the peers are ctnetd's (services/overlay.ts).
+import { claimLease, defineOverlay, networkLeases, releaseLease, undefineOverlay } from '../cluster/registry.ts';
+import { parseOverlaySpec, type RawOverlay } from '../cluster/pool.ts';
+import { networkKey, decodeEntry, type OverlayDef } from '../cluster/keys.ts';
+import { EtcdError } from '../cluster/etcd.ts';
+import { CtnetError } from '../errors.ts';
+import { overlaps, parseSubnet } from '../model/cidr.ts';
+import { parseName } from '../model/names.ts';
+import { parseNetworkSpec } from '../model/spec.ts';
+import type { MemberRow, NetworkRow } from '../store/store.ts';
+import { etcdOf, memberOf } from './cluster.ts';
+import type { Ctx } from './context.ts';
+import { createNetwork, removeNetwork } from './network.ts';
+
+export interface OverlayRequest extends RawOverlay {
+  readonly name: string;
+  readonly isolate?: boolean | undefined;
+  readonly hostAccess?: boolean | undefined;
+  readonly mtu?: string | undefined;
+}
+
+/** The options of this host's side that are not the cluster's (isolation, host access, MTU). */
+interface LocalOptions {
+  readonly isolate?: boolean | undefined;
+  readonly hostAccess?: boolean | undefined;
+  readonly mtu?: string | undefined;
+}
+
+function member(ctx: Ctx, what: string): MemberRow {
+  const m = ctx.store.member();
+  if (!m || m.state !== 'ready') {
+    throw new CtnetError('INVALID_ARGUMENT', `${what} needs this host in a cluster: it is not a member of one`,
+      'join one first: ctnet cluster join --etcd http://ETCD:2379');
+  }
+  if (!m.leaseId) {
+    throw new CtnetError('UNAVAILABLE', `${what}: ctnetd has not registered this host in etcd yet`, 'check that ctnetd runs (ctnet daemon status) and can reach etcd; then try again');
+  }
+  return m;
+}
+
+/** etcd errors as the user's: unreachable is UNAVAILABLE with etcd's own message and hint. */
+async function withEtcd<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    if (e instanceof EtcdError) throw new CtnetError(e.unreachable ? 'UNAVAILABLE' : 'STATE', e.message, e.hint);
+    throw e;
+  }
+}
+
+/** Defines an overlay network in the cluster and makes this host's side of it; all or nothing. */
+export async function createOverlayNetwork(ctx: Ctx, req: OverlayRequest): Promise<NetworkRow> {
+  const { store } = ctx;
+  const name = parseName('network', req.name);
+  const spec = parseOverlaySpec(req);
+  if (parseSubnet('--subnet', spec.subnet).family !== 4) {
+    throw new CtnetError('INVALID_ARGUMENT', `--subnet ${spec.subnet}: overlay networks carry IPv4 only`, 'give an IPv4 --subnet, e.g. 10.50.0.0/16');
+  }
+  if (ctx.applier.dryRun) {
+    throw new CtnetError('INVALID_ARGUMENT', '--dry-run cannot show an overlay network: its subnet lease comes from etcd when it is made',
+      'use --explain to see the kernel commands as they run');
+  }
+  if (store.network(name)) throw new CtnetError('CONFLICT', `a network named ${name} exists already`, 'choose another name');
+  // Local subnets first: nothing is written to etcd for a network this host could not carry.
+  for (const s of store.subnets()) {
+    if (overlaps(parseSubnet('subnet', spec.subnet), parseSubnet('subnet', s.cidr))) {
+      throw new CtnetError('CONFLICT', `subnet ${spec.subnet} overlaps ${s.cidr} of network ${s.network} on this host`, 'choose a subnet that no network uses');
+    }
+  }
+  const m = member(ctx, 'network create --driver vxlan');
+  const etcd = etcdOf(m);
+  const def = await withEtcd(() => defineOverlay(etcd, name, spec));
+  try {
+    return await makeLocalSide(ctx, m, name, def, req);
+  } catch (e) {
+    await undefineOverlay(etcd, name).catch(() => {}); // nothing else leases it yet
+    throw e;
+  }
+}
+
+/** Claims this host's lease (the one it held before, if free) and makes the bridge and VXLAN device. */
+async function makeLocalSide(ctx: Ctx, m: MemberRow, name: string, def: OverlayDef, local: LocalOptions): Promise<NetworkRow> {
+  const { store, kernel } = ctx;
+  const etcd = etcdOf(m);
+  const previous = store.clusterLeases().find((l) => l.network === name)?.subnet;
+  const cidr = await withEtcd(() => claimLease(etcd, { network: name, member: memberOf(m), leaseId: m.leaseId!, previous }));
+  try {
+    store.write(() => store.setClusterLease(name, cidr));
+    const addrs = await kernel.addrs();
+    const dev = addrs.find((a) => a.addr_info.some((x) => x.local === m.underlay))?.ifname;
+    if (!dev) {
+      throw new CtnetError('STATE', `this host no longer has its underlay address ${m.underlay}`, 'leave the cluster and join again with --underlay set to an address it has');
+    }
+    const mtu = (await kernel.link(dev))?.mtu ?? 1500;
+    const spec = parseNetworkSpec({ name, subnet: [cidr], internal: def.internal, isolate: local.isolate, hostAccess: local.hostAccess, mtu: local.mtu });
+    return await createNetwork(ctx, spec, { vni: def.vni, port: def.port, cidr: def.subnet, underlay: { ip: m.underlay, dev, mtu }, vtepMac: m.vtepMac });
+  } catch (e) {
+    await releaseLease(etcd, name, m.host).catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * Makes this host's side of an overlay network defined in the cluster, when a sandbox here is
+ * the first to ask for it. A network this host has, or a host in no cluster: nothing to do.
+ */
+export async function ensureOverlaySide(ctx: Ctx, name: string): Promise<void> {
+  const { store } = ctx;
+  if (store.network(name)) return;
+  const m = store.member();
+  if (!m || m.state !== 'ready' || !m.leaseId) return;
+  const etcd = etcdOf(m);
+  const kv = await withEtcd(() => etcd.get(networkKey(name)));
+  if (!kv) return;
+  const entry = decodeEntry(kv.key, kv.value);
+  if (entry.kind !== 'network') return;
+  await makeLocalSide(ctx, m, name, entry.def, {});
+}
+
+/**
+ * Removes this host's side of an overlay network and gives its lease back; the definition goes
+ * with the last lease (other hosts keep theirs until they remove their side).
+ */
+export async function removeOverlaySide(ctx: Ctx, name: string, options: { force: boolean }): Promise<'removed' | 'undefined'> {
+  const { store } = ctx;
+  const m = store.member();
+  await removeNetwork(ctx, name, options);
+  if (!m) return 'removed';
+  const etcd = etcdOf(m);
+  await withEtcd(() => releaseLease(etcd, name, m.host));
+  store.write(() => store.deleteClusterLease(name));
+  const { leases } = await withEtcd(() => networkLeases(etcd, name));
+  if (leases.length > 0) return 'removed';
+  await withEtcd(() => undefineOverlay(etcd, name));
+  return 'undefined';
+}
+
+/** The networks of a request that may be overlay networks this host has no side of yet. */
+export async function ensureOverlaySides(ctx: Ctx, names: readonly string[]): Promise<void> {
+  for (const n of names) await ensureOverlaySide(ctx, n);
+}
