@@ -47,7 +47,21 @@ export function renderNetwork(v: NetworkView): string {
     '',
     'sandboxes:',
     v.sandboxes.length ? indent(table(['NAME', 'IFNAME', 'MAC', 'ADDRESSES'], v.sandboxes.map((s) => [s.name, s.ifname, s.mac, s.addresses.join(' ')]))) : '  none',
+    ...(v.overlay ? renderOverlay(v.overlay) : []),
   ].join('\n');
+}
+
+function renderOverlay(o: NonNullable<NetworkView['overlay']>): string[] {
+  const yes = (b: boolean) => (b ? 'yes' : 'MISSING');
+  return [
+    '',
+    `overlay    VNI ${o.vni}, UDP ${o.port}, ${o.subnet}; this host's lease ${o.lease}`,
+    `  vxlan    ${o.device} (${o.deviceState}), VTEP MAC ${o.vtepMac}, underlay ${o.underlay}`,
+    'peers (three kernel entries each: neigh, fdb, route):',
+    o.peers.length
+      ? indent(table(['HOST', 'SUBNET', 'UNDERLAY', 'VTEP MAC', 'NEIGH', 'FDB', 'ROUTE'], o.peers.map((p) => [p.host, p.subnet, p.underlay, p.vtepMac, yes(p.neigh), yes(p.fdb), yes(p.route)])))
+      : '  none yet (no other host has a lease)',
+  ];
 }
 
 const indent = (s: string) => s.split('\n').map((l) => `  ${l}`).join('\n');

@@ -2,6 +2,7 @@
 import type { LinkInfo } from '../kernel/backend.ts';
 import type { SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
+import { peerStatus } from './overlay.ts';
 import { existingNetwork, readySandbox, sandboxNetns } from './records.ts';
 import { portFacts } from './ports.ts';
 import { describeMapping, formatPortSpec, hostIpFamilies, type Proto } from '../model/ports.ts';
@@ -118,6 +119,12 @@ export interface NetworkView {
   readonly ports: { ifname: string; ifindex: number; state: string; sandbox: string | null }[];
   readonly fdb: { mac: string; port: string; sandbox: string | null }[];
   readonly sandboxes: { name: string; ifname: string; mac: string; addresses: string[] }[];
+  /** An overlay (vxlan) network's side on this host: its VXLAN device, and each peer with its three entries. */
+  readonly overlay?: {
+    vni: number; port: number; subnet: string; lease: string; device: string; vtepMac: string; underlay: string;
+    deviceState: string;
+    peers: { host: string; subnet: string; underlay: string; vtepMac: string; neigh: boolean; fdb: boolean; route: boolean }[];
+  } | undefined;
 }
 
 export function networkSummary(ctx: Ctx, name: string) {
@@ -166,5 +173,17 @@ export async function inspectNetwork(ctx: Ctx, name: string): Promise<NetworkVie
       mac: a.mac,
       addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === name).map((x) => x.ip),
     })),
+    overlay: await overlayView(ctx, name),
+  };
+}
+
+async function overlayView(ctx: Ctx, name: string): Promise<NetworkView['overlay']> {
+  const o = ctx.store.overlay(name);
+  if (!o) return undefined;
+  const dev = await ctx.kernel.link(o.device);
+  return {
+    vni: o.vni, port: o.port, subnet: o.cidr, lease: ctx.store.subnets(name).find((s) => s.family === 4)?.cidr ?? '-',
+    device: o.device, vtepMac: o.vtepMac, underlay: `${o.underlayIp} (${o.underlayDev})`, deviceState: dev ? (dev.operstate ?? 'present') : 'missing',
+    peers: (await peerStatus(ctx, name).catch(() => [])).map((p) => ({ host: p.host, subnet: p.subnet, underlay: p.underlay, vtepMac: p.vtepMac, neigh: p.neigh, fdb: p.fdb, route: p.route })),
   };
 }

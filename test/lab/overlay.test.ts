@@ -4,12 +4,14 @@
 // others; a host that leaves (or dies) disappears from every other host's kernel; a restarted
 // ctnetd loses no packet and rewrites no entry; bad input changes nothing in etcd.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { EtcdLab } from '../../src/lab/etcd.ts';
 import { Lab, UPLINK } from '../../src/lab/lab.ts';
+import { execPlugin, pluginConfigs } from './cni-driver.ts';
 
 const TTL = 5;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -97,9 +99,45 @@ describe('overlay networks across hosts (etcd + vxlan)', () => {
     await sleep(500);
     assert.deepEqual(await probe(h1(), 'a1', 'tcp', UPLINK.remote4, 7002), { server: 'world', client: UPLINK.host4 });
     assert.deepEqual(await probe(h2(), 'b1', 'tcp', UPLINK.remote4, 7002), { server: 'world', client: UPLINK.host4 });
-    // Exactly three kernel entries per remote host on each side.
+    // Exactly three kernel entries per remote host on each side, as network inspect shows them.
     const r1 = (await routes(h1())).trim().split('\n').filter(Boolean);
     assert.equal(r1.length, 1, `one route per peer on h1: ${r1.join(' | ')}`);
+    const v = JSON.parse(await h1().ctnetOk(['network', 'inspect', 'ov', '--json'])) as { overlay: { vni: number; peers: { host: string; neigh: boolean; fdb: boolean; route: boolean }[] } };
+    assert.equal(v.overlay.vni, 42);
+    assert.deepEqual(v.overlay.peers.map((p) => [p.host, p.neigh, p.fdb, p.route]), [['h2', true, true, true]]);
+    assert.match(await h1().ctnetOk(['network', 'inspect', 'ov']), /peers \(three kernel entries each: neigh, fdb, route\):\n.*HOST.*\n.*h2 .* yes +yes +yes/);
+  });
+
+  it('etcd down (SIGSTOP 20 s, longer than the lease TTL): no ping lost, local work goes on, etcd work fails fast, all converges after SIGCONT', async () => {
+    const b1 = await ip(h2(), 'b1');
+    const before = await routes(h1());
+    const pinger = h1().ctnet(['exec', 'a1', '--', 'ping', '-c', '150', '-i', '0.2', '-W', '1', b1]);
+    await sleep(1000);
+    etcd.pause();
+    try {
+      await sleep(2000);
+      // A sandbox on the lease this host holds needs no etcd.
+      await h1().ctnetOk(['create', 'a2', '--network', 'ov']);
+      const t0 = performance.now();
+      const r = await h1().ctnet(['network', 'create', 'z', '--driver', 'vxlan', '--subnet', '10.70.0.0/16']);
+      const failedIn = performance.now() - t0;
+      assert.equal(r.code, 1);
+      assert.match(r.stderr, /etcd at .* is unreachable/);
+      console.log(`# with etcd stopped, network create --driver vxlan failed after ${failedIn.toFixed(0)} ms`);
+      await sleep(Math.max(0, 20_000 - (performance.now() - t0) - 3000));
+    } finally {
+      etcd.resume();
+    }
+    const p = await pinger;
+    assert.match(p.stdout, /150 packets transmitted, 150 received/, p.stdout);
+    await eventually('cluster ls answers on both hosts again', async () => (await h1().ctnet(['cluster', 'ls'])).code === 0 && (await h2().ctnet(['cluster', 'ls'])).code === 0);
+    await eventually('both hosts are registered again', async () => {
+      const ls = JSON.parse(await h1().ctnetOk(['cluster', 'ls', '--json'])) as { hosts: { name: string; health: string }[] };
+      return ['h1', 'h2'].every((n) => ls.hosts.some((h) => h.name === n && h.health === 'ok'));
+    });
+    assert.equal(await routes(h1()), before, 'h2\'s entries were never removed');
+    assert.ok(await ping(h1(), 'a2', b1), 'the sandbox made during the outage reaches h2');
+    await h1().ctnetOk(['rm', 'a2']);
   });
 
   it('MTU: the overlay\'s (underlay less 50) on the bridge and the sandbox; a DF ping of exactly it passes, one byte more is refused', async () => {
@@ -119,6 +157,22 @@ describe('overlay networks across hosts (etcd + vxlan)', () => {
     const t = await eventually('c1 reaches a1 and b1', async () => (await ping(h3(), 'c1', a1)) && (await ping(h3(), 'c1', b1)));
     console.log(`# h3 joined: every pair reaches each other ${t.toFixed(0)} ms after its first sandbox`);
     assert.ok(await ping(h1(), 'a1', c1));
+    // A runtime's namespace attached by the CNI plugin on h3 reaches h1's sandbox.
+    const dir = mkdtempSync(join(tmpdir(), 'ctov-cni-'));
+    const ns = `ctov-${h3().id}-pod`;
+    execFileSync('ip', ['netns', 'add', ns]);
+    try {
+      const written = (await h3().ctnetOk(['cni', 'install', '--bin-dir', join(dir, 'bin'), '--conf-dir', join(dir, 'conf'), '--network', 'ov'])).trim().split('\n');
+      const conf = JSON.stringify(pluginConfigs(written[1]!)[0]!);
+      const env = (c: string) => ({ CNI_COMMAND: c, CNI_CONTAINERID: 'pod1', CNI_NETNS: `/run/netns/${ns}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' });
+      const add = await execPlugin(h3(), written[0]!, env('ADD'), conf);
+      assert.equal(add.code, 0, add.stdout + add.stderr);
+      assert.equal(execFileSync('ip', ['netns', 'exec', ns, 'ping', '-c', '1', '-W', '2', a1]).length > 0, true);
+      assert.equal((await execPlugin(h3(), written[0]!, env('DEL'), conf)).code, 0);
+    } finally {
+      execFileSync('ip', ['netns', 'del', ns]);
+      rmSync(dir, { recursive: true, force: true });
+    }
     // Leaving is refused while a sandbox uses the overlay; removing this host's side gives the lease back.
     assert.match((await h3().ctnet(['cluster', 'leave'])).stderr, /c1/);
     const subnet = (await routes(h1())).split('\n').find((l) => l.startsWith(c1.split('.').slice(0, 3).join('.')));
