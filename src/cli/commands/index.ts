@@ -34,6 +34,7 @@ import clusterJoin from './cluster-join.ts';
 import clusterLs from './cluster-ls.ts';
 import clusterLeave from './cluster-leave.ts';
 import demo from './demo.ts';
+import demoCluster from './demo-cluster.ts';
 
 export const GROUPS: Readonly<Record<string, string>> = {
   network: 'manage bridge networks',
@@ -52,5 +53,5 @@ export const COMMANDS: readonly CommandModule[] = [
   cniInstall, cniExec,
   daemon, daemonStop, daemonEvents, daemonStatus,
   clusterJoin, clusterLs, clusterLeave,
-  demo,
+  demo, demoCluster,
 ];
