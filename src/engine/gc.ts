@@ -8,6 +8,7 @@ import { step } from '../plan/plan.ts';
 import type { Ctx } from './context.ts';
 import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
 import { MADE_NETWORKS, teardownNetwork } from './network.ts';
+import { reconcileOverlays } from './overlay-network.ts';
 import { cutDeniedFlows } from './policy.ts';
 import { restoreTables, tableDrift } from './tables.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
@@ -138,6 +139,8 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     await applier.teardown([step([{ kind: 'netns.kill', netns: { name } }, { kind: 'netns.del', name }])]);
     done.push(`removed netns ${name}, which no record owns`);
   }
+  // 5. A member of a cluster: its leases in etcd and its overlay sides agree.
+  done.push(...await reconcileOverlays(ctx));
   return done;
 }
 

@@ -3,9 +3,9 @@
 // time one of its sandboxes (or a CNI ADD) asks for the network; `network rm` removes this host's
 // side and gives its lease back, and the definition goes with the last lease. The datapath is the
 // vxlan driver's (createNetwork with an OverlaySpec); the peers are ctnetd's (services/overlay.ts).
-import { claimLease, defineOverlay, networkLeases, releaseLease, undefineOverlay } from '../cluster/registry.ts';
+import { claimLease, defineOverlay, networkLeases, reclaimLease, releaseLease, undefineOverlay } from '../cluster/registry.ts';
 import { parseOverlaySpec, type RawOverlay } from '../cluster/pool.ts';
-import { networkKey, decodeEntry, type OverlayDef } from '../cluster/keys.ts';
+import { decodeEntry, LEASES, networkKey, type OverlayDef } from '../cluster/keys.ts';
 import { EtcdError } from '../cluster/etcd.ts';
 import { CtnetError } from '../errors.ts';
 import { overlaps, parseSubnet } from '../model/cidr.ts';
@@ -143,3 +143,53 @@ export async function removeOverlaySide(ctx: Ctx, name: string, options: { force
 export async function ensureOverlaySides(ctx: Ctx, names: readonly string[]): Promise<void> {
   for (const n of names) await ensureOverlaySide(ctx, n);
 }
+
+/**
+ * gc's part for a member of a cluster: this host's leases in etcd and its overlay sides agree.
+ * A lease without a side here (a `network create` or a first sandbox killed between the claim and
+ * the side, or a side removed while etcd was down) is given back; a side whose lease is gone is
+ * leased again, with exactly its subnet (never another: its sandboxes keep their addresses). With
+ * etcd unreachable it changes nothing and says so.
+ */
+export async function reconcileOverlays(ctx: Ctx): Promise<string[]> {
+  const { store } = ctx;
+  const m = store.member();
+  if (!m || m.state !== 'ready' || !m.leaseId) return [];
+  const etcd = etcdOf(m);
+  const done: string[] = [];
+  try {
+    const list = await etcd.range(LEASES, { prefix: true });
+    const mine = list.kvs.flatMap((kv) => {
+      const e = decodeEntry(kv.key, kv.value);
+      return e.kind === 'lease' && e.value.host === m.host ? [e] : [];
+    });
+    for (const l of mine) {
+      const n = store.network(l.network);
+      if (n && n.driver === 'vxlan') continue;
+      if (n) continue; // a bridge network of that name: not ours to judge
+      if (ctx.applier.dryRun) {
+        done.push(`would give back lease ${l.subnet} of overlay network ${l.network}: this host has no side of it`);
+        continue;
+      }
+      await releaseLease(etcd, l.network, m.host);
+      done.push(`gave back lease ${l.subnet} of overlay network ${l.network}: this host has no side of it (an interrupted create)`);
+    }
+    for (const o of store.overlays()) {
+      const lease = store.subnets(o.network).find((s) => s.family === 4)?.cidr;
+      if (!lease || mine.some((l) => l.network === o.network && l.subnet === lease)) continue;
+      if (ctx.applier.dryRun) {
+        done.push(`would lease ${lease} of overlay network ${o.network} again: etcd has no lease of this host for it`);
+        continue;
+      }
+      const r = await reclaimLease(etcd, { network: o.network, subnet: lease, member: memberOf(m), leaseId: m.leaseId });
+      done.push(r === 'claimed' ? `leased ${lease} of overlay network ${o.network} again: etcd had lost it`
+        : r === 'no-network' ? `overlay network ${o.network} is no longer defined in the cluster: its side here stays until "ctnet network rm ${o.network}"`
+        : `CONFLICT: ${lease} of overlay network ${o.network} is leased by ${r.heldBy} now; this host's sandboxes on it collide with that host's until one side is removed`);
+    }
+  } catch (e) {
+    if (e instanceof EtcdError && e.unreachable) return [`did not compare this host's overlay leases with etcd: ${e.message}`];
+    throw e;
+  }
+  return done;
+}
+

@@ -150,6 +150,25 @@ describe('overlay networks across hosts (etcd + vxlan)', () => {
     assert.match(big.stdout + big.stderr, /message too long|mtu=1450|Frag needed/i);
   });
 
+  it('gc makes this host\'s leases in etcd and its overlay sides agree', async () => {
+    const leaseKeys = async () => (await etcd.etcdctl(['get', '--prefix', '--keys-only', '/ctnet/leases/'])).stdout.split('\n').filter(Boolean).sort();
+    const before = await leaseKeys();
+    const mine = before.find((k) => k.startsWith('/ctnet/leases/ov/10.50.0.'))!;
+    assert.ok(mine, `h1's lease of ov: ${before.join(' ')}`);
+    // Its lease lost (as if etcd lost it): gc leases exactly that subnet again.
+    assert.equal((await etcd.etcdctl(['del', mine])).code, 0);
+    assert.match(await h1().ctnetOk(['gc']), /leased 10\.50\.0\.0\/24 of overlay network ov again/);
+    assert.deepEqual(await leaseKeys(), before);
+    // A lease of h1's in a network it has no side of (a create killed after the claim): given back.
+    await h2().ctnetOk(['network', 'create', 'ov2', '--driver', 'vxlan', '--subnet', '10.80.0.0/16']);
+    const v = JSON.parse((await etcd.etcdctl(['get', mine, '--print-value-only'])).stdout) as Record<string, string>;
+    assert.equal((await etcd.etcdctl(['put', '/ctnet/leases/ov2/10.80.9.0-24', JSON.stringify(v)])).code, 0);
+    assert.match(await h1().ctnetOk(['gc']), /gave back lease 10\.80\.9\.0\/24 of overlay network ov2/);
+    assert.ok(!(await leaseKeys()).includes('/ctnet/leases/ov2/10.80.9.0-24'));
+    assert.match(await h1().ctnetOk(['gc']), /agree/, 'a second gc finds nothing');
+    await h2().ctnetOk(['network', 'rm', 'ov2']);
+  });
+
   it('a host that joins late reaches the others; one that leaves disappears from their kernels, and comes back with its subnet', async () => {
     await join_(h3(), 'h3');
     await h3().ctnetOk(['create', 'c1', '--network', 'ov']);
