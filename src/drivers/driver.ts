@@ -43,7 +43,9 @@ export interface HostView {
 export type Drift =
   | { readonly kind: 'device-missing' }
   | { readonly kind: 'port-missing'; readonly sandbox: string; readonly hostVeth: string }
-  | { readonly kind: 'port-detached'; readonly sandbox: string; readonly hostVeth: string };
+  | { readonly kind: 'port-detached'; readonly sandbox: string; readonly hostVeth: string }
+  /** A sysctl of the device that is not what the driver sets (changed by someone, or made by an older ctnet). */
+  | { readonly kind: 'setting'; readonly key: string; readonly have: string; readonly want: string; readonly why: string };
 
 export interface NetworkDriver {
   readonly name: string;
