@@ -101,7 +101,17 @@ export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<F
     ? { check: 'state', status: 'ok', detail: 'store and kernel agree' }
     : { check: 'state', status: 'warn', detail: `store and kernel disagree: ${pending.join('; ')}`, hint: 'run "ctnet gc"' });
 
-  out.push({ check: 'ctnetd', status: 'ok', detail: daemonPid ? `runs as pid ${daemonPid}` : 'not running (the CNI plugin starts it on demand)' });
+  // ctnetd's fail-closed tables (services/tableguard.ts): while it runs, ctnet's own tables being
+  // flushed lets nothing through that they would have checked.
+  const failsafe = chains.some((c) => c.table === 'ctnetd' && (c.family === 'inet' || c.family === 'bridge'));
+  if (!daemonPid) out.push({ check: 'ctnetd', status: 'ok', detail: 'not running (the CNI plugin starts it on demand; while it runs, it restores ctnet\'s tables when someone flushes them)' });
+  else if (failsafe || networks.length === 0) out.push({ check: 'ctnetd', status: 'ok', detail: `runs as pid ${daemonPid}${failsafe ? '; its fail-closed tables (inet and bridge ctnetd) are in place' : ''}` });
+  else {
+    out.push({
+      check: 'ctnetd', status: 'warn', detail: `runs as pid ${daemonPid}, without its fail-closed tables (inet and bridge ctnetd): while ctnet's tables are gone, sandbox traffic passes unchecked until it restores them`,
+      hint: `read why in ${ctx.store.dir}/ctnetd.log ("fail-closed"); tables owned by a process need Linux 5.12 or later and an nft that knows "flags owner"`,
+    });
+  }
   return out;
 }
 
