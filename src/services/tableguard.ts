@@ -17,7 +17,7 @@
 //   were gone that the rules deny.
 import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { NftSession, nftMonitor } from '../kernel/exec/nftlive.ts';
 import { isAlive } from '../kernel/proc.ts';
 import { cutDeniedFlows } from '../engine/policy.ts';
@@ -42,6 +42,8 @@ const BUSY_RETRY_MS = 100;
  * once anyway (then a loss takes the thorough way, the fail-closed tables holding meanwhile).
  */
 const RENDER_MS = 200;
+/** Tries to make the fail-closed tables before ctnetd gives up on them (one a second). */
+const FAILSAFE_TRIES = 10;
 /** A transaction of ctnetd's own nft -i whose last line nft monitor has not shown this long after is taken as shown. */
 const OWN_LINE_MS = 2000;
 
@@ -132,10 +134,13 @@ export function tableGuard(): Service {
   let stopping = false;
   let monitor: { stop(): void } | undefined;
   let session: NftSession | undefined;
-  let dir: string | undefined;
+  /** The restore script's file, and the directory made for it when the state directory cannot hold it. */
+  let file: string | undefined;
+  let ownDir: string | undefined;
   let rendered: Rendered | undefined;
   /** The bridges ctnetd's fail-closed tables hold (JSON), undefined until they are made. */
   let failsafeFor: string | undefined;
+  let failsafeTries = 0;
   let started = false;
   let checkTimer: NodeJS.Timeout | undefined;
   let renderTimer: NodeJS.Timeout | undefined;
@@ -160,7 +165,11 @@ export function tableGuard(): Service {
   return {
     name: 'table guard',
     start(ctx: ServiceContext) {
-      dir = mkdtempSync(join(tmpdir(), 'ctnetd-guard-'));
+      // In the state directory (gone with it, also after a crash), unless nft's `include "PATH"`
+      // could not name it plainly.
+      const state = resolve(ctx.stateDir);
+      if (/^[\w./-]+$/.test(state)) file = join(state, 'guard-tables.nft');
+      else file = join((ownDir = mkdtempSync(join(tmpdir(), 'ctnetd-guard-'))), 'tables.nft');
 
       const check = async () => {
         const drift = await ctx.exclusive(async (e) => {
@@ -196,15 +205,14 @@ export function tableGuard(): Service {
         const r = await ctx.exclusive(async (e) => ({
           at: ctx.feed.head(), lines: tablesScript(e.store), busy: operationUnderWay(e), bridges: e.store.networks().map((n) => n.bridge),
         }));
-        if (stopping || !dir) return;
-        const file = join(dir, 'tables.nft');
+        if (stopping || !file) return;
         writeFileSync(`${file}.new`, `${r.lines.join('\n')}\n`);
         renameSync(`${file}.new`, file);
         rendered = { at: r.at, file, networks: r.bridges.length, busy: r.busy };
         await failsafe(r.bridges);
       };
       const scheduleRender = (ms: number) => {
-        if (!started) return; // the first render follows the first check
+        if (!started || stopping) return; // the first render follows the first check
         clearTimeout(renderTimer);
         renderTimer = setTimeout(() => {
           renderTimer = undefined;
@@ -235,8 +243,12 @@ export function tableGuard(): Service {
           await viaSession(s, (x) => x.run(failsafeFor === undefined ? failsafeScript(bridges) : failsafeBridges(bridges)));
           if (failsafeFor === undefined) ctx.log(`fail-closed tables ${FAILSAFE_INET} and ${FAILSAFE_BRIDGE} in place (owned by nft -i, pid ${s.pid})`);
           failsafeFor = key;
+          failsafeTries = 0;
         } catch (e) {
-          ctx.log(`cannot keep the fail-closed tables (${(e as Error).message}): sandbox traffic passes unchecked while ctnet's tables are gone`);
+          // E.g. the nft -i of a ctnetd that just stopped still owns them: try again a few times.
+          if (failsafeTries++ === 0) ctx.log(`cannot keep the fail-closed tables (${(e as Error).message}): sandbox traffic passes unchecked while ctnet's tables are gone; trying again`);
+          if (failsafeTries < FAILSAFE_TRIES) setTimeout(() => scheduleRender(0), 1000);
+          else ctx.log(`gave up on the fail-closed tables after ${FAILSAFE_TRIES} tries`);
         }
       };
 
@@ -339,7 +351,8 @@ export function tableGuard(): Service {
       clearTimeout(renderTimer);
       monitor?.stop();
       session?.close(); // the fail-closed tables go with it
-      if (dir) rmSync(dir, { recursive: true, force: true });
+      if (ownDir) rmSync(ownDir, { recursive: true, force: true });
+      else if (file) rmSync(file, { force: true });
     },
   };
 }
