@@ -65,6 +65,8 @@ describe('never fail open', () => {
     for (let i = 0; i < 100 && !/fail-closed tables inet ctnetd and bridge ctnetd in place/.test((() => { try { return log(); } catch { return ''; } })()); i++) await sleep(50);
     assert.match(log(), /table guard: fail-closed tables inet ctnetd and bridge ctnetd in place \(owned by nft -i, pid \d+\)/);
     assert.doesNotMatch(log(), /restored ctnet's nft tables/, 'nothing to restore while the tables agree');
+    const ctnetd = (JSON.parse(await lab.ctnetOk(['doctor', '--json'])) as { check: string; status: string; detail: string }[]).find((f) => f.check === 'ctnetd')!;
+    assert.match(ctnetd.detail, /runs as pid \d+; its fail-closed tables \(inet and bridge ctnetd\) are in place/);
 
     const r = await measureWindow(lab, ['nft', 'flush', 'ruleset']);
     assert.match(await restoreLogged(0), /table guard: restored ctnet's nft tables [\d.]+ ms after a change by nft \(pid \d+\): table inet ctnet was deleted; table bridge ctnet was deleted/);

@@ -681,6 +681,17 @@ describe('gc on the fake kernel', () => {
     assert.deepEqual((await loopback()).map((f) => f.status), ['ok']);
   }));
 
+  it('doctor: a running ctnetd without its fail-closed tables is a warning; with them, ok', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    const ctnetd = async () => (await doctor(w.ctx, 4242)).find((f) => f.check === 'ctnetd')!;
+    const without = await ctnetd();
+    assert.equal(without.status, 'warn');
+    assert.match(without.detail, /runs as pid 4242, without its fail-closed tables/);
+    w.fake.foreignChains.push({ family: 'inet', table: 'ctnetd', name: 'forward', hook: 'forward', prio: 10, policy: 'accept' });
+    assert.deepEqual(await ctnetd(), { check: 'ctnetd', status: 'ok', detail: 'runs as pid 4242; its fail-closed tables (inet and bridge ctnetd) are in place' });
+    assert.equal((await doctor(w.ctx, undefined)).find((f) => f.check === 'ctnetd')!.status, 'ok', 'not running: nothing to hold');
+  }));
+
   it('forwarding turned off behind ctnet\'s back is turned on again', () => withWorld(async (w) => {
     await createNetwork(w.ctx, WEB());
     w.fake.setSysctl('net.ipv4.ip_forward', '0');
