@@ -67,7 +67,9 @@ export type Drift =
   /** An overlay network's VXLAN device is gone (with every peer's entries). */
   | { readonly kind: 'vtep-missing' }
   /** A recorded peer lacks some of its three entries (or they point elsewhere). */
-  | { readonly kind: 'peer-missing'; readonly peer: Peer };
+  | { readonly kind: 'peer-missing'; readonly peer: Peer }
+  /** A sysctl of the device that is not what the driver sets (changed by someone, or made by an older ctnet). */
+  | { readonly kind: 'setting'; readonly key: string; readonly have: string; readonly want: string; readonly why: string };
 
 export interface NetworkDriver {
   readonly name: string;

@@ -5,7 +5,7 @@ import type { Ctx } from './context.ts';
 import { gc } from './gc.ts';
 import { droppingChains, forwardTargets } from './forward.ts';
 import type { ForwardTarget } from '../plan/ops.ts';
-import { tableDrift } from './tables.ts';
+import { loopbackGuards, tableDrift } from './tables.ts';
 
 export interface Finding {
   readonly check: string;
@@ -49,6 +49,8 @@ export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<F
       ? { check: 'nft table', status: 'ok', detail: 'tables inet ctnet and bridge ctnet hold what the store says' }
       : { check: 'nft table', status: 'fail', detail: `ctnet's tables differ from the store (flushed or changed by someone): ${drift.join('; ')}: isolation, policy, identity or published ports may not hold`, hint: 'run "ctnet gc" to rewrite them from the state (a running ctnetd does it by itself)' });
   }
+  out.push(...await hostExposure(ctx));
+
   // A drop in another table's forward hook wins over ctnet's accept (every base chain must accept).
   const consented = forwardTargets(store);
   const covered = (t: ForwardTarget) => consented.some((c) => c.family === t.family && c.legacy === t.legacy);
@@ -99,6 +101,60 @@ export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<F
     ? { check: 'state', status: 'ok', detail: 'store and kernel agree' }
     : { check: 'state', status: 'warn', detail: `store and kernel disagree: ${pending.join('; ')}`, hint: 'run "ctnet gc"' });
 
-  out.push({ check: 'ctnetd', status: 'ok', detail: daemonPid ? `runs as pid ${daemonPid}` : 'not running (the CNI plugin starts it on demand)' });
+  // ctnetd's fail-closed tables (services/tableguard.ts): while it runs, ctnet's own tables being
+  // flushed lets nothing through that they would have checked.
+  const failsafe = chains.some((c) => c.table === 'ctnetd' && (c.family === 'inet' || c.family === 'bridge'));
+  if (!daemonPid) out.push({ check: 'ctnetd', status: 'ok', detail: 'not running (the CNI plugin starts it on demand; while it runs, it restores ctnet\'s tables when someone flushes them)' });
+  else if (failsafe || networks.length === 0) out.push({ check: 'ctnetd', status: 'ok', detail: `runs as pid ${daemonPid}${failsafe ? '; its fail-closed tables (inet and bridge ctnetd) are in place' : ''}` });
+  else {
+    out.push({
+      check: 'ctnetd', status: 'warn', detail: `runs as pid ${daemonPid}, without its fail-closed tables (inet and bridge ctnetd): while ctnet's tables are gone, sandbox traffic passes unchecked until it restores them`,
+      hint: `read why in ${ctx.store.dir}/ctnetd.log ("fail-closed"); tables owned by a process need Linux 5.12 or later and an nft that knows "flags owner"`,
+    });
+  }
   return out;
+}
+
+/**
+ * Settings of a network's device (the host's side of its sandboxes' link) that open the host to
+ * its sandboxes: accepting their router advertisements, and route_localnet without the rules that
+ * keep them off the host's loopback.
+ */
+async function hostExposure(ctx: Ctx): Promise<Finding[]> {
+  const { store, kernel } = ctx;
+  const networks = store.networks();
+  const ra: Finding[] = [];
+  const loopback: Finding[] = [];
+  const guards = networks.length ? await loopbackGuards(kernel) : { inet: true, bridge: true };
+  for (const n of networks) {
+    const dev = n.bridge;
+    const accept = kernel.sysctl(`net/ipv6/conf/${dev}/accept_ra`);
+    const forwarding = kernel.sysctl(`net/ipv6/conf/${dev}/forwarding`) === '1';
+    // The kernel takes RAs on a link that does not forward when accept_ra is not 0, and on one
+    // that forwards when it is 2.
+    if (accept !== undefined && accept !== '0') {
+      const now = forwarding ? accept === '2' : true;
+      ra.push({
+        check: 'ra acceptance', status: now ? 'fail' : 'warn',
+        detail: now
+          ? `bridge ${dev} of network ${n.name} accepts router advertisements (accept_ra=${accept}${forwarding ? '' : ', IPv6 forwarding off'}): a sandbox's RA would give the host an address and a default route through it`
+          : `bridge ${dev} of network ${n.name} has accept_ra=${accept}: ignored while it forwards IPv6, but a sandbox's RA would reach the host as soon as forwarding is off`,
+        hint: `run "ctnet gc" (it sets accept_ra=0 on ctnet's bridges again), or: sysctl -w net.ipv6.conf.${dev}.accept_ra=0`,
+      });
+    }
+    if (kernel.sysctl(`net/ipv4/conf/${dev}/route_localnet`) === '1' && !(guards.inet && guards.bridge)) {
+      const neither = !guards.inet && !guards.bridge;
+      loopback.push({
+        check: 'loopback guard', status: neither ? 'fail' : 'warn',
+        detail: neither
+          ? `route_localnet is on for bridge ${dev} of network ${n.name} and both of ctnet's loopback guards are gone (chain guard of inet ctnet, chain port4 of bridge ctnet): its sandboxes can reach services bound to the host's 127.0.0.1`
+          : `route_localnet is on for bridge ${dev} of network ${n.name} and only one loopback guard holds (${guards.inet ? 'inet ctnet\'s guard chain' : 'bridge ctnet\'s port4 rule'}): one more flush and its sandboxes reach the host's 127.0.0.1`,
+        hint: 'run "ctnet gc" to write the guards again, or start ctnetd ("ctnet daemon"): its table guard restores them by itself',
+      });
+    }
+  }
+  return [
+    ...(ra.length ? ra : [{ check: 'ra acceptance', status: 'ok' as const, detail: 'no ctnet bridge accepts router advertisements from sandboxes' }]),
+    ...(loopback.length ? loopback : [{ check: 'loopback guard', status: 'ok' as const, detail: 'sandboxes are kept off the host\'s loopback (route_localnet is on only where both guards hold)' }]),
+  ];
 }

@@ -65,11 +65,6 @@ export async function gc(ctx: Ctx): Promise<string[]> {
       }
     }
   }
-  // Bridges made before ctnet set route_localnet (see the bridge driver) get it here.
-  for (const n of ready) {
-    const key = `net/ipv4/conf/${n.bridge}/route_localnet`;
-    if (store.subnets(n.name).some((s) => s.family === 4) && kernel.sysctl(key) === '0') fix.push({ kind: 'sysctl.set', key, value: '1' });
-  }
   // A store that never made a network did not make what the kernel holds: it may add, not take away.
   const trusted = store.meta(MADE_NETWORKS) === '1' || store.networks().length > 0;
   const drift = await tableDrift(ctx);
@@ -101,6 +96,7 @@ export async function gc(ctx: Ctx): Promise<string[]> {
       if (d.kind === 'port-detached') done.push(`put ${d.sandbox}'s ${d.hostVeth} back on bridge ${n.bridge}`);
       if (d.kind === 'vtep-missing') done.push(`recreated VXLAN device ${dn.overlay?.device} of network ${n.name}, with its ${dn.overlay?.peers.length ?? 0} peers' entries`);
       if (d.kind === 'peer-missing') done.push(`rewrote the entries of peer ${d.peer.host} (${d.peer.subnet} at ${d.peer.underlay}) on network ${n.name}`);
+      if (d.kind === 'setting') done.push(`set ${d.key} to ${d.want} again (was ${d.have}: ${d.why})`);
     }
     // A recreated device has no ports: every attachment is plugged in again below.
     if (drift.some((d) => d.kind === 'device-missing')) {

@@ -105,3 +105,21 @@ export async function tableDrift(ctx: Pick<Ctx, 'store' | 'kernel'>): Promise<st
   }
   return out;
 }
+
+/**
+ * Which of ctnet's two loopback guards the kernel holds: the inet table's `guard` chain and the
+ * bridge table's port4 rule (reached from the identity chain). Each keeps sandboxes off the host's
+ * 127.0.0.0/8, which route_localnet on a bridge would otherwise let them reach.
+ */
+export async function loopbackGuards(kernel: KernelBackend): Promise<{ inet: boolean; bridge: boolean }> {
+  type Item = { rule?: { chain?: string; expr?: unknown } };
+  const rulesOf = (items: Item[] | undefined, chain: string) =>
+    (items ?? []).flatMap((i) => (i.rule?.chain === chain ? [JSON.stringify(i.rule.expr)] : []));
+  const dropsLoopback = (rule: string) => rule.includes('127.0.0.0') && rule.includes('daddr') && rule.includes('drop');
+  const inet = (await kernel.nftTable('inet')) as Item[] | undefined;
+  const bridge = (await kernel.nftTable('bridge')) as Item[] | undefined;
+  return {
+    inet: rulesOf(inet, 'guard').some(dropsLoopback),
+    bridge: rulesOf(bridge, 'port4').some(dropsLoopback) && rulesOf(bridge, 'identity').some((r) => r.includes('port4')),
+  };
+}

@@ -38,7 +38,7 @@ interface FakeLink {
   peer: { ns: string; name: string } | undefined;
   /** CIDRs, e.g. 10.1.0.1/24, in the order added. */
   addrs: string[];
-  /** Per-interface sysctls (net/ipv4/conf/NAME/KEY), host links only; they go with the link. */
+  /** Per-interface sysctls (net/ipv4/conf/NAME/KEY as KEY, net/ipv6/conf/NAME/KEY as ipv6/KEY), host links only; they go with the link. */
   sysctls: Map<string, string>;
   /** A VXLAN device's settings. */
   vxlan: { vni: number; local: string; dev: string; port: number } | undefined;
@@ -110,7 +110,8 @@ export interface FakeSnapshot {
   readonly flows: Flow[];
 }
 
-const PER_LINK_SYSCTLS = { route_localnet: '0', forwarding: '0' } as const;
+/** Per-link settings of host links: IPv4's by their name, IPv6's as ipv6/NAME (a link's defaults). */
+const PER_LINK_SYSCTLS = { route_localnet: '0', forwarding: '0', 'ipv6/accept_ra': '1' } as const;
 const CHAIN_PRIORITIES: Record<string, number> = { raw: -300, mangle: -150, dstnat: -100, filter: 0, security: 50, srcnat: 100 };
 
 /** A sysctl key in slash form (keys naming an interface are written with slashes, as sysctl allows). */
@@ -485,7 +486,10 @@ export class FakeKernel implements KernelBackend {
           perLink.link.sysctls.set(perLink.setting, op.value);
           return;
         }
-        if (!this.#sysctls.has(key)) throw new Failure('not-found', `ENOENT: no such file or directory, open '/proc/sys/${key}'`);
+        if (!this.#sysctls.has(key)) {
+          if (op.ifExists) return;
+          throw new Failure('not-found', `ENOENT: no such file or directory, open '/proc/sys/${key}'`);
+        }
         this.#sysctls.set(key, op.value);
         return;
       }
@@ -687,11 +691,12 @@ export class FakeKernel implements KernelBackend {
   }
 
   #perLinkSysctl(key: string): { link: FakeLink; setting: string } | undefined {
-    const m = /^net\/ipv4\/conf\/([^/]+)\/([^/]+)$/.exec(key);
-    if (!m || m[1] === 'all' || m[1] === 'default') return undefined;
-    const link = this.#host().links.get(m[1]!);
+    const m = /^net\/ipv([46])\/conf\/([^/]+)\/([^/]+)$/.exec(key);
+    if (!m || m[2] === 'all' || m[2] === 'default') return undefined;
+    const link = this.#host().links.get(m[2]!);
     if (!link) return undefined;
-    return link.sysctls.has(m[2]!) ? { link, setting: m[2]! } : undefined;
+    const setting = m[1] === '4' ? m[3]! : `ipv6/${m[3]}`;
+    return link.sysctls.has(setting) ? { link, setting } : undefined;
   }
 
   // ---- reads ----

@@ -157,6 +157,25 @@ export class Lab {
     return [NODE, NETCHECK, 'probe', proto, host, String(port), '--timeout', String(timeoutMs)];
   }
 
+  /**
+   * argv of a router advertisement sent three times from inside a sandbox to all nodes on IFNAME's
+   * link: a default route (lifetime 1800 s) and PREFIX/64 for autoconfiguration, hop limit 255 as
+   * RAs must have. PREFIX should be a documentation prefix (2001:db8::/32).
+   */
+  static routerAdvertArgv(prefix: string, ifname = 'eth0'): string[] {
+    const script = `
+import socket, struct
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+ifi = socket.if_nametoindex(${JSON.stringify(ifname)})
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifi)
+ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, 1800, 0, 0)
+pfx = struct.pack('!BBBBIII', 3, 4, 64, 0xc0, 86400, 14400, 0) + socket.inet_pton(socket.AF_INET6, ${JSON.stringify(prefix)})
+for _ in range(3): s.sendto(ra + pfx, ('ff02::1', 0, 0, ifi))
+`;
+    return ['python3', '-c', script];
+  }
+
   /** The instance id ctnet gave this lab's state dir (marks its netns files). */
   #instance(): string | undefined {
     try {

@@ -90,6 +90,8 @@ add rule ${TABLE} guard iifname @bridges ip saddr 127.0.0.0/8 counter drop comme
 ${dnatRules('prerouting')}
 ${dnatRules('output')}
 add rule ${TABLE} forward ct state established,related accept
+add rule ${TABLE} forward iifname @bridges ct label set ${SEEN_LABEL} comment "seen by ctnet (ctnetd's fail-closed table drops new flows of its bridges without it)"
+add rule ${TABLE} forward oifname @bridges ct label set ${SEEN_LABEL} comment "seen by ctnet"
 add rule ${TABLE} forward iifname @bridges ip saddr . iifname != @endpoints4 counter drop comment "spoofed source"
 add rule ${TABLE} forward iifname @bridges ip6 saddr != { ::, fe80::/10 } ip6 saddr . iifname != @endpoints6 counter drop comment "spoofed source (link-local and DAD's :: stay on the link)"
 add rule ${TABLE} forward ip saddr . ip daddr . meta l4proto . th dport @policy_deny4 counter drop comment "policy: deny"
@@ -109,6 +111,7 @@ add rule ${TABLE} postrouting ct status dnat ip6 saddr . oifname @endpoints6 cou
 add rule ${TABLE} input udp dport . @th,96,24 @vxlan_ids ip saddr . udp dport . @th,96,24 != @vteps4 counter drop comment "VXLAN from an unknown VTEP"
 add rule ${TABLE} input iifname != @bridges iifname != @overlays accept
 add rule ${TABLE} input ct state established,related accept comment "replies to what the host started"
+add rule ${TABLE} input ct label set ${SEEN_LABEL} comment "seen by ctnet"
 add rule ${TABLE} input icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept comment "neighbour discovery: a sandbox must find its gateway"
 add rule ${TABLE} input ip saddr . meta l4proto . th dport @policy_host_deny4 counter drop comment "policy: deny --to host"
 add rule ${TABLE} input ip6 saddr . meta l4proto . th dport @policy_host_deny6 counter drop comment "policy: deny --to host"
@@ -198,6 +201,7 @@ flush chain ${T} port_arp
 add rule ${T} identity iifname != "${PORT_GLOB}" accept comment "not a sandbox's port"
 add rule ${T} identity iifname != @ports counter drop comment "a ctnet port with no sandbox identity"
 add rule ${T} identity iifname . ether saddr != @port_mac counter drop comment "spoofed MAC"
+add rule ${T} identity meta mark set 0 comment "seen by ctnet (ctnetd's fail-closed table drops a sandbox's frame it marked and ctnet did not see)"
 add rule ${T} identity ether type vmap { ip : goto port4, ip6 : goto port6, arp : goto port_arp } comment "goto: the protocol chain decides, nothing after this rule runs for these"
 add rule ${T} identity counter drop comment "sandboxes send IPv4, IPv6 and ARP only (no VLAN tags around spoofed packets)"
 add rule ${T} port4 ip saddr != 0.0.0.0 iifname . ip saddr != @port_ip4 counter drop comment "spoofed IPv4 source"
@@ -214,6 +218,68 @@ add rule ${T} port_arp iifname . arp saddr ether != @port_mac counter drop comme
 
 /** Host veths of sandboxes are named ctv + hex (engine/naming.ts). */
 const PORT_GLOB = 'ctv*';
+
+/**
+ * ctnetd's fail-closed tables. ctnetd holds them through a netlink socket that owns them (`flags
+ * owner`): no other process can flush, change or delete them (`nft flush ruleset` passes them
+ * over), and the kernel removes them when ctnetd's socket closes. They hold no policy: they drop
+ * what ctnet's own tables did not look at, so while those are gone (a flush, until ctnetd writes
+ * them again) no sandbox traffic that ctnet would check passes unchecked.
+ * - inet: a new flow to or from a ctnet bridge must carry the conntrack label ctnet's forward and
+ *   input chains give every flow they see (a flow they drop never gets an entry); established
+ *   flows pass, as they would through ctnet's own rules.
+ * - bridge: a frame from a sandbox's port is marked before ctnet's identity chain, which clears
+ *   the mark; one still marked after it was not checked, and is dropped.
+ */
+export const FAILSAFE_INET = 'inet ctnetd';
+export const FAILSAFE_BRIDGE = 'bridge ctnetd';
+/** The conntrack label bit ctnet's tables set on flows they see (the highest of 128: others count from 0). */
+export const SEEN_LABEL = 127;
+/** The mark a sandbox's frame carries until ctnet's identity chain sees it ("ctnt"); cleared to 0 there. */
+export const UNSEEN_MARK = '0x63746e74';
+
+/** ctnetd's fail-closed tables, with the bridges ctnet has now (from scratch, in one transaction). */
+export function failsafeScript(bridges: readonly string[]): string[] {
+  const I = FAILSAFE_INET;
+  const B = FAILSAFE_BRIDGE;
+  return [
+    `add table ${I} { flags owner; }`,
+    `delete table ${I}`,
+    `add table ${I} { flags owner; }`,
+    `add set ${I} bridges { type ifname; comment "ctnet's bridges"; }`,
+    `add chain ${I} forward { type filter hook forward priority filter + 10; policy accept; }`,
+    `add chain ${I} input { type filter hook input priority filter + 10; policy accept; }`,
+    `add rule ${I} forward ct state != new accept`,
+    `add rule ${I} forward ct label ${SEEN_LABEL} accept comment "seen by ctnet's forward chain"`,
+    `add rule ${I} forward iifname @bridges counter drop comment "ctnet's table is gone: fail closed"`,
+    `add rule ${I} forward oifname @bridges counter drop comment "ctnet's table is gone: fail closed"`,
+    `add rule ${I} input ct state != new accept`,
+    `add rule ${I} input ct label ${SEEN_LABEL} accept comment "seen by ctnet's input chain"`,
+    `add rule ${I} input iifname @bridges counter drop comment "ctnet's table is gone: fail closed"`,
+    // Empty NAT chains: the kernel applies the NAT of flows already established (masqueraded,
+    // published ports) only while some NAT chain is hooked in; these keep them working meanwhile.
+    `add chain ${I} nat_prerouting { type nat hook prerouting priority -90; policy accept; }`,
+    `add chain ${I} nat_output { type nat hook output priority -90; policy accept; }`,
+    `add chain ${I} nat_input { type nat hook input priority 110; policy accept; }`,
+    `add chain ${I} nat_postrouting { type nat hook postrouting priority 110; policy accept; }`,
+    ...failsafeBridges(bridges),
+    `add table ${B} { flags owner; }`,
+    `delete table ${B}`,
+    `add table ${B} { flags owner; }`,
+    `add chain ${B} before { type filter hook prerouting priority filter - 10; policy accept; }`,
+    `add chain ${B} after { type filter hook prerouting priority filter + 10; policy accept; }`,
+    `add rule ${B} before iifname "${PORT_GLOB}" meta mark set ${UNSEEN_MARK}`,
+    `add rule ${B} after iifname "${PORT_GLOB}" meta mark ${UNSEEN_MARK} counter drop comment "ctnet's identity chain is gone: fail closed"`,
+  ];
+}
+
+/** Replaces the bridges of the inet fail-closed table. */
+export function failsafeBridges(bridges: readonly string[]): string[] {
+  return [
+    `flush set ${FAILSAFE_INET} bridges`,
+    ...(bridges.length ? [`add element ${FAILSAFE_INET} bridges { ${bridges.map(q).join(', ')} }`] : []),
+  ];
+}
 
 type Verb = 'add' | 'delete';
 

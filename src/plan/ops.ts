@@ -76,8 +76,11 @@ export type Op =
   }
   /** ip route del DST via GW dev DEV (its inverse puts it back, onlink as it was) */
   | { readonly kind: 'route.del'; readonly dst: string; readonly via: string; readonly dev: string; readonly onlink?: boolean | undefined }
-  /** sysctl -w KEY=VALUE in ctnet's namespace; nothing is done when it holds VALUE already. */
-  | { readonly kind: 'sysctl.set'; readonly key: string; readonly value: string }
+  /**
+   * sysctl -w KEY=VALUE in ctnet's namespace; nothing is done when it holds VALUE already.
+   * ifExists: nothing either when the key does not exist (an IPv6 setting where IPv6 is off).
+   */
+  | { readonly kind: 'sysctl.set'; readonly key: string; readonly value: string; readonly ifExists?: true }
   /**
    * nft -f: these lines as one atomic transaction. `undo` lines (element deletes) are its inverse,
    * applied as nft.delete is.

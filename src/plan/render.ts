@@ -103,7 +103,7 @@ export function renderOp(op: Op): string[] {
   if (bridge) return [shellLine(['bridge', ...bridge])];
   switch (op.kind) {
     case 'netns.kill': return [`ip netns pids ${quote('name' in op.netns ? op.netns.name : op.netns.path)} | xargs -r kill -KILL`];
-    case 'sysctl.set': return [`sysctl -w ${op.key}=${op.value}`];
+    case 'sysctl.set': return [`sysctl ${op.ifExists ? '-e ' : ''}-w ${op.key}=${op.value}`];
     case 'nft': return [nftLine(op.lines)];
     case 'nft.delete': return [nftLine(op.lines)];
     case 'conntrack.forget': return [`# conntrack -D: ${describeFilter(op.filter)}`];

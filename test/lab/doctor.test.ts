@@ -30,6 +30,80 @@ describe('ctnet doctor', () => {
     assert.ok(await egress());
   });
 
+  it('a bridge that accepts router advertisements: fail, and real (a sandbox\'s RA gives the host a route); gc sets accept_ra=0 again', async () => {
+    // Point 8: ctnet makes its bridges with accept_ra=0. The network is IPv4 only, so the host does
+    // not forward IPv6 and the kernel's default (accept_ra=1) would take RAs; 2 takes them always.
+    const hostRa = async () => (await lab.inHost(['ip', '-6', 'route', 'show', 'dev', 'ctbr-net', 'proto', 'ra'])).stdout.trim();
+    const sendRa = async () => {
+      await lab.ctnetOk(['exec', 'a', '--', ...Lab.routerAdvertArgv('2001:db8:bad::')]);
+      await new Promise((r) => setTimeout(r, 1500));
+    };
+    assert.equal((await lab.inHost(['sysctl', '-n', 'net.ipv6.conf.ctbr-net.accept_ra'])).stdout.trim(), '0', 'made so by network create');
+    await lab.inHost(['sysctl', '-qw', 'net.ipv6.conf.ctbr-net.accept_ra=2']);
+    try {
+      const { code, list } = await findings();
+      assert.equal(code, 1);
+      const f = list.find((x) => x.check === 'ra acceptance')!;
+      assert.equal(f.status, 'fail');
+      assert.match(f.detail, /bridge ctbr-net of network net accepts router advertisements \(accept_ra=2, IPv6 forwarding off\)/);
+      assert.match(f.hint!, /ctnet gc.*accept_ra=0/);
+      // Real: with bridge ctnet gone (its rules drop sandboxes' RAs, but a flush takes them), the host learns a route.
+      await lab.inHost(['nft', 'delete', 'table', 'bridge', 'ctnet']);
+      await sendRa();
+      assert.match(await hostRa(), /^default via fe80::\S+ /, 'the host took a default route from sandbox a');
+    } finally {
+      await lab.inHost(['ip', '-6', 'route', 'flush', 'dev', 'ctbr-net', 'proto', 'ra']);
+      await lab.inHost(['ip', '-6', 'addr', 'flush', 'dev', 'ctbr-net', 'scope', 'global']);
+      assert.match(await lab.ctnetOk(['gc']), /set net\/ipv6\/conf\/ctbr-net\/accept_ra to 0 again \(was 2: the host takes no router advertisement from its sandboxes\)/);
+    }
+    assert.equal(status((await findings()).list, 'ra acceptance'), 'ok');
+    // And accept_ra=0 holds by itself: the same RA with bridge ctnet gone again installs nothing.
+    await lab.inHost(['nft', 'delete', 'table', 'bridge', 'ctnet']);
+    try {
+      await sendRa();
+      assert.equal(await hostRa(), '');
+    } finally {
+      await lab.ctnetOk(['gc']);
+    }
+    assert.equal((await findings()).code, 0);
+  });
+
+  it('route_localnet on a bridge whose loopback guards are gone: fail, and real (a sandbox reaches the host\'s 127.0.0.1); gc restores the guards', async () => {
+    // The sandbox sends to 127.0.0.1 through its gateway: its own loopback address gone, a route
+    // via the gateway, route_localnet so its kernel lets 127.0.0.1 leave and come back.
+    const sandbox = (argv: string[]) => lab.ctnet(['exec', 'a', '--', ...argv]);
+    const hostLoopback = async () => (await sandbox(['ping', '-c', '1', '-W', '1', '127.0.0.1'])).code === 0;
+    const loopback = async () => (await findings()).list.filter((f) => f.check === 'loopback guard');
+    await sandbox(['sysctl', '-qw', 'net.ipv4.conf.all.route_localnet=1', 'net.ipv4.conf.eth0.route_localnet=1']);
+    await sandbox(['ip', 'addr', 'del', '127.0.0.1/8', 'dev', 'lo']);
+    await sandbox(['ip', 'route', 'add', '127.0.0.1/32', 'via', '10.36.0.1', 'dev', 'eth0']);
+    try {
+      assert.equal(await hostLoopback(), false, 'both guards hold');
+      assert.deepEqual((await loopback()).map((f) => f.status), ['ok']);
+      await lab.inHost(['nft', 'flush', 'chain', 'inet', 'ctnet', 'guard']);
+      assert.equal(await hostLoopback(), false, 'the bridge table\'s guard holds alone');
+      const [one] = await loopback();
+      assert.equal(one!.status, 'warn');
+      assert.match(one!.detail, /only one loopback guard holds \(bridge ctnet's port4 rule\)/);
+      await lab.inHost(['nft', 'flush', 'chain', 'bridge', 'ctnet', 'port4']);
+      const { code, list } = await findings();
+      assert.equal(code, 1);
+      const f = list.find((x) => x.check === 'loopback guard')!;
+      assert.equal(f.status, 'fail');
+      assert.match(f.detail, /route_localnet is on for bridge ctbr-net of network net and both of ctnet's loopback guards are gone.*reach services bound to the host's 127\.0\.0\.1/);
+      assert.match(f.hint!, /ctnet gc.*ctnetd/);
+      assert.ok(await hostLoopback(), 'the finding is real: the host\'s 127.0.0.1 answers the sandbox');
+      await lab.ctnetOk(['gc']);
+      assert.equal(await hostLoopback(), false, 'gc put the guards back');
+      assert.deepEqual((await loopback()).map((f) => f.status), ['ok']);
+    } finally {
+      await sandbox(['ip', 'route', 'del', '127.0.0.1/32']);
+      await sandbox(['ip', 'addr', 'add', '127.0.0.1/8', 'dev', 'lo']);
+      await lab.ctnetOk(['gc']);
+    }
+    assert.equal((await findings()).code, 0);
+  });
+
   it('another table\'s forward chain with policy drop: named, and its fix works', async () => {
     await lab.inHost(['nft', 'add table ip filter; add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }']);
     const { code, list } = await findings();

@@ -1,29 +1,27 @@
 // Issue 12, points 2 and 6: ctnet never stays open. ctnetd notices a flushed or altered ruleset and
-// rewrites ctnet's tables from the store; gc and doctor say when the tables differ from the store.
-// The window in which a denied flow passes, and an allowed one fails, is measured and reported.
+// rewrites ctnet's tables from the store, and its fail-closed tables (which a flush cannot remove)
+// drop meanwhile what ctnet's tables would have checked; gc and doctor say when the tables differ
+// from the store. The window is measured and reported (window.ts): denied packets that pass (none),
+// allowed packets lost.
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Lab, UPLINK } from '../../src/lab/lab.ts';
+import { Lab } from '../../src/lab/lab.ts';
+import { describeWindow, measureWindow, published as isPublished, windowLab, type Window } from './window.ts';
 
 describe('never fail open', () => {
   let lab: Lab;
   let daemon: ChildProcess | undefined;
   const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
   const log = () => readFileSync(join(lab.stateDir, 'ctnetd.log'), 'utf8');
-  const tableExists = async () => (await lab.inHost(['nft', 'list', 'table', 'inet', 'ctnet'])).code === 0;
   const denied = async () => (await lab.ctnet(['exec', 'a1', '--', 'ping', '-c', '1', '-W', '1', '10.88.2.2'])).code !== 0;
-  const published = async () => (await lab.inWorld(Lab.probeArgv('http', UPLINK.host4, 8282))).code === 0;
+  const published = () => isPublished(lab);
 
   before(async () => {
     lab = await Lab.create();
-    await lab.ctnetOk(['network', 'create', 'a', '--subnet', '10.88.1.0/24']);
-    await lab.ctnetOk(['network', 'create', 'b', '--subnet', '10.88.2.0/24']);
-    await lab.ctnetOk(['create', 'a1', '--network', 'a']);
-    await lab.ctnetOk(['run', '-d', '--name', 'b1', '--network', 'b', '-p', '8282:80', '--', ...Lab.serverArgv('b1', { http: 80 })]);
-    for (let i = 0; i < 50 && !(await published()); i++) await sleep(100);
+    await windowLab(lab);
   });
   after(async () => {
     daemon?.kill('SIGTERM');
@@ -47,49 +45,64 @@ describe('never fail open', () => {
     assert.match(await lab.ctnetOk(['gc']), /chain inet ctnet forward has 0 rules, not \d+/);
   });
 
-  it('ctnetd rewrites the tables after `nft flush ruleset`, and says who flushed them; the window is measured', async (t) => {
+  const restores = () => (log().match(/restored ctnet's nft tables/g) ?? []).length;
+  /** Waits (at most 10 s) for the guard's next restore line: it logs once nft monitor has shown all of the change. */
+  const restoreLogged = async (before: number) => {
+    for (let i = 0; i < 200 && restores() <= before; i++) await sleep(50);
+    return log();
+  };
+  /** The guard's own word on how long the tables were gone (from the first line nft monitor showed). */
+  const restoredMs = () => [...log().matchAll(/restored ctnet's nft tables ([\d.]+) ms/g)].at(-1)?.[1];
+  const report = (w: Window) => `${describeWindow(w)}; the guard's restore took ${restoredMs()} ms`;
+
+  it('ctnetd rewrites the tables after `nft flush ruleset`, says who flushed them, and nothing it denies passes meanwhile', async (t) => {
     // As the plugin starts it: its stderr is STATE_DIR/ctnetd.log.
     const out = openSync(join(lab.stateDir, 'ctnetd.log'), 'a');
     daemon = spawn('nsenter', [`--net=/run/netns/${lab.host}`, lab.ctnetBin, 'daemon'], {
       env: { ...process.env, CTNET_STATE_DIR: lab.stateDir }, stdio: ['ignore', 'ignore', out],
     });
     closeSync(out);
-    for (let i = 0; i < 100 && !/serving/.test((() => { try { return log(); } catch { return ''; } })()); i++) await sleep(50);
-    await sleep(300); // the guard's first look (nothing to do)
+    for (let i = 0; i < 100 && !/fail-closed tables inet ctnetd and bridge ctnetd in place/.test((() => { try { return log(); } catch { return ''; } })()); i++) await sleep(50);
+    assert.match(log(), /table guard: fail-closed tables inet ctnetd and bridge ctnetd in place \(owned by nft -i, pid \d+\)/);
     assert.doesNotMatch(log(), /restored ctnet's nft tables/, 'nothing to restore while the tables agree');
+    const ctnetd = (JSON.parse(await lab.ctnetOk(['doctor', '--json'])) as { check: string; status: string; detail: string }[]).find((f) => f.check === 'ctnetd')!;
+    assert.match(ctnetd.detail, /runs as pid \d+; its fail-closed tables \(inet and bridge ctnetd\) are in place/);
 
-    // Probes run through the flush: a denied flow (a1 -> b1 across networks) every 20 ms, and the
-    // allowed one (the world to b1's published port) in a loop.
-    const pinger = lab.ctnet(['exec', 'a1', '--', 'ping', '-i', '0.02', '-c', '150', '-W', '1', '10.88.2.2']);
-    let allowedOk = 0;
-    let allowedFailed = 0;
-    let probing = true;
-    const allowed = (async () => {
-      while (probing) {
-        if (await published()) allowedOk++;
-        else allowedFailed++;
-      }
-    })();
-    await sleep(500);
-    const flushed = performance.now();
-    await lab.inHost(['nft', 'flush', 'ruleset']);
-    let restoredMs = -1;
-    for (let i = 0; i < 200; i++) {
-      if (await tableExists()) {
-        restoredMs = performance.now() - flushed;
-        break;
-      }
-      await sleep(10);
-    }
-    const ping = await pinger;
-    probing = false;
-    await allowed;
-    assert.ok(restoredMs >= 0, 'ctnetd put the table back');
-    assert.match(log(), /table guard: restored ctnet's nft tables [\d.]+ ms after a change by nft \(pid \d+\): table inet ctnet is missing/);
+    const r = await measureWindow(lab, ['nft', 'flush', 'ruleset']);
+    assert.match(await restoreLogged(0), /table guard: restored ctnet's nft tables [\d.]+ ms after a change by nft \(pid \d+\): table inet ctnet was deleted; table bridge ctnet was deleted/);
+    t.diagnostic(`nft flush ruleset: ${report(r)}`);
+    assert.equal(r.deniedPassed, 0, 'fail closed: no denied ping passed while ctnet\'s tables were gone');
+    // The fail-closed tables are out of reach of a flush, and of anyone but ctnetd.
+    assert.equal((await lab.inHost(['nft', 'list', 'table', 'bridge', 'ctnetd'])).code, 0, 'the flush left them');
+    const del = await lab.inHost(['nft', 'delete', 'table', 'inet', 'ctnetd']);
+    assert.notEqual(del.code, 0);
+    assert.match(del.stderr, /Operation not permitted/);
     assert.ok(await denied(), 'the denied flow is denied again');
     assert.ok(await published(), 'the published port works again');
     assert.match(await lab.ctnetOk(['gc']), /store and kernel agree/);
-    const passed = Number(/(\d+) received/.exec(ping.stdout)?.[1] ?? 0);
-    t.diagnostic(`table back ${restoredMs.toFixed(0)} ms after the flush (seen by polling every 10 ms); denied pings that passed: ${passed} of 150 (one every 20 ms); allowed probes: ${allowedOk} ok, ${allowedFailed} failed`);
+  });
+
+  it('with only inet ctnet deleted (identity still checked), a denied flow does not pass either', async (t) => {
+    const before = restores();
+    const r = await measureWindow(lab, ['nft', 'delete', 'table', 'inet', 'ctnet']);
+    assert.match(await restoreLogged(before), /restored ctnet's nft tables [\d.]+ ms after a change by nft \(pid \d+\): table inet ctnet was deleted\n/);
+    t.diagnostic(`nft delete table inet ctnet: ${report(r)}`);
+    assert.equal(r.deniedPassed, 0, 'the new flow carries no mark of ctnet\'s forward chain: dropped');
+    // ctnet's own rewrites (gc deletes and writes the tables in one transaction) are not losses.
+    assert.match(await lab.ctnetOk(['gc']), /store and kernel agree/);
+    await lab.ctnetOk(['network', 'create', 'c', '--subnet', '10.88.3.0/24']);
+    await lab.ctnetOk(['network', 'rm', 'c']);
+    await sleep(500);
+    assert.equal(restores(), before + 1, log());
+  });
+
+  it('the fail-closed tables go with ctnetd', async () => {
+    daemon!.kill('SIGTERM');
+    await new Promise((r) => daemon!.once('exit', r));
+    daemon = undefined;
+    for (let i = 0; i < 50 && (await lab.inHost(['nft', 'list', 'table', 'inet', 'ctnetd'])).code === 0; i++) await sleep(50);
+    assert.notEqual((await lab.inHost(['nft', 'list', 'table', 'inet', 'ctnetd'])).code, 0);
+    assert.notEqual((await lab.inHost(['nft', 'list', 'table', 'bridge', 'ctnetd'])).code, 0);
+    assert.ok(await denied() && await published(), 'ctnet\'s own tables do the work alone');
   });
 });

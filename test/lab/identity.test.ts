@@ -84,17 +84,7 @@ describe('per-port identity', () => {
     // An RA for 2001:db8:bad::/64 (documentation prefix) with a router lifetime, to all nodes on the
     // link, hop limit 255 as RAs must have: before the identity rules, a2 took a default route and an
     // address from it.
-    const ra = `
-import socket, struct
-s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-ifi = socket.if_nametoindex('eth0')
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifi)
-ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, 1800, 0, 0)
-pfx = struct.pack('!BBBBIII', 3, 4, 64, 0xc0, 86400, 14400, 0) + socket.inet_pton(socket.AF_INET6, '2001:db8:bad::')
-for _ in range(3): s.sendto(ra + pfx, ('ff02::1', 0, 0, ifi))
-`;
-    await execOk('a1', ['python3', '-c', ra]);
+    await execOk('a1', Lab.routerAdvertArgv('2001:db8:bad::'));
     await new Promise((r) => setTimeout(r, 1500));
     const routes = await execOk('a2', ['ip', '-6', 'route', 'show']);
     const addrs = await execOk('a2', ['ip', '-6', 'addr', 'show', 'dev', 'eth0']);

@@ -189,6 +189,7 @@ describe('networks on the fake kernel', () => {
     assert.equal(br.up, true);
     assert.deepEqual(br.addrs, ['10.1.0.1/24', 'fd00:1::1/64']);
     assert.equal(br.sysctls.route_localnet, '1');
+    assert.equal(br.sysctls['ipv6/accept_ra'], '0', 'the host takes no router advertisement from its sandboxes');
     assert.equal(s.sysctls['net/ipv4/ip_forward'], '1');
     assert.equal(s.sysctls['net/ipv6/conf/all/forwarding'], '1');
     assert.deepEqual(w.fake.elements('bridges'), ['"ctbr-web"']);
@@ -645,6 +646,50 @@ describe('gc on the fake kernel', () => {
     assert.equal(found.status, 'warn');
     assert.match(found.detail, /recreated bridge ctbr-db of network db/);
     assert.deepEqual({ kernel: w.fake.snapshot(), store: storeDump(w), ops: w.fake.opCount }, broken);
+  }));
+
+  it('accept_ra and route_localnet changed behind ctnet\'s back: doctor reports them, gc sets them again and says so', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    const find = async (check: string) => (await doctor(w.ctx, undefined)).filter((f) => f.check === check);
+    assert.deepEqual((await find('ra acceptance')).map((f) => f.status), ['ok']);
+    w.fake.setSysctl('net/ipv6/conf/ctbr-web/accept_ra', '2');
+    w.fake.setSysctl('net/ipv4/conf/ctbr-web/route_localnet', '0');
+    const [ra] = await find('ra acceptance');
+    assert.equal(ra!.status, 'fail');
+    assert.match(ra!.detail, /bridge ctbr-web of network web accepts router advertisements \(accept_ra=2/);
+    assert.match(ra!.hint!, /ctnet gc/);
+    const done = await gc(w.ctx);
+    assert.ok(done.includes('set net/ipv6/conf/ctbr-web/accept_ra to 0 again (was 2: the host takes no router advertisement from its sandboxes)'), done.join('\n'));
+    assert.ok(done.includes('set net/ipv4/conf/ctbr-web/route_localnet to 1 again (was 0: published ports reached at 127.0.0.1)'), done.join('\n'));
+    assert.equal(w.fake.sysctl('net/ipv6/conf/ctbr-web/accept_ra'), '0');
+    assert.deepEqual(await gc(w.ctx), []);
+    assert.deepEqual((await find('ra acceptance')).map((f) => f.status), ['ok']);
+  }));
+
+  it('doctor: route_localnet on a bridge whose loopback guards are gone is a failure; gc writes them again', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    const loopback = async () => (await doctor(w.ctx, undefined)).filter((f) => f.check === 'loopback guard');
+    assert.deepEqual((await loopback()).map((f) => f.status), ['ok']);
+    await w.fake.apply([{ kind: 'nft', lines: ['flush chain inet ctnet guard'] }]);
+    assert.deepEqual((await loopback()).map((f) => f.status), ['warn'], 'the bridge table\'s guard still holds');
+    await w.fake.apply([{ kind: 'nft', lines: ['flush chain bridge ctnet port4'] }]);
+    const [f] = await loopback();
+    assert.equal(f!.status, 'fail');
+    assert.match(f!.detail, /route_localnet is on for bridge ctbr-web of network web and both of ctnet's loopback guards are gone/);
+    assert.match(f!.hint!, /ctnet gc.*ctnetd/);
+    await gc(w.ctx);
+    assert.deepEqual((await loopback()).map((f) => f.status), ['ok']);
+  }));
+
+  it('doctor: a running ctnetd without its fail-closed tables is a warning; with them, ok', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    const ctnetd = async () => (await doctor(w.ctx, 4242)).find((f) => f.check === 'ctnetd')!;
+    const without = await ctnetd();
+    assert.equal(without.status, 'warn');
+    assert.match(without.detail, /runs as pid 4242, without its fail-closed tables/);
+    w.fake.foreignChains.push({ family: 'inet', table: 'ctnetd', name: 'forward', hook: 'forward', prio: 10, policy: 'accept' });
+    assert.deepEqual(await ctnetd(), { check: 'ctnetd', status: 'ok', detail: 'runs as pid 4242; its fail-closed tables (inet and bridge ctnetd) are in place' });
+    assert.equal((await doctor(w.ctx, undefined)).find((f) => f.check === 'ctnetd')!.status, 'ok', 'not running: nothing to hold');
   }));
 
   it('forwarding turned off behind ctnet\'s back is turned on again', () => withWorld(async (w) => {

@@ -15,12 +15,23 @@ export function bridgeFacts(n: DriverNetwork): NetworkFacts {
   return { bridge: n.device, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: n.subnets };
 }
 
+type Setting = Extract<Op, { kind: 'sysctl.set' }>;
+
 /** Equivalent to: sysctl -w net.ipv4.conf.BRIDGE.route_localnet=1 */
-export function routeLocalnet(n: DriverNetwork): Op[] {
+export function routeLocalnet(n: DriverNetwork): Setting[] {
   // Published ports reached at 127.0.0.1 are DNATed to a sandbox behind this bridge: the kernel only
   // routes a loopback source out of an interface with route_localnet (the guard chain keeps
   // sandboxes themselves off the host's loopback).
   return n.subnets.some((s) => s.family === 4) ? [{ kind: 'sysctl.set', key: `net/ipv4/conf/${n.device}/route_localnet`, value: '1' }] : [];
+}
+
+/** Equivalent to: sysctl -e -w net.ipv6.conf.BRIDGE.accept_ra=0 */
+export function refuseRouterAdvertisements(n: { readonly device: string }): Setting {
+  // The bridge is the host's side of its sandboxes' link: a sandbox's router advertisement must not
+  // give the host a prefix or a default route (the kernel accepts them on a link that does not
+  // forward, and always with accept_ra=2). This holds even while ctnet's nft tables, which drop
+  // sandboxes' RAs, are gone. Where IPv6 is off there is nothing to refuse.
+  return { kind: 'sysctl.set', key: `net/ipv6/conf/${n.device}/accept_ra`, value: '0', ifExists: true };
 }
 
 /** The bridge with its gateway addresses, up. */
@@ -73,7 +84,7 @@ export const bridgeDriver: NetworkDriver = {
   planCreate(n: DriverNetwork): Step[] {
     const elements = networkElements('add', bridgeFacts(n));
     return [
-      step([...bridgeOps(n), ...routeLocalnet(n)], `network ${n.name}: bridge ${n.device} with ${n.subnets.map((s) => `${s.cidr} (gateway ${s.gateway})`).join(', ')}`),
+      step([...bridgeOps(n), refuseRouterAdvertisements(n), ...routeLocalnet(n)], `network ${n.name}: bridge ${n.device} with ${n.subnets.map((s) => `${s.cidr} (gateway ${s.gateway})`).join(', ')}`),
       step([{ kind: 'nft', lines: elements, undo: networkElements('delete', bridgeFacts(n)) }]),
     ];
   },
@@ -122,7 +133,7 @@ export const bridgeDriver: NetworkDriver = {
 
   planRepair(n, drift): Step[] {
     switch (drift.kind) {
-      case 'device-missing': return [step([...bridgeOps(n), ...routeLocalnet(n)], `recreate bridge ${n.device} of network ${n.name}`)];
+      case 'device-missing': return [step([...bridgeOps(n), refuseRouterAdvertisements(n), ...routeLocalnet(n)], `recreate bridge ${n.device} of network ${n.name}`)];
       case 'port-detached':
         return [step([{ kind: 'link.set.master', name: drift.hostVeth, master: n.device }, { kind: 'link.set.up', name: drift.hostVeth }],
           `put ${drift.hostVeth} of ${drift.sandbox} back on bridge ${n.device}`)];
@@ -130,6 +141,7 @@ export const bridgeDriver: NetworkDriver = {
       case 'vtep-missing':
       case 'peer-missing':
         return []; // an overlay's: never observed on a bridge network
+      case 'setting': return [step([{ kind: 'sysctl.set', key: drift.key, value: drift.want }], `${drift.key}=${drift.want} again (${drift.why})`)];
     }
   },
 
@@ -138,6 +150,14 @@ export const bridgeDriver: NetworkDriver = {
     const bridge = await kernel.link(n.device);
     if (!bridge) return [{ kind: 'device-missing' }];
     const drift: Drift[] = [];
+    // Settings someone changed (or an older ctnet did not make) are set again.
+    const ra = refuseRouterAdvertisements(n);
+    const acceptRa = kernel.sysctl(ra.key);
+    if (acceptRa !== undefined && acceptRa !== ra.value) drift.push({ kind: 'setting', key: ra.key, have: acceptRa, want: ra.value, why: 'the host takes no router advertisement from its sandboxes' });
+    for (const op of routeLocalnet(n)) {
+      const have = kernel.sysctl(op.key);
+      if (have !== undefined && have !== op.value) drift.push({ kind: 'setting', key: op.key, have, want: op.value, why: 'published ports reached at 127.0.0.1' });
+    }
     for (const a of attachments) {
       if (ports.has(a.hostVeth)) continue;
       const link = await kernel.link(a.hostVeth);

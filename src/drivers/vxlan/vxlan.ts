@@ -14,7 +14,7 @@ import { insideOverlay, vtepAddress } from '../../model/overlay.ts';
 import { networkElements, type NetworkFacts } from '../../nft/ruleset.ts';
 import type { Op } from '../../plan/ops.ts';
 import { step, type Step } from '../../plan/plan.ts';
-import { bridgeDriver, bridgeFacts, bridgeOps, routeLocalnet, unrouted } from '../bridge/bridge.ts';
+import { bridgeDriver, bridgeFacts, bridgeOps, refuseRouterAdvertisements, routeLocalnet, unrouted } from '../bridge/bridge.ts';
 import type { DriverNetwork, Drift, HostView, NetworkDriver } from '../driver.ts';
 import { entriesOf, entryText, leaseOf, localVtep, observePeers, overlayOf, planPeers } from './peers.ts';
 
@@ -70,7 +70,7 @@ export const vxlanDriver: NetworkDriver = {
   planCreate(n: DriverNetwork): Step[] {
     const f = overlayFacts(n);
     return [
-      step([...bridgeOps(n), ...routeLocalnet(n)], `network ${n.name}: bridge ${n.device} with ${n.subnets.map((s) => `${s.cidr} (gateway ${s.gateway})`).join(', ')}`),
+      step([...bridgeOps(n), refuseRouterAdvertisements(n), ...routeLocalnet(n)], `network ${n.name}: bridge ${n.device} with ${n.subnets.map((s) => `${s.cidr} (gateway ${s.gateway})`).join(', ')}`),
       step(vtepOps(n), vtepNote(n)),
       step([{ kind: 'nft', lines: networkElements('add', f), undo: networkElements('delete', f) }]),
     ];
@@ -96,6 +96,7 @@ export const vxlanDriver: NetworkDriver = {
       case 'device-missing':
       case 'port-detached':
       case 'port-missing':
+      case 'setting':
         return bridgeDriver.planRepair(n, drift);
       case 'vtep-missing':
         return [step(vtepOps(n), `recreate ${vtepNote(n)}`), ...planPeers(n, localVtep(n), o.peers, [])];

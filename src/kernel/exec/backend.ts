@@ -65,8 +65,9 @@ export class ExecBackend implements KernelBackend {
 
   async #one(op: Op): Promise<void> {
     switch (op.kind) {
-      case 'sysctl.set':
-        if (sysctlRead(op.key) === op.value) return;
+      case 'sysctl.set': {
+        const now = sysctlRead(op.key);
+        if (now === op.value || (now === undefined && op.ifExists)) return;
         try {
           sysctlWrite(op.key, op.value);
         } catch (e) {
@@ -77,6 +78,7 @@ export class ExecBackend implements KernelBackend {
           });
         }
         return;
+      }
       case 'netns.kill':
         netnsKillAll(op.netns);
         return;
