@@ -62,7 +62,7 @@ describe('never fail open', () => {
       env: { ...process.env, CTNET_STATE_DIR: lab.stateDir }, stdio: ['ignore', 'ignore', out],
     });
     closeSync(out);
-    for (let i = 0; i < 100 && !/fail-closed tables inet ctnetd and bridge ctnetd in place/.test((() => { try { return log(); } catch { return ''; } })()); i++) await sleep(50);
+    for (let i = 0; i < 600 && !/fail-closed tables inet ctnetd and bridge ctnetd in place/.test((() => { try { return log(); } catch { return ''; } })()); i++) await sleep(50);
     assert.match(log(), /table guard: fail-closed tables inet ctnetd and bridge ctnetd in place \(owned by nft -i, pid \d+\)/);
     assert.doesNotMatch(log(), /restored ctnet's nft tables/, 'nothing to restore while the tables agree');
     const ctnetd = (JSON.parse(await lab.ctnetOk(['doctor', '--json'])) as { check: string; status: string; detail: string }[]).find((f) => f.check === 'ctnetd')!;
