@@ -1,7 +1,7 @@
 // What ctnet keeps in etcd, and where: the key layout and the JSON of each value, parsed and
 // checked here so nothing above handles raw keys. Pure: no I/O. (docs/overlay.md describes it.)
 //
-//   /ctnet/networks/NAME            {subnet, hostPrefix, vni, port, internal}     an overlay network
+//   /ctnet/networks/NAME            {subnet, hostPrefix, vni, port, internal, isolate}  an overlay network
 //   /ctnet/leases/NET/10.50.3.0-24  {host, underlay, vtepMac}   a host's subnet of NET; etcd lease
 //   /ctnet/hosts/NAME               {underlay, vtepMac, joined}  a member (VTEP record); etcd lease
 //   /ctnet/sandboxes/HOST/NAME      {addresses, labels, networks} the directory; etcd lease
@@ -30,6 +30,11 @@ export interface OverlayDef {
   readonly port: number;
   /** No egress to the world. */
   readonly internal: boolean;
+  /**
+   * Its sandboxes reach each other only where a policy allows it, on every host: a packet between
+   * hosts passes the forward chain of both, so both must isolate (absent in older values: false).
+   */
+  readonly isolate: boolean;
 }
 
 /** A host's subnet of an overlay network (the value of leases/NET/SUBNET). */
@@ -135,7 +140,7 @@ export function decodeEntry(key: string, value: string): Entry {
       case 'network':
         return { kind: 'network', name: k.name, def: checkOverlayDef({
           subnet: str(o, 'subnet'), hostPrefix: int(o, 'hostPrefix', 1, 128), vni: int(o, 'vni', 1, VNI_MAX),
-          port: int(o, 'port', 1, 65535), internal: o.internal === true,
+          port: int(o, 'port', 1, 65535), internal: o.internal === true, isolate: o.isolate === true,
         }) };
       case 'lease': {
         const s = parseSubnet('leased subnet', k.subnet);
@@ -162,7 +167,7 @@ export function decodeEntry(key: string, value: string): Entry {
 }
 
 /** The JSON written for each kind (fields in a fixed order, so equal values are equal text). */
-export const encodeOverlayDef = (d: OverlayDef) => JSON.stringify({ subnet: d.subnet, hostPrefix: d.hostPrefix, vni: d.vni, port: d.port, internal: d.internal });
+export const encodeOverlayDef = (d: OverlayDef) => JSON.stringify({ subnet: d.subnet, hostPrefix: d.hostPrefix, vni: d.vni, port: d.port, internal: d.internal, isolate: d.isolate });
 export const encodeLease = (v: LeaseValue) => JSON.stringify({ host: v.host, underlay: v.underlay, vtepMac: v.vtepMac });
 export const encodeHost = (v: HostValue) => JSON.stringify({ underlay: v.underlay, vtepMac: v.vtepMac, joined: v.joined });
 export const encodeSandbox = (v: SandboxValue) => JSON.stringify({ addresses: v.addresses, labels: v.labels, networks: v.networks });

@@ -16,6 +16,7 @@ export interface RawOverlay {
   readonly vni?: string | undefined;
   readonly port?: string | undefined;
   readonly internal?: boolean | undefined;
+  readonly isolate?: boolean | undefined;
 }
 
 /** The spec of a new overlay network; vni undefined: the lowest one free (chooseVni). */
@@ -39,7 +40,7 @@ export function parseOverlaySpec(raw: RawOverlay): OverlaySpec {
     : intOption('--host-prefix', raw.hostPrefix, 1, s.family === 4 ? 32 : 128);
   const vni = raw.vni === undefined ? undefined : intOption('--vni', raw.vni, 1, VNI_MAX);
   const port = raw.port === undefined ? DEFAULT_VXLAN_PORT : intOption('--port', raw.port, 1, 65535);
-  const spec = { subnet: formatSubnet(s), hostPrefix, vni, port, internal: raw.internal ?? false };
+  const spec = { subnet: formatSubnet(s), hostPrefix, vni, port, internal: raw.internal ?? false, isolate: raw.isolate ?? false };
   try {
     checkOverlayDef({ ...spec, vni: vni ?? 1 });
   } catch (e) {

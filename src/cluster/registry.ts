@@ -206,8 +206,9 @@ export async function releaseLease(etcd: EtcdClient, network: string, host: stri
 
 // ---- the sandbox directory ----
 
-export async function publishSandbox(etcd: EtcdClient, host: string, name: string, value: SandboxValue, leaseId: string): Promise<void> {
-  await etcd.put(sandboxKey(host, name), encodeSandbox(value), { lease: leaseId });
+/** Writes one of this host's sandboxes to the directory, bound to its etcd lease; returns the revision. */
+export async function publishSandbox(etcd: EtcdClient, host: string, name: string, value: SandboxValue, leaseId: string): Promise<string> {
+  return await etcd.put(sandboxKey(host, name), encodeSandbox(value), { lease: leaseId });
 }
 export async function withdrawSandbox(etcd: EtcdClient, host: string, name: string): Promise<void> {
   await etcd.delete(sandboxKey(host, name));

@@ -10,6 +10,7 @@ import { randomMac } from '../model/mac.ts';
 import { parseName } from '../model/names.ts';
 import type { MemberRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
+import { syncPolicy } from './policy.ts';
 
 /** The TTL of a host's etcd lease, in seconds: what a host that stops renewing lingers for. */
 export const DEFAULT_LEASE_TTL = 60;
@@ -126,7 +127,13 @@ export async function leaveCluster(ctx: Ctx, options: { force: boolean }): Promi
     reached = false;
     ctx.warn(`${(e as Error).message}; leaving anyway (--force): this host's records in etcd expire with its lease, within ${m.leaseTtl} s`);
   }
-  ctx.store.write(() => ctx.store.deleteMember());
+  // Other hosts' sandboxes (the directory's mirror) go with the membership: policy selects them no more.
+  const mirrored = ctx.store.remoteSandboxes();
+  ctx.store.write(() => {
+    ctx.store.deleteMember();
+    for (const r of mirrored) ctx.store.deleteRemoteSandbox(r.host, r.name);
+  });
+  if (mirrored.length) await syncPolicy(ctx, { cut: true });
   return { member: m, etcdReached: reached };
 }
 

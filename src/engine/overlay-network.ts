@@ -18,14 +18,12 @@ import { createNetwork, removeNetwork } from './network.ts';
 
 export interface OverlayRequest extends RawOverlay {
   readonly name: string;
-  readonly isolate?: boolean | undefined;
   readonly hostAccess?: boolean | undefined;
   readonly mtu?: string | undefined;
 }
 
-/** The options of this host's side that are not the cluster's (isolation, host access, MTU). */
+/** The options of this host's side that are not the cluster's (host access, MTU; isolation is the definition's). */
 interface LocalOptions {
-  readonly isolate?: boolean | undefined;
   readonly hostAccess?: boolean | undefined;
   readonly mtu?: string | undefined;
 }
@@ -96,7 +94,7 @@ async function makeLocalSide(ctx: Ctx, m: MemberRow, name: string, def: OverlayD
       throw new CtnetError('STATE', `this host no longer has its underlay address ${m.underlay}`, 'leave the cluster and join again with --underlay set to an address it has');
     }
     const mtu = (await kernel.link(dev))?.mtu ?? 1500;
-    const spec = parseNetworkSpec({ name, subnet: [cidr], internal: def.internal, isolate: local.isolate, hostAccess: local.hostAccess, mtu: local.mtu });
+    const spec = parseNetworkSpec({ name, subnet: [cidr], internal: def.internal, isolate: def.isolate, hostAccess: local.hostAccess, mtu: local.mtu });
     return await createNetwork(ctx, spec, { vni: def.vni, port: def.port, cidr: def.subnet, underlay: { ip: m.underlay, dev, mtu }, vtepMac: m.vtepMac });
   } catch (e) {
     await releaseLease(etcd, name, m.host).catch(() => {});

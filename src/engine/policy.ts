@@ -6,7 +6,7 @@ import { addrToBigint, parseAddr, parseSubnet, type Family } from '../model/cidr
 import { parseName } from '../model/names.ts';
 import {
   boxText, checkRuleSelectors, compile, decide, formatPortFilter, formatSelector, hostBoxText, parsePortFilter, parseSelector, PROTO_NUMBERS,
-  type Action, type Box, type Decision, type PolicyRule, type PolicyTarget, type PolicyWorld, type Selector,
+  type Action, type Box, type Decision, type PolicyRule, type PolicySandbox, type PolicyTarget, type PolicyWorld, type Selector,
 } from '../model/policy.ts';
 import { POLICY_SET_NAMES, policyLines, TABLE, type PolicyElements } from '../nft/ruleset.ts';
 import { step } from '../plan/plan.ts';
@@ -14,22 +14,53 @@ import type { PolicyRow, Store } from '../store/store.ts';
 import type { Transaction } from './applier.ts';
 import type { Ctx } from './context.ts';
 
-/** The networks and sandboxes as the policy model sees them (plain data). */
+const rangeOf = (cidr: string) => {
+  const sub = parseSubnet('subnet', cidr);
+  const bits = sub.family === 4 ? 32 : 128;
+  return { family: sub.family, start: sub.network, end: sub.network + (1n << BigInt(bits - sub.prefix)) - 1n };
+};
+
+/**
+ * The networks and sandboxes as the policy model sees them (plain data): this host's, and the other
+ * hosts' sandboxes on overlay networks (the directory's mirror, services/directory.ts), so labels
+ * and sandbox names select them too. An overlay network stands for its whole subnet (every host's
+ * lease), not only this host's: net:NAME and the same-network default cover the sandboxes of
+ * every host on it.
+ */
 export function policyWorld(store: Store): PolicyWorld {
   const labels = store.labels();
+  const overlays = store.overlays().map((o) => ({ network: o.network, range: rangeOf(o.cidr) }));
+  const remote = store.remoteSandboxes().map((r): PolicySandbox => ({
+    name: r.name,
+    labels: r.labels,
+    addresses: r.addresses.flatMap((ip) => {
+      let a;
+      try {
+        a = parseAddr('address', ip);
+      } catch {
+        return []; // the mirror holds what keys.ts checked; an odd row selects nothing rather than failing every policy
+      }
+      // The network by the overlay that holds the address (one this host has a side of), else its first.
+      const network = overlays.find((o) => o.range.family === a.family && o.range.start <= a.n && a.n <= o.range.end)?.network ?? r.networks[0] ?? '';
+      return [{ family: a.family, n: a.n, network }];
+    }),
+  }));
   return {
-    networks: store.networks().map((n) => ({
-      name: n.name, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess,
-      subnets: store.subnets(n.name).map((s) => {
-        const sub = parseSubnet('subnet', s.cidr);
-        return { family: s.family, start: sub.network, end: sub.network + (1n << BigInt((s.family === 4 ? 32 : 128) - sub.prefix)) - 1n };
-      }),
-    })),
-    sandboxes: store.sandboxes().map((s) => ({
-      name: s.name,
-      labels: Object.fromEntries(labels.filter((l) => l.sandbox === s.name).map((l) => [l.key, l.value])),
-      addresses: store.addresses({ sandbox: s.name }).map((a) => ({ family: a.family, n: parseAddr('address', a.ip).n, network: a.network })),
-    })),
+    networks: store.networks().map((n) => {
+      const overlay = overlays.find((o) => o.network === n.name);
+      return {
+        name: n.name, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess,
+        subnets: overlay ? [overlay.range] : store.subnets(n.name).map((s) => rangeOf(s.cidr)),
+      };
+    }),
+    sandboxes: [
+      ...store.sandboxes().map((s) => ({
+        name: s.name,
+        labels: Object.fromEntries(labels.filter((l) => l.sandbox === s.name).map((l) => [l.key, l.value])),
+        addresses: store.addresses({ sandbox: s.name }).map((a) => ({ family: a.family, n: parseAddr('address', a.ip).n, network: a.network })),
+      })),
+      ...remote,
+    ],
   };
 }
 
@@ -124,9 +155,9 @@ function checkSelector(store: Store, flag: string, s: Selector): void {
   if (s.kind === 'net' && !store.network(s.name)) {
     throw new CtnetError('NOT_FOUND', `${flag} net:${s.name}: no network named ${s.name}`, 'list networks with "ctnet network ls"');
   }
-  if (s.kind === 'sandbox' && !store.sandbox(s.name)) {
-    throw new CtnetError('NOT_FOUND', `${flag} ${s.name}: no sandbox named ${s.name}`,
-      'name an existing sandbox, or select by label (label:KEY=VALUE) to cover sandboxes made later');
+  if (s.kind === 'sandbox' && !store.sandbox(s.name) && store.remoteSandboxes({ name: s.name }).length === 0) {
+    throw new CtnetError('NOT_FOUND', `${flag} ${s.name}: no sandbox named ${s.name} on this host or, on an overlay network, on another`,
+      'name an existing sandbox (ctnet ls --all), or select by label (label:KEY=VALUE) to cover sandboxes made later');
   }
 }
 
@@ -296,10 +327,15 @@ function parseElement(val: unknown, family: Family, host: boolean): Box | undefi
   return (host ? [parts[0], [0n, 0n], parts[1], parts[2]] : parts) as unknown as Box;
 }
 
-/** Resolves FROM/TO (sandbox names or addresses) for `policy check`. */
-function endpoints(store: Store, what: string, text: string): { family: Family; n: bigint; label: string }[] {
+/**
+ * Resolves FROM/TO (sandbox names or addresses) for `policy check`. A name is this host's sandbox,
+ * else every other host's of that name in the directory (NAME@HOST in the result).
+ */
+function endpoints(store: Store, what: string, text: string): { family: Family; n: bigint; label: string; host?: string }[] {
   const s = store.sandbox(text);
   if (s) return store.addresses({ sandbox: text }).map((a) => ({ family: a.family, n: parseAddr(what, a.ip).n, label: `${text} (${a.ip})` }));
+  const remote = store.remoteSandboxes({ name: text });
+  if (remote.length) return remote.flatMap((r) => r.addresses.map((ip) => ({ ...parseAddr(what, ip), label: `${text}@${r.host} (${ip})`, host: r.host })));
   try {
     const a = parseAddr(what, text);
     return [{ ...a, label: text }];
@@ -312,6 +348,11 @@ export interface CheckResult extends Decision {
   readonly from: string;
   readonly to: string;
   readonly port: string;
+  /**
+   * The other host whose sandbox this is (from the directory): the connection crosses its forward
+   * chain too, judged by its own rules, so it passes only if that host allows it as well.
+   */
+  readonly alsoJudgedBy?: string;
 }
 
 /**
@@ -335,7 +376,8 @@ export function checkPolicy(ctx: Ctx, from: string, to: string, portText: string
     for (const d of targets) {
       const proto = port ? (port.proto === 'icmp' ? (s.family === 4 ? 1 : 58) : PROTO_NUMBERS[port.proto]!) : 6;
       const decision = decide(rules, world, { family: s.family, src: s.n, dst: d.n, proto, port: port?.start ?? 0, toHost });
-      out.push({ from: s.label, to: d.label, port: port ? formatPortFilter(port) : 'any/tcp', ...decision });
+      const other = s.host ?? ('host' in d ? d.host : undefined);
+      out.push({ from: s.label, to: d.label, port: port ? formatPortFilter(port) : 'any/tcp', ...decision, ...(other ? { alsoJudgedBy: other } : {}) });
     }
   }
   if (out.length === 0) {
@@ -356,7 +398,11 @@ function gatewayOf(subnets: readonly { cidr: string; family: Family; gateway: st
 /** Sets and removes labels of a sandbox, then brings the policy sets up to date. */
 export async function changeLabels(ctx: Ctx, sandbox: string, set: readonly { key: string; value: string }[], remove: readonly string[]): Promise<void> {
   const { store, applier } = ctx;
-  if (!store.sandbox(sandbox)) throw new CtnetError('NOT_FOUND', `no sandbox named ${sandbox}`, 'list sandboxes with "ctnet ls"');
+  if (!store.sandbox(sandbox)) {
+    const elsewhere = store.remoteSandboxes({ name: sandbox }).map((r) => r.host);
+    throw new CtnetError('NOT_FOUND', `no sandbox named ${sandbox} on this host${elsewhere.length ? ` (it runs on ${elsewhere.join(', ')})` : ''}`,
+      elsewhere.length ? 'set its labels on its own host: they reach every host through the cluster\'s directory' : 'list sandboxes with "ctnet ls"');
+  }
   applier.record(...set.map((l) => ({ kind: 'label.set' as const, sandbox, key: l.key, value: l.value })),
     ...remove.map((key) => ({ kind: 'label.delete' as const, sandbox, key })));
   await syncPolicy(ctx, { cut: true });

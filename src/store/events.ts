@@ -5,7 +5,7 @@
 // Triggers, not the engine, write the events: every writer (the CLI, ctnetd's CNI handler, a future
 // file-driven apply, even the sqlite3 shell) records them in the same transaction as the change,
 // and a rolled-back transaction (a dry run, a failed operation) records nothing.
-import type { AddressRow, AttachmentRow, CniRow, MemberRow, NetworkRow, PolicyRow, PortRow, SandboxRow, SubnetRow } from './store.ts';
+import type { AddressRow, AttachmentRow, CniRow, MemberRow, NetworkRow, PolicyRow, PortRow, RemoteSandboxRow, SandboxRow, SubnetRow } from './store.ts';
 
 /**
  * What a resident service needs to know, per kind. Not recorded, on purpose:
@@ -30,6 +30,8 @@ export interface FeedData {
   cni: CniRow;
   /** This host's cluster membership; endpoints as the column holds them (comma-separated). */
   member: Omit<MemberRow, 'leaseId' | 'endpoints'> & { readonly endpoints: string };
+  /** Another host's sandbox in the directory's mirror (services/directory.ts). */
+  remote: RemoteSandboxRow;
 }
 export type Kind = keyof FeedData;
 export type Action = 'created' | 'changed' | 'removed';
@@ -67,6 +69,8 @@ interface Column {
   readonly json: string;
   readonly column: string;
   readonly bool?: true;
+  /** The column holds JSON text: the event carries the value, not the text. */
+  readonly jsonText?: true;
 }
 interface Recorded {
   readonly table: string;
@@ -77,6 +81,7 @@ interface Recorded {
 
 const c = (column: string, json = column.replace(/_(\w)/g, (_, x: string) => x.toUpperCase())): Column => ({ json, column });
 const b = (column: string): Column => ({ json: column, column, bool: true });
+const j = (column: string): Column => ({ json: column, column, jsonText: true });
 
 /** The recorded tables, in the order a snapshot lists them (parents before children). */
 export const RECORDED: { readonly [K in Kind]: Recorded } = {
@@ -106,6 +111,7 @@ export const RECORDED: { readonly [K in Kind]: Recorded } = {
     table: 'cluster_member', key: '$.host',
     columns: [c('host'), c('endpoints'), c('underlay'), c('vtep_mac'), c('lease_ttl'), c('state'), c('joined')],
   },
+  remote: { table: 'remote_sandboxes', key: "$.host || '/' || $.name", columns: [c('host'), c('name'), j('addresses'), j('labels'), j('networks')] },
 };
 
 export const KINDS = Object.keys(RECORDED) as Kind[];
@@ -116,7 +122,7 @@ const sub = (sql: string, row: string) => sql.replaceAll('$.', `${row}.`);
 export function rowJson(kind: Kind, row: string): string {
   const parts = RECORDED[kind].columns.map((col) => {
     const v = `${row}.${col.column}`;
-    return `'${col.json}', ${col.bool ? `json(CASE WHEN ${v} THEN 'true' ELSE 'false' END)` : v}`;
+    return `'${col.json}', ${col.bool ? `json(CASE WHEN ${v} THEN 'true' ELSE 'false' END)` : col.jsonText ? `json(${v})` : v}`;
   });
   return `json_object(${parts.join(', ')})`;
 }

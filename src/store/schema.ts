@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 9;
+export const SCHEMA_VERSION = 10;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -199,6 +199,22 @@ CREATE TABLE overlay_peers (
 );
 `;
 
+// The sandbox directory's mirror (schema 10): the other hosts' sandboxes on overlay networks, as
+// etcd's /ctnet/sandboxes/HOST/NAME holds them (addresses, labels, overlay network names; lists and
+// the label object as JSON text), kept by ctnetd's directory service (services/directory.ts), so
+// policy selectors and `policy check` cover them without asking etcd. Never this host's own rows.
+export const DIRECTORY = `
+CREATE TABLE remote_sandboxes (
+  host TEXT NOT NULL,
+  name TEXT NOT NULL,
+  addresses TEXT NOT NULL,
+  labels TEXT NOT NULL,
+  networks TEXT NOT NULL,
+  PRIMARY KEY (host, name)
+);
+CREATE INDEX remote_sandboxes_by_name ON remote_sandboxes(name);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -209,4 +225,5 @@ export const MIGRATIONS: Record<number, string> = {
   7: HOST_ACCESS,
   8: CLUSTER,
   9: OVERLAY,
+  10: DIRECTORY,
 };

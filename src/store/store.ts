@@ -135,6 +135,17 @@ export interface ClusterLeaseRow {
   readonly claimed: string;
 }
 
+/** Another host's sandbox, mirrored from the cluster's directory in etcd (schema 10). */
+export interface RemoteSandboxRow {
+  readonly host: string;
+  readonly name: string;
+  /** Its addresses on overlay networks. */
+  readonly addresses: readonly string[];
+  readonly labels: Readonly<Record<string, string>>;
+  /** The overlay networks it is attached to. */
+  readonly networks: readonly string[];
+}
+
 export const DEFAULT_STATE_DIR = '/var/lib/ctnet';
 
 type Row = Record<string, unknown>;
@@ -559,6 +570,26 @@ export class Store {
   }
   deleteClusterLease(network: string): void {
     this.#run('DELETE FROM cluster_leases WHERE network = ?', network);
+  }
+
+  // ---- other hosts' sandboxes (the directory's mirror) ----
+  remoteSandboxes(filter: { name?: string } = {}): RemoteSandboxRow[] {
+    const rows = filter.name !== undefined
+      ? this.#all('SELECT * FROM remote_sandboxes WHERE name = ? ORDER BY host', filter.name)
+      : this.#all('SELECT * FROM remote_sandboxes ORDER BY host, name');
+    return rows.map((r) => ({
+      host: r.host as string, name: r.name as string, addresses: JSON.parse(r.addresses as string) as string[],
+      labels: JSON.parse(r.labels as string) as Record<string, string>, networks: JSON.parse(r.networks as string) as string[],
+    }));
+  }
+  /** Records (or replaces) another host's sandbox. */
+  putRemoteSandbox(r: RemoteSandboxRow): void {
+    this.#run(`INSERT INTO remote_sandboxes(host, name, addresses, labels, networks) VALUES (?, ?, ?, ?, ?)
+      ON CONFLICT (host, name) DO UPDATE SET addresses = excluded.addresses, labels = excluded.labels, networks = excluded.networks`,
+    r.host, r.name, JSON.stringify(r.addresses), JSON.stringify(r.labels), JSON.stringify(r.networks));
+  }
+  deleteRemoteSandbox(host: string, name: string): void {
+    this.#run('DELETE FROM remote_sandboxes WHERE host = ? AND name = ?', host, name);
   }
 
   // ---- processes ctnet started in sandboxes ----

@@ -122,7 +122,7 @@ describe('cluster membership in etcd', () => {
 
   it('a host whose ctnetd is killed disappears after the TTL, and comes back with the same subnet', async () => {
     // An overlay network whose subnet h2 held (as the datapath records it): taken back on return.
-    const def = { subnet: '10.50.0.0/16', hostPrefix: 24, vni: 7, port: 4789, internal: false };
+    const def = { subnet: '10.50.0.0/16', hostPrefix: 24, vni: 7, port: 4789, internal: false, isolate: false };
     assert.equal((await etcd.etcdctl(['put', '/ctnet/networks/ov', JSON.stringify(def)])).code, 0);
     const db = new DatabaseSync(join(h2.stateDir, 'ctnet.db'));
     db.prepare('INSERT INTO cluster_leases(network, subnet, claimed) VALUES (?, ?, ?)').run('ov', '10.50.7.0/24', new Date().toISOString());

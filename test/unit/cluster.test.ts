@@ -50,7 +50,7 @@ describe('etcd URLs', () => {
   });
 });
 
-const DEF: OverlayDef = { subnet: '10.50.0.0/16', hostPrefix: 24, vni: 1, port: 4789, internal: false };
+const DEF: OverlayDef = { subnet: '10.50.0.0/16', hostPrefix: 24, vni: 1, port: 4789, internal: false, isolate: false };
 
 describe('key layout', () => {
   it('every key reads back as what made it', () => {
@@ -98,10 +98,10 @@ describe('key layout', () => {
 
 describe('overlay network definitions', () => {
   it('defaults: /24 per host (IPv4), /64 (IPv6), port 4789, VNI chosen later', () => {
-    assert.deepEqual(parseOverlaySpec({ subnet: '10.50.0.0/16' }), { subnet: '10.50.0.0/16', hostPrefix: 24, vni: undefined, port: 4789, internal: false });
+    assert.deepEqual(parseOverlaySpec({ subnet: '10.50.0.0/16' }), { subnet: '10.50.0.0/16', hostPrefix: 24, vni: undefined, port: 4789, internal: false, isolate: false });
     assert.equal(parseOverlaySpec({ subnet: 'fd00:50::/48' }).hostPrefix, 64);
-    assert.deepEqual(parseOverlaySpec({ subnet: '10.50.0.0/16', hostPrefix: '20', vni: '42', port: '8472', internal: true }),
-      { subnet: '10.50.0.0/16', hostPrefix: 20, vni: 42, port: 8472, internal: true });
+    assert.deepEqual(parseOverlaySpec({ subnet: '10.50.0.0/16', hostPrefix: '20', vni: '42', port: '8472', internal: true, isolate: true }),
+      { subnet: '10.50.0.0/16', hostPrefix: 20, vni: 42, port: 8472, internal: true, isolate: true });
   });
   it('a host prefix larger than the subnet, or leaving fewer than 2 host subnets, is refused with what to do', () => {
     assert.throws(() => parseOverlaySpec({ subnet: '10.50.0.0/16', hostPrefix: '12' }), code('INVALID_ARGUMENT', /host prefix \/12 is larger than the subnet 10.50.0.0\/16/));

@@ -16,7 +16,7 @@ export default defineCommand({
     { flags: '--gateway <ip>', description: 'gateway address (default: first address of the subnet)', repeatable: true },
     { flags: '--bridge <ifname>', description: 'bridge interface name (default: ctbr-NAME)' },
     { flags: '--internal', description: 'no egress: sandboxes reach only their own network' },
-    { flags: '--isolate', description: 'sandboxes on this network may not talk to each other unless a policy allows it' },
+    { flags: '--isolate', description: 'sandboxes on this network may not talk to each other unless a policy allows it (vxlan: on every host)' },
     { flags: '--host-access', description: 'sandboxes may reach every service of the host (by default only ping and published ports)' },
     { flags: '--mtu <n>', description: 'MTU of the bridge and the sandboxes\' interfaces (vxlan: at most the underlay\'s less 50, the default)' },
     { flags: '--host-prefix <n>', description: 'vxlan: the prefix of each host\'s share of --subnet (default 24)' },

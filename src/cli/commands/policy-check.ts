@@ -10,5 +10,8 @@ export default defineCommand({
     const rows = checkPolicy(ctx, args.from, args.to, args.port);
     if (io.json) return io.out(JSON.stringify(rows, null, 2));
     io.out(rows.map((r) => `${r.allowed ? 'allowed' : 'denied '}  ${r.from} -> ${r.to} ${r.port}: ${r.by}`).join('\n'));
+    for (const host of new Set(rows.flatMap((r) => (r.alsoJudgedBy ? [r.alsoJudgedBy] : [])))) {
+      io.warn(`${host} judges these connections too, by its own rules: policy is per host, so give every host the same rules`);
+    }
   },
 });
