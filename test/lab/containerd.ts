@@ -8,7 +8,8 @@
 //   try { ... ctd.cri ... await ctd.ctr(['run', ...]) ... } finally { await ctd.stop(); await lab.destroy(); }
 //
 // What it cannot keep private (containerd 1.6.20, runc 1.1.5): each shim's socket in
-// /run/containerd/s (the shim removes it when it exits), and the cgroups runc makes for containers,
+// /run/containerd/s (the shim removes it when it exits), ctr's /run/containerd/fifo for commands
+// other than `run` (which gets --fifo-dir), and the cgroups runc makes for containers,
 // /sys/fs/cgroup/*/NAMESPACE/ID for the CRI's pods (namespace k8s.io; runc removes the ID level).
 // stop() removes those directories again when they did not exist before and are empty.
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
@@ -24,6 +25,14 @@ export interface ContainerdOptions {
   readonly cniConfDir: string;
   /** The pause image every pod runs (the CRI plugin pulls it itself). */
   readonly sandboxImage: string;
+}
+
+export interface CtrOptions {
+  /** containerd namespace (default ctnet-test). */
+  readonly ns?: string;
+  /** For `ctr run --cni`: the directories ctr must see as /etc/cni/net.d and /opt/cni/bin. */
+  readonly cni?: { readonly confDir: string; readonly binDir: string };
+  readonly timeoutMs?: number;
 }
 
 function run(argv: readonly string[], timeoutMs = 60_000): Promise<Result> {
@@ -70,7 +79,7 @@ function sharedDirs(namespaces: readonly string[]): string[] {
   } catch {
     // no cgroup fs
   }
-  return [...namespaces.flatMap((ns) => controllers.map((c) => join(c, ns))), '/run/containerd/s', '/run/containerd'];
+  return [...namespaces.flatMap((ns) => controllers.map((c) => join(c, ns))), '/run/containerd/s', '/run/containerd/fifo', '/run/containerd'];
 }
 
 export class Containerd {
@@ -176,18 +185,31 @@ export class Containerd {
   }
 
   /**
-   * `ctr ARGS` against this containerd, in the lab host, in namespace ns (default ctnet-test).
-   * `run` gets --runc-root, so runc's state stays in the temp dir.
+   * `ctr ARGS` against this containerd, in the lab host, in namespace o.ns (default ctnet-test),
+   * with the native snapshotter. `run` gets --runc-root and --fifo-dir, so runc's state and the
+   * task's IO fifos stay in the temp dir.
+   * With o.cni, ctr runs in a private mount namespace where o.cni.confDir is /etc/cni/net.d and
+   * o.cni.binDir is /opt/cni/bin: `ctr run --cni` reads its CNI config only from there, and it is
+   * ctr itself (not containerd) that execs the plugin.
    */
-  ctr(args: readonly string[], ns = 'ctnet-test', timeoutMs = 120_000): Promise<Result> {
+  ctr(args: readonly string[], o: CtrOptions = {}): Promise<Result> {
+    const ns = o.ns ?? 'ctnet-test';
     this.#namespaces.add(ns);
-    const a = args[0] === 'run' ? ['run', '--runc-root', this.runcRoot, ...args.slice(1)] : args;
-    return run(['nsenter', `--net=/run/netns/${this.lab.host}`, 'ctr', '--address', this.socket, '--namespace', ns, ...a], timeoutMs);
+    const a = args[0] === 'run' ? ['run', '--runc-root', this.runcRoot, '--fifo-dir', join(this.dir, 'fifo'), ...args.slice(1)] : args;
+    const ctr = ['env', 'CONTAINERD_SNAPSHOTTER=native', 'ctr', '--address', this.socket, '--namespace', ns, ...a];
+    const argv = o.cni
+      ? ['unshare', '--mount', '--propagation', 'private', '--', 'sh', '-ec',
+        // mount -n: no /run/mount/utab entries. A tmpfs over /opt (only in this mount namespace)
+        // gives /opt/cni/bin a place to be without creating it on the machine.
+        'mount -n --bind "$1" /etc/cni/net.d; mount -n -t tmpfs -o size=1m,mode=0755 ctnet-ctr /opt; mkdir -p /opt/cni/bin; mount -n --bind "$2" /opt/cni/bin; shift 2; exec "$@"',
+        'sh', o.cni.confDir, o.cni.binDir, ...ctr]
+      : ctr;
+    return run(['nsenter', `--net=/run/netns/${this.lab.host}`, ...argv], o.timeoutMs ?? 120_000);
   }
 
   /** Like ctr(), but throws with ctr's stderr on failure; returns stdout. */
-  async ctrOk(args: readonly string[], ns?: string, timeoutMs?: number): Promise<string> {
-    const r = await this.ctr(args, ns, timeoutMs);
+  async ctrOk(args: readonly string[], o: CtrOptions = {}): Promise<string> {
+    const r = await this.ctr(args, o);
     if (r.code !== 0) throw new Error(`ctr ${args.join(' ')} failed (${r.code}): ${r.stderr.trim()}`);
     return r.stdout;
   }
@@ -214,12 +236,12 @@ export class Containerd {
         }
         for (const ns of this.#namespaces) {
           if (ns === 'k8s.io') continue;
-          for (const id of (await this.ctr(['tasks', 'ls', '-q'], ns)).stdout.split('\n').filter(Boolean)) {
-            await this.ctr(['tasks', 'kill', '-s', 'SIGKILL', id], ns);
-            await this.ctr(['tasks', 'delete', '--force', id], ns);
+          for (const id of (await this.ctr(['tasks', 'ls', '-q'], { ns })).stdout.split('\n').filter(Boolean)) {
+            await this.ctr(['tasks', 'kill', '-s', 'SIGKILL', id], { ns });
+            await this.ctr(['tasks', 'delete', '--force', id], { ns });
           }
-          for (const id of (await this.ctr(['containers', 'ls', '-q'], ns)).stdout.split('\n').filter(Boolean)) {
-            await this.ctr(['containers', 'delete', id], ns);
+          for (const id of (await this.ctr(['containers', 'ls', '-q'], { ns })).stdout.split('\n').filter(Boolean)) {
+            await this.ctr(['containers', 'delete', id], { ns });
           }
         }
         this.cri.close();
