@@ -3,6 +3,7 @@
 // PodSandbox specs) and by CRI calls of our own for what critest does not cover. containerd, the
 // registry holding the busybox images, critest and the pods all live in one lab host. Needs
 // containerd, runc, busybox-static (scripts/install.sh) and ../shared/tools/critest.
+// CTNET_CRI_REFERENCE=1 runs critest against the reference plugins instead, for comparison.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
@@ -14,9 +15,13 @@ import { isNetnsFile, netnsKillAll } from '../../src/kernel/netns.ts';
 import { Containerd, mountsUnder } from './containerd.ts';
 import type { PodSpec } from './cri.ts';
 import { busyboxRootfs, INDEX_HTML, startRegistry, tarOf, writeImages } from './images.ts';
+import { REFERENCE_PLUGINS, referenceConflist } from './podman.ts';
 
 /** critest v1.26.1 as ../shared/tools/critest ships it (its README says how it was built); CRITEST overrides. */
 const CRITEST = process.env.CRITEST ?? join(ROOT, '..', 'shared', 'tools', 'critest', 'critest');
+/** CTNET_CRI_REFERENCE=1: critest against the reference plugins (bridge, host-local, portmap) instead, for comparison. */
+const REFERENCE = Boolean(process.env.CTNET_CRI_REFERENCE);
+const ctnetOnly = { skip: REFERENCE && 'a reference run' };
 
 interface Row {
   name: string;
@@ -69,7 +74,12 @@ describe('containerd\'s CRI plugin (Kubernetes\' path) with ctnet as its only CN
     await lab.ctnetOk(['cni', 'install', '--bin-dir', bin, '--conf-dir', conf, '--network', 'k8s']);
     // The CRI plugin always networks a pod's lo with the reference loopback plugin, besides the
     // conflist: it is not a network, so ctnet's conflist stays the only one.
-    symlinkSync('/usr/lib/cni/loopback', join(bin, 'loopback'));
+    symlinkSync(join(REFERENCE_PLUGINS, 'loopback'), join(bin, 'loopback'));
+    if (REFERENCE) {
+      rmSync(join(conf, 'k8s.conflist'));
+      for (const p of ['bridge', 'host-local', 'portmap']) symlinkSync(join(REFERENCE_PLUGINS, p), join(bin, p));
+      writeFileSync(join(conf, 'k8s.conflist'), JSON.stringify(referenceConflist({ name: 'k8s', subnet: '10.76.0.0/24', bridge: 'cni-ref0', dataDir: join(tmp, 'ipam') })));
+    }
 
     await busyboxRootfs(join(tmp, 'rootfs'));
     await tarOf(join(tmp, 'rootfs'), join(tmp, 'layer.tar'));
@@ -116,7 +126,7 @@ describe('containerd\'s CRI plugin (Kubernetes\' path) with ctnet as its only CN
     assert.deepEqual(mountsUnder(join(ctd.dir, 'state', 'io.containerd.grpc.v1.cri', 'netns')), [], 'no pod netns is left');
   });
 
-  it('two pods in different namespaces reach each other by their addresses', async () => {
+  it('two pods in different namespaces reach each other by their addresses', ctnetOnly, async () => {
     const a = await webPod({ name: 'a', namespace: 'team-a' });
     const b = await webPod({ name: 'b', namespace: 'team-b' });
     try {
@@ -130,7 +140,7 @@ describe('containerd\'s CRI plugin (Kubernetes\' path) with ctnet as its only CN
     assert.deepEqual(await rows(), []);
   });
 
-  it('K8S_POD_NAME and K8S_POD_NAMESPACE become labels that ctnet policy selects, also for a pod made after the rule', async () => {
+  it('K8S_POD_NAME and K8S_POD_NAMESPACE become labels that ctnet policy selects, also for a pod made after the rule', ctnetOnly, async () => {
     const a = await webPod({ name: 'a', namespace: 'team-a' });
     const b = await webPod({ name: 'b', namespace: 'team-b' });
     try {
@@ -157,7 +167,7 @@ describe('containerd\'s CRI plugin (Kubernetes\' path) with ctnet as its only CN
     assert.deepEqual(await rows(), []);
   });
 
-  it('a pod whose network namespace vanished (its processes killed, its netns unmounted) is cleaned up by StopPodSandbox', async () => {
+  it('a pod whose network namespace vanished (its processes killed, its netns unmounted) is cleaned up by StopPodSandbox', ctnetOnly, async () => {
     const d = await webPod({ name: 'd', namespace: 'team-d' });
     const info = (await ctd.cri.podSandboxStatus(d.pod)).info as { runtimeSpec: { linux: { namespaces: { type: string; path?: string }[] } } };
     const netns = info.runtimeSpec.linux.namespaces.find((n) => n.type === 'network')!.path!;
@@ -177,7 +187,7 @@ describe('containerd\'s CRI plugin (Kubernetes\' path) with ctnet as its only CN
     assert.match(await lab.ctnetOk(['gc']), /agree/);
   });
 
-  it('after the pods: the lab host holds only ctnet\'s bridge; stopping containerd leaves no process, mount or directory', async () => {
+  it('after the pods: the lab host holds only ctnet\'s bridge; stopping containerd leaves no process, mount or directory', ctnetOnly, async () => {
     const net = JSON.parse(await lab.ctnetOk(['network', 'inspect', 'k8s', '--json'])) as { bridge: string | { ifname: string } };
     const bridge = typeof net.bridge === 'string' ? net.bridge : net.bridge.ifname;
     const links = (await lab.inHost(['ip', '-o', 'link'])).stdout.split('\n').filter(Boolean).map((l) => l.split(': ')[1]!.split('@')[0]!);
