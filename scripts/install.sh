@@ -14,8 +14,15 @@ cd "$root"
 # python3: test/lab/identity.test.ts sends a router advertisement from a sandbox (raw ICMPv6 socket).
 # etcd-server + etcd-client: the multi-host lab runs etcd (3.4) in a namespace of its own and checks it
 # with etcdctl (src/lab/etcd.ts); ctnet itself talks to etcd over HTTP and needs neither on a host.
+# containerd: test/lab/cri.test.ts and ctr.test.ts run a private containerd (1.6, CRI plugin built in)
+# in a lab namespace (test/lab/containerd.ts); on a machine with systemd the package also starts the
+# distribution's own containerd service, which the tests never use.
+# bats + slirp4netns + catatonit + netcat-openbsd + curl + the dnsname plugin: test/lab/podman-bats.test.ts runs
+# podman's own networking tests (500-networking.bats), which use slirp4netns networks, pods (catatonit
+# builds podman's pause image), nc and curl on the host, and podman's DNS server for the networks they create.
 pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables iperf3 socat
-  podman runc busybox-static netavark gcc libc6-dev libjansson-dev python3 etcd-server etcd-client)
+  podman runc busybox-static netavark gcc libc6-dev libjansson-dev python3 etcd-server etcd-client containerd
+  bats slirp4netns catatonit netcat-openbsd curl golang-github-containernetworking-plugin-dnsname)
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do

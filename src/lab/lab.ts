@@ -126,8 +126,11 @@ export class Lab {
     return run(['nsenter', `--net=/run/netns/${this.world}`, ...argv]);
   }
 
-  /** Starts a netcheck server in the world namespace; it lives until the lab is destroyed. */
-  serveInWorld(name: string, ports: { tcp?: number; udp?: number; http?: number }): void {
+  /**
+   * Starts a netcheck server in the world namespace; it lives until the lab is destroyed. dns
+   * answers every A query with UPLINK.remote4, on each IPv4 address the world has at that moment.
+   */
+  serveInWorld(name: string, ports: { tcp?: number; udp?: number; http?: number; dns?: number }): void {
     const args = Object.entries(ports).flatMap(([k, v]) => [`--${k}`, String(v)]);
     spawn('nsenter', [`--net=/run/netns/${this.world}`, NODE, NETCHECK, 'serve', name, ...args], { stdio: 'ignore', detached: true }).unref();
   }

@@ -6,6 +6,8 @@
 //       answering for MS, 1 (printing how many answers came) once an answer is 1 s late
 //   netcheck flow HOST PORT --until NAME [--timeout MS]           one UDP flow (a fixed source port)
 //       sending every 100 ms, printing each new server that answers; exit 0 once NAME answered
+//   netcheck serve NAME --dns PORT [--answer IPV4]   a DNS server for a lab's world: every A query
+//       gets IPV4 (default 203.0.113.10, the lab's remote4), any other type an empty NOERROR answer
 // Every answer names the server and the client address it saw, so a test can check NAT.
 import { createSocket } from 'node:dgram';
 import { createServer, connect } from 'node:net';
@@ -30,6 +32,19 @@ if (mode === 'serve') {
   if (echo) createServer((s) => s.on('error', () => {}).pipe(s)).listen(Number(echo), '::');
   if (tcp) createServer((s) => s.on('error', () => {}).end(answer(name, s.remoteAddress))).listen(Number(tcp), '::');
   if (http) createHttpServer((req, res) => res.end(answer(name, req.socket.remoteAddress))).listen(Number(http), '::');
+  const dns = flag('--dns');
+  if (dns) {
+    const answer = (flag('--answer') ?? '203.0.113.10').split('.').map(Number);
+    for (const a of Object.values(networkInterfaces()).flat()) {
+      if (!a || a.family !== 'IPv4') continue;
+      const sock = createSocket('udp4');
+      sock.on('message', (m, r) => {
+        const reply = dnsReply(m, answer);
+        if (reply) sock.send(reply, r.port, r.address);
+      });
+      sock.bind(Number(dns), a.address); // per address, as for --udp: the reply must come from the address asked
+    }
+  }
   if (udp) {
     // One socket per local address: a wildcard UDP socket would answer from whatever address the
     // route prefers, not the one the client asked (and NAT would not match the reply).
@@ -114,4 +129,21 @@ if (mode === 'serve') {
 } else {
   process.stderr.write('usage: netcheck serve NAME [--tcp P] [--udp P] [--http P] | netcheck probe tcp|udp|http HOST PORT\n');
   process.exit(2);
+}
+
+/** A reply to one DNS query (RFC 1035): the question echoed, one A record for type A, none otherwise. */
+function dnsReply(q: Buffer, a: number[]): Buffer | undefined {
+  if (q.length < 12 || q.readUInt16BE(4) !== 1) return undefined;
+  let i = 12;
+  while (i < q.length && q[i] !== 0) i += q[i]! + 1; // the name's labels
+  if (i + 5 > q.length) return undefined;
+  const question = q.subarray(12, i + 5);
+  const isA = q.readUInt16BE(i + 1) === 1;
+  const head = Buffer.alloc(12);
+  head.writeUInt16BE(q.readUInt16BE(0), 0); // id
+  head.writeUInt16BE(0x8180 | (q.readUInt16BE(2) & 0x0100), 2); // response, recursion available, RD copied, NOERROR
+  head.writeUInt16BE(1, 4);
+  head.writeUInt16BE(isA ? 1 : 0, 6);
+  const rr = Buffer.from([0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, ...a]); // name -> the question, A, IN, TTL 60
+  return Buffer.concat([head, question, ...(isA ? [rr] : [])]);
 }

@@ -16,22 +16,24 @@
 //   so the one import runs in a private mount namespace with a tmpfs over /var/lib;
 // - rootful podman keeps these machine-wide paths whatever the config says: each container's netns
 //   at /run/netns/netns-UUID, runc's state in /run/runc/ID, the CNI backend's result cache in
-//   /var/lib/cni/results and netavark's IPAM database in /run/containers/networks/ipam.db. The
+//   /var/lib/cni/results, netavark's IPAM database in /run/containers/networks/ipam.db, the dnsname
+//   plugin's dnsmasq files in /run/containers/cni/dnsname/NETWORK (gone with the network's last
+//   container), and `podman pod create` (building the pause image) writes the blob-info cache. The
 //   entries go with each container; cleanup() sweeps what a failed run left and removes those
-//   directories again when podman made them for us and nothing else uses them.
+//   directories (and the database and cache files) again when podman made them for us.
 import { execFile } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Lab, Result } from '../../src/lab/lab.ts';
 import { isNetnsFile, netnsKillAll, netnsNames } from '../../src/kernel/netns.ts';
+import { BUSYBOX, busyboxRootfs, INDEX_HTML, tarOf, type RootfsOptions } from './images.ts';
 
 /** The image every harness imports: busybox (sh, httpd, wget, nc, ip, sleep, true), /www/index.html says hello. */
 export const IMAGE = 'localhost/busybox';
-export const INDEX_HTML = 'hello\n';
+export { INDEX_HTML };
 export const REFERENCE_PLUGINS = '/usr/lib/cni';
 const NETAVARK = '/usr/lib/podman/netavark';
-const BUSYBOX = '/bin/busybox';
 
 export type Backend = 'cni' | 'netavark';
 
@@ -42,6 +44,10 @@ export interface PodmanOptions {
   readonly cniPluginDirs?: readonly string[];
   /** network_config_dir: CNI *.conflist files, or netavark's NAME.json (default: a dir in the harness's temp dir). */
   readonly networkConfigDir?: string;
+  /** The name the busybox image is imported as (default IMAGE). */
+  readonly image?: string;
+  /** More files in the image (see busyboxRootfs). */
+  readonly imageFiles?: RootfsOptions['files'];
 }
 
 /**
@@ -96,8 +102,11 @@ const toml = (s: string): string => JSON.stringify(s); // a TOML basic string is
 // harness of this process notes which exist; when the last one is cleaned up, those that did not
 // exist are removed again if empty (rmdir only: another podman's entries are never touched).
 
-const SHARED_DIRS = ['/run/runc', '/var/lib/cni/results', '/var/lib/cni', '/run/containers/networks', '/run/containers'];
+const SHARED_DIRS = ['/run/runc', '/var/lib/cni/results', '/var/lib/cni', '/run/containers/networks',
+  '/run/containers/cni/dnsname', '/run/containers/cni', '/run/containers', '/var/lib/containers/cache', '/var/lib/containers'];
 const NETAVARK_DB = '/run/containers/networks/ipam.db';
+/** containers/image's blob-info cache: `podman pod create` writes it when it builds the pause image. */
+const BLOB_INFO_CACHE = '/var/lib/containers/cache/blob-info-cache-v1.boltdb';
 let live = 0;
 let existedBefore = new Set<string>();
 
@@ -112,6 +121,7 @@ function sweepSharedDirs(): void {
   if (!existedBefore.has('/run/containers/networks') && !netnsNames().some((n) => n.startsWith('netns-'))) {
     rmSync(NETAVARK_DB, { force: true });
   }
+  if (!existedBefore.has('/var/lib/containers/cache')) rmSync(BLOB_INFO_CACHE, { force: true });
   for (const d of SHARED_DIRS) {
     if (existedBefore.has(d)) continue;
     try {
@@ -164,7 +174,7 @@ export class Podman {
     noteSharedDirs();
     try {
       pm.#writeConfig();
-      await pm.#importImage();
+      await pm.#importImage(opts.image ?? IMAGE, opts.imageFiles);
     } catch (e) {
       await pm.cleanup().catch(() => {});
       throw e;
@@ -202,27 +212,17 @@ export class Podman {
   }
 
   /** Builds the busybox rootfs and imports it once (~0.2 s). */
-  async #importImage(): Promise<void> {
+  async #importImage(image: string, files: RootfsOptions['files']): Promise<void> {
     const root = join(this.dir, 'rootfs');
-    for (const sub of ['bin', 'etc', 'www', 'tmp']) mkdirSync(join(root, sub), { recursive: true });
-    copyFileSync(BUSYBOX, join(root, 'bin', 'busybox'));
-    const list = await run([BUSYBOX, '--list'], {}, 10_000);
-    if (list.code !== 0) throw new Error(`${BUSYBOX} --list failed: ${list.stderr}`);
-    for (const applet of list.stdout.split('\n')) {
-      if (applet && applet !== 'busybox') symlinkSync('busybox', join(root, 'bin', applet));
-    }
-    writeFileSync(join(root, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\n');
-    writeFileSync(join(root, 'etc', 'group'), 'root:x:0:\n');
-    writeFileSync(join(root, 'www', 'index.html'), INDEX_HTML);
+    await busyboxRootfs(root, { files });
     const tar = join(this.dir, 'rootfs.tar');
-    const t = await run(['tar', '-C', root, '-cf', tar, '.'], {}, 30_000);
-    if (t.code !== 0) throw new Error(`tar of the busybox rootfs failed: ${t.stderr}`);
+    await tarOf(root, tar);
     // A private mount namespace whose /var/lib is an empty tmpfs keeps the blob-info cache that
     // `podman import` insists on writing (/var/lib/containers/cache) off the machine.
     // mount -n: no /run/mount/utab either.
     const r = await run(['unshare', '--mount', '--propagation', 'private', '--', 'sh', '-c',
       'mount -n -t tmpfs -o size=8m,mode=0700 ctpodman /var/lib && exec "$@"', 'sh',
-      ...this.#argv(['import', '--change', 'CMD ["/bin/sh"]', tar, IMAGE])], this.env, 60_000);
+      ...this.#argv(['import', '--change', 'CMD ["/bin/sh"]', tar, image])], this.env, 60_000);
     if (r.code !== 0) throw new Error(`podman import failed (${r.code}): ${r.stderr.trim()}`);
     rmSync(root, { recursive: true, force: true });
     rmSync(tar, { force: true });
