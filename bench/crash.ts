@@ -398,9 +398,11 @@ export class Campaign {
     let pid: number | undefined;
     let note: string | undefined;
     let killed = false;
+    let armed: Daemon | undefined;
     if (mode === 'crash-at') {
       await stopDaemon(lab.stateDir);
-      pid = await this.#startDaemon(at);
+      armed = await this.#startDaemon(at);
+      pid = armed.pid;
       // Armed, it may die before the call (a crash point in its services' start): then the
       // plugin starts a plain one, and nothing is killed mid-operation.
       if (pid === undefined || !alive(pid)) {
@@ -432,7 +434,9 @@ export class Campaign {
     const run = await done;
     answered = true;
     await timer;
-    if (mode === 'crash-at' && pid !== undefined && !alive(pid)) {
+    // The plugin sees the connection close while the kernel is still ending the daemon: a failed
+    // call waits for that end (a daemon that outlives it failed the call some other way).
+    if (mode === 'crash-at' && pid !== undefined && (run.code !== 0 ? await armed!.exited(10_000) : !alive(pid))) {
       killed = true;
       midOp = run.code !== 0; // it died on the call's way (the call says "try again"), not after answering
     }
@@ -450,8 +454,8 @@ export class Campaign {
     return { killed, midOp, result: midOp ? 'killed' : failed ? 'error' : 'ok', ms: run.ms, unclean, note };
   }
 
-  /** Starts ctnetd (armed with a crash point when given); resolves with its pid once it answers, or once it died. */
-  async #startDaemon(crashAt?: number): Promise<number | undefined> {
+  /** Starts ctnetd (armed with a crash point when given); resolves once it answers, or once it died (no pid). */
+  async #startDaemon(crashAt?: number): Promise<Daemon> {
     const { lab } = this;
     const log = openSync(join(lab.stateDir, 'ctnetd.log'), 'a');
     const env = { ...process.env, CTNET_STATE_DIR: lab.stateDir, ...(crashAt === undefined ? {} : { CTNET_CRASH_AT: String(crashAt) }) };
@@ -459,16 +463,23 @@ export class Campaign {
     closeSync(log);
     child.unref();
     let exited = false;
-    child.on('exit', () => (exited = true));
+    const exit = new Promise<void>((res) => child.on('exit', () => {
+      exited = true;
+      res();
+    }));
+    const daemon = (pid: number | undefined): Daemon => ({
+      pid,
+      exited: (ms) => Promise.race([exit.then(() => true), sleep(ms).then(() => exited)]),
+    });
     for (let i = 0; i < 600 && !exited; i++) {
       if (daemonPid(lab.stateDir) === child.pid && (await answers(socketPath(lab.stateDir)))) {
         this.#armed = crashAt === undefined ? undefined : child.pid;
-        return child.pid;
+        return daemon(child.pid);
       }
       await sleep(50);
     }
     if (!exited) throw new Error(`ctnetd did not start within 30 s; see ${lab.stateDir}/ctnetd.log`);
-    return undefined;
+    return daemon(undefined);
   }
 
   /** After a trial: a plain ctnetd serves (one that was killed, or is armed, is replaced). */
@@ -499,6 +510,13 @@ export class Campaign {
     }
     return problems;
   }
+}
+
+/** A ctnetd this benchmark started: its pid (none if it died before answering), and a wait for its end. */
+interface Daemon {
+  readonly pid: number | undefined;
+  /** True once the process has ended, waiting at most ms for it. */
+  exited(ms: number): Promise<boolean>;
 }
 
 interface Outcome {
