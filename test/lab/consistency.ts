@@ -15,6 +15,9 @@ export interface StoreDump {
   ports: Row[];
   cni: Row[];
   labels: Row[];
+  policies: Row[];
+  /** What ctnet believes its policy sets hold (it sends the kernel only differences from this). */
+  policyElements: Row[];
 }
 
 export function readStore(lab: Lab): StoreDump {
@@ -30,6 +33,8 @@ export function readStore(lab: Lab): StoreDump {
       ports: all('SELECT * FROM ports'),
       cni: all('SELECT * FROM cni_attachments'),
       labels: all('SELECT * FROM labels'),
+      policies: all('SELECT * FROM policies'),
+      policyElements: all('SELECT * FROM policy_elements'),
     };
   } finally {
     db.close();
@@ -44,9 +49,9 @@ async function json<T>(lab: Lab, argv: string[]): Promise<T> {
   return JSON.parse(r.stdout || '[]') as T;
 }
 
-/** The elements of each set in ctnet's table, as strings like "10.1.0.2 . ctbr-x". */
-export async function nftSets(lab: Lab): Promise<Map<string, string[]> | undefined> {
-  const r = await lab.inHost(['nft', '-j', 'list', 'table', 'inet', 'ctnet']);
+/** The elements of each set in one of ctnet's tables, as strings like "10.1.0.2 . ctbr-x". */
+export async function nftSets(lab: Lab, family: 'inet' | 'bridge' = 'inet'): Promise<Map<string, string[]> | undefined> {
+  const r = await lab.inHost(['nft', '-j', 'list', 'table', family, 'ctnet']);
   if (r.code !== 0) return undefined;
   const sets = new Map<string, string[]>();
   for (const item of (JSON.parse(r.stdout) as { nftables: Record<string, any>[] }).nftables) {
@@ -158,6 +163,62 @@ export async function checkConsistent(lab: Lab): Promise<string[]> {
     }
     const bridges = s.networks.map((n) => String(n.bridge)).sort();
     if (JSON.stringify(bridges) !== JSON.stringify(sets.get('bridges'))) problems.push(`nft bridges: store ${bridges} vs kernel ${sets.get('bridges')}`);
+    // The mirror is what the next policy change diffs against: a set that drifted from it would
+    // keep elements no rule makes, or miss some.
+    for (const [name, elems] of sets) {
+      if (!name.startsWith('policy_')) continue;
+      const mirrored = s.policyElements.filter((e) => e.set_name === name).length;
+      if (mirrored !== elems.length) problems.push(`nft ${name}: ${elems.length} elements in the kernel, ${mirrored} in the store's mirror`);
+    }
+  }
+  problems.push(...(await identityProblems(lab, s)));
+  problems.push(...(await strayInSandboxes(lab, s)));
+  return problems;
+}
+
+/** The bridge table's per-port identity: exactly the store's ports, MACs and addresses. */
+async function identityProblems(lab: Lab, s: StoreDump): Promise<string[]> {
+  const sets = await nftSets(lab, 'bridge');
+  if (!sets) return s.networks.length > 0 ? ['nft table bridge ctnet missing'] : [];
+  const v4 = (a: Row) => s.addresses.filter((x) => x.sandbox === a.sandbox && x.network === a.network && x.family === 4).map((x) => `${a.host_veth} . ${x.ip}`);
+  const v6 = (a: Row) => s.addresses.filter((x) => x.sandbox === a.sandbox && x.network === a.network && x.family === 6).map((x) => `${a.host_veth} . ${x.ip}`);
+  const want: [string, string[], (e: string) => boolean][] = [
+    ['ports', s.attachments.map((a) => String(a.host_veth)), () => true],
+    ['port_mac', s.attachments.map((a) => `${a.host_veth} . ${a.mac}`), () => true],
+    ['port_ip4', s.attachments.flatMap(v4), () => true],
+    // The link-local address the kernel makes from the MAC is there too; it is checked with the MAC.
+    ['port_ip6', s.attachments.flatMap(v6), (e) => !/ \. fe80:/.test(e)],
+  ];
+  const problems: string[] = [];
+  for (const [name, elems, counted] of want) {
+    const have = (sets.get(name) ?? []).filter(counted);
+    const sorted = [...elems].sort();
+    if (JSON.stringify(sorted) !== JSON.stringify(have)) problems.push(`nft bridge ${name}: store ${sorted.join(',')} vs kernel ${have.join(',')}`);
+  }
+  return problems;
+}
+
+/**
+ * Inside the namespaces ctnet made (owned sandboxes), nothing but lo and the recorded interfaces,
+ * and no address twice across all sandboxes: a leftover interface from an interrupted connect
+ * would hold an address the store may hand out again.
+ */
+async function strayInSandboxes(lab: Lab, s: StoreDump): Promise<string[]> {
+  const problems: string[] = [];
+  const seen = new Map<string, string>();
+  for (const sb of s.sandboxes) {
+    const r = await lab.inHost(['nsenter', `--net=${sb.netns}`, 'ip', '-j', 'addr', 'show']);
+    if (r.code !== 0) continue; // a missing namespace is reported above
+    const ifnames = new Set(s.attachments.filter((a) => a.sandbox === sb.name).map((a) => String(a.ifname)));
+    for (const l of JSON.parse(r.stdout || '[]') as { ifname: string; addr_info?: { scope: string; local: string }[] }[]) {
+      if (sb.owned === 1 && l.ifname !== 'lo' && !ifnames.has(l.ifname)) problems.push(`${sb.name}: interface ${l.ifname} no record owns`);
+      for (const a of (l.addr_info ?? []).filter((x) => x.scope === 'global')) {
+        const where = `${sb.name}/${l.ifname}`;
+        const other = seen.get(a.local);
+        if (other) problems.push(`address ${a.local} is on ${other} and on ${where}`);
+        seen.set(a.local, where);
+      }
+    }
   }
   return problems;
 }
