@@ -72,8 +72,8 @@ describe('bad input', () => {
     [['port', 'rm', 'app', '9999:80'], /sandbox app has no mapping 9999:80\/tcp/],
     [['port', 'ghost'], /no sandbox named ghost/],
     // policy and labels
-    [['policy', 'allow', '--from', 'bad!name', '--to', 'app'], /not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR or world/],
-    [['policy', 'allow', '--from', 'app', '--to', '10.0.0.0/33'], /not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR or world/],
+    [['policy', 'allow', '--from', 'bad!name', '--to', 'app'], /not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR, world or host/],
+    [['policy', 'allow', '--from', 'app', '--to', '10.0.0.0/33'], /not a sandbox name, net:NAME, label:KEY=VALUE, a CIDR, world or host/],
     [['policy', 'allow', '--from', 'app', '--to', '10.0.0.1/8'], /has host bits set/],
     [['policy', 'allow', '--from', 'app', '--to', 'label:tier'], /has no "="/],
     [['policy', 'allow', '--from', 'net:nope', '--to', 'app'], /no network named nope/],
