@@ -20,7 +20,7 @@
 // own networks (the reference plugins and iptables, in the lab host), for comparison.
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -32,6 +32,10 @@ const TEST_IMAGE = 'quay.io/libpod/testimage:20220615';
 const CGROUP2_MAGIC = 0x63677270;
 /** CTNET_BATS_REFERENCE=1: the same run with podman's own networks (the reference plugins), for comparison. */
 const REFERENCE = Boolean(process.env.CTNET_BATS_REFERENCE);
+/** Where host-local (the reference run's IPAM) keeps each network's leases, whatever the config says. */
+const HOST_LOCAL = '/var/lib/cni/networks';
+/** The networks the tests make: the default one, and `podman network create` of a-, b-, c-, testnet-, testnet2- names. */
+const TEST_NETWORK = /^(podman|[abc]-\w{10}|testnet2?-\w{10})$/;
 
 /**
  * The nameservers podman 4.3 writes into a container's resolv.conf on a network without DNS of its
@@ -220,10 +224,23 @@ describe('podman 4.3.1\'s own networking tests (500-networking.bats) with ctnet 
     results = parseTap(r.stdout);
   });
 
+  const hostLocalBefore = existsSync(HOST_LOCAL) ? new Set(readdirSync(HOST_LOCAL)) : undefined;
   after(async () => {
     try {
       await pm?.cleanup();
     } finally {
+      // host-local keeps a lock and the last address per network after its last container: the
+      // reference run's networks, if this run made them.
+      if (REFERENCE && existsSync(HOST_LOCAL)) {
+        for (const n of readdirSync(HOST_LOCAL)) if (TEST_NETWORK.test(n) && !hostLocalBefore?.has(n)) rmSync(join(HOST_LOCAL, n), { recursive: true, force: true });
+        if (!hostLocalBefore) {
+          try {
+            rmdirSync(HOST_LOCAL); // empty only
+          } catch {
+            // someone else's networks are in it
+          }
+        }
+      }
       await lab?.destroy();
       if (tmp) rmSync(tmp, { recursive: true, force: true });
     }
