@@ -18,7 +18,9 @@ import type { Op } from '../plan/ops.ts';
 import { ROOT, type Result } from './lab.ts';
 
 const NODE = join(ROOT, 'scripts', 'node');
-const SELF = fileURLToPath(import.meta.url);
+// The source file, not import.meta.url: in the bundle (build/ctnet.mjs, which `ctnet demo cluster`
+// runs) that is the bundle, whose argv[2] would be read as a ctnet command.
+const SELF = join(ROOT, 'src', 'lab', 'etcd.ts');
 
 /** The underlay: TEST-NET-1 (RFC 5737), never a real destination. */
 export const UNDERLAY = { prefix: 24, etcd: '192.0.2.1', first: 10 } as const;
@@ -183,6 +185,6 @@ export class EtcdLab {
 }
 
 // As a script, inside the etcd namespace: `etcd.ts apply OPS_JSON` applies ops there.
-if (process.argv[1] === SELF && process.argv[2] === 'apply') {
+if (process.argv[1] === SELF && fileURLToPath(import.meta.url) === SELF && process.argv[2] === 'apply') {
   await new ExecBackend().apply(JSON.parse(process.argv[3]!) as Op[]);
 }
