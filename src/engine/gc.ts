@@ -11,6 +11,7 @@ import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { reconcileOverlays } from './overlay-network.ts';
 import { cutDeniedFlows } from './policy.ts';
 import { restoreTables, tableDrift } from './tables.ts';
+import { egressLines } from './attach.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { removeSandbox, teardownAttachment, teardownSandbox } from './sandbox.ts';
 
@@ -155,6 +156,6 @@ async function replug(ctx: Ctx, sandbox: string, network: string, done: string[]
   await applier.teardown([step([{ kind: 'link.del', name: a.hostVeth }]), step([{ kind: 'link.del', name: a.ifname, netns: ns }])]);
   const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
   const defaults = ([4, 6] as const).filter((f) => addresses.some((x) => x.family === f) && defaultCarrier(store, sandbox, f) === network);
-  await applier.apply(driverOf(n).planAttach(driverNetwork(store, n), driverAttachment(store, s, a, addresses, defaults)));
+  await applier.apply(driverOf(n).planAttach(driverNetwork(store, n), driverAttachment(store, s, a, addresses, defaults), egressLines(store, sandbox, n, addresses)));
   done.push(`reattached ${sandbox} to network ${network}`);
 }

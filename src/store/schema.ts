@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 10;
+export const SCHEMA_VERSION = 11;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -215,6 +215,28 @@ CREATE TABLE remote_sandboxes (
 CREATE INDEX remote_sandboxes_by_name ON remote_sandboxes(name);
 `;
 
+// Egress and default routes (schema 11, issue 18): the host address a network's (or one sandbox's)
+// egress leaves from instead of masquerade's choice, at most one per family; and the network a
+// sandbox chose to carry its default routes (else the first non-internal one, records.ts).
+export const EGRESS_ROUTES = `
+CREATE TABLE network_egress (
+  network TEXT NOT NULL REFERENCES networks(name) ON DELETE CASCADE,
+  family INTEGER NOT NULL CHECK (family IN (4, 6)),
+  ip TEXT NOT NULL,
+  PRIMARY KEY (network, family)
+);
+CREATE TABLE sandbox_egress (
+  sandbox TEXT NOT NULL REFERENCES sandboxes(name) ON DELETE CASCADE,
+  family INTEGER NOT NULL CHECK (family IN (4, 6)),
+  ip TEXT NOT NULL,
+  PRIMARY KEY (sandbox, family)
+);
+CREATE TABLE default_routes (
+  sandbox TEXT PRIMARY KEY REFERENCES sandboxes(name) ON DELETE CASCADE,
+  network TEXT NOT NULL
+);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -226,4 +248,5 @@ export const MIGRATIONS: Record<number, string> = {
   8: CLUSTER,
   9: OVERLAY,
   10: DIRECTORY,
+  11: EGRESS_ROUTES,
 };
