@@ -8,6 +8,7 @@ import networkRm from './network-rm.ts';
 import networkUpdate from './network-update.ts';
 import update from './update.ts';
 import route from './route.ts';
+import graph from './graph.ts';
 import create from './create.ts';
 import run from './run.ts';
 import exec from './exec.ts';
@@ -52,7 +53,7 @@ export const COMMANDS: readonly CommandModule[] = [
   port, portAdd, portRm,
   label,
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
-  gc, doctor,
+  graph, gc, doctor,
   cniInstall, cniExec,
   daemon, daemonStop, daemonEvents, daemonStatus,
   clusterJoin, clusterLs, clusterLeave,
