@@ -9,6 +9,7 @@ import networkUpdate from './network-update.ts';
 import update from './update.ts';
 import route from './route.ts';
 import graph from './graph.ts';
+import trace from './trace.ts';
 import create from './create.ts';
 import run from './run.ts';
 import exec from './exec.ts';
@@ -53,7 +54,7 @@ export const COMMANDS: readonly CommandModule[] = [
   port, portAdd, portRm,
   label,
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
-  graph, gc, doctor,
+  graph, trace, gc, doctor,
   cniInstall, cniExec,
   daemon, daemonStop, daemonEvents, daemonStatus,
   clusterJoin, clusterLs, clusterLeave,
