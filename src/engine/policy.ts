@@ -92,8 +92,8 @@ export interface FullPolicyState {
   readonly state: PolicyState;
 }
 
-export function fullPolicyState(store: Store): FullPolicyState {
-  const rules = store.policies().map(toRule);
+export function fullPolicyState(store: Store, parsed?: ReadonlyMap<number, PolicyRule | undefined>): FullPolicyState {
+  const rules = store.policies().map((r) => parsed?.get(r.id) ?? toRule(r));
   const world = policyWorld(store);
   const compiled = new Map<string, PolicyElementRow[]>();
   const raw = new Map<string, PolicyBoxRow[]>();
@@ -183,7 +183,7 @@ async function applyChanged(ctx: Ctx, changed: ReadonlyMap<number, PolicyRule | 
   const { store } = ctx;
   if (changed.size === 0) return [];
   if (!store.policyIndexReady() || changed.size > INCREMENTAL_LIMIT) {
-    await applyFull(ctx);
+    await applyFull(ctx, fullPolicyState(store, changed));
     return undefined;
   }
   const world = lazyWorld(store);

@@ -608,11 +608,14 @@ export class Store {
   /** Inserts a rule; a missing name becomes "rule-ID". */
   insertPolicy(p: Omit<PolicyRow, 'id' | 'created' | 'name'> & { name: string | undefined }): PolicyRow {
     const created = new Date().toISOString();
+    // An unnamed rule is "rule-ID": the ID AUTOINCREMENT gives next (the write lock is held), checked
+    // after the insert; only if it differs is a placeholder name replaced (rule- names are reserved).
+    const next = p.name === undefined ? ((this.#get("SELECT seq FROM sqlite_sequence WHERE name = 'policies'")?.seq as number | undefined) ?? 0) + 1 : 0;
     const r = this.#prepared('INSERT INTO policies(name, action, from_sel, to_sel, port, created) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(p.name ?? `pending-${randomBytes(4).toString('hex')}`, p.action, p.from, p.to, p.port, created);
+      .run(p.name ?? `rule-${next}`, p.action, p.from, p.to, p.port, created);
     const id = Number(r.lastInsertRowid);
     const name = p.name ?? `rule-${id}`;
-    if (p.name === undefined) this.#run('UPDATE policies SET name = ? WHERE id = ?', name, id);
+    if (p.name === undefined && id !== next) this.#run('UPDATE policies SET name = ? WHERE id = ?', name, id);
     return { ...p, id, name, created };
   }
   deletePolicy(id: number): void {
