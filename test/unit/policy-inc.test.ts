@@ -10,7 +10,7 @@ import { describe, it } from 'node:test';
 import { Applier } from '../../src/engine/applier.ts';
 import type { Ctx } from '../../src/engine/context.ts';
 import { createNetwork } from '../../src/engine/network.ts';
-import { addPolicy, changeLabels, fullPolicyState, removePolicies } from '../../src/engine/policy.ts';
+import { addPolicies, changeLabels, fullPolicyState, removePolicies } from '../../src/engine/policy.ts';
 import { createSandbox } from '../../src/engine/sandbox.ts';
 import { FakeKernel } from '../../src/kernel/fake.ts';
 import type { Family } from '../../src/model/cidr.ts';
@@ -153,12 +153,19 @@ describe('incremental policy compilation', () => {
         const op = r.int(10);
         let what: string;
         if (op < 5 || m.rules.length === 0) {
-          const req = randomRule(r);
-          const port = req.port === undefined ? undefined : parsePortFilter(req.port);
-          const id = m.nextId++;
-          m.rules.push({ id, name: `r${id}`, action: req.action, from: parseSelector('from', req.from), to: parseSelector('to', req.to), port });
-          what = `add ${id} ${req.action} ${req.from} -> ${req.to} ${formatPortFilter(port)}`;
-          change(m, [id]);
+          // Mostly one rule; sometimes several at once (a rules file).
+          const ids: number[] = [];
+          const said: string[] = [];
+          for (let n = r.int(4) === 0 ? 2 + r.int(4) : 1; n > 0; n--) {
+            const req = randomRule(r);
+            const port = req.port === undefined ? undefined : parsePortFilter(req.port);
+            const id = m.nextId++;
+            m.rules.push({ id, name: `r${id}`, action: req.action, from: parseSelector('from', req.from), to: parseSelector('to', req.to), port });
+            said.push(`${id} ${req.action} ${req.from} -> ${req.to} ${formatPortFilter(port)}`);
+            ids.push(id);
+          }
+          what = `add ${said.join('; ')}`;
+          change(m, ids);
         } else if (op < 8) {
           const gone = r.pick(m.rules);
           m.rules = m.rules.filter((x) => x !== gone);
@@ -245,9 +252,10 @@ async function runEngineSequence(ctx: Ctx, fake: FakeKernel, r: Rng, seed: numbe
     const op = r.int(10);
     let what: string;
     if (op < 5 || names.length === 0) {
-      const req = randomRule(r);
-      what = `add ${req.action} ${req.from} -> ${req.to} ${req.port ?? 'any'}`;
-      names.push((await addPolicy(ctx, { ...req, name: undefined })).name);
+      // Mostly one rule; sometimes several in one transaction (a rules file).
+      const reqs = Array.from({ length: r.int(4) === 0 ? 2 + r.int(4) : 1 }, () => ({ ...randomRule(r), name: undefined }));
+      what = `add ${reqs.map((q) => `${q.action} ${q.from} -> ${q.to} ${q.port ?? 'any'}`).join('; ')}`;
+      names.push(...(await addPolicies(ctx, reqs)).map((x) => x.name));
     } else if (op < 8) {
       const gone = r.pick(names);
       names = names.filter((x) => x !== gone);
