@@ -345,9 +345,16 @@ export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Pro
   // Rules and kernel change in one store transaction: if nft fails, the rules were never added.
   const { rows, regions } = await store.writeAsync(async () => {
     const names = new Set<string>();
+    const checked = new Set<string>(); // a rules file names the same few networks and sandboxes many times
+    const check = (flag: string, sel: Selector) => {
+      const key = `${flag} ${formatSelector(sel)}`;
+      if (checked.has(key)) return;
+      checkSelector(store, flag, sel);
+      checked.add(key);
+    };
     const rows = parsed.map(({ from, to, row }) => {
-      checkSelector(store, '--from', from);
-      checkSelector(store, '--to', to);
+      check('--from', from);
+      check('--to', to);
       if (row.name !== undefined && (names.has(row.name) || store.policyByName(row.name))) {
         throw new CtnetError('CONFLICT', `a policy rule named ${row.name} exists already`, `choose another --name, or remove it with "ctnet policy rm ${row.name}"`);
       }
