@@ -1,7 +1,7 @@
 // Changes to the store, as plain values: what a use case records, and (computed as each is made)
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
-import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
+import type { OwnedKind, OwnedRow, AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
   | {
@@ -29,7 +29,10 @@ export type StoreChange =
   | { readonly kind: 'cni.insert'; readonly row: Omit<CniRow, 'created'> }
   | { readonly kind: 'policy.delete'; readonly id: number }
   | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> }
-  | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null };
+  | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null }
+  /** A topology file takes (or gives up) an object: `down` and `--prune` touch only what it owns. */
+  | { readonly kind: 'owner.set'; readonly row: OwnedRow }
+  | { readonly kind: 'owner.delete'; readonly what: OwnedKind; readonly name: string };
 
 /**
  * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
@@ -121,6 +124,16 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.meta(c.key) ?? null;
       store.setMeta(c.key, c.value);
       return { kind: 'meta.set', key: c.key, value: was };
+    }
+    case 'owner.set': {
+      const was = store.owner(c.row.kind, c.row.name);
+      store.setOwner(c.row);
+      return was ? { kind: 'owner.set', row: was } : { kind: 'owner.delete', what: c.row.kind, name: c.row.name };
+    }
+    case 'owner.delete': {
+      const was = store.owner(c.what, c.name);
+      store.deleteOwner(c.what, c.name);
+      return was && { kind: 'owner.set', row: was };
     }
     case 'policy.mirror': {
       const was = store.policyMirror();

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 10;
+export const SCHEMA_VERSION = 11;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -215,6 +215,27 @@ CREATE TABLE remote_sandboxes (
 CREATE INDEX remote_sandboxes_by_name ON remote_sandboxes(name);
 `;
 
+// Topology files (schema 11): which file's `name:` owns each network, sandbox and policy rule it
+// made (`ctnet apply`), so `down` and `apply --prune` touch only those and two files share a host;
+// objects made by hand have no row and are never pruned. The row goes with its object (the store
+// deletes it with the network, sandbox or rule). sandbox_commands: a file's sandbox `command:`,
+// as argv JSON, and the process running it (pid:starttime, so a reused pid never counts as alive).
+export const TOPOLOGY = `
+CREATE TABLE topology_objects (
+  kind TEXT NOT NULL CHECK (kind IN ('network', 'sandbox', 'policy')),
+  name TEXT NOT NULL,
+  topology TEXT NOT NULL,
+  file TEXT NOT NULL,
+  PRIMARY KEY (kind, name)
+);
+CREATE INDEX topology_objects_by_topology ON topology_objects(topology);
+CREATE TABLE sandbox_commands (
+  sandbox TEXT PRIMARY KEY REFERENCES sandboxes(name) ON DELETE CASCADE,
+  argv TEXT NOT NULL,
+  process TEXT
+);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -226,4 +247,5 @@ export const MIGRATIONS: Record<number, string> = {
   8: CLUSTER,
   9: OVERLAY,
   10: DIRECTORY,
+  11: TOPOLOGY,
 };
