@@ -175,6 +175,14 @@ export async function addPolicy(ctx: Ctx, req: PolicyRequest): Promise<PolicyRow
 
 /** Adds rules together: one store transaction, one nft transaction (all or nothing). */
 export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Promise<PolicyRow[]> {
+  return changePolicies(ctx, [], reqs);
+}
+
+/**
+ * Removes some rules and adds others in one store transaction and one nft transaction: no packet
+ * sees a policy half changed (a topology file's rule that changes is its old row out, its new one in).
+ */
+export async function changePolicies(ctx: Ctx, remove: readonly PolicyRow[], reqs: readonly PolicyRequest[]): Promise<PolicyRow[]> {
   const { store, applier } = ctx;
   const parsed = reqs.map((req) => {
     const from = parseSelector('--from', req.from);
@@ -188,6 +196,10 @@ export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Pro
   });
   // Rules and kernel change in one store transaction: if nft fails, the rules were never added.
   const rows = await store.writeAsync(async () => {
+    for (const row of remove) {
+      store.deletePolicy(row.id);
+      applier.note(`policy ${row.name}: remove`);
+    }
     const names = new Set(store.policies().map((p) => p.name));
     const rows = parsed.map(({ from, to, row }) => {
       checkSelector(store, '--from', from);
