@@ -276,8 +276,7 @@ export function renderPlan(p: Plan): string {
   } else {
     lines.push(`Plan for ${p.topology} (${p.file}):`);
     for (const c of p.changes) {
-      lines.push(`  ${SYMBOL[c.op].padEnd(3)} ${c.kind} ${c.name}${c.details.length === 1 ? `: ${c.details[0]}` : ''}`);
-      if (c.details.length > 1) for (const d of c.details) lines.push(`        ${d}`);
+      lines.push(`  ${SYMBOL[c.op].padEnd(3)} ${c.kind} ${c.name}${c.details.length ? `: ${c.details.join('; ')}` : ''}`);
     }
   }
   if (p.kept.length) lines.push(`Not in the file, kept (apply --prune removes them): ${p.kept.map((k) => `${k.kind} ${k.name}`).join(', ')}`);
