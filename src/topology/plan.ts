@@ -132,7 +132,7 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
         throw new CtnetError('CONFLICT', `${net.at}: network ${net.name} must be replaced (${why.join('; ')}), but sandboxes this file does not own are on it: ${foreign.join(', ')}`,
           'disconnect them first, or leave the network as it is');
       }
-      const reattach = attached.filter((s) => fileSbx.has(s) && topo.sandboxes.find((x) => x.name === s)!.networks.some((a) => a.network === net.name));
+      const reattach = topo.sandboxes.filter((x) => attached.includes(x.name) && x.networks.some((a) => a.network === net.name)).map((x) => x.name);
       changes.push({ op: 'replace', kind: 'network', name: net.name, details: [...why, ...(reattach.length ? [`re-attaches ${reattach.join(', ')}`] : [])] });
       actions.push({ do: 'network.replace', net, reattach });
       replacedNets.add(net.name);
