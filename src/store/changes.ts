@@ -14,6 +14,7 @@ export type StoreChange =
   | { readonly kind: 'network.state'; readonly name: string; readonly state: State }
   | { readonly kind: 'network.delete'; readonly name: string }
   | { readonly kind: 'network.mac'; readonly name: string; readonly mac: string }
+  | { readonly kind: 'network.mtu'; readonly name: string; readonly mtu: number | null }
   | { readonly kind: 'sandbox.insert'; readonly row: Omit<SandboxRow, 'created' | 'owner'> }
   | { readonly kind: 'sandbox.state'; readonly name: string; readonly state: State }
   | { readonly kind: 'sandbox.delete'; readonly name: string }
@@ -66,6 +67,11 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.network(c.name)?.mac;
       store.setNetworkMac(c.name, c.mac);
       return was ? { kind: 'network.mac', name: c.name, mac: was } : undefined;
+    }
+    case 'network.mtu': {
+      const was = store.network(c.name);
+      store.setNetworkMtu(c.name, c.mtu);
+      return was && { kind: 'network.mtu', name: c.name, mtu: was.mtu };
     }
     case 'sandbox.insert':
       store.insertSandbox(c.row);

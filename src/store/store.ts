@@ -335,6 +335,9 @@ export class Store {
   setNetworkState(name: string, state: State): void {
     this.#run('UPDATE networks SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
   }
+  setNetworkMtu(name: string, mtu: number | null): void {
+    this.#run('UPDATE networks SET mtu = ? WHERE name = ?', mtu, name);
+  }
   setNetworkMac(name: string, mac: string): void {
     this.#run('UPDATE networks SET mac = ? WHERE name = ?', mac, name);
   }

@@ -7,7 +7,7 @@ import { CtnetError } from '../errors.ts';
 import type { Ctx } from '../engine/context.ts';
 import { parseAddr } from '../model/cidr.ts';
 import { repairNetns, repairNetwork } from '../engine/gc.ts';
-import { createNetwork, removeNetwork } from '../engine/network.ts';
+import { createNetwork, removeNetwork, setNetworkMtu } from '../engine/network.ts';
 import { changePolicies, changeLabels, cutDeniedFlows } from '../engine/policy.ts';
 import { startCommand, stopCommand } from '../engine/process.ts';
 import { publish, unpublish } from '../engine/publish.ts';
@@ -19,7 +19,7 @@ import type { Action, Plan } from './plan.ts';
 
 const PHASES: readonly Action['do'][] = [
   'repair.tables', 'repair.network', 'repair.netns',
-  'sandbox.remove', 'network.remove', 'network.replace', 'network.create',
+  'sandbox.remove', 'network.remove', 'network.replace', 'network.create', 'network.mtu',
   'sandbox.replace', 'sandbox.create', 'disconnect', 'connect', 'labels', 'ports', 'command', 'policy',
 ];
 
@@ -92,6 +92,12 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
           own('network', a.net.name);
           journal.push({ what: `created network ${a.net.name}`, run: () => removeNetwork(ctx, a.net.name, { force: true }) });
           done.push(`created network ${a.net.name}`);
+          break;
+        case 'network.mtu':
+          current = `change the MTU of network ${a.name}`;
+          await setNetworkMtu(ctx, a.name, a.mtu);
+          journal.push({ what: `changed the MTU of network ${a.name}`, run: () => setNetworkMtu(ctx, a.name, a.was) });
+          done.push(`set the MTU of network ${a.name} to ${a.mtu ?? 'the default'}`);
           break;
         case 'sandbox.replace':
           current = `replace sandbox ${a.sbx.name}`;

@@ -23,6 +23,7 @@ export type Action =
   | { readonly do: 'network.remove'; readonly name: string }
   | { readonly do: 'network.replace'; readonly net: TopoNetwork; readonly reattach: readonly string[] }
   | { readonly do: 'network.create'; readonly net: TopoNetwork }
+  | { readonly do: 'network.mtu'; readonly name: string; readonly mtu: number | undefined; readonly was: number | undefined }
   | { readonly do: 'sandbox.replace'; readonly sbx: TopoSandbox }
   | { readonly do: 'sandbox.create'; readonly sbx: TopoSandbox }
   | { readonly do: 'disconnect'; readonly sandbox: string; readonly network: string }
@@ -122,7 +123,6 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
     if (row.internal !== net.spec.internal) why.push(`internal ${row.internal} -> ${net.spec.internal}`);
     if (row.isolate !== net.spec.isolate) why.push(`isolate ${row.isolate} -> ${net.spec.isolate}`);
     if (row.hostAccess !== net.spec.hostAccess) why.push(`host_access ${row.hostAccess} -> ${net.spec.hostAccess}`);
-    if ((row.mtu ?? undefined) !== net.spec.mtu) why.push(`mtu ${row.mtu ?? 'default'} -> ${net.spec.mtu ?? 'default'}`);
     const bridge = net.spec.bridge ?? bridgeName(net.name);
     if (row.bridge !== bridge) why.push(`bridge ${row.bridge} -> ${bridge}`);
     if (why.length) {
@@ -137,6 +137,10 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
       actions.push({ do: 'network.replace', net, reattach });
       replacedNets.add(net.name);
       continue;
+    }
+    if ((row.mtu ?? undefined) !== net.spec.mtu) {
+      changes.push({ op: 'change', kind: 'network', name: net.name, details: [`mtu ${row.mtu ?? 'default'} -> ${net.spec.mtu ?? 'default'} (bridge and its sandboxes' interfaces)`] });
+      actions.push({ do: 'network.mtu', name: net.name, mtu: net.spec.mtu, was: row.mtu ?? undefined });
     }
     const drift = await driverOf(row).observe(kernel, driverNetwork(store, row), store.attachments({ network: net.name }).filter((a) => a.state === 'ready'));
     if (drift.length) {

@@ -84,17 +84,24 @@ describe('one file through its changes (issue 19, point 2)', () => {
     assert.deepEqual(await snapshot(), before);
   });
 
-  it('a label, a port and a rule change in place; the sandboxes stay (same command process)', async () => {
+  it('a label, a port, a rule and an MTU change in place; the sandboxes stay (same command process)', async () => {
     const webPids = await pids('web');
-    const path = file(BASE.replace('labels: { tier: api }', 'labels: { tier: api, zone: b }').replace('"8080:80"', '"8081:80"').replace('port: 80/tcp', 'port: 80-81/tcp'));
+    const path = file(BASE.replace('labels: { tier: api }', 'labels: { tier: api, zone: b }').replace('"8080:80"', '"8081:80"').replace('port: 80/tcp', 'port: 80-81/tcp')
+      .replace('front: { subnets: [10.70.1.0/24] }', 'front: { subnets: [10.70.1.0/24], mtu: 1400 }'));
     const d = await diff(path);
     assert.deepEqual(d, { code: 2, lines: [
+      '  ~   network front: mtu default -> 1400 (bridge and its sandboxes\' interfaces)',
       '  ~   sandbox web: ports 8080:80/tcp -> 8081:80/tcp',
       '  ~   sandbox api: labels tier=api -> tier=api,zone=b',
       '  ~   policy web-to-api: allow label:tier=web -> label:tier=api 80/tcp -> allow label:tier=web -> label:tier=api 80-81/tcp',
-      'Plan: 0 to add, 3 to change, 0 to replace, 0 to remove.',
+      'Plan: 0 to add, 4 to change, 0 to replace, 0 to remove.',
     ] });
     await apply(path);
+    const mtu = async (argv: string[]) => JSON.parse((await lab.inHost([...argv, 'ip', '-j', 'link', 'show'])).stdout).map((l: any) => `${l.ifname} ${l.mtu}`);
+    const web = await json(['inspect', 'web']);
+    assert.ok((await mtu([])).includes('ctbr-front 1400'));
+    assert.ok((await mtu([])).includes(`${web.interfaces[0].hostPeer.ifname} 1400`));
+    assert.ok((await mtu(['nsenter', `--net=${web.netns}`])).includes('eth0 1400'));
     assert.match(await lab.ctnetOk(['port', 'web']), /80\/tcp -> 0\.0\.0\.0:8081/);
     assert.deepEqual(JSON.parse(await lab.ctnetOk(['label', 'api', '--json'])), { tier: 'api', zone: 'b' });
     assert.equal((await json(['policy', 'ls']))[0].port, '80-81/tcp');

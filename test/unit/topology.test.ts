@@ -95,6 +95,18 @@ describe('plan and apply on the fake kernel', () => {
     assert.deepEqual(renderPlan(p2).split('\n').slice(1), ['  ~   sandbox web: labels tier=web -> tier=front', 'Plan: 0 to add, 1 to change, 0 to replace, 0 to remove.']);
     await applyPlan(w.ctx, t2, p2);
     assert.deepEqual(w.ctx.store.labels('web').map((l) => l.value), ['front']);
+    // MTU in place: the bridge and both ends of every veth on it; the sandboxes stay.
+    const t3 = parseTopology('shop.yaml', SHOP.replace('labels: { tier: web }', 'labels: { tier: front }').replace('front: { subnets: [10.70.1.0/24] }', 'front: { subnets: [10.70.1.0/24], mtu: 1400 }'));
+    const p3 = await computePlan(w.ctx, t3, { prune: false });
+    assert.deepEqual(renderPlan(p3).split('\n').slice(1), ['  ~   network front: mtu default -> 1400 (bridge and its sandboxes\' interfaces)', 'Plan: 0 to add, 1 to change, 0 to replace, 0 to remove.']);
+    await applyPlan(w.ctx, t3, p3);
+    const links = w.fake.snapshot().namespaces;
+    const web = w.ctx.store.attachments({ sandbox: 'web' })[0]!;
+    assert.equal((links.host as any).links[web.hostVeth].mtu, 1400);
+    assert.equal((links.host as any).links['ctbr-front'].mtu, 1400);
+    assert.equal((links[w.ctx.store.sandbox('web')!.netns] as any).links.eth0.mtu, 1400);
+    assert.equal(w.ctx.store.network('front')!.mtu, 1400);
+    assert.deepEqual((await computePlan(w.ctx, t3, { prune: false })).changes, []);
     // By hand, beside the file's: down leaves it.
     await createNetwork(w.ctx, parseNetworkSpec({ name: 'manual', subnet: ['10.72.0.0/24'] }));
     await downTopology(w.ctx, 'shop');
