@@ -15,7 +15,7 @@ import { parseNetworkSpec } from '../../src/model/spec.ts';
 import { Store } from '../../src/store/store.ts';
 import { applyPlan, downTopology } from '../../src/topology/apply.ts';
 import { expand, parseTopology, splitWords } from '../../src/topology/parse.ts';
-import { computePlan, renderPlan } from '../../src/topology/plan.ts';
+import { computePlan, planJson, renderPlan } from '../../src/topology/plan.ts';
 
 const SHOP = `name: shop
 networks:
@@ -86,6 +86,9 @@ describe('plan and apply on the fake kernel', () => {
     const t = parseTopology('shop.yaml', SHOP);
     const first = await computePlan(w.ctx, t, { prune: false });
     assert.match(renderPlan(first), /Plan: 5 to add, 0 to change, 0 to replace, 0 to remove\.$/);
+    const j = planJson(first) as { summary: object; changes: { op: string; kind: string; name: string }[] };
+    assert.deepEqual(j.summary, { add: 5, change: 0, replace: 0, remove: 0, repair: 0 });
+    assert.deepEqual(j.changes.map((c) => `${c.op} ${c.kind} ${c.name}`), ['create network front', 'create network back', 'create sandbox web', 'create sandbox api', 'create policy web-to-api']);
     await applyPlan(w.ctx, t, first);
     assert.deepEqual((await computePlan(w.ctx, t, { prune: false })).changes, []);
     assert.deepEqual(w.ctx.store.owned({ topology: 'shop' }).map((o) => `${o.kind} ${o.name}`),
