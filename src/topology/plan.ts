@@ -94,7 +94,8 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
   const fileSbx = new Set(topo.sandboxes.map((s) => s.name));
   const filePol = new Set(topo.policy.map((p) => p.name));
   const kept: { kind: OwnedKind; name: string }[] = [];
-  const liveOwned = ownedRows.filter((o) => (o.kind === 'network' ? store.network(o.name) : o.kind === 'sandbox' ? store.sandbox(o.name) : store.policies().some((p) => p.name === o.name)));
+  const ruleNames = new Set(store.policies().map((p) => p.name));
+  const liveOwned = ownedRows.filter((o) => (o.kind === 'network' ? store.network(o.name) : o.kind === 'sandbox' ? store.sandbox(o.name) : ruleNames.has(o.name)));
   const gone = liveOwned.filter((o) => !(o.kind === 'network' ? fileNets : o.kind === 'sandbox' ? fileSbx : filePol).has(o.name));
 
   // ---- networks ----
@@ -253,7 +254,7 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
 
   // ---- ctnet's tables (everything the file owns relies on them) ----
   if (liveOwned.length > 0 && store.networks().length > 0) {
-    const drift = await tableDrift(ctx);
+    const drift = await tableDrift(ctx, { fromMirror: true });
     if (drift.length) {
       changes.unshift({ op: 'repair', kind: 'tables', name: 'inet ctnet', details: drift });
       actions.unshift({ do: 'repair.tables' });
