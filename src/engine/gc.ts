@@ -6,6 +6,7 @@ import { deadTraceTables } from './trace.ts';
 import { randomMac } from '../model/mac.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
+import type { NetworkRow, SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
 import { MADE_NETWORKS, teardownNetwork } from './network.ts';
@@ -81,39 +82,8 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   }
 
   // 3. Ready records whose kernel objects went missing are rebuilt, as their drivers see it.
-  for (const n of ready) {
-    const dn = driverNetwork(store, n);
-    const driver = driverOf(n);
-    const attached = store.attachments({ network: n.name }).filter((a) => a.state === 'ready');
-    const drift = await driver.observe(kernel, dn, attached);
-    if (drift.some((d) => d.kind === 'device-missing') && !dn.mac) {
-      // Made before ctnet recorded the MAC: the rebuilt device gets a new one, recorded from now on.
-      const mac = randomMac();
-      applier.record({ kind: 'network.mac', name: n.name, mac });
-      Object.assign(dn, { mac });
-    }
-    for (const d of drift) {
-      await applier.apply(driver.planRepair(dn, d));
-      if (d.kind === 'device-missing') done.push(`recreated bridge ${n.bridge} of network ${n.name}`);
-      if (d.kind === 'port-detached') done.push(`put ${d.sandbox}'s ${d.hostVeth} back on bridge ${n.bridge}`);
-      if (d.kind === 'vtep-missing') done.push(`recreated VXLAN device ${dn.overlay?.device} of network ${n.name}, with its ${dn.overlay?.peers.length ?? 0} peers' entries`);
-      if (d.kind === 'peer-missing') done.push(`rewrote the entries of peer ${d.peer.host} (${d.peer.subnet} at ${d.peer.underlay}) on network ${n.name}`);
-      if (d.kind === 'setting') done.push(`set ${d.key} to ${d.want} again (was ${d.have}: ${d.why})`);
-    }
-    // A recreated device has no ports: every attachment is plugged in again below.
-    if (drift.some((d) => d.kind === 'device-missing')) {
-      for (const a of attached) await replug(ctx, a.sandbox, a.network, done, true);
-    } else {
-      for (const d of drift) if (d.kind === 'port-missing') await replug(ctx, d.sandbox, n.name, done, false);
-    }
-  }
-  for (const s of store.sandboxes().filter((x) => x.state === 'ready' && x.owned)) {
-    const ns = sandboxNetns(s);
-    if (kernel.isNetns(s.netns) || !('name' in ns)) continue;
-    await applier.apply([step([{ kind: 'netns.add', name: ns.name }]), step([{ kind: 'link.set.up', name: 'lo', netns: ns }])]);
-    done.push(`recreated network namespace of sandbox ${s.name}`);
-    for (const a of store.attachments({ sandbox: s.name }).filter((x) => x.state === 'ready')) await replug(ctx, s.name, a.network, done, true);
-  }
+  for (const n of ready) done.push(...await repairNetwork(ctx, n));
+  for (const s of store.sandboxes().filter((x) => x.state === 'ready' && x.owned)) done.push(...await repairNetns(ctx, s));
 
   // 4. ctnet-marked objects that no record owns.
   const bridges = new Set(store.networks().map((n) => n.bridge));
@@ -144,6 +114,52 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   }
   // 6. A member of a cluster: its leases in etcd and its overlay sides agree.
   done.push(...await reconcileOverlays(ctx));
+  return done;
+}
+
+/**
+ * Rebuilds what a ready network's driver finds missing or out of place (observe, planRepair), and
+ * plugs its attachments in again where needed; says what it did. gc and `ctnet apply` (drift) use it.
+ */
+export async function repairNetwork(ctx: Ctx, n: NetworkRow): Promise<string[]> {
+  const { store, kernel, applier } = ctx;
+  const done: string[] = [];
+  const dn = driverNetwork(store, n);
+  const driver = driverOf(n);
+  const attached = store.attachments({ network: n.name }).filter((a) => a.state === 'ready');
+  const drift = await driver.observe(kernel, dn, attached);
+  if (drift.some((d) => d.kind === 'device-missing') && !dn.mac) {
+    // Made before ctnet recorded the MAC: the rebuilt device gets a new one, recorded from now on.
+    const mac = randomMac();
+    applier.record({ kind: 'network.mac', name: n.name, mac });
+    Object.assign(dn, { mac });
+  }
+  for (const d of drift) {
+    await applier.apply(driver.planRepair(dn, d));
+    if (d.kind === 'device-missing') done.push(`recreated bridge ${n.bridge} of network ${n.name}`);
+    if (d.kind === 'port-detached') done.push(`put ${d.sandbox}'s ${d.hostVeth} back on bridge ${n.bridge}`);
+    if (d.kind === 'vtep-missing') done.push(`recreated VXLAN device ${dn.overlay?.device} of network ${n.name}, with its ${dn.overlay?.peers.length ?? 0} peers' entries`);
+    if (d.kind === 'peer-missing') done.push(`rewrote the entries of peer ${d.peer.host} (${d.peer.subnet} at ${d.peer.underlay}) on network ${n.name}`);
+    if (d.kind === 'setting') done.push(`set ${d.key} to ${d.want} again (was ${d.have}: ${d.why})`);
+  }
+  // A recreated device has no ports: every attachment is plugged in again below.
+  if (drift.some((d) => d.kind === 'device-missing')) {
+    for (const a of attached) await replug(ctx, a.sandbox, a.network, done, true);
+  } else {
+    for (const d of drift) if (d.kind === 'port-missing') await replug(ctx, d.sandbox, n.name, done, false);
+  }
+  return done;
+}
+
+/** Recreates a ready sandbox's own network namespace if it is gone, and plugs its attachments in again. */
+export async function repairNetns(ctx: Ctx, s: SandboxRow): Promise<string[]> {
+  const { store, kernel, applier } = ctx;
+  const done: string[] = [];
+  const ns = sandboxNetns(s);
+  if (!s.owned || kernel.isNetns(s.netns) || !('name' in ns)) return done;
+  await applier.apply([step([{ kind: 'netns.add', name: ns.name }]), step([{ kind: 'link.set.up', name: 'lo', netns: ns }])]);
+  done.push(`recreated network namespace of sandbox ${s.name}`);
+  for (const a of store.attachments({ sandbox: s.name }).filter((x) => x.state === 'ready')) await replug(ctx, s.name, a.network, done, true);
   return done;
 }
 

@@ -12,7 +12,7 @@ import { overlayMtu } from '../model/overlay.ts';
 import type { NetworkRow, OverlayRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 import { bridgeName, vxlanName } from './naming.ts';
-import { driverNetwork, driverOf } from './records.ts';
+import { driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { disconnect } from './sandbox.ts';
 import { forwardSteps } from './forward.ts';
 import { syncPolicy } from './policy.ts';
@@ -121,6 +121,39 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: Overl
     tx.commit({ kind: 'network.state', name: spec.name, state: 'ready' });
   });
   return { ...row, state: 'ready' };
+}
+
+/** The MTU links get when a network gives none (the kernel's default for a bridge and a veth). */
+export const DEFAULT_MTU = 1500;
+
+/**
+ * Changes a bridge network's MTU in place: every attachment's two veth ends, then the bridge (a
+ * bridge cannot be set above its ports' MTU, so ports go first whether it grows or shrinks).
+ * Sandboxes stay; their open connections see the new MTU on their next packets.
+ */
+export async function setNetworkMtu(ctx: Ctx, name: string, mtu: number | undefined): Promise<void> {
+  const { store, applier } = ctx;
+  const n = store.network(name);
+  if (!n) throw new CtnetError('NOT_FOUND', `no network named ${name}`, 'list networks with "ctnet network ls"');
+  if (n.driver !== 'bridge') throw new CtnetError('UNSUPPORTED', `network ${name} is an overlay: its MTU follows its underlay`, 'remove and create it again');
+  const want = mtu ?? DEFAULT_MTU;
+  const had = n.mtu ?? DEFAULT_MTU;
+  await applier.transaction(async (tx) => {
+    tx.decide((rec) => rec.record({ kind: 'network.mtu', name, mtu: mtu ?? null }));
+    const ports = store.attachments({ network: name }).flatMap((a): Op[] => {
+      const s = store.sandbox(a.sandbox);
+      const ns = s ? sandboxNetns(s) : undefined;
+      return [
+        { kind: 'link.set.mtu', name: a.hostVeth, mtu: want, previous: had },
+        ...(ns && ctx.kernel.isNetns(s!.netns) ? [{ kind: 'link.set.mtu', name: a.ifname, mtu: want, netns: ns, previous: had } as const] : []),
+      ];
+    });
+    await tx.run([
+      ...(ports.length ? [step(ports, `network ${name}: MTU ${had} -> ${want} on its sandboxes' interfaces`)] : []),
+      step([{ kind: 'link.set.mtu', name: n.bridge, mtu: want, previous: had }], `network ${name}: MTU ${want} on bridge ${n.bridge}`),
+    ]);
+    tx.commit();
+  });
 }
 
 export async function removeNetwork(ctx: Ctx, name: string, options: { force: boolean }): Promise<void> {

@@ -331,6 +331,14 @@ export async function addPolicy(ctx: Ctx, req: PolicyRequest): Promise<PolicyRow
 
 /** Adds rules together: one store transaction, one nft transaction (all or nothing). */
 export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Promise<PolicyRow[]> {
+  return changePolicies(ctx, [], reqs);
+}
+
+/**
+ * Removes some rules and adds others in one store transaction and one nft transaction: no packet
+ * sees a policy half changed (a topology file's rule that changes is its old row out, its new one in).
+ */
+export async function changePolicies(ctx: Ctx, remove: readonly PolicyRow[], reqs: readonly PolicyRequest[]): Promise<PolicyRow[]> {
   const { store, applier } = ctx;
   const parsed = reqs.map((req) => {
     const from = parseSelector('--from', req.from);
@@ -344,6 +352,10 @@ export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Pro
   });
   // Rules and kernel change in one store transaction: if nft fails, the rules were never added.
   const { rows, regions } = await store.writeAsync(async () => {
+    for (const row of remove) {
+      store.deletePolicy(row.id);
+      applier.note(`policy ${row.name}: remove`);
+    }
     const names = new Set<string>();
     const checked = new Set<string>(); // a rules file names the same few networks and sandboxes many times
     const check = (flag: string, sel: Selector) => {
@@ -362,11 +374,12 @@ export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Pro
       return store.insertPolicy(row);
     });
     for (const row of rows) applier.note(`policy ${row.name}: ${row.action} ${row.from} -> ${row.to} ${row.port ?? 'any'}`);
-    const regions = await applyChanged(ctx, new Map(rows.map((r) => [r.id, toRule(r)])));
+    const changed = new Map<number, PolicyRule | undefined>([...remove.map((r) => [r.id, undefined] as const), ...rows.map((r) => [r.id, toRule(r)] as const)]);
+    const regions = await applyChanged(ctx, changed);
     return { rows, regions };
   }, { rollback: applier.dryRun });
-  // New allow rules only widen what passes: nothing open can be denied now.
-  if (rows.some((r) => r.action === 'deny')) await cutFlowsIn(ctx, regions);
+  // New allow rules (and removed denies) only widen what passes: nothing open can be denied now.
+  if (rows.some((r) => r.action === 'deny') || remove.some((r) => r.action === 'allow')) await cutFlowsIn(ctx, regions);
   return rows;
 }
 

@@ -440,6 +440,12 @@ export class FakeKernel implements KernelBackend {
         link.hairpin = true;
         return;
       }
+      case 'link.set.mtu': {
+        const link = this.#linkOf(op.netns, op.name);
+        if (op.mtu < 68 || op.mtu > 65535) throw new Failure('failed', `Error: mtu ${op.mtu} out of range`);
+        link.mtu = op.mtu;
+        return;
+      }
       case 'link.set.up': {
         const link = this.#linkOf(op.netns, op.name);
         link.up = true;

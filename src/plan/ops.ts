@@ -36,6 +36,8 @@ export type Op =
   | { readonly kind: 'link.set.master'; readonly name: string; readonly master: string }
   /** ip link set NAME type bridge_slave hairpin on */
   | { readonly kind: 'link.set.hairpin'; readonly name: string }
+  /** ip [-n NS] link set NAME mtu N. `previous`: the MTU it had, which its inverse puts back. */
+  | { readonly kind: 'link.set.mtu'; readonly name: string; readonly mtu: number; readonly netns?: Netns | undefined; readonly previous?: number | undefined }
   /** ip [-n NS] link set NAME up */
   | { readonly kind: 'link.set.up'; readonly name: string; readonly netns?: Netns | undefined }
   /** ip [-n NS] addr add CIDR dev DEV (nodad for IPv6: usable at once) */
@@ -150,6 +152,7 @@ export function inverse(op: Op): Op | undefined {
     case 'fdb.del': return { kind: 'fdb.replace', mac: op.mac, dev: op.dev, dst: op.dst };
     case 'route.del': return { kind: 'route.replace', dst: op.dst, via: op.via, dev: op.dev, onlink: op.onlink ?? false };
     case 'nft.delete': return op.undo && op.undo.length > 0 ? { kind: 'nft.delete', lines: op.undo } : undefined;
+    case 'link.set.mtu': return op.previous === undefined ? undefined : { kind: 'link.set.mtu', name: op.name, mtu: op.previous, netns: op.netns, previous: op.mtu };
     // Link settings vanish with their link; a sysctl this ctnet turned on (forwarding) stays on,
     // as other networks may rely on it; deletions and flows cannot be brought back.
     case 'link.set.master':

@@ -48,6 +48,7 @@ export function ipCommand(op: Op): IpCommand | undefined {
     // reaching its own published port through the host's address is DNATed inside the bridge.
     case 'link.set.hairpin': return { args: ['link', 'set', op.name, 'type', 'bridge_slave', 'hairpin', 'on'] };
     case 'link.set.up': return { netns: op.netns, args: ['link', 'set', op.name, 'up'] };
+    case 'link.set.mtu': return { netns: op.netns, args: ['link', 'set', op.name, 'mtu', String(op.mtu)] };
     // IPv4 gets its subnet's broadcast address (brd +), as the bridge plugin and Docker set it.
     case 'addr.add': return { netns: op.netns, args: ['addr', 'add', op.cidr, ...(op.cidr.includes(':') ? [] : ['brd', '+']), 'dev', op.dev, ...(op.cidr.includes(':') ? ['nodad'] : [])] };
     case 'addr.del': return { netns: op.netns, args: ['addr', 'del', op.cidr, 'dev', op.dev] };

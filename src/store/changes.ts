@@ -1,7 +1,7 @@
 // Changes to the store, as plain values: what a use case records, and (computed as each is made)
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
-import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PolicyState, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
+import type { OwnedKind, OwnedRow, AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PolicyState, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
   | {
@@ -14,6 +14,7 @@ export type StoreChange =
   | { readonly kind: 'network.state'; readonly name: string; readonly state: State }
   | { readonly kind: 'network.delete'; readonly name: string }
   | { readonly kind: 'network.mac'; readonly name: string; readonly mac: string }
+  | { readonly kind: 'network.mtu'; readonly name: string; readonly mtu: number | null }
   | { readonly kind: 'sandbox.insert'; readonly row: Omit<SandboxRow, 'created' | 'owner'> }
   | { readonly kind: 'sandbox.state'; readonly name: string; readonly state: State }
   | { readonly kind: 'sandbox.delete'; readonly name: string }
@@ -33,7 +34,10 @@ export type StoreChange =
   | { readonly kind: 'policy.state'; readonly state: PolicyState }
   | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null }
   | { readonly kind: 'egress.set'; readonly scope: 'network' | 'sandbox'; readonly name: string; readonly family: 4 | 6; readonly ip: string | null }
-  | { readonly kind: 'default-route.set'; readonly sandbox: string; readonly network: string | null };
+  | { readonly kind: 'default-route.set'; readonly sandbox: string; readonly network: string | null }
+  /** A topology file takes (or gives up) an object: `down` and `--prune` touch only what it owns. */
+  | { readonly kind: 'owner.set'; readonly row: OwnedRow }
+  | { readonly kind: 'owner.delete'; readonly what: OwnedKind; readonly name: string };
 
 /**
  * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
@@ -67,6 +71,11 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.network(c.name)?.mac;
       store.setNetworkMac(c.name, c.mac);
       return was ? { kind: 'network.mac', name: c.name, mac: was } : undefined;
+    }
+    case 'network.mtu': {
+      const was = store.network(c.name);
+      store.setNetworkMtu(c.name, c.mtu);
+      return was && { kind: 'network.mtu', name: c.name, mtu: was.mtu };
     }
     case 'sandbox.insert':
       store.insertSandbox(c.row);
@@ -143,6 +152,16 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       if (c.kind === 'policy.mirror') store.setPolicyMirror(c.sets);
       else store.setPolicyState(c.state);
       return state ? { kind: 'policy.state', state } : { kind: 'policy.mirror', sets: new Map([...was!].map(([k, v]) => [k, [...v]])) };
+    }
+    case 'owner.set': {
+      const was = store.owner(c.row.kind, c.row.name);
+      store.setOwner(c.row);
+      return was ? { kind: 'owner.set', row: was } : { kind: 'owner.delete', what: c.row.kind, name: c.row.name };
+    }
+    case 'owner.delete': {
+      const was = store.owner(c.what, c.name);
+      store.deleteOwner(c.what, c.name);
+      return was && { kind: 'owner.set', row: was };
     }
   }
 }

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 12;
+export const SCHEMA_VERSION = 13;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -271,6 +271,27 @@ CREATE INDEX policies_by_from ON policies(from_sel);
 CREATE INDEX policies_by_to ON policies(to_sel);
 `;
 
+// Topology files (schema 13): which file's `name:` owns each network, sandbox and policy rule it
+// made (`ctnet apply`), so `down` and `apply --prune` touch only those and two files share a host;
+// objects made by hand have no row and are never pruned. The row goes with its object (the store
+// deletes it with the network, sandbox or rule). sandbox_commands: a file's sandbox `command:`,
+// as argv JSON, and the process running it (pid:starttime, so a reused pid never counts as alive).
+export const TOPOLOGY = `
+CREATE TABLE topology_objects (
+  kind TEXT NOT NULL CHECK (kind IN ('network', 'sandbox', 'policy')),
+  name TEXT NOT NULL,
+  topology TEXT NOT NULL,
+  file TEXT NOT NULL,
+  PRIMARY KEY (kind, name)
+);
+CREATE INDEX topology_objects_by_topology ON topology_objects(topology);
+CREATE TABLE sandbox_commands (
+  sandbox TEXT PRIMARY KEY REFERENCES sandboxes(name) ON DELETE CASCADE,
+  argv TEXT NOT NULL,
+  process TEXT
+);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -284,4 +305,5 @@ export const MIGRATIONS: Record<number, string> = {
   10: DIRECTORY,
   11: EGRESS_ROUTES,
   12: POLICY_INDEX,
+  13: TOPOLOGY,
 };

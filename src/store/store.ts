@@ -170,6 +170,23 @@ export interface RemoteSandboxRow {
   readonly networks: readonly string[];
 }
 
+export type OwnedKind = 'network' | 'sandbox' | 'policy';
+
+/** An object a topology file made: its kind and name, the file's `name:` and the file's path. */
+export interface OwnedRow {
+  readonly kind: OwnedKind;
+  readonly name: string;
+  readonly topology: string;
+  readonly file: string;
+}
+
+/** A sandbox's supervised command (a topology file's `command:`) and its process token, if started. */
+export interface CommandRow {
+  readonly sandbox: string;
+  readonly argv: readonly string[];
+  readonly process: string | null;
+}
+
 export const DEFAULT_STATE_DIR = '/var/lib/ctnet';
 
 type Row = Record<string, unknown>;
@@ -342,10 +359,14 @@ export class Store {
   setNetworkState(name: string, state: State): void {
     this.#run('UPDATE networks SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
   }
+  setNetworkMtu(name: string, mtu: number | null): void {
+    this.#run('UPDATE networks SET mtu = ? WHERE name = ?', mtu, name);
+  }
   setNetworkMac(name: string, mac: string): void {
     this.#run('UPDATE networks SET mac = ? WHERE name = ?', mac, name);
   }
   deleteNetwork(name: string): void {
+    this.#run("DELETE FROM topology_objects WHERE kind = 'network' AND name = ?", name);
     this.#run('DELETE FROM networks WHERE name = ?', name);
   }
   subnets(network?: string): SubnetRow[] {
@@ -404,6 +425,7 @@ export class Store {
     this.#run('UPDATE sandboxes SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
   }
   deleteSandbox(name: string): void {
+    this.#run("DELETE FROM topology_objects WHERE kind = 'sandbox' AND name = ?", name);
     this.#run('DELETE FROM sandboxes WHERE name = ?', name);
   }
 
@@ -655,6 +677,7 @@ export class Store {
     return { ...p, id, name, created };
   }
   deletePolicy(id: number): void {
+    this.#run("DELETE FROM topology_objects WHERE kind = 'policy' AND name = (SELECT name FROM policies WHERE id = ?)", id);
     this.#run('DELETE FROM policies WHERE id = ?', id);
   }
 
@@ -729,6 +752,36 @@ export class Store {
   }
   deleteRemoteSandbox(host: string, name: string): void {
     this.#run('DELETE FROM remote_sandboxes WHERE host = ? AND name = ?', host, name);
+  }
+
+  // ---- what topology files own ----
+  owned(filter: { topology?: string } = {}): OwnedRow[] {
+    const rows = filter.topology !== undefined
+      ? this.#all('SELECT * FROM topology_objects WHERE topology = ? ORDER BY kind, name', filter.topology)
+      : this.#all('SELECT * FROM topology_objects ORDER BY kind, name');
+    return rows.map((r) => ({ kind: r.kind as OwnedKind, name: r.name as string, topology: r.topology as string, file: r.file as string }));
+  }
+  owner(kind: OwnedKind, name: string): OwnedRow | undefined {
+    const r = this.#get('SELECT * FROM topology_objects WHERE kind = ? AND name = ?', kind, name);
+    return r && { kind: r.kind as OwnedKind, name: r.name as string, topology: r.topology as string, file: r.file as string };
+  }
+  setOwner(o: OwnedRow): void {
+    this.#run(`INSERT INTO topology_objects(kind, name, topology, file) VALUES (?, ?, ?, ?)
+      ON CONFLICT (kind, name) DO UPDATE SET topology = excluded.topology, file = excluded.file`, o.kind, o.name, o.topology, o.file);
+  }
+  deleteOwner(kind: OwnedKind, name: string): void {
+    this.#run('DELETE FROM topology_objects WHERE kind = ? AND name = ?', kind, name);
+  }
+  command(sandbox: string): CommandRow | undefined {
+    const r = this.#get('SELECT * FROM sandbox_commands WHERE sandbox = ?', sandbox);
+    return r && { sandbox: r.sandbox as string, argv: JSON.parse(r.argv as string) as string[], process: (r.process as string | null) ?? null };
+  }
+  setCommand(c: CommandRow): void {
+    this.#run(`INSERT INTO sandbox_commands(sandbox, argv, process) VALUES (?, ?, ?)
+      ON CONFLICT (sandbox) DO UPDATE SET argv = excluded.argv, process = excluded.process`, c.sandbox, JSON.stringify(c.argv), c.process);
+  }
+  deleteCommand(sandbox: string): void {
+    this.#run('DELETE FROM sandbox_commands WHERE sandbox = ?', sandbox);
   }
 
   // ---- processes ctnet started in sandboxes ----

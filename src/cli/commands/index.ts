@@ -38,6 +38,9 @@ import daemonStatus from './daemon-status.ts';
 import clusterJoin from './cluster-join.ts';
 import clusterLs from './cluster-ls.ts';
 import clusterLeave from './cluster-leave.ts';
+import apply from './apply.ts';
+import diff from './diff.ts';
+import down from './down.ts';
 import demo from './demo.ts';
 import demoCluster from './demo-cluster.ts';
 
@@ -54,6 +57,7 @@ export const COMMANDS: readonly CommandModule[] = [
   port, portAdd, portRm,
   label,
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
+  apply, diff, down,
   graph, trace, gc, doctor,
   cniInstall, cniExec,
   daemon, daemonStop, daemonEvents, daemonStatus,
