@@ -3,6 +3,7 @@
 // overlay across hosts) the second. Plans are data (src/plan/), so a driver does no I/O except in observe().
 import type { KernelBackend } from '../kernel/backend.ts';
 import type { Netns } from '../model/netns.ts';
+import type { Shape } from '../model/shape.ts';
 import type { Peer } from '../model/overlay.ts';
 import type { Step } from '../plan/plan.ts';
 
@@ -52,6 +53,13 @@ export interface DriverAttachment {
   readonly defaults: readonly { readonly family: 4 | 6; readonly via: string; readonly previous?: { via: string; dev: string } | undefined }[];
 }
 
+/** An attachment as shaping sees it: the host veth and the ifb device its egress goes through. */
+export interface ShapedAttachment {
+  readonly sandbox: string;
+  readonly hostVeth: string;
+  readonly ifb: string;
+}
+
 /** What the host has that a new network must not collide with. */
 export interface HostView {
   readonly interfaces: ReadonlySet<string>;
@@ -85,6 +93,11 @@ export interface NetworkDriver {
   planRemove(n: DriverNetwork): Step[];
   /** Puts right what observe() found (a missing port is plugged in again by the use case, with planAttach). */
   planRepair(n: DriverNetwork, drift: Drift): Step[];
+  /**
+   * Changes one attachment's shaping from `have` to `want` (undefined: not shaped); absent for a
+   * driver that cannot shape. ifb: the device its egress is shaped on.
+   */
+  planShape?(n: DriverNetwork, a: ShapedAttachment, want: Shape | undefined, have: Shape | undefined): Step[];
   /** What the kernel lacks of this network and its attachments. */
   observe(kernel: KernelBackend, n: DriverNetwork, attachments: readonly { sandbox: string; hostVeth: string }[]): Promise<Drift[]>;
 }

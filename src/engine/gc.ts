@@ -6,7 +6,8 @@ import { randomMac } from '../model/mac.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
 import type { Ctx } from './context.ts';
-import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
+import { BRIDGE_PREFIX, IFB_PREFIX, ifbName, netnsPrefix, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
+import { shapeSteps } from './shape.ts';
 import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { reconcileOverlays } from './overlay-network.ts';
 import { cutDeniedFlows } from './policy.ts';
@@ -117,13 +118,15 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   const bridges = new Set(store.networks().map((n) => n.bridge));
   const veths = new Set(store.attachments().map((a) => a.hostVeth));
   const vxlans = new Set(store.overlays().map((o) => o.device));
+  const ifbs = new Set(store.attachments().filter((a) => store.shaping(a.sandbox, a.network)?.rateOut !== undefined).map((a) => ifbName(a.hostVeth)));
   for (const l of await kernel.links()) {
     const orphanBridge = l.ifname.startsWith(BRIDGE_PREFIX) && l.linkinfo?.info_kind === 'bridge' && !bridges.has(l.ifname);
     const orphanVeth = l.ifname.startsWith(VETH_PREFIX) && l.linkinfo?.info_kind === 'veth' && !veths.has(l.ifname);
     const orphanVxlan = l.ifname.startsWith(VXLAN_PREFIX) && l.linkinfo?.info_kind === 'vxlan' && !vxlans.has(l.ifname);
-    if ((orphanBridge || orphanVeth || orphanVxlan) && !trusted) {
+    const orphanIfb = l.ifname.startsWith(IFB_PREFIX) && l.linkinfo?.info_kind === 'ifb' && !ifbs.has(l.ifname);
+    if ((orphanBridge || orphanVeth || orphanVxlan || orphanIfb) && !trusted) {
       done.push(`left ${l.ifname} alone: ctnet-marked, but this state directory has never made a network (another state directory's, or its lost database's); remove it by hand if it is garbage`);
-    } else if (orphanBridge || orphanVeth || orphanVxlan) {
+    } else if (orphanBridge || orphanVeth || orphanVxlan || orphanIfb) {
       await applier.teardown([step([{ kind: 'link.del', name: l.ifname }])]);
       done.push(`removed ${l.ifname}, which no record owns`);
     }
@@ -156,5 +159,11 @@ async function replug(ctx: Ctx, sandbox: string, network: string, done: string[]
   const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
   const defaults = ([4, 6] as const).filter((f) => addresses.some((x) => x.family === f) && defaultCarrier(store, sandbox, f) === network);
   await applier.apply(driverOf(n).planAttach(driverNetwork(store, n), driverAttachment(store, s, a, addresses, defaults)));
+  // A new veth has no qdiscs: the recorded shaping goes on again (its ifb is made anew).
+  const shaped = store.shaping(sandbox, network);
+  if (shaped) {
+    if (shaped.rateOut !== undefined) await applier.teardown([step([{ kind: 'link.del', name: ifbName(a.hostVeth) }])]);
+    await applier.apply(shapeSteps(store, a, shaped, undefined));
+  }
   done.push(`reattached ${sandbox} to network ${network}`);
 }

@@ -26,6 +26,12 @@ export function vethName(): string {
   return VETH_PREFIX + randomBytes(5).toString('hex');
 }
 
+/** ifb devices that shape a sandbox's egress: ctq and the ten hex digits of its host veth. */
+export const IFB_PREFIX = 'ctq';
+export function ifbName(hostVeth: string): string {
+  return IFB_PREFIX + hostVeth.slice(VETH_PREFIX.length);
+}
+
 /** netns file name of a sandbox ctnet owns: ctnet-INSTANCE-NAME, INSTANCE marking the state dir. */
 export function netnsName(instance: string, sandbox: string): string {
   return `${netnsPrefix(instance)}${sandbox}`;

@@ -14,11 +14,13 @@ import { netnsName } from './naming.ts';
 import { portFacts, portLines, portMoveLines, portsMoved, publishSteps, readHost, recordPorts, unpublishSteps, type PublishRequest } from './ports.ts';
 import { currentDefault, defaultCarrier, driverNetwork, driverOf, existingNetwork, readySandbox, sandboxNetns } from './records.ts';
 import { syncPolicy } from './policy.ts';
+import { recordShape, shapeSteps } from './shape.ts';
+import type { Shape } from '../model/shape.ts';
 
 const NO_PORTS: PublishRequest = { mappings: [], force: false };
 
 export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, publish: PublishRequest = NO_PORTS,
-  labels: readonly { key: string; value: string }[] = []): Promise<SandboxRow> {
+  labels: readonly { key: string; value: string }[] = [], shape?: Shape): Promise<SandboxRow> {
   const { store, kernel, applier } = ctx;
   await ensureOverlaySides(ctx, spec.networks);
   const host = await readHost(ctx, publish);
@@ -33,6 +35,8 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
       }
       rec.record({ kind: 'sandbox.insert', row }, ...labels.map((l) => ({ kind: 'label.set' as const, sandbox: name, key: l.key, value: l.value })));
       const attachments = recordAttachments(rec, name, spec.networks, spec, []);
+      // Every interface it gets is shaped alike (ctnet shape --network changes one).
+      if (shape) for (const a of attachments) recordShape(rec, name, a.row.network, shape);
       recordPorts(rec, name, publish, host);
       return { attachments, ports: portFacts(store, name) };
     });
@@ -40,6 +44,7 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
       step([{ kind: 'netns.add', name: nsName }], `sandbox ${name}: network namespace ${nsName}`),
       step([{ kind: 'link.set.up', name: 'lo', netns: ns }]),
       ...p.attachments.flatMap((a) => attachSteps(store, ns, a)),
+      ...(shape ? p.attachments.flatMap((a) => shapeSteps(store, a.row, shape, undefined)) : []),
       ...publishSteps(p.ports),
     ]);
     await syncPolicy(ctx, { tx });
@@ -114,7 +119,9 @@ function detachSteps(ctx: Ctx, a: AttachmentRow, extraDel: readonly string[] = [
   const n = store.network(a.network);
   const addresses = store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network);
   if (!n) return [step([{ kind: 'link.del', name: a.hostVeth }], `${a.sandbox}: remove ${a.ifname}`)];
-  return driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, mac: a.mac, addresses }, extraDel);
+  // Shaping first: its ifb outlives the veth otherwise (the qdiscs would go with the veth).
+  const shaped = store.shaping(a.sandbox, a.network);
+  return [...(shaped ? shapeSteps(store, a, undefined, shaped) : []), ...driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, mac: a.mac, addresses }, extraDel)];
 }
 
 /** Removes one attachment's kernel objects; idempotent. */

@@ -1,6 +1,7 @@
 // Changes to the store, as plain values: what a use case records, and (computed as each is made)
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
+import type { Shape } from '../model/shape.ts';
 import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
@@ -29,7 +30,9 @@ export type StoreChange =
   | { readonly kind: 'cni.insert'; readonly row: Omit<CniRow, 'created'> }
   | { readonly kind: 'policy.delete'; readonly id: number }
   | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> }
-  | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null };
+  | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null }
+  /** The shaping of one attachment; null: not shaped. */
+  | { readonly kind: 'shaping.set'; readonly sandbox: string; readonly network: string; readonly shape: Shape | null };
 
 /**
  * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
@@ -121,6 +124,12 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.meta(c.key) ?? null;
       store.setMeta(c.key, c.value);
       return { kind: 'meta.set', key: c.key, value: was };
+    }
+    case 'shaping.set': {
+      const was = store.shaping(c.sandbox, c.network) ?? null;
+      if (c.shape) store.setShaping(c.sandbox, c.network, c.shape);
+      else store.deleteShaping(c.sandbox, c.network);
+      return { kind: 'shaping.set', sandbox: c.sandbox, network: c.network, shape: was };
     }
     case 'policy.mirror': {
       const was = store.policyMirror();

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 10;
+export const SCHEMA_VERSION = 11;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -215,6 +215,25 @@ CREATE TABLE remote_sandboxes (
 CREATE INDEX remote_sandboxes_by_name ON remote_sandboxes(name);
 `;
 
+// Shaping (schema 11): the rates, buckets, delay and loss asked for one attachment (src/model/shape.ts;
+// rates in bits per second, bursts in bytes), what its host veth's qdiscs (and ifb) were made from,
+// so inspect reads it back, `ctnet shape` changes it from what it was, and detach removes the ifb.
+// No row: not shaped. It goes with its attachment.
+export const SHAPING = `
+CREATE TABLE shaping (
+  sandbox TEXT NOT NULL,
+  network TEXT NOT NULL,
+  rate_in INTEGER,
+  rate_out INTEGER,
+  burst_in INTEGER,
+  burst_out INTEGER,
+  latency_ms INTEGER,
+  loss_pct REAL,
+  PRIMARY KEY (sandbox, network),
+  FOREIGN KEY (sandbox, network) REFERENCES attachments(sandbox, network) ON DELETE CASCADE
+);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -226,4 +245,5 @@ export const MIGRATIONS: Record<number, string> = {
   8: CLUSTER,
   9: OVERLAY,
   10: DIRECTORY,
+  11: SHAPING,
 };

@@ -9,6 +9,7 @@ import { processToken } from '../kernel/proc.ts';
 import { FEED_NOW, FEED_TRIGGERS, META_TRIGGERS } from './events.ts';
 import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.ts';
 import type { PortMapping, Proto } from '../model/ports.ts';
+import type { Shape } from '../model/shape.ts';
 
 /** creating: intent recorded, kernel not yet done; ready: done; removing: teardown started. */
 export type State = 'creating' | 'ready' | 'removing';
@@ -407,6 +408,25 @@ export class Store {
   deleteAttachment(sandbox: string, network: string): void {
     this.#run('DELETE FROM attachments WHERE sandbox = ? AND network = ?', sandbox, network);
   }
+  // ---- shaping (src/model/shape.ts) ----
+  /** The shaping recorded for one attachment, or undefined when it is not shaped. */
+  shaping(sandbox: string, network: string): Shape | undefined {
+    const r = this.#get('SELECT * FROM shaping WHERE sandbox = ? AND network = ?', sandbox, network);
+    if (!r) return undefined;
+    const n = (k: string) => (r[k] === null || r[k] === undefined ? undefined : (r[k] as number));
+    return { rateIn: n('rate_in'), rateOut: n('rate_out'), burstIn: n('burst_in'), burstOut: n('burst_out'), latencyMs: n('latency_ms'), lossPct: n('loss_pct') };
+  }
+  setShaping(sandbox: string, network: string, s: Shape): void {
+    const v = (x: number | undefined) => x ?? null;
+    this.#run(`INSERT INTO shaping(sandbox, network, rate_in, rate_out, burst_in, burst_out, latency_ms, loss_pct) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+      ON CONFLICT (sandbox, network) DO UPDATE SET rate_in = excluded.rate_in, rate_out = excluded.rate_out, burst_in = excluded.burst_in,
+      burst_out = excluded.burst_out, latency_ms = excluded.latency_ms, loss_pct = excluded.loss_pct`,
+    sandbox, network, v(s.rateIn), v(s.rateOut), v(s.burstIn), v(s.burstOut), v(s.latencyMs), v(s.lossPct));
+  }
+  deleteShaping(sandbox: string, network: string): void {
+    this.#run('DELETE FROM shaping WHERE sandbox = ? AND network = ?', sandbox, network);
+  }
+
   hostVethTaken(name: string): boolean {
     return this.#get('SELECT 1 AS x FROM attachments WHERE host_veth = ?', name) !== undefined;
   }

@@ -17,6 +17,7 @@ import port from './port.ts';
 import portAdd from './port-add.ts';
 import portRm from './port-rm.ts';
 import label from './label.ts';
+import shape from './shape.ts';
 import { policyRule } from './policy-rule.ts';
 import policyApply from './policy-apply.ts';
 import policyLs from './policy-ls.ts';
@@ -48,6 +49,7 @@ export const COMMANDS: readonly CommandModule[] = [
   create, run, exec, connect, disconnect, ls, inspect, rm,
   port, portAdd, portRm,
   label,
+  shape,
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
   gc, doctor,
   cniInstall, cniExec,
