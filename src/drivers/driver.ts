@@ -4,6 +4,7 @@
 import type { KernelBackend } from '../kernel/backend.ts';
 import type { Netns } from '../model/netns.ts';
 import type { Shape } from '../model/shape.ts';
+import type { LowerDevice } from '../store/store.ts';
 import type { Peer } from '../model/overlay.ts';
 import type { Step } from '../plan/plan.ts';
 
@@ -22,6 +23,8 @@ export interface DriverNetwork {
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string; readonly gateway: string }[];
   /** An overlay network's side on this host (vxlan driver); absent for a bridge network. */
   readonly overlay?: DriverOverlay | undefined;
+  /** A macvlan/ipvlan network's parent, mode and shim (device: the shim's name). */
+  readonly lower?: LowerDevice | undefined;
 }
 
 /** What the vxlan driver needs beyond a bridge network: the VTEP and the peers this host programs. */
@@ -63,6 +66,8 @@ export interface ShapedAttachment {
 /** What the host has that a new network must not collide with. */
 export interface HostView {
   readonly interfaces: ReadonlySet<string>;
+  /** The devices of ctnet's networks (bridges): never a macvlan/ipvlan parent. */
+  readonly bridges?: ReadonlySet<string> | undefined;
   /** Routes not made by ctnet: destination CIDR and what it goes through. */
   readonly routes: readonly { readonly dst: string; readonly via: string }[];
 }
@@ -88,7 +93,7 @@ export interface NetworkDriver {
   /** Plugs one sandbox in. extraNft: more element lines (published ports) for the same nft transaction. */
   planAttach(n: DriverNetwork, a: DriverAttachment, extraNft?: { add: readonly string[]; del: readonly string[] }): Step[];
   /** Unplugs one sandbox (a teardown plan: idempotent). */
-  planDetach(n: DriverNetwork, a: Pick<DriverAttachment, 'sandbox' | 'ifname' | 'hostVeth' | 'mac' | 'addresses'>, extraDel?: readonly string[]): Step[];
+  planDetach(n: DriverNetwork, a: Pick<DriverAttachment, 'sandbox' | 'ifname' | 'hostVeth' | 'mac' | 'addresses'> & { readonly netns?: Netns | undefined }, extraDel?: readonly string[]): Step[];
   /** Removes the network's device and elements (a teardown plan). */
   planRemove(n: DriverNetwork): Step[];
   /** Puts right what observe() found (a missing port is plugged in again by the use case, with planAttach). */

@@ -6,7 +6,7 @@ import { randomMac } from '../model/mac.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
 import type { Ctx } from './context.ts';
-import { BRIDGE_PREFIX, IFB_PREFIX, ifbName, netnsPrefix, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
+import { BRIDGE_PREFIX, IFB_PREFIX, ifbName, netnsPrefix, SHIM_PREFIX, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
 import { shapeSteps } from './shape.ts';
 import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { reconcileOverlays } from './overlay-network.ts';
@@ -100,7 +100,8 @@ export async function gc(ctx: Ctx): Promise<string[]> {
       if (d.kind === 'setting') done.push(`set ${d.key} to ${d.want} again (was ${d.have}: ${d.why})`);
     }
     // A recreated device has no ports: every attachment is plugged in again below.
-    if (drift.some((d) => d.kind === 'device-missing')) {
+    // (A macvlan/ipvlan network's device is only the host's shim: its sandboxes hang off the parent.)
+    if (drift.some((d) => d.kind === 'device-missing') && !n.lower) {
       for (const a of attached) await replug(ctx, a.sandbox, a.network, done, true);
     } else {
       for (const d of drift) if (d.kind === 'port-missing') await replug(ctx, d.sandbox, n.name, done, false);
@@ -124,9 +125,10 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     const orphanVeth = l.ifname.startsWith(VETH_PREFIX) && l.linkinfo?.info_kind === 'veth' && !veths.has(l.ifname);
     const orphanVxlan = l.ifname.startsWith(VXLAN_PREFIX) && l.linkinfo?.info_kind === 'vxlan' && !vxlans.has(l.ifname);
     const orphanIfb = l.ifname.startsWith(IFB_PREFIX) && l.linkinfo?.info_kind === 'ifb' && !ifbs.has(l.ifname);
-    if ((orphanBridge || orphanVeth || orphanVxlan || orphanIfb) && !trusted) {
+    const orphanShim = l.ifname.startsWith(SHIM_PREFIX) && ['macvlan', 'ipvlan'].includes(l.linkinfo?.info_kind ?? '') && !bridges.has(l.ifname);
+    if ((orphanBridge || orphanVeth || orphanVxlan || orphanIfb || orphanShim) && !trusted) {
       done.push(`left ${l.ifname} alone: ctnet-marked, but this state directory has never made a network (another state directory's, or its lost database's); remove it by hand if it is garbage`);
-    } else if (orphanBridge || orphanVeth || orphanVxlan || orphanIfb) {
+    } else if (orphanBridge || orphanVeth || orphanVxlan || orphanIfb || orphanShim) {
       await applier.teardown([step([{ kind: 'link.del', name: l.ifname }])]);
       done.push(`removed ${l.ifname}, which no record owns`);
     }

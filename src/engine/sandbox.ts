@@ -121,7 +121,13 @@ function detachSteps(ctx: Ctx, a: AttachmentRow, extraDel: readonly string[] = [
   if (!n) return [step([{ kind: 'link.del', name: a.hostVeth }], `${a.sandbox}: remove ${a.ifname}`)];
   // Shaping first: its ifb outlives the veth otherwise (the qdiscs would go with the veth).
   const shaped = store.shaping(a.sandbox, a.network);
-  return [...(shaped ? shapeSteps(store, a, undefined, shaped) : []), ...driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, mac: a.mac, addresses }, extraDel)];
+  return [...(shaped ? shapeSteps(store, a, undefined, shaped) : []), ...driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, mac: a.mac, addresses, netns: sandboxNetnsOf(store, a.sandbox) }, extraDel)];
+}
+
+/** The namespace of a recorded sandbox (undefined when it has no record left). */
+function sandboxNetnsOf(store: Ctx['store'], name: string) {
+  const s = store.sandbox(name);
+  return s ? sandboxNetns(s) : undefined;
 }
 
 /** Removes one attachment's kernel objects; idempotent. */

@@ -13,7 +13,8 @@ import { elementsBySet, policyElements } from './policy.ts';
 
 /** Both tables from scratch, from the store (one nft transaction replaces whatever is there). */
 export function tablesScript(store: Store): string[] {
-  const nets = store.networks();
+  // A macvlan/ipvlan network has nothing in the tables: its sandboxes' packets never pass them.
+  const nets = store.networks().filter((n) => !n.lower);
   const endpoints = store.attachments().flatMap((a) => {
     const n = nets.find((x) => x.name === a.network);
     return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network), port: { name: a.hostVeth, mac: a.mac } }] : [];

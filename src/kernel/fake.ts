@@ -28,7 +28,7 @@ type Family = 4 | 6;
 interface FakeLink {
   ifindex: number;
   name: string;
-  kind: 'bridge' | 'veth' | 'loopback' | 'ether' | 'vxlan' | 'ifb';
+  kind: 'bridge' | 'veth' | 'loopback' | 'ether' | 'vxlan' | 'ifb' | 'macvlan' | 'ipvlan';
   master: string | undefined;
   up: boolean;
   hairpin: boolean;
@@ -521,6 +521,15 @@ export class FakeKernel implements KernelBackend {
       }
       case 'conntrack.forget':
         return this.#forget(op.filter);
+      case 'link.add.lower': {
+        const host = this.#host();
+        const parent = host.links.get(op.parent);
+        if (!parent) throw new Failure('not-found', `Cannot find device "${op.parent}"`);
+        const ns = op.netns ? this.#nsOf(op.netns) : host;
+        if (ns.links.has(op.name)) throw new Failure('exists', 'RTNETLINK answers: File exists');
+        this.#newLink(ns, op.name, op.type, op.mac ?? (op.type === 'ipvlan' ? parent.mac : this.#mac()), op.mtu ?? parent.mtu);
+        return;
+      }
       case 'link.add.ifb': {
         const host = this.#host();
         // An ifb of that name counts as made (as the exec backend does: it is a deletion's inverse).
@@ -758,7 +767,7 @@ export class FakeKernel implements KernelBackend {
       operstate: l.kind === 'loopback' ? (l.up ? 'UNKNOWN' : 'DOWN') : lowerUp ? 'UP' : l.up && l.kind === 'veth' ? 'LOWERLAYERDOWN' : 'DOWN',
       address: l.mac, mtu: l.mtu,
       flags: [l.kind === 'loopback' ? 'LOOPBACK' : 'BROADCAST', 'MULTICAST', ...(l.up ? ['UP'] : []), ...(lowerUp ? ['LOWER_UP'] : [])],
-      ...(l.kind === 'bridge' || l.kind === 'veth' || l.kind === 'ifb' ? { linkinfo: { info_kind: l.kind } } : {}),
+      ...(['bridge', 'veth', 'ifb', 'macvlan', 'ipvlan'].includes(l.kind) ? { linkinfo: { info_kind: l.kind } } : {}),
       ...(l.vxlan ? { linkinfo: { info_kind: 'vxlan', info_data: { id: l.vxlan.vni, local: l.vxlan.local, link: l.vxlan.dev, port: l.vxlan.port, learning: false } } } : {}),
     };
   }

@@ -31,6 +31,15 @@ export type Op =
     readonly kind: 'link.add.vxlan'; readonly name: string; readonly mac: string; readonly vni: number; readonly local: string;
     readonly dev: string; readonly port: number; readonly mtu?: number | undefined;
   }
+  /**
+   * ip link add link PARENT name NAME [netns NS] [address MAC] [mtu N] type macvlan|ipvlan mode MODE:
+   * a sandbox's interface straight on the parent's segment (made in its namespace, with its final name),
+   * or (no netns) the host's shim. ipvlan shares the parent's MAC: it takes none.
+   */
+  | {
+    readonly kind: 'link.add.lower'; readonly type: 'macvlan' | 'ipvlan'; readonly name: string; readonly parent: string; readonly mode: string;
+    readonly netns?: Netns | undefined; readonly mac?: string | undefined; readonly mtu?: number | undefined;
+  }
   /** ip link add NAME up type ifb: the device a sandbox's egress is redirected through to be shaped. */
   | { readonly kind: 'link.add.ifb'; readonly name: string }
   /**
@@ -147,6 +156,7 @@ export function inverse(op: Op): Op | undefined {
     case 'link.add.veth': return { kind: 'link.del', name: op.name, netns: op.netns };
     case 'link.add.vxlan': return { kind: 'link.del', name: op.name };
     case 'link.add.ifb': return { kind: 'link.del', name: op.name };
+    case 'link.add.lower': return { kind: 'link.del', name: op.name, netns: op.netns };
     case 'qdisc.shape':
       return op.previous ? { kind: 'qdisc.shape', dev: op.dev, shape: op.previous } : { kind: 'qdisc.del', dev: op.dev, parent: 'root' };
     case 'filter.redirect': return { kind: 'qdisc.del', dev: op.dev, parent: 'ingress' };

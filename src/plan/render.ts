@@ -43,6 +43,12 @@ export function ipCommand(op: Op): IpCommand | undefined {
         args: ['link', 'add', op.name, 'address', op.mac, ...mtuArgs(op.mtu), 'type', 'vxlan', 'id', String(op.vni), 'local', op.local, 'dev', op.dev,
           'dstport', String(op.port), 'nolearning'],
       };
+    // Made in ctnet's namespace (where the parent is), moved at once into the sandbox's.
+    case 'link.add.lower':
+      return {
+        args: ['link', 'add', 'link', op.parent, 'name', op.name, ...(op.netns ? ['netns', 'name' in op.netns ? op.netns.name : op.netns.path] : []),
+          ...(op.mac ? ['address', op.mac] : []), ...mtuArgs(op.mtu), 'type', op.type, 'mode', op.mode],
+      };
     // Made up: packets redirected to a down ifb are dropped.
     case 'link.add.ifb': return { args: ['link', 'add', op.name, 'up', 'type', 'ifb'] };
     case 'link.del': return { netns: op.netns, args: ['link', 'del', op.name] };

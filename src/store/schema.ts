@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 11;
+export const SCHEMA_VERSION = 12;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -234,6 +234,12 @@ CREATE TABLE shaping (
 );
 `;
 
+// Lower devices (schema 12): a macvlan or ipvlan network's parent interface, mode, and host shim
+// (src/drivers/lower/), as JSON ({kind, parent, mode, hostShim, shimIp}); null for every other driver.
+export const LOWER = `
+ALTER TABLE networks ADD COLUMN lower TEXT;
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -246,4 +252,5 @@ export const MIGRATIONS: Record<number, string> = {
   9: OVERLAY,
   10: DIRECTORY,
   11: SHAPING,
+  12: LOWER,
 };

@@ -30,6 +30,18 @@ export interface NetworkRow {
   readonly state: State;
   readonly owner: string | null;
   readonly created: string;
+  /** A macvlan or ipvlan network's parent, mode and host shim; absent for the other drivers. */
+  readonly lower?: LowerDevice | undefined;
+}
+
+export interface LowerDevice {
+  readonly kind: 'macvlan' | 'ipvlan';
+  /** The host interface whose segment the sandboxes join. */
+  readonly parent: string;
+  /** macvlan: bridge, private, vepa; ipvlan: l2, l3. */
+  readonly mode: string;
+  /** The host's own macvlan/ipvlan on the parent (the network's device), with this address. */
+  readonly shimIp: string | null;
 }
 /** An overlay network's side on this host (schema 8). */
 export interface OverlayRow {
@@ -310,8 +322,9 @@ export class Store {
     return r && toNetwork(r);
   }
   insertNetwork(n: Omit<NetworkRow, 'created' | 'owner'>, subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[]): void {
-    this.#run('INSERT INTO networks(name, bridge, internal, isolate, host_access, mtu, driver, mac, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.hostAccess ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString());
+    this.#run('INSERT INTO networks(name, bridge, internal, isolate, host_access, mtu, driver, mac, state, owner, created, lower) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.hostAccess ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString(),
+      n.lower ? JSON.stringify(n.lower) : null);
     for (const s of subnets) {
       this.#run('INSERT INTO subnets(network, cidr, family, gateway) VALUES (?, ?, ?, ?)', n.name, s.cidr, s.family, s.gateway);
     }
@@ -647,6 +660,7 @@ const toNetwork = (r: Row): NetworkRow => ({
   name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1, hostAccess: r.host_access === 1,
   mtu: (r.mtu as number | null) ?? null, driver: r.driver as string, mac: (r.mac as string | null) ?? null, state: r.state as State, created: r.created as string,
   owner: (r.owner as string | null) ?? null,
+  ...(typeof r.lower === 'string' ? { lower: JSON.parse(r.lower) as LowerDevice } : {}),
 });
 const toOverlay = (r: Row): OverlayRow => ({
   network: r.network as string, vni: r.vni as number, port: r.port as number, device: r.device as string, vtepMac: r.vtep_mac as string,

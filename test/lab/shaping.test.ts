@@ -3,8 +3,13 @@
 // and the lab's world; the rates measured must be within 10 % of the limits, both ways, and
 // clearing the shaping must give the line rate back.
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Lab, UPLINK } from '../../src/lab/lab.ts';
+import { execPlugin, pluginConfigs } from './cni-driver.ts';
 
 const PORT = 5201;
 
@@ -26,8 +31,12 @@ describe('shaping in a lab (tc tbf on the host veth; an ifb for the sandbox\'s e
     }
     throw new Error(`iperf3 failed: ${last}`);
   };
-  const within = (measured: number, limit: number, what: string) =>
-    assert.ok(Math.abs(measured - limit) / limit <= 0.1, `${what}: measured ${(measured / 1e6).toFixed(2)} Mbit/s against a limit of ${limit / 1e6} Mbit/s`);
+  /** Every measurement, printed at the end (the numbers behind docs/shaping.md). */
+  const measured: string[] = [];
+  const within = (got: number, limit: number, what: string) => {
+    measured.push(`${what}: ${(got / 1e6).toFixed(2)} Mbit/s, limit ${limit / 1e6} Mbit/s (${(100 * (got - limit) / limit).toFixed(1)} %)`);
+    return assert.ok(Math.abs(got - limit) / limit <= 0.1, `${what}: measured ${(got / 1e6).toFixed(2)} Mbit/s against a limit of ${limit / 1e6} Mbit/s`);
+  };
   const qdiscs = async (dev: string) => (await lab.inHost(['tc', 'qdisc', 'show', 'dev', dev])).stdout;
   const hostLinks = async () => (await lab.inHost(['ip', '-br', 'link'])).stdout;
   const inspect = async (s: string) => JSON.parse(await lab.ctnetOk(['inspect', s, '--json'])) as { interfaces: { hostPeer: { ifname: string }; shaping?: Record<string, unknown> }[] };
@@ -42,10 +51,14 @@ describe('shaping in a lab (tc tbf on the host veth; an ifb for the sandbox\'s e
     hostVeth = (await inspect('a')).interfaces[0]!.hostPeer.ifname;
     ifb = `ctq${hostVeth.slice(3)}`;
   });
-  after(() => lab?.destroy());
+  after(async () => {
+    process.stdout.write(measured.map((m) => `# measured ${m}\n`).join(''));
+    await lab?.destroy();
+  });
 
   it('unshaped, the link runs far above the limits used below (the peer of the measurements)', async () => {
     const [inn, out] = [await measure('a', 'in'), await measure('a', 'out')];
+    measured.push(`unshaped: in ${(inn / 1e6).toFixed(0)} Mbit/s, out ${(out / 1e6).toFixed(0)} Mbit/s`);
     assert.ok(inn > 5 * 20e6 && out > 5 * 10e6, `line rate in ${(inn / 1e6).toFixed(0)}, out ${(out / 1e6).toFixed(0)} Mbit/s`);
   });
 
@@ -80,6 +93,7 @@ describe('shaping in a lab (tc tbf on the host veth; an ifb for the sandbox\'s e
     assert.doesNotMatch(await qdiscs(hostVeth), /tbf|ingress/);
     assert.doesNotMatch(await hostLinks(), new RegExp(ifb));
     const [inn, out] = [await measure('a', 'in'), await measure('a', 'out')];
+    measured.push(`after --clear: in ${(inn / 1e6).toFixed(0)} Mbit/s, out ${(out / 1e6).toFixed(0)} Mbit/s`);
     assert.ok(inn > 5 * 30e6 && out > 5 * 25e6, `line rate again: in ${(inn / 1e6).toFixed(0)}, out ${(out / 1e6).toFixed(0)} Mbit/s`);
   });
 
@@ -136,5 +150,40 @@ describe('shaping in a lab (tc tbf on the host veth; an ifb for the sandbox\'s e
     assert.match(await qdiscs(`ctq${peer.slice(3)}`), /tbf 1: root .*rate 10Mbit/);
     assert.doesNotMatch(await hostLinks(), /ctq00deadbeef/);
     within(await measure('a', 'out'), 10e6, 'out of the sandbox after gc');
+  });
+
+  it('CNI: runtimeConfig.bandwidth shapes the attachment (no chained plugin); DEL takes the ifb; a bad one is error 7 and changes nothing', async () => {
+    const dir = mkdtempSync(join(tmpdir(), `ctshape-${lab.id}-`));
+    const nsName = `ctcni-${lab.id}-bw`;
+    execFileSync('ip', ['netns', 'add', nsName]);
+    try {
+      const written = (await lab.ctnetOk(['cni', 'install', '--bin-dir', join(dir, 'bin'), '--conf-dir', join(dir, 'conf'), '--network', 'net'])).trim().split('\n');
+      const base = pluginConfigs(written[1]!)[0]!;
+      assert.deepEqual(base.capabilities, { portMappings: true, ips: true, mac: true, dns: true, bandwidth: true });
+      const env = (cmd: string) => ({ CNI_COMMAND: cmd, CNI_CONTAINERID: 'shape0123456789', CNI_NETNS: `/run/netns/${nsName}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' });
+      const conf = (bandwidth: unknown) => JSON.stringify({ ...base, runtimeConfig: { bandwidth } });
+      const links = await hostLinks();
+      const bad = await execPlugin(lab, written[0]!, env('ADD'), conf({ ingressRate: '20mbit' }));
+      assert.notEqual(bad.code, 0);
+      assert.equal(bad.json?.code, 7, bad.stdout);
+      assert.match(String(bad.json?.msg), /runtimeConfig\.bandwidth/);
+      assert.equal(await hostLinks(), links, 'a refused ADD made nothing');
+      const add = await execPlugin(lab, written[0]!, env('ADD'), conf({ ingressRate: 20_000_000, ingressBurst: 200_000, egressRate: 10_000_000, egressBurst: 200_000 }));
+      assert.equal(add.code, 0, add.stdout);
+      const peer = (add.json!.interfaces as { name: string; sandbox?: string }[]).find((i) => !i.sandbox && i.name.startsWith('ctv'))!.name;
+      assert.match(await qdiscs(peer), /tbf 1: root .*rate 20Mbit burst 25000b/);
+      assert.match(await qdiscs(`ctq${peer.slice(3)}`), /tbf 1: root .*rate 10Mbit/);
+      const iperf = async (reverse: boolean) => (JSON.parse(execFileSync('nsenter', [`--net=/run/netns/${nsName}`, 'iperf3', '-c', UPLINK.remote4, '-p', String(PORT), '-t', '4', '-O', '1', '-J',
+        ...(reverse ? ['-R'] : [])], { encoding: 'utf8' })) as { end: { sum_received: { bits_per_second: number } } }).end.sum_received.bits_per_second;
+      within(await iperf(true), 20e6, 'CNI, into the container');
+      within(await iperf(false), 10e6, 'CNI, out of the container');
+      const del = await execPlugin(lab, written[0]!, env('DEL'), conf({ ingressRate: 20_000_000 }));
+      assert.equal(del.code, 0, del.stdout);
+      assert.doesNotMatch(await hostLinks(), new RegExp(`ctq${peer.slice(3)}`));
+    } finally {
+      await lab.ctnet(['daemon', 'stop']);
+      execFileSync('ip', ['netns', 'del', nsName]);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
