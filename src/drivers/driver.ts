@@ -25,6 +25,8 @@ export interface DriverNetwork {
   readonly overlay?: DriverOverlay | undefined;
   /** A macvlan/ipvlan network's parent, mode and shim (device: the shim's name). */
   readonly lower?: LowerDevice | undefined;
+  /** `--egress-ip`: the host address its egress leaves from, per family (none: masquerade's choice). */
+  readonly egress?: readonly { readonly family: 4 | 6; readonly ip: string }[] | undefined;
 }
 
 /** What the vxlan driver needs beyond a bridge network: the VTEP and the peers this host programs. */

@@ -31,6 +31,8 @@ export type StoreChange =
   | { readonly kind: 'policy.delete'; readonly id: number }
   | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> }
   | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null }
+  | { readonly kind: 'egress.set'; readonly scope: 'network' | 'sandbox'; readonly name: string; readonly family: 4 | 6; readonly ip: string | null }
+  | { readonly kind: 'default-route.set'; readonly sandbox: string; readonly network: string | null }
   /** The shaping of one attachment; null: not shaped. */
   | { readonly kind: 'shaping.set'; readonly sandbox: string; readonly network: string; readonly shape: Shape | null };
 
@@ -130,6 +132,16 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       if (c.shape) store.setShaping(c.sandbox, c.network, c.shape);
       else store.deleteShaping(c.sandbox, c.network);
       return { kind: 'shaping.set', sandbox: c.sandbox, network: c.network, shape: was };
+    }
+    case 'egress.set': {
+      const was = (c.scope === 'network' ? store.networkEgress(c.name) : store.sandboxEgress(c.name)).find((e) => e.family === c.family)?.ip ?? null;
+      store.setEgress(c.scope, c.name, c.family, c.ip);
+      return { ...c, ip: was };
+    }
+    case 'default-route.set': {
+      const was = store.defaultRoute(c.sandbox) ?? null;
+      store.setDefaultRoute(c.sandbox, c.network);
+      return { kind: 'default-route.set', sandbox: c.sandbox, network: was };
     }
     case 'policy.mirror': {
       const was = store.policyMirror();

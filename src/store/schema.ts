@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 12;
+export const SCHEMA_VERSION = 13;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -215,7 +215,29 @@ CREATE TABLE remote_sandboxes (
 CREATE INDEX remote_sandboxes_by_name ON remote_sandboxes(name);
 `;
 
-// Shaping (schema 11): the rates, buckets, delay and loss asked for one attachment (src/model/shape.ts;
+// Egress and default routes (schema 11, issue 18): the host address a network's (or one sandbox's)
+// egress leaves from instead of masquerade's choice, at most one per family; and the network a
+// sandbox chose to carry its default routes (else the first non-internal one, records.ts).
+export const EGRESS_ROUTES = `
+CREATE TABLE network_egress (
+  network TEXT NOT NULL REFERENCES networks(name) ON DELETE CASCADE,
+  family INTEGER NOT NULL CHECK (family IN (4, 6)),
+  ip TEXT NOT NULL,
+  PRIMARY KEY (network, family)
+);
+CREATE TABLE sandbox_egress (
+  sandbox TEXT NOT NULL REFERENCES sandboxes(name) ON DELETE CASCADE,
+  family INTEGER NOT NULL CHECK (family IN (4, 6)),
+  ip TEXT NOT NULL,
+  PRIMARY KEY (sandbox, family)
+);
+CREATE TABLE default_routes (
+  sandbox TEXT PRIMARY KEY REFERENCES sandboxes(name) ON DELETE CASCADE,
+  network TEXT NOT NULL
+);
+`;
+
+// Shaping (schema 12): the rates, buckets, delay and loss asked for one attachment (src/model/shape.ts;
 // rates in bits per second, bursts in bytes), what its host veth's qdiscs (and ifb) were made from,
 // so inspect reads it back, `ctnet shape` changes it from what it was, and detach removes the ifb.
 // No row: not shaped. It goes with its attachment.
@@ -234,7 +256,7 @@ CREATE TABLE shaping (
 );
 `;
 
-// Lower devices (schema 12): a macvlan or ipvlan network's parent interface, mode, and host shim
+// Lower devices (schema 13): a macvlan or ipvlan network's parent interface, mode, and host shim
 // (src/drivers/lower/), as JSON ({kind, parent, mode, hostShim, shimIp}); null for every other driver.
 export const LOWER = `
 ALTER TABLE networks ADD COLUMN lower TEXT;
@@ -251,6 +273,7 @@ export const MIGRATIONS: Record<number, string> = {
   8: CLUSTER,
   9: OVERLAY,
   10: DIRECTORY,
-  11: SHAPING,
-  12: LOWER,
+  11: EGRESS_ROUTES,
+  12: SHAPING,
+  13: LOWER,
 };

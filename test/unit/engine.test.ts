@@ -900,13 +900,13 @@ const SCENARIOS: Scenario[] = [
   {
     name: 'create with shaping (rates both ways, a burst)',
     setup: webAndDb,
-    run: (w) => createSandbox(w.ctx, 's1', on('web', 'db'), undefined, [], parseShapeFlags({ rateIn: '10mbit', rateOut: '5mbit', burst: '32kb' })),
+    run: (w) => createSandbox(w.ctx, 's1', on('web', 'db'), undefined, [], [], parseShapeFlags({ rateIn: '10mbit', rateOut: '5mbit', burst: '32kb' })),
   },
   {
     name: 'shape (a new rate in, the egress shaper added)',
     setup: async (w) => {
       await webAndDb(w);
-      await createSandbox(w.ctx, 's1', on('web'), undefined, [], parseShapeFlags({ rateIn: '10mbit' }));
+      await createSandbox(w.ctx, 's1', on('web'), undefined, [], [], parseShapeFlags({ rateIn: '10mbit' }));
     },
     run: (w) => shapeSandbox(w.ctx, 's1', undefined, parseShapeFlags({ rateIn: '20mbit', rateOut: '1mbit' })!),
   },
@@ -914,7 +914,7 @@ const SCENARIOS: Scenario[] = [
     name: 'shape --clear (the egress shaper and its ifb removed)',
     setup: async (w) => {
       await webAndDb(w);
-      await createSandbox(w.ctx, 's1', on('web'), undefined, [], parseShapeFlags({ rateIn: '10mbit', rateOut: '1mbit' }));
+      await createSandbox(w.ctx, 's1', on('web'), undefined, [], [], parseShapeFlags({ rateIn: '10mbit', rateOut: '1mbit' }));
     },
     run: (w) => shapeSandbox(w.ctx, 's1', 'web', 'clear'),
   },

@@ -130,7 +130,7 @@ describe('shaping on the fake kernel', () => {
   };
   it('create shapes, shape changes, --clear and rm leave nothing (no ifb, no qdisc, no record)', () => world(async (ctx, fake, store) => {
     await createNetwork(ctx, parseNetworkSpec({ name: 'web', subnet: ['10.1.0.0/24'] }));
-    await createSandbox(ctx, 's1', parseAttachSpec({ network: ['web'] }), undefined, [], parseShapeFlags({ rateIn: '10mbit' }));
+    await createSandbox(ctx, 's1', parseAttachSpec({ network: ['web'] }), undefined, [], [], parseShapeFlags({ rateIn: '10mbit' }));
     const [att] = store.attachments({ sandbox: 's1' });
     const host = () => fake.snapshot().namespaces[HOST]!.links;
     assert.match(host()[att!.hostVeth]!.qdisc!, /tbf rate 10000000bit/);

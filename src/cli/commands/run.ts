@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { invalid } from '../../errors.ts';
 import { execInSandbox, startInSandbox } from '../../engine/process.ts';
+import { parseEgress } from '../../engine/egress.ts';
 import { createSandbox, removeSandbox } from '../../engine/sandbox.ts';
 import { parseName } from '../../model/names.ts';
 import { parseAttachSpec } from '../../model/spec.ts';
@@ -24,7 +25,7 @@ export default defineCommand({
     const name = parseName('sandbox', opts.name ?? `sbx-${randomBytes(3).toString('hex')}`);
     const spec = parseAttachSpec(opts);
     const shape = parseShapeFlags(opts);
-    await createSandbox(ctx, name, spec, publishRequest(opts), labelsOf(opts), shape);
+    await createSandbox(ctx, name, spec, publishRequest(opts), labelsOf(opts), parseEgress('--egress-ip', opts.egressIp), shape);
     if (opts.detach) {
       const pid = startInSandbox(ctx, name, args.cmd);
       if (!io.quiet) io.out(`${name}\t${pid}`);
