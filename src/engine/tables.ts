@@ -9,10 +9,10 @@ import { overlayFacts } from '../drivers/vxlan/vxlan.ts';
 import type { Ctx } from './context.ts';
 import { driverNetwork } from './records.ts';
 import { portFacts } from './ports.ts';
-import { elementsBySet, policyElements } from './policy.ts';
+import { fullPolicyState, policyElements, type FullPolicyState } from './policy.ts';
 
 /** Both tables from scratch, from the store (one nft transaction replaces whatever is there). */
-export function tablesScript(store: Store): string[] {
+export function tablesScript(store: Store, policy: FullPolicyState = fullPolicyState(store)): string[] {
   // A macvlan/ipvlan network has nothing in the tables: its sandboxes' packets never pass them.
   const nets = store.networks().filter((n) => !n.lower);
   const endpoints = store.attachments().flatMap((a) => {
@@ -26,14 +26,16 @@ export function tablesScript(store: Store): string[] {
   const facts = nets.map((n) => (store.overlay(n.name)
     ? overlayFacts(driverNetwork(store, n))
     : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: store.subnets(n.name), egress: store.networkEgress(n.name) }));
-  return fullScript(facts, endpoints, ports, policyElements(store)).trimEnd().split('\n');
+  return fullScript(facts, endpoints, ports, policyElements(policy)).trimEnd().split('\n');
 }
 
 /** Rewrites both tables from the store (with `also`, e.g. forwarding sysctls, in the same step). */
 export async function restoreTables(ctx: Ctx, also: readonly Op[] = [], note?: string): Promise<void> {
   const { store, applier } = ctx;
-  await applier.apply([step([...also, { kind: 'nft', lines: tablesScript(store) }], note)]);
-  applier.record({ kind: 'policy.mirror', sets: store.networks().length ? elementsBySet(policyElements(store)) : new Map() });
+  const policy = fullPolicyState(store);
+  await applier.apply([step([...also, { kind: 'nft', lines: tablesScript(store, policy) }], note)]);
+  // With no network there is no table, and nothing in its sets.
+  applier.record(store.networks().length ? { kind: 'policy.state', state: policy.state } : { kind: 'policy.mirror', sets: new Map() });
 }
 
 interface Shape {

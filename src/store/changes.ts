@@ -2,7 +2,7 @@
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
 import type { Shape } from '../model/shape.ts';
-import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
+import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PolicyState, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
   | {
@@ -30,6 +30,8 @@ export type StoreChange =
   | { readonly kind: 'cni.insert'; readonly row: Omit<CniRow, 'created'> }
   | { readonly kind: 'policy.delete'; readonly id: number }
   | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> }
+  /** The policy sets' mirror with its index (every element's box and owner, every rule's boxes), whole. */
+  | { readonly kind: 'policy.state'; readonly state: PolicyState }
   | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null }
   | { readonly kind: 'egress.set'; readonly scope: 'network' | 'sandbox'; readonly name: string; readonly family: 4 | 6; readonly ip: string | null }
   | { readonly kind: 'default-route.set'; readonly sandbox: string; readonly network: string | null }
@@ -143,10 +145,13 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       store.setDefaultRoute(c.sandbox, c.network);
       return { kind: 'default-route.set', sandbox: c.sandbox, network: was };
     }
-    case 'policy.mirror': {
-      const was = store.policyMirror();
-      store.setPolicyMirror(c.sets);
-      return { kind: 'policy.mirror', sets: new Map([...was].map(([k, v]) => [k, [...v]])) };
+    case 'policy.mirror':
+    case 'policy.state': {
+      const state = store.policyState();
+      const was = state ? undefined : store.policyMirror();
+      if (c.kind === 'policy.mirror') store.setPolicyMirror(c.sets);
+      else store.setPolicyState(c.state);
+      return state ? { kind: 'policy.state', state } : { kind: 'policy.mirror', sets: new Map([...was!].map(([k, v]) => [k, [...v]])) };
     }
   }
 }

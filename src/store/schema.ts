@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 13;
+export const SCHEMA_VERSION = 14;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -237,7 +237,41 @@ CREATE TABLE default_routes (
 );
 `;
 
-// Shaping (schema 12): the rates, buckets, delay and loss asked for one attachment (src/model/shape.ts;
+// The policy index (schema 12): each element of the policy sets with its box and the rule that owns
+// it, and each rule's boxes before overlaps are taken out (policy_raw), so a change to one rule or
+// one sandbox's labels recomputes only the boxes it touches (model/policy-inc.ts) instead of
+// reading and compiling every rule. Source and destination bounds are 32 hex digits (IPv6 fits;
+// text compares as the numbers do); wide is 1 for a source range of 2^16 addresses or more: the
+// index finds the others by their start (a meeting box starts at most 2^16 before), the wide ones
+// are few and always read. meta policy.index = 1 says both tables are complete (written whole by
+// a full compile); rows from before schema 12 have none of it, and the next change compiles all.
+export const POLICY_INDEX = `
+ALTER TABLE policy_elements ADD COLUMN rule INTEGER;
+ALTER TABLE policy_elements ADD COLUMN s0 TEXT;
+ALTER TABLE policy_elements ADD COLUMN e0 TEXT;
+ALTER TABLE policy_elements ADD COLUMN s1 TEXT;
+ALTER TABLE policy_elements ADD COLUMN e1 TEXT;
+ALTER TABLE policy_elements ADD COLUMN s2 INTEGER;
+ALTER TABLE policy_elements ADD COLUMN e2 INTEGER;
+ALTER TABLE policy_elements ADD COLUMN s3 INTEGER;
+ALTER TABLE policy_elements ADD COLUMN e3 INTEGER;
+ALTER TABLE policy_elements ADD COLUMN wide INTEGER;
+CREATE INDEX policy_elements_by_src ON policy_elements(set_name, wide, s0);
+CREATE INDEX policy_elements_by_rule ON policy_elements(rule, set_name);
+CREATE TABLE policy_raw (
+  set_name TEXT NOT NULL,
+  rule INTEGER NOT NULL,
+  s0 TEXT NOT NULL, e0 TEXT NOT NULL, s1 TEXT NOT NULL, e1 TEXT NOT NULL,
+  s2 INTEGER NOT NULL, e2 INTEGER NOT NULL, s3 INTEGER NOT NULL, e3 INTEGER NOT NULL,
+  wide INTEGER NOT NULL
+);
+CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wide, s0);
+CREATE INDEX policy_raw_by_rule ON policy_raw(rule, set_name);
+CREATE INDEX policies_by_from ON policies(from_sel);
+CREATE INDEX policies_by_to ON policies(to_sel);
+`;
+
+// Shaping (schema 13): the rates, buckets, delay and loss asked for one attachment (src/model/shape.ts;
 // rates in bits per second, bursts in bytes), what its host veth's qdiscs (and ifb) were made from,
 // so inspect reads it back, `ctnet shape` changes it from what it was, and detach removes the ifb.
 // No row: not shaped. It goes with its attachment.
@@ -256,7 +290,7 @@ CREATE TABLE shaping (
 );
 `;
 
-// Lower devices (schema 13): a macvlan or ipvlan network's parent interface, mode, and host shim
+// Lower devices (schema 14): a macvlan or ipvlan network's parent interface, mode, and host shim
 // (src/drivers/lower/), as JSON ({kind, parent, mode, hostShim, shimIp}); null for every other driver.
 export const LOWER = `
 ALTER TABLE networks ADD COLUMN lower TEXT;
@@ -274,6 +308,7 @@ export const MIGRATIONS: Record<number, string> = {
   9: OVERLAY,
   10: DIRECTORY,
   11: EGRESS_ROUTES,
-  12: SHAPING,
-  13: LOWER,
+  12: POLICY_INDEX,
+  13: SHAPING,
+  14: LOWER,
 };

@@ -10,6 +10,7 @@ import { FEED_NOW, FEED_TRIGGERS, META_TRIGGERS } from './events.ts';
 import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.ts';
 import type { PortMapping, Proto } from '../model/ports.ts';
 import type { Shape } from '../model/shape.ts';
+import type { Box } from '../model/policy.ts';
 
 /** creating: intent recorded, kernel not yet done; ready: done; removing: teardown started. */
 export type State = 'creating' | 'ready' | 'removing';
@@ -100,6 +101,21 @@ export interface AddressRow {
 export interface PortRow extends PortMapping {
   readonly sandbox: string;
 }
+/** A box of a policy set and its rule (compiled: the owner; raw: the rule that covers it). */
+export interface PolicyBoxRow {
+  readonly rule: number;
+  readonly box: Box;
+}
+export interface PolicyElementRow extends PolicyBoxRow {
+  /** nft's text of the element. */
+  readonly element: string;
+}
+/** The policy index whole: by set name, the elements with their boxes, and every rule's boxes. */
+export interface PolicyState {
+  readonly compiled: ReadonlyMap<string, readonly PolicyElementRow[]>;
+  readonly raw: ReadonlyMap<string, readonly PolicyBoxRow[]>;
+}
+
 export interface PolicyRow {
   readonly id: number;
   readonly name: string;
@@ -544,10 +560,97 @@ export class Store {
     }
     return m;
   }
+  /** Elements only, without their boxes: the index is incomplete, and the next change compiles every rule. */
   setPolicyMirror(sets: ReadonlyMap<string, readonly string[]>): void {
     this.#run('DELETE FROM policy_elements');
+    this.#run('DELETE FROM policy_raw');
+    this.setMeta(POLICY_INDEX_META, null);
     const insert = this.#prepared('INSERT OR IGNORE INTO policy_elements(set_name, element) VALUES (?, ?)');
     for (const [name, elements] of sets) for (const e of elements) insert.run(name, e);
+  }
+
+  // ---- the policy index (schema 12): boxes by set, owner and source range ----
+  /** Both policy tables were written whole and kept since: incremental changes may use them. */
+  policyIndexReady(): boolean {
+    return this.meta(POLICY_INDEX_META) === '1';
+  }
+  /** Replaces the policy sets' mirror and every rule's boxes (a full compile). */
+  setPolicyState(state: PolicyState): void {
+    this.#run('DELETE FROM policy_elements');
+    this.#run('DELETE FROM policy_raw');
+    for (const [set, rows] of state.compiled) for (const r of rows) this.insertPolicyElement(set, r.element, r);
+    for (const [set, rows] of state.raw) for (const r of rows) this.insertPolicyRaw(set, r);
+    this.setMeta(POLICY_INDEX_META, '1');
+  }
+  /** The whole index (to undo a full rewrite); undefined while it is incomplete. */
+  policyState(): PolicyState | undefined {
+    if (!this.policyIndexReady()) return undefined;
+    const compiled = new Map<string, PolicyElementRow[]>();
+    for (const r of this.#all('SELECT * FROM policy_elements ORDER BY rowid')) {
+      const list = compiled.get(r.set_name as string) ?? [];
+      list.push({ element: r.element as string, ...toBoxRow(r) });
+      compiled.set(r.set_name as string, list);
+    }
+    const raw = new Map<string, PolicyBoxRow[]>();
+    for (const r of this.#all('SELECT * FROM policy_raw ORDER BY rowid')) {
+      const list = raw.get(r.set_name as string) ?? [];
+      list.push(toBoxRow(r));
+      raw.set(r.set_name as string, list);
+    }
+    return { compiled, raw };
+  }
+  insertPolicyElement(set: string, element: string, r: PolicyBoxRow): void {
+    this.#prepared(`INSERT OR REPLACE INTO policy_elements(set_name, element, rule, ${BOX_COLUMNS}) VALUES (?, ?, ?, ${BOX_PARAMS})`)
+      .run(set, element, r.rule, ...boxParams(r.box));
+  }
+  deletePolicyElement(set: string, element: string): void {
+    this.#run('DELETE FROM policy_elements WHERE set_name = ? AND element = ?', set, element);
+  }
+  insertPolicyRaw(set: string, r: PolicyBoxRow): void {
+    this.#prepared(`INSERT INTO policy_raw(set_name, rule, ${BOX_COLUMNS}) VALUES (?, ?, ${BOX_PARAMS})`).run(set, r.rule, ...boxParams(r.box));
+  }
+  deletePolicyRaw(set: string, rule: number): void {
+    this.#run('DELETE FROM policy_raw WHERE set_name = ? AND rule = ?', set, rule);
+  }
+  /** A rule's boxes in one set: compiled (what it owns) or raw (what it covers). */
+  policyBoxesOf(table: 'compiled' | 'raw', set: string, rule: number): PolicyBoxRow[] {
+    return this.#all(`SELECT * FROM ${TABLES[table]} WHERE set_name = ? AND rule = ?`, set, rule).map(toBoxRow);
+  }
+  /** The boxes of one set meeting box, through the index on the source range's start. */
+  policyBoxesMeeting(table: 'compiled' | 'raw', set: string, box: Box): PolicyBoxRow[] {
+    const [s0, e0, s1, e1, s2, e2, s3, e3] = boxParams(box);
+    const rest = 'AND s0 <= ? AND e0 >= ? AND s1 <= ? AND e1 >= ? AND s2 <= ? AND e2 >= ? AND s3 <= ? AND e3 >= ?';
+    const tail = [e0, s0, e1, s1, e2, s2, e3, s3] as const;
+    const reach = box[0][0] > WIDE ? box[0][0] - WIDE : 0n;
+    const narrow = this.#all(`SELECT * FROM ${TABLES[table]} WHERE set_name = ? AND wide = 0 AND s0 BETWEEN ? AND ? ${rest}`,
+      set, hex(reach), e0, ...tail);
+    const wide = this.#all(`SELECT * FROM ${TABLES[table]} WHERE set_name = ? AND wide = 1 ${rest}`, set, ...tail);
+    return [...narrow, ...wide].map(toBoxRow);
+  }
+  /** The element texts of one set (to refill it whole). */
+  policySetElements(set: string): string[] {
+    return this.#all('SELECT element FROM policy_elements WHERE set_name = ?', set).map((r) => r.element as string);
+  }
+  /** Rules whose source or destination is one of these selectors (their canonical text). */
+  policiesBySelector(selectors: readonly string[]): PolicyRow[] {
+    const byId = new Map<number, PolicyRow>();
+    for (const sel of new Set(selectors)) {
+      for (const r of this.#all('SELECT * FROM policies WHERE from_sel = ? UNION SELECT * FROM policies WHERE to_sel = ?', sel, sel)) {
+        byId.set(r.id as number, toPolicy(r));
+      }
+    }
+    return [...byId.values()].sort((a, b) => a.id - b.id);
+  }
+  policy(id: number): PolicyRow | undefined {
+    const r = this.#get('SELECT * FROM policies WHERE id = ?', id);
+    return r && toPolicy(r);
+  }
+  policyByName(name: string): PolicyRow | undefined {
+    const r = this.#get('SELECT * FROM policies WHERE name = ?', name);
+    return r && toPolicy(r);
+  }
+  policyCount(): number {
+    return this.#get('SELECT count(*) AS n FROM policies')!.n as number;
   }
 
   /**
@@ -569,19 +672,19 @@ export class Store {
 
   // ---- policy rules ----
   policies(): PolicyRow[] {
-    return this.#all('SELECT * FROM policies ORDER BY id').map((r) => ({
-      id: r.id as number, name: r.name as string, action: r.action as 'allow' | 'deny', from: r.from_sel as string,
-      to: r.to_sel as string, port: (r.port as string | null) ?? null, created: r.created as string,
-    }));
+    return this.#all('SELECT * FROM policies ORDER BY id').map(toPolicy);
   }
   /** Inserts a rule; a missing name becomes "rule-ID". */
   insertPolicy(p: Omit<PolicyRow, 'id' | 'created' | 'name'> & { name: string | undefined }): PolicyRow {
     const created = new Date().toISOString();
+    // An unnamed rule is "rule-ID": the ID AUTOINCREMENT gives next (the write lock is held), checked
+    // after the insert; only if it differs is a placeholder name replaced (rule- names are reserved).
+    const next = p.name === undefined ? ((this.#get("SELECT seq FROM sqlite_sequence WHERE name = 'policies'")?.seq as number | undefined) ?? 0) + 1 : 0;
     const r = this.#prepared('INSERT INTO policies(name, action, from_sel, to_sel, port, created) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(p.name ?? `pending-${randomBytes(4).toString('hex')}`, p.action, p.from, p.to, p.port, created);
+      .run(p.name ?? `rule-${next}`, p.action, p.from, p.to, p.port, created);
     const id = Number(r.lastInsertRowid);
     const name = p.name ?? `rule-${id}`;
-    if (p.name === undefined) this.#run('UPDATE policies SET name = ? WHERE id = ?', name, id);
+    if (p.name === undefined && id !== next) this.#run('UPDATE policies SET name = ? WHERE id = ?', name, id);
     return { ...p, id, name, created };
   }
   deletePolicy(id: number): void {
@@ -691,6 +794,26 @@ export class Store {
     this.#prepared(sql).run(...params);
   }
 }
+
+const toPolicy = (r: Row): PolicyRow => ({
+  id: r.id as number, name: r.name as string, action: r.action as 'allow' | 'deny', from: r.from_sel as string,
+  to: r.to_sel as string, port: (r.port as string | null) ?? null, created: r.created as string,
+});
+
+const POLICY_INDEX_META = 'policy.index';
+const TABLES = { compiled: 'policy_elements', raw: 'policy_raw' } as const;
+const BOX_COLUMNS = 's0, e0, s1, e1, s2, e2, s3, e3, wide';
+const BOX_PARAMS = '?, ?, ?, ?, ?, ?, ?, ?, ?';
+/** A source range this wide or wider is read by every query (policy_elements_by_src). */
+const WIDE = 1n << 16n;
+const hex = (n: bigint) => n.toString(16).padStart(32, '0');
+const boxParams = (b: Box): [string, string, string, string, number, number, number, number, number] =>
+  [hex(b[0][0]), hex(b[0][1]), hex(b[1][0]), hex(b[1][1]), Number(b[2][0]), Number(b[2][1]), Number(b[3][0]), Number(b[3][1]), b[0][1] - b[0][0] >= WIDE ? 1 : 0];
+const toBoxRow = (r: Row): PolicyBoxRow => ({
+  rule: r.rule as number,
+  box: [[BigInt(`0x${r.s0 as string}`), BigInt(`0x${r.e0 as string}`)], [BigInt(`0x${r.s1 as string}`), BigInt(`0x${r.e1 as string}`)],
+    [BigInt(r.s2 as number), BigInt(r.e2 as number)], [BigInt(r.s3 as number), BigInt(r.e3 as number)]],
+});
 
 const toNetwork = (r: Row): NetworkRow => ({
   name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1, hostAccess: r.host_access === 1,

@@ -443,6 +443,43 @@ describe('policy on the fake kernel', () => {
     assert.deepEqual(w.warnings, []);
   }));
 
+  it('a change cuts the open flows it now denies, among those in the part of the policy it changed', () => withWorld(async (w) => {
+    await twoTiers(w); // front 10.1.0.2 (tier=web), pg 10.2.0.2 (tier=db), networks isolated from each other
+    const db = flow('tcp', '10.1.0.2', '10.2.0.2', 40000, 5432, '10.2.0.2', 5432);
+    const ssh = flow('tcp', '10.1.0.2', '10.2.0.2', 40001, 22, '10.2.0.2', 22);
+    const open = () => w.fake.snapshot().flows.map((f) => f.orig.dport).sort();
+    await addPolicy(w.ctx, { action: 'allow', from: 'label:tier=web', to: 'label:tier=db', port: '5432', name: 'web-db' });
+    await addPolicy(w.ctx, { action: 'allow', from: 'front', to: 'pg', port: '22', name: 'ssh' });
+    w.fake.seedFlows(db, ssh);
+    // An allow only widens what passes.
+    await addPolicy(w.ctx, { action: 'allow', from: 'front', to: 'pg', port: '5432', name: 'again' });
+    assert.deepEqual(open(), [22, 5432]);
+    // Removing web-db: rule "again" (younger) takes its box over; nothing is denied.
+    await removePolicies(w.ctx, ['web-db']);
+    assert.deepEqual(open(), [22, 5432]);
+    // pg loses its label: "again" names it by name and still allows 5432.
+    await changeLabels(w.ctx, 'pg', [], ['tier']);
+    assert.deepEqual(open(), [22, 5432]);
+    // A deny of port 22 cuts ssh only.
+    await addPolicy(w.ctx, { action: 'deny', from: 'net:web', to: 'net:db', port: '22', name: 'no-ssh' });
+    assert.deepEqual(open(), [5432]);
+    // Removing the last allow of 5432 cuts it (the default between networks is deny).
+    await removePolicies(w.ctx, ['again']);
+    assert.deepEqual(open(), []);
+    assert.deepEqual(w.warnings, []);
+  }));
+
+  it('a label change cuts what the label allowed', () => withWorld(async (w) => {
+    await twoTiers(w);
+    await addPolicy(w.ctx, { action: 'allow', from: 'label:tier=web', to: 'label:tier=db', port: '5432', name: 'web-db' });
+    w.fake.seedFlows(flow('tcp', '10.1.0.2', '10.2.0.2', 40000, 5432, '10.2.0.2', 5432));
+    await changeLabels(w.ctx, 'front', [{ key: 'tier', value: 'web' }], []); // the same value: nothing changes
+    assert.equal(w.fake.snapshot().flows.length, 1);
+    await changeLabels(w.ctx, 'front', [{ key: 'tier', value: 'batch' }], []);
+    assert.equal(w.fake.snapshot().flows.length, 0);
+    assert.deepEqual(w.fake.elements('policy_allow4'), []);
+  }));
+
   it('changing labels (and sandboxes coming and going) changes the sets', () => withWorld(async (w) => {
     await twoTiers(w);
     await addPolicy(w.ctx, { action: 'allow', from: 'label:tier=web', to: 'net:db', port: '5432', name: 'web-db' });
