@@ -82,7 +82,8 @@ export function recordAttachments(rec: Recorder, sandbox: string, networks: read
     };
     rec.record({ kind: 'attachment.insert', row });
     const addresses = store.subnets(name).map((lease): AddressRow => {
-      const a = allocate(name, lease, spec.ips, (ip) => store.addressHolder(ip));
+      // A macvlan/ipvlan network's host shim holds an address of its subnet too.
+      const a = allocate(name, lease, spec.ips, (ip) => (ip === network.lower?.shimIp ? `(the host shim of network ${name})` : store.addressHolder(ip)));
       if (a.cursor !== undefined) rec.record({ kind: 'cursor.set', network: name, cidr: lease.cidr, ip: a.cursor });
       const address = { ip: a.ip, family: a.family, cidr: a.cidr, network: name, sandbox };
       rec.record({ kind: 'address.insert', row: address });

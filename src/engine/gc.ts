@@ -8,7 +8,8 @@ import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
 import type { NetworkRow, SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
-import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
+import { BRIDGE_PREFIX, IFB_PREFIX, ifbName, netnsPrefix, SHIM_PREFIX, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
+import { shapeSteps } from './shape.ts';
 import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { reconcileOverlays } from './overlay-network.ts';
 import { cutDeniedFlows } from './policy.ts';
@@ -89,13 +90,16 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   const bridges = new Set(store.networks().map((n) => n.bridge));
   const veths = new Set(store.attachments().map((a) => a.hostVeth));
   const vxlans = new Set(store.overlays().map((o) => o.device));
+  const ifbs = new Set(store.attachments().filter((a) => store.shaping(a.sandbox, a.network)?.rateOut !== undefined).map((a) => ifbName(a.hostVeth)));
   for (const l of await kernel.links()) {
     const orphanBridge = l.ifname.startsWith(BRIDGE_PREFIX) && l.linkinfo?.info_kind === 'bridge' && !bridges.has(l.ifname);
     const orphanVeth = l.ifname.startsWith(VETH_PREFIX) && l.linkinfo?.info_kind === 'veth' && !veths.has(l.ifname);
     const orphanVxlan = l.ifname.startsWith(VXLAN_PREFIX) && l.linkinfo?.info_kind === 'vxlan' && !vxlans.has(l.ifname);
-    if ((orphanBridge || orphanVeth || orphanVxlan) && !trusted) {
+    const orphanIfb = l.ifname.startsWith(IFB_PREFIX) && l.linkinfo?.info_kind === 'ifb' && !ifbs.has(l.ifname);
+    const orphanShim = l.ifname.startsWith(SHIM_PREFIX) && ['macvlan', 'ipvlan'].includes(l.linkinfo?.info_kind ?? '') && !bridges.has(l.ifname);
+    if ((orphanBridge || orphanVeth || orphanVxlan || orphanIfb || orphanShim) && !trusted) {
       done.push(`left ${l.ifname} alone: ctnet-marked, but this state directory has never made a network (another state directory's, or its lost database's); remove it by hand if it is garbage`);
-    } else if (orphanBridge || orphanVeth || orphanVxlan) {
+    } else if (orphanBridge || orphanVeth || orphanVxlan || orphanIfb || orphanShim) {
       await applier.teardown([step([{ kind: 'link.del', name: l.ifname }])]);
       done.push(`removed ${l.ifname}, which no record owns`);
     }
@@ -143,7 +147,8 @@ export async function repairNetwork(ctx: Ctx, n: NetworkRow): Promise<string[]> 
     if (d.kind === 'setting') done.push(`set ${d.key} to ${d.want} again (was ${d.have}: ${d.why})`);
   }
   // A recreated device has no ports: every attachment is plugged in again below.
-  if (drift.some((d) => d.kind === 'device-missing')) {
+  // (A macvlan/ipvlan network's device is only the host's shim: its sandboxes hang off the parent.)
+  if (drift.some((d) => d.kind === 'device-missing') && !n.lower) {
     for (const a of attached) await replug(ctx, a.sandbox, a.network, done, true);
   } else {
     for (const d of drift) if (d.kind === 'port-missing') await replug(ctx, d.sandbox, n.name, done, false);
@@ -179,5 +184,11 @@ async function replug(ctx: Ctx, sandbox: string, network: string, done: string[]
   const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
   const defaults = ([4, 6] as const).filter((f) => addresses.some((x) => x.family === f) && defaultCarrier(store, sandbox, f) === network);
   await applier.apply(driverOf(n).planAttach(driverNetwork(store, n), driverAttachment(store, s, a, addresses, defaults), egressLines(store, sandbox, n, addresses)));
+  // A new veth has no qdiscs: the recorded shaping goes on again (its ifb is made anew).
+  const shaped = store.shaping(sandbox, network);
+  if (shaped) {
+    if (shaped.rateOut !== undefined) await applier.teardown([step([{ kind: 'link.del', name: ifbName(a.hostVeth) }])]);
+    await applier.apply(shapeSteps(store, a, shaped, undefined));
+  }
   done.push(`reattached ${sandbox} to network ${network}`);
 }

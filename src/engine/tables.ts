@@ -13,7 +13,8 @@ import { fullPolicyState, policyElements, type FullPolicyState } from './policy.
 
 /** Both tables from scratch, from the store (one nft transaction replaces whatever is there). */
 export function tablesScript(store: Store, policy: PolicyElements = policyElements(fullPolicyState(store))): string[] {
-  const nets = store.networks();
+  // A macvlan/ipvlan network has nothing in the tables: its sandboxes' packets never pass them.
+  const nets = store.networks().filter((n) => !n.lower);
   const endpoints = store.attachments().flatMap((a) => {
     const n = nets.find((x) => x.name === a.network);
     const addresses = store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network);

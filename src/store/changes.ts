@@ -1,6 +1,7 @@
 // Changes to the store, as plain values: what a use case records, and (computed as each is made)
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
+import type { Shape } from '../model/shape.ts';
 import type { OwnedKind, OwnedRow, AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PolicyState, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
@@ -37,7 +38,9 @@ export type StoreChange =
   | { readonly kind: 'default-route.set'; readonly sandbox: string; readonly network: string | null }
   /** A topology file takes (or gives up) an object: `down` and `--prune` touch only what it owns. */
   | { readonly kind: 'owner.set'; readonly row: OwnedRow }
-  | { readonly kind: 'owner.delete'; readonly what: OwnedKind; readonly name: string };
+  | { readonly kind: 'owner.delete'; readonly what: OwnedKind; readonly name: string }
+  /** The shaping of one attachment; null: not shaped. */
+  | { readonly kind: 'shaping.set'; readonly sandbox: string; readonly network: string; readonly shape: Shape | null };
 
 /**
  * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
@@ -134,6 +137,12 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.meta(c.key) ?? null;
       store.setMeta(c.key, c.value);
       return { kind: 'meta.set', key: c.key, value: was };
+    }
+    case 'shaping.set': {
+      const was = store.shaping(c.sandbox, c.network) ?? null;
+      if (c.shape) store.setShaping(c.sandbox, c.network, c.shape);
+      else store.deleteShaping(c.sandbox, c.network);
+      return { kind: 'shaping.set', sandbox: c.sandbox, network: c.network, shape: was };
     }
     case 'egress.set': {
       const was = (c.scope === 'network' ? store.networkEgress(c.name) : store.sandboxEgress(c.name)).find((e) => e.family === c.family)?.ip ?? null;

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 13;
+export const SCHEMA_VERSION = 15;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -292,6 +292,31 @@ CREATE TABLE sandbox_commands (
 );
 `;
 
+// Shaping (schema 14): the rates, buckets, delay and loss asked for one attachment (src/model/shape.ts;
+// rates in bits per second, bursts in bytes), what its host veth's qdiscs (and ifb) were made from,
+// so inspect reads it back, `ctnet shape` changes it from what it was, and detach removes the ifb.
+// No row: not shaped. It goes with its attachment.
+export const SHAPING = `
+CREATE TABLE shaping (
+  sandbox TEXT NOT NULL,
+  network TEXT NOT NULL,
+  rate_in INTEGER,
+  rate_out INTEGER,
+  burst_in INTEGER,
+  burst_out INTEGER,
+  latency_ms INTEGER,
+  loss_pct REAL,
+  PRIMARY KEY (sandbox, network),
+  FOREIGN KEY (sandbox, network) REFERENCES attachments(sandbox, network) ON DELETE CASCADE
+);
+`;
+
+// Lower devices (schema 15): a macvlan or ipvlan network's parent interface, mode, and host shim
+// (src/drivers/lower/), as JSON ({kind, parent, mode, hostShim, shimIp}); null for every other driver.
+export const LOWER = `
+ALTER TABLE networks ADD COLUMN lower TEXT;
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -306,4 +331,6 @@ export const MIGRATIONS: Record<number, string> = {
   11: EGRESS_ROUTES,
   12: POLICY_INDEX,
   13: TOPOLOGY,
+  14: SHAPING,
+  15: LOWER,
 };

@@ -9,6 +9,7 @@ import { processToken } from '../kernel/proc.ts';
 import { FEED_NOW, FEED_TRIGGERS, META_TRIGGERS } from './events.ts';
 import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.ts';
 import type { PortMapping, Proto } from '../model/ports.ts';
+import type { Shape } from '../model/shape.ts';
 import type { Box } from '../model/policy.ts';
 
 /** creating: intent recorded, kernel not yet done; ready: done; removing: teardown started. */
@@ -30,6 +31,18 @@ export interface NetworkRow {
   readonly state: State;
   readonly owner: string | null;
   readonly created: string;
+  /** A macvlan or ipvlan network's parent, mode and host shim; absent for the other drivers. */
+  readonly lower?: LowerDevice | undefined;
+}
+
+export interface LowerDevice {
+  readonly kind: 'macvlan' | 'ipvlan';
+  /** The host interface whose segment the sandboxes join. */
+  readonly parent: string;
+  /** macvlan: bridge, private, vepa; ipvlan: l2, l3. */
+  readonly mode: string;
+  /** The host's own macvlan/ipvlan on the parent (the network's device), with this address. */
+  readonly shimIp: string | null;
 }
 /** An overlay network's side on this host (schema 8). */
 export interface OverlayRow {
@@ -350,8 +363,9 @@ export class Store {
     return r && toNetwork(r);
   }
   insertNetwork(n: Omit<NetworkRow, 'created' | 'owner'>, subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[]): void {
-    this.#run('INSERT INTO networks(name, bridge, internal, isolate, host_access, mtu, driver, mac, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.hostAccess ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString());
+    this.#run('INSERT INTO networks(name, bridge, internal, isolate, host_access, mtu, driver, mac, state, owner, created, lower) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.hostAccess ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString(),
+      n.lower ? JSON.stringify(n.lower) : null);
     for (const s of subnets) {
       this.#run('INSERT INTO subnets(network, cidr, family, gateway) VALUES (?, ?, ?, ?)', n.name, s.cidr, s.family, s.gateway);
     }
@@ -453,6 +467,25 @@ export class Store {
   deleteAttachment(sandbox: string, network: string): void {
     this.#run('DELETE FROM attachments WHERE sandbox = ? AND network = ?', sandbox, network);
   }
+  // ---- shaping (src/model/shape.ts) ----
+  /** The shaping recorded for one attachment, or undefined when it is not shaped. */
+  shaping(sandbox: string, network: string): Shape | undefined {
+    const r = this.#get('SELECT * FROM shaping WHERE sandbox = ? AND network = ?', sandbox, network);
+    if (!r) return undefined;
+    const n = (k: string) => (r[k] === null || r[k] === undefined ? undefined : (r[k] as number));
+    return { rateIn: n('rate_in'), rateOut: n('rate_out'), burstIn: n('burst_in'), burstOut: n('burst_out'), latencyMs: n('latency_ms'), lossPct: n('loss_pct') };
+  }
+  setShaping(sandbox: string, network: string, s: Shape): void {
+    const v = (x: number | undefined) => x ?? null;
+    this.#run(`INSERT INTO shaping(sandbox, network, rate_in, rate_out, burst_in, burst_out, latency_ms, loss_pct) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+      ON CONFLICT (sandbox, network) DO UPDATE SET rate_in = excluded.rate_in, rate_out = excluded.rate_out, burst_in = excluded.burst_in,
+      burst_out = excluded.burst_out, latency_ms = excluded.latency_ms, loss_pct = excluded.loss_pct`,
+    sandbox, network, v(s.rateIn), v(s.rateOut), v(s.burstIn), v(s.burstOut), v(s.latencyMs), v(s.lossPct));
+  }
+  deleteShaping(sandbox: string, network: string): void {
+    this.#run('DELETE FROM shaping WHERE sandbox = ? AND network = ?', sandbox, network);
+  }
+
   hostVethTaken(name: string): boolean {
     return this.#get('SELECT 1 AS x FROM attachments WHERE host_veth = ?', name) !== undefined;
   }
@@ -839,6 +872,7 @@ const toNetwork = (r: Row): NetworkRow => ({
   name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1, hostAccess: r.host_access === 1,
   mtu: (r.mtu as number | null) ?? null, driver: r.driver as string, mac: (r.mac as string | null) ?? null, state: r.state as State, created: r.created as string,
   owner: (r.owner as string | null) ?? null,
+  ...(typeof r.lower === 'string' ? { lower: JSON.parse(r.lower) as LowerDevice } : {}),
 });
 const toOverlay = (r: Row): OverlayRow => ({
   network: r.network as string, vni: r.vni as number, port: r.port as number, device: r.device as string, vtepMac: r.vtep_mac as string,

@@ -18,6 +18,8 @@ import { createNetwork, removeNetwork } from '../../src/engine/network.ts';
 import { addPolicy, changeLabels, listPolicies, removePolicies } from '../../src/engine/policy.ts';
 import { publish, unpublish } from '../../src/engine/publish.ts';
 import { connect, connectExternal, createSandbox, disconnect, removeSandbox } from '../../src/engine/sandbox.ts';
+import { shapeSandbox } from '../../src/engine/shape.ts';
+import { parseShapeFlags } from '../../src/model/shape.ts';
 import { CtnetError, KernelError } from '../../src/errors.ts';
 import { FakeKernel, HOST, type FakeSnapshot } from '../../src/kernel/fake.ts';
 import { parsePortSpec } from '../../src/model/ports.ts';
@@ -65,7 +67,7 @@ function dryCtx(w: World, lines: string[]): Ctx {
   return { ...w.ctx, applier: new Applier({ backend: w.fake, store: w.store, warn, dryRun: true, explain: (l) => void lines.push(l) }) };
 }
 
-const TABLES = ['networks', 'subnets', 'sandboxes', 'attachments', 'addresses', 'ports', 'labels', 'cni_attachments', 'policies', 'policy_elements', 'processes'];
+const TABLES = ['networks', 'subnets', 'sandboxes', 'attachments', 'addresses', 'ports', 'labels', 'cni_attachments', 'policies', 'policy_elements', 'processes', 'shaping'];
 
 /** Every table of the store, as another process reads it (what was committed), rows sorted. */
 function storeDump(w: World): Record<string, string[]> {
@@ -933,6 +935,38 @@ const SCENARIOS: Scenario[] = [
     run: (w) => cniAdd(w.ctx, { containerId: CONTAINER, netns: cniPath(w), ifname: 'eth0', conf: cniConf('db', { runtimeConfig: { portMappings: [{ hostPort: 8080, containerPort: 80 }] } }) }),
   },
   {
+    name: 'create with shaping (rates both ways, a burst)',
+    setup: webAndDb,
+    run: (w) => createSandbox(w.ctx, 's1', on('web', 'db'), undefined, [], [], parseShapeFlags({ rateIn: '10mbit', rateOut: '5mbit', burst: '32kb' })),
+  },
+  {
+    name: 'shape (a new rate in, the egress shaper added)',
+    setup: async (w) => {
+      await webAndDb(w);
+      await createSandbox(w.ctx, 's1', on('web'), undefined, [], [], parseShapeFlags({ rateIn: '10mbit' }));
+    },
+    run: (w) => shapeSandbox(w.ctx, 's1', undefined, parseShapeFlags({ rateIn: '20mbit', rateOut: '1mbit' })!),
+  },
+  {
+    name: 'shape --clear (the egress shaper and its ifb removed)',
+    setup: async (w) => {
+      await webAndDb(w);
+      await createSandbox(w.ctx, 's1', on('web'), undefined, [], [], parseShapeFlags({ rateIn: '10mbit', rateOut: '1mbit' }));
+    },
+    run: (w) => shapeSandbox(w.ctx, 's1', 'web', 'clear'),
+  },
+  {
+    name: 'CNI ADD with the bandwidth capability',
+    setup: async (w) => {
+      await webAndDb(w);
+      foreignNetns(w, 'c1');
+    },
+    run: (w) => cniAdd(w.ctx, {
+      containerId: CONTAINER, netns: cniPath(w), ifname: 'eth0',
+      conf: cniConf('web', { runtimeConfig: { bandwidth: { ingressRate: 10_000_000, ingressBurst: 160_000, egressRate: 2_000_000, egressBurst: 160_000 } } }),
+    }),
+  },
+  {
     // The policy update (the last step before the commit) recovers from one failure (it rewrites
     // the sets whole): that and a second failure are tested apart, below.
     name: 'create (a policy rule in place: the policy sets follow)',
@@ -953,7 +987,11 @@ const FORWARDING = ['net/ipv4/ip_forward', 'net/ipv6/conf/all/forwarding'];
 function comparable(s: FakeSnapshot, before: FakeSnapshot): FakeSnapshot {
   const sysctls = Object.fromEntries(Object.entries(s.sysctls).filter(([k]) => !FORWARDING.includes(k)));
   const declaredOnly = s.nft !== null && Object.values(s.nft.sets).every((x) => x.elements.length === 0);
-  return { ...s, sysctls, nft: before.nft === null && declaredOnly ? null : s.nft };
+  // An ifb device deleted and made again by a rollback gets a new ifindex and MAC: nothing refers to either.
+  const namespaces = Object.fromEntries(Object.entries(s.namespaces).map(([k, ns]) => [k, {
+    ...ns, links: Object.fromEntries(Object.entries(ns.links).map(([n, l]) => [n, l.kind === 'ifb' ? { ...l, ifindex: 0, mac: '' } : l])),
+  }]));
+  return { ...s, namespaces, sysctls, nft: before.nft === null && declaredOnly ? null : s.nft };
 }
 
 /**

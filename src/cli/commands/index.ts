@@ -22,6 +22,7 @@ import port from './port.ts';
 import portAdd from './port-add.ts';
 import portRm from './port-rm.ts';
 import label from './label.ts';
+import shape from './shape.ts';
 import { policyRule } from './policy-rule.ts';
 import policyApply from './policy-apply.ts';
 import policyLs from './policy-ls.ts';
@@ -56,6 +57,7 @@ export const COMMANDS: readonly CommandModule[] = [
   create, run, exec, connect, disconnect, ls, inspect, rm, update, route,
   port, portAdd, portRm,
   label,
+  shape,
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
   apply, diff, down,
   graph, trace, gc, doctor,
