@@ -219,10 +219,12 @@ CREATE INDEX remote_sandboxes_by_name ON remote_sandboxes(name);
 // it, and each rule's boxes before overlaps are taken out (policy_raw), so a change to one rule or
 // one sandbox's labels recomputes only the boxes it touches (model/policy-inc.ts) instead of
 // reading and compiling every rule. Source and destination bounds are 32 hex digits (IPv6 fits;
-// text compares as the numbers do); wide is 1 for a source range of 2^16 addresses or more: the
-// index finds the others by their start (a meeting box starts at most 2^16 before), the wide ones
-// are few and always read. meta policy.index = 1 says both tables are complete (written whole by
-// a full compile); rows from before schema 11 have none of it, and the next change compiles all.
+// text compares as the numbers do); wclass is the bit length of the source range's width (0 for
+// one address, 8 for a /24, 32 for the whole of IPv4): a box of class c that meets a range starts
+// at most 2^c before it, so the index on (set, class, start) finds the boxes meeting a range with
+// one tight range scan per class present. meta policy.index = 1 says both tables are complete
+// (written whole by a full compile); rows from before schema 11 have none of it, and the next
+// change compiles every rule.
 export const POLICY_INDEX = `
 ALTER TABLE policy_elements ADD COLUMN rule INTEGER;
 ALTER TABLE policy_elements ADD COLUMN s0 TEXT;
@@ -233,17 +235,17 @@ ALTER TABLE policy_elements ADD COLUMN s2 INTEGER;
 ALTER TABLE policy_elements ADD COLUMN e2 INTEGER;
 ALTER TABLE policy_elements ADD COLUMN s3 INTEGER;
 ALTER TABLE policy_elements ADD COLUMN e3 INTEGER;
-ALTER TABLE policy_elements ADD COLUMN wide INTEGER;
-CREATE INDEX policy_elements_by_src ON policy_elements(set_name, wide, s0);
+ALTER TABLE policy_elements ADD COLUMN wclass INTEGER;
+CREATE INDEX policy_elements_by_src ON policy_elements(set_name, wclass, s0);
 CREATE INDEX policy_elements_by_rule ON policy_elements(rule, set_name);
 CREATE TABLE policy_raw (
   set_name TEXT NOT NULL,
   rule INTEGER NOT NULL,
   s0 TEXT NOT NULL, e0 TEXT NOT NULL, s1 TEXT NOT NULL, e1 TEXT NOT NULL,
   s2 INTEGER NOT NULL, e2 INTEGER NOT NULL, s3 INTEGER NOT NULL, e3 INTEGER NOT NULL,
-  wide INTEGER NOT NULL
+  wclass INTEGER NOT NULL
 );
-CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wide, s0);
+CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wclass, s0);
 CREATE INDEX policy_raw_by_rule ON policy_raw(rule, set_name);
 CREATE INDEX policies_by_from ON policies(from_sel);
 CREATE INDEX policies_by_to ON policies(to_sel);
