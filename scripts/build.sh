@@ -6,6 +6,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 mkdir -p build
 node_modules/.bin/esbuild src/cli/main.ts --bundle --platform=node --format=esm --target=node24 \
-  --outfile=build/ctnet.mjs.tmp --log-level=warning \
+  --outfile=build/ctnet.mjs.tmp --log-level=warning --external:@viz-js/viz \
   --banner:js="import { createRequire as __ctnetRequire } from 'node:module'; const require = __ctnetRequire(import.meta.url);"
 mv build/ctnet.mjs.tmp build/ctnet.mjs

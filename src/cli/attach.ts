@@ -12,6 +12,8 @@ export const ATTACH_OPTIONS = [
   { flags: '-p, --publish <spec>', description: 'publish a port: [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp|/sctp] (repeatable)', repeatable: true },
   { flags: '--force', description: 'publish even when a host process listens on the host port' },
   { flags: '--label <key=value>', description: 'a label policy rules can select (label:KEY=VALUE; repeatable)', repeatable: true },
+  { flags: '--default-route <network>', description: 'the network (one of --network) that carries the default routes (default: the first with a way out)' },
+  { flags: '--egress-ip <ip>', description: 'a host address this sandbox\'s egress leaves from instead of the masqueraded one (one per family)', repeatable: true },
 ] as const satisfies readonly OptionSpec[];
 
 export function labelsOf(o: { readonly label?: readonly string[] }): { key: string; value: string }[] {

@@ -8,8 +8,8 @@
 // etcd's int64 as decimal strings, as the gateway writes them.
 import { CtnetError, invalid } from '../errors.ts';
 
-/** How long one request may take before the endpoint counts as unreachable (env CTNET_ETCD_TIMEOUT_MS). */
-export const DEFAULT_TIMEOUT_MS = 2_000;
+/** How long one request may take before the endpoint counts as unreachable (env CTNET_ETCD_TIMEOUT_MS). 5 s, like etcd's own request timeout: 2 s gave false "unreachable" under load on a busy 2-core host. */
+export const DEFAULT_TIMEOUT_MS = 5_000;
 
 /**
  * One or more etcd client URLs, comma-separated: http(s)://HOST:PORT, nothing else (no path, query,

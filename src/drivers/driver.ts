@@ -21,6 +21,8 @@ export interface DriverNetwork {
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string; readonly gateway: string }[];
   /** An overlay network's side on this host (vxlan driver); absent for a bridge network. */
   readonly overlay?: DriverOverlay | undefined;
+  /** `--egress-ip`: the host address its egress leaves from, per family (none: masquerade's choice). */
+  readonly egress?: readonly { readonly family: 4 | 6; readonly ip: string }[] | undefined;
 }
 
 /** What the vxlan driver needs beyond a bridge network: the VTEP and the peers this host programs. */

@@ -7,6 +7,7 @@ import { allocate } from '../model/ipam.ts';
 import { randomMac } from '../model/mac.ts';
 import type { Netns } from '../model/netns.ts';
 import type { AttachSpec, IpRequest } from '../model/spec.ts';
+import { sandboxEgressElements } from '../nft/ruleset.ts';
 import type { Step } from '../plan/plan.ts';
 import type { AddressRow, AttachmentRow, NetworkRow, Store } from '../store/store.ts';
 import type { Recorder } from './applier.ts';
@@ -105,5 +106,13 @@ export function attachSteps(store: Store, ns: Netns, p: PlannedAttachment, extra
     sandbox: p.row.sandbox, ifname: p.row.ifname, hostVeth: p.row.hostVeth, mac: p.row.mac, netns: ns,
     addresses: p.addresses.map((x) => ({ family: x.family, ip: x.ip, cidr: x.cidr })), defaults: p.defaults,
   };
-  return driverOf(p.network).planAttach(driverNetwork(store, p.network), a, extraNft);
+  const egress = egressLines(store, p.row.sandbox, p.network, p.addresses);
+  const extra = { add: [...(extraNft?.add ?? []), ...egress.add], del: [...(extraNft?.del ?? []), ...egress.del] };
+  return driverOf(p.network).planAttach(driverNetwork(store, p.network), a, extra);
+}
+
+/** The sandbox's --egress-ip elements for its addresses on one network (none on an --internal one). */
+export function egressLines(store: Store, sandbox: string, network: Pick<NetworkRow, 'internal'>, addresses: readonly { family: 4 | 6; ip: string }[]): { add: string[]; del: string[] } {
+  const egress = network.internal ? [] : store.sandboxEgress(sandbox);
+  return { add: sandboxEgressElements('add', addresses, egress), del: sandboxEgressElements('delete', addresses, egress) };
 }

@@ -123,6 +123,8 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
       const p = tx.decide((rec) => {
         if (!store.sandbox(sandbox)) rec.record({ kind: 'sandbox.insert', row: { name: sandbox, netns: req.netns, owned: false, state: 'ready' } });
         const used = store.attachments({ sandbox }).map((a) => a.ifname);
+        // The runtime's choice of the network that carries the default routes (the bridge plugin's key).
+        if (conf.claims.isDefaultGateway === true && !network.internal) rec.record({ kind: 'default-route.set', sandbox, network: network.name });
         const [a] = recordAttachments(rec, sandbox, [network.name], { ips: conf.ips, mac: conf.mac }, used, req.ifname, foreign);
         rec.record({ kind: 'cni.insert', row: { containerId: req.containerId, ifname: req.ifname, cniNetwork: conf.name, sandbox, network: network.name } },
           ...conf.labels.map((l) => ({ kind: 'label.set' as const, sandbox, key: l.key, value: l.value })));

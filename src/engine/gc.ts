@@ -2,6 +2,7 @@
 // rewrites ctnet's nft table from the store, rebuilds what a ready record says must exist (through
 // each network's driver), and removes ctnet-marked objects nobody records.
 import { isAlive } from '../kernel/proc.ts';
+import { deadTraceTables } from './trace.ts';
 import { randomMac } from '../model/mac.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
@@ -11,6 +12,7 @@ import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { reconcileOverlays } from './overlay-network.ts';
 import { cutDeniedFlows } from './policy.ts';
 import { restoreTables, tableDrift } from './tables.ts';
+import { egressLines } from './attach.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { removeSandbox, teardownAttachment, teardownSandbox } from './sandbox.ts';
 
@@ -135,7 +137,12 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     await applier.teardown([step([{ kind: 'netns.kill', netns: { name } }, { kind: 'netns.del', name }])]);
     done.push(`removed netns ${name}, which no record owns`);
   }
-  // 5. A member of a cluster: its leases in etcd and its overlay sides agree.
+  // 5. Temporary tables of a `ctnet trace` that was killed before it removed them.
+  for (const t of deadTraceTables(await kernel.nftTables())) {
+    await applier.teardown([step([{ kind: 'nft.delete', lines: [`delete table ${t.family} ${t.table}`] }])]);
+    done.push(`removed ${t.family} table ${t.table} (a ctnet trace that did not finish)`);
+  }
+  // 6. A member of a cluster: its leases in etcd and its overlay sides agree.
   done.push(...await reconcileOverlays(ctx));
   return done;
 }
@@ -155,6 +162,6 @@ async function replug(ctx: Ctx, sandbox: string, network: string, done: string[]
   await applier.teardown([step([{ kind: 'link.del', name: a.hostVeth }]), step([{ kind: 'link.del', name: a.ifname, netns: ns }])]);
   const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
   const defaults = ([4, 6] as const).filter((f) => addresses.some((x) => x.family === f) && defaultCarrier(store, sandbox, f) === network);
-  await applier.apply(driverOf(n).planAttach(driverNetwork(store, n), driverAttachment(store, s, a, addresses, defaults)));
+  await applier.apply(driverOf(n).planAttach(driverNetwork(store, n), driverAttachment(store, s, a, addresses, defaults), egressLines(store, sandbox, n, addresses)));
   done.push(`reattached ${sandbox} to network ${network}`);
 }

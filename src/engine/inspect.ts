@@ -47,6 +47,10 @@ export interface SandboxView {
   readonly present: boolean;
   readonly pids: number[];
   readonly labels: Record<string, string>;
+  /** --egress-ip: the host addresses its egress leaves from (else its networks'). */
+  readonly egress: string[];
+  /** The network it chose to carry its default routes (ctnet route), if it chose one. */
+  readonly defaultRoute: string | null;
   /** CNI attachments: the runtime's container id and interface, and the CNI network name. */
   readonly cni: { containerId: string; ifname: string; cniNetwork: string }[];
   readonly interfaces: InterfaceView[];
@@ -102,6 +106,8 @@ export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxVie
       };
     }),
     labels: Object.fromEntries(store.labels(name).map((l) => [l.key, l.value])),
+    egress: store.sandboxEgress(name).map((e) => e.ip),
+    defaultRoute: store.defaultRoute(name) ?? null,
     cni: store.cniAttachments({ sandbox: name }).map((c) => ({ containerId: c.containerId, ifname: c.ifname, cniNetwork: c.cniNetwork })),
     ports: publishedPorts(store, name),
     routes: present ? (await kernel.routes(ns)).map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev, scope: r.scope })) : [],
@@ -115,6 +121,8 @@ export interface NetworkView {
   readonly internal: boolean;
   readonly created: string;
   readonly subnets: { cidr: string; gateway: string }[];
+  /** --egress-ip: the host addresses its egress leaves from (empty: masqueraded). */
+  readonly egress: string[];
   readonly bridge: { ifname: string; ifindex: number | null; mac: string | null; mtu: number | null; state: string; addresses: string[] };
   readonly ports: { ifname: string; ifindex: number; state: string; sandbox: string | null }[];
   readonly fdb: { mac: string; port: string; sandbox: string | null }[];
@@ -155,6 +163,7 @@ export async function inspectNetwork(ctx: Ctx, name: string): Promise<NetworkVie
     internal: n.internal,
     created: n.created,
     subnets: store.subnets(name).map((s) => ({ cidr: s.cidr, gateway: s.gateway })),
+    egress: store.networkEgress(name).map((e) => e.ip),
     bridge: {
       ifname: n.bridge,
       ifindex: bridge?.ifindex ?? null,

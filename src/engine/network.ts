@@ -16,6 +16,7 @@ import { driverNetwork, driverOf } from './records.ts';
 import { disconnect } from './sandbox.ts';
 import { forwardSteps } from './forward.ts';
 import { syncPolicy } from './policy.ts';
+import { checkHostAddresses, checkNetworkEgress } from './egress.ts';
 
 /**
  * Set in a state directory once it has made a network: only then may gc take ctnet-marked kernel
@@ -71,6 +72,9 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: Overl
     interfaces: new Set(links.map((l) => l.ifname)),
     routes: routes.filter((r) => r.dst && r.dst !== 'default' && !(r.dev && ours.has(r.dev))).map((r) => ({ dst: r.dst, via: r.dev ?? r.gateway ?? '?' })),
   };
+  const egress = spec.egress ?? [];
+  checkNetworkEgress({ name: spec.name, internal: spec.internal, subnets: spec.subnets.map((s) => s.subnet) }, egress);
+  await checkHostAddresses(ctx, '--egress-ip', egress);
   let row!: NetworkRow;
   await applier.transaction(async (tx) => {
     const n = tx.decide((rec): DriverNetwork => {
@@ -102,11 +106,13 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: Overl
         name: spec.name, device, mac: randomMac(), internal: spec.internal, isolate: spec.isolate, hostAccess: spec.hostAccess, mtu: mtu ?? null,
         subnets: spec.subnets.map((s) => ({ family: s.subnet.family, cidr: s.cidr, gateway: s.gateway })),
         overlay: o && { vni: o.vni, port: o.port, device: o.device, vtepMac: o.vtepMac, cidrs: [o.cidr], underlay: { ip: o.underlayIp, dev: o.underlayDev }, peers: [] },
+        egress,
       };
       driver.validate(dn, host);
       const r = { name: dn.name, bridge: device, internal: dn.internal, isolate: dn.isolate, hostAccess: dn.hostAccess, mtu: dn.mtu, driver: driver.name, mac: dn.mac, state: 'creating' as const };
       rec.record({ kind: 'network.insert', row: r, subnets: dn.subnets.map((s) => ({ cidr: s.cidr, family: s.family, gateway: s.gateway })), overlay: o },
-        { kind: 'meta.set', key: MADE_NETWORKS, value: '1' });
+        { kind: 'meta.set', key: MADE_NETWORKS, value: '1' },
+        ...egress.map((e) => ({ kind: 'egress.set' as const, scope: 'network' as const, name: spec.name, family: e.family, ip: e.ip })));
       row = { ...r, owner: null, created: new Date().toISOString() };
       return dn;
     });

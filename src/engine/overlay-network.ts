@@ -6,11 +6,12 @@
 import { claimLease, defineOverlay, networkLeases, reclaimLease, releaseLease, undefineOverlay } from '../cluster/registry.ts';
 import { parseOverlaySpec, type RawOverlay } from '../cluster/pool.ts';
 import { decodeEntry, LEASES, networkKey, type OverlayDef } from '../cluster/keys.ts';
-import { EtcdError } from '../cluster/etcd.ts';
+import { EtcdError, GRPC_NOT_FOUND } from '../cluster/etcd.ts';
 import { CtnetError } from '../errors.ts';
 import { overlaps, parseSubnet } from '../model/cidr.ts';
 import { parseName } from '../model/names.ts';
 import { parseNetworkSpec } from '../model/spec.ts';
+import { withLock } from '../store/lock.ts';
 import type { MemberRow, NetworkRow } from '../store/store.ts';
 import { etcdOf, memberOf } from './cluster.ts';
 import type { Ctx } from './context.ts';
@@ -73,7 +74,7 @@ export async function createOverlayNetwork(ctx: Ctx, req: OverlayRequest): Promi
   const etcd = etcdOf(m);
   const def = await withEtcd(() => defineOverlay(etcd, name, spec));
   try {
-    return await makeLocalSide(ctx, m, name, def, req);
+    return await withLock(store.dir, 'overlay-side', () => makeLocalSide(ctx, m, name, def, req));
   } catch (e) {
     await undefineOverlay(etcd, name).catch(() => {}); // nothing else leases it yet
     throw e;
@@ -111,12 +112,17 @@ export async function ensureOverlaySide(ctx: Ctx, name: string): Promise<void> {
   if (store.network(name)) return;
   const m = store.member();
   if (!m || m.state !== 'ready' || !m.leaseId) return;
-  const etcd = etcdOf(m);
-  const kv = await withEtcd(() => etcd.get(networkKey(name)));
-  if (!kv) return;
-  const entry = decodeEntry(kv.key, kv.value);
-  if (entry.kind !== 'network') return;
-  await makeLocalSide(ctx, m, name, entry.def, {});
+  // Several first sandboxes at once (parallel creates, CNI ADDs) must make one side: unserialized,
+  // the loser's rollback gave back the lease the winner's side was using.
+  await withLock(store.dir, 'overlay-side', async () => {
+    if (store.network(name)) return; // made while this one waited
+    const etcd = etcdOf(m);
+    const kv = await withEtcd(() => etcd.get(networkKey(name)));
+    if (!kv) return;
+    const entry = decodeEntry(kv.key, kv.value);
+    if (entry.kind !== 'network') return;
+    await makeLocalSide(ctx, m, name, entry.def, {});
+  });
 }
 
 /**
@@ -124,6 +130,10 @@ export async function ensureOverlaySide(ctx: Ctx, name: string): Promise<void> {
  * with the last lease (other hosts keep theirs until they remove their side).
  */
 export async function removeOverlaySide(ctx: Ctx, name: string, options: { force: boolean }): Promise<'removed' | 'undefined'> {
+  return withLock(ctx.store.dir, 'overlay-side', () => removeSide(ctx, name, options));
+}
+
+async function removeSide(ctx: Ctx, name: string, options: { force: boolean }): Promise<'removed' | 'undefined'> {
   const { store } = ctx;
   const m = store.member();
   await removeNetwork(ctx, name, options);
@@ -186,6 +196,11 @@ export async function reconcileOverlays(ctx: Ctx): Promise<string[]> {
     }
   } catch (e) {
     if (e instanceof EtcdError && e.unreachable) return [`did not compare this host's overlay leases with etcd: ${e.message}`];
+    if (e instanceof EtcdError && e.grpcCode === GRPC_NOT_FOUND) {
+      // The host's etcd lease expired with no ctnetd to renew it; ctnetd's start registers the host
+      // with a new one and takes back exactly these subnets (services/cluster.ts).
+      return [...done, `this host's etcd lease has expired (no ctnetd renewed it): ctnetd registers the host again, with the same subnets, when it starts`];
+    }
     throw e;
   }
   return done;

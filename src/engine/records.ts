@@ -41,6 +41,7 @@ export function driverNetwork(store: Store, n: NetworkRow): DriverNetwork {
   return {
     name: n.name, device: n.bridge, mac: n.mac, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, mtu: n.mtu,
     subnets: store.subnets(n.name).map((s) => ({ family: s.family, cidr: s.cidr, gateway: s.gateway })),
+    egress: store.networkEgress(n.name).map((e) => ({ family: e.family, ip: e.ip })),
     overlay: o && {
       vni: o.vni, port: o.port, device: o.device, vtepMac: o.vtepMac, cidrs: [o.cidr], underlay: { ip: o.underlayIp, dev: o.underlayDev },
       peers: store.peers(n.name).map((p) => ({ host: p.host, subnet: p.subnet, underlay: p.underlay, vtepMac: p.vtepMac })),
@@ -72,6 +73,13 @@ export function driverAttachment(store: Store, s: Pick<SandboxRow, 'netns'>, a: 
  * nft, but policy may allow traffic to other networks, and replies need a route back).
  */
 export function carriesDefault(store: Store, sandbox: string, network: NetworkRow, family: 4 | 6, earlier: readonly string[]): boolean {
+  // A network the sandbox chose (--default-route, ctnet route) carries it whenever it has the family.
+  const chosen = store.defaultRoute(sandbox);
+  if (chosen && store.subnets(chosen).some((s) => s.family === family)) {
+    if (chosen === network.name) return true;
+    if (earlier.includes(chosen) || store.attachments({ sandbox }).some((a) => a.network === chosen)) return false;
+    // Not attached yet (later in this request): the usual rule until it takes the route over.
+  }
   const others = [...store.attachments({ sandbox }).map((a) => a.network), ...earlier].filter((n) => n !== network.name);
   const has = (o: string, internal: boolean | undefined) => {
     const n = store.network(o);
@@ -81,9 +89,11 @@ export function carriesDefault(store: Store, sandbox: string, network: NetworkRo
   return !others.some((o) => has(o, undefined));
 }
 
-/** The network that carries a sandbox's default route (as carriesDefault chose it, in ifname order). */
+/** The network that carries a sandbox's default route: the one it chose, else as carriesDefault chose it (in ifname order). */
 export function defaultCarrier(store: Store, sandbox: string, family: 4 | 6): string | undefined {
   const withFamily = store.attachments({ sandbox }).filter((a) => store.subnets(a.network).some((s) => s.family === family));
+  const chosen = store.defaultRoute(sandbox);
+  if (chosen && withFamily.some((a) => a.network === chosen)) return chosen;
   return (withFamily.find((a) => store.network(a.network)?.internal === false) ?? withFamily[0])?.network;
 }
 

@@ -6,9 +6,10 @@ import { formatPortSpec } from '../model/ports.ts';
 import type { PortFacts } from '../nft/ruleset.ts';
 import type { Op } from '../plan/ops.ts';
 import { step, type Step } from '../plan/plan.ts';
-import type { AttachmentRow, SandboxRow } from '../store/store.ts';
+import type { AttachmentRow, SandboxRow, Store } from '../store/store.ts';
+import { checkHostAddresses, type EgressAddress } from './egress.ts';
 import type { Ctx } from './context.ts';
-import { attachSteps, kernelDefaults, recordAttachments } from './attach.ts';
+import { attachSteps, egressLines, kernelDefaults, recordAttachments } from './attach.ts';
 import { ensureOverlaySides } from './overlay-network.ts';
 import { netnsName } from './naming.ts';
 import { portFacts, portLines, portMoveLines, portsMoved, publishSteps, readHost, recordPorts, unpublishSteps, type PublishRequest } from './ports.ts';
@@ -18,9 +19,10 @@ import { syncPolicy } from './policy.ts';
 const NO_PORTS: PublishRequest = { mappings: [], force: false };
 
 export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, publish: PublishRequest = NO_PORTS,
-  labels: readonly { key: string; value: string }[] = []): Promise<SandboxRow> {
+  labels: readonly { key: string; value: string }[] = [], egress: readonly EgressAddress[] = []): Promise<SandboxRow> {
   const { store, kernel, applier } = ctx;
   await ensureOverlaySides(ctx, spec.networks);
+  await checkHostAddresses(ctx, '--egress-ip', egress);
   const host = await readHost(ctx, publish);
   const nsName = netnsName(store.instance, name);
   const ns = { name: nsName };
@@ -32,6 +34,12 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
         throw new CtnetError('CONFLICT', `netns ${nsName} exists already but ctnet has no record of it`, 'run "ctnet gc" to remove what an interrupted ctnet left behind');
       }
       rec.record({ kind: 'sandbox.insert', row }, ...labels.map((l) => ({ kind: 'label.set' as const, sandbox: name, key: l.key, value: l.value })));
+      checkSandboxEgress(store, spec.networks, egress);
+      if (spec.defaultRoute) {
+        checkRouteNetwork(store, spec.defaultRoute);
+        rec.record({ kind: 'default-route.set', sandbox: name, network: spec.defaultRoute });
+      }
+      rec.record(...egress.map((e) => ({ kind: 'egress.set' as const, scope: 'sandbox' as const, name, family: e.family, ip: e.ip })));
       const attachments = recordAttachments(rec, name, spec.networks, spec, []);
       recordPorts(rec, name, publish, host);
       return { attachments, ports: portFacts(store, name) };
@@ -49,11 +57,28 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
   return { ...row, state: 'ready', owner: null, created: new Date().toISOString() };
 }
 
-/** Connects an existing sandbox to one more network. */
-export async function connect(ctx: Ctx, network: string, sandbox: string, ips: readonly IpRequest[]): Promise<void> {
+/** A sandbox's egress address needs a network of its family that has a way out. */
+function checkSandboxEgress(store: Store, networks: readonly string[], egress: readonly EgressAddress[]): void {
+  for (const e of egress) {
+    const out = networks.filter((n) => store.network(n)?.internal === false && store.subnets(n).some((s) => s.family === e.family));
+    if (out.length === 0) {
+      throw new CtnetError('INVALID_ARGUMENT', `--egress-ip ${e.ip}: none of ${networks.join(', ')} has IPv${e.family} egress (an IPv${e.family} subnet, not --internal)`, 'leave --egress-ip out, or add such a --network');
+    }
+  }
+}
+
+/** A default route through an --internal network leads nowhere. */
+export function checkRouteNetwork(store: Store, network: string): void {
+  if (store.network(network)?.internal) {
+    throw new CtnetError('INVALID_ARGUMENT', `network ${network} is --internal: a default route through it leads nowhere`, 'choose a network with a way out');
+  }
+}
+
+/** Connects an existing sandbox to one more network (defaultRoute: it takes the default routes over). */
+export async function connect(ctx: Ctx, network: string, sandbox: string, ips: readonly IpRequest[], defaultRoute = false): Promise<void> {
   const s = readySandbox(ctx.store, sandbox);
   await ensureOverlaySides(ctx, [network]);
-  await attachOne(ctx, s, network, ips, false);
+  await attachOne(ctx, s, network, ips, false, false, defaultRoute);
 }
 
 /**
@@ -74,7 +99,7 @@ export async function connectExternal(ctx: Ctx, network: string, netnsPath: stri
   await attachOne(ctx, s, network, ips, true, !existing);
 }
 
-async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly IpRequest[], readNames: boolean, isNew = false): Promise<void> {
+async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly IpRequest[], readNames: boolean, isNew = false, defaultRoute = false): Promise<void> {
   const { store, kernel, applier } = ctx;
   const ns = sandboxNetns(s);
   // In someone else's namespace any interface may exist; in ours, the store knows them all.
@@ -84,6 +109,10 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
   await applier.transaction(async (tx) => {
     const { planned, after } = tx.decide((rec) => {
       if (isNew) rec.record({ kind: 'sandbox.insert', row: { name: s.name, netns: s.netns, owned: false, state: 'ready' } });
+      if (defaultRoute) {
+        checkRouteNetwork(store, network);
+        rec.record({ kind: 'default-route.set', sandbox: s.name, network });
+      }
       used.push(...store.attachments({ sandbox: s.name }).map((a) => a.ifname));
       const [a] = recordAttachments(rec, s.name, [network], { ips, mac: undefined }, used, undefined, foreign);
       return { planned: a!, after: portFacts(store, s.name) };
@@ -114,7 +143,8 @@ function detachSteps(ctx: Ctx, a: AttachmentRow, extraDel: readonly string[] = [
   const n = store.network(a.network);
   const addresses = store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network);
   if (!n) return [step([{ kind: 'link.del', name: a.hostVeth }], `${a.sandbox}: remove ${a.ifname}`)];
-  return driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, mac: a.mac, addresses }, extraDel);
+  const egress = egressLines(store, a.sandbox, n, addresses).del;
+  return driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, mac: a.mac, addresses }, [...extraDel, ...egress]);
 }
 
 /** Removes one attachment's kernel objects; idempotent. */
@@ -143,7 +173,8 @@ export async function disconnect(ctx: Ctx, network: string, sandbox: string): Pr
   if (applier.dryRun) return;
   // A namespace someone else made is only a sandbox while ctnet networks it.
   const last = !s.owned && store.attachments({ sandbox }).length === 1;
-  applier.record({ kind: 'attachment.delete', sandbox, network }, ...(last ? [{ kind: 'sandbox.delete' as const, name: sandbox }] : []));
+  applier.record({ kind: 'attachment.delete', sandbox, network }, ...(last ? [{ kind: 'sandbox.delete' as const, name: sandbox }] : []),
+    ...(!last && store.defaultRoute(sandbox) === network ? [{ kind: 'default-route.set' as const, sandbox, network: null }] : []));
   if (!last) {
     await handOverDefault(ctx, s, carried);
     if (wasTarget) await applier.apply(publishSteps(portFacts(store, sandbox)));
@@ -187,4 +218,31 @@ export async function teardownSandbox(ctx: Ctx, s: SandboxRow): Promise<void> {
     ...store.attachments({ sandbox: s.name }).flatMap((a) => detachSteps(ctx, a)),
     ...(ours ? [step([{ kind: 'netns.del', name: ns.name }], `sandbox ${s.name}: remove its network namespace`)] : []),
   ]);
+}
+
+/**
+ * `ctnet route NAME --via NET`: NET carries the sandbox's default routes from now on, for each
+ * family it has an address of (the others stay where they are); live, one replace per family.
+ */
+export async function moveDefaultRoute(ctx: Ctx, sandbox: string, network: string): Promise<void> {
+  const { store, applier } = ctx;
+  const s = readySandbox(store, sandbox);
+  existingNetwork(store, network);
+  const a = store.attachments({ sandbox }).find((x) => x.network === network);
+  if (!a) throw new CtnetError('INVALID_ARGUMENT', `sandbox ${sandbox} is not on network ${network}`, `connect it first: ctnet connect ${network} ${sandbox} --default-route`);
+  checkRouteNetwork(store, network);
+  const ns = sandboxNetns(s);
+  await applier.transaction(async (tx) => {
+    const ops = tx.decide((rec) => {
+      const before = new Map(([4, 6] as const).map((f) => [f, currentDefault(store, sandbox, f)]));
+      rec.record({ kind: 'default-route.set', sandbox, network });
+      return ([4, 6] as const).flatMap((f): Op[] => {
+        const now = currentDefault(store, sandbox, f);
+        const was = before.get(f);
+        return now && (now.via !== was?.via || now.dev !== was?.dev) ? [{ kind: 'route.replace.default', via: now.via, dev: now.dev, netns: ns, previous: was }] : [];
+      });
+    });
+    await tx.run([step(ops, `${sandbox}: default route${ops.length > 1 ? 's' : ''} via network ${network}`)]);
+    tx.commit();
+  });
 }

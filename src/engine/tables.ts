@@ -16,12 +16,15 @@ export function tablesScript(store: Store, policy: FullPolicyState = fullPolicyS
   const nets = store.networks();
   const endpoints = store.attachments().flatMap((a) => {
     const n = nets.find((x) => x.name === a.network);
-    return n ? [{ bridge: n.bridge, addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network), port: { name: a.hostVeth, mac: a.mac } }] : [];
+    const addresses = store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network);
+    // A sandbox's egress address applies to its addresses on networks that masquerade.
+    const egress = n && !n.internal ? store.sandboxEgress(a.sandbox) : [];
+    return n ? [{ bridge: n.bridge, addresses, port: { name: a.hostVeth, mac: a.mac }, egress }] : [];
   });
   const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
   const facts = nets.map((n) => (store.overlay(n.name)
     ? overlayFacts(driverNetwork(store, n))
-    : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: store.subnets(n.name) }));
+    : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: store.subnets(n.name), egress: store.networkEgress(n.name) }));
   return fullScript(facts, endpoints, ports, policyElements(policy)).trimEnd().split('\n');
 }
 

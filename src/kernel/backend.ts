@@ -75,6 +75,28 @@ export interface Listener {
   readonly processes: string[];
 }
 
+/** One probe of `ctnet trace`: a new flow from a namespace with a fixed source port. */
+export interface ProbeSpec {
+  readonly proto: 'tcp' | 'udp' | 'icmp';
+  readonly dst: string;
+  readonly port: number;
+  readonly sport: number;
+  readonly timeoutMs: number;
+}
+export interface ProbeResult {
+  /** The tool succeeded: TCP connected, ICMP answered, UDP sent. */
+  readonly ok: boolean;
+  /** Something came back (UDP: a datagram). */
+  readonly answered: boolean;
+  /** TCP refused (an RST), or ICMP unreachable. */
+  readonly refused?: boolean;
+  readonly detail: string;
+}
+export interface TraceMonitor {
+  /** Ends the monitor; its `trace id ...` lines. */
+  stop(): Promise<string[]>;
+}
+
 export interface KernelBackend {
   /**
    * Applies operations in order, stopping at the first failure (a KernelError). Consecutive
@@ -106,6 +128,8 @@ export interface KernelBackend {
   nftTableText(): Promise<string | undefined>;
   /** Equivalent to: nft -j list chains; every chain of every table. */
   nftChains(): Promise<NftChain[]>;
+  /** Equivalent to: nft -j list tables; every table, with its family. */
+  nftTables(): Promise<{ family: string; table: string }[]>;
   /** Equivalent to: conntrack -L (both families). */
   flows(): Promise<Flow[]>;
   /** Equivalent to: ss -Hlnp -t -u [--sctp]. */
@@ -122,4 +146,12 @@ export interface KernelBackend {
   toolVersion(tool: 'ip' | 'nft' | 'conntrack'): Promise<string | undefined>;
   /** Equivalent to: iptables-legacy -S FORWARD; undefined when there is none (ctnet doctor). */
   legacyForward(): Promise<string | undefined>;
+
+  // ---- ctnet trace: observation with a real probe (src/kernel/exec/trace.ts) ----
+  /** Equivalent to: nft monitor trace (in ctnet's namespace), until stop(). */
+  traceMonitor(): Promise<TraceMonitor>;
+  /** Sends one probe from NS (nc with a fixed source port, or ping). */
+  probe(ns: Netns, p: ProbeSpec): Promise<ProbeResult>;
+  /** Equivalent to: ip [-n NS] -j route get DST */
+  routeGet(ns: Netns | undefined, dst: string): Promise<{ dst: string; gateway?: string; dev?: string; prefsrc?: string; type?: string }[]>;
 }

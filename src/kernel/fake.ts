@@ -11,7 +11,7 @@ import { netnsPath, type Netns } from '../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../plan/flows.ts';
 import type { Op } from '../plan/ops.ts';
 import { renderOp, shellLine } from '../plan/render.ts';
-import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, RouteInfo } from './backend.ts';
+import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, RouteInfo, TraceMonitor } from './backend.ts';
 
 /** The key of ctnet's own (the host's) namespace in the model and in snapshots. */
 export const HOST = 'host';
@@ -881,6 +881,19 @@ export class FakeKernel implements KernelBackend {
     return { ip: 'ip utility, iproute2-6.1.0 (fake)', nft: 'nftables v1.0.6 (fake)', conntrack: 'conntrack v1.4.7 (fake)' }[tool];
   }
 
+  async nftTables(): Promise<{ family: string; table: string }[]> {
+    return [...new Set((await this.nftChains()).map((c) => `${c.family} ${c.table}`))].map((k) => ({ family: k.split(' ')[0]!, table: k.split(' ')[1]! }));
+  }
+  // A fake kernel carries no packets: trace needs the real one.
+  traceMonitor(): Promise<TraceMonitor> {
+    return Promise.reject(new Error('the fake kernel carries no packets: ctnet trace needs the real kernel'));
+  }
+  probe(): Promise<ProbeResult> {
+    return Promise.reject(new Error('the fake kernel carries no packets: ctnet trace needs the real kernel'));
+  }
+  async routeGet(): Promise<{ dst: string }[]> {
+    return [];
+  }
   async legacyForward(): Promise<string | undefined> {
     return undefined;
   }

@@ -19,6 +19,8 @@ export interface NetworkSpec {
   /** Sandboxes may reach any service of the host (else only ICMP and published ports). */
   readonly hostAccess: boolean;
   readonly mtu: number | undefined;
+  /** `--egress-ip`: host addresses its egress leaves from, at most one per family (engine/egress.ts). */
+  readonly egress?: readonly { readonly family: 4 | 6; readonly ip: string }[] | undefined;
 }
 
 export interface RawNetwork {
@@ -89,9 +91,11 @@ export interface AttachSpec {
   readonly networks: readonly string[];
   readonly ips: readonly IpRequest[];
   readonly mac: string | undefined;
+  /** `--default-route NET`: the network (one of networks) that carries the default routes. */
+  readonly defaultRoute?: string | undefined;
 }
 
-export function parseAttachSpec(raw: { network?: string[]; ip?: string[]; mac?: string }): AttachSpec {
+export function parseAttachSpec(raw: { network?: string[]; ip?: string[]; mac?: string; defaultRoute?: string }): AttachSpec {
   const networks = (raw.network ?? []).map((n) => parseName('network', n));
   if (networks.length === 0) throw invalid('no --network given', 'name the network to join, e.g. --network web');
   const dup = networks.find((n, i) => networks.indexOf(n) !== i);
@@ -102,5 +106,9 @@ export function parseAttachSpec(raw: { network?: string[]; ip?: string[]; mac?: 
   });
   const dupIp = ips.find((a, i) => ips.findIndex((b) => b.text === a.text) !== i);
   if (dupIp) throw invalid(`--ip ${dupIp.text} is given twice`);
-  return { networks, ips, mac: raw.mac === undefined ? undefined : parseMac(raw.mac) };
+  const defaultRoute = raw.defaultRoute === undefined ? undefined : parseName('network', raw.defaultRoute);
+  if (defaultRoute !== undefined && !networks.includes(defaultRoute)) {
+    throw invalid(`--default-route ${defaultRoute} is not one of the --network options`, `add --network ${defaultRoute}, or choose one of ${networks.join(', ')}`);
+  }
+  return { networks, ips, mac: raw.mac === undefined ? undefined : parseMac(raw.mac), defaultRoute };
 }

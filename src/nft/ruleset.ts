@@ -23,6 +23,8 @@ export interface NetworkFacts {
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string }[];
   /** An overlay network's side of the host: its VXLAN device, the overlay's subnets, its VNI and port, the peers' VTEPs. */
   readonly overlay?: OverlayFacts | undefined;
+  /** `--egress-ip`: the host address its subnets' egress leaves from (per family), instead of masquerade's choice. */
+  readonly egress?: readonly { readonly family: 4 | 6; readonly ip: string }[] | undefined;
 }
 
 export interface OverlayFacts {
@@ -46,6 +48,8 @@ export interface EndpointFacts {
   readonly addresses: readonly { readonly family: 4 | 6; readonly ip: string }[];
   /** The sandbox's bridge port (host veth) and its interface's MAC: what the port may send as. */
   readonly port?: { readonly name: string; readonly mac: string } | undefined;
+  /** The sandbox's `--egress-ip` addresses, per family. */
+  readonly egress?: Egress | undefined;
 }
 
 const q = (ifname: string) => JSON.stringify(ifname); // names are validated: [A-Za-z0-9_.-]
@@ -68,6 +72,10 @@ add set ${TABLE} vxlan_ids { typeof udp dport . @th,96,24; comment "UDP port . V
 add set ${TABLE} vteps4 { typeof ip saddr . udp dport . @th,96,24; comment "known VTEPs: underlay address . UDP port . VNI"; }
 add set ${TABLE} endpoints4 { type ipv4_addr . ifname; comment "sandbox address . its bridge"; }
 add set ${TABLE} endpoints6 { type ipv6_addr . ifname; comment "sandbox address . its bridge"; }
+add map ${TABLE} egress_network4 { type ipv4_addr : ipv4_addr; flags interval; comment "network --egress-ip: subnet -> the host address its egress leaves from"; }
+add map ${TABLE} egress_network6 { type ipv6_addr : ipv6_addr; flags interval; comment "network --egress-ip: subnet -> the host address its egress leaves from"; }
+add map ${TABLE} egress_sandbox4 { type ipv4_addr : ipv4_addr; comment "sandbox --egress-ip: its address -> the host address its egress leaves from"; }
+add map ${TABLE} egress_sandbox6 { type ipv6_addr : ipv6_addr; comment "sandbox --egress-ip: its address -> the host address its egress leaves from"; }
 add map ${TABLE} ports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; comment "published on one host address: address . protocol . port -> sandbox address . port"; }
 add map ${TABLE} ports6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; comment "published on one host address: address . protocol . port -> sandbox address . port"; }
 add map ${TABLE} ports4_any { type inet_proto . inet_service : ipv4_addr . inet_service; comment "published on every host address: protocol . port -> sandbox address . port"; }
@@ -122,7 +130,11 @@ add rule ${TABLE} input meta l4proto { icmp, ipv6-icmp } accept comment "ping, p
 add rule ${TABLE} input iifname @host_access_bridges accept comment "network --host-access"
 add rule ${TABLE} input counter drop comment "the host is not open to sandboxes (published ports are DNATed past it; policy allow --to host or network --host-access opens it)"
 add rule ${TABLE} postrouting ct status dnat ip saddr 127.0.0.0/8 counter masquerade comment "published port reached at 127.0.0.1"
+add rule ${TABLE} postrouting ip saddr @masq4 ip daddr != @overlay4 oifname != @bridges snat ip to ip saddr map @egress_sandbox4 comment "egress from the sandbox's --egress-ip (no element: the next rule)"
+add rule ${TABLE} postrouting ip saddr @masq4 ip daddr != @overlay4 oifname != @bridges snat ip to ip saddr map @egress_network4 comment "egress from the network's --egress-ip"
 add rule ${TABLE} postrouting ip saddr @masq4 ip daddr != @overlay4 oifname != @bridges counter masquerade comment "egress, but not between overlay subnets"
+add rule ${TABLE} postrouting ip6 saddr @masq6 oifname != @bridges snat ip6 to ip6 saddr map @egress_sandbox6 comment "egress from the sandbox's --egress-ip"
+add rule ${TABLE} postrouting ip6 saddr @masq6 oifname != @bridges snat ip6 to ip6 saddr map @egress_network6 comment "egress from the network's --egress-ip"
 add rule ${TABLE} postrouting ip6 saddr @masq6 oifname != @bridges counter masquerade
 ${identityScript()}
 `;
@@ -288,7 +300,10 @@ export function networkElements(verb: Verb, n: NetworkFacts): string[] {
   if (!n.isolate) lines.push(`${verb} element ${TABLE} bridge_pairs { ${q(n.bridge)} . ${q(n.bridge)} }`);
   if (n.hostAccess) lines.push(`${verb} element ${TABLE} host_access_bridges { ${q(n.bridge)} }`);
   if (n.internal) lines.push(`${verb} element ${TABLE} internal_bridges { ${q(n.bridge)} }`);
-  else for (const s of n.subnets) lines.push(`${verb} element ${TABLE} masq${s.family} { ${s.cidr} }`);
+  else {
+    for (const s of n.subnets) lines.push(`${verb} element ${TABLE} masq${s.family} { ${s.cidr} }`);
+    lines.push(...networkEgressElements(verb, n.subnets, n.egress ?? []));
+  }
   const o = n.overlay;
   if (!o) return lines;
   lines.push(`${verb} element ${TABLE} overlays { ${q(o.device)} }`);
@@ -300,6 +315,24 @@ export function networkElements(verb: Verb, n: NetworkFacts): string[] {
   return [...lines, ...vtepElements(verb, o, o.vteps)];
 }
 
+type Egress = readonly { readonly family: 4 | 6; readonly ip: string }[];
+
+/** A network's egress addresses: one element per subnet of a family that has one (delete: keys only). */
+export function networkEgressElements(verb: Verb, subnets: readonly { family: 4 | 6; cidr: string }[], egress: Egress): string[] {
+  return subnets.flatMap((s) => {
+    const e = egress.find((x) => x.family === s.family);
+    return e ? [`${verb} element ${TABLE} egress_network${s.family} { ${s.cidr}${verb === 'add' ? ` : ${e.ip}` : ''} }`] : [];
+  });
+}
+
+/** A sandbox's egress addresses: one element per address of a family that has one (delete: keys only). */
+export function sandboxEgressElements(verb: Verb, addresses: readonly { family: 4 | 6; ip: string }[], egress: Egress): string[] {
+  return addresses.flatMap((a) => {
+    const e = egress.find((x) => x.family === a.family);
+    return e ? [`${verb} element ${TABLE} egress_sandbox${a.family} { ${a.ip}${verb === 'add' ? ` : ${e.ip}` : ''} }`] : [];
+  });
+}
+
 /** Known VTEPs of an overlay network: one line per element, so a delete of one already gone spares the rest. */
 export function vtepElements(verb: Verb, o: Pick<OverlayFacts, 'port' | 'vni'>, underlays: readonly string[]): string[] {
   return underlays.filter((u) => !u.includes(':')).map((u) => `${verb} element ${TABLE} vteps4 { ${u} . ${o.port} . ${o.vni} }`);
@@ -307,6 +340,7 @@ export function vtepElements(verb: Verb, o: Pick<OverlayFacts, 'port' | 'vni'>, 
 
 export function endpointElements(verb: Verb, e: EndpointFacts): string[] {
   const lines = e.addresses.map((a) => `${verb} element ${TABLE} endpoints${a.family} { ${a.ip} . ${q(e.bridge)} }`);
+  lines.push(...sandboxEgressElements(verb, e.addresses, e.egress ?? []));
   if (!e.port) return lines;
   const p = q(e.port.name);
   const v6 = [...e.addresses.filter((a) => a.family === 6).map((a) => a.ip), linkLocalOf(e.port.mac)];

@@ -31,7 +31,9 @@ export type StoreChange =
   | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> }
   /** The policy sets' mirror with its index (every element's box and owner, every rule's boxes), whole. */
   | { readonly kind: 'policy.state'; readonly state: PolicyState }
-  | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null };
+  | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null }
+  | { readonly kind: 'egress.set'; readonly scope: 'network' | 'sandbox'; readonly name: string; readonly family: 4 | 6; readonly ip: string | null }
+  | { readonly kind: 'default-route.set'; readonly sandbox: string; readonly network: string | null };
 
 /**
  * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
@@ -123,6 +125,16 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.meta(c.key) ?? null;
       store.setMeta(c.key, c.value);
       return { kind: 'meta.set', key: c.key, value: was };
+    }
+    case 'egress.set': {
+      const was = (c.scope === 'network' ? store.networkEgress(c.name) : store.sandboxEgress(c.name)).find((e) => e.family === c.family)?.ip ?? null;
+      store.setEgress(c.scope, c.name, c.family, c.ip);
+      return { ...c, ip: was };
+    }
+    case 'default-route.set': {
+      const was = store.defaultRoute(c.sandbox) ?? null;
+      store.setDefaultRoute(c.sandbox, c.network);
+      return { kind: 'default-route.set', sandbox: c.sandbox, network: was };
     }
     case 'policy.mirror':
     case 'policy.state': {

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 11;
+export const SCHEMA_VERSION = 13;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -215,16 +215,36 @@ CREATE TABLE remote_sandboxes (
 CREATE INDEX remote_sandboxes_by_name ON remote_sandboxes(name);
 `;
 
-// The policy index (schema 11): each element of the policy sets with its box and the rule that owns
+// Egress and default routes (schema 11, issue 18): the host address a network's (or one sandbox's)
+// egress leaves from instead of masquerade's choice, at most one per family; and the network a
+// sandbox chose to carry its default routes (else the first non-internal one, records.ts).
+export const EGRESS_ROUTES = `
+CREATE TABLE network_egress (
+  network TEXT NOT NULL REFERENCES networks(name) ON DELETE CASCADE,
+  family INTEGER NOT NULL CHECK (family IN (4, 6)),
+  ip TEXT NOT NULL,
+  PRIMARY KEY (network, family)
+);
+CREATE TABLE sandbox_egress (
+  sandbox TEXT NOT NULL REFERENCES sandboxes(name) ON DELETE CASCADE,
+  family INTEGER NOT NULL CHECK (family IN (4, 6)),
+  ip TEXT NOT NULL,
+  PRIMARY KEY (sandbox, family)
+);
+CREATE TABLE default_routes (
+  sandbox TEXT PRIMARY KEY REFERENCES sandboxes(name) ON DELETE CASCADE,
+  network TEXT NOT NULL
+);
+`;
+
+// The policy index (schema 12): each element of the policy sets with its box and the rule that owns
 // it, and each rule's boxes before overlaps are taken out (policy_raw), so a change to one rule or
 // one sandbox's labels recomputes only the boxes it touches (model/policy-inc.ts) instead of
 // reading and compiling every rule. Source and destination bounds are 32 hex digits (IPv6 fits;
-// text compares as the numbers do); wclass is the bit length of the source range's width (0 for
-// one address, 8 for a /24, 32 for the whole of IPv4): a box of class c that meets a range starts
-// at most 2^c before it, so the index on (set, class, start) finds the boxes meeting a range with
-// one tight range scan per class present. meta policy.index = 1 says both tables are complete
-// (written whole by a full compile); rows from before schema 11 have none of it, and the next
-// change compiles every rule.
+// text compares as the numbers do); wide is 1 for a source range of 2^16 addresses or more: the
+// index finds the others by their start (a meeting box starts at most 2^16 before), the wide ones
+// are few and always read. meta policy.index = 1 says both tables are complete (written whole by
+// a full compile); rows from before schema 12 have none of it, and the next change compiles all.
 export const POLICY_INDEX = `
 ALTER TABLE policy_elements ADD COLUMN rule INTEGER;
 ALTER TABLE policy_elements ADD COLUMN s0 TEXT;
@@ -235,20 +255,38 @@ ALTER TABLE policy_elements ADD COLUMN s2 INTEGER;
 ALTER TABLE policy_elements ADD COLUMN e2 INTEGER;
 ALTER TABLE policy_elements ADD COLUMN s3 INTEGER;
 ALTER TABLE policy_elements ADD COLUMN e3 INTEGER;
-ALTER TABLE policy_elements ADD COLUMN wclass INTEGER;
-CREATE INDEX policy_elements_by_src ON policy_elements(set_name, wclass, s0);
+ALTER TABLE policy_elements ADD COLUMN wide INTEGER;
+CREATE INDEX policy_elements_by_src ON policy_elements(set_name, wide, s0);
 CREATE INDEX policy_elements_by_rule ON policy_elements(rule, set_name);
 CREATE TABLE policy_raw (
   set_name TEXT NOT NULL,
   rule INTEGER NOT NULL,
   s0 TEXT NOT NULL, e0 TEXT NOT NULL, s1 TEXT NOT NULL, e1 TEXT NOT NULL,
   s2 INTEGER NOT NULL, e2 INTEGER NOT NULL, s3 INTEGER NOT NULL, e3 INTEGER NOT NULL,
-  wclass INTEGER NOT NULL
+  wide INTEGER NOT NULL
 );
-CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wclass, s0);
+CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wide, s0);
 CREATE INDEX policy_raw_by_rule ON policy_raw(rule, set_name);
 CREATE INDEX policies_by_from ON policies(from_sel);
 CREATE INDEX policies_by_to ON policies(to_sel);
+`;
+
+// The policy index by width class (schema 13): schema 12 split source ranges into narrow and wide
+// (2^16 addresses) and found a narrow box by its start within 2^16 before a range; with dense /32
+// rules (10.128.0.0 and up) that window held every rule, and each lookup read the whole set.
+// wclass is the bit length of the source range's width (0 for one address, 8 for a /24, 32 for
+// the whole of IPv4): a box of class c that meets a range starts at most 2^c before it, so the
+// index on (set, class, start) finds the boxes meeting a range with one tight range scan per class
+// present. The old column's values mean something else: the index is marked incomplete, and the
+// next change compiles every rule and writes it again.
+export const POLICY_INDEX_CLASSES = `
+DROP INDEX policy_elements_by_src;
+DROP INDEX policy_raw_by_src;
+ALTER TABLE policy_elements RENAME COLUMN wide TO wclass;
+ALTER TABLE policy_raw RENAME COLUMN wide TO wclass;
+CREATE INDEX policy_elements_by_src ON policy_elements(set_name, wclass, s0);
+CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wclass, s0);
+DELETE FROM meta WHERE key = 'policy.index';
 `;
 
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
@@ -262,5 +300,7 @@ export const MIGRATIONS: Record<number, string> = {
   8: CLUSTER,
   9: OVERLAY,
   10: DIRECTORY,
-  11: POLICY_INDEX,
+  11: EGRESS_ROUTES,
+  12: POLICY_INDEX,
+  13: POLICY_INDEX_CLASSES,
 };

@@ -152,6 +152,14 @@ export interface ClusterLeaseRow {
 }
 
 /** Another host's sandbox, mirrored from the cluster's directory in etcd (schema 10). */
+/** An egress address: of a network or of a sandbox (name), for one family. */
+export interface EgressRow {
+  readonly name: string;
+  readonly family: 4 | 6;
+  readonly ip: string;
+}
+const egressRow = (r: Row): EgressRow => ({ name: r.name as string, family: r.family as 4 | 6, ip: r.ip as string });
+
 export interface RemoteSandboxRow {
   readonly host: string;
   readonly name: string;
@@ -481,6 +489,34 @@ export class Store {
     this.#run('DELETE FROM labels WHERE sandbox = ? AND key = ?', sandbox, key);
   }
 
+  // ---- egress addresses and default-route choices (schema 11) ----
+  /** The egress addresses of a network (or every network's), by family. */
+  networkEgress(network?: string): EgressRow[] {
+    const rows = network === undefined
+      ? this.#all('SELECT network AS name, family, ip FROM network_egress ORDER BY network, family')
+      : this.#all('SELECT network AS name, family, ip FROM network_egress WHERE network = ? ORDER BY family', network);
+    return rows.map(egressRow);
+  }
+  sandboxEgress(sandbox?: string): EgressRow[] {
+    const rows = sandbox === undefined
+      ? this.#all('SELECT sandbox AS name, family, ip FROM sandbox_egress ORDER BY sandbox, family')
+      : this.#all('SELECT sandbox AS name, family, ip FROM sandbox_egress WHERE sandbox = ? ORDER BY family', sandbox);
+    return rows.map(egressRow);
+  }
+  setEgress(scope: 'network' | 'sandbox', name: string, family: 4 | 6, ip: string | null): void {
+    const table = scope === 'network' ? 'network_egress' : 'sandbox_egress';
+    if (ip === null) this.#run(`DELETE FROM ${table} WHERE ${scope} = ? AND family = ?`, name, family);
+    else this.#run(`INSERT INTO ${table}(${scope}, family, ip) VALUES (?, ?, ?) ON CONFLICT (${scope}, family) DO UPDATE SET ip = excluded.ip`, name, family, ip);
+  }
+  /** The network a sandbox chose to carry its default routes, if it chose one. */
+  defaultRoute(sandbox: string): string | undefined {
+    return this.#get('SELECT network FROM default_routes WHERE sandbox = ?', sandbox)?.network as string | undefined;
+  }
+  setDefaultRoute(sandbox: string, network: string | null): void {
+    if (network === null) this.#run('DELETE FROM default_routes WHERE sandbox = ?', sandbox);
+    else this.#run('INSERT INTO default_routes(sandbox, network) VALUES (?, ?) ON CONFLICT (sandbox) DO UPDATE SET network = excluded.network', sandbox, network);
+  }
+
   // ---- the policy sets as last applied to the kernel ----
   policyMirror(): Map<string, Set<string>> {
     const m = new Map<string, Set<string>>();
@@ -500,7 +536,7 @@ export class Store {
     for (const [name, elements] of sets) for (const e of elements) insert.run(name, e);
   }
 
-  // ---- the policy index (schema 11): boxes by set, owner and source range ----
+  // ---- the policy index (schema 12): boxes by set, owner and source range ----
   /** Both policy tables were written whole and kept since: incremental changes may use them. */
   policyIndexReady(): boolean {
     return this.meta(POLICY_INDEX_META) === '1';

@@ -151,7 +151,7 @@ describe('cluster membership in etcd', () => {
       const r = await h1.ctnet(['cluster', 'ls']);
       const took = performance.now() - t0;
       assert.equal(r.code, 1);
-      assert.match(r.stderr, new RegExp(`^ctnet: etcd at ${etcd.url} is unreachable: ${etcd.url}: no answer within 2000 ms\\nhint: check the --etcd URL`));
+      assert.match(r.stderr, new RegExp(`^ctnet: etcd at ${etcd.url} is unreachable: ${etcd.url}: no answer within 5000 ms\\nhint: check the --etcd URL`));
       console.log(`# cluster ls against a hung etcd failed after ${took.toFixed(0)} ms`);
       const leave = await h2.ctnet(['cluster', 'leave']);
       assert.equal(leave.code, 1);
@@ -173,7 +173,7 @@ describe('cluster membership in etcd', () => {
     assert.deepEqual([await daemonPid(h1), await daemonPid(h2)], pids, 'no ctnetd was restarted');
     for (const lab of [h1, h2]) {
       const log = daemonLog(lab);
-      assert.match(log, /is unreachable: .*no answer within 2000 ms: changing nothing, trying again every 1 s/);
+      assert.match(log, /is unreachable: .*no answer within 5000 ms: changing nothing, trying again every 1 s/);
       assert.match(log, /etcd answers again after \d+\.\d s/);
     }
     assert.deepEqual((await ls(h1)).hosts.find((h) => h.name === 'h2')!.leases.map((l) => l.subnet), ['10.50.7.0/24'], 'h2 kept its subnet');

@@ -193,6 +193,20 @@ describe('CNI plugin', () => {
     assert.equal(await hostLinks(), 0);
   });
 
+  it('isDefaultGateway: true on the second network takes the default route over; its DEL hands it back', async () => {
+    const ns = newNetns();
+    const second = conf({ name: 'cnet2', network: 'cnet2', isDefaultGateway: true });
+    assert.equal((await call(env('ADD', 'gwpick', ns, 'eth0'), conf())).code, 0);
+    const r = await call(env('ADD', 'gwpick', ns, 'eth1'), second);
+    assert.equal(r.code, 0, r.stdout);
+    assert.deepEqual(r.json!.routes, [{ dst: '0.0.0.0/0', gw: '10.94.0.1' }], 'the runtime\'s choice carries the default');
+    assert.match(inNs(ns, ['ip', 'route', 'show', 'default']), /via 10\.94\.0\.1 dev eth1/);
+    assert.equal((await call(env('DEL', 'gwpick', ns, 'eth1'), second)).code, 0);
+    assert.match(inNs(ns, ['ip', 'route', 'show', 'default']), /via 10\.96\.0\.1 dev eth0/);
+    assert.equal((await call(env('DEL', 'gwpick', ns, 'eth0'), conf())).code, 0);
+    assert.equal(await hostLinks(), 0);
+  });
+
   it('a UDP client sending to the host port before the ADD reaches the container after it (stale flow cleared by ctnetd)', async () => {
     const flow = lab.inWorld(Lab.flowArgv(UPLINK.host4, 9100, 'late', 20_000));
     await new Promise((r) => setTimeout(r, 500)); // conntrack now holds the un-NATed flow to the host

@@ -108,6 +108,22 @@ describe('overlay networks across hosts (etcd + vxlan)', () => {
     assert.match(await h1().ctnetOk(['network', 'inspect', 'ov']), /peers \(three kernel entries each: neigh, fdb, route\):\n.*HOST.*\n.*h2 .* yes +yes +yes/);
   });
 
+  it('a published port on h2 answers the world with the real client address; h1\'s sandbox reaches it by h2\'s sandbox address', async () => {
+    await h2().ctnetOk(['run', '-d', '--name', 'p2', '--network', 'ov', '-p', '8088:7000', '-p', '8089:7001/udp', '--', ...Lab.serverArgv('p2', { tcp: 7000, udp: 7001 })]);
+    const fromWorld = async (proto: 'tcp' | 'udp', port: number) => {
+      const r = await h2().inWorld(Lab.probeArgv(proto, UPLINK.host4, port));
+      return r.code === 0 ? (JSON.parse(r.stdout) as { server: string; client: string }) : undefined;
+    };
+    await eventually('the world reaches p2\'s published port', async () => (await fromWorld('tcp', 8088)) !== undefined, 20_000);
+    assert.deepEqual(await fromWorld('tcp', 8088), { server: 'p2', client: UPLINK.world4 }, 'DNAT on h2, no masquerade: p2 sees the world\'s address');
+    assert.deepEqual(await fromWorld('udp', 8089), { server: 'p2', client: UPLINK.world4 });
+    // The same sandbox across the overlay, straight to its port, with a1's own address.
+    const r = await h1().ctnet(['exec', 'a1', '--', ...Lab.probeArgv('tcp', await ip(h2(), 'p2'), 7000)]);
+    assert.deepEqual(JSON.parse(r.stdout), { server: 'p2', client: await ip(h1(), 'a1') });
+    await h2().ctnetOk(['rm', 'p2']);
+    assert.equal(await fromWorld('tcp', 8088), undefined, 'gone with its sandbox');
+  });
+
   it('etcd down (SIGSTOP 20 s, longer than the lease TTL): no ping lost, local work goes on, etcd work fails fast, all converges after SIGCONT', async () => {
     const b1 = await ip(h2(), 'b1');
     const before = await routes(h1());

@@ -1,3 +1,4 @@
+import { parseEgress } from '../../engine/egress.ts';
 import { createSandbox } from '../../engine/sandbox.ts';
 import { parseName } from '../../model/names.ts';
 import { parseAttachSpec } from '../../model/spec.ts';
@@ -11,7 +12,7 @@ export default defineCommand({
   options: ATTACH_OPTIONS,
   async run({ ctx, args, opts, io }) {
     const spec = parseAttachSpec(opts);
-    const s = await createSandbox(ctx, parseName('sandbox', args.name), spec, publishRequest(opts), labelsOf(opts));
+    const s = await createSandbox(ctx, parseName('sandbox', args.name), spec, publishRequest(opts), labelsOf(opts), parseEgress('--egress-ip', opts.egressIp));
     if (!io.quiet) io.out(s.name);
   },
 });

@@ -5,6 +5,11 @@ import networkCreate from './network-create.ts';
 import networkLs from './network-ls.ts';
 import networkInspect from './network-inspect.ts';
 import networkRm from './network-rm.ts';
+import networkUpdate from './network-update.ts';
+import update from './update.ts';
+import route from './route.ts';
+import graph from './graph.ts';
+import trace from './trace.ts';
 import create from './create.ts';
 import run from './run.ts';
 import exec from './exec.ts';
@@ -44,12 +49,12 @@ export const GROUPS: Readonly<Record<string, string>> = {
 };
 
 export const COMMANDS: readonly CommandModule[] = [
-  networkCreate, networkLs, networkInspect, networkRm,
-  create, run, exec, connect, disconnect, ls, inspect, rm,
+  networkCreate, networkLs, networkInspect, networkRm, networkUpdate,
+  create, run, exec, connect, disconnect, ls, inspect, rm, update, route,
   port, portAdd, portRm,
   label,
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
-  gc, doctor,
+  graph, trace, gc, doctor,
   cniInstall, cniExec,
   daemon, daemonStop, daemonEvents, daemonStatus,
   clusterJoin, clusterLs, clusterLeave,

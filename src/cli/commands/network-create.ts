@@ -1,3 +1,4 @@
+import { parseEgress } from '../../engine/egress.ts';
 import { createNetwork } from '../../engine/network.ts';
 import { createOverlayNetwork } from '../../engine/overlay-network.ts';
 import { invalid } from '../../errors.ts';
@@ -18,6 +19,7 @@ export default defineCommand({
     { flags: '--internal', description: 'no egress: sandboxes reach only their own network' },
     { flags: '--isolate', description: 'sandboxes on this network may not talk to each other unless a policy allows it (vxlan: on every host)' },
     { flags: '--host-access', description: 'sandboxes may reach every service of the host (by default only ping and published ports)' },
+    { flags: '--egress-ip <ip>', description: 'a host address the network\'s egress leaves from instead of the masqueraded one (one per family)', repeatable: true },
     { flags: '--mtu <n>', description: 'MTU of the bridge and the sandboxes\' interfaces (vxlan: at most the underlay\'s less 50, the default)' },
     { flags: '--host-prefix <n>', description: 'vxlan: the prefix of each host\'s share of --subnet (default 24)' },
     { flags: '--vni <n>', description: 'vxlan: the VXLAN network identifier (default: the lowest free)' },
@@ -28,6 +30,7 @@ export default defineCommand({
     if (!DRIVERS.includes(driver)) throw invalid(`--driver ${JSON.stringify(driver)} is not a network driver`, `use ${DRIVERS.join(' or ')}`);
     if (driver === 'vxlan') {
       if ((opts.subnet ?? []).length > 1) throw invalid('an overlay network has one --subnet', 'give one IPv4 subnet, e.g. --subnet 10.50.0.0/16');
+      if (opts.egressIp?.length) throw invalid('--egress-ip is not for overlay networks yet: their egress leaves each host masqueraded', 'leave it out, or set it per sandbox (ctnet create --egress-ip)');
       if (opts.gateway?.length || opts.bridge) throw invalid('--gateway and --bridge are chosen per host for an overlay network', 'leave them out');
       const n = await createOverlayNetwork(ctx, {
         name: args.name, subnet: opts.subnet?.[0], hostPrefix: opts.hostPrefix, vni: opts.vni, port: opts.port, internal: opts.internal,
@@ -40,7 +43,7 @@ export default defineCommand({
       if (v !== undefined) throw invalid(`${flag} is for overlay networks`, 'add --driver vxlan, or leave it out');
     }
     const spec = parseNetworkSpec({ name: args.name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu });
-    const n = await createNetwork(ctx, spec);
+    const n = await createNetwork(ctx, { ...spec, egress: parseEgress('--egress-ip', opts.egressIp) });
     if (!io.quiet) io.out(n.name);
   },
 });

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { invalid } from '../../errors.ts';
 import { execInSandbox, startInSandbox } from '../../engine/process.ts';
+import { parseEgress } from '../../engine/egress.ts';
 import { createSandbox, removeSandbox } from '../../engine/sandbox.ts';
 import { parseName } from '../../model/names.ts';
 import { parseAttachSpec } from '../../model/spec.ts';
@@ -21,7 +22,7 @@ export default defineCommand({
     if (opts.rm && opts.detach) throw invalid('--rm and -d cannot be used together', 'remove a detached sandbox with "ctnet rm NAME"');
     const name = parseName('sandbox', opts.name ?? `sbx-${randomBytes(3).toString('hex')}`);
     const spec = parseAttachSpec(opts);
-    await createSandbox(ctx, name, spec, publishRequest(opts), labelsOf(opts));
+    await createSandbox(ctx, name, spec, publishRequest(opts), labelsOf(opts), parseEgress('--egress-ip', opts.egressIp));
     if (opts.detach) {
       const pid = startInSandbox(ctx, name, args.cmd);
       if (!io.quiet) io.out(`${name}\t${pid}`);

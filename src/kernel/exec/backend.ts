@@ -9,7 +9,8 @@ import { sameNetns, type Netns } from '../../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
 import type { Op } from '../../plan/ops.ts';
 import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, type IpCommand } from '../../plan/render.ts';
-import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, RouteInfo } from '../backend.ts';
+import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMonitor } from '../backend.ts';
+import { routeGet, sendProbe, startTraceMonitor } from './trace.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
 import { isNetnsFile, netnsKillAll, netnsNames, netnsPids } from '../netns.ts';
 import { listenersArgv, parseListeners } from '../sockets.ts';
@@ -173,6 +174,11 @@ export class ExecBackend implements KernelBackend {
     const items = (JSON.parse(stdout) as { nftables: { chain?: NftChain }[] }).nftables;
     return items.flatMap((i) => (i.chain ? [i.chain] : []));
   }
+  async nftTables(): Promise<{ family: string; table: string }[]> {
+    const { stdout } = await this.#run('nft.list', ['nft', '-j', 'list', 'tables']);
+    const items = (JSON.parse(stdout) as { nftables: { table?: { family: string; name: string } }[] }).nftables;
+    return items.flatMap((i) => (i.table ? [{ family: i.table.family, table: i.table.name }] : []));
+  }
   async flows(): Promise<Flow[]> {
     return parseFlows((await this.#run('conntrack.list', ['conntrack', '-L'])).stdout);
   }
@@ -198,6 +204,15 @@ export class ExecBackend implements KernelBackend {
     } catch {
       return undefined;
     }
+  }
+  traceMonitor(): Promise<TraceMonitor> {
+    return startTraceMonitor();
+  }
+  probe(ns: Netns, p: ProbeSpec): Promise<ProbeResult> {
+    return sendProbe(ns, p);
+  }
+  routeGet(ns: Netns | undefined, dst: string) {
+    return routeGet(ns, dst);
   }
   async legacyForward(): Promise<string | undefined> {
     try {

@@ -1,0 +1,36 @@
+// ctnet trace end to end (issue 16: goal p50 under a second): `ctnet trace a b:7000` between two
+// sandboxes on one network (answered), and `ctnet trace a c:7000` across isolated networks (dropped:
+// the probe waits out its timeout, --timeout 500 here), N times each, in one lab. Beside it, in the
+// same run, what a person does by hand for the answered case: `ip netns exec a nc -z` alone (the
+// probe without any tracing), so the ratio says what the tracing costs.
+//
+// As root: scripts/node bench/trace.ts [--repeat 20]
+import { Lab } from '../src/lab/lab.ts';
+import { intOption, loadAverage, quantile, timed } from './lib.ts';
+
+const argv = process.argv.slice(2);
+const i = argv.indexOf('--repeat');
+const repeat = intOption('--repeat', i >= 0 ? argv[i + 1] : undefined, 20, 1, 500);
+const lab = await Lab.create();
+try {
+  await lab.ctnetOk(['network', 'create', 'front', '--subnet', '10.87.1.0/24']);
+  await lab.ctnetOk(['network', 'create', 'back', '--subnet', '10.87.2.0/24']);
+  for (const [n, net] of [['a', 'front'], ['b', 'front'], ['c', 'back']]) {
+    await lab.ctnetOk(['run', '-d', '--name', n!, '--network', net!, '--', ...Lab.serverArgv(n!, { tcp: 7000 })]);
+  }
+  const b = (JSON.parse(await lab.ctnetOk(['inspect', 'b', '--json'])) as { interfaces: { addresses: string[] }[] }).interfaces[0]!.addresses[0]!.split('/')[0]!;
+  await new Promise((r) => setTimeout(r, 1000));
+  const sides = {
+    'trace answered': () => lab.ctnetOk(['trace', 'a', 'b:7000']),
+    'trace dropped (--timeout 500)': () => lab.ctnetOk(['trace', 'a', 'c:7000', '--timeout', '500']),
+    'nc alone (ctnet exec)': () => lab.ctnetOk(['exec', 'a', '--', 'nc', '-z', '-n', '-w', '1', b, '7000']),
+  };
+  const samples = new Map(Object.keys(sides).map((k) => [k, [] as number[]]));
+  for (let r = 0; r < repeat; r++) for (const [k, f] of Object.entries(sides)) samples.get(k)!.push(await timed(f));
+  console.log(`bench/trace.ts --repeat ${repeat} (load ${loadAverage()})`);
+  const p50 = (k: string) => quantile([...samples.get(k)!].sort((x, y) => x - y), 0.5);
+  for (const k of Object.keys(sides)) console.log(`${k.padEnd(32)} p50 ${p50(k).toFixed(0).padStart(5)} ms   p90 ${quantile([...samples.get(k)!].sort((x, y) => x - y), 0.9).toFixed(0).padStart(5)} ms`);
+  console.log(`trace answered / nc alone: ${(p50('trace answered') / p50('nc alone (ctnet exec)')).toFixed(2)}`);
+} finally {
+  await lab.destroy();
+}

@@ -1,0 +1,22 @@
+import { parseEgress, setEgress } from '../../engine/egress.ts';
+import { invalid } from '../../errors.ts';
+import { parseName } from '../../model/names.ts';
+import { defineCommand } from '../command.ts';
+
+export default defineCommand({
+  name: 'network update',
+  summary: 'change a network in place: the address its egress leaves from',
+  args: ['<name>'],
+  options: [
+    { flags: '--egress-ip <ip>', description: 'a host address the network\'s egress leaves from (one per family; replaces the ones set)', repeatable: true },
+    { flags: '--no-egress-ip', description: 'masquerade its egress again' },
+  ],
+  async run({ ctx, args, opts, io }) {
+    const name = parseName('network', args.name);
+    // commander folds --egress-ip and --no-egress-ip into one option: false means --no-egress-ip.
+    const raw = opts.egressIp as unknown as string[] | false | undefined;
+    if (raw === undefined) throw invalid('nothing to change', 'give --egress-ip ADDR or --no-egress-ip');
+    await setEgress(ctx, 'network', name, raw === false ? [] : parseEgress('--egress-ip', raw));
+    if (!io.quiet) io.out(name);
+  },
+});

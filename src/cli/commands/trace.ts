@@ -1,0 +1,39 @@
+import { parseTraceTarget, trace, type TraceResult, type TraceStep } from '../../engine/trace.ts';
+import { parseName } from '../../model/names.ts';
+import { defineCommand } from '../command.ts';
+
+// Rules that only mark and go on (verdict continue) are in --json; the text shows what decided.
+const shown = (steps: readonly TraceStep[]) => steps.filter((s) => s.verdict !== 'continue');
+const stepLine = (s: TraceStep, policy?: TraceResult['policy']) =>
+  `    ${s.table} ${s.chain}: ${s.rule}${policy && s.rule.startsWith('policy:') ? ` [${policy.by}]` : ''} -> ${s.verdict}${s.owner === 'foreign' ? '   (NOT ctnet\'s table)' : ''}`;
+
+function render(r: TraceResult): string {
+  const to = `${r.dst.address}${r.dst.port ? `:${r.dst.port}` : ''}/${r.dst.proto}`;
+  const out = [
+    `trace ${r.src.sandbox} (${r.src.address}:${r.sport}) -> ${r.dst.name === r.dst.address ? to : `${r.dst.name} (${to})`}`,
+    `  route in ${r.src.sandbox}: ${r.route.type && r.route.type !== 'unicast' ? `${r.route.type} ` : ''}${r.dst.address}${r.route.gateway ? ` via ${r.route.gateway}` : ''}${r.route.dev ? ` dev ${r.route.dev}` : ''}`,
+    '  the first packet on this host:',
+    ...(r.request.length ? shown(r.request).map((s) => stepLine(s, r.policy)) : ['    (no table saw it: it did not reach this host\'s netfilter)']),
+  ];
+  if (r.nat.length) out.push('  NAT:', ...r.nat.map((n) => `    ${n}`));
+  if (r.reply.length) out.push('  the answer:', ...shown(r.reply).map((s) => stepLine(s, r.policy)));
+  const why = r.droppedBy ? ` by ${r.droppedBy.table} ${r.droppedBy.chain}: ${r.droppedBy.rule}${r.policy && r.droppedBy.rule.startsWith('policy:') ? ` [${r.policy.by}]` : ''}${r.droppedBy.owner === 'foreign' ? ' (another program\'s table, not ctnet\'s)' : ''}` : '';
+  out.push(`  outcome: ${r.outcome}${r.outcome === 'dropped' ? why : ''}${r.outcome === 'refused' ? ' (nothing listens there, or a reject)' : ''}`);
+  if (r.policy) out.push(`  ctnet policy: ${r.policy.allowed ? 'allowed' : 'denied'} by ${r.policy.by}`);
+  return out.join('\n');
+}
+
+export default defineCommand({
+  name: 'trace',
+  summary: 'why can (or can\'t) a sandbox reach DST[:PORT][/tcp|/udp|/icmp]? a real probe, traced through every nftables chain',
+  args: ['<src>', '<dst>'],
+  options: [
+    { flags: '--timeout <ms>', description: 'how long the probe waits for an answer', default: '2000' },
+  ],
+  json: true,
+  async run({ ctx, args, opts, io }) {
+    const timeoutMs = Number(opts.timeout);
+    const r = await trace(ctx, parseName('sandbox', args.src), parseTraceTarget(args.dst), { timeoutMs: Number.isFinite(timeoutMs) ? timeoutMs : 2000 });
+    io.out(io.json ? JSON.stringify(r, null, 2) : render(r));
+  },
+});

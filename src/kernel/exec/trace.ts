@@ -1,0 +1,61 @@
+// What `ctnet trace` needs from the kernel beyond its plans: nftables' trace monitor (`nft monitor
+// trace`, the events of packets marked with `meta nftrace set 1`), one probe sent from a sandbox's
+// namespace with a fixed source port (nc, ping), and the route a namespace picks (ip route get).
+import { spawn } from 'node:child_process';
+import type { Netns } from '../../model/netns.ts';
+import { ipArgv, nsenterArgv } from '../../plan/render.ts';
+import type { ProbeResult, ProbeSpec, TraceMonitor } from '../backend.ts';
+import { run } from './run.ts';
+
+/** Starts `nft monitor trace` in ctnet's namespace; stop() ends it and returns its lines. */
+export async function startTraceMonitor(): Promise<TraceMonitor> {
+  // Line-buffered: into a pipe nft buffers its output, and a monitor ended by a signal never flushes it.
+  const child = spawn('stdbuf', ['-oL', 'nft', 'monitor', 'trace'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  const exited = new Promise<void>((r) => child.on('close', () => r()));
+  // The monitor subscribes to the netlink trace group as it starts; give it that moment.
+  await new Promise((r) => setTimeout(r, 150));
+  return {
+    async stop(): Promise<string[]> {
+      await new Promise((r) => setTimeout(r, 200)); // events of the last packets are still on their way
+      child.kill('SIGTERM');
+      await exited;
+      return out.split('\n').filter((l) => l.startsWith('trace id '));
+    },
+  };
+}
+
+/** argv of the probe: one new flow with a fixed source port (ICMP: one echo request). */
+export function probeArgv(p: ProbeSpec): string[] {
+  const w = String(Math.max(1, Math.round(p.timeoutMs / 1000)));
+  switch (p.proto) {
+    case 'tcp':
+      return ['nc', '-z', '-v', '-n', '-w', w, '-p', String(p.sport), p.dst, String(p.port)];
+    case 'udp':
+      // A datagram, then wait for an answer; nc's exit says nothing about delivery, its output does.
+      return ['sh', '-c', `printf 'ctnet-trace\\n' | nc -u -n -w ${w} -p ${p.sport} ${p.dst} ${p.port}`];
+    case 'icmp':
+      return ['ping', '-n', '-c', '1', '-W', w, p.dst];
+  }
+}
+
+export async function sendProbe(ns: Netns, p: ProbeSpec): Promise<ProbeResult> {
+  try {
+    const r = await run('trace.probe', nsenterArgv(ns, probeArgv(p)));
+    return { ok: true, answered: p.proto !== 'udp' || r.stdout.length > 0, detail: (r.stdout + r.stderr).trim() };
+  } catch (e) {
+    const text = String((e as Error).message);
+    return { ok: false, answered: false, refused: /refused/i.test(text), detail: text.split('\n').slice(-2).join(' ').trim() };
+  }
+}
+
+/** Equivalent to: ip [-n NS] -j route get DST */
+export async function routeGet(ns: Netns | undefined, dst: string): Promise<{ dst: string; gateway?: string; dev?: string; prefsrc?: string; type?: string }[]> {
+  try {
+    const { stdout } = await run('route.get', ipArgv(ns, ['-j', 'route', 'get', dst]));
+    return stdout.trim() ? JSON.parse(stdout) : [];
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,80 @@
+// `ctnet graph` on a fixed topology, built by the engine on the fake kernel: the graph's data (json)
+// and each rendering (text, dot, svg) against golden files in test/unit/golden/. The random parts
+// (MACs, veth names, this machine's hostname) are replaced by stable stand-ins first.
+// UPDATE_GOLDEN=1 rewrites the files (then read the diff before committing).
+import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { instance } from '@viz-js/viz';
+import { graphDot, graphText } from '../../src/cli/graph.ts';
+import { Applier } from '../../src/engine/applier.ts';
+import type { Ctx } from '../../src/engine/context.ts';
+import { buildGraph, type Graph } from '../../src/engine/graph.ts';
+import { createNetwork } from '../../src/engine/network.ts';
+import { addPolicy } from '../../src/engine/policy.ts';
+import { createSandbox } from '../../src/engine/sandbox.ts';
+import { FakeKernel } from '../../src/kernel/fake.ts';
+import { parsePortSpec } from '../../src/model/ports.ts';
+import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
+import { Store } from '../../src/store/store.ts';
+
+const GOLDEN = join(import.meta.dirname, 'golden');
+
+function golden(name: string, actual: string): void {
+  const path = join(GOLDEN, name);
+  if (process.env.UPDATE_GOLDEN === '1' || !existsSync(path)) writeFileSync(path, actual);
+  assert.equal(actual, readFileSync(path, 'utf8'), `${name} differs from the golden file (UPDATE_GOLDEN=1 rewrites it)`);
+}
+
+/** The shop: front (dual stack) with web published, back internal with db, api on both; two rules. */
+async function shop(): Promise<Graph> {
+  const dir = mkdtempSync(join(tmpdir(), 'ctnet-graph-'));
+  const store = new Store(dir);
+  try {
+    const kernel = new FakeKernel();
+    const ctx: Ctx = { store, kernel, warn: () => {}, applier: new Applier({ backend: kernel, store, warn: () => {} }) };
+    await createNetwork(ctx, parseNetworkSpec({ name: 'front', subnet: ['10.70.1.0/24', 'fd00:70:1::/64'] }));
+    await createNetwork(ctx, parseNetworkSpec({ name: 'back', subnet: ['10.70.2.0/24'], internal: true }));
+    await createSandbox(ctx, 'web', parseAttachSpec({ network: ['front'] }), { mappings: [parsePortSpec('8080:80')], force: false }, [{ key: 'tier', value: 'web' }]);
+    await createSandbox(ctx, 'api', parseAttachSpec({ network: ['back', 'front'] }), undefined, [{ key: 'tier', value: 'api' }]);
+    await createSandbox(ctx, 'db', parseAttachSpec({ network: ['back'] }), undefined, [{ key: 'tier', value: 'db' }]);
+    await addPolicy(ctx, { action: 'allow', from: 'label:tier=web', to: 'label:tier=api', port: '80/tcp', name: 'web-to-api' });
+    await addPolicy(ctx, { action: 'deny', from: 'web', to: 'world', port: undefined, name: 'web-stays-in' });
+    const g = await buildGraph(ctx);
+    // Stable stand-ins for what is random per run.
+    let veth = 0;
+    const veths = new Map<string, string>();
+    const stable = JSON.parse(JSON.stringify(g), (k, v: unknown) => {
+      if (k === 'mac') return '02:00:00:00:00:00';
+      if (k === 'hostVeth' && typeof v === 'string') return veths.get(v) ?? (veths.set(v, `ctv${++veth}`), veths.get(v));
+      return v;
+    }) as Graph;
+    return { ...stable, host: { ...stable.host, name: 'h1' } };
+  } finally {
+    store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+describe('ctnet graph on a fixed topology (golden files)', async () => {
+  const g = await shop();
+  it('json: the graph\'s data', () => golden('graph.json', JSON.stringify(g, null, 2) + '\n'));
+  it('the rules\' edges are the pairs their selectors stand for', () => {
+    assert.deepEqual(g.policy.map((r) => [r.name, r.edges.map((e) => `${e.from}->${e.to}`)]), [['web-to-api', ['web->api']], ['web-stays-in', ['web->world']]]);
+  });
+  it('text: a tree', () => golden('graph.txt', graphText(g) + '\n'));
+  it('dot: for Graphviz', () => golden('graph.dot', graphDot(g)));
+  it('svg: laid out in-process (@viz-js/viz), names escaped', async () => {
+    const svg = (await instance()).renderString(graphDot(g), { format: 'svg' });
+    assert.match(svg, /^<\?xml/);
+    const text = svg.replace(/&#45;/g, '-'); // Graphviz writes '-' as an entity
+    for (const name of ['web', 'api', 'db', 'ctbr-front', '#1 allow 80/tcp']) assert.ok(text.includes(`>${name}<`), `${name} drawn`);
+    golden('graph.svg', svg);
+  });
+  it('dot escapes what users named: quotes and backslashes in labels stay inside their string', () => {
+    const odd: Graph = { ...g, sandboxes: g.sandboxes.map((s) => (s.name === 'web' ? { ...s, labels: { note: 'a"b\\c' } } : s)) };
+    assert.match(graphDot(odd), /note=a\\"b\\\\c/);
+  });
+});
