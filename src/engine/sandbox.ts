@@ -50,17 +50,17 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
 }
 
 /** Connects an existing sandbox to one more network. */
-export async function connect(ctx: Ctx, network: string, sandbox: string, ips: readonly IpRequest[]): Promise<void> {
+export async function connect(ctx: Ctx, network: string, sandbox: string, ips: readonly IpRequest[], aliases: readonly string[] = []): Promise<void> {
   const s = readySandbox(ctx.store, sandbox);
   await ensureOverlaySides(ctx, [network]);
-  await attachOne(ctx, s, network, ips, false);
+  await attachOne(ctx, s, network, ips, aliases, false);
 }
 
 /**
  * Connects a network namespace made by someone else (a container's), recorded as sandbox NAME.
  * ctnet never deletes that namespace; removing the sandbox only removes what ctnet added.
  */
-export async function connectExternal(ctx: Ctx, network: string, netnsPath: string, name: string, ips: readonly IpRequest[]): Promise<void> {
+export async function connectExternal(ctx: Ctx, network: string, netnsPath: string, name: string, ips: readonly IpRequest[], aliases: readonly string[] = []): Promise<void> {
   const { store, kernel } = ctx;
   if (!kernel.isNetns(netnsPath)) {
     throw new CtnetError('INVALID_ARGUMENT', `${netnsPath} is not a network namespace`, 'give a netns file such as /run/netns/NAME or /proc/PID/ns/net');
@@ -71,10 +71,10 @@ export async function connectExternal(ctx: Ctx, network: string, netnsPath: stri
   }
   const s = existing ?? { name, netns: netnsPath, owned: false, state: 'ready' as const, owner: null, created: '' };
   await ensureOverlaySides(ctx, [network]);
-  await attachOne(ctx, s, network, ips, true, !existing);
+  await attachOne(ctx, s, network, ips, aliases, true, !existing);
 }
 
-async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly IpRequest[], readNames: boolean, isNew = false): Promise<void> {
+async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly IpRequest[], aliases: readonly string[], readNames: boolean, isNew = false): Promise<void> {
   const { store, kernel, applier } = ctx;
   const ns = sandboxNetns(s);
   // In someone else's namespace any interface may exist; in ours, the store knows them all.
@@ -85,7 +85,7 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
     const { planned, after } = tx.decide((rec) => {
       if (isNew) rec.record({ kind: 'sandbox.insert', row: { name: s.name, netns: s.netns, owned: false, state: 'ready' } });
       used.push(...store.attachments({ sandbox: s.name }).map((a) => a.ifname));
-      const [a] = recordAttachments(rec, s.name, [network], { ips, mac: undefined }, used, undefined, foreign);
+      const [a] = recordAttachments(rec, s.name, [network], { ips, mac: undefined, aliases }, used, undefined, foreign);
       return { planned: a!, after: portFacts(store, s.name) };
     });
     // This network may be the first with a way out: the published ports move to it, in the

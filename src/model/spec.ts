@@ -2,7 +2,7 @@
 import { invalid } from '../errors.ts';
 import { contains, formatAddr, formatSubnet, hostRange, overlaps, parseAddr, parseSubnet, type Family, type Subnet } from './cidr.ts';
 import { parseMac } from './mac.ts';
-import { parseIfname, parseName } from './names.ts';
+import { parseDnsLabel, parseIfname, parseName } from './names.ts';
 
 export interface SubnetSpec {
   readonly subnet: Subnet;
@@ -19,6 +19,10 @@ export interface NetworkSpec {
   /** Sandboxes may reach any service of the host (else only ICMP and published ports). */
   readonly hostAccess: boolean;
   readonly mtu: number | undefined;
+  /** ctnetd answers DNS on the network's gateways (default on). */
+  readonly dns: boolean;
+  /** Upstreams for names that are not the network's (empty: the host's resolvers). */
+  readonly dnsForward: readonly string[];
 }
 
 export interface RawNetwork {
@@ -30,6 +34,26 @@ export interface RawNetwork {
   isolate?: boolean;
   hostAccess?: boolean;
   mtu?: string;
+  /** 'on' (default) or 'off'. */
+  dns?: string;
+  /** IP[,IP...] */
+  dnsForward?: string;
+}
+
+/** --dns and --dns-forward: DNS on unless 'off'; upstream addresses, never with --internal or --dns off. */
+export function parseDnsOptions(raw: { dns?: string | undefined; dnsForward?: string | undefined; internal?: boolean | undefined }): { dns: boolean; dnsForward: string[] } {
+  if (raw.dns !== undefined && raw.dns !== 'on' && raw.dns !== 'off') throw invalid(`--dns ${JSON.stringify(raw.dns)} is neither on nor off`, 'use --dns off to turn DNS off');
+  const dns = raw.dns !== 'off';
+  if (raw.dnsForward === undefined) return { dns, dnsForward: [] };
+  if (!dns) throw invalid('--dns-forward needs DNS on', 'leave out --dns off, or --dns-forward');
+  if (raw.internal) throw invalid('--dns-forward cannot be used with --internal', 'an --internal network answers only its own names and forwards nothing');
+  const dnsForward = raw.dnsForward.split(',').map((t) => {
+    const a = parseAddr('--dns-forward', t.trim());
+    return formatAddr(a.family, a.n);
+  });
+  const dup = dnsForward.find((a, i) => dnsForward.indexOf(a) !== i);
+  if (dup) throw invalid(`--dns-forward ${dup} is given twice`);
+  return { dns, dnsForward };
 }
 
 export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
@@ -76,6 +100,7 @@ export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
     isolate: raw.isolate ?? false,
     hostAccess: raw.hostAccess ?? false,
     mtu,
+    ...parseDnsOptions(raw),
   };
 }
 
@@ -89,9 +114,19 @@ export interface AttachSpec {
   readonly networks: readonly string[];
   readonly ips: readonly IpRequest[];
   readonly mac: string | undefined;
+  /** More DNS names of the sandbox, on each network it joins. */
+  readonly aliases: readonly string[];
 }
 
-export function parseAttachSpec(raw: { network?: string[]; ip?: string[]; mac?: string }): AttachSpec {
+/** --alias values: DNS labels, each once. */
+export function parseAliases(raw: readonly string[] | undefined): string[] {
+  const aliases = (raw ?? []).map((a) => parseDnsLabel('--alias', a));
+  const dup = aliases.find((a, i) => aliases.indexOf(a) !== i);
+  if (dup) throw invalid(`--alias ${dup} is given twice`);
+  return aliases;
+}
+
+export function parseAttachSpec(raw: { network?: string[]; ip?: string[]; mac?: string; alias?: string[] }): AttachSpec {
   const networks = (raw.network ?? []).map((n) => parseName('network', n));
   if (networks.length === 0) throw invalid('no --network given', 'name the network to join, e.g. --network web');
   const dup = networks.find((n, i) => networks.indexOf(n) !== i);
@@ -102,5 +137,5 @@ export function parseAttachSpec(raw: { network?: string[]; ip?: string[]; mac?: 
   });
   const dupIp = ips.find((a, i) => ips.findIndex((b) => b.text === a.text) !== i);
   if (dupIp) throw invalid(`--ip ${dupIp.text} is given twice`);
-  return { networks, ips, mac: raw.mac === undefined ? undefined : parseMac(raw.mac) };
+  return { networks, ips, mac: raw.mac === undefined ? undefined : parseMac(raw.mac), aliases: parseAliases(raw.alias) };
 }

@@ -1,7 +1,7 @@
 // Changes to the store, as plain values: what a use case records, and (computed as each is made)
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
-import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
+import type { AddressRow, AliasRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
   | {
@@ -21,6 +21,7 @@ export type StoreChange =
   | { readonly kind: 'attachment.state'; readonly sandbox: string; readonly network: string; readonly state: State }
   | { readonly kind: 'attachment.delete'; readonly sandbox: string; readonly network: string }
   | { readonly kind: 'address.insert'; readonly row: AddressRow }
+  | { readonly kind: 'alias.insert'; readonly row: AliasRow }
   | { readonly kind: 'cursor.set'; readonly network: string; readonly cidr: string; readonly ip: string | null }
   | { readonly kind: 'port.insert'; readonly row: PortRow }
   | { readonly kind: 'port.delete'; readonly row: PortRow }
@@ -90,6 +91,9 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
     case 'address.insert':
       store.insertAddress(c.row);
       return undefined;
+    case 'alias.insert':
+      store.insertAlias(c.row);
+      return undefined; // goes with its attachment (cascade), undone first
     case 'cursor.set': {
       const was = store.subnets(c.network).find((s) => s.cidr === c.cidr)?.cursor ?? null;
       store.setCursor(c.network, c.cidr, c.ip);

@@ -19,6 +19,8 @@ export default defineCommand({
     { flags: '--isolate', description: 'sandboxes on this network may not talk to each other unless a policy allows it (vxlan: on every host)' },
     { flags: '--host-access', description: 'sandboxes may reach every service of the host (by default only ping and published ports)' },
     { flags: '--mtu <n>', description: 'MTU of the bridge and the sandboxes\' interfaces (vxlan: at most the underlay\'s less 50, the default)' },
+    { flags: '--dns <on|off>', description: 'ctnetd answers DNS for the network\'s sandboxes on its gateways (default on)' },
+    { flags: '--dns-forward <ip[,ip]>', description: 'where ctnetd forwards the names that are not the network\'s own (default: the host\'s resolvers; --internal: nowhere)' },
     { flags: '--host-prefix <n>', description: 'vxlan: the prefix of each host\'s share of --subnet (default 24)' },
     { flags: '--vni <n>', description: 'vxlan: the VXLAN network identifier (default: the lowest free)' },
     { flags: '--port <n>', description: 'vxlan: the UDP port of VXLAN (default 4789)' },
@@ -31,7 +33,7 @@ export default defineCommand({
       if (opts.gateway?.length || opts.bridge) throw invalid('--gateway and --bridge are chosen per host for an overlay network', 'leave them out');
       const n = await createOverlayNetwork(ctx, {
         name: args.name, subnet: opts.subnet?.[0], hostPrefix: opts.hostPrefix, vni: opts.vni, port: opts.port, internal: opts.internal,
-        isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu,
+        isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu, dns: opts.dns, dnsForward: opts.dnsForward,
       });
       if (!io.quiet) io.out(n.name);
       return;
@@ -39,7 +41,7 @@ export default defineCommand({
     for (const [flag, v] of [['--host-prefix', opts.hostPrefix], ['--vni', opts.vni], ['--port', opts.port]] as const) {
       if (v !== undefined) throw invalid(`${flag} is for overlay networks`, 'add --driver vxlan, or leave it out');
     }
-    const spec = parseNetworkSpec({ name: args.name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu });
+    const spec = parseNetworkSpec({ name: args.name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu, dns: opts.dns, dnsForward: opts.dnsForward });
     const n = await createNetwork(ctx, spec);
     if (!io.quiet) io.out(n.name);
   },
