@@ -6,7 +6,7 @@ import { formatPortSpec } from '../model/ports.ts';
 import type { PortFacts } from '../nft/ruleset.ts';
 import type { Op } from '../plan/ops.ts';
 import { step, type Step } from '../plan/plan.ts';
-import type { AttachmentRow, SandboxRow } from '../store/store.ts';
+import type { AttachmentRow, SandboxRow, Store } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 import { attachSteps, kernelDefaults, recordAttachments } from './attach.ts';
 import { ensureOverlaySides } from './overlay-network.ts';
@@ -41,6 +41,7 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
       step([{ kind: 'link.set.up', name: 'lo', netns: ns }]),
       ...p.attachments.flatMap((a) => attachSteps(store, ns, a)),
       ...publishSteps(p.ports),
+      ...resolvSteps(store, nsName, spec.networks),
     ]);
     await syncPolicy(ctx, { tx });
     tx.commit(...p.attachments.map((a) => ({ kind: 'attachment.state' as const, sandbox: name, network: a.row.network, state: 'ready' as const })),
@@ -186,5 +187,19 @@ export async function teardownSandbox(ctx: Ctx, s: SandboxRow): Promise<void> {
     ...unpublishSteps(portFacts(store, s.name)),
     ...store.attachments({ sandbox: s.name }).flatMap((a) => detachSteps(ctx, a)),
     ...(ours ? [step([{ kind: 'netns.del', name: ns.name }], `sandbox ${s.name}: remove its network namespace`)] : []),
+    ...(ours ? [step([{ kind: 'resolv.remove', netns: ns.name }], `sandbox ${s.name}: remove its resolv.conf`)] : []),
   ]);
+}
+
+/**
+ * The sandbox's resolv.conf (/etc/netns/NETNS/, bound over /etc/resolv.conf by ctnet exec/run):
+ * ctnetd on the gateways of its networks with DNS, in the order joined (IPv4 first: every
+ * resolver speaks it), and those networks as search domains, so NAME resolves as NAME.NETWORK.
+ * None when no network has DNS: the host's resolv.conf stays, as before.
+ */
+function resolvSteps(store: Store, nsName: string, networks: readonly string[]): Step[] {
+  const withDns = networks.filter((n) => store.network(n)?.dns);
+  if (withDns.length === 0) return [];
+  const gateways = withDns.flatMap((n) => store.subnets(n)).sort((a, b) => a.family - b.family).map((s) => s.gateway);
+  return [step([{ kind: 'resolv.write', netns: nsName, nameservers: gateways, search: withDns }], `${nsName}: its resolv.conf names ctnetd on ${withDns.join(', ')}`)];
 }

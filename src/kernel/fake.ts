@@ -9,7 +9,7 @@ import { KernelError, type KernelErrorKind } from '../errors.ts';
 import { addrToBigint, formatAddr } from '../model/cidr.ts';
 import { netnsPath, type Netns } from '../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../plan/flows.ts';
-import type { Op } from '../plan/ops.ts';
+import { resolvText, type Op } from '../plan/ops.ts';
 import { renderOp, shellLine } from '../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, RouteInfo } from './backend.ts';
 
@@ -172,6 +172,8 @@ export class FakeKernel implements KernelBackend {
   readonly foreignChains: NftChain[] = [];
   /** ctnet's accepts in the host's shared FORWARD chains ("FAMILY [legacy] BRIDGE"). */
   readonly forwardAccepts: string[] = [];
+  /** /etc/netns/NAME/resolv.conf as written (resolv.write). */
+  readonly resolvFiles = new Map<string, string>();
 
   /**
    * host: seed the host's own interfaces (lo, and eth0 with 192.0.2.10/24 and a default route via
@@ -515,6 +517,12 @@ export class FakeKernel implements KernelBackend {
       }
       case 'conntrack.forget':
         return this.#forget(op.filter);
+      case 'resolv.write':
+        this.resolvFiles.set(op.netns, resolvText(op.nameservers, op.search));
+        return;
+      case 'resolv.remove':
+        this.resolvFiles.delete(op.netns);
+        return;
       case 'forward.accept': {
         const rule = `${op.target.family}${op.target.legacy ? ' legacy' : ''} ${op.bridge}`;
         this.forwardAccepts.push(rule);

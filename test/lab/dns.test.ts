@@ -3,7 +3,7 @@
 // only upstream any query here reaches); the server under bad packets and a SIGKILL.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Lab, ROOT, UPLINK } from '../../src/lab/lab.ts';
@@ -172,6 +172,27 @@ describe('DNS served by ctnetd', () => {
     assert.equal((await dig('web', '10.61.1.1', 'db')).status, 'NXDOMAIN');
     await lab.ctnetOk(['disconnect', 'back', 'web2']);
     assert.equal((await dig('other', '10.61.2.1', 'db')).status, 'NXDOMAIN');
+  });
+
+  it('sandboxes use it: ctnet run resolves by name (getent, ping), its resolv.conf goes with the sandbox', async () => {
+    const w4 = await addr('web', 'front', 4);
+    const getent = await lab.ctnet(['run', '--rm', '--name', 'client', '--network', 'front', '--', 'getent', 'ahostsv4', 'web']);
+    assert.equal(getent.code, 0, getent.stderr);
+    assert.match(getent.stdout, new RegExp(`^${w4.replaceAll('.', '\\.')}\\s`, 'm'));
+    const ping = await lab.ctnet(['run', '--rm', '--name', 'pinger', '--network', 'front', '--', 'ping', '-c', '1', '-W', '2', 'web2']);
+    assert.equal(ping.code, 0, ping.stdout + ping.stderr);
+    await lab.ctnetOk(['create', 'keep', '--network', 'back', '--network', 'front']);
+    const conf = await lab.ctnetOk(['exec', 'keep', '--', 'cat', '/etc/resolv.conf']);
+    assert.match(conf, /^nameserver 10\.61\.2\.1\nnameserver 10\.61\.1\.1\nnameserver fd00:61:1::1\nsearch back front$/m);
+    const inst = (await lab.ctnetOk(['inspect', 'keep', '--json'])).match(/"netns": "\/run\/netns\/([^"]+)"/)![1]!;
+    assert.ok(existsSync(`/etc/netns/${inst}/resolv.conf`));
+    await lab.ctnetOk(['rm', 'keep']);
+    assert.equal(existsSync(`/etc/netns/${inst}`), false, 'removed with the sandbox');
+    // Without DNS, the host's resolv.conf stays: nothing is written.
+    await lab.ctnetOk(['create', 'q2', '--network', 'quiet']);
+    const q2 = (await lab.ctnetOk(['inspect', 'q2', '--json'])).match(/"netns": "\/run\/netns\/([^"]+)"/)![1]!;
+    assert.equal(existsSync(`/etc/netns/${q2}`), false);
+    await lab.ctnetOk(['rm', 'q2']);
   });
 
   it('bad packets get FORMERR or nothing, and the server keeps answering', async () => {
