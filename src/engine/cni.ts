@@ -97,8 +97,19 @@ function resultOf(store: Store, plan: PlannedAttachment, bridge: string, brMac: 
     ],
     ips: plan.addresses.map((a) => ({ address: `${a.ip}/${a.cidr.split('/')[1]}`, gateway: gw(a.cidr), interface: 2 })),
     routes: plan.defaults.map((d) => ({ dst: d.family === 4 ? '0.0.0.0/0' : '::/0', gw: d.via })),
-    dns: conf.dns ?? {},
+    dns: conf.dns ?? ctnetDns(store, plan.row.network),
   };
+}
+
+/**
+ * The DNS a runtime should give the container when the configuration says none (runtimeConfig.dns
+ * and the config's dns win): ctnetd on the network's gateways (IPv4 first), the network as search
+ * domain (services/dns/). None for a network with DNS off.
+ */
+function ctnetDns(store: Store, network: string): CniResult['dns'] {
+  if (!store.network(network)?.dns) return {};
+  const subnets = store.subnets(network).sort((a, b) => a.family - b.family);
+  return { nameservers: subnets.map((s) => s.gateway), search: [network] };
 }
 
 export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
