@@ -85,6 +85,19 @@ async function bridgeMac(ctx: Ctx, n: NetworkRow): Promise<string | undefined> {
   return n.mac ?? (await ctx.kernel.link(n.bridge))?.address;
 }
 
+/**
+ * A runtime's aliases that are another sandbox's name on the network are left out with a warning:
+ * a container must start even when a ctnet sandbox already has its name.
+ */
+function usableAliases(ctx: Ctx, network: string, sandbox: string, aliases: readonly string[]): string[] {
+  const names = new Set(ctx.store.attachments({ network }).filter((a) => a.sandbox !== sandbox).map((a) => a.sandbox.toLowerCase()));
+  return aliases.filter((a) => {
+    if (!names.has(a)) return true;
+    ctx.warn(`alias ${a} is left out: it is the name of sandbox ${a} on network ${network}`);
+    return false;
+  });
+}
+
 /** The result of one attachment, as the reference bridge plugin shapes it. */
 function resultOf(store: Store, plan: PlannedAttachment, bridge: string, brMac: string | undefined, netns: string, conf: NetConf): CniResult {
   const subnets = store.subnets(plan.row.network);
@@ -134,7 +147,7 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
       const p = tx.decide((rec) => {
         if (!store.sandbox(sandbox)) rec.record({ kind: 'sandbox.insert', row: { name: sandbox, netns: req.netns, owned: false, state: 'ready' } });
         const used = store.attachments({ sandbox }).map((a) => a.ifname);
-        const [a] = recordAttachments(rec, sandbox, [network.name], { ips: conf.ips, mac: conf.mac }, used, req.ifname, foreign);
+        const [a] = recordAttachments(rec, sandbox, [network.name], { ips: conf.ips, mac: conf.mac, aliases: usableAliases(ctx, network.name, sandbox, conf.aliases) }, used, req.ifname, foreign);
         rec.record({ kind: 'cni.insert', row: { containerId: req.containerId, ifname: req.ifname, cniNetwork: conf.name, sandbox, network: network.name } },
           ...conf.labels.map((l) => ({ kind: 'label.set' as const, sandbox, key: l.key, value: l.value })));
         // A container on several networks gets the same portMappings on each: publish them once.

@@ -3,7 +3,7 @@
 // only upstream any query here reaches); the server under bad packets and a SIGKILL.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { closeSync, existsSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Lab, ROOT, UPLINK } from '../../src/lab/lab.ts';
@@ -224,6 +224,20 @@ for r in res:
     assert.equal((await dig('web', '10.61.1.1', 'web2')).status, 'NOERROR', 'still answering');
     assert.match(readLog(), /answering for network front/);
     assert.equal(/ dns: .*(TypeError|RangeError)/.test(readLog()), false);
+  });
+
+  it('a flood from one sandbox does not stall the others (per-client rate limit)', async () => {
+    const file = join(lab.stateDir, 'flood.txt');
+    writeFileSync(file, 'web2 A\nnobody A\nwww.upstream.test A\n');
+    const flood = lab.ctnet(['exec', 'web', '--', 'dnsperf', '-s', '10.61.1.1', '-d', file, '-l', '6', '-q', '500']);
+    await new Promise((r) => setTimeout(r, 1000));
+    let answered = 0;
+    for (let i = 0; i < 5; i++) if ((await dig('web2', '10.61.1.1', 'web', 'A', ['+time=3'])).status === 'NOERROR') answered++;
+    const f = await flood;
+    const sent = Number(/Queries sent:\s+(\d+)/.exec(f.stdout)?.[1] ?? 0);
+    assert.ok(sent > 0, f.stdout + f.stderr);
+    assert.equal(answered, 5, `another sandbox was answered during a flood of ${sent} queries`);
+    assert.equal((await dig('web', '10.61.1.1', 'web2')).status, 'NOERROR', 'and the flooder is answered again after it');
   });
 
   it('ctnetd SIGKILLed: queries fail at once (no hang), and answers resume when it is back', async () => {

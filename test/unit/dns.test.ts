@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { buildZone, decide, reverseIp } from '../../src/services/dns/zone.ts';
 import { nameservers } from '../../src/services/dns/upstream.ts';
+import { RateLimit } from '../../src/services/dns/server.ts';
 import { parseAliases, parseNetworkSpec } from '../../src/model/spec.ts';
 
 const zone = buildZone({
@@ -59,5 +60,18 @@ describe('dns zone', () => {
     assert.throws(() => parseNetworkSpec({ name: 'n', subnet: ['10.0.0.0/24'], dns: 'maybe' }), /--dns "maybe" is neither on nor off/);
     assert.throws(() => parseNetworkSpec({ name: 'n', subnet: ['10.0.0.0/24'], dnsForward: 'x' }), /--dns-forward "x" is not an IP address/);
     assert.deepEqual(parseNetworkSpec({ name: 'n', subnet: ['10.0.0.0/24'], dnsForward: '10.0.0.53,fd00::53' }).dnsForward, ['10.0.0.53', 'fd00::53']);
+  });
+});
+
+describe('dns rate limit', () => {
+  it('a client gets its rate (a second of burst), others are not affected, and it refills', () => {
+    const r = new RateLimit(10);
+    let ok = 0;
+    for (let i = 0; i < 25; i++) if (r.allow('10.0.0.2', 1000)) ok++;
+    assert.equal(ok, 10);
+    assert.ok(r.allow('10.0.0.3', 1000), 'another client');
+    assert.equal(r.allow('10.0.0.2', 1050), false, 'half a token');
+    assert.ok(r.allow('10.0.0.2', 1100));
+    assert.ok(new RateLimit(0).allow('x'), '0: no limit');
   });
 });

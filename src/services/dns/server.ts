@@ -36,6 +36,36 @@ function bare(query: Buffer, rcode: number): Buffer | undefined {
 
 let rotation = 0;
 
+/**
+ * Per-client rate limit (UDP): a token bucket per source address, CTNET_DNS_CLIENT_QPS queries a
+ * second (default 5000, 0: none) with a second's worth of burst. A query over the limit is dropped,
+ * not answered (an answer to a spoofed source would make ctnetd an amplifier): one client's flood
+ * costs the others nothing but the parsing of its packets. TCP needs none: a connection is a
+ * handshake, one query at a time, and at most TCP_MAX of them.
+ */
+export class RateLimit {
+  readonly #qps: number;
+  readonly #buckets = new Map<string, { tokens: number; at: number }>();
+  constructor(qps: number) {
+    this.#qps = qps;
+  }
+  allow(client: string, now = performance.now()): boolean {
+    if (this.#qps <= 0) return true;
+    let b = this.#buckets.get(client);
+    if (!b) {
+      if (this.#buckets.size >= 4096) this.#buckets.clear(); // bounded: a forgotten client starts with a full bucket
+      b = { tokens: this.#qps, at: now };
+      this.#buckets.set(client, b);
+    }
+    b.tokens = Math.min(this.#qps, b.tokens + ((now - b.at) / 1000) * this.#qps);
+    b.at = now;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+}
+const limit = new RateLimit(process.env.CTNET_DNS_CLIENT_QPS === undefined ? 5000 : Number(process.env.CTNET_DNS_CLIENT_QPS) || 0);
+
 /** The answer to one query arriving on network n's gateway; undefined: send nothing. */
 export async function answerQuery(r: Resolver, network: string, query: Buffer, overTcp: boolean): Promise<Buffer | undefined> {
   if (query.length < 12 || (query.readUInt16BE(2) & 0x8000) !== 0) return undefined; // not a query: never answer an answer
@@ -107,6 +137,7 @@ export class Listener {
     }
     udp.on('error', (e) => r.log(`udp ${this.address}: ${e.message}`));
     udp.on('message', (msg, rinfo) => {
+      if (!limit.allow(rinfo.address)) return;
       void answerQuery(r, this.network, msg, false).then((out) => {
         if (out && this.#udp) this.#udp.send(out, rinfo.port, rinfo.address);
       }, (e: Error) => r.log(`query from ${rinfo.address}: ${e.message}`));
