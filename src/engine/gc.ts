@@ -135,6 +135,12 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     await applier.teardown([step([{ kind: 'netns.kill', netns: { name } }, { kind: 'netns.del', name }])]);
     done.push(`removed netns ${name}, which no record owns`);
   }
+  // A sandbox's resolv.conf outlives it only when ctnet died between removing the netns and it.
+  for (const name of kernel.resolvNames()) {
+    if (!name.startsWith(prefix) || known.has(`/run/netns/${name}`)) continue;
+    await applier.teardown([step([{ kind: 'resolv.remove', netns: name }])]);
+    done.push(`removed /etc/netns/${name}, which no record owns`);
+  }
   // 5. A member of a cluster: its leases in etcd and its overlay sides agree.
   done.push(...await reconcileOverlays(ctx));
   return done;

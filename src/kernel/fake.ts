@@ -873,6 +873,9 @@ export class FakeKernel implements KernelBackend {
     return perLink ? perLink.link.sysctls.get(perLink.setting) : this.#sysctls.get(k);
   }
 
+  resolvNames(): string[] {
+    return [...this.resolvFiles.keys()];
+  }
   netnsNames(): string[] {
     return [...this.#ns.keys()].filter((k) => /^\/run\/netns\/[^/]+$/.test(k)).map((k) => k.slice('/run/netns/'.length)).sort();
   }

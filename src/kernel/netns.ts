@@ -104,6 +104,15 @@ export function removeResolv(name: string): void {
   }
 }
 
+/** The names under /etc/netns with a resolv.conf. */
+export function resolvNames(): string[] {
+  try {
+    return readdirSync(ETC_NETNS).filter(hasResolv);
+  } catch {
+    return [];
+  }
+}
+
 /** True when ctnet wrote a resolv.conf for netns NAME (exec then binds it: see execArgv). */
 export function hasResolv(name: string): boolean {
   return existsSync(join(ETC_NETNS, name, 'resolv.conf'));

@@ -11,7 +11,7 @@ import { resolvText, type Op } from '../../plan/ops.ts';
 import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, type IpCommand } from '../../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, RouteInfo } from '../backend.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
-import { isNetnsFile, netnsKillAll, netnsNames, netnsPids, removeResolv, writeResolv } from '../netns.ts';
+import { isNetnsFile, netnsKillAll, netnsNames, netnsPids, removeResolv, resolvNames, writeResolv } from '../netns.ts';
 import { listenersArgv, parseListeners } from '../sockets.ts';
 import { sysctlRead, sysctlWrite } from '../sysctl.ts';
 import { run, SpawnStats } from './run.ts';
@@ -190,6 +190,9 @@ export class ExecBackend implements KernelBackend {
   }
   netnsNames(): string[] {
     return netnsNames();
+  }
+  resolvNames(): string[] {
+    return resolvNames();
   }
   isNetns(path: string): boolean {
     return isNetnsFile(path);
