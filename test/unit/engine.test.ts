@@ -1034,3 +1034,14 @@ describe('names: resolv.conf and aliases', () => {
     assert.equal(w.fake.resolvFiles.size, 0);
   }));
 });
+
+describe('doctor: dns', () => {
+  it('warns when a network has DNS on and ctnetd is not running', () => withWorld(async (w) => {
+    assert.equal((await doctor(w.ctx, undefined)).find((f) => f.check === 'dns'), undefined, 'no network with DNS: nothing to say');
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'a', subnet: ['10.1.0.0/24'] }));
+    const off = (await doctor(w.ctx, undefined)).find((f) => f.check === 'dns')!;
+    assert.equal(off.status, 'warn');
+    assert.match(off.detail, /network a has DNS on, but ctnetd is not running/);
+    assert.equal((await doctor(w.ctx, 4242)).find((f) => f.check === 'dns')!.status, 'ok');
+  }));
+});
