@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { buildZone, decide, reverseIp } from '../../src/services/dns/zone.ts';
 import { nameservers } from '../../src/services/dns/upstream.ts';
-import { RateLimit } from '../../src/services/dns/server.ts';
+import * as dnsPacket from 'dns-packet';
+import { answerQuery, RateLimit } from '../../src/services/dns/server.ts';
 import { parseAliases, parseNetworkSpec } from '../../src/model/spec.ts';
 
 const zone = buildZone({
@@ -73,5 +74,38 @@ describe('dns rate limit', () => {
     assert.equal(r.allow('10.0.0.2', 1050), false, 'half a token');
     assert.ok(r.allow('10.0.0.2', 1100));
     assert.ok(new RateLimit(0).allow('x'), '0: no limit');
+  });
+});
+
+describe('dns answers on the wire', () => {
+  const resolver = { zone: () => zone, hostResolvers: () => [], log: () => {} };
+  const ask = async (id: number, name: string, type: 'A' | 'AAAA' | 'MX', net = 'front') => {
+    const q = dnsPacket.encode({ type: 'query', id, flags: dnsPacket.RECURSION_DESIRED, questions: [{ type, name }] });
+    return dnsPacket.decode((await answerQuery(resolver, net, q, false))!) as dnsPacket.DecodedPacket & { rcode: string };
+  };
+  it('answers with the query\'s id, the same again from the cache, NODATA with the SOA, REFUSED from --internal for names elsewhere', async () => {
+    const a = await ask(1, 'web2', 'A');
+    const b = await ask(2, 'web2', 'A');
+    assert.equal(a.id, 1);
+    assert.equal(b.id, 2);
+    assert.deepEqual(b.answers, a.answers);
+    assert.deepEqual(a.answers?.map((x) => (x as { data: unknown }).data), ['10.1.0.3']);
+    assert.equal(a.flag_aa, true);
+    const mx = await ask(3, 'web2', 'MX');
+    assert.equal(mx.rcode, 'NOERROR');
+    assert.deepEqual(mx.answers, []);
+    assert.equal(mx.authorities?.[0]?.type, 'SOA');
+    assert.equal((await ask(4, 'example.org', 'A', 'inner')).rcode, 'REFUSED');
+    assert.equal((await ask(5, 'nobody', 'A')).rcode, 'NXDOMAIN');
+  });
+  it('a packet it cannot parse gets FORMERR with its id; one shorter than a header, or an answer, nothing', async () => {
+    const loop = Buffer.from([0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1]);
+    const out = (await answerQuery(resolver, 'front', loop, false))!;
+    assert.equal(out.readUInt16BE(0), 0xabcd);
+    assert.equal(out.readUInt16BE(2) & 0xf, 1);
+    assert.equal(await answerQuery(resolver, 'front', Buffer.from([1, 2, 3]), false), undefined);
+    const answer = Buffer.from(loop);
+    answer[2] = 0x81;
+    assert.equal(await answerQuery(resolver, 'front', answer, false), undefined);
   });
 });

@@ -69,6 +69,20 @@ const limit = new RateLimit(process.env.CTNET_DNS_CLIENT_QPS === undefined ? 500
 /** The answer to one query arriving on network n's gateway; undefined: send nothing. */
 export async function answerQuery(r: Resolver, network: string, query: Buffer, overTcp: boolean): Promise<Buffer | undefined> {
   if (query.length < 12 || (query.readUInt16BE(2) & 0x8000) !== 0) return undefined; // not a query: never answer an answer
+  // The same query bytes (but the id) on the same network, with the zone unchanged, get the same
+  // answer: it is kept, encoded, until the store changes (answers that rotate are not kept).
+  const zone = r.zone();
+  if (zone !== cachedZone) {
+    cache.clear();
+    cachedZone = zone;
+  }
+  const key = `${network}\0${overTcp ? 't' : 'u'}${query.toString('latin1', 2)}`;
+  const hit = cache.get(key);
+  if (hit) {
+    const out = Buffer.from(hit);
+    out.writeUInt16BE(query.readUInt16BE(0), 0);
+    return out;
+  }
   let packet: dns.DecodedPacket;
   try {
     packet = dns.decode(query);
@@ -79,7 +93,6 @@ export async function answerQuery(r: Resolver, network: string, query: Buffer, o
   if (opcode !== 0) return bare(query, RCODE.NOTIMP);
   const q = packet.questions?.[0];
   if (!q || packet.questions!.length !== 1) return bare(query, RCODE.FORMERR);
-  const zone = r.zone();
   const n: ZoneNetwork | undefined = zone.networks.get(network);
   if (!n) return bare(query, RCODE.REFUSED); // its DNS was just turned off or the network removed
   const opt = packet.additionals?.find((a) => a.type === 'OPT') as dns.OptAnswer | undefined;
@@ -104,8 +117,15 @@ export async function answerQuery(r: Resolver, network: string, query: Buffer, o
   const answers = d.answers.map((a): dns.Answer => ({ name: a.name, type: a.type, ttl: TTL, class: 'IN', data: a.data }));
   const out = reply(answers);
   const limit = overTcp ? 65535 : Math.max(512, Math.min(opt?.udpPayloadSize ?? 512, 1232));
-  return out.length <= limit ? out : reply([], dns.TRUNCATED_RESPONSE);
+  const final = out.length <= limit ? out : reply([], dns.TRUNCATED_RESPONSE);
+  if (answers.length <= 1 && cache.size < CACHE_MAX) cache.set(key, final);
+  return final;
 }
+
+/** Encoded local answers of the current zone, by network, transport and query bytes past the id. */
+const cache = new Map<string, Buffer>();
+let cachedZone: Zone | undefined;
+const CACHE_MAX = 10_000;
 
 /** One gateway's sockets. */
 export class Listener {
@@ -122,7 +142,9 @@ export class Listener {
 
   /** Binds both sockets; throws (and holds nothing) when the address is not there (yet). */
   async open(r: Resolver): Promise<void> {
-    const udp = createSocket({ type: this.address.includes(':') ? 'udp6' : 'udp4', reuseAddr: false });
+    // A larger receive buffer (up to the host's net.core.rmem_max) rides out a pause of the event loop
+    // (a store read waiting on a writer's checkpoint, a garbage collection) without dropping queries.
+    const udp = createSocket({ type: this.address.includes(':') ? 'udp6' : 'udp4', reuseAddr: false, recvBufferSize: 1 << 20 });
     try {
       await new Promise<void>((resolve, reject) => {
         udp.once('error', reject);
