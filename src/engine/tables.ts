@@ -25,7 +25,7 @@ export function tablesScript(store: Store, policy: PolicyElements = policyElemen
   const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
   const facts = nets.map((n) => (store.overlay(n.name)
     ? overlayFacts(driverNetwork(store, n))
-    : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: store.subnets(n.name), egress: store.networkEgress(n.name) }));
+    : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, dns: n.dns, subnets: store.subnets(n.name), egress: store.networkEgress(n.name) }));
   return fullScript(facts, endpoints, ports, policy).trimEnd().split('\n');
 }
 

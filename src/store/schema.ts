@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 16;
+export const SCHEMA_VERSION = 17;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -335,6 +335,24 @@ CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wclass, s0);
 DELETE FROM meta WHERE key = 'policy.index';
 `;
 
+// Names (schema 17): ctnetd's DNS server (services/dns/). dns: whether it answers on the network's
+// gateways (networks made before keep what they had: none); dns_forward: the upstreams for names
+// that are not the network's own (comma-separated addresses; null: the host's resolvers). aliases:
+// more names of a sandbox on one network (--alias), several sandboxes may share one (round robin);
+// they go with the attachment.
+export const NAMES = `
+ALTER TABLE networks ADD COLUMN dns INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE networks ADD COLUMN dns_forward TEXT;
+CREATE TABLE aliases (
+  sandbox TEXT NOT NULL,
+  network TEXT NOT NULL,
+  alias TEXT NOT NULL,
+  PRIMARY KEY (network, alias, sandbox),
+  FOREIGN KEY (sandbox, network) REFERENCES attachments(sandbox, network) ON DELETE CASCADE
+);
+CREATE INDEX aliases_by_sandbox ON aliases(sandbox, network);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -352,4 +370,5 @@ export const MIGRATIONS: Record<number, string> = {
   14: SHAPING,
   15: LOWER,
   16: POLICY_INDEX_CLASSES,
+  17: NAMES,
 };

@@ -35,7 +35,7 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
   const journal: Undo[] = [];
   const own = (kind: OwnedKind, name: string) => applier.record({ kind: 'owner.set', row: { kind, name, topology: topo.name, file: topo.file } });
   const makeSandbox = async (s: TopoSandbox) => {
-    await createSandbox(ctx, s.name, { networks: s.networks.map((a) => a.network), ips: s.networks.flatMap((a) => a.ips), mac: undefined },
+    await createSandbox(ctx, s.name, { networks: s.networks.map((a) => a.network), ips: s.networks.flatMap((a) => a.ips), mac: undefined, aliases: [] },
       { mappings: s.ports, force: false }, Object.entries(s.labels).map(([key, value]) => ({ key, value })));
     own('sandbox', s.name);
     if (s.command) startCommand(ctx, s.name, s.command);
