@@ -213,9 +213,9 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
   let events: TraceEvent[] = [];
   let probe;
   try {
-    await applier.apply([step([{ kind: 'nft', lines, undo: drop }], `trace: mark the flow ${srcAddr}:${sport} -> ${dstAddr}${target.port ? `:${target.port}` : ''}/${target.proto} for nftables' tracing`)]);
-    const monitor = await kernel.traceMonitor();
+    const monitor = await kernel.traceMonitor(); // first: it subscribes while the table goes in
     try {
+      await applier.apply([step([{ kind: 'nft', lines, undo: drop }], `trace: mark the flow ${srcAddr}:${sport} -> ${dstAddr}${target.port ? `:${target.port}` : ''}/${target.proto} for nftables' tracing`)]);
       probe = await kernel.probe(ns, { proto: target.proto, dst: dstAddr, port: target.port ?? 0, sport, timeoutMs: options.timeoutMs ?? 2000 });
     } finally {
       events = (await monitor.stop()).flatMap((l) => parseTraceLine(l) ?? []);

@@ -12,13 +12,18 @@ export async function startTraceMonitor(): Promise<TraceMonitor> {
   // Line-buffered: into a pipe nft buffers its output, and a monitor ended by a signal never flushes it.
   const child = spawn('stdbuf', ['-oL', 'nft', 'monitor', 'trace'], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; });
+  let last = performance.now();
+  child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; last = performance.now(); });
   const exited = new Promise<void>((r) => child.on('close', () => r()));
-  // The monitor subscribes to the netlink trace group as it starts; give it that moment.
-  await new Promise((r) => setTimeout(r, 150));
+  // It subscribes to the netlink trace group as it starts: the caller starts it before it writes
+  // its trace table (an nft run of its own), which gives it that moment.
+  await new Promise<void>((r, j) => { child.once('spawn', () => r()); child.once('error', j); });
+  await new Promise((r) => setTimeout(r, 40)); // a margin for nft's own start on a loaded host
   return {
     async stop(): Promise<string[]> {
-      await new Promise((r) => setTimeout(r, 200)); // events of the last packets are still on their way
+      // Events of the last packets may still be on their way: wait until 60 ms pass without one (at most 400 ms).
+      const end = performance.now() + 400;
+      while (performance.now() < end && performance.now() - last < 60) await new Promise((r) => setTimeout(r, 20));
       child.kill('SIGTERM');
       await exited;
       return out.split('\n').filter((l) => l.startsWith('trace id '));
