@@ -210,9 +210,13 @@ export class ExecBackend implements KernelBackend {
     return items.flatMap((i) => (i.chain ? [i.chain] : []));
   }
   async nftTables(): Promise<{ family: string; table: string }[]> {
-    const { stdout } = await this.#run('nft.list', ['nft', '-j', 'list', 'tables']);
-    const items = (JSON.parse(stdout) as { nftables: { table?: { family: string; name: string } }[] }).nftables;
-    return items.flatMap((i) => (i.table ? [{ family: i.table.family, table: i.table.name }] : []));
+    // Text, not -j: nft 1.0.6 aborts in `nft -j list tables` ("corrupted double-linked list") while
+    // ctnetd holds its owner-flagged tables; `table FAMILY NAME` lines are all this needs.
+    const { stdout } = await this.#run('nft.list', ['nft', 'list', 'tables']);
+    return stdout.split('\n').flatMap((l) => {
+      const m = /^table (\S+) (\S+)/.exec(l.trim());
+      return m ? [{ family: m[1]!, table: m[2]! }] : [];
+    });
   }
   async flows(): Promise<Flow[]> {
     return parseFlows((await this.#run('conntrack.list', ['conntrack', '-L'])).stdout);
