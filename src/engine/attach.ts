@@ -12,6 +12,7 @@ import type { Step } from '../plan/plan.ts';
 import type { AddressRow, AttachmentRow, NetworkRow, Store } from '../store/store.ts';
 import type { Recorder } from './applier.ts';
 import { nextIfname, vethName } from './naming.ts';
+import { addressHolder } from './services.ts';
 import { carriesDefault, currentDefault, driverNetwork, driverOf, readyNetwork } from './records.ts';
 
 /** One attachment as decided: its record, its network, its addresses and the default routes it carries. */
@@ -82,7 +83,7 @@ export function recordAttachments(rec: Recorder, sandbox: string, networks: read
     };
     rec.record({ kind: 'attachment.insert', row });
     const addresses = store.subnets(name).map((lease): AddressRow => {
-      const a = allocate(name, lease, spec.ips, (ip) => store.addressHolder(ip));
+      const a = allocate(name, lease, spec.ips, (ip) => addressHolder(store, ip));
       if (a.cursor !== undefined) rec.record({ kind: 'cursor.set', network: name, cidr: lease.cidr, ip: a.cursor });
       const address = { ip: a.ip, family: a.family, cidr: a.cidr, network: name, sandbox };
       rec.record({ kind: 'address.insert', row: address });

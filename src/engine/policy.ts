@@ -13,6 +13,7 @@ import { step } from '../plan/plan.ts';
 import type { PolicyRow, Store } from '../store/store.ts';
 import type { Transaction } from './applier.ts';
 import type { Ctx } from './context.ts';
+import { syncServices } from './services.ts';
 
 const rangeOf = (cidr: string) => {
   const sub = parseSubnet('subnet', cidr);
@@ -139,6 +140,8 @@ export async function syncPolicy(ctx: Ctx, options: { cut?: boolean; tx?: Transa
   // store as its rollback leaves it.
   options.tx?.recompute.push(() => syncPolicy(ctx));
   const { store, applier } = ctx;
+  // Services' backends are derived from the same sandboxes and labels: kept up to date alongside.
+  await syncServices(ctx);
   if (store.policies().length === 0 && store.policyMirror().size === 0) return; // nothing to keep up
   await store.writeAsync(() => applyPolicy(ctx, policyElements(store)), { rollback: applier.dryRun });
   if (options.cut) await cutDeniedFlows(ctx);

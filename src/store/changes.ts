@@ -1,7 +1,7 @@
 // Changes to the store, as plain values: what a use case records, and (computed as each is made)
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
-import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
+import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, ServiceRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
   | {
@@ -31,7 +31,10 @@ export type StoreChange =
   | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> }
   | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null }
   | { readonly kind: 'egress.set'; readonly scope: 'network' | 'sandbox'; readonly name: string; readonly family: 4 | 6; readonly ip: string | null }
-  | { readonly kind: 'default-route.set'; readonly sandbox: string; readonly network: string | null };
+  | { readonly kind: 'default-route.set'; readonly sandbox: string; readonly network: string | null }
+  | { readonly kind: 'service.insert'; readonly row: Omit<ServiceRow, 'created'> }
+  | { readonly kind: 'service.delete'; readonly name: string }
+  | { readonly kind: 'service.backends'; readonly name: string; readonly backends: readonly string[] };
 
 /**
  * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
@@ -133,6 +136,19 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.defaultRoute(c.sandbox) ?? null;
       store.setDefaultRoute(c.sandbox, c.network);
       return { kind: 'default-route.set', sandbox: c.sandbox, network: was };
+    }
+    case 'service.insert':
+      store.insertService(c.row);
+      return { kind: 'service.delete', name: c.row.name };
+    case 'service.delete': {
+      const was = store.service(c.name);
+      store.deleteService(c.name);
+      return was && { kind: 'service.insert', row: was };
+    }
+    case 'service.backends': {
+      const was = store.service(c.name)?.backends;
+      store.setServiceBackends(c.name, c.backends);
+      return was && { kind: 'service.backends', name: c.name, backends: was };
     }
     case 'policy.mirror': {
       const was = store.policyMirror();
