@@ -79,6 +79,19 @@ describe('services', () => {
     }
   });
 
+  it('a service with no backend refuses at once (TCP reset), and gets one when a sandbox gets the label', async () => {
+    await lab.ctnetOk(['service', 'create', 'empty', '--network', 'front', '--port', '84', '--to', 'label:app=none:8080']);
+    const { vip, backends } = await service('empty');
+    assert.deepEqual(backends, []);
+    const r = await lab.ctnet(['exec', 'c1', '--', ...Lab.probeArgv('tcp', vip, 84, 5000)]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stdout + r.stderr, /ECONNREFUSED/, 'refused, not timed out');
+    await lab.ctnetOk(['label', 'c2', 'app=none']);
+    assert.deepEqual((await count('c1', vip, 84, 5)).servers, { c2: 5 });
+    await lab.ctnetOk(['label', 'c2', '--rm', 'app']);
+    await lab.ctnetOk(['service', 'rm', 'empty']);
+  });
+
   it('from the host, and hairpin (a backend calling its own service)', async () => {
     const { vip } = await service('web');
     const h = await count('host', vip, 80, 60);
@@ -165,7 +178,8 @@ describe('services', () => {
   it('gc rewrites a flushed table with the services in it', async () => {
     const { vip } = await service('web');
     await lab.inHost(['nft', 'flush', 'table', 'inet', 'ctnet']);
-    await lab.ctnetOk(['gc']);
+    await lab.inHost(['ip', 'addr', 'del', `${vip}/32`, 'dev', 'ctbr-front']);
+    assert.match(await lab.ctnetOk(['gc']), new RegExp(`put VIP ${vip.replace(/\./g, '\\.')} of service web back`));
     const c = await count('c1', vip, 80, 30);
     assert.equal(c.failed, 0);
     assert.equal(Object.keys(c.servers).length, 3);
