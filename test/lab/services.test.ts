@@ -185,6 +185,51 @@ describe('services', () => {
     assert.equal(Object.keys(c.servers).length, 3);
   });
 
+  it('SIGKILL at every crash point of service create and rm: gc leaves the service whole or gone', async () => {
+    /** After gc: recorded <=> VIP on the bridge, element and chain in the table, and traffic through it. */
+    const consistent = async (name: string, port: number) => {
+      const recorded = (JSON.parse(await lab.ctnetOk(['service', 'ls', '--json'])) as ServiceJson[]).find((x) => x.name === name);
+      const nft = await nftText();
+      const addrs = (await lab.inHost(['ip', '-4', 'addr', 'show', 'dev', 'ctbr-front'])).stdout;
+      if (!recorded) {
+        assert.doesNotMatch(nft, new RegExp(`svc_${name}\\b`), `${name}: not recorded, yet its chain is there`);
+        return false;
+      }
+      assert.match(nft, new RegExp(`goto svc_${name}\\b`));
+      assert.match(addrs, new RegExp(`${recorded.vip.replace(/\./g, '\\.')}/32`));
+      assert.equal((await count('c1', recorded.vip, port, 6)).failed, 0, `${name}: recorded but not working`);
+      return true;
+    };
+    let points = 0;
+    for (let n = 0; n < 20; n++) {
+      const r = await lab.ctnet(['service', 'create', `k${n}`, '--network', 'front', '--port', String(100 + n), '--to', 'label:app=web:8080'], { CTNET_CRASH_AT: String(n) });
+      await lab.ctnetOk(['gc']);
+      const exists = await consistent(`k${n}`, 100 + n);
+      if (r.code === 0) {
+        assert.ok(exists);
+        break;
+      }
+      points++;
+      if (exists) await lab.ctnetOk(['service', 'rm', `k${n}`]);
+    }
+    assert.ok(points >= 2, `service create has ${points} crash points`);
+    points = 0;
+    for (let n = 0; n < 20; n++) {
+      await lab.ctnetOk(['service', 'create', 'kr', '--network', 'front', '--port', '120', '--to', 'label:app=web:8080']);
+      const r = await lab.ctnet(['service', 'rm', 'kr'], { CTNET_CRASH_AT: String(n) });
+      await lab.ctnetOk(['gc']);
+      const exists = await consistent('kr', 120);
+      if (r.code === 0) {
+        assert.equal(exists, false);
+        break;
+      }
+      points++;
+      await lab.ctnetOk(['service', 'rm', 'kr']); // a killed rm is finished by running it again
+      assert.equal(await consistent('kr', 120), false);
+    }
+    assert.ok(points >= 2, `service rm has ${points} crash points`);
+  });
+
   it('rm: the VIP, its element and chain go; the address is free again', async () => {
     const { vip } = await service('sticky');
     await lab.ctnetOk(['service', 'rm', 'sticky']);
