@@ -171,7 +171,7 @@ async function sendPolicy(ctx: Ctx, lines: readonly string[], full: () => FullPo
  * a rules file does while it is small next to the rules there are (each changed box costs a few
  * index queries, a full compile a few tens of µs per rule).
  */
-const incremental = (changed: number, rules: number) => changed <= 64 || changed * 4 <= rules;
+const incremental = (changed: number, rules: () => number) => changed <= 64 || changed * 4 <= rules();
 
 /** Where a change may have moved a policy decision: the freed regions of the sets it touched. */
 export type PolicyRegions = readonly PolicyRegion[];
@@ -186,7 +186,7 @@ export type PolicyRegions = readonly PolicyRegion[];
 async function applyChanged(ctx: Ctx, changed: ReadonlyMap<number, PolicyRule | undefined>): Promise<PolicyRegions | undefined> {
   const { store } = ctx;
   if (changed.size === 0) return [];
-  if (!store.policyIndexReady() || !incremental(changed.size, store.policyCount())) {
+  if (!store.policyIndexReady() || !incremental(changed.size, () => store.policyCount())) { // count(*) reads every row: only for a rules file
     await applyFull(ctx, fullPolicyState(store, changed));
     return undefined;
   }

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 15;
+export const SCHEMA_VERSION = 16;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -315,6 +315,22 @@ CREATE TABLE shaping (
 // (src/drivers/lower/), as JSON ({kind, parent, mode, hostShim, shimIp}); null for every other driver.
 export const LOWER = `
 ALTER TABLE networks ADD COLUMN lower TEXT;
+// The policy index by width class (schema 16): schema 12 split source ranges into narrow and wide
+// (2^16 addresses) and found a narrow box by its start within 2^16 before a range; with dense /32
+// rules (10.128.0.0 and up) that window held every rule, and each lookup read the whole set.
+// wclass is the bit length of the source range's width (0 for one address, 8 for a /24, 32 for
+// the whole of IPv4): a box of class c that meets a range starts at most 2^c before it, so the
+// index on (set, class, start) finds the boxes meeting a range with one tight range scan per class
+// present. The old column's values mean something else: the index is marked incomplete, and the
+// next change compiles every rule and writes it again.
+export const POLICY_INDEX_CLASSES = `
+DROP INDEX policy_elements_by_src;
+DROP INDEX policy_raw_by_src;
+ALTER TABLE policy_elements RENAME COLUMN wide TO wclass;
+ALTER TABLE policy_raw RENAME COLUMN wide TO wclass;
+CREATE INDEX policy_elements_by_src ON policy_elements(set_name, wclass, s0);
+CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wclass, s0);
+DELETE FROM meta WHERE key = 'policy.index';
 `;
 
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
@@ -333,4 +349,5 @@ export const MIGRATIONS: Record<number, string> = {
   13: TOPOLOGY,
   14: SHAPING,
   15: LOWER,
+  16: POLICY_INDEX_CLASSES,
 };

@@ -638,16 +638,22 @@ export class Store {
   policyBoxesOf(table: 'compiled' | 'raw', set: string, rule: number): PolicyBoxRow[] {
     return this.#all(`SELECT * FROM ${TABLES[table]} WHERE set_name = ? AND rule = ?`, set, rule).map(toBoxRow);
   }
-  /** The boxes of one set meeting box, through the index on the source range's start. */
+  /**
+   * The boxes of one set meeting box, through the index on (set, width class, source start): per
+   * class present, the boxes that start at most 2^class before the source range and by its end.
+   */
   policyBoxesMeeting(table: 'compiled' | 'raw', set: string, box: Box): PolicyBoxRow[] {
+    const t = TABLES[table];
     const [s0, e0, s1, e1, s2, e2, s3, e3] = boxParams(box);
-    const rest = 'AND s0 <= ? AND e0 >= ? AND s1 <= ? AND e1 >= ? AND s2 <= ? AND e2 >= ? AND s3 <= ? AND e3 >= ?';
-    const tail = [e0, s0, e1, s1, e2, s2, e3, s3] as const;
-    const reach = box[0][0] > WIDE ? box[0][0] - WIDE : 0n;
-    const narrow = this.#all(`SELECT * FROM ${TABLES[table]} WHERE set_name = ? AND wide = 0 AND s0 BETWEEN ? AND ? ${rest}`,
-      set, hex(reach), e0, ...tail);
-    const wide = this.#all(`SELECT * FROM ${TABLES[table]} WHERE set_name = ? AND wide = 1 ${rest}`, set, ...tail);
-    return [...narrow, ...wide].map(toBoxRow);
+    const out: PolicyBoxRow[] = [];
+    // The classes present, one index probe each (a skip scan): few, whatever the number of boxes.
+    for (let c = this.#get(`SELECT min(wclass) AS c FROM ${t} WHERE set_name = ?`, set)?.c as number | null; c !== null && c !== undefined;
+      c = this.#get(`SELECT min(wclass) AS c FROM ${t} WHERE set_name = ? AND wclass > ?`, set, c)?.c as number | null) {
+      const from = box[0][0] > 1n << BigInt(c) ? box[0][0] - (1n << BigInt(c)) : 0n;
+      for (const r of this.#all(`SELECT * FROM ${t} WHERE set_name = ? AND wclass = ? AND s0 BETWEEN ? AND ?
+        AND e0 >= ? AND s1 <= ? AND e1 >= ? AND s2 <= ? AND e2 >= ? AND s3 <= ? AND e3 >= ?`, set, c, hex(from), e0, s0, e1, s1, e2, s2, e3, s3)) out.push(toBoxRow(r));
+    }
+    return out;
   }
   /** The element texts of one set (to refill it whole). */
   policySetElements(set: string): string[] {
@@ -855,13 +861,13 @@ const toPolicy = (r: Row): PolicyRow => ({
 
 const POLICY_INDEX_META = 'policy.index';
 const TABLES = { compiled: 'policy_elements', raw: 'policy_raw' } as const;
-const BOX_COLUMNS = 's0, e0, s1, e1, s2, e2, s3, e3, wide';
+const BOX_COLUMNS = 's0, e0, s1, e1, s2, e2, s3, e3, wclass';
 const BOX_PARAMS = '?, ?, ?, ?, ?, ?, ?, ?, ?';
-/** A source range this wide or wider is read by every query (policy_elements_by_src). */
-const WIDE = 1n << 16n;
+/** The width class of a range: the bit length of its width (0 for one address). */
+const widthClass = (r: readonly [bigint, bigint]) => (r[1] - r[0]).toString(2).length - (r[1] === r[0] ? 1 : 0);
 const hex = (n: bigint) => n.toString(16).padStart(32, '0');
 const boxParams = (b: Box): [string, string, string, string, number, number, number, number, number] =>
-  [hex(b[0][0]), hex(b[0][1]), hex(b[1][0]), hex(b[1][1]), Number(b[2][0]), Number(b[2][1]), Number(b[3][0]), Number(b[3][1]), b[0][1] - b[0][0] >= WIDE ? 1 : 0];
+  [hex(b[0][0]), hex(b[0][1]), hex(b[1][0]), hex(b[1][1]), Number(b[2][0]), Number(b[2][1]), Number(b[3][0]), Number(b[3][1]), widthClass(b[0])];
 const toBoxRow = (r: Row): PolicyBoxRow => ({
   rule: r.rule as number,
   box: [[BigInt(`0x${r.s0 as string}`), BigInt(`0x${r.e0 as string}`)], [BigInt(`0x${r.s1 as string}`), BigInt(`0x${r.e1 as string}`)],

@@ -21,6 +21,8 @@ import {
 import { arrayView, judgeInRegions, recompile, sameOwnership, type JudgedBox } from '../../src/model/policy-inc.ts';
 import { decide } from '../../src/model/policy.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
+import { DatabaseSync } from 'node:sqlite';
+import { MIGRATIONS, SCHEMA } from '../../src/store/schema.ts';
 import { Store, type PolicyElementRow } from '../../src/store/store.ts';
 
 /** mulberry32: a small seeded generator. */
@@ -232,6 +234,37 @@ describe('incremental policy in the engine (store index, fake kernel)', () => {
           store.close();
           rmSync(sub, { recursive: true, force: true });
         }
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('the policy index across schema versions', () => {
+  it('a store of schema 12 (narrow/wide index) opens as the current schema (16 renames its index column): the index is rebuilt by the next change', async () => {
+    const dir = mkdtempSync(join(SCRATCH, 'ctnet-policy-12-'));
+    try {
+      const db = new DatabaseSync(join(dir, 'ctnet.db'));
+      db.exec(SCHEMA);
+      for (let v = 2; v <= 12; v++) db.exec(MIGRATIONS[v]!);
+      db.exec("INSERT INTO meta(key, value) VALUES ('instance', 'ab12'), ('policy.index', '1'); PRAGMA user_version = 12");
+      db.exec("INSERT INTO policy_elements(set_name, element, rule, s0, e0, s1, e1, s2, e2, s3, e3, wide) VALUES ('policy_allow4', 'x', 1, '0', '0', '0', '0', 6, 6, 80, 80, 0)");
+      db.close();
+      const store = new Store(dir);
+      const fake = new FakeKernel();
+      const ctx: Ctx = { store, kernel: fake, warn: () => {}, applier: new Applier({ backend: fake, store, warn: () => {} }) };
+      try {
+        assert.equal(store.policyIndexReady(), false, 'the old index is not trusted');
+        assert.deepEqual([...store.policyMirror().get('policy_allow4') ?? []], ['x'], 'the mirror of the kernel stays');
+        await createNetwork(ctx, parseNetworkSpec({ name: 'b', subnet: ['10.211.0.0/24'] }));
+        await addPolicies(ctx, [{ action: 'allow', from: '10.128.0.1', to: 'net:b', port: '8080', name: undefined }]);
+        assert.equal(store.policyIndexReady(), true);
+        await addPolicies(ctx, [{ action: 'allow', from: '10.128.0.0/31', to: 'net:b', port: '8080', name: undefined }]);
+        assert.deepEqual(store.policyState()!.compiled.get('policy_allow4')!.map((e) => [e.rule, e.element]),
+          [[1, '10.128.0.1 . 10.211.0.0-10.211.0.255 . 6 . 8080'], [2, '10.128.0.0 . 10.211.0.0-10.211.0.255 . 6 . 8080']]);
+      } finally {
+        store.close();
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
