@@ -127,6 +127,11 @@ interface Setup {
   addBatch(first: number, n: number): Promise<void>;
   /** One rule with its own command, as a user adds one. */
   addOne(rule: RuleIndex): Promise<void>;
+  /**
+   * The side's cheapest command (ctnet --help, iptables -V): what starting its process costs, timed
+   * next to every one-rule command, so the rest of that command's time is known.
+   */
+  noop(): Promise<void>;
   /** What must follow the rules (iptables: the final DROP). */
   finish(): Promise<void>;
   /** Runs the client in the client namespace; argv after the client script. */
@@ -175,6 +180,10 @@ class CtnetSetup implements Setup {
 
   async addOne(rule: RuleIndex): Promise<void> {
     await this.lab.ctnetOk(['policy', 'allow', ...this.#ruleArgs(rule)]);
+  }
+
+  async noop(): Promise<void> {
+    await this.lab.ctnetOk(['--help']);
   }
 
   async finish(): Promise<void> {
@@ -287,6 +296,10 @@ class IptablesSetup implements Setup {
     await this.#iptablesOk(['-A', 'FORWARD', ...this.#ruleSpec(rule)]);
   }
 
+  async noop(): Promise<void> {
+    await this.#hostOk([this.#iptables, '-V']);
+  }
+
   async finish(): Promise<void> {
     // What ctnet does by default: networks do not reach each other.
     await this.#iptablesOk(['-A', 'FORWARD', '-i', 'refa', '-o', 'refb', '-j', 'DROP']);
@@ -339,8 +352,8 @@ interface Install {
   /** Every install command together, wall time. */
   readonly totalMs: number;
   readonly batches: readonly { readonly rules: number; readonly ms: number }[];
-  /** Single-rule adds: how many rules were there before it, and its wall time. */
-  readonly singles: readonly { readonly before: number; readonly ms: number }[];
+  /** Single-rule adds: how many rules were there before it, its wall time, and the side's no-op command's right after. */
+  readonly singles: readonly { readonly before: number; readonly ms: number; readonly noopMs: number }[];
   readonly finishMs: number;
 }
 
@@ -350,14 +363,15 @@ interface Install {
  */
 async function install(s: Setup, batch: number, signal: AbortSignal): Promise<Install> {
   const batches: { rules: number; ms: number }[] = [];
-  const singles: { before: number; ms: number }[] = [];
+  const singles: { before: number; ms: number; noopMs: number }[] = [];
   for (let start = 0; start < s.rules; start += batch) {
     signal.throwIfAborted();
     const size = Math.min(batch, s.rules - start);
     if (size > 1) batches.push({ rules: size - 1, ms: await timed(() => s.addBatch(start, size - 1)) });
     const last = start + size - 1;
     const rule = last === s.rules - 1 ? MEASURED : last;
-    singles.push({ before: last, ms: await timed(() => s.addOne(rule)) });
+    const ms = await timed(() => s.addOne(rule));
+    singles.push({ before: last, ms, noopMs: await timed(() => s.noop()) });
     if (batch === 1 && (last + 1) % 500 === 0) progress(`${label(s)}: ${last + 1} rules`);
   }
   const finishMs = await timed(() => s.finish());
@@ -585,6 +599,24 @@ function oneByOne(results: readonly SetupResult[], big: number) {
   });
 }
 
+/** ctnet against iptables-nft at each level: p50 of the one-rule commands, and the largest batch command. */
+function oneRuleRatios(results: readonly SetupResult[]) {
+  const p50 = (xs: readonly number[]) => quantile([...xs].sort((a, b) => a - b), 0.5);
+  const peer = 'iptables-nft';
+  return [...new Set(results.map((r) => r.rules))].flatMap((rules) => {
+    const c = results.find((r) => r.side === 'ctnet' && r.rules === rules);
+    const p = results.find((r) => r.side === peer && r.rules === rules);
+    if (!c || !p) return [];
+    const biggest = (r: SetupResult) => [...r.install.batches].sort((a, b) => b.rules - a.rules)[0];
+    const cb = biggest(c);
+    const pb = biggest(p);
+    return [{
+      rules, peer, oneRule: p50(c.install.singles.map((x) => x.ms)) / p50(p.install.singles.map((x) => x.ms)),
+      batch: cb && pb ? cb.ms / pb.ms : undefined,
+    }];
+  });
+}
+
 /** At most n items, evenly spaced, always the first and the last (--batch 1 samples every rule). */
 function spread<T>(items: readonly T[], n: number): T[] {
   if (items.length <= n) return [...items];
@@ -603,6 +635,15 @@ function render(results: readonly SetupResult[], info: Machine, opts: Options): 
     results.map((r) => [r.side, String(r.rules), s1(r.install.totalMs), s1(r.install.batches.reduce((a, b) => a + b.ms, 0)),
       s1(r.install.singles.reduce((a, b) => a + b.ms, 0)), n0(r.install.singles[r.install.singles.length - 1]!.ms), n0(r.removeMeasuredMs),
       String(r.trackedAtRemove)]));
+  const p50 = (xs: readonly number[]) => quantile([...xs].sort((a, b) => a - b), 0.5);
+  const one = table(['side', 'rules', 'one-rule p50 ms', 'no-op p50 ms', '(one-rule - no-op) p50 ms', 'largest batch: rules', 'largest batch s'],
+    results.map((r) => {
+      const big = [...r.install.batches].sort((a, b) => b.rules - a.rules)[0];
+      return [r.side, String(r.rules), n0(p50(r.install.singles.map((x) => x.ms))), n0(p50(r.install.singles.map((x) => x.noopMs))),
+        n0(p50(r.install.singles.map((x) => x.ms - x.noopMs))), big ? String(big.rules) : '-', big ? s1(big.ms) : '-'];
+    }));
+  const vsPeer = oneRuleRatios(results).map((x) => `${x.rules} rules: one-rule p50 ctnet/${x.peer} ${x.oneRule.toFixed(2)}, ` +
+    `largest batch ctnet/${x.peer} ${x.batch === undefined ? '-' : x.batch.toFixed(2)}`);
   const curve = SIDES.flatMap((side) => {
     const pts = spread(results.filter((r) => r.side === side).flatMap((r) => r.install.singles).sort((a, b) => a.before - b.before), 12);
     return pts.length ? [`${side}: ${pts.map((p) => `${p.before}:${n0(p.ms)}`).join(' ')}`] : [];
@@ -621,6 +662,10 @@ function render(results: readonly SetupResult[], info: Machine, opts: Options): 
     ratio,
     '',
     inst,
+    '',
+    'one-rule commands (no-op: ctnet --help, iptables -V, right after each: the process start in them), and the largest batch command:',
+    one,
+    ...vsPeer,
     '',
     'one-rule command wall time in ms, by rules already installed (before:ms; at most 12 shown, --json has all):',
     ...curve,
@@ -652,13 +697,14 @@ function toJson(results: readonly SetupResult[], info: Machine, opts: Options): 
       install: {
         totalMs: r2(r.install.totalMs), finishMs: r2(r.install.finishMs),
         batches: r.install.batches.map((b) => ({ rules: b.rules, ms: r2(b.ms) })),
-        singles: r.install.singles.map((x) => ({ before: x.before, ms: r2(x.ms) })),
+        singles: r.install.singles.map((x) => ({ before: x.before, ms: r2(x.ms), noopMs: r2(x.noopMs) })),
       },
       removeMeasuredMs: r2(r.removeMeasuredMs),
       trackedAtRemove: r.trackedAtRemove,
       blockedAfterRemove: r.blockedAfterRemove,
     })),
     ratios: ratios(results, opts.rules).map((x) => ({ side: x.side, rate: r3(x.rate), roundMedianRate: r3(x.roundMedianRate), p50: r3(x.p50), p99: r3(x.p99) })),
+    oneRuleVsPeer: oneRuleRatios(results).map((x) => ({ rules: x.rules, peer: x.peer, oneRule: r3(x.oneRule), batch: x.batch === undefined ? null : r3(x.batch) })),
     oneByOneEstimateMs: oneByOne(results, opts.rules).map((e) => ({ side: e.side, rules: e.rules, ms: Math.round(e.estimateMs) })),
   }, null, 2) + '\n';
 }

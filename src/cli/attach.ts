@@ -16,6 +16,15 @@ export const ATTACH_OPTIONS = [
   { flags: '--egress-ip <ip>', description: 'a host address this sandbox\'s egress leaves from instead of the masqueraded one (one per family)', repeatable: true },
 ] as const satisfies readonly OptionSpec[];
 
+/** Shaping of every interface a new sandbox gets (ctnet shape changes it later). */
+export const SHAPE_OPTIONS = [
+  { flags: '--rate-in <rate>', description: 'limit traffic into the sandbox, e.g. 10mbit, 500kbit, 1gbit (tc units; bps = bytes/s)' },
+  { flags: '--rate-out <rate>', description: 'limit traffic out of the sandbox (same units)' },
+  { flags: '--burst <size>', description: 'token bucket of each rate, e.g. 32kb (default: 10 ms at the rate, at least 16kb)' },
+  { flags: '--latency <ms>', description: 'delay added to traffic into the sandbox, e.g. 50ms (needs netem in the kernel)' },
+  { flags: '--loss <pct>', description: 'drop this percentage of traffic into the sandbox, e.g. 1 (needs netem in the kernel)' },
+] as const satisfies readonly OptionSpec[];
+
 export function labelsOf(o: { readonly label?: readonly string[] }): { key: string; value: string }[] {
   const labels = (o.label ?? []).map((l) => parseLabel('--label', l));
   const dup = labels.find((l, i) => labels.findIndex((x) => x.key === l.key) !== i);

@@ -1,5 +1,6 @@
-// `ctnet demo`: the main job, in a lab of its own. Seed 003's three-tier application built by
-// examples/three-tier/setup.sh (three networks, published web port, policy by label), real HTTP
+// `ctnet demo`: the main job, in a lab of its own. Seed 003's three-tier application built from
+// its topology file, examples/three-tier/three-tier.yaml, with `ctnet apply` (three networks,
+// published web port, policy by label, a server in each sandbox), real HTTP
 // requests between every pair and to and from the lab's world, a connectivity matrix, cleanup.
 import { join } from 'node:path';
 import { Lab, ROOT, UPLINK } from '../lab/lab.ts';
@@ -27,10 +28,13 @@ export async function runDemo(): Promise<number> {
       if (out.trim()) say(indent(out));
       return out;
     };
-    say('Seed 003\'s three-tier application, by examples/three-tier/setup.sh:');
-    const setup = await lab.inHost(['sh', join(EXAMPLE, 'setup.sh')], { ...lab.scriptEnv, SERVE: Lab.serveCommand() });
-    say(indent(setup.stdout));
-    if (setup.code !== 0) throw new Error(`setup.sh failed: ${setup.stderr}`);
+    say('Seed 003\'s three-tier application, from its topology file (SERVE: the demo\'s test server):');
+    const file = join(EXAMPLE, 'three-tier.yaml');
+    say(`$ ctnet apply -f ${file}`);
+    const serve = { SERVE: Lab.serveCommand() };
+    say(indent(await lab.ctnetOk(['apply', '-f', file], serve)));
+    say(`$ ctnet diff -f ${file}`);
+    say(indent(await lab.ctnetOk(['diff', '-f', file], serve)));
     lab.serveInWorld('world', { http: 80 });
     say('');
     await step(['ls']);
@@ -115,9 +119,8 @@ export async function runDemo(): Promise<number> {
     }
     await step(['policy', 'ls']);
 
-    say('\nCleaning up (examples/three-tier/teardown.sh):');
-    const down = await lab.inHost(['sh', join(EXAMPLE, 'teardown.sh')], lab.scriptEnv);
-    if (down.code !== 0) throw new Error(`teardown.sh failed: ${down.stderr}`);
+    say('\nCleaning up (exactly what the file made):');
+    await step(['down', '-f', file]);
     const table = await lab.inHost(['nft', 'list', 'tables']);
     say(`  nftables tables left in the lab host: ${table.stdout.trim() || 'none'}`);
     return failures === 0 ? 0 : 1;

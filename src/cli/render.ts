@@ -17,6 +17,7 @@ export function renderSandbox(v: SandboxView): string {
     indent(table(['IFNAME', 'IFINDEX', 'NETWORK', 'MAC', 'STATE', 'ADDRESSES', 'HOST PEER (IFINDEX) @ BRIDGE'],
       v.interfaces.map((i) => [i.ifname, String(i.ifindex ?? '-'), i.network, i.mac, i.state, i.addresses.join(' '),
         `${i.hostPeer.ifname} (${i.hostPeer.ifindex ?? 'missing'}) @ ${i.hostPeer.bridge ?? '-'}`]))),
+    ...v.interfaces.filter((i) => i.shaping).map((i) => `  ${i.ifname} shaped: ${Object.entries(i.shaping!).map(([k, x]) => `${k} ${x}`).join(', ')}`),
     '',
     'published ports:',
     v.ports.length

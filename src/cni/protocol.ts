@@ -1,6 +1,7 @@
 // The CNI protocol (spec 0.3.x to 1.1.0) as data: the environment and the network configuration
 // parsed into typed values at the boundary, results and errors rendered in the config's version.
 // Pure: no I/O, so every rule here is unit-tested.
+import { parseCniBandwidth, type Shape } from '../model/shape.ts';
 import { CtnetError } from '../errors.ts';
 import { formatAddr, parseAddr } from '../model/cidr.ts';
 import { parseMac } from '../model/mac.ts';
@@ -110,7 +111,7 @@ export function parseArgs(text: string): Map<string, string> {
 const KNOWN = new Set(['cniVersion', 'cniVersions', 'name', 'type', 'network', 'stateDir', 'ctnetBin', 'capabilities', 'runtimeConfig',
   'args', 'dns', 'prevResult', 'cni.dev/valid-attachments', 'cni.dev/attachments', 'bridge', 'ipMasq', 'isGateway', 'isDefaultGateway',
   'hairpinMode', 'mtu', 'ipam', 'disableCheck']);
-const KNOWN_RUNTIME = new Set(['portMappings', 'ips', 'mac', 'dns', 'cni.dev/valid-attachments']);
+const KNOWN_RUNTIME = new Set(['portMappings', 'ips', 'mac', 'dns', 'bandwidth', 'cni.dev/valid-attachments']);
 
 type Json = Record<string, unknown>;
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -118,6 +119,17 @@ const invalidConfig = (key: string, value: unknown, what: string, fix: string) =
   new CniError(CODE.INVALID_CONFIG, `${key}=${JSON.stringify(value)}: ${what}`, fix);
 const unsupported = (key: string, value: unknown, why: string, fix: string) =>
   new CniError(CODE.UNSUPPORTED_FIELD, `${key}=${JSON.stringify(value)} cannot be honoured: ${why}`, fix);
+
+const optional = <K extends string, V>(k: K, v: V | undefined): { [P in K]?: V } => (v === undefined ? {} : { [k]: v } as { [P in K]?: V });
+
+/** runtimeConfig.bandwidth: rates in bits/s, bursts in bits, as the reference bandwidth plugin takes them. */
+function parseBandwidth(v: unknown): Shape | undefined {
+  try {
+    return parseCniBandwidth('runtimeConfig.bandwidth', v);
+  } catch (e) {
+    throw invalidConfig('runtimeConfig.bandwidth', v, (e as Error).message, 'pass {ingressRate, ingressBurst, egressRate, egressBurst}: rates in bits per second, bursts in bits');
+  }
+}
 
 /** Decodes stdin as JSON; a decode failure is code 6. */
 export function decode(stdin: string): Json {
@@ -189,6 +201,7 @@ export function parseConfig(conf: Json, command: Command): { conf: NetConf; warn
       cniVersion, name, network,
       claims: parseClaims(conf),
       portMappings: parsePortMappings(runtime.portMappings),
+      ...optional('bandwidth', parseBandwidth(runtime.bandwidth)),
       ips: parseIps(runtime.ips !== undefined ? 'runtimeConfig.ips' : 'args.cni.ips', runtime.ips ?? cniArgs.ips),
       mac: parseMacKey(runtime.mac),
       labels: parseLabels(cniArgs.labels),

@@ -3,6 +3,8 @@
 // overlay across hosts) the second. Plans are data (src/plan/), so a driver does no I/O except in observe().
 import type { KernelBackend } from '../kernel/backend.ts';
 import type { Netns } from '../model/netns.ts';
+import type { Shape } from '../model/shape.ts';
+import type { LowerDevice } from '../store/store.ts';
 import type { Peer } from '../model/overlay.ts';
 import type { Step } from '../plan/plan.ts';
 
@@ -21,6 +23,8 @@ export interface DriverNetwork {
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string; readonly gateway: string }[];
   /** An overlay network's side on this host (vxlan driver); absent for a bridge network. */
   readonly overlay?: DriverOverlay | undefined;
+  /** A macvlan/ipvlan network's parent, mode and shim (device: the shim's name). */
+  readonly lower?: LowerDevice | undefined;
   /** `--egress-ip`: the host address its egress leaves from, per family (none: masquerade's choice). */
   readonly egress?: readonly { readonly family: 4 | 6; readonly ip: string }[] | undefined;
 }
@@ -54,9 +58,18 @@ export interface DriverAttachment {
   readonly defaults: readonly { readonly family: 4 | 6; readonly via: string; readonly previous?: { via: string; dev: string } | undefined }[];
 }
 
+/** An attachment as shaping sees it: the host veth and the ifb device its egress goes through. */
+export interface ShapedAttachment {
+  readonly sandbox: string;
+  readonly hostVeth: string;
+  readonly ifb: string;
+}
+
 /** What the host has that a new network must not collide with. */
 export interface HostView {
   readonly interfaces: ReadonlySet<string>;
+  /** The devices of ctnet's networks (bridges): never a macvlan/ipvlan parent. */
+  readonly bridges?: ReadonlySet<string> | undefined;
   /** Routes not made by ctnet: destination CIDR and what it goes through. */
   readonly routes: readonly { readonly dst: string; readonly via: string }[];
 }
@@ -82,11 +95,16 @@ export interface NetworkDriver {
   /** Plugs one sandbox in. extraNft: more element lines (published ports) for the same nft transaction. */
   planAttach(n: DriverNetwork, a: DriverAttachment, extraNft?: { add: readonly string[]; del: readonly string[] }): Step[];
   /** Unplugs one sandbox (a teardown plan: idempotent). */
-  planDetach(n: DriverNetwork, a: Pick<DriverAttachment, 'sandbox' | 'ifname' | 'hostVeth' | 'mac' | 'addresses'>, extraDel?: readonly string[]): Step[];
+  planDetach(n: DriverNetwork, a: Pick<DriverAttachment, 'sandbox' | 'ifname' | 'hostVeth' | 'mac' | 'addresses'> & { readonly netns?: Netns | undefined }, extraDel?: readonly string[]): Step[];
   /** Removes the network's device and elements (a teardown plan). */
   planRemove(n: DriverNetwork): Step[];
   /** Puts right what observe() found (a missing port is plugged in again by the use case, with planAttach). */
   planRepair(n: DriverNetwork, drift: Drift): Step[];
+  /**
+   * Changes one attachment's shaping from `have` to `want` (undefined: not shaped); absent for a
+   * driver that cannot shape. ifb: the device its egress is shaped on.
+   */
+  planShape?(n: DriverNetwork, a: ShapedAttachment, want: Shape | undefined, have: Shape | undefined): Step[];
   /** What the kernel lacks of this network and its attachments. */
   observe(kernel: KernelBackend, n: DriverNetwork, attachments: readonly { sandbox: string; hostVeth: string }[]): Promise<Drift[]>;
 }

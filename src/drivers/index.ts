@@ -2,9 +2,10 @@
 import { CtnetError } from '../errors.ts';
 import { bridgeDriver } from './bridge/bridge.ts';
 import type { NetworkDriver } from './driver.ts';
+import { ipvlanDriver, macvlanDriver } from './lower/lower.ts';
 import { vxlanDriver } from './vxlan/vxlan.ts';
 
-const DRIVERS: ReadonlyMap<string, NetworkDriver> = new Map([[bridgeDriver.name, bridgeDriver], [vxlanDriver.name, vxlanDriver]]);
+const DRIVERS: ReadonlyMap<string, NetworkDriver> = new Map([bridgeDriver, vxlanDriver, macvlanDriver, ipvlanDriver].map((d) => [d.name, d]));
 
 export function driverFor(name: string): NetworkDriver {
   const d = DRIVERS.get(name);

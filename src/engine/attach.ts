@@ -83,7 +83,8 @@ export function recordAttachments(rec: Recorder, sandbox: string, networks: read
     };
     rec.record({ kind: 'attachment.insert', row });
     const addresses = store.subnets(name).map((lease): AddressRow => {
-      const a = allocate(name, lease, spec.ips, (ip) => addressHolder(store, ip));
+      // A macvlan/ipvlan network's host shim holds an address of its subnet too; so does a service's VIP.
+      const a = allocate(name, lease, spec.ips, (ip) => (ip === network.lower?.shimIp ? `(the host shim of network ${name})` : addressHolder(store, ip)));
       if (a.cursor !== undefined) rec.record({ kind: 'cursor.set', network: name, cidr: lease.cidr, ip: a.cursor });
       const address = { ip: a.ip, family: a.family, cidr: a.cidr, network: name, sandbox };
       rec.record({ kind: 'address.insert', row: address });

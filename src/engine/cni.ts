@@ -11,6 +11,7 @@ import { formatPortSpec } from '../model/ports.ts';
 import type { AttachmentRow, CniRow, NetworkRow, Store } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 import { attachSteps, type PlannedAttachment } from './attach.ts';
+import { recordShape, shapeSteps } from './shape.ts';
 import { kernelDefaults, recordAttachments } from './attach.ts';
 import { ensureOverlaySide } from './overlay-network.ts';
 import { syncPolicy } from './policy.ts';
@@ -132,6 +133,7 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
         const have = new Set(store.ports({ sandbox }).map(formatPortSpec));
         const fresh = conf.portMappings.filter((m) => !have.has(formatPortSpec(m)));
         const rows = recordPorts(rec, sandbox, { mappings: fresh, force: true }, host);
+        if (conf.bandwidth) recordShape(rec, sandbox, network.name, conf.bandwidth);
         return { attachment: a!, ports: rows };
       });
       plan = p.attachment;
@@ -144,6 +146,8 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
       await tx.run([
         ...attachSteps(store, ns, p.attachment, move ? portMoveLines(before, after) : { add: portLines('add', facts), del: portLines('delete', facts) }),
         ...(move ? movedFlowSteps(before, after) : facts.length ? [step([{ kind: 'conntrack.forget', filter: { kind: 'stale', ports: facts } }])] : []),
+        // The runtime's bandwidth capability: ctnet shapes the attachment itself (no chained plugin).
+        ...(conf.bandwidth ? shapeSteps(store, p.attachment.row, conf.bandwidth, undefined) : []),
       ]);
       await syncPolicy(ctx, { tx });
       tx.commit({ kind: 'attachment.state', sandbox, network: network.name, state: 'ready' });

@@ -50,6 +50,7 @@ export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<F
       : { check: 'nft table', status: 'fail', detail: `ctnet's tables differ from the store (flushed or changed by someone): ${drift.join('; ')}: isolation, policy, identity or published ports may not hold`, hint: 'run "ctnet gc" to rewrite them from the state (a running ctnetd does it by itself)' });
   }
   out.push(...await hostExposure(ctx));
+  out.push(...await lowerReach(ctx));
 
   // A drop in another table's forward hook wins over ctnet's accept (every base chain must accept).
   const consented = forwardTargets(store);
@@ -116,6 +117,35 @@ export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<F
 }
 
 /**
+ * macvlan/ipvlan networks: whether the host can reach their sandboxes. The kernel hands a frame
+ * from a macvlan/ipvlan child to the wire (or to a sibling), never up to the parent's own stack,
+ * and the parent's replies never come back down to a child: without a shim, a child of its own on
+ * the parent, the host cannot talk to its own sandboxes on that segment, whatever its routes say.
+ */
+async function lowerReach(ctx: Ctx): Promise<Finding[]> {
+  const out: Finding[] = [];
+  for (const n of ctx.store.networks().filter((x) => x.lower)) {
+    const l = n.lower!;
+    const subnet = ctx.store.subnets(n.name)[0]?.cidr ?? '?';
+    if (!(await ctx.kernel.link(l.parent))) {
+      out.push({ check: `${l.kind} ${n.name}`, status: 'fail', detail: `parent ${l.parent} of network ${n.name} is gone: its sandboxes' interfaces went with it`, hint: `bring ${l.parent} back, then reconnect the sandboxes (ctnet disconnect/connect)` });
+    } else if (!l.shimIp) {
+      out.push({
+        check: `${l.kind} ${n.name}`, status: 'warn',
+        detail: `this host cannot reach the sandboxes of network ${n.name} (${subnet} on ${l.parent}): the kernel never passes traffic between a ${l.kind} parent and its children, so packets to them from the host through ${l.parent} go out to the wire and their answers never come back up (the rest of the segment reaches them)`,
+        hint: `recreate the network with --host-shim: the host then gets a ${l.kind} of its own on ${l.parent} (${n.bridge}) with an address of ${subnet}, and talks to the sandboxes child to child`,
+      });
+    } else {
+      const shim = await ctx.kernel.link(n.bridge);
+      out.push(shim
+        ? { check: `${l.kind} ${n.name}`, status: 'ok', detail: `the host reaches the sandboxes of network ${n.name} through its shim ${n.bridge} (${l.shimIp})` }
+        : { check: `${l.kind} ${n.name}`, status: 'fail', detail: `host shim ${n.bridge} of network ${n.name} is missing: the host cannot reach its sandboxes`, hint: 'run "ctnet gc" (it makes the shim again)' });
+    }
+  }
+  return out;
+}
+
+/**
  * Settings of a network's device (the host's side of its sandboxes' link) that open the host to
  * its sandboxes: accepting their router advertisements, and route_localnet without the rules that
  * keep them off the host's loopback.
@@ -126,7 +156,7 @@ async function hostExposure(ctx: Ctx): Promise<Finding[]> {
   const ra: Finding[] = [];
   const loopback: Finding[] = [];
   const guards = networks.length ? await loopbackGuards(kernel) : { inet: true, bridge: true };
-  for (const n of networks) {
+  for (const n of networks.filter((x) => !x.lower)) {
     const dev = n.bridge;
     const accept = kernel.sysctl(`net/ipv6/conf/${dev}/accept_ra`);
     const forwarding = kernel.sysctl(`net/ipv6/conf/${dev}/forwarding`) === '1';

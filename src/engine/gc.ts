@@ -6,8 +6,10 @@ import { deadTraceTables } from './trace.ts';
 import { randomMac } from '../model/mac.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
+import type { NetworkRow, SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
-import { BRIDGE_PREFIX, netnsPrefix, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
+import { BRIDGE_PREFIX, IFB_PREFIX, ifbName, netnsPrefix, SHIM_PREFIX, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
+import { shapeSteps } from './shape.ts';
 import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { reconcileOverlays } from './overlay-network.ts';
 import { cutDeniedFlows } from './policy.ts';
@@ -82,39 +84,8 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   }
 
   // 3. Ready records whose kernel objects went missing are rebuilt, as their drivers see it.
-  for (const n of ready) {
-    const dn = driverNetwork(store, n);
-    const driver = driverOf(n);
-    const attached = store.attachments({ network: n.name }).filter((a) => a.state === 'ready');
-    const drift = await driver.observe(kernel, dn, attached);
-    if (drift.some((d) => d.kind === 'device-missing') && !dn.mac) {
-      // Made before ctnet recorded the MAC: the rebuilt device gets a new one, recorded from now on.
-      const mac = randomMac();
-      applier.record({ kind: 'network.mac', name: n.name, mac });
-      Object.assign(dn, { mac });
-    }
-    for (const d of drift) {
-      await applier.apply(driver.planRepair(dn, d));
-      if (d.kind === 'device-missing') done.push(`recreated bridge ${n.bridge} of network ${n.name}`);
-      if (d.kind === 'port-detached') done.push(`put ${d.sandbox}'s ${d.hostVeth} back on bridge ${n.bridge}`);
-      if (d.kind === 'vtep-missing') done.push(`recreated VXLAN device ${dn.overlay?.device} of network ${n.name}, with its ${dn.overlay?.peers.length ?? 0} peers' entries`);
-      if (d.kind === 'peer-missing') done.push(`rewrote the entries of peer ${d.peer.host} (${d.peer.subnet} at ${d.peer.underlay}) on network ${n.name}`);
-      if (d.kind === 'setting') done.push(`set ${d.key} to ${d.want} again (was ${d.have}: ${d.why})`);
-    }
-    // A recreated device has no ports: every attachment is plugged in again below.
-    if (drift.some((d) => d.kind === 'device-missing')) {
-      for (const a of attached) await replug(ctx, a.sandbox, a.network, done, true);
-    } else {
-      for (const d of drift) if (d.kind === 'port-missing') await replug(ctx, d.sandbox, n.name, done, false);
-    }
-  }
-  for (const s of store.sandboxes().filter((x) => x.state === 'ready' && x.owned)) {
-    const ns = sandboxNetns(s);
-    if (kernel.isNetns(s.netns) || !('name' in ns)) continue;
-    await applier.apply([step([{ kind: 'netns.add', name: ns.name }]), step([{ kind: 'link.set.up', name: 'lo', netns: ns }])]);
-    done.push(`recreated network namespace of sandbox ${s.name}`);
-    for (const a of store.attachments({ sandbox: s.name }).filter((x) => x.state === 'ready')) await replug(ctx, s.name, a.network, done, true);
-  }
+  for (const n of ready) done.push(...await repairNetwork(ctx, n));
+  for (const s of store.sandboxes().filter((x) => x.state === 'ready' && x.owned)) done.push(...await repairNetns(ctx, s));
 
   // Services: each VIP on its network's bridge (a rebuilt bridge, or a create killed before it
   // added it: a recorded service is finished, not undone), and backends as the store says now.
@@ -132,13 +103,16 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   const bridges = new Set(store.networks().map((n) => n.bridge));
   const veths = new Set(store.attachments().map((a) => a.hostVeth));
   const vxlans = new Set(store.overlays().map((o) => o.device));
+  const ifbs = new Set(store.attachments().filter((a) => store.shaping(a.sandbox, a.network)?.rateOut !== undefined).map((a) => ifbName(a.hostVeth)));
   for (const l of await kernel.links()) {
     const orphanBridge = l.ifname.startsWith(BRIDGE_PREFIX) && l.linkinfo?.info_kind === 'bridge' && !bridges.has(l.ifname);
     const orphanVeth = l.ifname.startsWith(VETH_PREFIX) && l.linkinfo?.info_kind === 'veth' && !veths.has(l.ifname);
     const orphanVxlan = l.ifname.startsWith(VXLAN_PREFIX) && l.linkinfo?.info_kind === 'vxlan' && !vxlans.has(l.ifname);
-    if ((orphanBridge || orphanVeth || orphanVxlan) && !trusted) {
+    const orphanIfb = l.ifname.startsWith(IFB_PREFIX) && l.linkinfo?.info_kind === 'ifb' && !ifbs.has(l.ifname);
+    const orphanShim = l.ifname.startsWith(SHIM_PREFIX) && ['macvlan', 'ipvlan'].includes(l.linkinfo?.info_kind ?? '') && !bridges.has(l.ifname);
+    if ((orphanBridge || orphanVeth || orphanVxlan || orphanIfb || orphanShim) && !trusted) {
       done.push(`left ${l.ifname} alone: ctnet-marked, but this state directory has never made a network (another state directory's, or its lost database's); remove it by hand if it is garbage`);
-    } else if (orphanBridge || orphanVeth || orphanVxlan) {
+    } else if (orphanBridge || orphanVeth || orphanVxlan || orphanIfb || orphanShim) {
       await applier.teardown([step([{ kind: 'link.del', name: l.ifname }])]);
       done.push(`removed ${l.ifname}, which no record owns`);
     }
@@ -161,6 +135,53 @@ export async function gc(ctx: Ctx): Promise<string[]> {
 }
 
 /**
+ * Rebuilds what a ready network's driver finds missing or out of place (observe, planRepair), and
+ * plugs its attachments in again where needed; says what it did. gc and `ctnet apply` (drift) use it.
+ */
+export async function repairNetwork(ctx: Ctx, n: NetworkRow): Promise<string[]> {
+  const { store, kernel, applier } = ctx;
+  const done: string[] = [];
+  const dn = driverNetwork(store, n);
+  const driver = driverOf(n);
+  const attached = store.attachments({ network: n.name }).filter((a) => a.state === 'ready');
+  const drift = await driver.observe(kernel, dn, attached);
+  if (drift.some((d) => d.kind === 'device-missing') && !dn.mac) {
+    // Made before ctnet recorded the MAC: the rebuilt device gets a new one, recorded from now on.
+    const mac = randomMac();
+    applier.record({ kind: 'network.mac', name: n.name, mac });
+    Object.assign(dn, { mac });
+  }
+  for (const d of drift) {
+    await applier.apply(driver.planRepair(dn, d));
+    if (d.kind === 'device-missing') done.push(`recreated bridge ${n.bridge} of network ${n.name}`);
+    if (d.kind === 'port-detached') done.push(`put ${d.sandbox}'s ${d.hostVeth} back on bridge ${n.bridge}`);
+    if (d.kind === 'vtep-missing') done.push(`recreated VXLAN device ${dn.overlay?.device} of network ${n.name}, with its ${dn.overlay?.peers.length ?? 0} peers' entries`);
+    if (d.kind === 'peer-missing') done.push(`rewrote the entries of peer ${d.peer.host} (${d.peer.subnet} at ${d.peer.underlay}) on network ${n.name}`);
+    if (d.kind === 'setting') done.push(`set ${d.key} to ${d.want} again (was ${d.have}: ${d.why})`);
+  }
+  // A recreated device has no ports: every attachment is plugged in again below.
+  // (A macvlan/ipvlan network's device is only the host's shim: its sandboxes hang off the parent.)
+  if (drift.some((d) => d.kind === 'device-missing') && !n.lower) {
+    for (const a of attached) await replug(ctx, a.sandbox, a.network, done, true);
+  } else {
+    for (const d of drift) if (d.kind === 'port-missing') await replug(ctx, d.sandbox, n.name, done, false);
+  }
+  return done;
+}
+
+/** Recreates a ready sandbox's own network namespace if it is gone, and plugs its attachments in again. */
+export async function repairNetns(ctx: Ctx, s: SandboxRow): Promise<string[]> {
+  const { store, kernel, applier } = ctx;
+  const done: string[] = [];
+  const ns = sandboxNetns(s);
+  if (!s.owned || kernel.isNetns(s.netns) || !('name' in ns)) return done;
+  await applier.apply([step([{ kind: 'netns.add', name: ns.name }]), step([{ kind: 'link.set.up', name: 'lo', netns: ns }])]);
+  done.push(`recreated network namespace of sandbox ${s.name}`);
+  for (const a of store.attachments({ sandbox: s.name }).filter((x) => x.state === 'ready')) await replug(ctx, s.name, a.network, done, true);
+  return done;
+}
+
+/**
  * Plugs a recorded attachment in again: its veth (with its addresses and default routes) in a
  * namespace that still exists. The sandbox's end, if left over, goes first.
  */
@@ -176,5 +197,11 @@ async function replug(ctx: Ctx, sandbox: string, network: string, done: string[]
   const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
   const defaults = ([4, 6] as const).filter((f) => addresses.some((x) => x.family === f) && defaultCarrier(store, sandbox, f) === network);
   await applier.apply(driverOf(n).planAttach(driverNetwork(store, n), driverAttachment(store, s, a, addresses, defaults), egressLines(store, sandbox, n, addresses)));
+  // A new veth has no qdiscs: the recorded shaping goes on again (its ifb is made anew).
+  const shaped = store.shaping(sandbox, network);
+  if (shaped) {
+    if (shaped.rateOut !== undefined) await applier.teardown([step([{ kind: 'link.del', name: ifbName(a.hostVeth) }])]);
+    await applier.apply(shapeSteps(store, a, shaped, undefined));
+  }
   done.push(`reattached ${sandbox} to network ${network}`);
 }

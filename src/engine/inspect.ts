@@ -7,6 +7,7 @@ import { existingNetwork, readySandbox, sandboxNetns } from './records.ts';
 import { portFacts } from './ports.ts';
 import { describeMapping, formatPortSpec, hostIpFamilies, type Proto } from '../model/ports.ts';
 import type { Store } from '../store/store.ts';
+import { describeShape } from '../model/shape.ts';
 
 export interface PublishedView {
   readonly spec: string;
@@ -36,6 +37,8 @@ export interface InterfaceView {
   readonly state: string;
   readonly addresses: string[];
   readonly hostPeer: { readonly ifname: string; readonly ifindex: number | null; readonly bridge: string | null };
+  /** The recorded shaping (ctnet shape): rates, bursts in bytes, latency, loss; absent when unshaped. */
+  readonly shaping?: Record<string, string | number> | undefined;
 }
 
 export interface SandboxView {
@@ -103,6 +106,7 @@ export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxVie
         addresses: (addrs.find((x) => x.ifname === a.ifname)?.addr_info ?? [])
           .filter((x) => x.scope !== 'link').map((x) => `${x.local}/${x.prefixlen}`),
         hostPeer: { ifname: a.hostVeth, ifindex: peer?.ifindex ?? null, bridge: peer?.master ?? null },
+        ...shapingOf(store, a.sandbox, a.network),
       };
     }),
     labels: Object.fromEntries(store.labels(name).map((l) => [l.key, l.value])),
@@ -113,6 +117,11 @@ export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxVie
     routes: present ? (await kernel.routes(ns)).map((r) => ({ dst: r.dst, gateway: r.gateway, dev: r.dev, scope: r.scope })) : [],
     neighbours: present ? (await kernel.neighbours(ns)).map((n) => ({ dst: n.dst, dev: n.dev, lladdr: n.lladdr, state: n.state })) : [],
   };
+}
+
+function shapingOf(store: Store, sandbox: string, network: string): { shaping?: Record<string, string | number> } {
+  const shape = store.shaping(sandbox, network);
+  return shape ? { shaping: describeShape(shape) } : {};
 }
 
 export interface NetworkView {

@@ -26,6 +26,20 @@ export function vethName(): string {
   return VETH_PREFIX + randomBytes(5).toString('hex');
 }
 
+/** Host shims of macvlan/ipvlan networks: ctmv-NAME, or ctmv- and a hash of the name. */
+export const SHIM_PREFIX = 'ctmv-';
+export function shimName(network: string): string {
+  const plain = SHIM_PREFIX + network;
+  if (plain.length <= IFNAME_MAX) return plain;
+  return SHIM_PREFIX + createHash('sha256').update(network).digest('hex').slice(0, IFNAME_MAX - SHIM_PREFIX.length);
+}
+
+/** ifb devices that shape a sandbox's egress: ctq and the ten hex digits of its host veth. */
+export const IFB_PREFIX = 'ctq';
+export function ifbName(hostVeth: string): string {
+  return IFB_PREFIX + hostVeth.slice(VETH_PREFIX.length);
+}
+
 /** netns file name of a sandbox ctnet owns: ctnet-INSTANCE-NAME, INSTANCE marking the state dir. */
 export function netnsName(instance: string, sandbox: string): string {
   return `${netnsPrefix(instance)}${sandbox}`;

@@ -11,8 +11,9 @@ import { step, type Step } from '../plan/plan.ts';
 import { overlayMtu } from '../model/overlay.ts';
 import type { NetworkRow, OverlayRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
-import { bridgeName, vxlanName } from './naming.ts';
-import { driverNetwork, driverOf } from './records.ts';
+import { bridgeName, shimName, vxlanName } from './naming.ts';
+import { formatAddr, hostRange } from '../model/cidr.ts';
+import { driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { disconnect } from './sandbox.ts';
 import { forwardSteps } from './forward.ts';
 import { syncPolicy } from './policy.ts';
@@ -55,8 +56,9 @@ export interface OverlaySpec {
  */
 export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: OverlaySpec): Promise<NetworkRow> {
   const { store, kernel, applier } = ctx;
-  const driver = driverFor(overlay ? 'vxlan' : 'bridge');
-  const device = spec.bridge ?? bridgeName(spec.name);
+  const driver = driverFor(overlay ? 'vxlan' : spec.lower?.kind ?? 'bridge');
+  // A macvlan/ipvlan network's device is its host shim (made only with --host-shim).
+  const device = spec.lower ? shimName(spec.name) : spec.bridge ?? bridgeName(spec.name);
   const vxlan = vxlanName(spec.name);
   // Every sandbox interface must fit into the VXLAN device: the overlay's MTU, never more.
   const mtu = overlay ? (spec.mtu ?? overlayMtu(overlay.underlay.mtu)) : spec.mtu;
@@ -70,9 +72,13 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: Overl
   const ours = new Set([...store.networks().map((n) => n.bridge), ...store.overlays().map((o) => o.device)]);
   const host: HostView = {
     interfaces: new Set(links.map((l) => l.ifname)),
+    bridges: new Set([...store.networks().map((n) => n.bridge), ...links.filter((l) => l.linkinfo?.info_kind === 'bridge' && l.ifname.startsWith('ctbr-')).map((l) => l.ifname)]),
     routes: routes.filter((r) => r.dst && r.dst !== 'default' && !(r.dev && ours.has(r.dev))).map((r) => ({ dst: r.dst, via: r.dev ?? r.gateway ?? '?' })),
   };
   const egress = spec.egress ?? [];
+  if (spec.lower && egress.length > 0) {
+    throw new CtnetError('INVALID_ARGUMENT', `--egress-ip does not apply to a ${spec.lower.kind} network`, `its sandboxes leave through ${spec.lower.parent} with their own addresses: the host does not NAT them`);
+  }
   checkNetworkEgress({ name: spec.name, internal: spec.internal, subnets: spec.subnets.map((s) => s.subnet) }, egress);
   await checkHostAddresses(ctx, '--egress-ip', egress);
   let row!: NetworkRow;
@@ -102,25 +108,66 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: Overl
         network: spec.name, vni: overlay.vni, port: overlay.port, device: vxlan, vtepMac: overlay.vtepMac ?? randomMac(), cidr: overlay.cidr,
         underlayIp: overlay.underlay.ip, underlayDev: overlay.underlay.dev,
       };
+      const lower = spec.lower && {
+        kind: spec.lower.kind, parent: spec.lower.parent, mode: spec.lower.mode,
+        // The shim takes the subnet's last host address (the gateway, the segment's router, is the first by default).
+        shimIp: spec.lower.hostShim ? formatAddr(4, hostRange(spec.subnets[0]!.subnet).last) : null,
+      };
+      if (lower?.shimIp === spec.subnets[0]!.gateway) {
+        throw new CtnetError('CONFLICT', `--gateway ${lower.shimIp} is the address the host shim takes (the subnet's last)`, 'give the segment\'s router as --gateway');
+      }
       const dn: DriverNetwork = {
         name: spec.name, device, mac: randomMac(), internal: spec.internal, isolate: spec.isolate, hostAccess: spec.hostAccess, mtu: mtu ?? null,
-        subnets: spec.subnets.map((s) => ({ family: s.subnet.family, cidr: s.cidr, gateway: s.gateway })),
+        subnets: spec.subnets.map((s) => ({ family: s.subnet.family, cidr: s.cidr, gateway: s.gateway })), lower,
         overlay: o && { vni: o.vni, port: o.port, device: o.device, vtepMac: o.vtepMac, cidrs: [o.cidr], underlay: { ip: o.underlayIp, dev: o.underlayDev }, peers: [] },
         egress,
       };
       driver.validate(dn, host);
-      const r = { name: dn.name, bridge: device, internal: dn.internal, isolate: dn.isolate, hostAccess: dn.hostAccess, mtu: dn.mtu, driver: driver.name, mac: dn.mac, state: 'creating' as const };
+      const r = { name: dn.name, bridge: device, internal: dn.internal, isolate: dn.isolate, hostAccess: dn.hostAccess, mtu: dn.mtu, driver: driver.name, mac: dn.mac, state: 'creating' as const, ...(lower ? { lower } : {}) };
       rec.record({ kind: 'network.insert', row: r, subnets: dn.subnets.map((s) => ({ cidr: s.cidr, family: s.family, gateway: s.gateway })), overlay: o },
         { kind: 'meta.set', key: MADE_NETWORKS, value: '1' },
         ...egress.map((e) => ({ kind: 'egress.set' as const, scope: 'network' as const, name: spec.name, family: e.family, ip: e.ip })));
       row = { ...r, owner: null, created: new Date().toISOString() };
       return dn;
     });
-    await tx.run([...hostSteps(n.subnets.some((s) => s.family === 6)), ...driver.planCreate(n), ...forwardSteps(store, device, 'add')]);
+    await tx.run([...hostSteps(n.subnets.some((s) => s.family === 6)), ...driver.planCreate(n), ...(n.lower ? [] : forwardSteps(store, device, 'add'))]);
     await syncPolicy(ctx, { tx }); // "world" and net: selectors depend on the networks
     tx.commit({ kind: 'network.state', name: spec.name, state: 'ready' });
   });
   return { ...row, state: 'ready' };
+}
+
+/** The MTU links get when a network gives none (the kernel's default for a bridge and a veth). */
+export const DEFAULT_MTU = 1500;
+
+/**
+ * Changes a bridge network's MTU in place: every attachment's two veth ends, then the bridge (a
+ * bridge cannot be set above its ports' MTU, so ports go first whether it grows or shrinks).
+ * Sandboxes stay; their open connections see the new MTU on their next packets.
+ */
+export async function setNetworkMtu(ctx: Ctx, name: string, mtu: number | undefined): Promise<void> {
+  const { store, applier } = ctx;
+  const n = store.network(name);
+  if (!n) throw new CtnetError('NOT_FOUND', `no network named ${name}`, 'list networks with "ctnet network ls"');
+  if (n.driver !== 'bridge') throw new CtnetError('UNSUPPORTED', `network ${name} is an overlay: its MTU follows its underlay`, 'remove and create it again');
+  const want = mtu ?? DEFAULT_MTU;
+  const had = n.mtu ?? DEFAULT_MTU;
+  await applier.transaction(async (tx) => {
+    tx.decide((rec) => rec.record({ kind: 'network.mtu', name, mtu: mtu ?? null }));
+    const ports = store.attachments({ network: name }).flatMap((a): Op[] => {
+      const s = store.sandbox(a.sandbox);
+      const ns = s ? sandboxNetns(s) : undefined;
+      return [
+        { kind: 'link.set.mtu', name: a.hostVeth, mtu: want, previous: had },
+        ...(ns && ctx.kernel.isNetns(s!.netns) ? [{ kind: 'link.set.mtu', name: a.ifname, mtu: want, netns: ns, previous: had } as const] : []),
+      ];
+    });
+    await tx.run([
+      ...(ports.length ? [step(ports, `network ${name}: MTU ${had} -> ${want} on its sandboxes' interfaces`)] : []),
+      step([{ kind: 'link.set.mtu', name: n.bridge, mtu: want, previous: had }], `network ${name}: MTU ${want} on bridge ${n.bridge}`),
+    ]);
+    tx.commit();
+  });
 }
 
 export async function removeNetwork(ctx: Ctx, name: string, options: { force: boolean }): Promise<void> {

@@ -5,12 +5,13 @@ import { CtnetError } from '../errors.ts';
 import { addrToBigint, parseAddr, parseSubnet, type Family } from '../model/cidr.ts';
 import { parseName } from '../model/names.ts';
 import {
-  boxText, checkRuleSelectors, compile, decide, formatPortFilter, formatSelector, hostBoxText, parsePortFilter, parseSelector, PROTO_NUMBERS,
-  type Action, type Box, type Decision, type PolicyRule, type PolicySandbox, type PolicyTarget, type PolicyWorld, type Selector,
+  boxText, checkRuleSelectors, compile, decide, formatPortFilter, formatSelector, hostBoxText, parsePortFilter, parseSelector, PROTO_NUMBERS, ruleBoxes,
+  type Action, type Box, type CompiledBox, type Decision, type PolicyRule, type PolicySandbox, type PolicyTarget, type PolicyWorld, type Selector,
 } from '../model/policy.ts';
+import { boxKey, recompile, type JudgedBox, type PolicyRegion } from '../model/policy-inc.ts';
 import { POLICY_SET_NAMES, policyLines, TABLE, type PolicyElements } from '../nft/ruleset.ts';
 import { step } from '../plan/plan.ts';
-import type { PolicyRow, Store } from '../store/store.ts';
+import type { PolicyBoxRow, PolicyElementRow, PolicyRow, PolicyState, Store } from '../store/store.ts';
 import type { Transaction } from './applier.ts';
 import type { Ctx } from './context.ts';
 import { syncServices } from './services.ts';
@@ -22,16 +23,18 @@ const rangeOf = (cidr: string) => {
 };
 
 /**
- * The networks and sandboxes as the policy model sees them (plain data): this host's, and the other
+ * The networks and sandboxes (without sandboxes: the networks only, what net:, world and the
+ * defaults need) as the policy model sees them (plain data): this host's, and the other
  * hosts' sandboxes on overlay networks (the directory's mirror, services/directory.ts), so labels
  * and sandbox names select them too. An overlay network stands for its whole subnet (every host's
  * lease), not only this host's: net:NAME and the same-network default cover the sandboxes of
  * every host on it.
  */
-export function policyWorld(store: Store): PolicyWorld {
-  const labels = store.labels();
+export function policyWorld(store: Store, options: { sandboxes?: boolean } = {}): PolicyWorld {
+  const withSandboxes = options.sandboxes ?? true;
+  const labels = withSandboxes ? store.labels() : [];
   const overlays = store.overlays().map((o) => ({ network: o.network, range: rangeOf(o.cidr) }));
-  const remote = store.remoteSandboxes().map((r): PolicySandbox => ({
+  const remote = (withSandboxes ? store.remoteSandboxes() : []).map((r): PolicySandbox => ({
     name: r.name,
     labels: r.labels,
     addresses: r.addresses.flatMap((ip) => {
@@ -55,7 +58,7 @@ export function policyWorld(store: Store): PolicyWorld {
       };
     }),
     sandboxes: [
-      ...store.sandboxes().map((s) => ({
+      ...(withSandboxes ? store.sandboxes() : []).map((s) => ({
         name: s.name,
         labels: Object.fromEntries(labels.filter((l) => l.sandbox === s.name).map((l) => [l.key, l.value])),
         addresses: store.addresses({ sandbox: s.name }).map((a) => ({ family: a.family, n: parseAddr('address', a.ip).n, network: a.network })),
@@ -76,65 +79,179 @@ export function toRule(r: PolicyRow): PolicyRule {
 /** Each policy set: which rules (action, target) fill it, for which family. */
 const SETS = (Object.keys(POLICY_SET_NAMES) as (keyof PolicyElements)[]).map((key) => {
   const m = /^(host)?(allow|deny)([46])$/i.exec(key)!;
-  return { key, action: m[2]!.toLowerCase() as Action, family: Number(m[3]) as 4 | 6, target: (m[1] ? 'host' : 'forward') as PolicyTarget };
+  return {
+    key, set: POLICY_SET_NAMES[key],
+    action: m[2]!.toLowerCase() as Action, family: Number(m[3]) as 4 | 6, target: (m[1] ? 'host' : 'forward') as PolicyTarget,
+  };
 });
+type SetDef = (typeof SETS)[number];
 
-function compiled(store: Store) {
-  const rules = store.policies().map(toRule);
+const elementText = (s: SetDef, box: Box) => (s.target === 'host' ? hostBoxText : boxText)(box, s.family);
+
+/** Every rule compiled from scratch: each set's elements with their boxes and owners, and every rule's boxes. */
+export interface FullPolicyState {
+  readonly state: PolicyState;
+}
+
+export function fullPolicyState(store: Store, parsed?: ReadonlyMap<number, PolicyRule | undefined>): FullPolicyState {
+  const rules = store.policies().map((r) => parsed?.get(r.id) ?? toRule(r));
   const world = policyWorld(store);
-  return SETS.map((s) => ({ ...s, set: POLICY_SET_NAMES[s.key], boxes: compile(rules, s.action, world, s.family, s.target) }));
+  const compiled = new Map<string, PolicyElementRow[]>();
+  const raw = new Map<string, PolicyBoxRow[]>();
+  for (const s of SETS) {
+    const r: CompiledBox[] = [];
+    compiled.set(s.set, compile(rules, s.action, world, s.family, s.target, r).map((b) => ({ ...b, element: elementText(s, b.box) })));
+    raw.set(s.set, r);
+  }
+  return { state: { compiled, raw } };
 }
 
 /** The elements of every policy set, for the rules and sandboxes in the store now. */
-export function policyElements(store: Store): PolicyElements {
-  const text = (c: ReturnType<typeof compiled>[number]) => c.boxes.map((b) => (c.target === 'host' ? hostBoxText : boxText)(b.box, c.family));
-  return Object.fromEntries(compiled(store).map((c) => [c.key, text(c)])) as unknown as PolicyElements;
+export function policyElements(full: FullPolicyState): PolicyElements {
+  return Object.fromEntries(SETS.map((s) => [s.key, (full.state.compiled.get(s.set) ?? []).map((b) => b.element)])) as unknown as PolicyElements;
 }
 
 export function elementsBySet(e: PolicyElements): Map<string, readonly string[]> {
   return new Map(Object.entries(POLICY_SET_NAMES).map(([k, name]) => [name, e[k as keyof PolicyElements]]));
 }
 
+/** Adds nft lines for elements of a set, 500 to a line. */
+function elementLines(lines: string[], verb: 'add' | 'delete', set: string, elements: readonly string[]): void {
+  for (let i = 0; i < elements.length; i += 500) lines.push(`${verb} element ${TABLE} ${set} { ${elements.slice(i, i + 500).join(', ')} }`);
+}
+
 /**
- * Brings the kernel's policy sets to `want` in one nft transaction (no packet sees half a policy),
- * sending only the difference from the mirror in the store. If the kernel no longer matches the
- * mirror (its table was flushed), the difference fails and every set is rewritten instead.
- * Call inside store.writeAsync, which serialises this with every other ctnet process.
+ * Deleting interval elements costs the kernel time in proportion to the set size, each: past a
+ * few dozen, flushing and refilling the set is faster (10,000 elements: ~1 s against ~70 s).
  */
-async function applyPolicy(ctx: Ctx, want: PolicyElements): Promise<void> {
-  const { store, applier } = ctx;
+const MAX_DELETES = 32;
+
+/**
+ * Brings the kernel's policy sets to a full compile's state in one nft transaction (no packet sees
+ * half a policy), sending only the difference from the mirror in the store. If the kernel no
+ * longer matches the mirror (its table was flushed), the difference fails and every set is
+ * rewritten instead. Call inside store.writeAsync, which serialises this with every other ctnet process.
+ */
+async function applyFull(ctx: Ctx, full: FullPolicyState = fullPolicyState(ctx.store)): Promise<void> {
+  const { store } = ctx;
   const have = store.policyMirror();
-  const target = elementsBySet(want);
+  const target = elementsBySet(policyElements(full));
   const lines: string[] = [];
-  const batch = (verb: string, set: string, elements: string[]) => {
-    for (let i = 0; i < elements.length; i += 500) lines.push(`${verb} element ${TABLE} ${set} { ${elements.slice(i, i + 500).join(', ')} }`);
-  };
-  // Deleting interval elements costs the kernel time in proportion to the set size, each: past a
-  // few dozen, flushing and refilling the set is faster (10,000 elements: ~1 s against ~70 s).
   const adds: [string, string[]][] = [];
   for (const [set, elements] of target) {
     const had = have.get(set) ?? new Set<string>();
     const wanted = new Set(elements);
     const gone = [...had].filter((e) => !wanted.has(e));
-    if (gone.length > 32) {
+    if (gone.length > MAX_DELETES) {
       lines.push(`flush set ${TABLE} ${set}`);
       adds.push([set, [...elements]]);
     } else {
-      batch('delete', set, gone);
+      elementLines(lines, 'delete', set, gone);
       adds.push([set, elements.filter((e) => !had.has(e))]);
     }
   }
-  for (const [set, elements] of adds) batch('add', set, elements);
-  if (lines.length === 0) return;
-  try {
-    await applier.apply([step([{ kind: 'nft', lines }], 'policy: update the policy sets')]);
-  } catch {
-    await applier.apply([step([{ kind: 'nft', lines: policyLines(want) }], 'policy: the sets differ from the record; rewrite them whole')]);
-  }
-  store.setPolicyMirror(target);
+  for (const [set, elements] of adds) elementLines(lines, 'add', set, elements);
+  await sendPolicy(ctx, lines, () => full);
+  store.setPolicyState(full.state);
 }
 
-/** Brings the policy sets up to date with the store; with cut, connections now denied end. */
+/** Applies policy lines; if they fail (the kernel's sets differ from the mirror), rewrites every set from a full compile. */
+async function sendPolicy(ctx: Ctx, lines: readonly string[], full: () => FullPolicyState): Promise<void> {
+  if (lines.length === 0) return;
+  try {
+    await ctx.applier.apply([step([{ kind: 'nft', lines: [...lines] }], 'policy: update the policy sets')]);
+  } catch {
+    const f = full();
+    await ctx.applier.apply([step([{ kind: 'nft', lines: policyLines(policyElements(f)) }], 'policy: the sets differ from the record; rewrite them whole')]);
+    ctx.store.setPolicyState(f.state);
+  }
+}
+
+/**
+ * Whether looking up what `changed` rules touch beats compiling every rule: a few rules always do;
+ * a rules file does while it is small next to the rules there are (each changed box costs a few
+ * index queries, a full compile a few tens of µs per rule).
+ */
+const incremental = (changed: number, rules: () => number) => changed <= 64 || changed * 4 <= rules();
+
+/** Where a change may have moved a policy decision: the freed regions of the sets it touched. */
+export type PolicyRegions = readonly PolicyRegion[];
+
+/**
+ * The incremental path: the rules in `changed` were added, removed (undefined) or now resolve to
+ * other addresses; only the boxes they touch are recomputed (model/policy-inc.ts), through the
+ * index in the store, and only the difference goes to the kernel, in one nft transaction.
+ * Returns the regions whose decisions may have changed, or undefined after a full compile (every
+ * decision may have). Call inside store.writeAsync.
+ */
+async function applyChanged(ctx: Ctx, changed: ReadonlyMap<number, PolicyRule | undefined>): Promise<PolicyRegions | undefined> {
+  const { store } = ctx;
+  if (changed.size === 0) return [];
+  if (!store.policyIndexReady() || !incremental(changed.size, () => store.policyCount())) { // count(*) reads every row: only for a rules file
+    await applyFull(ctx, fullPolicyState(store, changed));
+    return undefined;
+  }
+  const world = lazyWorld(store);
+  const lines: string[] = [];
+  const adds: string[] = [];
+  const regions: PolicyRegion[] = [];
+  for (const s of SETS) {
+    const mine = new Map<number, readonly Box[]>();
+    for (const [id, rule] of changed) {
+      const now = rule && rule.action === s.action ? ruleBoxes(rule, world(rule), s.family, s.target) : [];
+      const was = store.policyBoxesOf('raw', s.set, id).map((r) => r.box);
+      if (sameBoxes(was, now)) continue;
+      store.deletePolicyRaw(s.set, id);
+      for (const box of now) store.insertPolicyRaw(s.set, { rule: id, box });
+      mine.set(id, now);
+    }
+    if (mine.size === 0) continue;
+    const delta = recompile({
+      compiledMeeting: (b) => store.policyBoxesMeeting('compiled', s.set, b),
+      ownedBy: (rule) => store.policyBoxesOf('compiled', s.set, rule),
+      rawMeeting: (b) => store.policyBoxesMeeting('raw', s.set, b),
+    }, mine);
+    const gone = delta.remove.map((c) => elementText(s, c.box));
+    const added = delta.add.map((c) => ({ ...c, element: elementText(s, c.box) }));
+    for (const e of gone) store.deletePolicyElement(s.set, e);
+    for (const c of added) store.insertPolicyElement(s.set, c.element, c);
+    if (gone.length > MAX_DELETES) {
+      lines.push(`flush set ${TABLE} ${s.set}`);
+      elementLines(adds, 'add', s.set, store.policySetElements(s.set));
+    } else {
+      elementLines(lines, 'delete', s.set, gone);
+      elementLines(adds, 'add', s.set, added.map((c) => c.element));
+    }
+    for (const box of delta.region) regions.push({ family: s.family, target: s.target, box });
+  }
+  await sendPolicy(ctx, [...lines, ...adds], () => fullPolicyState(store));
+  return regions;
+}
+
+const sameBoxes = (a: readonly Box[], b: readonly Box[]) => {
+  if (a.length !== b.length) return false;
+  const keys = new Set(a.map(boxKey));
+  return b.every((x) => keys.has(boxKey(x)));
+};
+
+/**
+ * The world a rule's selectors resolve against, read once and only if needed: CIDRs need nothing,
+ * net: and world the networks, sandbox names and labels the sandboxes too.
+ */
+function lazyWorld(store: Store): (r: PolicyRule) => PolicyWorld {
+  let networks: PolicyWorld | undefined;
+  let whole: PolicyWorld | undefined;
+  const needs = (sel: Selector) => (sel.kind === 'sandbox' || sel.kind === 'label' ? 2 : sel.kind === 'net' || sel.kind === 'world' ? 1 : 0);
+  return (r) => {
+    const need = Math.max(needs(r.from), needs(r.to));
+    if (need === 2) return (whole ??= policyWorld(store));
+    if (need === 1) return whole ?? (networks ??= policyWorld(store, { sandboxes: false }));
+    return EMPTY_WORLD;
+  };
+}
+const EMPTY_WORLD: PolicyWorld = { networks: [], sandboxes: [] };
+
+/** Brings the policy sets up to date with the store (every rule compiled); with cut, connections now denied end. */
 export async function syncPolicy(ctx: Ctx, options: { cut?: boolean; tx?: Transaction } = {}): Promise<void> {
   // Inside an operation's transaction: if it fails later, the sets are derived again from the
   // store as its rollback leaves it.
@@ -142,9 +259,48 @@ export async function syncPolicy(ctx: Ctx, options: { cut?: boolean; tx?: Transa
   const { store, applier } = ctx;
   // Services' backends are derived from the same sandboxes and labels: kept up to date alongside.
   await syncServices(ctx);
-  if (store.policies().length === 0 && store.policyMirror().size === 0) return; // nothing to keep up
-  await store.writeAsync(() => applyPolicy(ctx, policyElements(store)), { rollback: applier.dryRun });
+  if (store.policyCount() === 0 && store.policyMirror().size === 0) return; // nothing to keep up
+  await store.writeAsync(() => applyFull(ctx), { rollback: applier.dryRun });
   if (options.cut) await cutDeniedFlows(ctx);
+}
+
+/**
+ * Brings the policy sets up to date after the rules in `ids` changed how they resolve (a label),
+ * recomputing only what they touch; connections the change now denies end.
+ */
+async function syncRules(ctx: Ctx, ids: readonly number[]): Promise<void> {
+  const { store, applier } = ctx;
+  const regions = await store.writeAsync(async () => {
+    const changed = new Map(ids.map((id) => {
+      const row = store.policy(id);
+      return [id, row && toRule(row)] as const;
+    }));
+    return applyChanged(ctx, changed);
+  }, { rollback: applier.dryRun });
+  await cutFlowsIn(ctx, regions);
+}
+
+/**
+ * Ends tracked connections the policy now denies among those a change may have judged differently
+ * (regions: the parts of the sets it recomputed; undefined: all of them).
+ */
+async function cutFlowsIn(ctx: Ctx, regions: PolicyRegions | undefined): Promise<void> {
+  if (regions === undefined) return cutDeniedFlows(ctx);
+  if (regions.length === 0 || ctx.applier.dryRun) return;
+  const { store } = ctx;
+  const boxes: JudgedBox[] = [];
+  const seen = new Set<string>();
+  for (const r of regions) {
+    for (const s of SETS.filter((x) => x.family === r.family && x.target === r.target)) {
+      for (const b of store.policyBoxesMeeting('compiled', s.set, r.box)) {
+        const key = `${s.set}|${boxKey(b.box)}`;
+        if (seen.has(key)) continue;
+        seen.add(key);
+        boxes.push({ family: s.family, target: s.target, action: s.action, box: b.box, rule: b.rule });
+      }
+    }
+  }
+  await ctx.applier.apply([step([{ kind: 'conntrack.forget', filter: { kind: 'judged', regions, boxes, world: policyWorld(store, { sandboxes: false }) } }])]);
 }
 
 /** Ends tracked connections through ctnet's forward path that the current policy (and isolation) denies. */
@@ -178,6 +334,14 @@ export async function addPolicy(ctx: Ctx, req: PolicyRequest): Promise<PolicyRow
 
 /** Adds rules together: one store transaction, one nft transaction (all or nothing). */
 export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Promise<PolicyRow[]> {
+  return changePolicies(ctx, [], reqs);
+}
+
+/**
+ * Removes some rules and adds others in one store transaction and one nft transaction: no packet
+ * sees a policy half changed (a topology file's rule that changes is its old row out, its new one in).
+ */
+export async function changePolicies(ctx: Ctx, remove: readonly PolicyRow[], reqs: readonly PolicyRequest[]): Promise<PolicyRow[]> {
   const { store, applier } = ctx;
   const parsed = reqs.map((req) => {
     const from = parseSelector('--from', req.from);
@@ -190,22 +354,35 @@ export async function addPolicies(ctx: Ctx, reqs: readonly PolicyRequest[]): Pro
     return { from, to, row: { action: req.action, from: formatSelector(from), to: formatSelector(to), port: port ? formatPortFilter(port) : null, name } };
   });
   // Rules and kernel change in one store transaction: if nft fails, the rules were never added.
-  const rows = await store.writeAsync(async () => {
-    const names = new Set(store.policies().map((p) => p.name));
+  const { rows, regions } = await store.writeAsync(async () => {
+    for (const row of remove) {
+      store.deletePolicy(row.id);
+      applier.note(`policy ${row.name}: remove`);
+    }
+    const names = new Set<string>();
+    const checked = new Set<string>(); // a rules file names the same few networks and sandboxes many times
+    const check = (flag: string, sel: Selector) => {
+      const key = `${flag} ${formatSelector(sel)}`;
+      if (checked.has(key)) return;
+      checkSelector(store, flag, sel);
+      checked.add(key);
+    };
     const rows = parsed.map(({ from, to, row }) => {
-      checkSelector(store, '--from', from);
-      checkSelector(store, '--to', to);
-      if (row.name !== undefined && names.has(row.name)) {
+      check('--from', from);
+      check('--to', to);
+      if (row.name !== undefined && (names.has(row.name) || store.policyByName(row.name))) {
         throw new CtnetError('CONFLICT', `a policy rule named ${row.name} exists already`, `choose another --name, or remove it with "ctnet policy rm ${row.name}"`);
       }
       if (row.name !== undefined) names.add(row.name);
       return store.insertPolicy(row);
     });
     for (const row of rows) applier.note(`policy ${row.name}: ${row.action} ${row.from} -> ${row.to} ${row.port ?? 'any'}`);
-    await applyPolicy(ctx, policyElements(store));
-    return rows;
+    const changed = new Map<number, PolicyRule | undefined>([...remove.map((r) => [r.id, undefined] as const), ...rows.map((r) => [r.id, toRule(r)] as const)]);
+    const regions = await applyChanged(ctx, changed);
+    return { rows, regions };
   }, { rollback: applier.dryRun });
-  await cutDeniedFlows(ctx);
+  // New allow rules (and removed denies) only widen what passes: nothing open can be denied now.
+  if (rows.some((r) => r.action === 'deny') || remove.some((r) => r.action === 'allow')) await cutFlowsIn(ctx, regions);
   return rows;
 }
 
@@ -236,10 +413,9 @@ export function parseRulesFile(file: string, text: string): PolicyRequest[] {
 }
 
 export function findPolicy(store: Store, nameOrId: string): PolicyRow {
-  const rows = store.policies();
-  const row = rows.find((p) => p.name === nameOrId) ?? (/^\d+$/.test(nameOrId) ? rows.find((p) => p.id === Number(nameOrId)) : undefined);
+  const row = store.policyByName(nameOrId) ?? (/^\d+$/.test(nameOrId) ? store.policy(Number(nameOrId)) : undefined);
   if (!row) {
-    throw new CtnetError('NOT_FOUND', `no policy rule named ${nameOrId}`, rows.length ? 'list rules with "ctnet policy ls"' : 'there are no policy rules');
+    throw new CtnetError('NOT_FOUND', `no policy rule named ${nameOrId}`, store.policyCount() ? 'list rules with "ctnet policy ls"' : 'there are no policy rules');
   }
   return row;
 }
@@ -247,18 +423,16 @@ export function findPolicy(store: Store, nameOrId: string): PolicyRow {
 /** Removes rules (by name or ID) in one transaction; connections only they allowed are cut. */
 export async function removePolicies(ctx: Ctx, namesOrIds: readonly string[]): Promise<void> {
   const { store, applier } = ctx;
-  const all = store.policies();
-  const byName = new Map(all.map((p) => [p.name, p]));
-  const byId = new Map(all.map((p) => [String(p.id), p]));
-  const rows = namesOrIds.map((n) => byName.get(n) ?? byId.get(n) ?? findPolicy(store, n));
-  await store.writeAsync(async () => {
+  const rows = [...new Map(namesOrIds.map((n) => findPolicy(store, n)).map((r) => [r.id, r])).values()];
+  const regions = await store.writeAsync(async () => {
     for (const row of rows) {
       store.deletePolicy(row.id);
       applier.note(`policy ${row.name}: remove`);
     }
-    await applyPolicy(ctx, policyElements(store));
+    return applyChanged(ctx, new Map(rows.map((r) => [r.id, undefined])));
   }, { rollback: applier.dryRun });
-  await cutDeniedFlows(ctx);
+  // Removing deny rules only widens what passes: nothing open can be denied now.
+  if (rows.some((r) => r.action === 'allow')) await cutFlowsIn(ctx, regions);
 }
 
 export interface PolicyView extends PolicyRow {
@@ -270,7 +444,10 @@ export async function listPolicies(ctx: Ctx): Promise<PolicyView[]> {
   const { store, kernel } = ctx;
   const rows = store.policies();
   const owner = new Map<string, number>();
-  for (const c of compiled(store)) for (const b of c.boxes) owner.set(`${c.set}|${boxKey(b.box)}`, b.rule);
+  if (rows.length) {
+    const state = store.policyState() ?? fullPolicyState(store).state;
+    for (const [set, boxes] of state.compiled) for (const b of boxes) owner.set(`${set}|${boxKey(b.box)}`, b.rule);
+  }
   const hits = new Map<number, { packets: number; bytes: number }>(rows.map((r) => [r.id, { packets: 0, bytes: 0 }]));
   const table = rows.length ? (await kernel.nftTable()) ?? [] : [];
   for (const item of table as { set?: { name: string; elem?: unknown[] } }[]) {
@@ -291,7 +468,6 @@ export async function listPolicies(ctx: Ctx): Promise<PolicyView[]> {
   return rows.map((r) => ({ ...r, hits: hits.get(r.id)! }));
 }
 
-const boxKey = (b: Box) => b.map(([s, e]) => `${s}-${e}`).join('|');
 
 /** nft's JSON for one field of an element: a value, a range, or a prefix. */
 function parseField(v: unknown, kind: 'addr' | 'proto' | 'port', family: Family): [bigint, bigint] | undefined {
@@ -406,7 +582,15 @@ export async function changeLabels(ctx: Ctx, sandbox: string, set: readonly { ke
     throw new CtnetError('NOT_FOUND', `no sandbox named ${sandbox} on this host${elsewhere.length ? ` (it runs on ${elsewhere.join(', ')})` : ''}`,
       elsewhere.length ? 'set its labels on its own host: they reach every host through the cluster\'s directory' : 'list sandboxes with "ctnet ls"');
   }
+  // The rules that select by a label this changes (its old value or its new): only they resolve differently.
+  const keys = new Set([...set.map((l) => l.key), ...remove]);
+  const selectors = [
+    ...store.labels(sandbox).filter((l) => keys.has(l.key)).map((l) => `label:${l.key}=${l.value}`),
+    ...set.map((l) => `label:${l.key}=${l.value}`),
+  ];
   applier.record(...set.map((l) => ({ kind: 'label.set' as const, sandbox, key: l.key, value: l.value })),
     ...remove.map((key) => ({ kind: 'label.delete' as const, sandbox, key })));
-  await syncPolicy(ctx, { cut: true });
+  await syncServices(ctx); // services select by label too
+  const rules = store.policiesBySelector(selectors);
+  if (rules.length) await syncRules(ctx, rules.map((r) => r.id));
 }

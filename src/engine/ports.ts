@@ -44,7 +44,8 @@ export async function readHost(ctx: Ctx, req: PublishRequest): Promise<HostView>
 export function portTargets(store: Store, sandbox: string): { family: 4 | 6; ip: string }[] {
   for (const a of store.attachments({ sandbox })) {
     const n = store.network(a.network);
-    if (!n || n.internal) continue;
+    // A macvlan/ipvlan sandbox is reached on its segment directly, never through the host's DNAT.
+    if (!n || n.internal || n.lower) continue;
     return store.addresses({ sandbox }).filter((x) => x.network === a.network).map((x) => ({ family: x.family, ip: x.ip }));
   }
   return [];
@@ -82,8 +83,8 @@ export function recordPorts(rec: Recorder, sandbox: string, req: PublishRequest,
         `use one of ${[...host.addresses].join(', ')}, or leave the address out to publish on all of them`);
     }
     if (targets.length === 0) {
-      throw new CtnetError('INVALID_ARGUMENT', `-p ${spec}: sandbox ${sandbox} is on no network with a way out (only --internal ones)`,
-        'connect it to a network that is not --internal; ports of internal networks are not published');
+      throw new CtnetError('INVALID_ARGUMENT', `-p ${spec}: sandbox ${sandbox} is on no network with a way out (only --internal, macvlan or ipvlan ones)`,
+        'connect it to a bridge network that is not --internal; a macvlan/ipvlan sandbox is reached at its own address on its segment');
     }
     if (!hostIpFamilies(m.hostIp).some((f) => targets.some((t) => t.family === f))) {
       throw new CtnetError('INVALID_ARGUMENT', `-p ${spec}: sandbox ${sandbox} has no IPv${hostIpFamilies(m.hostIp)[0]} address to publish to`,

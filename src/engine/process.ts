@@ -3,6 +3,7 @@ import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { CtnetError } from '../errors.ts';
 import { spawnInNetns } from '../kernel/netns.ts';
+import { isAlive, processToken, signalProcess } from '../kernel/proc.ts';
 import { nsenterArgv, shellLine } from '../plan/render.ts';
 import type { Ctx } from './context.ts';
 import { readySandbox, sandboxNetns } from './records.ts';
@@ -59,4 +60,38 @@ export function startInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): 
 function signalNumber(signal: NodeJS.Signals): number | undefined {
   const table: Partial<Record<NodeJS.Signals, number>> = { SIGHUP: 1, SIGINT: 2, SIGQUIT: 3, SIGKILL: 9, SIGTERM: 15 };
   return table[signal];
+}
+
+/**
+ * A sandbox's supervised command (a topology file's `command:`): started detached in its own
+ * session (setsid) in the sandbox's namespace, recorded with its process token (pid and start
+ * time) so `apply` can tell whether it still runs and start it again when not.
+ */
+export function startCommand(ctx: Ctx, sandbox: string, argv: readonly string[]): void {
+  const pid = startInSandbox(ctx, sandbox, argv);
+  if (ctx.applier.dryRun) return;
+  ctx.store.write(() => ctx.store.setCommand({ sandbox, argv, process: processToken(pid) }));
+}
+
+/** True while the recorded command of SANDBOX runs (the same process that was started). */
+export function commandRunning(ctx: Ctx, sandbox: string): boolean {
+  const c = ctx.store.command(sandbox);
+  return c?.process != null && isAlive(c.process);
+}
+
+/**
+ * Stops a sandbox's supervised command (SIGTERM to its group, then SIGKILL if it is still there
+ * after `graceMs`) and forgets it (forget: false keeps the record, for a restart).
+ */
+export async function stopCommand(ctx: Ctx, sandbox: string, options: { forget: boolean; graceMs?: number } = { forget: true }): Promise<void> {
+  const c = ctx.store.command(sandbox);
+  if (!c) return;
+  ctx.applier.note(`stop the command of sandbox ${sandbox}`);
+  if (ctx.applier.dryRun) return;
+  if (c.process && signalProcess(c.process, 'SIGTERM')) {
+    const until = Date.now() + (options.graceMs ?? 3000);
+    while (isAlive(c.process) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
+    signalProcess(c.process, 'SIGKILL');
+  }
+  ctx.store.write(() => (options.forget ? ctx.store.deleteCommand(sandbox) : ctx.store.setCommand({ ...c, process: null })));
 }

@@ -16,11 +16,13 @@ import { portFacts, portLines, portMoveLines, portsMoved, publishSteps, readHost
 import { currentDefault, defaultCarrier, driverNetwork, driverOf, existingNetwork, readySandbox, sandboxNetns } from './records.ts';
 import { syncPolicy } from './policy.ts';
 import { syncServices } from './services.ts';
+import { recordShape, shapeSteps } from './shape.ts';
+import type { Shape } from '../model/shape.ts';
 
 const NO_PORTS: PublishRequest = { mappings: [], force: false };
 
 export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, publish: PublishRequest = NO_PORTS,
-  labels: readonly { key: string; value: string }[] = [], egress: readonly EgressAddress[] = []): Promise<SandboxRow> {
+  labels: readonly { key: string; value: string }[] = [], egress: readonly EgressAddress[] = [], shape?: Shape): Promise<SandboxRow> {
   const { store, kernel, applier } = ctx;
   await ensureOverlaySides(ctx, spec.networks);
   await checkHostAddresses(ctx, '--egress-ip', egress);
@@ -42,6 +44,8 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
       }
       rec.record(...egress.map((e) => ({ kind: 'egress.set' as const, scope: 'sandbox' as const, name, family: e.family, ip: e.ip })));
       const attachments = recordAttachments(rec, name, spec.networks, spec, []);
+      // Every interface it gets is shaped alike (ctnet shape --network changes one).
+      if (shape) for (const a of attachments) recordShape(rec, name, a.row.network, shape);
       recordPorts(rec, name, publish, host);
       return { attachments, ports: portFacts(store, name) };
     });
@@ -49,6 +53,7 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
       step([{ kind: 'netns.add', name: nsName }], `sandbox ${name}: network namespace ${nsName}`),
       step([{ kind: 'link.set.up', name: 'lo', netns: ns }]),
       ...p.attachments.flatMap((a) => attachSteps(store, ns, a)),
+      ...(shape ? p.attachments.flatMap((a) => shapeSteps(store, a.row, shape, undefined)) : []),
       ...publishSteps(p.ports),
     ]);
     await syncPolicy(ctx, { tx });
@@ -144,8 +149,16 @@ function detachSteps(ctx: Ctx, a: AttachmentRow, extraDel: readonly string[] = [
   const n = store.network(a.network);
   const addresses = store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network);
   if (!n) return [step([{ kind: 'link.del', name: a.hostVeth }], `${a.sandbox}: remove ${a.ifname}`)];
+  // Shaping first: its ifb outlives the veth otherwise (the qdiscs would go with the veth).
   const egress = egressLines(store, a.sandbox, n, addresses).del;
-  return driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, mac: a.mac, addresses }, [...extraDel, ...egress]);
+  const shaped = store.shaping(a.sandbox, a.network);
+  return [...(shaped ? shapeSteps(store, a, undefined, shaped) : []), ...driverOf(n).planDetach(driverNetwork(store, n), { sandbox: a.sandbox, ifname: a.ifname, hostVeth: a.hostVeth, mac: a.mac, addresses, netns: sandboxNetnsOf(store, a.sandbox) }, [...extraDel, ...egress])];
+}
+
+/** The namespace of a recorded sandbox (undefined when it has no record left). */
+function sandboxNetnsOf(store: Ctx['store'], name: string) {
+  const s = store.sandbox(name);
+  return s ? sandboxNetns(s) : undefined;
 }
 
 /** Removes one attachment's kernel objects; idempotent. */

@@ -70,6 +70,7 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
       if (store.service(name)) throw new CtnetError('CONFLICT', `a service named ${name} exists already`, `choose another name, or remove it with "ctnet service rm ${name}"`);
       const n = store.network(req.network);
       if (!n) throw new CtnetError('NOT_FOUND', `--network ${req.network}: no network named ${req.network}`, 'list networks with "ctnet network ls"');
+      if (n.lower) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} is a ${n.lower.kind} network: its sandboxes' packets never pass ctnet's tables`, 'use a bridge network');
       if (store.overlay(n.name)) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} is an overlay network: services on overlays are not supported yet`, 'use a bridge network');
       const lease = store.subnets(n.name).find((s) => s.family === 4);
       if (!lease) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} has no IPv4 subnet: services have IPv4 VIPs for now`);

@@ -1,7 +1,7 @@
 // ctnet's nft tables as the store says they must be: written whole (gc, and ctnetd's table guard
 // after someone flushed or changed them), and compared with what the kernel holds.
 import type { KernelBackend } from '../kernel/backend.ts';
-import { BRIDGE_TABLE, fullScript, TABLE } from '../nft/ruleset.ts';
+import { BRIDGE_TABLE, fullScript, POLICY_SET_NAMES, TABLE, type PolicyElements } from '../nft/ruleset.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
 import type { Store } from '../store/store.ts';
@@ -9,12 +9,13 @@ import { overlayFacts } from '../drivers/vxlan/vxlan.ts';
 import type { Ctx } from './context.ts';
 import { driverNetwork } from './records.ts';
 import { portFacts } from './ports.ts';
-import { elementsBySet, policyElements } from './policy.ts';
+import { fullPolicyState, policyElements, type FullPolicyState } from './policy.ts';
 import { serviceFacts } from './services.ts';
 
 /** Both tables from scratch, from the store (one nft transaction replaces whatever is there). */
-export function tablesScript(store: Store): string[] {
-  const nets = store.networks();
+export function tablesScript(store: Store, policy: PolicyElements = policyElements(fullPolicyState(store))): string[] {
+  // A macvlan/ipvlan network has nothing in the tables: its sandboxes' packets never pass them.
+  const nets = store.networks().filter((n) => !n.lower);
   const endpoints = store.attachments().flatMap((a) => {
     const n = nets.find((x) => x.name === a.network);
     const addresses = store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network);
@@ -28,14 +29,16 @@ export function tablesScript(store: Store): string[] {
     : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: store.subnets(n.name), egress: store.networkEgress(n.name) }));
   // Services as recorded (their backends are what the record says the kernel holds).
   const services = store.services().map((s) => serviceFacts(s));
-  return fullScript(facts, endpoints, ports, policyElements(store), services).trimEnd().split('\n');
+  return fullScript(facts, endpoints, ports, policy, services).trimEnd().split('\n');
 }
 
 /** Rewrites both tables from the store (with `also`, e.g. forwarding sysctls, in the same step). */
 export async function restoreTables(ctx: Ctx, also: readonly Op[] = [], note?: string): Promise<void> {
   const { store, applier } = ctx;
-  await applier.apply([step([...also, { kind: 'nft', lines: tablesScript(store) }], note)]);
-  applier.record({ kind: 'policy.mirror', sets: store.networks().length ? elementsBySet(policyElements(store)) : new Map() });
+  const policy = fullPolicyState(store);
+  await applier.apply([step([...also, { kind: 'nft', lines: tablesScript(store, policyElements(policy)) }], note)]);
+  // With no network there is no table, and nothing in its sets.
+  applier.record(store.networks().length ? { kind: 'policy.state', state: policy.state } : { kind: 'policy.mirror', sets: new Map() });
 }
 
 interface Shape {
@@ -93,8 +96,11 @@ async function kernelShape(kernel: KernelBackend): Promise<Shape> {
  * How the kernel's tables differ from what the store says they must hold: missing tables, chains
  * with other rules, sets with another number of elements. Empty when they agree.
  */
-export async function tableDrift(ctx: Pick<Ctx, 'store' | 'kernel'>): Promise<string[]> {
-  const want = scriptShape(tablesScript(ctx.store));
+export async function tableDrift(ctx: Pick<Ctx, 'store' | 'kernel'>, options: { fromMirror?: boolean } = {}): Promise<string[]> {
+  // fromMirror: the policy sets as last written (the store's mirror) instead of compiling every
+  // rule again, which costs seconds with many rules and sandboxes; they differ only while a write is
+  // under way. gc and doctor compile; a plan (ctnet diff, apply) takes the mirror.
+  const want = scriptShape(tablesScript(ctx.store, options.fromMirror ? mirrorElements(ctx.store) : undefined));
   const have = await kernelShape(ctx.kernel);
   const out: string[] = [];
   for (const [t, exists] of want.tables) {
@@ -110,6 +116,12 @@ export async function tableDrift(ctx: Pick<Ctx, 'store' | 'kernel'>): Promise<st
     if (have.tables.get(k.split(' ').slice(0, 2).join(' ')) && got !== n) out.push(got === undefined ? `set ${k} is missing` : `set ${k} has ${got} elements, not ${n}`);
   }
   return out;
+}
+
+/** The store's mirror of the policy sets, as the elements policyElements() would give. */
+function mirrorElements(store: Store): PolicyElements {
+  const mirror = store.policyMirror();
+  return Object.fromEntries(Object.entries(POLICY_SET_NAMES).map(([key, set]) => [key, [...(mirror.get(set) ?? [])]])) as unknown as PolicyElements;
 }
 
 /**

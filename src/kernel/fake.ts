@@ -10,7 +10,7 @@ import { addrToBigint, formatAddr } from '../model/cidr.ts';
 import { netnsPath, type Netns } from '../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../plan/flows.ts';
 import type { Op } from '../plan/ops.ts';
-import { renderOp, shellLine } from '../plan/render.ts';
+import { renderOp, shellLine, tcCommands } from '../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, RouteInfo, TraceMonitor } from './backend.ts';
 
 /** The key of ctnet's own (the host's) namespace in the model and in snapshots. */
@@ -28,7 +28,7 @@ type Family = 4 | 6;
 interface FakeLink {
   ifindex: number;
   name: string;
-  kind: 'bridge' | 'veth' | 'loopback' | 'ether' | 'vxlan';
+  kind: 'bridge' | 'veth' | 'loopback' | 'ether' | 'vxlan' | 'ifb' | 'macvlan' | 'ipvlan';
   master: string | undefined;
   up: boolean;
   hairpin: boolean;
@@ -44,6 +44,9 @@ interface FakeLink {
   vxlan: { vni: number; local: string; dev: string; port: number } | undefined;
   /** A VXLAN device's own fdb: MAC -> the VTEP address frames to it go to. */
   fdb: Map<string, string>;
+  /** tc: the root qdisc as the tc commands that made it (undefined: the default), and the ingress redirect's target. */
+  qdisc: string | undefined;
+  redirect: string | undefined;
 }
 
 interface FakeRoute {
@@ -93,7 +96,7 @@ export interface FakeSnapshot {
     readonly links: Record<string, {
       readonly ifindex: number; readonly kind: string; readonly master: string | null; readonly up: boolean; readonly hairpin: boolean;
       readonly mac: string; readonly mtu: number; readonly peer: string | null; readonly addrs: string[]; readonly sysctls: Record<string, string>;
-      readonly vxlan?: string; readonly fdb?: string[];
+      readonly vxlan?: string; readonly fdb?: string[]; readonly qdisc?: string; readonly redirect?: string;
     }>;
     readonly defaults: Record<string, string>;
     /** "DST via GW dev DEV [onlink]", sorted (present when there are any). */
@@ -277,6 +280,9 @@ export class FakeKernel implements KernelBackend {
             vxlan: `id ${l.vxlan.vni} local ${l.vxlan.local} dev ${l.vxlan.dev} dstport ${l.vxlan.port}`,
             fdb: [...l.fdb].map(([mac, dst]) => `${mac} dst ${dst}`).sort(),
           } : {}),
+          // Only shaped links carry these, so other snapshots keep their shape.
+          ...(l.qdisc !== undefined ? { qdisc: l.qdisc } : {}),
+          ...(l.redirect !== undefined ? { redirect: l.redirect } : {}),
         };
       }
       const defaults = Object.fromEntries([...ns.defaults].sort(([a], [b]) => a - b).map(([f, r]) => [`ipv${f}`, `via ${r.via} dev ${r.dev}`]));
@@ -440,6 +446,12 @@ export class FakeKernel implements KernelBackend {
         link.hairpin = true;
         return;
       }
+      case 'link.set.mtu': {
+        const link = this.#linkOf(op.netns, op.name);
+        if (op.mtu < 68 || op.mtu > 65535) throw new Failure('failed', `Error: mtu ${op.mtu} out of range`);
+        link.mtu = op.mtu;
+        return;
+      }
       case 'link.set.up': {
         const link = this.#linkOf(op.netns, op.name);
         link.up = true;
@@ -515,6 +527,46 @@ export class FakeKernel implements KernelBackend {
       }
       case 'conntrack.forget':
         return this.#forget(op.filter);
+      case 'link.add.lower': {
+        const host = this.#host();
+        const parent = host.links.get(op.parent);
+        if (!parent) throw new Failure('not-found', `Cannot find device "${op.parent}"`);
+        const ns = op.netns ? this.#nsOf(op.netns) : host;
+        if (ns.links.has(op.name)) throw new Failure('exists', 'RTNETLINK answers: File exists');
+        this.#newLink(ns, op.name, op.type, op.mac ?? (op.type === 'ipvlan' ? parent.mac : this.#mac()), op.mtu ?? parent.mtu);
+        return;
+      }
+      case 'link.add.ifb': {
+        const host = this.#host();
+        // An ifb of that name counts as made (as the exec backend does: it is a deletion's inverse).
+        const have = host.links.get(op.name);
+        if (have?.kind === 'ifb') return;
+        if (have) throw new Failure('exists', 'RTNETLINK answers: File exists');
+        this.#newLink(host, op.name, 'ifb', this.#mac(), 1500).up = true;
+        return;
+      }
+      case 'qdisc.shape': {
+        const link = this.#linkOf(undefined, op.dev);
+        link.qdisc = (tcCommands(op) ?? []).map((c) => c.slice(4).join(' ')).join('; ');
+        return;
+      }
+      case 'qdisc.del': {
+        const link = this.#linkOf(undefined, op.dev);
+        if (op.parent === 'root') {
+          if (link.qdisc === undefined) throw new Failure('not-found', 'Error: Cannot delete qdisc with handle of zero.');
+          link.qdisc = undefined;
+        } else {
+          if (link.redirect === undefined) throw new Failure('not-found', 'Error: Cannot find specified qdisc on specified device.');
+          link.redirect = undefined;
+        }
+        return;
+      }
+      case 'filter.redirect': {
+        const link = this.#linkOf(undefined, op.dev);
+        const to = this.#linkOf(undefined, op.to);
+        link.redirect = to.name;
+        return;
+      }
       case 'forward.accept': {
         const rule = `${op.target.family}${op.target.legacy ? ' legacy' : ''} ${op.bridge}`;
         this.forwardAccepts.push(rule);
@@ -643,6 +695,7 @@ export class FakeKernel implements KernelBackend {
     const link: FakeLink = {
       ifindex: this.#nextIfindex++, name, kind, master: undefined, up: false, hairpin: false, mac, mtu, peer: undefined, addrs: [],
       sysctls: new Map(ns === this.#ns.get(HOST) ? Object.entries(PER_LINK_SYSCTLS) : []), vxlan: undefined, fdb: new Map(),
+      qdisc: undefined, redirect: undefined,
     };
     ns.links.set(name, link);
     return link;
@@ -728,7 +781,7 @@ export class FakeKernel implements KernelBackend {
       operstate: l.kind === 'loopback' ? (l.up ? 'UNKNOWN' : 'DOWN') : lowerUp ? 'UP' : l.up && l.kind === 'veth' ? 'LOWERLAYERDOWN' : 'DOWN',
       address: l.mac, mtu: l.mtu,
       flags: [l.kind === 'loopback' ? 'LOOPBACK' : 'BROADCAST', 'MULTICAST', ...(l.up ? ['UP'] : []), ...(lowerUp ? ['LOWER_UP'] : [])],
-      ...(l.kind === 'bridge' || l.kind === 'veth' ? { linkinfo: { info_kind: l.kind } } : {}),
+      ...(['bridge', 'veth', 'ifb', 'macvlan', 'ipvlan'].includes(l.kind) ? { linkinfo: { info_kind: l.kind } } : {}),
       ...(l.vxlan ? { linkinfo: { info_kind: 'vxlan', info_data: { id: l.vxlan.vni, local: l.vxlan.local, link: l.vxlan.dev, port: l.vxlan.port, learning: false } } } : {}),
     };
   }

@@ -25,3 +25,22 @@ export function isAlive(token: string): boolean {
   const f = stat(Number(pid));
   return f !== undefined && f[19] === start && f[0] !== 'Z' && f[0] !== 'X';
 }
+
+/**
+ * Signals the process TOKEN names and its process group (a command ctnet started detached leads
+ * its own group, so its children go too), if it is still that process. True if it was alive.
+ */
+export function signalProcess(token: string, signal: NodeJS.Signals = 'SIGTERM'): boolean {
+  if (!isAlive(token)) return false;
+  const pid = Number(token.split(':')[0]);
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    try {
+      process.kill(pid, signal); // not a group leader after all
+    } catch {
+      return false; // gone between the check and the signal
+    }
+  }
+  return true;
+}

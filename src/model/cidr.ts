@@ -17,6 +17,10 @@ export function addrToBigint(a: ipaddr.IPv4 | ipaddr.IPv6): bigint {
 }
 
 export function formatAddr(family: Family, n: bigint): string {
+  if (family === 4) {
+    const v = Number(n); // what ipaddr.js prints for IPv4, without its objects (policy formats thousands)
+    return `${(v >>> 24) & 255}.${(v >>> 16) & 255}.${(v >>> 8) & 255}.${v & 255}`;
+  }
   const bytes: number[] = [];
   for (let i = 0; i < bitsOf(family) / 8; i++) bytes.unshift(Number((n >> BigInt(8 * i)) & 0xffn));
   return ipaddr.fromByteArray(bytes).toString();

@@ -1,4 +1,5 @@
 // What a CNI request asks of ctnet and what it answers, as plain data: parsed from the wire by
+import type { Shape } from './shape.ts';
 // src/cni/protocol.ts, used by the engine's CNI use cases (src/engine/cni.ts), rendered by protocol.ts
 // in the config's version.
 import type { PortMapping } from './ports.ts';
@@ -29,6 +30,8 @@ export interface NetConf {
   readonly network: string;
   readonly claims: NetworkClaims;
   readonly portMappings: readonly PortMapping[];
+  /** runtimeConfig.bandwidth (the `bandwidth` capability), as ctnet's shaping of this attachment. */
+  readonly bandwidth?: Shape | undefined;
   readonly ips: readonly IpRequest[];
   readonly mac: string | undefined;
   readonly labels: readonly { key: string; value: string }[];

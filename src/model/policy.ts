@@ -53,11 +53,19 @@ export function parseLabel(what: string, text: string): { key: string; value: st
 const bitsOf = (f: Family) => (f === 4 ? 32 : 128);
 const FULL = (f: Family): [bigint, bigint] => [0n, (1n << BigInt(bitsOf(f))) - 1n];
 
+const OCTET = '(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
+const PLAIN_IPV4 = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}(?:/(3[0-2]|[12]?\\d))?$`);
+
 /** An address or a CIDR (any prefix length, host bits clear). */
 function parseCidrSelector(what: string, text: string): Selector {
   let addr: ipaddr.IPv4 | ipaddr.IPv6;
   let prefix: number;
-  try {
+  // Plain dotted IPv4 (the common case, and a rules file may hold thousands): no ipaddr.js needed.
+  const m = PLAIN_IPV4.exec(text);
+  if (m) {
+    addr = new ipaddr.IPv4([Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4])]);
+    prefix = m[5] === undefined ? 32 : Number(m[5]);
+  } else try {
     if (text.includes('/')) [addr, prefix] = ipaddr.parseCIDR(text);
     else {
       addr = ipaddr.parse(text);
@@ -215,7 +223,8 @@ export type PolicyTarget = 'forward' | 'host';
 /** The only destination of a host box: its sets have no destination field. */
 const HOST_DST: Range = [0n, 0n];
 
-function ruleBoxes(r: PolicyRule, w: PolicyWorld, family: Family, target: PolicyTarget): Box[] {
+/** A rule's boxes in one set (its selectors resolved now), before overlaps are taken out. */
+export function ruleBoxes(r: PolicyRule, w: PolicyWorld, family: Family, target: PolicyTarget): Box[] {
   if ((r.to.kind === 'host') !== (target === 'host')) return [];
   const from = resolve(r.from, w, family);
   const to = target === 'host' ? [HOST_DST] : resolve(r.to, w, family);
@@ -223,10 +232,14 @@ function ruleBoxes(r: PolicyRule, w: PolicyWorld, family: Family, target: Policy
   return from.flatMap((s) => to.map((d): Box => [s, d, proto, port]));
 }
 
-const intersects = (a: Box, b: Box) => a.every((r, i) => r[0] <= b[i]![1] && b[i]![0] <= r[1]);
+export const intersects = (a: Box, b: Box): boolean => a.every((r, i) => r[0] <= b[i]![1] && b[i]![0] <= r[1]);
+
+/** The part two intersecting boxes share. */
+export const intersection = (a: Box, b: Box): Box =>
+  a.map((r, i) => [r[0] > b[i]![0] ? r[0] : b[i]![0], r[1] < b[i]![1] ? r[1] : b[i]![1]] as Range) as unknown as Box;
 
 /** b minus a (which intersect): at most two pieces per dimension, disjoint from a and each other. */
-function subtract(b: Box, a: Box): Box[] {
+export function subtract(b: Box, a: Box): Box[] {
   const pieces: Box[] = [];
   const cur = b.map((r) => [r[0], r[1]] as [bigint, bigint]);
   for (let i = 0; i < 4; i++) {
@@ -256,12 +269,15 @@ export interface CompiledBox {
 /**
  * The rules of one action as disjoint boxes (the kernel refuses overlapping elements in a
  * concatenated interval set), in rule order so each part belongs to the oldest rule covering it.
+ * With raw, every rule's boxes before overlaps are taken out are pushed there too.
  */
-export function compile(rules: readonly PolicyRule[], action: Action, w: PolicyWorld, family: Family, target: PolicyTarget = 'forward'): CompiledBox[] {
+export function compile(rules: readonly PolicyRule[], action: Action, w: PolicyWorld, family: Family, target: PolicyTarget = 'forward',
+  raw?: CompiledBox[]): CompiledBox[] {
   const out: CompiledBox[] = [];
   const index = new BoxIndex();
   for (const r of rules.filter((x) => x.action === action)) {
     for (const box of ruleBoxes(r, w, family, target)) {
+      raw?.push({ box, rule: r.id }); // the incremental compiler's index of what each rule covers (model/policy-inc.ts)
       let parts: Box[] = [box];
       for (const existing of index.candidates(box)) {
         parts = parts.flatMap((p) => (intersects(p, existing) ? subtract(p, existing) : [p]));
@@ -281,7 +297,7 @@ export function compile(rules: readonly PolicyRule[], action: Action, w: PolicyW
  * Narrow source ranges (most: sandboxes, small CIDRs) sit in an array sorted by start, searched by
  * bisection; wide ones (networks, world) are few and always checked.
  */
-class BoxIndex {
+export class BoxIndex {
   static readonly WIDTH = 1n << 16n;
   readonly #wide: Box[] = [];
   readonly #narrow: Box[] = [];

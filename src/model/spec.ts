@@ -21,6 +21,40 @@ export interface NetworkSpec {
   readonly mtu: number | undefined;
   /** `--egress-ip`: host addresses its egress leaves from, at most one per family (engine/egress.ts). */
   readonly egress?: readonly { readonly family: 4 | 6; readonly ip: string }[] | undefined;
+  /** A macvlan or ipvlan network: the parent interface, mode, and whether the host gets a shim. */
+  readonly lower?: LowerSpec | undefined;
+}
+
+export interface LowerSpec {
+  readonly kind: 'macvlan' | 'ipvlan';
+  readonly parent: string;
+  readonly mode: string;
+  readonly hostShim: boolean;
+}
+
+const LOWER_MODES = { macvlan: ['bridge', 'private', 'vepa'], ipvlan: ['l2', 'l3'] } as const;
+
+/**
+ * --driver macvlan|ipvlan with --parent, --mode and --host-shim; undefined for the other drivers
+ * (which must not get these flags). Flags that need the host on the path (--bridge, --internal,
+ * --isolate, --host-access) are refused: a macvlan sandbox's packets never pass the host's netfilter.
+ */
+export function parseLowerSpec(raw: { driver: string; parent?: string; mode?: string; hostShim?: boolean; bridge?: string; internal?: boolean; isolate?: boolean; hostAccess?: boolean }): LowerSpec | undefined {
+  if (raw.driver !== 'macvlan' && raw.driver !== 'ipvlan') {
+    for (const [flag, v] of [['--parent', raw.parent], ['--mode', raw.mode], ['--host-shim', raw.hostShim]] as const) {
+      if (v !== undefined) throw invalid(`${flag} is for macvlan and ipvlan networks`, 'add --driver macvlan (or ipvlan), or leave it out');
+    }
+    return undefined;
+  }
+  if (raw.parent === undefined) throw invalid(`a ${raw.driver} network needs --parent`, 'name the host interface whose segment the sandboxes join, e.g. --parent eth0');
+  const parent = parseIfname('--parent', raw.parent);
+  for (const [flag, v] of [['--bridge', raw.bridge], ['--internal', raw.internal], ['--isolate', raw.isolate], ['--host-access', raw.hostAccess]] as const) {
+    if (v) throw invalid(`${flag} does not apply to a ${raw.driver} network`, `its sandboxes sit on ${parent}'s segment: their traffic never passes this host's bridge or firewall`);
+  }
+  const modes: readonly string[] = LOWER_MODES[raw.driver];
+  const mode = raw.mode ?? modes[0]!;
+  if (!modes.includes(mode)) throw invalid(`--mode ${JSON.stringify(mode)} is not a ${raw.driver} mode`, `use ${modes.join(', ')}`);
+  return { kind: raw.driver, parent, mode, hostShim: raw.hostShim ?? false };
 }
 
 export interface RawNetwork {
@@ -32,6 +66,10 @@ export interface RawNetwork {
   isolate?: boolean;
   hostAccess?: boolean;
   mtu?: string;
+  driver?: string;
+  parent?: string;
+  mode?: string;
+  hostShim?: boolean;
 }
 
 export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
@@ -39,8 +77,12 @@ export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
     throw invalid('--internal and --host-access cannot be used together', 'an --internal network reaches nothing outside it, the host included');
   }
   const name = parseName('network', raw.name);
+  const lower = parseLowerSpec({ ...raw, driver: raw.driver ?? 'bridge' });
   const subnets = (raw.subnet ?? []).map((s) => parseSubnet('--subnet', s));
   if (subnets.length === 0) throw invalid('a network needs at least one --subnet', 'e.g. --subnet 10.88.0.0/24');
+  if (lower && (subnets.length !== 1 || subnets[0]!.family !== 4)) {
+    throw invalid(`a ${lower.kind} network takes one IPv4 --subnet`, 'IPv6 on macvlan/ipvlan is not done yet: give the segment\'s IPv4 subnet');
+  }
   for (const f of [4, 6] as const) {
     if (subnets.filter((s) => s.family === f).length > 1) {
       throw invalid(`more than one IPv${f} --subnet`, 'give at most one IPv4 and one IPv6 subnet per network');
@@ -78,6 +120,7 @@ export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
     isolate: raw.isolate ?? false,
     hostAccess: raw.hostAccess ?? false,
     mtu,
+    ...(lower ? { lower } : {}),
   };
 }
 

@@ -3,6 +3,7 @@
 import ipaddr from 'ipaddr.js';
 import { addrToBigint } from '../model/cidr.ts';
 import { decide, PROTO_NUMBERS, type PolicyRule, type PolicyWorld } from '../model/policy.ts';
+import { judgeInRegions, type JudgedBox, type PolicyRegion } from '../model/policy-inc.ts';
 import { hostIpFamilies, isWildcard, type PortMapping } from '../model/ports.ts';
 
 export interface Tuple {
@@ -39,7 +40,12 @@ export type FlowFilter =
   /** Connections through a service (VIP . protocol . port) DNATed to backends that left it. */
   | { readonly kind: 'service'; readonly vip: string; readonly proto: string; readonly port: number; readonly backends: readonly string[] }
   /** Forwarded connections the policy now denies. */
-  | { readonly kind: 'denied'; readonly rules: readonly PolicyRule[]; readonly world: PolicyWorld };
+  | { readonly kind: 'denied'; readonly rules: readonly PolicyRule[]; readonly world: PolicyWorld }
+  /**
+   * Connections inside the regions a policy change recomputed that the policy now denies: judged by
+   * the compiled boxes meeting those regions (every rule's say there), not by every rule.
+   */
+  | { readonly kind: 'judged'; readonly regions: readonly PolicyRegion[]; readonly boxes: readonly JudgedBox[]; readonly world: PolicyWorld };
 
 /** A line for --explain: what the filter picks (which flows is known only when it runs). */
 export function describeFilter(f: FlowFilter): string {
@@ -49,6 +55,7 @@ export function describeFilter(f: FlowFilter): string {
     case 'stale': return `flows that reached host ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')} before they were published`;
     case 'service': return `flows through service ${f.vip} ${f.proto}/${f.port} to ${f.backends.join(', ')}`;
     case 'denied': return 'flows (forwarded, or to the host) the policy now denies';
+    case 'judged': return 'flows (forwarded, or to the host) in the changed part of the policy that it now denies';
   }
 }
 
@@ -79,13 +86,15 @@ export async function pickFlows(f: FlowFilter, flows: readonly Flow[], local: ()
       const gone = new Set(f.backends);
       return flows.filter((x) => x.proto === f.proto && x.orig.dst === f.vip && x.orig.dport === f.port && gone.has(x.reply.src));
     }
-    case 'denied': {
+    case 'denied':
+    case 'judged': {
       const live = flows.filter((x) => x.state !== 'TIME_WAIT' && x.state !== 'CLOSE'); // closed: nothing to cut
       if (live.length === 0) return [];
       const mine = await local();
       return live.filter((x) => {
         const p = flowPacket(x, mine);
-        return p !== undefined && !decide(f.rules, f.world, p).allowed;
+        if (p === undefined) return false;
+        return f.kind === 'denied' ? !decide(f.rules, f.world, p).allowed : judgeInRegions(f.regions, f.boxes, f.world, p) === false;
       });
     }
   }

@@ -3,6 +3,7 @@
 // can be undone knows its inverse, so rollback, --explain, --dry-run and the fake backend all work
 // from the same data. Pure: no I/O here.
 import type { Netns } from '../model/netns.ts';
+import type { DirShape } from '../model/shape.ts';
 import type { FlowFilter } from './flows.ts';
 
 export type Op =
@@ -30,12 +31,41 @@ export type Op =
     readonly kind: 'link.add.vxlan'; readonly name: string; readonly mac: string; readonly vni: number; readonly local: string;
     readonly dev: string; readonly port: number; readonly mtu?: number | undefined;
   }
-  /** ip [-n NS] link del NAME */
-  | { readonly kind: 'link.del'; readonly name: string; readonly netns?: Netns | undefined }
+  /**
+   * ip link add link PARENT name NAME [netns NS] [address MAC] [mtu N] type macvlan|ipvlan mode MODE:
+   * a sandbox's interface straight on the parent's segment (made in its namespace, with its final name),
+   * or (no netns) the host's shim. ipvlan shares the parent's MAC: it takes none.
+   */
+  | {
+    readonly kind: 'link.add.lower'; readonly type: 'macvlan' | 'ipvlan'; readonly name: string; readonly parent: string; readonly mode: string;
+    readonly netns?: Netns | undefined; readonly mac?: string | undefined; readonly mtu?: number | undefined;
+  }
+  /** ip link add NAME up type ifb: the device a sandbox's egress is redirected through to be shaped. */
+  | { readonly kind: 'link.add.ifb'; readonly name: string }
+  /**
+   * tc qdisc replace dev DEV root handle 1: tbf rate R burst B latency 100ms, then its child
+   * (netem with delay/loss, else a plain fifo), or netem alone at the root when there is no rate.
+   * `previous` is the shaping it replaces, which its inverse puts back.
+   */
+  | { readonly kind: 'qdisc.shape'; readonly dev: string; readonly shape: DirShape; readonly previous?: DirShape | undefined }
+  /**
+   * tc qdisc del dev DEV root|ingress (the device's default comes back; filters go with ingress).
+   * previous: the shaping (root) or redirect target (ingress) it removes, which its inverse puts back.
+   */
+  | { readonly kind: 'qdisc.del'; readonly dev: string; readonly parent: 'root' | 'ingress'; readonly previous?: DirShape | string | undefined }
+  /**
+   * tc qdisc replace dev DEV handle ffff: ingress; tc filter replace dev DEV parent ffff: ... u32
+   * match u32 0 0 action mirred egress redirect dev TO: everything DEV receives leaves through TO.
+   */
+  | { readonly kind: 'filter.redirect'; readonly dev: string; readonly to: string }
+  /** ip [-n NS] link del NAME. ifb: it is an ifb device, which its inverse makes again (an ifb has no other state). */
+  | { readonly kind: 'link.del'; readonly name: string; readonly netns?: Netns | undefined; readonly ifb?: true | undefined }
   /** ip link set NAME master BRIDGE */
   | { readonly kind: 'link.set.master'; readonly name: string; readonly master: string }
   /** ip link set NAME type bridge_slave hairpin on */
   | { readonly kind: 'link.set.hairpin'; readonly name: string }
+  /** ip [-n NS] link set NAME mtu N. `previous`: the MTU it had, which its inverse puts back. */
+  | { readonly kind: 'link.set.mtu'; readonly name: string; readonly mtu: number; readonly netns?: Netns | undefined; readonly previous?: number | undefined }
   /** ip [-n NS] link set NAME up */
   | { readonly kind: 'link.set.up'; readonly name: string; readonly netns?: Netns | undefined }
   /** ip [-n NS] addr add CIDR dev DEV (nodad for IPv6: usable at once) */
@@ -127,6 +157,16 @@ export function inverse(op: Op): Op | undefined {
     case 'link.add.bridge': return { kind: 'link.del', name: op.name };
     case 'link.add.veth': return { kind: 'link.del', name: op.name, netns: op.netns };
     case 'link.add.vxlan': return { kind: 'link.del', name: op.name };
+    case 'link.add.ifb': return { kind: 'link.del', name: op.name };
+    case 'link.add.lower': return { kind: 'link.del', name: op.name, netns: op.netns };
+    case 'qdisc.shape':
+      return op.previous ? { kind: 'qdisc.shape', dev: op.dev, shape: op.previous } : { kind: 'qdisc.del', dev: op.dev, parent: 'root' };
+    case 'filter.redirect': return { kind: 'qdisc.del', dev: op.dev, parent: 'ingress' };
+    case 'qdisc.del':
+      if (op.previous === undefined) return undefined;
+      return typeof op.previous === 'string'
+        ? { kind: 'filter.redirect', dev: op.dev, to: op.previous }
+        : { kind: 'qdisc.shape', dev: op.dev, shape: op.previous };
     case 'neigh.replace':
       return op.previous
         ? { kind: 'neigh.replace', addr: op.addr, lladdr: op.previous.lladdr, dev: op.dev }
@@ -150,6 +190,8 @@ export function inverse(op: Op): Op | undefined {
     case 'fdb.del': return { kind: 'fdb.replace', mac: op.mac, dev: op.dev, dst: op.dst };
     case 'route.del': return { kind: 'route.replace', dst: op.dst, via: op.via, dev: op.dev, onlink: op.onlink ?? false };
     case 'nft.delete': return op.undo && op.undo.length > 0 ? { kind: 'nft.delete', lines: op.undo } : undefined;
+    case 'link.set.mtu': return op.previous === undefined ? undefined : { kind: 'link.set.mtu', name: op.name, mtu: op.previous, netns: op.netns, previous: op.mtu };
+    case 'link.del': return op.ifb ? { kind: 'link.add.ifb', name: op.name } : undefined;
     // Link settings vanish with their link; a sysctl this ctnet turned on (forwarding) stays on,
     // as other networks may rely on it; deletions and flows cannot be brought back.
     case 'link.set.master':
@@ -158,7 +200,6 @@ export function inverse(op: Op): Op | undefined {
     case 'sysctl.set':
     case 'netns.del':
     case 'netns.kill':
-    case 'link.del':
     case 'addr.del':
     case 'route.del.default':
     case 'conntrack.forget':
@@ -169,6 +210,6 @@ export function inverse(op: Op): Op | undefined {
 
 /** True for operations that remove something: in a teardown, "already gone" is success. */
 export function removes(op: Op): boolean {
-  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'neigh.del', 'fdb.del', 'route.del', 'nft.delete', 'conntrack.forget', 'forward.unaccept']
+  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'neigh.del', 'fdb.del', 'route.del', 'nft.delete', 'conntrack.forget', 'forward.unaccept', 'qdisc.del']
     .includes(op.kind);
 }

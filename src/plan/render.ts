@@ -1,6 +1,7 @@
 // Operations as the equivalent shell commands: what --explain and --dry-run print, and (for the
 // iproute2 ones) the very argv the exec backend runs. Pure.
 import { netnsPath, type Netns } from '../model/netns.ts';
+import type { DirShape } from '../model/shape.ts';
 import { describeFilter } from './flows.ts';
 import type { Op } from './ops.ts';
 
@@ -42,12 +43,21 @@ export function ipCommand(op: Op): IpCommand | undefined {
         args: ['link', 'add', op.name, 'address', op.mac, ...mtuArgs(op.mtu), 'type', 'vxlan', 'id', String(op.vni), 'local', op.local, 'dev', op.dev,
           'dstport', String(op.port), 'nolearning'],
       };
+    // Made in ctnet's namespace (where the parent is), moved at once into the sandbox's.
+    case 'link.add.lower':
+      return {
+        args: ['link', 'add', 'link', op.parent, 'name', op.name, ...(op.netns ? ['netns', 'name' in op.netns ? op.netns.name : op.netns.path] : []),
+          ...(op.mac ? ['address', op.mac] : []), ...mtuArgs(op.mtu), 'type', op.type, 'mode', op.mode],
+      };
+    // Made up: packets redirected to a down ifb are dropped.
+    case 'link.add.ifb': return { args: ['link', 'add', op.name, 'up', 'type', 'ifb'] };
     case 'link.del': return { netns: op.netns, args: ['link', 'del', op.name] };
     case 'link.set.master': return { args: ['link', 'set', op.name, 'master', op.master] };
     // Lets the bridge send a frame back out of the port it came in on: with br_netfilter, a sandbox
     // reaching its own published port through the host's address is DNATed inside the bridge.
     case 'link.set.hairpin': return { args: ['link', 'set', op.name, 'type', 'bridge_slave', 'hairpin', 'on'] };
     case 'link.set.up': return { netns: op.netns, args: ['link', 'set', op.name, 'up'] };
+    case 'link.set.mtu': return { netns: op.netns, args: ['link', 'set', op.name, 'mtu', String(op.mtu)] };
     // IPv4 gets its subnet's broadcast address (brd +), as the bridge plugin and Docker set it.
     case 'addr.add': return { netns: op.netns, args: ['addr', 'add', op.cidr, ...(op.cidr.includes(':') ? [] : ['brd', '+']), 'dev', op.dev, ...(op.cidr.includes(':') ? ['nodad'] : [])] };
     case 'addr.del': return { netns: op.netns, args: ['addr', 'del', op.cidr, 'dev', op.dev] };
@@ -70,6 +80,47 @@ export function bridgeCommand(op: Op): readonly string[] | undefined {
     // self: the entry is the VXLAN device's own (its VTEP table), not a bridge master's.
     case 'fdb.replace': return ['fdb', 'replace', op.mac, 'dev', op.dev, 'dst', op.dst, 'self', 'permanent'];
     case 'fdb.del': return ['fdb', 'del', op.mac, 'dev', op.dev, 'dst', op.dst, 'self'];
+    default: return undefined;
+  }
+}
+
+/** Queueing the shaper may do: 100 ms at the rate (beyond that, drop: TCP learns the rate from it). */
+const QUEUE_MS = 100;
+
+/** netem's queue in packets: the delay plus QUEUE_MS at the rate (line rate taken as 10 Gbit/s), at least 1000. */
+export function netemLimit(d: DirShape): number {
+  const bytes = ((d.rate ?? 10e9) / 8) * ((d.delayMs ?? 0) + QUEUE_MS) / 1000;
+  return Math.min(1_000_000, Math.max(1000, Math.ceil(bytes / 1500)));
+}
+
+function netemArgs(d: DirShape): string[] {
+  return ['netem', ...(d.delayMs !== undefined ? ['delay', `${d.delayMs}ms`] : []), ...(d.lossPct !== undefined ? ['loss', `${d.lossPct}%`] : []), 'limit', String(netemLimit(d))];
+}
+
+/** The `tc` commands (without the leading `tc`) of an operation, or undefined for one that is not one. */
+export function tcCommands(op: Op): string[][] | undefined {
+  switch (op.kind) {
+    case 'qdisc.shape': {
+      const d = op.shape;
+      if (d.rate === undefined) return [['qdisc', 'replace', 'dev', op.dev, 'root', 'handle', '1:', ...netemArgs(d)]];
+      const burst = d.burst ?? 16384;
+      return [
+        // latency bounds tbf's own queue; its child below replaces that queue with a fixed one, so
+        // a change from delay to none leaves no netem behind.
+        ['qdisc', 'replace', 'dev', op.dev, 'root', 'handle', '1:', 'tbf', 'rate', `${d.rate}bit`, 'burst', String(burst), 'latency', `${QUEUE_MS}ms`],
+        d.delayMs !== undefined || d.lossPct !== undefined
+          ? ['qdisc', 'replace', 'dev', op.dev, 'parent', '1:1', 'handle', '10:', ...netemArgs(d)]
+          : ['qdisc', 'replace', 'dev', op.dev, 'parent', '1:1', 'handle', '10:', 'bfifo', 'limit', String(Math.max(2 * burst, Math.ceil(d.rate / 8 * QUEUE_MS / 1000)))],
+      ];
+    }
+    case 'qdisc.del': return [['qdisc', 'del', 'dev', op.dev, op.parent]];
+    // u32 matching zero bits of the first word is "every packet" (cls_matchall is not in every kernel).
+    case 'filter.redirect':
+      return [
+        ['qdisc', 'replace', 'dev', op.dev, 'handle', 'ffff:', 'ingress'],
+        ['filter', 'replace', 'dev', op.dev, 'parent', 'ffff:', 'protocol', 'all', 'prio', '1', 'handle', '800::800', 'u32', 'match', 'u32', '0', '0',
+          'action', 'mirred', 'egress', 'redirect', 'dev', op.to],
+      ];
     default: return undefined;
   }
 }
@@ -101,6 +152,8 @@ export function renderOp(op: Op): string[] {
   if (ip) return [shellLine(ipArgv(ip.netns, ip.args))];
   const bridge = bridgeCommand(op);
   if (bridge) return [shellLine(['bridge', ...bridge])];
+  const tc = tcCommands(op);
+  if (tc) return tc.map((c) => shellLine(['tc', ...c]));
   switch (op.kind) {
     case 'netns.kill': return [`ip netns pids ${quote('name' in op.netns ? op.netns.name : op.netns.path)} | xargs -r kill -KILL`];
     case 'sysctl.set': return [`sysctl ${op.ifExists ? '-e ' : ''}-w ${op.key}=${op.value}`];

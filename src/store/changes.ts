@@ -1,7 +1,8 @@
 // Changes to the store, as plain values: what a use case records, and (computed as each is made)
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
-import type { AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PortRow, SandboxRow, ServiceRow, State, Store, SubnetRow } from './store.ts';
+import type { Shape } from '../model/shape.ts';
+import type { OwnedKind, OwnedRow, AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PolicyState, PortRow, SandboxRow, ServiceRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
   | {
@@ -14,6 +15,7 @@ export type StoreChange =
   | { readonly kind: 'network.state'; readonly name: string; readonly state: State }
   | { readonly kind: 'network.delete'; readonly name: string }
   | { readonly kind: 'network.mac'; readonly name: string; readonly mac: string }
+  | { readonly kind: 'network.mtu'; readonly name: string; readonly mtu: number | null }
   | { readonly kind: 'sandbox.insert'; readonly row: Omit<SandboxRow, 'created' | 'owner'> }
   | { readonly kind: 'sandbox.state'; readonly name: string; readonly state: State }
   | { readonly kind: 'sandbox.delete'; readonly name: string }
@@ -29,9 +31,16 @@ export type StoreChange =
   | { readonly kind: 'cni.insert'; readonly row: Omit<CniRow, 'created'> }
   | { readonly kind: 'policy.delete'; readonly id: number }
   | { readonly kind: 'policy.mirror'; readonly sets: ReadonlyMap<string, readonly string[]> }
+  /** The policy sets' mirror with its index (every element's box and owner, every rule's boxes), whole. */
+  | { readonly kind: 'policy.state'; readonly state: PolicyState }
   | { readonly kind: 'meta.set'; readonly key: string; readonly value: string | null }
   | { readonly kind: 'egress.set'; readonly scope: 'network' | 'sandbox'; readonly name: string; readonly family: 4 | 6; readonly ip: string | null }
   | { readonly kind: 'default-route.set'; readonly sandbox: string; readonly network: string | null }
+  /** A topology file takes (or gives up) an object: `down` and `--prune` touch only what it owns. */
+  | { readonly kind: 'owner.set'; readonly row: OwnedRow }
+  | { readonly kind: 'owner.delete'; readonly what: OwnedKind; readonly name: string }
+  /** The shaping of one attachment; null: not shaped. */
+  | { readonly kind: 'shaping.set'; readonly sandbox: string; readonly network: string; readonly shape: Shape | null }
   | { readonly kind: 'service.insert'; readonly row: Omit<ServiceRow, 'created'> }
   | { readonly kind: 'service.delete'; readonly name: string }
   | { readonly kind: 'service.backends'; readonly name: string; readonly backends: readonly string[] };
@@ -68,6 +77,11 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.network(c.name)?.mac;
       store.setNetworkMac(c.name, c.mac);
       return was ? { kind: 'network.mac', name: c.name, mac: was } : undefined;
+    }
+    case 'network.mtu': {
+      const was = store.network(c.name);
+      store.setNetworkMtu(c.name, c.mtu);
+      return was && { kind: 'network.mtu', name: c.name, mtu: was.mtu };
     }
     case 'sandbox.insert':
       store.insertSandbox(c.row);
@@ -127,6 +141,12 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       store.setMeta(c.key, c.value);
       return { kind: 'meta.set', key: c.key, value: was };
     }
+    case 'shaping.set': {
+      const was = store.shaping(c.sandbox, c.network) ?? null;
+      if (c.shape) store.setShaping(c.sandbox, c.network, c.shape);
+      else store.deleteShaping(c.sandbox, c.network);
+      return { kind: 'shaping.set', sandbox: c.sandbox, network: c.network, shape: was };
+    }
     case 'egress.set': {
       const was = (c.scope === 'network' ? store.networkEgress(c.name) : store.sandboxEgress(c.name)).find((e) => e.family === c.family)?.ip ?? null;
       store.setEgress(c.scope, c.name, c.family, c.ip);
@@ -150,10 +170,23 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       store.setServiceBackends(c.name, c.backends);
       return was && { kind: 'service.backends', name: c.name, backends: was };
     }
-    case 'policy.mirror': {
-      const was = store.policyMirror();
-      store.setPolicyMirror(c.sets);
-      return { kind: 'policy.mirror', sets: new Map([...was].map(([k, v]) => [k, [...v]])) };
+    case 'policy.mirror':
+    case 'policy.state': {
+      const state = store.policyState();
+      const was = state ? undefined : store.policyMirror();
+      if (c.kind === 'policy.mirror') store.setPolicyMirror(c.sets);
+      else store.setPolicyState(c.state);
+      return state ? { kind: 'policy.state', state } : { kind: 'policy.mirror', sets: new Map([...was!].map(([k, v]) => [k, [...v]])) };
+    }
+    case 'owner.set': {
+      const was = store.owner(c.row.kind, c.row.name);
+      store.setOwner(c.row);
+      return was ? { kind: 'owner.set', row: was } : { kind: 'owner.delete', what: c.row.kind, name: c.row.name };
+    }
+    case 'owner.delete': {
+      const was = store.owner(c.what, c.name);
+      store.deleteOwner(c.what, c.name);
+      return was && { kind: 'owner.set', row: was };
     }
   }
 }

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 12;
+export const SCHEMA_VERSION = 17;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -237,7 +237,105 @@ CREATE TABLE default_routes (
 );
 `;
 
-// Services (schema 12, issue 17): a virtual address (VIP) on a network, one protocol and port,
+// The policy index (schema 12): each element of the policy sets with its box and the rule that owns
+// it, and each rule's boxes before overlaps are taken out (policy_raw), so a change to one rule or
+// one sandbox's labels recomputes only the boxes it touches (model/policy-inc.ts) instead of
+// reading and compiling every rule. Source and destination bounds are 32 hex digits (IPv6 fits;
+// text compares as the numbers do); wide is 1 for a source range of 2^16 addresses or more: the
+// index finds the others by their start (a meeting box starts at most 2^16 before), the wide ones
+// are few and always read. meta policy.index = 1 says both tables are complete (written whole by
+// a full compile); rows from before schema 12 have none of it, and the next change compiles all.
+export const POLICY_INDEX = `
+ALTER TABLE policy_elements ADD COLUMN rule INTEGER;
+ALTER TABLE policy_elements ADD COLUMN s0 TEXT;
+ALTER TABLE policy_elements ADD COLUMN e0 TEXT;
+ALTER TABLE policy_elements ADD COLUMN s1 TEXT;
+ALTER TABLE policy_elements ADD COLUMN e1 TEXT;
+ALTER TABLE policy_elements ADD COLUMN s2 INTEGER;
+ALTER TABLE policy_elements ADD COLUMN e2 INTEGER;
+ALTER TABLE policy_elements ADD COLUMN s3 INTEGER;
+ALTER TABLE policy_elements ADD COLUMN e3 INTEGER;
+ALTER TABLE policy_elements ADD COLUMN wide INTEGER;
+CREATE INDEX policy_elements_by_src ON policy_elements(set_name, wide, s0);
+CREATE INDEX policy_elements_by_rule ON policy_elements(rule, set_name);
+CREATE TABLE policy_raw (
+  set_name TEXT NOT NULL,
+  rule INTEGER NOT NULL,
+  s0 TEXT NOT NULL, e0 TEXT NOT NULL, s1 TEXT NOT NULL, e1 TEXT NOT NULL,
+  s2 INTEGER NOT NULL, e2 INTEGER NOT NULL, s3 INTEGER NOT NULL, e3 INTEGER NOT NULL,
+  wide INTEGER NOT NULL
+);
+CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wide, s0);
+CREATE INDEX policy_raw_by_rule ON policy_raw(rule, set_name);
+CREATE INDEX policies_by_from ON policies(from_sel);
+CREATE INDEX policies_by_to ON policies(to_sel);
+`;
+
+// Topology files (schema 13): which file's `name:` owns each network, sandbox and policy rule it
+// made (`ctnet apply`), so `down` and `apply --prune` touch only those and two files share a host;
+// objects made by hand have no row and are never pruned. The row goes with its object (the store
+// deletes it with the network, sandbox or rule). sandbox_commands: a file's sandbox `command:`,
+// as argv JSON, and the process running it (pid:starttime, so a reused pid never counts as alive).
+export const TOPOLOGY = `
+CREATE TABLE topology_objects (
+  kind TEXT NOT NULL CHECK (kind IN ('network', 'sandbox', 'policy')),
+  name TEXT NOT NULL,
+  topology TEXT NOT NULL,
+  file TEXT NOT NULL,
+  PRIMARY KEY (kind, name)
+);
+CREATE INDEX topology_objects_by_topology ON topology_objects(topology);
+CREATE TABLE sandbox_commands (
+  sandbox TEXT PRIMARY KEY REFERENCES sandboxes(name) ON DELETE CASCADE,
+  argv TEXT NOT NULL,
+  process TEXT
+);
+`;
+
+// Shaping (schema 14): the rates, buckets, delay and loss asked for one attachment (src/model/shape.ts;
+// rates in bits per second, bursts in bytes), what its host veth's qdiscs (and ifb) were made from,
+// so inspect reads it back, `ctnet shape` changes it from what it was, and detach removes the ifb.
+// No row: not shaped. It goes with its attachment.
+export const SHAPING = `
+CREATE TABLE shaping (
+  sandbox TEXT NOT NULL,
+  network TEXT NOT NULL,
+  rate_in INTEGER,
+  rate_out INTEGER,
+  burst_in INTEGER,
+  burst_out INTEGER,
+  latency_ms INTEGER,
+  loss_pct REAL,
+  PRIMARY KEY (sandbox, network),
+  FOREIGN KEY (sandbox, network) REFERENCES attachments(sandbox, network) ON DELETE CASCADE
+);
+`;
+
+// Lower devices (schema 15): a macvlan or ipvlan network's parent interface, mode, and host shim
+// (src/drivers/lower/), as JSON ({kind, parent, mode, hostShim, shimIp}); null for every other driver.
+export const LOWER = `
+ALTER TABLE networks ADD COLUMN lower TEXT;
+`;
+
+// The policy index by width class (schema 16): schema 12 split source ranges into narrow and wide
+// (2^16 addresses) and found a narrow box by its start within 2^16 before a range; with dense /32
+// rules (10.128.0.0 and up) that window held every rule, and each lookup read the whole set.
+// wclass is the bit length of the source range's width (0 for one address, 8 for a /24, 32 for
+// the whole of IPv4): a box of class c that meets a range starts at most 2^c before it, so the
+// index on (set, class, start) finds the boxes meeting a range with one tight range scan per class
+// present. The old column's values mean something else: the index is marked incomplete, and the
+// next change compiles every rule and writes it again.
+export const POLICY_INDEX_CLASSES = `
+DROP INDEX policy_elements_by_src;
+DROP INDEX policy_raw_by_src;
+ALTER TABLE policy_elements RENAME COLUMN wide TO wclass;
+ALTER TABLE policy_raw RENAME COLUMN wide TO wclass;
+CREATE INDEX policy_elements_by_src ON policy_elements(set_name, wclass, s0);
+CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wclass, s0);
+DELETE FROM meta WHERE key = 'policy.index';
+`;
+
+// Services (schema 17, issue 17): a virtual address (VIP) on a network, one protocol and port,
 // balanced over the sandboxes a label selects. The VIP is taken from the network's subnet like a
 // sandbox's address (ipam's holder test reads this table too), so it is never handed out twice.
 // backends: the addresses the kernel's service chain holds now (JSON, sorted), so a change sends
@@ -272,5 +370,10 @@ export const MIGRATIONS: Record<number, string> = {
   9: OVERLAY,
   10: DIRECTORY,
   11: EGRESS_ROUTES,
-  12: SERVICES,
+  12: POLICY_INDEX,
+  13: TOPOLOGY,
+  14: SHAPING,
+  15: LOWER,
+  16: POLICY_INDEX_CLASSES,
+  17: SERVICES,
 };

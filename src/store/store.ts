@@ -9,6 +9,8 @@ import { processToken } from '../kernel/proc.ts';
 import { FEED_NOW, FEED_TRIGGERS, META_TRIGGERS } from './events.ts';
 import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.ts';
 import type { PortMapping, Proto } from '../model/ports.ts';
+import type { Shape } from '../model/shape.ts';
+import type { Box } from '../model/policy.ts';
 
 /** creating: intent recorded, kernel not yet done; ready: done; removing: teardown started. */
 export type State = 'creating' | 'ready' | 'removing';
@@ -29,6 +31,18 @@ export interface NetworkRow {
   readonly state: State;
   readonly owner: string | null;
   readonly created: string;
+  /** A macvlan or ipvlan network's parent, mode and host shim; absent for the other drivers. */
+  readonly lower?: LowerDevice | undefined;
+}
+
+export interface LowerDevice {
+  readonly kind: 'macvlan' | 'ipvlan';
+  /** The host interface whose segment the sandboxes join. */
+  readonly parent: string;
+  /** macvlan: bridge, private, vepa; ipvlan: l2, l3. */
+  readonly mode: string;
+  /** The host's own macvlan/ipvlan on the parent (the network's device), with this address. */
+  readonly shimIp: string | null;
 }
 /** An overlay network's side on this host (schema 8). */
 export interface OverlayRow {
@@ -103,6 +117,21 @@ export interface ServiceRow {
   readonly created: string;
 }
 
+/** A box of a policy set and its rule (compiled: the owner; raw: the rule that covers it). */
+export interface PolicyBoxRow {
+  readonly rule: number;
+  readonly box: Box;
+}
+export interface PolicyElementRow extends PolicyBoxRow {
+  /** nft's text of the element. */
+  readonly element: string;
+}
+/** The policy index whole: by set name, the elements with their boxes, and every rule's boxes. */
+export interface PolicyState {
+  readonly compiled: ReadonlyMap<string, readonly PolicyElementRow[]>;
+  readonly raw: ReadonlyMap<string, readonly PolicyBoxRow[]>;
+}
+
 export interface PolicyRow {
   readonly id: number;
   readonly name: string;
@@ -168,6 +197,23 @@ export interface RemoteSandboxRow {
   readonly labels: Readonly<Record<string, string>>;
   /** The overlay networks it is attached to. */
   readonly networks: readonly string[];
+}
+
+export type OwnedKind = 'network' | 'sandbox' | 'policy';
+
+/** An object a topology file made: its kind and name, the file's `name:` and the file's path. */
+export interface OwnedRow {
+  readonly kind: OwnedKind;
+  readonly name: string;
+  readonly topology: string;
+  readonly file: string;
+}
+
+/** A sandbox's supervised command (a topology file's `command:`) and its process token, if started. */
+export interface CommandRow {
+  readonly sandbox: string;
+  readonly argv: readonly string[];
+  readonly process: string | null;
 }
 
 export const DEFAULT_STATE_DIR = '/var/lib/ctnet';
@@ -333,8 +379,9 @@ export class Store {
     return r && toNetwork(r);
   }
   insertNetwork(n: Omit<NetworkRow, 'created' | 'owner'>, subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[]): void {
-    this.#run('INSERT INTO networks(name, bridge, internal, isolate, host_access, mtu, driver, mac, state, owner, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.hostAccess ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString());
+    this.#run('INSERT INTO networks(name, bridge, internal, isolate, host_access, mtu, driver, mac, state, owner, created, lower) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.hostAccess ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString(),
+      n.lower ? JSON.stringify(n.lower) : null);
     for (const s of subnets) {
       this.#run('INSERT INTO subnets(network, cidr, family, gateway) VALUES (?, ?, ?, ?)', n.name, s.cidr, s.family, s.gateway);
     }
@@ -342,10 +389,14 @@ export class Store {
   setNetworkState(name: string, state: State): void {
     this.#run('UPDATE networks SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
   }
+  setNetworkMtu(name: string, mtu: number | null): void {
+    this.#run('UPDATE networks SET mtu = ? WHERE name = ?', mtu, name);
+  }
   setNetworkMac(name: string, mac: string): void {
     this.#run('UPDATE networks SET mac = ? WHERE name = ?', mac, name);
   }
   deleteNetwork(name: string): void {
+    this.#run("DELETE FROM topology_objects WHERE kind = 'network' AND name = ?", name);
     this.#run('DELETE FROM networks WHERE name = ?', name);
   }
   subnets(network?: string): SubnetRow[] {
@@ -404,6 +455,7 @@ export class Store {
     this.#run('UPDATE sandboxes SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
   }
   deleteSandbox(name: string): void {
+    this.#run("DELETE FROM topology_objects WHERE kind = 'sandbox' AND name = ?", name);
     this.#run('DELETE FROM sandboxes WHERE name = ?', name);
   }
 
@@ -431,6 +483,25 @@ export class Store {
   deleteAttachment(sandbox: string, network: string): void {
     this.#run('DELETE FROM attachments WHERE sandbox = ? AND network = ?', sandbox, network);
   }
+  // ---- shaping (src/model/shape.ts) ----
+  /** The shaping recorded for one attachment, or undefined when it is not shaped. */
+  shaping(sandbox: string, network: string): Shape | undefined {
+    const r = this.#get('SELECT * FROM shaping WHERE sandbox = ? AND network = ?', sandbox, network);
+    if (!r) return undefined;
+    const n = (k: string) => (r[k] === null || r[k] === undefined ? undefined : (r[k] as number));
+    return { rateIn: n('rate_in'), rateOut: n('rate_out'), burstIn: n('burst_in'), burstOut: n('burst_out'), latencyMs: n('latency_ms'), lossPct: n('loss_pct') };
+  }
+  setShaping(sandbox: string, network: string, s: Shape): void {
+    const v = (x: number | undefined) => x ?? null;
+    this.#run(`INSERT INTO shaping(sandbox, network, rate_in, rate_out, burst_in, burst_out, latency_ms, loss_pct) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+      ON CONFLICT (sandbox, network) DO UPDATE SET rate_in = excluded.rate_in, rate_out = excluded.rate_out, burst_in = excluded.burst_in,
+      burst_out = excluded.burst_out, latency_ms = excluded.latency_ms, loss_pct = excluded.loss_pct`,
+    sandbox, network, v(s.rateIn), v(s.rateOut), v(s.burstIn), v(s.burstOut), v(s.latencyMs), v(s.lossPct));
+  }
+  deleteShaping(sandbox: string, network: string): void {
+    this.#run('DELETE FROM shaping WHERE sandbox = ? AND network = ?', sandbox, network);
+  }
+
   hostVethTaken(name: string): boolean {
     return this.#get('SELECT 1 AS x FROM attachments WHERE host_veth = ?', name) !== undefined;
   }
@@ -475,7 +546,7 @@ export class Store {
     this.#run('DELETE FROM ports WHERE sandbox = ? AND proto = ? AND host_ip = ? AND host_port = ?', p.sandbox, p.proto, p.hostIp, p.hostPort);
   }
 
-  // ---- services (schema 12) ----
+  // ---- services (schema 17) ----
   services(filter: { network?: string } = {}): ServiceRow[] {
     const rows = filter.network === undefined
       ? this.#all('SELECT * FROM services ORDER BY name')
@@ -554,10 +625,103 @@ export class Store {
     }
     return m;
   }
+  /** Elements only, without their boxes: the index is incomplete, and the next change compiles every rule. */
   setPolicyMirror(sets: ReadonlyMap<string, readonly string[]>): void {
     this.#run('DELETE FROM policy_elements');
+    this.#run('DELETE FROM policy_raw');
+    this.setMeta(POLICY_INDEX_META, null);
     const insert = this.#prepared('INSERT OR IGNORE INTO policy_elements(set_name, element) VALUES (?, ?)');
     for (const [name, elements] of sets) for (const e of elements) insert.run(name, e);
+  }
+
+  // ---- the policy index (schema 12): boxes by set, owner and source range ----
+  /** Both policy tables were written whole and kept since: incremental changes may use them. */
+  policyIndexReady(): boolean {
+    return this.meta(POLICY_INDEX_META) === '1';
+  }
+  /** Replaces the policy sets' mirror and every rule's boxes (a full compile). */
+  setPolicyState(state: PolicyState): void {
+    this.#run('DELETE FROM policy_elements');
+    this.#run('DELETE FROM policy_raw');
+    for (const [set, rows] of state.compiled) for (const r of rows) this.insertPolicyElement(set, r.element, r);
+    for (const [set, rows] of state.raw) for (const r of rows) this.insertPolicyRaw(set, r);
+    this.setMeta(POLICY_INDEX_META, '1');
+  }
+  /** The whole index (to undo a full rewrite); undefined while it is incomplete. */
+  policyState(): PolicyState | undefined {
+    if (!this.policyIndexReady()) return undefined;
+    const compiled = new Map<string, PolicyElementRow[]>();
+    for (const r of this.#all('SELECT * FROM policy_elements ORDER BY rowid')) {
+      const list = compiled.get(r.set_name as string) ?? [];
+      list.push({ element: r.element as string, ...toBoxRow(r) });
+      compiled.set(r.set_name as string, list);
+    }
+    const raw = new Map<string, PolicyBoxRow[]>();
+    for (const r of this.#all('SELECT * FROM policy_raw ORDER BY rowid')) {
+      const list = raw.get(r.set_name as string) ?? [];
+      list.push(toBoxRow(r));
+      raw.set(r.set_name as string, list);
+    }
+    return { compiled, raw };
+  }
+  insertPolicyElement(set: string, element: string, r: PolicyBoxRow): void {
+    this.#prepared(`INSERT OR REPLACE INTO policy_elements(set_name, element, rule, ${BOX_COLUMNS}) VALUES (?, ?, ?, ${BOX_PARAMS})`)
+      .run(set, element, r.rule, ...boxParams(r.box));
+  }
+  deletePolicyElement(set: string, element: string): void {
+    this.#run('DELETE FROM policy_elements WHERE set_name = ? AND element = ?', set, element);
+  }
+  insertPolicyRaw(set: string, r: PolicyBoxRow): void {
+    this.#prepared(`INSERT INTO policy_raw(set_name, rule, ${BOX_COLUMNS}) VALUES (?, ?, ${BOX_PARAMS})`).run(set, r.rule, ...boxParams(r.box));
+  }
+  deletePolicyRaw(set: string, rule: number): void {
+    this.#run('DELETE FROM policy_raw WHERE set_name = ? AND rule = ?', set, rule);
+  }
+  /** A rule's boxes in one set: compiled (what it owns) or raw (what it covers). */
+  policyBoxesOf(table: 'compiled' | 'raw', set: string, rule: number): PolicyBoxRow[] {
+    return this.#all(`SELECT * FROM ${TABLES[table]} WHERE set_name = ? AND rule = ?`, set, rule).map(toBoxRow);
+  }
+  /**
+   * The boxes of one set meeting box, through the index on (set, width class, source start): per
+   * class present, the boxes that start at most 2^class before the source range and by its end.
+   */
+  policyBoxesMeeting(table: 'compiled' | 'raw', set: string, box: Box): PolicyBoxRow[] {
+    const t = TABLES[table];
+    const [s0, e0, s1, e1, s2, e2, s3, e3] = boxParams(box);
+    const out: PolicyBoxRow[] = [];
+    // The classes present, one index probe each (a skip scan): few, whatever the number of boxes.
+    for (let c = this.#get(`SELECT min(wclass) AS c FROM ${t} WHERE set_name = ?`, set)?.c as number | null; c !== null && c !== undefined;
+      c = this.#get(`SELECT min(wclass) AS c FROM ${t} WHERE set_name = ? AND wclass > ?`, set, c)?.c as number | null) {
+      const from = box[0][0] > 1n << BigInt(c) ? box[0][0] - (1n << BigInt(c)) : 0n;
+      for (const r of this.#all(`SELECT * FROM ${t} WHERE set_name = ? AND wclass = ? AND s0 BETWEEN ? AND ?
+        AND e0 >= ? AND s1 <= ? AND e1 >= ? AND s2 <= ? AND e2 >= ? AND s3 <= ? AND e3 >= ?`, set, c, hex(from), e0, s0, e1, s1, e2, s2, e3, s3)) out.push(toBoxRow(r));
+    }
+    return out;
+  }
+  /** The element texts of one set (to refill it whole). */
+  policySetElements(set: string): string[] {
+    return this.#all('SELECT element FROM policy_elements WHERE set_name = ?', set).map((r) => r.element as string);
+  }
+  /** Rules whose source or destination is one of these selectors (their canonical text). */
+  policiesBySelector(selectors: readonly string[]): PolicyRow[] {
+    const byId = new Map<number, PolicyRow>();
+    for (const sel of new Set(selectors)) {
+      for (const r of this.#all('SELECT * FROM policies WHERE from_sel = ? UNION SELECT * FROM policies WHERE to_sel = ?', sel, sel)) {
+        byId.set(r.id as number, toPolicy(r));
+      }
+    }
+    return [...byId.values()].sort((a, b) => a.id - b.id);
+  }
+  policy(id: number): PolicyRow | undefined {
+    const r = this.#get('SELECT * FROM policies WHERE id = ?', id);
+    return r && toPolicy(r);
+  }
+  policyByName(name: string): PolicyRow | undefined {
+    const r = this.#get('SELECT * FROM policies WHERE name = ?', name);
+    return r && toPolicy(r);
+  }
+  policyCount(): number {
+    return this.#get('SELECT count(*) AS n FROM policies')!.n as number;
   }
 
   /**
@@ -579,22 +743,23 @@ export class Store {
 
   // ---- policy rules ----
   policies(): PolicyRow[] {
-    return this.#all('SELECT * FROM policies ORDER BY id').map((r) => ({
-      id: r.id as number, name: r.name as string, action: r.action as 'allow' | 'deny', from: r.from_sel as string,
-      to: r.to_sel as string, port: (r.port as string | null) ?? null, created: r.created as string,
-    }));
+    return this.#all('SELECT * FROM policies ORDER BY id').map(toPolicy);
   }
   /** Inserts a rule; a missing name becomes "rule-ID". */
   insertPolicy(p: Omit<PolicyRow, 'id' | 'created' | 'name'> & { name: string | undefined }): PolicyRow {
     const created = new Date().toISOString();
+    // An unnamed rule is "rule-ID": the ID AUTOINCREMENT gives next (the write lock is held), checked
+    // after the insert; only if it differs is a placeholder name replaced (rule- names are reserved).
+    const next = p.name === undefined ? ((this.#get("SELECT seq FROM sqlite_sequence WHERE name = 'policies'")?.seq as number | undefined) ?? 0) + 1 : 0;
     const r = this.#prepared('INSERT INTO policies(name, action, from_sel, to_sel, port, created) VALUES (?, ?, ?, ?, ?, ?)')
-      .run(p.name ?? `pending-${randomBytes(4).toString('hex')}`, p.action, p.from, p.to, p.port, created);
+      .run(p.name ?? `rule-${next}`, p.action, p.from, p.to, p.port, created);
     const id = Number(r.lastInsertRowid);
     const name = p.name ?? `rule-${id}`;
-    if (p.name === undefined) this.#run('UPDATE policies SET name = ? WHERE id = ?', name, id);
+    if (p.name === undefined && id !== next) this.#run('UPDATE policies SET name = ? WHERE id = ?', name, id);
     return { ...p, id, name, created };
   }
   deletePolicy(id: number): void {
+    this.#run("DELETE FROM topology_objects WHERE kind = 'policy' AND name = (SELECT name FROM policies WHERE id = ?)", id);
     this.#run('DELETE FROM policies WHERE id = ?', id);
   }
 
@@ -671,6 +836,36 @@ export class Store {
     this.#run('DELETE FROM remote_sandboxes WHERE host = ? AND name = ?', host, name);
   }
 
+  // ---- what topology files own ----
+  owned(filter: { topology?: string } = {}): OwnedRow[] {
+    const rows = filter.topology !== undefined
+      ? this.#all('SELECT * FROM topology_objects WHERE topology = ? ORDER BY kind, name', filter.topology)
+      : this.#all('SELECT * FROM topology_objects ORDER BY kind, name');
+    return rows.map((r) => ({ kind: r.kind as OwnedKind, name: r.name as string, topology: r.topology as string, file: r.file as string }));
+  }
+  owner(kind: OwnedKind, name: string): OwnedRow | undefined {
+    const r = this.#get('SELECT * FROM topology_objects WHERE kind = ? AND name = ?', kind, name);
+    return r && { kind: r.kind as OwnedKind, name: r.name as string, topology: r.topology as string, file: r.file as string };
+  }
+  setOwner(o: OwnedRow): void {
+    this.#run(`INSERT INTO topology_objects(kind, name, topology, file) VALUES (?, ?, ?, ?)
+      ON CONFLICT (kind, name) DO UPDATE SET topology = excluded.topology, file = excluded.file`, o.kind, o.name, o.topology, o.file);
+  }
+  deleteOwner(kind: OwnedKind, name: string): void {
+    this.#run('DELETE FROM topology_objects WHERE kind = ? AND name = ?', kind, name);
+  }
+  command(sandbox: string): CommandRow | undefined {
+    const r = this.#get('SELECT * FROM sandbox_commands WHERE sandbox = ?', sandbox);
+    return r && { sandbox: r.sandbox as string, argv: JSON.parse(r.argv as string) as string[], process: (r.process as string | null) ?? null };
+  }
+  setCommand(c: CommandRow): void {
+    this.#run(`INSERT INTO sandbox_commands(sandbox, argv, process) VALUES (?, ?, ?)
+      ON CONFLICT (sandbox) DO UPDATE SET argv = excluded.argv, process = excluded.process`, c.sandbox, JSON.stringify(c.argv), c.process);
+  }
+  deleteCommand(sandbox: string): void {
+    this.#run('DELETE FROM sandbox_commands WHERE sandbox = ?', sandbox);
+  }
+
   // ---- processes ctnet started in sandboxes ----
   processes(sandbox: string): ProcessRow[] {
     return this.#all('SELECT * FROM processes WHERE sandbox = ?', sandbox)
@@ -710,10 +905,31 @@ const toService = (r: Row): ServiceRow => ({
   backends: JSON.parse(r.backends as string) as string[], created: r.created as string,
 });
 
+const toPolicy = (r: Row): PolicyRow => ({
+  id: r.id as number, name: r.name as string, action: r.action as 'allow' | 'deny', from: r.from_sel as string,
+  to: r.to_sel as string, port: (r.port as string | null) ?? null, created: r.created as string,
+});
+
+const POLICY_INDEX_META = 'policy.index';
+const TABLES = { compiled: 'policy_elements', raw: 'policy_raw' } as const;
+const BOX_COLUMNS = 's0, e0, s1, e1, s2, e2, s3, e3, wclass';
+const BOX_PARAMS = '?, ?, ?, ?, ?, ?, ?, ?, ?';
+/** The width class of a range: the bit length of its width (0 for one address). */
+const widthClass = (r: readonly [bigint, bigint]) => (r[1] - r[0]).toString(2).length - (r[1] === r[0] ? 1 : 0);
+const hex = (n: bigint) => n.toString(16).padStart(32, '0');
+const boxParams = (b: Box): [string, string, string, string, number, number, number, number, number] =>
+  [hex(b[0][0]), hex(b[0][1]), hex(b[1][0]), hex(b[1][1]), Number(b[2][0]), Number(b[2][1]), Number(b[3][0]), Number(b[3][1]), widthClass(b[0])];
+const toBoxRow = (r: Row): PolicyBoxRow => ({
+  rule: r.rule as number,
+  box: [[BigInt(`0x${r.s0 as string}`), BigInt(`0x${r.e0 as string}`)], [BigInt(`0x${r.s1 as string}`), BigInt(`0x${r.e1 as string}`)],
+    [BigInt(r.s2 as number), BigInt(r.e2 as number)], [BigInt(r.s3 as number), BigInt(r.e3 as number)]],
+});
+
 const toNetwork = (r: Row): NetworkRow => ({
   name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1, hostAccess: r.host_access === 1,
   mtu: (r.mtu as number | null) ?? null, driver: r.driver as string, mac: (r.mac as string | null) ?? null, state: r.state as State, created: r.created as string,
   owner: (r.owner as string | null) ?? null,
+  ...(typeof r.lower === 'string' ? { lower: JSON.parse(r.lower) as LowerDevice } : {}),
 });
 const toOverlay = (r: Row): OverlayRow => ({
   network: r.network as string, vni: r.vni as number, port: r.port as number, device: r.device as string, vtepMac: r.vtep_mac as string,

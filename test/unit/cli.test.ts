@@ -19,7 +19,7 @@ const parse = (program: Command, argv: string[]) => quiet(program).parseAsync(ar
 /** Enough positional arguments and required options for commander to accept the module. */
 function minimalArgv(m: CommandModule): string[] {
   const args = (m.args ?? []).map((a) => (typeof a === 'string' ? a : a.spec)).filter((s) => s.startsWith('<')).map(() => 'x');
-  const required = (m.options ?? []).filter((o) => o.required).flatMap((o) => [o.flags.split(' ')[0]!, 'x']);
+  const required = (m.options ?? []).filter((o) => o.required).flatMap((o) => [o.flags.match(/--[a-z-]+/)![0], 'x']);
   return [...args, ...required];
 }
 

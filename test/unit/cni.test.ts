@@ -35,7 +35,7 @@ describe('CNI configuration', () => {
   it('parses capabilities and labels into typed values', () => {
     const { conf, warnings } = parseConfig({
       ...base, network: 'web', extra: 1,
-      runtimeConfig: { portMappings: [{ hostPort: 8080, containerPort: 80, protocol: 'UDP', hostIP: '127.0.0.1' }], ips: ['10.1.0.5/24'], mac: '02-00-00-00-00-01', dns: { servers: ['1.1.1.1'] }, bandwidth: {} },
+      runtimeConfig: { portMappings: [{ hostPort: 8080, containerPort: 80, protocol: 'UDP', hostIP: '127.0.0.1' }], ips: ['10.1.0.5/24'], mac: '02-00-00-00-00-01', dns: { servers: ['1.1.1.1'] }, bandwidth: { ingressRate: 10_000_000, egressRate: 1_000_000, egressBurst: 800_000 } },
       args: { cni: { labels: [{ key: 'tier', value: 'web' }] } },
     }, 'ADD');
     assert.equal(conf.network, 'web');
@@ -44,7 +44,8 @@ describe('CNI configuration', () => {
     assert.equal(conf.mac, '02:00:00:00:00:01');
     assert.deepEqual(conf.labels, [{ key: 'tier', value: 'web' }]);
     assert.deepEqual(conf.dns, { nameservers: ['1.1.1.1'] });
-    assert.deepEqual(warnings, ['ignoring unknown configuration key "extra"', 'ignoring runtimeConfig.bandwidth: ctnet has no such capability']);
+    assert.deepEqual(conf.bandwidth, { rateIn: 10_000_000, rateOut: 1_000_000, burstIn: undefined, burstOut: 100_000 });
+    assert.deepEqual(warnings, ['ignoring unknown configuration key "extra"']);
   });
   it('refuses a requested address with a prefix that is not one', () => {
     code(() => parseConfig({ ...base, runtimeConfig: { ips: ['10.1.0.5/33'] } }, 'ADD'), 7, /runtimeConfig\.ips\[0\].*\/33/);
@@ -57,6 +58,7 @@ describe('CNI configuration', () => {
     code(() => parseConfig({ ...base, cniVersion: '0.3.1' }, 'CHECK'), 1, /CHECK is not defined for cniVersion 0\.3\.1/);
     code(() => parseConfig({ ...base }, 'GC'), 1, /GC is not defined for cniVersion 1\.0\.0/);
     code(() => parseConfig({ ...base, ipam: { type: 'dhcp' } }, 'ADD'), 2, /ipam=\{"type":"dhcp"\}/);
+    code(() => parseConfig({ ...base, runtimeConfig: { bandwidth: { ingressRate: '1mbit' } } }, 'ADD'), 7, /runtimeConfig\.bandwidth.*ingressRate is "1mbit"/);
     code(() => parseConfig({ ...base, runtimeConfig: { portMappings: [{ hostPort: 0, containerPort: 1 }] } }, 'ADD'), 7, /portMappings\[0\]\.hostPort=0/);
     code(() => parseConfig({ ...base, runtimeConfig: { portMappings: [{ hostPort: 1, containerPort: 1, hostIP: '::1' }] } }, 'ADD'), 2, /hostIP="::1"/);
     code(() => parseConfig({ ...base, type: 'bridge' }, 'ADD'), 7, /type="bridge"/);

@@ -19,6 +19,8 @@ import { addPolicy, changeLabels, listPolicies, removePolicies } from '../../src
 import { publish, unpublish } from '../../src/engine/publish.ts';
 import { connect, connectExternal, createSandbox, disconnect, removeSandbox } from '../../src/engine/sandbox.ts';
 import { createService, removeService } from '../../src/engine/services.ts';
+import { shapeSandbox } from '../../src/engine/shape.ts';
+import { parseShapeFlags } from '../../src/model/shape.ts';
 import { CtnetError, KernelError } from '../../src/errors.ts';
 import { FakeKernel, HOST, type FakeSnapshot } from '../../src/kernel/fake.ts';
 import { parsePortSpec } from '../../src/model/ports.ts';
@@ -66,7 +68,7 @@ function dryCtx(w: World, lines: string[]): Ctx {
   return { ...w.ctx, applier: new Applier({ backend: w.fake, store: w.store, warn, dryRun: true, explain: (l) => void lines.push(l) }) };
 }
 
-const TABLES = ['networks', 'subnets', 'sandboxes', 'attachments', 'addresses', 'ports', 'labels', 'cni_attachments', 'policies', 'policy_elements', 'processes', 'services'];
+const TABLES = ['networks', 'subnets', 'sandboxes', 'attachments', 'addresses', 'ports', 'labels', 'cni_attachments', 'policies', 'policy_elements', 'processes', 'shaping', 'services'];
 
 /** Every table of the store, as another process reads it (what was committed), rows sorted. */
 function storeDump(w: World): Record<string, string[]> {
@@ -440,6 +442,43 @@ describe('policy on the fake kernel', () => {
     assert.deepEqual(policySets(w), none);
     assert.deepEqual(policySets(w), mirror(w));
     assert.deepEqual(w.warnings, []);
+  }));
+
+  it('a change cuts the open flows it now denies, among those in the part of the policy it changed', () => withWorld(async (w) => {
+    await twoTiers(w); // front 10.1.0.2 (tier=web), pg 10.2.0.2 (tier=db), networks isolated from each other
+    const db = flow('tcp', '10.1.0.2', '10.2.0.2', 40000, 5432, '10.2.0.2', 5432);
+    const ssh = flow('tcp', '10.1.0.2', '10.2.0.2', 40001, 22, '10.2.0.2', 22);
+    const open = () => w.fake.snapshot().flows.map((f) => f.orig.dport).sort();
+    await addPolicy(w.ctx, { action: 'allow', from: 'label:tier=web', to: 'label:tier=db', port: '5432', name: 'web-db' });
+    await addPolicy(w.ctx, { action: 'allow', from: 'front', to: 'pg', port: '22', name: 'ssh' });
+    w.fake.seedFlows(db, ssh);
+    // An allow only widens what passes.
+    await addPolicy(w.ctx, { action: 'allow', from: 'front', to: 'pg', port: '5432', name: 'again' });
+    assert.deepEqual(open(), [22, 5432]);
+    // Removing web-db: rule "again" (younger) takes its box over; nothing is denied.
+    await removePolicies(w.ctx, ['web-db']);
+    assert.deepEqual(open(), [22, 5432]);
+    // pg loses its label: "again" names it by name and still allows 5432.
+    await changeLabels(w.ctx, 'pg', [], ['tier']);
+    assert.deepEqual(open(), [22, 5432]);
+    // A deny of port 22 cuts ssh only.
+    await addPolicy(w.ctx, { action: 'deny', from: 'net:web', to: 'net:db', port: '22', name: 'no-ssh' });
+    assert.deepEqual(open(), [5432]);
+    // Removing the last allow of 5432 cuts it (the default between networks is deny).
+    await removePolicies(w.ctx, ['again']);
+    assert.deepEqual(open(), []);
+    assert.deepEqual(w.warnings, []);
+  }));
+
+  it('a label change cuts what the label allowed', () => withWorld(async (w) => {
+    await twoTiers(w);
+    await addPolicy(w.ctx, { action: 'allow', from: 'label:tier=web', to: 'label:tier=db', port: '5432', name: 'web-db' });
+    w.fake.seedFlows(flow('tcp', '10.1.0.2', '10.2.0.2', 40000, 5432, '10.2.0.2', 5432));
+    await changeLabels(w.ctx, 'front', [{ key: 'tier', value: 'web' }], []); // the same value: nothing changes
+    assert.equal(w.fake.snapshot().flows.length, 1);
+    await changeLabels(w.ctx, 'front', [{ key: 'tier', value: 'batch' }], []);
+    assert.equal(w.fake.snapshot().flows.length, 0);
+    assert.deepEqual(w.fake.elements('policy_allow4'), []);
   }));
 
   it('changing labels (and sandboxes coming and going) changes the sets', () => withWorld(async (w) => {
@@ -905,6 +944,38 @@ const SCENARIOS: Scenario[] = [
     run: (w) => cniAdd(w.ctx, { containerId: CONTAINER, netns: cniPath(w), ifname: 'eth0', conf: cniConf('db', { runtimeConfig: { portMappings: [{ hostPort: 8080, containerPort: 80 }] } }) }),
   },
   {
+    name: 'create with shaping (rates both ways, a burst)',
+    setup: webAndDb,
+    run: (w) => createSandbox(w.ctx, 's1', on('web', 'db'), undefined, [], [], parseShapeFlags({ rateIn: '10mbit', rateOut: '5mbit', burst: '32kb' })),
+  },
+  {
+    name: 'shape (a new rate in, the egress shaper added)',
+    setup: async (w) => {
+      await webAndDb(w);
+      await createSandbox(w.ctx, 's1', on('web'), undefined, [], [], parseShapeFlags({ rateIn: '10mbit' }));
+    },
+    run: (w) => shapeSandbox(w.ctx, 's1', undefined, parseShapeFlags({ rateIn: '20mbit', rateOut: '1mbit' })!),
+  },
+  {
+    name: 'shape --clear (the egress shaper and its ifb removed)',
+    setup: async (w) => {
+      await webAndDb(w);
+      await createSandbox(w.ctx, 's1', on('web'), undefined, [], [], parseShapeFlags({ rateIn: '10mbit', rateOut: '1mbit' }));
+    },
+    run: (w) => shapeSandbox(w.ctx, 's1', 'web', 'clear'),
+  },
+  {
+    name: 'CNI ADD with the bandwidth capability',
+    setup: async (w) => {
+      await webAndDb(w);
+      foreignNetns(w, 'c1');
+    },
+    run: (w) => cniAdd(w.ctx, {
+      containerId: CONTAINER, netns: cniPath(w), ifname: 'eth0',
+      conf: cniConf('web', { runtimeConfig: { bandwidth: { ingressRate: 10_000_000, ingressBurst: 160_000, egressRate: 2_000_000, egressBurst: 160_000 } } }),
+    }),
+  },
+  {
     // The policy update (the last step before the commit) recovers from one failure (it rewrites
     // the sets whole): that and a second failure are tested apart, below.
     name: 'create (a policy rule in place: the policy sets follow)',
@@ -925,7 +996,11 @@ const FORWARDING = ['net/ipv4/ip_forward', 'net/ipv6/conf/all/forwarding'];
 function comparable(s: FakeSnapshot, before: FakeSnapshot): FakeSnapshot {
   const sysctls = Object.fromEntries(Object.entries(s.sysctls).filter(([k]) => !FORWARDING.includes(k)));
   const declaredOnly = s.nft !== null && Object.values(s.nft.sets).every((x) => x.elements.length === 0);
-  return { ...s, sysctls, nft: before.nft === null && declaredOnly ? null : s.nft };
+  // An ifb device deleted and made again by a rollback gets a new ifindex and MAC: nothing refers to either.
+  const namespaces = Object.fromEntries(Object.entries(s.namespaces).map(([k, ns]) => [k, {
+    ...ns, links: Object.fromEntries(Object.entries(ns.links).map(([n, l]) => [n, l.kind === 'ifb' ? { ...l, ifindex: 0, mac: '' } : l])),
+  }]));
+  return { ...s, namespaces, sysctls, nft: before.nft === null && declaredOnly ? null : s.nft };
 }
 
 /**

@@ -148,12 +148,14 @@ describe('change feed', () => {
     assert.deepEqual(Object.entries(snap.rows).filter(([, v]) => v.length).map(([k, v]) => `${k}:${v.length}`), ['network:1', 'subnet:1']);
   });
 
-  it('policies are keyed by id: an unnamed rule is created pending and renamed in the same commit', () => {
+  it('policies are keyed by id: an unnamed rule is created with its name rule-ID, in one event', () => {
     store.write(() => store.insertPolicy({ name: undefined, action: 'allow', from: 'a', to: 'b', port: null }));
+    store.write(() => store.insertPolicy({ name: 'named', action: 'deny', from: 'a', to: 'b', port: null }));
+    store.write(() => store.insertPolicy({ name: undefined, action: 'allow', from: 'b', to: 'a', port: null }));
     const events = all();
-    assert.deepEqual(events.map((e) => `${brief(e)} ${(e.data as { name: string }).name.replace(/-[0-9a-f]{8}$/, '-X')}`),
-      ['policy 1 created pending-X', 'policy 1 changed rule-1']);
-    assert.deepEqual(events[1]!.data, { ...(events[1]!.data as object), from: 'a', to: 'b', action: 'allow', port: null });
+    assert.deepEqual(events.map((e) => `${brief(e)} ${(e.data as { name: string }).name}`),
+      ['policy 1 created rule-1', 'policy 2 created named', 'policy 3 created rule-3']);
+    assert.deepEqual(events[0]!.data, { ...(events[0]!.data as object), from: 'a', to: 'b', action: 'allow', port: null });
   });
 
   it('stays bounded: every writer prunes to the newest FEED_KEEP, and a reader below the mark is told', () => {

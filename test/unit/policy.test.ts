@@ -39,6 +39,20 @@ describe('selectors and port filters', () => {
     fails(() => parseSelector('--to', 'label:x'), /has no "="/);
     fails(() => parseSelector('--to', 'a b'), /not a sandbox name/);
   });
+  it('plain dotted IPv4 (parsed without ipaddr.js) reads as ipaddr.js reads it', () => {
+    const cidr = (t: string) => {
+      const s = parseSelector('--from', t);
+      assert.equal(s.kind, 'cidr');
+      return s.kind === 'cidr' ? [s.family, s.start, s.end, s.text] : [];
+    };
+    assert.deepEqual(cidr('0.0.0.0/0'), [4, 0n, (1n << 32n) - 1n, '0.0.0.0/0']);
+    assert.deepEqual(cidr('255.255.255.255'), [4, (1n << 32n) - 1n, (1n << 32n) - 1n, '255.255.255.255/32']);
+    assert.deepEqual(cidr('192.0.2.128/25'), [4, a4('192.0.2.128'), a4('192.0.2.255'), '192.0.2.128/25']);
+    assert.deepEqual(cidr('10.128.1.7/32'), [4, a4('10.128.1.7'), a4('10.128.1.7'), '10.128.1.7/32']);
+    fails(() => parseSelector('--from', '192.0.2.129/25'), /host bits/);
+    fails(() => parseSelector('--from', '256.0.0.1'), /not a sandbox name/);
+    fails(() => parseSelector('--from', '10.0.0.0/33'), /not a sandbox name/);
+  });
   it('port filters', () => {
     assert.deepEqual(parsePortFilter('3306'), { proto: 'tcp', start: 3306, end: 3306 });
     assert.deepEqual(parsePortFilter('53/udp'), { proto: 'udp', start: 53, end: 53 });

@@ -22,6 +22,7 @@ import port from './port.ts';
 import portAdd from './port-add.ts';
 import portRm from './port-rm.ts';
 import label from './label.ts';
+import shape from './shape.ts';
 import { policyRule } from './policy-rule.ts';
 import policyApply from './policy-apply.ts';
 import policyLs from './policy-ls.ts';
@@ -42,6 +43,9 @@ import daemonStatus from './daemon-status.ts';
 import clusterJoin from './cluster-join.ts';
 import clusterLs from './cluster-ls.ts';
 import clusterLeave from './cluster-leave.ts';
+import apply from './apply.ts';
+import diff from './diff.ts';
+import down from './down.ts';
 import demo from './demo.ts';
 import demoCluster from './demo-cluster.ts';
 
@@ -58,8 +62,10 @@ export const COMMANDS: readonly CommandModule[] = [
   create, run, exec, connect, disconnect, ls, inspect, rm, update, route,
   port, portAdd, portRm,
   label,
+  shape,
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
   serviceCreate, serviceLs, serviceInspect, serviceRm,
+  apply, diff, down,
   graph, trace, gc, doctor,
   cniInstall, cniExec,
   daemon, daemonStop, daemonEvents, daemonStatus,

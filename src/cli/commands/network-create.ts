@@ -5,14 +5,17 @@ import { invalid } from '../../errors.ts';
 import { parseNetworkSpec } from '../../model/spec.ts';
 import { defineCommand } from '../command.ts';
 
-const DRIVERS = ['bridge', 'vxlan'];
+const DRIVERS = ['bridge', 'vxlan', 'macvlan', 'ipvlan'];
 
 export default defineCommand({
   name: 'network create',
-  summary: 'create a network: a bridge on this host, or (--driver vxlan) an overlay across the cluster\'s hosts',
+  summary: 'create a network: a bridge on this host, (--driver vxlan) an overlay across the cluster\'s hosts, or (macvlan, ipvlan) a host interface\'s segment',
   args: ['<name>'],
   options: [
-    { flags: '--driver <name>', description: 'bridge (default), or vxlan: an overlay network across the hosts of the cluster (ctnet cluster join)' },
+    { flags: '--driver <name>', description: 'bridge (default); vxlan: an overlay network across the hosts of the cluster (ctnet cluster join); macvlan, ipvlan: sandboxes straight on --parent\'s segment' },
+    { flags: '--parent <ifname>', description: 'macvlan/ipvlan: the host interface whose segment the sandboxes join' },
+    { flags: '--mode <mode>', description: 'macvlan: bridge (default), private, vepa; ipvlan: l2 (default), l3' },
+    { flags: '--host-shim', description: 'macvlan/ipvlan: give the host an interface of its own on the segment (the subnet\'s last address), so host and sandboxes reach each other' },
     { flags: '--subnet <cidr>', description: 'a subnet (repeat for IPv4 + IPv6); vxlan: the overlay\'s, of which each host leases a share', repeatable: true },
     { flags: '--gateway <ip>', description: 'gateway address (default: first address of the subnet)', repeatable: true },
     { flags: '--bridge <ifname>', description: 'bridge interface name (default: ctbr-NAME)' },
@@ -42,7 +45,10 @@ export default defineCommand({
     for (const [flag, v] of [['--host-prefix', opts.hostPrefix], ['--vni', opts.vni], ['--port', opts.port]] as const) {
       if (v !== undefined) throw invalid(`${flag} is for overlay networks`, 'add --driver vxlan, or leave it out');
     }
-    const spec = parseNetworkSpec({ name: args.name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu });
+    const spec = parseNetworkSpec({
+      name: args.name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu,
+      driver, parent: opts.parent, mode: opts.mode, hostShim: opts.hostShim,
+    });
     const n = await createNetwork(ctx, { ...spec, egress: parseEgress('--egress-ip', opts.egressIp) });
     if (!io.quiet) io.out(n.name);
   },

@@ -5,7 +5,8 @@ import { parseEgress } from '../../engine/egress.ts';
 import { createSandbox, removeSandbox } from '../../engine/sandbox.ts';
 import { parseName } from '../../model/names.ts';
 import { parseAttachSpec } from '../../model/spec.ts';
-import { ATTACH_OPTIONS, labelsOf, publishRequest } from '../attach.ts';
+import { ATTACH_OPTIONS, labelsOf, publishRequest, SHAPE_OPTIONS } from '../attach.ts';
+import { parseShapeFlags } from '../../model/shape.ts';
 import { defineCommand } from '../command.ts';
 
 export default defineCommand({
@@ -14,6 +15,7 @@ export default defineCommand({
   args: [{ spec: '<cmd...>', description: 'command and arguments, after --' }],
   options: [
     ...ATTACH_OPTIONS,
+    ...SHAPE_OPTIONS,
     { flags: '--name <name>', description: 'sandbox name (default: a generated one)' },
     { flags: '--rm', description: 'remove the sandbox when the command exits' },
     { flags: '-d, --detach', description: 'run in the background; output goes to STATE_DIR/logs/NAME.log' },
@@ -22,7 +24,8 @@ export default defineCommand({
     if (opts.rm && opts.detach) throw invalid('--rm and -d cannot be used together', 'remove a detached sandbox with "ctnet rm NAME"');
     const name = parseName('sandbox', opts.name ?? `sbx-${randomBytes(3).toString('hex')}`);
     const spec = parseAttachSpec(opts);
-    await createSandbox(ctx, name, spec, publishRequest(opts), labelsOf(opts), parseEgress('--egress-ip', opts.egressIp));
+    const shape = parseShapeFlags(opts);
+    await createSandbox(ctx, name, spec, publishRequest(opts), labelsOf(opts), parseEgress('--egress-ip', opts.egressIp), shape);
     if (opts.detach) {
       const pid = startInSandbox(ctx, name, args.cmd);
       if (!io.quiet) io.out(`${name}\t${pid}`);

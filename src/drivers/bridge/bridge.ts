@@ -7,6 +7,7 @@ import type { Op } from '../../plan/ops.ts';
 import { sideBySide, step, type Step } from '../../plan/plan.ts';
 import { endpointElements, networkElements, type NetworkFacts } from '../../nft/ruleset.ts';
 import type { DriverNetwork, Drift, HostView, NetworkDriver } from '../driver.ts';
+import { hostShapeSteps } from '../shape.ts';
 
 const prefixOf = (cidr: string) => cidr.split('/')[1];
 
@@ -123,6 +124,8 @@ export const bridgeDriver: NetworkDriver = {
       step(a.addresses.length ? [{ kind: 'conntrack.forget', filter: { kind: 'addresses', ips: a.addresses.map((x) => x.ip) } }] : []),
     ];
   },
+
+  planShape: (_n, a, want, have) => hostShapeSteps(a, want, have),
 
   planRemove(n): Step[] {
     return [

@@ -79,6 +79,7 @@ export const vxlanDriver: NetworkDriver = {
   // A sandbox joins the overlay as it joins a bridge network: a veth on the bridge (at the overlay MTU).
   planAttach: (n, a, extraNft) => bridgeDriver.planAttach(n, a, extraNft),
   planDetach: (n, a, extraDel) => bridgeDriver.planDetach(n, a, extraDel),
+  planShape: (n, a, want, have) => bridgeDriver.planShape!(n, a, want, have),
 
   planRemove(n): Step[] {
     const o = overlayOf(n);

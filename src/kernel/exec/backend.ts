@@ -7,8 +7,8 @@ import { join } from 'node:path';
 import { KernelError } from '../../errors.ts';
 import { sameNetns, type Netns } from '../../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
-import type { Op } from '../../plan/ops.ts';
-import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, type IpCommand } from '../../plan/render.ts';
+import { removes, type Op } from '../../plan/ops.ts';
+import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, tcCommands, type IpCommand } from '../../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMonitor } from '../backend.ts';
 import { routeGet, sendProbe, startTraceMonitor } from './trace.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
@@ -28,6 +28,11 @@ export class ExecBackend implements KernelBackend {
     let i = 0;
     while (i < ops.length) {
       const op = ops[i]!;
+      if (op.kind === 'link.add.ifb') {
+        await this.#ensureIfb(op.name);
+        i++;
+        continue;
+      }
       const ip = ipCommand(op);
       if (ip) {
         // Neighbours in the same namespace go in one `ip -batch -`. `-6` is a global option, not
@@ -50,6 +55,17 @@ export class ExecBackend implements KernelBackend {
         await (group.length === 1
           ? this.#run(op.kind, ['bridge', ...group[0]!])
           : this.#run(op.kind, ['bridge', '-batch', '-'], group.map((c) => shellLine(c)).join('\n') + '\n'));
+        continue;
+      }
+      const tc = tcCommands(op);
+      if (tc) {
+        // Consecutive tc commands go in one `tc -batch -` (which stops at the first failure); a
+        // removal runs alone, so one already gone does not keep the next from running.
+        const group: string[][] = [...tc];
+        for (i++; !removes(op) && i < ops.length && tcCommands(ops[i]!) && !removes(ops[i]!); i++) group.push(...tcCommands(ops[i]!)!);
+        await (group.length === 1
+          ? this.#run(op.kind, ['tc', ...group[0]!])
+          : this.#run(op.kind, ['tc', '-batch', '-'], group.map((c) => shellLine(c)).join('\n') + '\n'));
         continue;
       }
       if (op.kind === 'conntrack.forget') {
@@ -101,6 +117,19 @@ export class ExecBackend implements KernelBackend {
         return;
       default:
         throw new Error(`the exec backend cannot apply ${op.kind}`);
+    }
+  }
+
+  /**
+   * ip link add NAME up type ifb, where an ifb of that name counts as made: it is also the inverse
+   * of deleting one, which runs for a deletion that may never have happened.
+   */
+  async #ensureIfb(name: string): Promise<void> {
+    const ip = ipCommand({ kind: 'link.add.ifb', name })!;
+    try {
+      await this.#run('link.add.ifb', ipArgv(undefined, ip.args));
+    } catch (e) {
+      if (!(e instanceof KernelError && e.isExists && (await this.links()).some((l) => l.ifname === name && l.linkinfo?.info_kind === 'ifb'))) throw e;
     }
   }
 

@@ -14,7 +14,7 @@ export interface RunResult {
 }
 
 // iproute2, nft, conntrack and ss say "it is not there" and "it is there already" in these words.
-const NOT_FOUND = /Cannot find device|No such file or directory|does not exist|No such process|Cannot find|not found|No such device|Cannot remove namespace|Invalid "netns"|0 flow entries have been deleted|does a matching rule exist/i;
+const NOT_FOUND = /Cannot find device|No such file or directory|does not exist|No such process|Cannot find|not found|No such device|Cannot remove namespace|Invalid "netns"|0 flow entries have been deleted|does a matching rule exist|qdisc with handle of zero/i;
 const EXISTS = /File exists|already exists/i;
 const BUSY = /Device or resource busy|Resource busy/i;
 const PERMISSION = /Operation not permitted|Permission denied/i;
@@ -25,6 +25,16 @@ export function classify(stderr: string): KernelErrorKind {
   if (BUSY.test(stderr)) return 'busy';
   if (NOT_FOUND.test(stderr)) return 'not-found';
   return 'failed';
+}
+
+/** What to do about a failure whose cause the text names: a kernel built without a feature. */
+function hintFor(stderr: string, command: string): string | undefined {
+  // tc says "kind is unknown" alone, and "Invalid qdisc name" inside a batch.
+  if (/Specified qdisc kind is unknown|Unknown qdisc "netem"|Invalid qdisc name/i.test(stderr) && /netem/.test(command)) {
+    return 'this kernel has no netem (CONFIG_NET_SCH_NETEM, module sch_netem), which --latency and --loss need; rates alone work with tbf';
+  }
+  if (/Unknown device type/i.test(stderr)) return 'this kernel lacks that kind of interface (its module is not built or not loaded)';
+  return undefined;
 }
 
 /** Time spent in tools, so a request can report its own (engine) time apart from process spawns. */
@@ -75,7 +85,7 @@ function exec(op: string, argv: readonly string[], input: string | undefined): P
       const stdout = Buffer.concat(out).toString();
       const stderr = Buffer.concat(err).toString();
       if (code === 0) resolve({ stdout, stderr });
-      else reject(new KernelError({ kind: classify(stderr || stdout), op, command: shellLine(argv), stderr: stderr || stdout, exitCode: code }));
+      else reject(new KernelError({ kind: classify(stderr || stdout), op, command: shellLine(argv), stderr: stderr || stdout, exitCode: code, hint: hintFor(stderr, `${shellLine(argv)}\n${input ?? ''}`) }));
     });
     if (input !== undefined) child.stdin?.end(input);
   });

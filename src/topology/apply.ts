@@ -1,0 +1,231 @@
+// Carries a plan out through the engine's use cases (the same ones the CLI commands call: there is
+// no second way to change the kernel), in dependency order: repairs, removals, networks, sandboxes,
+// their connections, labels and ports, commands, then every policy change in one nft transaction.
+// Each use case is a transaction of its own; a failure part-way undoes what this apply did before
+// it, newest first, and says what failed and what could not be undone.
+import { CtnetError } from '../errors.ts';
+import type { Ctx } from '../engine/context.ts';
+import { parseAddr } from '../model/cidr.ts';
+import { repairNetns, repairNetwork } from '../engine/gc.ts';
+import { createNetwork, removeNetwork, setNetworkMtu } from '../engine/network.ts';
+import { changePolicies, changeLabels, cutDeniedFlows } from '../engine/policy.ts';
+import { startCommand, stopCommand } from '../engine/process.ts';
+import { publish, unpublish } from '../engine/publish.ts';
+import { connect, createSandbox, disconnect, removeSandbox } from '../engine/sandbox.ts';
+import { restoreTables } from '../engine/tables.ts';
+import type { OwnedKind } from '../store/store.ts';
+import type { TopoSandbox, Topology } from './model.ts';
+import type { Action, Plan } from './plan.ts';
+
+const PHASES: readonly Action['do'][] = [
+  'repair.tables', 'repair.network', 'repair.netns',
+  'sandbox.remove', 'network.remove', 'network.replace', 'network.create', 'network.mtu',
+  'sandbox.replace', 'sandbox.create', 'disconnect', 'connect', 'labels', 'ports', 'command', 'policy',
+];
+
+interface Undo {
+  readonly what: string;
+  readonly run?: () => Promise<void>;
+}
+
+/** Applies PLAN (computed for TOPO); returns a line per thing done. */
+export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<string[]> {
+  const { store, applier } = ctx;
+  const done: string[] = [];
+  const journal: Undo[] = [];
+  const own = (kind: OwnedKind, name: string) => applier.record({ kind: 'owner.set', row: { kind, name, topology: topo.name, file: topo.file } });
+  const makeSandbox = async (s: TopoSandbox) => {
+    await createSandbox(ctx, s.name, { networks: s.networks.map((a) => a.network), ips: s.networks.flatMap((a) => a.ips), mac: undefined },
+      { mappings: s.ports, force: false }, Object.entries(s.labels).map(([key, value]) => ({ key, value })));
+    own('sandbox', s.name);
+    if (s.command) startCommand(ctx, s.name, s.command);
+  };
+  const actions = [...plan.actions].sort((a, b) => PHASES.indexOf(a.do) - PHASES.indexOf(b.do));
+  let current = '';
+  try {
+    for (const a of actions) {
+      switch (a.do) {
+        case 'repair.tables':
+          current = 'rewrite ctnet\'s nft tables';
+          await restoreTables(ctx);
+          await cutDeniedFlows(ctx); // flows begun while the tables were gone: end those they deny
+          done.push('rewrote ctnet\'s nft tables from the store');
+          break;
+        case 'repair.network': {
+          current = `repair network ${a.name}`;
+          done.push(...await repairNetwork(ctx, store.network(a.name)!));
+          break;
+        }
+        case 'repair.netns':
+          current = `repair sandbox ${a.name}`;
+          done.push(...await repairNetns(ctx, store.sandbox(a.name)!));
+          break;
+        case 'sandbox.remove':
+          current = `remove sandbox ${a.name}`;
+          await stopCommand(ctx, a.name);
+          await removeSandbox(ctx, a.name);
+          journal.push({ what: `removed sandbox ${a.name}` });
+          done.push(`removed sandbox ${a.name}`);
+          break;
+        case 'network.remove':
+          current = `remove network ${a.name}`;
+          await removeNetwork(ctx, a.name, { force: true });
+          journal.push({ what: `removed network ${a.name}` });
+          done.push(`removed network ${a.name}`);
+          break;
+        case 'network.replace': {
+          current = `replace network ${a.net.name}`;
+          await removeNetwork(ctx, a.net.name, { force: true });
+          journal.push({ what: `removed network ${a.net.name} (to replace it)` });
+          await createNetwork(ctx, a.net.spec);
+          own('network', a.net.name);
+          for (const s of a.reattach) {
+            const at = topo.sandboxes.find((x) => x.name === s)!.networks.find((x) => x.network === a.net.name)!;
+            await connect(ctx, a.net.name, s, at.ips);
+          }
+          done.push(`replaced network ${a.net.name}${a.reattach.length ? ` and re-attached ${a.reattach.join(', ')}` : ''}`);
+          break;
+        }
+        case 'network.create':
+          current = `create network ${a.net.name}`;
+          await createNetwork(ctx, a.net.spec);
+          own('network', a.net.name);
+          journal.push({ what: `created network ${a.net.name}`, run: () => removeNetwork(ctx, a.net.name, { force: true }) });
+          done.push(`created network ${a.net.name}`);
+          break;
+        case 'network.mtu':
+          current = `change the MTU of network ${a.name}`;
+          await setNetworkMtu(ctx, a.name, a.mtu);
+          journal.push({ what: `changed the MTU of network ${a.name}`, run: () => setNetworkMtu(ctx, a.name, a.was) });
+          done.push(`set the MTU of network ${a.name} to ${a.mtu ?? 'the default'}`);
+          break;
+        case 'sandbox.replace':
+          current = `replace sandbox ${a.sbx.name}`;
+          await stopCommand(ctx, a.sbx.name);
+          await removeSandbox(ctx, a.sbx.name);
+          journal.push({ what: `removed sandbox ${a.sbx.name} (to replace it)` });
+          await makeSandbox(a.sbx);
+          done.push(`replaced sandbox ${a.sbx.name}`);
+          break;
+        case 'sandbox.create':
+          current = `create sandbox ${a.sbx.name}`;
+          await makeSandbox(a.sbx);
+          journal.push({ what: `created sandbox ${a.sbx.name}`, run: async () => { await stopCommand(ctx, a.sbx.name); await removeSandbox(ctx, a.sbx.name); } });
+          done.push(`created sandbox ${a.sbx.name}`);
+          break;
+        case 'disconnect': {
+          current = `disconnect ${a.sandbox} from ${a.network}`;
+          if (!store.network(a.network)) break; // removed above (--prune) with its attachments
+          const ips = store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === a.network).map((x) => x.ip);
+          await disconnect(ctx, a.network, a.sandbox);
+          journal.push({ what: `disconnected ${a.sandbox} from ${a.network}`, run: () => connect(ctx, a.network, a.sandbox, ips.map((text) => ({ ...parseAddr('ip', text), text }))) });
+          done.push(`disconnected ${a.sandbox} from ${a.network}`);
+          break;
+        }
+        case 'connect':
+          current = `connect ${a.sandbox} to ${a.attach.network}`;
+          await connect(ctx, a.attach.network, a.sandbox, a.attach.ips);
+          journal.push({ what: `connected ${a.sandbox} to ${a.attach.network}`, run: () => disconnect(ctx, a.attach.network, a.sandbox) });
+          done.push(`connected ${a.sandbox} to ${a.attach.network}`);
+          break;
+        case 'labels': {
+          current = `change the labels of ${a.sandbox}`;
+          const before = store.labels(a.sandbox);
+          await changeLabels(ctx, a.sandbox, a.set, a.remove);
+          const added = a.set.filter((l) => !before.some((b) => b.key === l.key)).map((l) => l.key);
+          journal.push({ what: `changed the labels of ${a.sandbox}`, run: () => changeLabels(ctx, a.sandbox, before.filter((b) => a.remove.includes(b.key) || a.set.some((l) => l.key === b.key)), added) });
+          done.push(`changed the labels of ${a.sandbox}`);
+          break;
+        }
+        case 'ports':
+          current = `change the published ports of ${a.sandbox}`;
+          if (a.remove.length) await unpublish(ctx, a.sandbox, a.remove);
+          if (a.add.length) {
+            try {
+              await publish(ctx, a.sandbox, { mappings: a.add, force: false });
+            } catch (e) {
+              if (a.remove.length) await publish(ctx, a.sandbox, { mappings: a.remove, force: true }).catch(() => undefined);
+              throw e;
+            }
+          }
+          journal.push({ what: `changed the published ports of ${a.sandbox}`, run: async () => {
+            if (a.add.length) await unpublish(ctx, a.sandbox, a.add);
+            if (a.remove.length) await publish(ctx, a.sandbox, { mappings: a.remove, force: true });
+          } });
+          done.push(`changed the published ports of ${a.sandbox}`);
+          break;
+        case 'command':
+          current = `${a.argv ? 'start' : 'stop'} the command of ${a.sandbox}`;
+          if (!a.argv) {
+            await stopCommand(ctx, a.sandbox);
+            done.push(`stopped the command of ${a.sandbox}`);
+            break;
+          }
+          await stopCommand(ctx, a.sandbox, { forget: false });
+          startCommand(ctx, a.sandbox, a.argv);
+          done.push(`started ${a.argv.join(' ')} in ${a.sandbox}`);
+          break;
+        case 'policy': {
+          current = 'change the policy rules';
+          const rows = await changePolicies(ctx, a.remove, a.add.map((p) => ({ action: p.action, from: p.from, to: p.to, port: p.port ?? undefined, name: p.name })));
+          for (const r of rows) own('policy', r.name);
+          done.push(`policy: ${a.remove.length} rule(s) out, ${rows.length} in (one nft transaction)`);
+          break;
+        }
+      }
+    }
+    // Objects the file already owned follow the file if it moved (never a change to the kernel).
+    for (const o of store.owned({ topology: topo.name })) if (o.file !== topo.file) own(o.kind, o.name);
+  } catch (e) {
+    const failed: string[] = [];
+    const lost: string[] = [];
+    for (const u of journal.reverse()) {
+      if (!u.run) { lost.push(u.what); continue; }
+      try {
+        await u.run();
+      } catch (ue) {
+        failed.push(`${u.what}: ${(ue as Error).message}`);
+      }
+    }
+    const msg = (e as Error).message;
+    const undone = journal.filter((u) => u.run).length - failed.length;
+    throw new CtnetError(e instanceof CtnetError ? e.code : 'STATE',
+      `apply failed at "${current}": ${msg}; undid ${undone} earlier change(s) of this apply${lost.length ? `; cannot undo: ${lost.join(', ')}` : ''}${failed.length ? `; undo failed: ${failed.join('; ')}` : ''}`,
+      e instanceof CtnetError ? e.hint : undefined, { cause: e });
+  }
+  return done;
+}
+
+/**
+ * Removes exactly what the topology owns: its rules (one transaction), its sandboxes (their commands
+ * first), its networks. Refuses, changing nothing, if a sandbox it does not own is on one of its networks.
+ */
+export async function downTopology(ctx: Ctx, topology: string): Promise<string[]> {
+  const { store } = ctx;
+  const owned = store.owned({ topology });
+  const sbx = new Set(owned.filter((o) => o.kind === 'sandbox').map((o) => o.name));
+  const nets = owned.filter((o) => o.kind === 'network' && store.network(o.name)).map((o) => o.name);
+  for (const n of nets) {
+    const foreign = store.attachments({ network: n }).map((a) => a.sandbox).filter((s) => !sbx.has(s));
+    if (foreign.length) {
+      throw new CtnetError('IN_USE', `network ${n} of ${topology} is in use by sandboxes it does not own: ${foreign.join(', ')}`, `disconnect them (ctnet disconnect ${n} NAME), then run down again`);
+    }
+  }
+  const done: string[] = [];
+  const rules = store.policies().filter((p) => owned.some((o) => o.kind === 'policy' && o.name === p.name));
+  if (rules.length) {
+    await changePolicies(ctx, rules, []);
+    done.push(`removed policy ${rules.map((r) => r.name).join(', ')}`);
+  }
+  for (const s of sbx) {
+    if (!store.sandbox(s)) continue;
+    await stopCommand(ctx, s);
+    await removeSandbox(ctx, s);
+    done.push(`removed sandbox ${s}`);
+  }
+  for (const n of nets) {
+    await removeNetwork(ctx, n, { force: false });
+    done.push(`removed network ${n}`);
+  }
+  return done;
+}

@@ -1,0 +1,52 @@
+// A topology file, parsed: what the file says, typed and checked against itself (names, references,
+// addresses inside their subnets), before anything is compared with the store or the kernel.
+import type { PortMapping } from '../model/ports.ts';
+import type { IpRequest, NetworkSpec } from '../model/spec.ts';
+
+/** Where a value is in its file, as FILE:LINE:COLUMN (1-based), for messages. */
+export type Where = string;
+
+export interface TopoNetwork {
+  readonly name: string;
+  /** The same spec `ctnet network create` builds from its flags. */
+  readonly spec: NetworkSpec;
+  readonly at: Where;
+}
+
+export interface TopoAttach {
+  readonly network: string;
+  /** Fixed addresses on this network (at most one per family); none: IPAM chooses. */
+  readonly ips: readonly IpRequest[];
+}
+
+export interface TopoSandbox {
+  readonly name: string;
+  /** In order: the first is eth0 (and carries the default route), then eth1, ... */
+  readonly networks: readonly TopoAttach[];
+  readonly labels: Readonly<Record<string, string>>;
+  readonly ports: readonly PortMapping[];
+  /** Runs detached in the sandbox's namespace; `apply` starts it again when it is not running. */
+  readonly command: readonly string[] | undefined;
+  readonly at: Where;
+}
+
+export interface TopoPolicy {
+  readonly name: string;
+  readonly action: 'allow' | 'deny';
+  /** Canonical selector text (as `policy ls` shows it), so it compares with the store's. */
+  readonly from: string;
+  readonly to: string;
+  /** Canonical port filter text, or null for every protocol and port. */
+  readonly port: string | null;
+  readonly at: Where;
+}
+
+export interface Topology {
+  /** The path it was read from, as given. */
+  readonly file: string;
+  /** Owns every object the file makes. */
+  readonly name: string;
+  readonly networks: readonly TopoNetwork[];
+  readonly sandboxes: readonly TopoSandbox[];
+  readonly policy: readonly TopoPolicy[];
+}

@@ -1,0 +1,296 @@
+// The plan: what `apply` would do to make the store and the kernel hold what the file says, as data
+// a person reads first (diff) and apply carries out. Computed from the file, the store (records and
+// which topology owns what) and the kernel (drivers' observe, the nft tables, live commands).
+import { CtnetError } from '../errors.ts';
+import { driverNetwork, driverOf } from '../engine/records.ts';
+import type { Ctx } from '../engine/context.ts';
+import { bridgeName } from '../engine/naming.ts';
+import { commandRunning } from '../engine/process.ts';
+import { tableDrift } from '../engine/tables.ts';
+import { overlaps, parseSubnet } from '../model/cidr.ts';
+import { formatPortSpec, type PortMapping } from '../model/ports.ts';
+import type { OwnedKind, PolicyRow } from '../store/store.ts';
+import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, Topology } from './model.ts';
+
+export type Op = 'create' | 'change' | 'replace' | 'remove' | 'repair';
+
+/** One thing that can be done, in the order apply does things (see PHASES in apply.ts). */
+export type Action =
+  | { readonly do: 'repair.tables' }
+  | { readonly do: 'repair.network'; readonly name: string }
+  | { readonly do: 'repair.netns'; readonly name: string }
+  | { readonly do: 'sandbox.remove'; readonly name: string }
+  | { readonly do: 'network.remove'; readonly name: string }
+  | { readonly do: 'network.replace'; readonly net: TopoNetwork; readonly reattach: readonly string[] }
+  | { readonly do: 'network.create'; readonly net: TopoNetwork }
+  | { readonly do: 'network.mtu'; readonly name: string; readonly mtu: number | undefined; readonly was: number | undefined }
+  | { readonly do: 'sandbox.replace'; readonly sbx: TopoSandbox }
+  | { readonly do: 'sandbox.create'; readonly sbx: TopoSandbox }
+  | { readonly do: 'disconnect'; readonly sandbox: string; readonly network: string }
+  | { readonly do: 'connect'; readonly sandbox: string; readonly attach: TopoAttach }
+  | { readonly do: 'labels'; readonly sandbox: string; readonly set: readonly { key: string; value: string }[]; readonly remove: readonly string[] }
+  | { readonly do: 'ports'; readonly sandbox: string; readonly add: readonly PortMapping[]; readonly remove: readonly PortMapping[] }
+  | { readonly do: 'command'; readonly sandbox: string; readonly argv: readonly string[] | undefined }
+  | { readonly do: 'policy'; readonly remove: readonly PolicyRow[]; readonly add: readonly TopoPolicy[] };
+
+export interface Change {
+  readonly op: Op;
+  readonly kind: OwnedKind | 'tables';
+  readonly name: string;
+  /** What a person needs to know: the attributes of a new object, old -> new, the reason for a replace, the drift. */
+  readonly details: readonly string[];
+}
+
+export interface Plan {
+  readonly topology: string;
+  readonly file: string;
+  readonly changes: readonly Change[];
+  readonly actions: readonly Action[];
+  /** Objects this topology owns that the file no longer has, kept because --prune was not given. */
+  readonly kept: readonly { kind: OwnedKind; name: string }[];
+}
+
+export const SYMBOL: Record<Op, string> = { create: '+', change: '~', replace: '-/+', remove: '-', repair: '!' };
+
+export function summary(p: Plan): Record<Op, number> {
+  const n = (op: Op) => p.changes.filter((c) => c.op === op).length;
+  return { create: n('create'), change: n('change'), replace: n('replace'), remove: n('remove'), repair: n('repair') };
+}
+
+const sameList = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
+const labelText = (l: Readonly<Record<string, string>>) => Object.entries(l).map(([k, v]) => `${k}=${v}`).join(',') || 'none';
+export const networkText = (n: TopoNetwork): string[] => [
+  `subnets ${n.spec.subnets.map((s) => s.cidr).join(', ')}`,
+  ...(n.spec.internal ? ['internal'] : []), ...(n.spec.isolate ? ['isolate'] : []), ...(n.spec.hostAccess ? ['host_access'] : []),
+  ...(n.spec.mtu !== undefined ? [`mtu ${n.spec.mtu}`] : []),
+];
+const attachText = (a: TopoAttach) => (a.ips.length ? `${a.network} (${a.ips.map((i) => i.text).join(', ')})` : a.network);
+export const sandboxText = (s: TopoSandbox): string[] => [
+  `networks ${s.networks.map(attachText).join(', ')}`,
+  ...(Object.keys(s.labels).length ? [`labels ${labelText(s.labels)}`] : []),
+  ...(s.ports.length ? [`ports ${s.ports.map(formatPortSpec).join(', ')}`] : []),
+  ...(s.command ? [`command ${s.command.join(' ')}`] : []),
+];
+const policyText = (p: { action: string; from: string; to: string; port: string | null }) => `${p.action} ${p.from} -> ${p.to} ${p.port ?? 'any'}`;
+
+/** Compares the file with the store and the kernel. Throws (before anything changes) on a conflict. */
+export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: boolean }): Promise<Plan> {
+  const { store, kernel } = ctx;
+  const changes: Change[] = [];
+  const actions: Action[] = [];
+  const ownedRows = store.owned({ topology: topo.name });
+  const owns = (kind: OwnedKind, name: string) => ownedRows.some((o) => o.kind === kind && o.name === name);
+  const claim = (kind: OwnedKind, name: string, at: string) => {
+    const o = store.owner(kind, name);
+    if (o && o.topology !== topo.name) {
+      throw new CtnetError('CONFLICT', `${at}: ${kind} ${name} belongs to topology ${o.topology} (${o.file})`, `rename it in this file; two files share a host only with different object names`);
+    }
+    if (!o) {
+      throw new CtnetError('CONFLICT', `${at}: ${kind} ${name} exists already and was not made by this file`,
+        `rename it in the file, or remove it (it was made by hand or by another tool) and apply again`);
+    }
+  };
+  const fileNets = new Set(topo.networks.map((n) => n.name));
+  const fileSbx = new Set(topo.sandboxes.map((s) => s.name));
+  const filePol = new Set(topo.policy.map((p) => p.name));
+  const kept: { kind: OwnedKind; name: string }[] = [];
+  const ruleNames = new Set(store.policies().map((p) => p.name));
+  const liveOwned = ownedRows.filter((o) => (o.kind === 'network' ? store.network(o.name) : o.kind === 'sandbox' ? store.sandbox(o.name) : ruleNames.has(o.name)));
+  const gone = liveOwned.filter((o) => !(o.kind === 'network' ? fileNets : o.kind === 'sandbox' ? fileSbx : filePol).has(o.name));
+
+  // ---- networks ----
+  const replacedNets = new Set<string>();
+  const removedNets = new Set(options.prune ? gone.filter((o) => o.kind === 'network').map((o) => o.name) : []);
+  for (const net of topo.networks) {
+    const row = store.network(net.name);
+    if (!row) {
+      // A new network must not overlap a network it does not replace (the engine checks again).
+      for (const sub of store.subnets()) {
+        if (removedNets.has(sub.network) || topo.networks.some((n) => n.name === sub.network)) continue;
+        const mine = net.spec.subnets.find((s) => overlaps(s.subnet, parseSubnet('subnet', sub.cidr)));
+        if (mine) throw new CtnetError('CONFLICT', `${net.at}: subnet ${mine.cidr} of network ${net.name} overlaps ${sub.cidr} of network ${sub.network}`, 'choose a subnet that no other network uses');
+      }
+      changes.push({ op: 'create', kind: 'network', name: net.name, details: networkText(net) });
+      actions.push({ do: 'network.create', net });
+      continue;
+    }
+    claim('network', net.name, net.at);
+    const why: string[] = [];
+    const have = store.subnets(net.name);
+    const want = net.spec.subnets;
+    if (!sameList(have.map((s) => s.cidr).sort(), want.map((s) => s.cidr).sort())) why.push(`subnets ${have.map((s) => s.cidr).join(', ')} -> ${want.map((s) => s.cidr).join(', ')}`);
+    else for (const w of want) { const h = have.find((s) => s.cidr === w.cidr)!; if (h.gateway !== w.gateway) why.push(`gateway ${h.gateway} -> ${w.gateway}`); }
+    if (row.driver !== 'bridge') why.push(`driver ${row.driver} -> bridge`);
+    if (row.internal !== net.spec.internal) why.push(`internal ${row.internal} -> ${net.spec.internal}`);
+    if (row.isolate !== net.spec.isolate) why.push(`isolate ${row.isolate} -> ${net.spec.isolate}`);
+    if (row.hostAccess !== net.spec.hostAccess) why.push(`host_access ${row.hostAccess} -> ${net.spec.hostAccess}`);
+    const bridge = net.spec.bridge ?? bridgeName(net.name);
+    if (row.bridge !== bridge) why.push(`bridge ${row.bridge} -> ${bridge}`);
+    if (why.length) {
+      const attached = store.attachments({ network: net.name }).map((a) => a.sandbox);
+      const foreign = attached.filter((s) => !owns('sandbox', s));
+      if (foreign.length) {
+        throw new CtnetError('CONFLICT', `${net.at}: network ${net.name} must be replaced (${why.join('; ')}), but sandboxes this file does not own are on it: ${foreign.join(', ')}`,
+          'disconnect them first, or leave the network as it is');
+      }
+      const reattach = topo.sandboxes.filter((x) => attached.includes(x.name) && x.networks.some((a) => a.network === net.name)).map((x) => x.name);
+      changes.push({ op: 'replace', kind: 'network', name: net.name, details: [...why, ...(reattach.length ? [`re-attaches ${reattach.join(', ')}`] : [])] });
+      actions.push({ do: 'network.replace', net, reattach });
+      replacedNets.add(net.name);
+      continue;
+    }
+    if ((row.mtu ?? undefined) !== net.spec.mtu) {
+      changes.push({ op: 'change', kind: 'network', name: net.name, details: [`mtu ${row.mtu ?? 'default'} -> ${net.spec.mtu ?? 'default'} (bridge and its sandboxes' interfaces)`] });
+      actions.push({ do: 'network.mtu', name: net.name, mtu: net.spec.mtu, was: row.mtu ?? undefined });
+    }
+    const drift = await driverOf(row).observe(kernel, driverNetwork(store, row), store.attachments({ network: net.name }).filter((a) => a.state === 'ready'));
+    if (drift.length) {
+      changes.push({ op: 'repair', kind: 'network', name: net.name, details: drift.map((d) => driftText(row.bridge, d)) });
+      actions.push({ do: 'repair.network', name: net.name });
+    }
+  }
+
+  // ---- sandboxes ----
+  for (const sbx of topo.sandboxes) {
+    const row = store.sandbox(sbx.name);
+    if (!row) {
+      changes.push({ op: 'create', kind: 'sandbox', name: sbx.name, details: sandboxText(sbx) });
+      actions.push({ do: 'sandbox.create', sbx });
+      continue;
+    }
+    claim('sandbox', sbx.name, sbx.at);
+    const atts = store.attachments({ sandbox: sbx.name });
+    const addrs = store.addresses({ sandbox: sbx.name });
+    const recorded = atts.map((a) => a.network);
+    const wanted = sbx.networks.map((a) => a.network);
+    const why: string[] = [];
+    const keptNets = recorded.filter((n) => wanted.includes(n));
+    const added = wanted.filter((n) => !recorded.includes(n));
+    const dropped = recorded.filter((n) => !wanted.includes(n));
+    // In place: networks dropped anywhere, added after those kept, the kept ones in the same order.
+    const inPlace = sameList(keptNets, wanted.filter((n) => recorded.includes(n))) && sameList(wanted.slice(0, keptNets.length), keptNets);
+    if (!inPlace) why.push(`networks ${recorded.join(', ')} -> ${wanted.join(', ')} (the order decides eth0, eth1, ...)`);
+    for (const a of sbx.networks) {
+      if (!recorded.includes(a.network) || replacedNets.has(a.network)) continue;
+      const on = addrs.filter((x) => x.network === a.network).map((x) => x.ip);
+      for (const ip of a.ips) if (!on.includes(ip.text)) why.push(`address on ${a.network}: ${on.join(', ') || 'none'} -> ${ip.text}`);
+    }
+    if (why.length) {
+      changes.push({ op: 'replace', kind: 'sandbox', name: sbx.name, details: why });
+      actions.push({ do: 'sandbox.replace', sbx });
+      continue;
+    }
+    if (!kernel.isNetns(row.netns)) {
+      changes.push({ op: 'repair', kind: 'sandbox', name: sbx.name, details: [`network namespace ${row.netns} is gone`] });
+      actions.push({ do: 'repair.netns', name: sbx.name });
+    }
+    const details: string[] = [];
+    for (const n of dropped) { details.push(`disconnect from ${n}`); actions.push({ do: 'disconnect', sandbox: sbx.name, network: n }); }
+    for (const n of added) { const a = sbx.networks.find((x) => x.network === n)!; details.push(`connect to ${attachText(a)}`); actions.push({ do: 'connect', sandbox: sbx.name, attach: a }); }
+    const labels = Object.fromEntries(store.labels(sbx.name).map((l) => [l.key, l.value]));
+    const set = Object.entries(sbx.labels).filter(([k, v]) => labels[k] !== v).map(([key, value]) => ({ key, value }));
+    const remove = Object.keys(labels).filter((k) => !(k in sbx.labels));
+    if (set.length || remove.length) {
+      details.push(`labels ${labelText(labels)} -> ${labelText(sbx.labels)}`);
+      actions.push({ do: 'labels', sandbox: sbx.name, set, remove });
+    }
+    const havePorts = store.ports({ sandbox: sbx.name });
+    const wantSpecs = sbx.ports.map(formatPortSpec);
+    const haveSpecs = havePorts.map(formatPortSpec);
+    const addP = sbx.ports.filter((m) => !haveSpecs.includes(formatPortSpec(m)));
+    const rmP = havePorts.filter((m) => !wantSpecs.includes(formatPortSpec(m)));
+    if (addP.length || rmP.length) {
+      details.push(`ports ${haveSpecs.join(', ') || 'none'} -> ${wantSpecs.join(', ') || 'none'}`);
+      actions.push({ do: 'ports', sandbox: sbx.name, add: addP, remove: rmP });
+    }
+    const cmd = store.command(sbx.name);
+    if (!sameList(cmd?.argv ?? [], sbx.command ?? [])) {
+      details.push(sbx.command ? `command ${cmd ? `${cmd.argv.join(' ')} -> ` : ''}${sbx.command.join(' ')} (restarts it)` : `command ${cmd!.argv.join(' ')} stops`);
+      actions.push({ do: 'command', sandbox: sbx.name, argv: sbx.command });
+    } else if (sbx.command && !commandRunning(ctx, sbx.name) && !details.length) {
+      changes.push({ op: 'repair', kind: 'sandbox', name: sbx.name, details: [`command ${sbx.command.join(' ')} is not running${cmd?.process ? ` (pid ${cmd.process.split(':')[0]} exited)` : ''}`] });
+      actions.push({ do: 'command', sandbox: sbx.name, argv: sbx.command });
+    } else if (sbx.command && !commandRunning(ctx, sbx.name)) {
+      details.push(`command ${sbx.command.join(' ')} is not running: start it`);
+      actions.push({ do: 'command', sandbox: sbx.name, argv: sbx.command });
+    }
+    if (details.length) changes.push({ op: 'change', kind: 'sandbox', name: sbx.name, details });
+  }
+
+  // ---- policy: by name ----
+  const rules = store.policies();
+  const rmRules: PolicyRow[] = [];
+  const addRules: TopoPolicy[] = [];
+  for (const p of topo.policy) {
+    const row = rules.find((r) => r.name === p.name);
+    if (!row) {
+      changes.push({ op: 'create', kind: 'policy', name: p.name, details: [policyText(p)] });
+      addRules.push(p);
+      continue;
+    }
+    claim('policy', p.name, p.at);
+    if (row.action !== p.action || row.from !== p.from || row.to !== p.to || (row.port ?? null) !== p.port) {
+      changes.push({ op: 'change', kind: 'policy', name: p.name, details: [`${policyText(row)} -> ${policyText(p)}`] });
+      rmRules.push(row);
+      addRules.push(p);
+    }
+  }
+
+  // ---- what the topology owns and the file no longer has ----
+  for (const o of gone) {
+    if (!options.prune) { kept.push({ kind: o.kind, name: o.name }); continue; }
+    changes.push({ op: 'remove', kind: o.kind, name: o.name, details: ['not in the file'] });
+    if (o.kind === 'policy') rmRules.push(rules.find((r) => r.name === o.name)!);
+    else actions.push({ do: `${o.kind}.remove`, name: o.name });
+  }
+  for (const n of removedNets) {
+    const foreign = store.attachments({ network: n }).map((a) => a.sandbox).filter((x) => !owns('sandbox', x));
+    if (foreign.length) {
+      throw new CtnetError('CONFLICT', `network ${n} is to be removed (--prune), but sandboxes this file does not own are on it: ${foreign.join(', ')}`,
+        'disconnect them first, or keep the network in the file');
+    }
+  }
+  if (rmRules.length || addRules.length) actions.push({ do: 'policy', remove: rmRules, add: addRules });
+
+  // ---- ctnet's tables (everything the file owns relies on them) ----
+  if (liveOwned.length > 0 && store.networks().length > 0) {
+    const drift = await tableDrift(ctx, { fromMirror: true });
+    if (drift.length) {
+      changes.unshift({ op: 'repair', kind: 'tables', name: 'inet ctnet', details: drift });
+      actions.unshift({ do: 'repair.tables' });
+    }
+  }
+  return { topology: topo.name, file: topo.file, changes, actions, kept };
+}
+
+function driftText(bridge: string, d: { kind: string } & Record<string, unknown>): string {
+  switch (d.kind) {
+    case 'device-missing': return `bridge ${bridge} is missing`;
+    case 'port-missing': return `sandbox ${String(d.sandbox)}'s interface ${String(d.hostVeth)} is missing`;
+    case 'port-detached': return `sandbox ${String(d.sandbox)}'s interface ${String(d.hostVeth)} is not on bridge ${bridge}`;
+    case 'setting': return `${String(d.key)} is ${String(d.have)}, should be ${String(d.want)}`;
+    default: return d.kind;
+  }
+}
+
+/** The plan as a person reads it (diff, apply). Ends with the summary line. */
+export function renderPlan(p: Plan): string {
+  const lines: string[] = [];
+  if (p.changes.length === 0) {
+    lines.push(`No changes: the store and the kernel hold what ${p.file} (${p.topology}) says.`);
+  } else {
+    lines.push(`Plan for ${p.topology} (${p.file}):`);
+    for (const c of p.changes) {
+      lines.push(`  ${SYMBOL[c.op].padEnd(3)} ${c.kind} ${c.name}${c.details.length ? `: ${c.details.join('; ')}` : ''}`);
+    }
+  }
+  if (p.kept.length) lines.push(`Not in the file, kept (apply --prune removes them): ${p.kept.map((k) => `${k.kind} ${k.name}`).join(', ')}`);
+  const s = summary(p);
+  if (p.changes.length) lines.push(`Plan: ${s.create} to add, ${s.change} to change, ${s.replace} to replace, ${s.remove} to remove${s.repair ? `, ${s.repair} to repair` : ''}.`);
+  return lines.join('\n');
+}
+
+export function planJson(p: Plan): object {
+  const s = summary(p);
+  return { topology: p.topology, file: p.file, changes: p.changes, kept: p.kept, summary: { add: s.create, change: s.change, replace: s.replace, remove: s.remove, repair: s.repair } };
+}

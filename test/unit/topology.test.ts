@@ -1,0 +1,142 @@
+// Topology files (issue 19) without a kernel: the parser's messages (FILE:LINE:COLUMN), and plan and
+// apply on the fake kernel (no changes after apply, ownership, rollback of a failed apply, down).
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { Applier } from '../../src/engine/applier.ts';
+import type { Ctx } from '../../src/engine/context.ts';
+import { createNetwork } from '../../src/engine/network.ts';
+import { createSandbox } from '../../src/engine/sandbox.ts';
+import { FakeKernel } from '../../src/kernel/fake.ts';
+import { parsePortSpec } from '../../src/model/ports.ts';
+import { parseNetworkSpec } from '../../src/model/spec.ts';
+import { Store } from '../../src/store/store.ts';
+import { applyPlan, downTopology } from '../../src/topology/apply.ts';
+import { expand, parseTopology, splitWords } from '../../src/topology/parse.ts';
+import { computePlan, planJson, renderPlan } from '../../src/topology/plan.ts';
+
+const SHOP = `name: shop
+networks:
+  front: { subnets: [10.70.1.0/24] }
+  back:  { subnets: [10.70.2.0/24, "fd00:70:2::/64"], internal: true }
+sandboxes:
+  web: { networks: [front], labels: { tier: web }, ports: ["8080:80"] }
+  api: { networks: [back, { network: front, ip: 10.70.1.20 }], labels: { tier: api } }
+policy:
+  - { name: web-to-api, action: allow, from: "label:tier=web", to: "label:tier=api", port: 80/tcp }
+`;
+
+describe('parseTopology', () => {
+  it('reads the issue\'s example into typed values', () => {
+    const t = parseTopology('shop.yaml', SHOP);
+    assert.equal(t.name, 'shop');
+    assert.deepEqual(t.networks.map((n) => [n.name, n.spec.subnets.map((s) => s.cidr), n.spec.internal, n.at]),
+      [['front', ['10.70.1.0/24'], false, 'shop.yaml:3:3'], ['back', ['10.70.2.0/24', 'fd00:70:2::/64'], true, 'shop.yaml:4:3']]);
+    assert.deepEqual(t.sandboxes[1]!.networks.map((a) => [a.network, a.ips.map((i) => i.text)]), [['back', []], ['front', ['10.70.1.20']]]);
+    assert.deepEqual(t.policy[0], { name: 'web-to-api', action: 'allow', from: 'label:tier=web', to: 'label:tier=api', port: '80/tcp', at: 'shop.yaml:9:5' });
+  });
+
+  const bad: [string, string, RegExp][] = [
+    ['YAML syntax', 'name: shop\nnetworks:\n  front: { subnets: [10.70.1.0/24 }\n', /^f\.yaml:3:\d+: /],
+    ['no name', 'networks: {}\n', /^f\.yaml:1:1: the file has no name:/],
+    ['an unknown top-level key', 'name: a\nservices: {}\n', /^f\.yaml:2:1: unknown key "services" in the file/],
+    ['an unknown key', SHOP.replace('internal: true', 'internal: true, colour: red'), /^f\.yaml:4:\d+: unknown key "colour" in network back/],
+    ['a wrong type', SHOP.replace('internal: true', 'internal: "yes"'), /^f\.yaml:4:\d+: internal must be true or false, not string "yes"/],
+    ['a bad subnet', SHOP.replace('10.70.1.0/24', '10.70.1.0/33'), /^f\.yaml:3:\d+: .*10\.70\.1\.0\/33/],
+    ['overlapping subnets', SHOP.replace('10.70.2.0/24', '10.70.1.128/25'), /^f\.yaml:4:\d+: subnet 10\.70\.1\.128\/25 of network back overlaps 10\.70\.1\.0\/24 of network front/],
+    ['an unknown network', SHOP.replace('networks: [front]', 'networks: [frnt]'), /^f\.yaml:6:\d+: sandbox web: no network named "frnt" in this file/],
+    ['an address outside its subnet', SHOP.replace('ip: 10.70.1.20', 'ip: 10.70.3.20'), /^f\.yaml:7:\d+: sandbox api: 10\.70\.3\.20 is outside network front's subnets/],
+    ['the gateway as an address', SHOP.replace('ip: 10.70.1.20', 'ip: 10.70.1.1'), /^f\.yaml:7:\d+: sandbox api: 10\.70\.1\.1 is the network, broadcast or gateway address/],
+    ['a duplicate sandbox', SHOP.replace('  api: {', '  web: {'), /^f\.yaml:7:3: web is given twice/],
+    ['a duplicate rule', SHOP + '  - { name: web-to-api, action: deny, from: world, to: web }\n', /^f\.yaml:10:13: a second policy rule named web-to-api/],
+    ['an unquoted port', SHOP.replace('"8080:80"', '8080'), /^f\.yaml:6:\d+: port 8080 of sandbox web must be quoted/],
+    ['a host port twice', SHOP.replace('labels: { tier: api }', 'labels: { tier: api }, ports: ["8080:81"]'), /^f\.yaml:7:\d+: sandbox api: 8080:81\/tcp overlaps 8080:80\/tcp of sandbox web/],
+    ['a rule naming an unknown sandbox', SHOP.replace('from: "label:tier=web"', 'from: wbe'), /^f\.yaml:9:\d+: from: no sandbox named wbe in this file/],
+    ['a bad action', SHOP.replace('action: allow', 'action: permit'), /^f\.yaml:9:\d+: action must be allow or deny, not "permit"/],
+  ];
+  for (const [what, text, want] of bad) {
+    it(`rejects ${what} with FILE:LINE:COLUMN`, () => {
+      assert.throws(() => parseTopology('f.yaml', text), (e: Error) => (assert.match(e.message, want), true));
+    });
+  }
+
+  it('command: a list, or a string split like a shell with ${VAR} from the environment', () => {
+    assert.deepEqual(splitWords(`a 'b c' "d"  e`), ['a', 'b c', 'd', 'e']);
+    assert.equal(expand('${S:-python3 -m http.server} 80 $$HOME', {}), 'python3 -m http.server 80 $HOME');
+    assert.equal(expand('${S:-x} 80', { S: 'serve' }), 'serve 80');
+    assert.throws(() => expand('${NOPE}', {}), /\$\{NOPE\} is not set/);
+    const t = parseTopology('f.yaml', 'name: a\nnetworks:\n  n: { subnets: [10.1.0.0/24] }\nsandboxes:\n  s: { networks: [n], command: "${X:-sleep} 60" }\n', { X: 'sleep' });
+    assert.deepEqual(t.sandboxes[0]!.command, ['sleep', '60']);
+  });
+});
+
+function world() {
+  const dir = mkdtempSync(join(tmpdir(), 'ctnet-topo-unit-'));
+  const store = new Store(dir);
+  const fake = new FakeKernel();
+  const ctx: Ctx = { store, kernel: fake, warn: () => {}, applier: new Applier({ backend: fake, store, warn: () => {} }) };
+  return { ctx, fake, [Symbol.dispose]: () => { store.close(); rmSync(dir, { recursive: true, force: true }); } };
+}
+
+describe('plan and apply on the fake kernel', () => {
+  it('apply, then no changes; an in-place change; down removes only what the file owns', async () => {
+    using w = world();
+    const t = parseTopology('shop.yaml', SHOP);
+    const first = await computePlan(w.ctx, t, { prune: false });
+    assert.match(renderPlan(first), /Plan: 5 to add, 0 to change, 0 to replace, 0 to remove\.$/);
+    const j = planJson(first) as { summary: object; changes: { op: string; kind: string; name: string }[] };
+    assert.deepEqual(j.summary, { add: 5, change: 0, replace: 0, remove: 0, repair: 0 });
+    assert.deepEqual(j.changes.map((c) => `${c.op} ${c.kind} ${c.name}`), ['create network front', 'create network back', 'create sandbox web', 'create sandbox api', 'create policy web-to-api']);
+    await applyPlan(w.ctx, t, first);
+    assert.deepEqual((await computePlan(w.ctx, t, { prune: false })).changes, []);
+    assert.deepEqual(w.ctx.store.owned({ topology: 'shop' }).map((o) => `${o.kind} ${o.name}`),
+      ['network back', 'network front', 'policy web-to-api', 'sandbox api', 'sandbox web']);
+    const t2 = parseTopology('shop.yaml', SHOP.replace('labels: { tier: web }', 'labels: { tier: front }'));
+    const p2 = await computePlan(w.ctx, t2, { prune: false });
+    assert.deepEqual(renderPlan(p2).split('\n').slice(1), ['  ~   sandbox web: labels tier=web -> tier=front', 'Plan: 0 to add, 1 to change, 0 to replace, 0 to remove.']);
+    await applyPlan(w.ctx, t2, p2);
+    assert.deepEqual(w.ctx.store.labels('web').map((l) => l.value), ['front']);
+    // MTU in place: the bridge and both ends of every veth on it; the sandboxes stay.
+    const t3 = parseTopology('shop.yaml', SHOP.replace('labels: { tier: web }', 'labels: { tier: front }').replace('front: { subnets: [10.70.1.0/24] }', 'front: { subnets: [10.70.1.0/24], mtu: 1400 }'));
+    const p3 = await computePlan(w.ctx, t3, { prune: false });
+    assert.deepEqual(renderPlan(p3).split('\n').slice(1), ['  ~   network front: mtu default -> 1400 (bridge and its sandboxes\' interfaces)', 'Plan: 0 to add, 1 to change, 0 to replace, 0 to remove.']);
+    await applyPlan(w.ctx, t3, p3);
+    const links = w.fake.snapshot().namespaces;
+    const web = w.ctx.store.attachments({ sandbox: 'web' })[0]!;
+    assert.equal((links.host as any).links[web.hostVeth].mtu, 1400);
+    assert.equal((links.host as any).links['ctbr-front'].mtu, 1400);
+    assert.equal((links[w.ctx.store.sandbox('web')!.netns] as any).links.eth0.mtu, 1400);
+    assert.equal(w.ctx.store.network('front')!.mtu, 1400);
+    assert.deepEqual((await computePlan(w.ctx, t3, { prune: false })).changes, []);
+    // By hand, beside the file's: down leaves it.
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'manual', subnet: ['10.72.0.0/24'] }));
+    await downTopology(w.ctx, 'shop');
+    assert.deepEqual(w.ctx.store.networks().map((n) => n.name), ['manual']);
+    assert.deepEqual(w.ctx.store.sandboxes(), []);
+    assert.deepEqual(w.ctx.store.policies(), []);
+    assert.deepEqual(w.ctx.store.owned(), []);
+  });
+
+  it('a failure part-way undoes what this apply did and says what failed', async () => {
+    using w = world();
+    // A sandbox made by hand holds host port 8080: web's create fails after both networks were made.
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'manual', subnet: ['10.72.0.0/24'] }));
+    await createSandbox(w.ctx, 'hand', { networks: ['manual'], ips: [], mac: undefined }, { mappings: [parsePortSpec('8080:80')], force: true });
+    const before = w.fake.snapshot();
+    const t = parseTopology('shop.yaml', SHOP);
+    const plan = await computePlan(w.ctx, t, { prune: false });
+    await assert.rejects(applyPlan(w.ctx, t, plan), /apply failed at "create sandbox web": .*8080.*; undid 2 earlier change\(s\) of this apply/);
+    assert.deepEqual(w.ctx.store.networks().map((n) => n.name), ['manual']);
+    assert.deepEqual(w.ctx.store.owned(), []);
+    // Forwarding, once on, stays on (removing a network never turns it off): the rest is as before.
+    assert.deepEqual({ ...w.fake.snapshot(), sysctls: undefined }, { ...before, sysctls: undefined });
+  });
+
+  it('an object that exists but was made by hand (or by another file) is a conflict at plan time', async () => {
+    using w = world();
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'front', subnet: ['10.70.1.0/24'] }));
+    await assert.rejects(computePlan(w.ctx, parseTopology('shop.yaml', SHOP), { prune: false }), /shop\.yaml:3:3: network front exists already and was not made by this file/);
+  });
+});
