@@ -47,7 +47,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 
 /** The rows and transactions createSandbox and removeSandbox write, n times. Returns ms for each half. */
 function workload(store: Store, n: number): { create: number; remove: number } {
-  store.write(() => store.insertNetwork({ name: 'web', bridge: 'ctbr-web', internal: false, isolate: false, hostAccess: false, mtu: null, driver: 'bridge', mac: null, state: 'ready' },
+  store.write(() => store.insertNetwork({ name: 'web', bridge: 'ctbr-web', internal: false, isolate: false, hostAccess: false, mtu: null, driver: 'bridge', mac: null, dns: false, dnsForward: [], state: 'ready' },
     [{ cidr: '10.0.0.0/16', family: 4, gateway: '10.0.0.1' }, { cidr: 'fd00::/64', family: 6, gateway: 'fd00::1' }]));
   const t0 = performance.now();
   for (let i = 0; i < n; i++) {

@@ -20,9 +20,12 @@ cd "$root"
 # bats + slirp4netns + catatonit + netcat-openbsd + curl + the dnsname plugin: test/lab/podman-bats.test.ts runs
 # podman's own networking tests (500-networking.bats), which use slirp4netns networks, pods (catatonit
 # builds podman's pause image), nc and curl on the host, and podman's DNS server for the networks they create.
+# bind9-dnsutils (dig) + dnsmasq-base + dnsperf + aardvark-dns: test/lab/dns.test.ts queries ctnetd's DNS server with dig and
+# forwards to a dnsmasq it starts in the lab's world; bench/dns.ts measures it with dnsperf against aardvark-dns.
 pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables iperf3 socat
   podman runc busybox-static netavark gcc libc6-dev libjansson-dev python3 etcd-server etcd-client containerd
-  bats slirp4netns catatonit netcat-openbsd curl golang-github-containernetworking-plugin-dnsname)
+  bats slirp4netns catatonit netcat-openbsd curl golang-github-containernetworking-plugin-dnsname
+  bind9-dnsutils dnsmasq-base dnsperf aardvark-dns)
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do

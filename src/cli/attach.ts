@@ -11,6 +11,7 @@ export const ATTACH_OPTIONS = [
   { flags: '--mac <mac>', description: 'MAC address of the first interface' },
   { flags: '-p, --publish <spec>', description: 'publish a port: [HOST_IP:]HOST_PORT[-END]:CONTAINER_PORT[-END][/tcp|/udp|/sctp] (repeatable)', repeatable: true },
   { flags: '--force', description: 'publish even when a host process listens on the host port' },
+  { flags: '--alias <name>', description: 'one more DNS name of the sandbox on its networks (several sandboxes may share one; repeatable)', repeatable: true },
   { flags: '--label <key=value>', description: 'a label policy rules can select (label:KEY=VALUE; repeatable)', repeatable: true },
   { flags: '--default-route <network>', description: 'the network (one of --network) that carries the default routes (default: the first with a way out)' },
   { flags: '--egress-ip <ip>', description: 'a host address this sandbox\'s egress leaves from instead of the masqueraded one (one per family)', repeatable: true },

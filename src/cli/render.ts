@@ -14,9 +14,9 @@ export function renderSandbox(v: SandboxView): string {
     ...v.cni.map((c) => `  cni        container ${c.containerId}, ${c.ifname} on CNI network ${c.cniNetwork}`),
     '',
     'interfaces:',
-    indent(table(['IFNAME', 'IFINDEX', 'NETWORK', 'MAC', 'STATE', 'ADDRESSES', 'HOST PEER (IFINDEX) @ BRIDGE'],
+    indent(table(['IFNAME', 'IFINDEX', 'NETWORK', 'MAC', 'STATE', 'ADDRESSES', 'HOST PEER (IFINDEX) @ BRIDGE', 'ALIASES'],
       v.interfaces.map((i) => [i.ifname, String(i.ifindex ?? '-'), i.network, i.mac, i.state, i.addresses.join(' '),
-        `${i.hostPeer.ifname} (${i.hostPeer.ifindex ?? 'missing'}) @ ${i.hostPeer.bridge ?? '-'}`]))),
+        `${i.hostPeer.ifname} (${i.hostPeer.ifindex ?? 'missing'}) @ ${i.hostPeer.bridge ?? '-'}`, i.aliases.join(',') || '-']))),
     ...v.interfaces.filter((i) => i.shaping).map((i) => `  ${i.ifname} shaped: ${Object.entries(i.shaping!).map(([k, x]) => `${k} ${x}`).join(', ')}`),
     '',
     'published ports:',
@@ -42,6 +42,7 @@ export function renderNetwork(v: NetworkView): string {
     `  bridge     ${b.ifname} (ifindex ${b.ifindex ?? 'MISSING'}, ${b.mac ?? '-'}, mtu ${b.mtu ?? '-'}, ${b.state})`,
     ...v.subnets.map((s) => `  subnet     ${s.cidr}  gateway ${s.gateway}`),
     `  egress     ${v.internal ? 'none' : v.egress.length ? `from ${v.egress.join(', ')} (--egress-ip)` : 'masqueraded'}`,
+    `  dns        ${v.dns.enabled ? `on the gateways; other names to ${v.internal ? 'nowhere (internal)' : v.dns.forward.join(', ') || 'the host\'s resolvers'}` : 'off'}`,
     '',
     'ports:',
     v.ports.length ? indent(table(['IFNAME', 'IFINDEX', 'STATE', 'SANDBOX'], v.ports.map((p) => [p.ifname, String(p.ifindex), p.state, p.sandbox ?? '-']))) : '  none',
@@ -50,7 +51,7 @@ export function renderNetwork(v: NetworkView): string {
     v.fdb.length ? indent(table(['MAC', 'PORT', 'SANDBOX'], v.fdb.map((f) => [f.mac, f.port, f.sandbox ?? '-']))) : '  none yet',
     '',
     'sandboxes:',
-    v.sandboxes.length ? indent(table(['NAME', 'IFNAME', 'MAC', 'ADDRESSES'], v.sandboxes.map((s) => [s.name, s.ifname, s.mac, s.addresses.join(' ')]))) : '  none',
+    v.sandboxes.length ? indent(table(['NAME', 'IFNAME', 'MAC', 'ADDRESSES', 'ALIASES'], v.sandboxes.map((s) => [s.name, s.ifname, s.mac, s.addresses.join(' '), s.aliases.join(',') || '-']))) : '  none',
     ...(v.overlay ? renderOverlay(v.overlay) : []),
   ].join('\n');
 }

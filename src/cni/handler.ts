@@ -4,6 +4,7 @@ import type { Ctx } from '../engine/context.ts';
 import { cniAdd, cniCheck, cniDel, cniGc, cniStatus } from '../engine/cni.ts';
 import { toCniError } from './errors.ts';
 import { parseLabel } from '../model/policy.ts';
+import { parseDnsLabel } from '../model/names.ts';
 import {
   type CniEnv, CniError, CODE, type Command, decode, mergeResult, nameForDel, parseConfig, parseEnv, renderError, renderResult, renderVersion,
   SUPPORTED_VERSIONS, withArgsClaims,
@@ -31,7 +32,10 @@ export async function handleCni(ctx: Ctx, env: Readonly<Record<string, string | 
     if (e.command === 'VERSION') return ok(JSON.stringify(renderVersion(version)));
     const parsed = parseConfig(raw, e.command);
     warnings.push(...parsed.warnings);
-    const conf = { ...withArgsClaims(parsed.conf, e.args), labels: withRuntimeLabels(parsed.conf.labels, e.args, warnings) };
+    const conf = {
+      ...withArgsClaims(parsed.conf, e.args), labels: withRuntimeLabels(parsed.conf.labels, e.args, warnings),
+      aliases: withPodName(parsed.conf.aliases, e.args),
+    };
     const req = { containerId: e.containerId, netns: e.netns, ifname: e.ifname, conf };
     switch (e.command) {
       case 'ADD': {
@@ -97,6 +101,21 @@ function withRuntimeLabels(labels: readonly { key: string; value: string }[], ar
     }
   }
   return out;
+}
+
+/**
+ * The pod (podman: container) name in CNI_ARGS is also the sandbox's first DNS name on the network,
+ * as the dnsname plugin made it: podman's CNI backend passes only the short id in runtimeConfig.aliases.
+ * Not a DNS label (a name with "_"): left out, the aliases still answer.
+ */
+function withPodName(aliases: readonly string[], args: ReadonlyMap<string, string>): string[] {
+  const pod = args.get('K8S_POD_NAME')?.toLowerCase();
+  if (!pod || aliases.includes(pod)) return [...aliases];
+  try {
+    return [parseDnsLabel('CNI_ARGS K8S_POD_NAME', pod), ...aliases];
+  } catch {
+    return [...aliases];
+  }
 }
 
 const stderrOf = (warnings: readonly string[]) => warnings.map((w) => `ctnet: warning: ${w}\n`).join('');

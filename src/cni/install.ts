@@ -48,7 +48,7 @@ export function conflist(store: Store, network: string, cniVersion: string): Rec
       network,
       stateDir: resolve(store.dir),
       ctnetBin: CTNET_BIN,
-      capabilities: { portMappings: true, ips: true, mac: true, dns: true, bandwidth: true },
+      capabilities: { portMappings: true, ips: true, mac: true, dns: true, bandwidth: true, aliases: true },
     }],
   };
 }

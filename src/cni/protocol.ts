@@ -5,7 +5,7 @@ import { parseCniBandwidth, type Shape } from '../model/shape.ts';
 import { CtnetError } from '../errors.ts';
 import { formatAddr, parseAddr } from '../model/cidr.ts';
 import { parseMac } from '../model/mac.ts';
-import { parseIfname, parseName } from '../model/names.ts';
+import { parseDnsLabel, parseIfname, parseName } from '../model/names.ts';
 import { parseLabel } from '../model/policy.ts';
 import { PROTOCOLS, type PortMapping, type Proto } from '../model/ports.ts';
 import type { IpRequest } from '../model/spec.ts';
@@ -111,7 +111,7 @@ export function parseArgs(text: string): Map<string, string> {
 const KNOWN = new Set(['cniVersion', 'cniVersions', 'name', 'type', 'network', 'stateDir', 'ctnetBin', 'capabilities', 'runtimeConfig',
   'args', 'dns', 'prevResult', 'cni.dev/valid-attachments', 'cni.dev/attachments', 'bridge', 'ipMasq', 'isGateway', 'isDefaultGateway',
   'hairpinMode', 'mtu', 'ipam', 'disableCheck']);
-const KNOWN_RUNTIME = new Set(['portMappings', 'ips', 'mac', 'dns', 'bandwidth', 'cni.dev/valid-attachments']);
+const KNOWN_RUNTIME = new Set(['portMappings', 'ips', 'mac', 'dns', 'bandwidth', 'aliases', 'cni.dev/valid-attachments']);
 
 type Json = Record<string, unknown>;
 const isObject = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -206,6 +206,7 @@ export function parseConfig(conf: Json, command: Command): { conf: NetConf; warn
       mac: parseMacKey(runtime.mac),
       labels: parseLabels(cniArgs.labels),
       dns: parseDns('runtimeConfig.dns', runtime.dns, true) ?? parseDns('dns', conf.dns, false),
+      aliases: parseCniAliases(runtime.aliases, name, warnings),
       prevResult,
       validAttachments: parseValid(validKey(conf, runtime)),
     },
@@ -357,6 +358,31 @@ const stringList = (key: string, v: unknown): string[] | undefined => {
   if (!Array.isArray(v) || v.some((x) => typeof x !== 'string')) throw invalidConfig(key, v, 'not a list of strings', 'pass a list of strings');
   return v as string[];
 };
+
+/**
+ * runtimeConfig.aliases (the "aliases" capability, as podman passes it for dnsname): {NETWORK: [names]},
+ * this CNI network's list becomes the sandbox's aliases (DNS names on the network). A name that is
+ * not a DNS label (a container name with "_") is skipped with a warning rather than failing ADD.
+ */
+function parseCniAliases(v: unknown, network: string, warnings: string[]): string[] {
+  if (v === undefined) return [];
+  if (!isObject(v)) throw invalidConfig('runtimeConfig.aliases', v, 'not an object', 'pass {"NETWORK": ["name", ...]}');
+  const list = v[network];
+  if (list === undefined) return [];
+  if (!Array.isArray(list) || !list.every((x) => typeof x === 'string')) {
+    throw invalidConfig(`runtimeConfig.aliases.${network}`, list, 'not a list of names', 'pass a list of DNS names');
+  }
+  const out: string[] = [];
+  for (const a of list as string[]) {
+    try {
+      const label = parseDnsLabel(`runtimeConfig.aliases.${network}`, a);
+      if (!out.includes(label)) out.push(label);
+    } catch (e) {
+      warnings.push(`ignoring alias ${JSON.stringify(a)}: ${(e as Error).message}`);
+    }
+  }
+  return out;
+}
 
 /** Config "dns" uses the result's keys; runtimeConfig.dns uses servers/searches/options. */
 function parseDns(key: string, v: unknown, runtime: boolean): Dns | undefined {

@@ -18,6 +18,8 @@ export interface DriverNetwork {
   readonly internal: boolean;
   readonly isolate: boolean;
   readonly hostAccess: boolean;
+  /** ctnetd answers DNS on its gateways: sandboxes may reach their gateway's port 53, whatever else is closed. */
+  readonly dns: boolean;
   readonly mtu: number | null;
   /** Its subnets on this host (an overlay network's: this host's lease), each with its gateway. */
   readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string; readonly gateway: string }[];

@@ -57,7 +57,7 @@ export function kernelDefaults(routes: readonly { dst: string; gateway?: string 
  * foreign: the default routes someone else's namespace has now (another plugin's), which an
  * attachment that takes a default over must put back when it is undone.
  */
-export function recordAttachments(rec: Recorder, sandbox: string, networks: readonly string[], spec: Pick<AttachSpec, 'ips' | 'mac'>,
+export function recordAttachments(rec: Recorder, sandbox: string, networks: readonly string[], spec: Pick<AttachSpec, 'ips' | 'mac'> & Partial<Pick<AttachSpec, 'aliases'>>,
   usedIfnames: string[], ifname?: string, foreign?: KernelDefaults): PlannedAttachment[] {
   const { store } = rec;
   checkRequestedIps(store, networks, spec.ips);
@@ -82,6 +82,7 @@ export function recordAttachments(rec: Recorder, sandbox: string, networks: read
       mac: (i === 0 ? spec.mac : undefined) ?? randomMac(), state: 'creating' as const,
     };
     rec.record({ kind: 'attachment.insert', row });
+    recordAliases(rec, sandbox, name, spec.aliases ?? []);
     const addresses = store.subnets(name).map((lease): AddressRow => {
       // A macvlan/ipvlan network's host shim holds an address of its subnet too; so does a service's VIP.
       const a = allocate(name, lease, spec.ips, (ip) => (ip === network.lower?.shimIp ? `(the host shim of network ${name})` : addressHolder(store, ip)));
@@ -100,6 +101,28 @@ export function recordAttachments(rec: Recorder, sandbox: string, networks: read
     planned.push({ row, network, addresses, defaults });
   }
   return planned;
+}
+
+/**
+ * A sandbox's names on a network (DNS, services/dns/): its own and its aliases. An alias may be
+ * shared by several sandboxes (round robin), but never be another sandbox's name there, nor the
+ * other way round: a name answers for one sandbox, or for the sandboxes sharing an alias.
+ */
+function recordAliases(rec: Recorder, sandbox: string, network: string, aliases: readonly string[]): void {
+  const { store } = rec;
+  const lower = sandbox.toLowerCase();
+  const others = store.attachments({ network }).filter((a) => a.sandbox !== sandbox).map((a) => a.sandbox.toLowerCase());
+  const taken = store.aliases({ network }).find((a) => a.alias === lower && a.sandbox !== sandbox);
+  if (taken) {
+    throw new CtnetError('CONFLICT', `sandbox name ${sandbox} is an alias of ${taken.sandbox} on network ${network}`,
+      `choose another sandbox name, or remove ${taken.sandbox}`);
+  }
+  for (const alias of aliases) {
+    if (others.includes(alias)) {
+      throw new CtnetError('CONFLICT', `--alias ${alias} is the name of another sandbox on network ${network}`, 'choose another alias');
+    }
+    rec.record({ kind: 'alias.insert', row: { sandbox, network, alias } });
+  }
 }
 
 /** The driver's plan that plugs a decided attachment in. */

@@ -86,6 +86,19 @@ async function bridgeMac(ctx: Ctx, n: NetworkRow): Promise<string | undefined> {
   return n.mac ?? (await ctx.kernel.link(n.bridge))?.address;
 }
 
+/**
+ * A runtime's aliases that are another sandbox's name on the network are left out with a warning:
+ * a container must start even when a ctnet sandbox already has its name.
+ */
+function usableAliases(ctx: Ctx, network: string, sandbox: string, aliases: readonly string[]): string[] {
+  const names = new Set(ctx.store.attachments({ network }).filter((a) => a.sandbox !== sandbox).map((a) => a.sandbox.toLowerCase()));
+  return aliases.filter((a) => {
+    if (!names.has(a)) return true;
+    ctx.warn(`alias ${a} is left out: it is the name of sandbox ${a} on network ${network}`);
+    return false;
+  });
+}
+
 /** The result of one attachment, as the reference bridge plugin shapes it. */
 function resultOf(store: Store, plan: PlannedAttachment, bridge: string, brMac: string | undefined, netns: string, conf: NetConf): CniResult {
   const subnets = store.subnets(plan.row.network);
@@ -98,8 +111,19 @@ function resultOf(store: Store, plan: PlannedAttachment, bridge: string, brMac: 
     ],
     ips: plan.addresses.map((a) => ({ address: `${a.ip}/${a.cidr.split('/')[1]}`, gateway: gw(a.cidr), interface: 2 })),
     routes: plan.defaults.map((d) => ({ dst: d.family === 4 ? '0.0.0.0/0' : '::/0', gw: d.via })),
-    dns: conf.dns ?? {},
+    dns: conf.dns ?? ctnetDns(store, plan.row.network),
   };
+}
+
+/**
+ * The DNS a runtime should give the container when the configuration says none (runtimeConfig.dns
+ * and the config's dns win): ctnetd on the network's gateways (IPv4 first), the network as search
+ * domain (services/dns/). None for a network with DNS off.
+ */
+function ctnetDns(store: Store, network: string): CniResult['dns'] {
+  if (!store.network(network)?.dns) return {};
+  const subnets = store.subnets(network).sort((a, b) => a.family - b.family);
+  return { nameservers: subnets.map((s) => s.gateway), search: [network] };
 }
 
 export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
@@ -126,7 +150,7 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
         const used = store.attachments({ sandbox }).map((a) => a.ifname);
         // The runtime's choice of the network that carries the default routes (the bridge plugin's key).
         if (conf.claims.isDefaultGateway === true && !network.internal) rec.record({ kind: 'default-route.set', sandbox, network: network.name });
-        const [a] = recordAttachments(rec, sandbox, [network.name], { ips: conf.ips, mac: conf.mac }, used, req.ifname, foreign);
+        const [a] = recordAttachments(rec, sandbox, [network.name], { ips: conf.ips, mac: conf.mac, aliases: usableAliases(ctx, network.name, sandbox, conf.aliases) }, used, req.ifname, foreign);
         rec.record({ kind: 'cni.insert', row: { containerId: req.containerId, ifname: req.ifname, cniNetwork: conf.name, sandbox, network: network.name } },
           ...conf.labels.map((l) => ({ kind: 'label.set' as const, sandbox, key: l.key, value: l.value })));
         // A container on several networks gets the same portMappings on each: publish them once.

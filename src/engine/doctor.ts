@@ -113,6 +113,16 @@ export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<F
       hint: `read why in ${ctx.store.dir}/ctnetd.log ("fail-closed"); tables owned by a process need Linux 5.12 or later and an nft that knows "flags owner"`,
     });
   }
+  // DNS (services/dns/) is ctnetd's: without it, the resolv.conf of a sandbox names a server that is not there.
+  const named = ctx.store.networks().filter((n) => n.dns).map((n) => n.name);
+  if (named.length && !daemonPid) {
+    out.push({
+      check: 'dns', status: 'warn', detail: `network${named.length > 1 ? 's' : ''} ${named.join(', ')} ha${named.length > 1 ? 've' : 's'} DNS on, but ctnetd is not running: their names are not answered`,
+      hint: 'start it: ctnet daemon (the CNI plugin and cluster join start it too)',
+    });
+  } else if (named.length) {
+    out.push({ check: 'dns', status: 'ok', detail: `ctnetd answers DNS on the gateways of ${named.join(', ')}` });
+  }
   return out;
 }
 

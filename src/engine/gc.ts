@@ -124,6 +124,12 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     await applier.teardown([step([{ kind: 'netns.kill', netns: { name } }, { kind: 'netns.del', name }])]);
     done.push(`removed netns ${name}, which no record owns`);
   }
+  // A sandbox's resolv.conf outlives it only when ctnet died between removing the netns and it.
+  for (const name of kernel.resolvNames()) {
+    if (!name.startsWith(prefix) || known.has(`/run/netns/${name}`)) continue;
+    await applier.teardown([step([{ kind: 'resolv.remove', netns: name }])]);
+    done.push(`removed /etc/netns/${name}, which no record owns`);
+  }
   // 5. Temporary tables of a `ctnet trace` that was killed before it removed them.
   for (const t of deadTraceTables(await kernel.nftTables())) {
     await applier.teardown([step([{ kind: 'nft.delete', lines: [`delete table ${t.family} ${t.table}`] }])]);

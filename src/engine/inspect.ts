@@ -39,6 +39,8 @@ export interface InterfaceView {
   readonly hostPeer: { readonly ifname: string; readonly ifindex: number | null; readonly bridge: string | null };
   /** The recorded shaping (ctnet shape): rates, bursts in bytes, latency, loss; absent when unshaped. */
   readonly shaping?: Record<string, string | number> | undefined;
+  /** Its DNS aliases on the network (--alias, or a runtime's CNI aliases). */
+  readonly aliases: string[];
 }
 
 export interface SandboxView {
@@ -107,6 +109,7 @@ export async function inspectSandbox(ctx: Ctx, name: string): Promise<SandboxVie
           .filter((x) => x.scope !== 'link').map((x) => `${x.local}/${x.prefixlen}`),
         hostPeer: { ifname: a.hostVeth, ifindex: peer?.ifindex ?? null, bridge: peer?.master ?? null },
         ...shapingOf(store, a.sandbox, a.network),
+        aliases: store.aliases({ sandbox: name }).filter((x) => x.network === a.network).map((x) => x.alias),
       };
     }),
     labels: Object.fromEntries(store.labels(name).map((l) => [l.key, l.value])),
@@ -128,6 +131,8 @@ export interface NetworkView {
   readonly name: string;
   readonly state: string;
   readonly internal: boolean;
+  /** ctnetd's DNS on the gateways, and where other names go (empty: the host's resolvers; --internal: nowhere). */
+  readonly dns: { enabled: boolean; forward: string[] };
   readonly created: string;
   readonly subnets: { cidr: string; gateway: string }[];
   /** --egress-ip: the host addresses its egress leaves from (empty: masqueraded). */
@@ -135,7 +140,7 @@ export interface NetworkView {
   readonly bridge: { ifname: string; ifindex: number | null; mac: string | null; mtu: number | null; state: string; addresses: string[] };
   readonly ports: { ifname: string; ifindex: number; state: string; sandbox: string | null }[];
   readonly fdb: { mac: string; port: string; sandbox: string | null }[];
-  readonly sandboxes: { name: string; ifname: string; mac: string; addresses: string[] }[];
+  readonly sandboxes: { name: string; ifname: string; mac: string; addresses: string[]; aliases: string[] }[];
   /** An overlay (vxlan) network's side on this host: its VXLAN device, and each peer with its three entries. */
   readonly overlay?: {
     vni: number; port: number; subnet: string; lease: string; device: string; vtepMac: string; underlay: string;
@@ -170,6 +175,7 @@ export async function inspectNetwork(ctx: Ctx, name: string): Promise<NetworkVie
     name: n.name,
     state: n.state,
     internal: n.internal,
+    dns: { enabled: n.dns, forward: [...n.dnsForward] },
     created: n.created,
     subnets: store.subnets(name).map((s) => ({ cidr: s.cidr, gateway: s.gateway })),
     egress: store.networkEgress(name).map((e) => e.ip),
@@ -190,6 +196,7 @@ export async function inspectNetwork(ctx: Ctx, name: string): Promise<NetworkVie
       ifname: a.ifname,
       mac: a.mac,
       addresses: store.addresses({ sandbox: a.sandbox }).filter((x) => x.network === name).map((x) => x.ip),
+      aliases: store.aliases({ sandbox: a.sandbox }).filter((x) => x.network === name).map((x) => x.alias),
     })),
     overlay: await overlayView(ctx, name),
   };

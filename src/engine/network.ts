@@ -117,13 +117,14 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: Overl
         throw new CtnetError('CONFLICT', `--gateway ${lower.shimIp} is the address the host shim takes (the subnet's last)`, 'give the segment\'s router as --gateway');
       }
       const dn: DriverNetwork = {
-        name: spec.name, device, mac: randomMac(), internal: spec.internal, isolate: spec.isolate, hostAccess: spec.hostAccess, mtu: mtu ?? null,
+        name: spec.name, device, mac: randomMac(), internal: spec.internal, isolate: spec.isolate, hostAccess: spec.hostAccess, dns: spec.dns, mtu: mtu ?? null,
         subnets: spec.subnets.map((s) => ({ family: s.subnet.family, cidr: s.cidr, gateway: s.gateway })), lower,
         overlay: o && { vni: o.vni, port: o.port, device: o.device, vtepMac: o.vtepMac, cidrs: [o.cidr], underlay: { ip: o.underlayIp, dev: o.underlayDev }, peers: [] },
         egress,
       };
       driver.validate(dn, host);
-      const r = { name: dn.name, bridge: device, internal: dn.internal, isolate: dn.isolate, hostAccess: dn.hostAccess, mtu: dn.mtu, driver: driver.name, mac: dn.mac, state: 'creating' as const, ...(lower ? { lower } : {}) };
+      const r = { name: dn.name, bridge: device, internal: dn.internal, isolate: dn.isolate, hostAccess: dn.hostAccess, mtu: dn.mtu, driver: driver.name, mac: dn.mac,
+        dns: spec.dns, dnsForward: spec.dnsForward, state: 'creating' as const, ...(lower ? { lower } : {}) };
       rec.record({ kind: 'network.insert', row: r, subnets: dn.subnets.map((s) => ({ cidr: s.cidr, family: s.family, gateway: s.gateway })), overlay: o },
         { kind: 'meta.set', key: MADE_NETWORKS, value: '1' },
         ...egress.map((e) => ({ kind: 'egress.set' as const, scope: 'network' as const, name: spec.name, family: e.family, ip: e.ip })));

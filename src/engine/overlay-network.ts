@@ -10,7 +10,7 @@ import { EtcdError, GRPC_NOT_FOUND } from '../cluster/etcd.ts';
 import { CtnetError } from '../errors.ts';
 import { overlaps, parseSubnet } from '../model/cidr.ts';
 import { parseName } from '../model/names.ts';
-import { parseNetworkSpec } from '../model/spec.ts';
+import { parseDnsOptions, parseNetworkSpec } from '../model/spec.ts';
 import { withLock } from '../store/lock.ts';
 import type { MemberRow, NetworkRow } from '../store/store.ts';
 import { etcdOf, memberOf } from './cluster.ts';
@@ -21,12 +21,17 @@ export interface OverlayRequest extends RawOverlay {
   readonly name: string;
   readonly hostAccess?: boolean | undefined;
   readonly mtu?: string | undefined;
+  readonly dns?: string | undefined;
+  readonly dnsForward?: string | undefined;
 }
 
 /** The options of this host's side that are not the cluster's (host access, MTU; isolation is the definition's). */
 interface LocalOptions {
   readonly hostAccess?: boolean | undefined;
   readonly mtu?: string | undefined;
+  /** DNS (services/dns/): this host's answers and upstreams (another host's side has DNS on, forwarding to its resolvers). */
+  readonly dns?: string | undefined;
+  readonly dnsForward?: string | undefined;
 }
 
 function member(ctx: Ctx, what: string): MemberRow {
@@ -56,6 +61,7 @@ export async function createOverlayNetwork(ctx: Ctx, req: OverlayRequest): Promi
   const { store } = ctx;
   const name = parseName('network', req.name);
   const spec = parseOverlaySpec(req);
+  parseDnsOptions({ dns: req.dns, dnsForward: req.dnsForward, internal: spec.internal }); // before anything is written to etcd
   if (parseSubnet('--subnet', spec.subnet).family !== 4) {
     throw new CtnetError('INVALID_ARGUMENT', `--subnet ${spec.subnet}: overlay networks carry IPv4 only`, 'give an IPv4 --subnet, e.g. 10.50.0.0/16');
   }
@@ -95,7 +101,7 @@ async function makeLocalSide(ctx: Ctx, m: MemberRow, name: string, def: OverlayD
       throw new CtnetError('STATE', `this host no longer has its underlay address ${m.underlay}`, 'leave the cluster and join again with --underlay set to an address it has');
     }
     const mtu = (await kernel.link(dev))?.mtu ?? 1500;
-    const spec = parseNetworkSpec({ name, subnet: [cidr], internal: def.internal, isolate: def.isolate, hostAccess: local.hostAccess, mtu: local.mtu });
+    const spec = parseNetworkSpec({ name, subnet: [cidr], internal: def.internal, isolate: def.isolate, hostAccess: local.hostAccess, mtu: local.mtu, dns: local.dns, dnsForward: local.dnsForward });
     return await createNetwork(ctx, spec, { vni: def.vni, port: def.port, cidr: def.subnet, underlay: { ip: m.underlay, dev, mtu }, vtepMac: m.vtepMac });
   } catch (e) {
     await releaseLease(etcd, name, m.host).catch(() => {});

@@ -2,7 +2,7 @@
 import { closeSync, mkdirSync, openSync } from 'node:fs';
 import { join } from 'node:path';
 import { CtnetError } from '../errors.ts';
-import { spawnInNetns } from '../kernel/netns.ts';
+import { execArgv, spawnInNetns } from '../kernel/netns.ts';
 import { isAlive, processToken, signalProcess } from '../kernel/proc.ts';
 import { nsenterArgv, shellLine } from '../plan/render.ts';
 import type { Ctx } from './context.ts';
@@ -22,7 +22,7 @@ export function execInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): P
   const ns = liveNetns(ctx, name);
   // A user's process, not a kernel setting: printed for --explain like a plan, run here.
   ctx.applier.note(`run in sandbox ${name}`);
-  ctx.applier.explainLine(shellLine(nsenterArgv(ns, cmd)));
+  ctx.applier.explainLine(shellLine(execArgv(ns, cmd)));
   if (ctx.applier.dryRun) return Promise.resolve(0);
   const child = spawnInNetns(ns, cmd, { stdio: 'inherit', detached: false });
   const forward = (sig: NodeJS.Signals) => child.kill(sig);
@@ -43,7 +43,7 @@ export function startInSandbox(ctx: Ctx, name: string, cmd: readonly string[]): 
   mkdirSync(logs, { recursive: true });
   const log = join(logs, `${name}.log`);
   ctx.applier.note(`start in sandbox ${name}, output to ${log}`);
-  ctx.applier.explainLine(`${shellLine(nsenterArgv(ns, cmd))} >>${shellLine([log])} 2>&1 &`);
+  ctx.applier.explainLine(`${shellLine(execArgv(ns, cmd))} >>${shellLine([log])} 2>&1 &`);
   if (ctx.applier.dryRun) return 0;
   const fd = openSync(log, 'a');
   try {

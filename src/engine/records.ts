@@ -39,7 +39,7 @@ export function readyNetwork(store: Store, name: string): NetworkRow {
 export function driverNetwork(store: Store, n: NetworkRow): DriverNetwork {
   const o = store.overlay(n.name);
   return {
-    name: n.name, device: n.bridge, mac: n.mac, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, mtu: n.mtu, lower: n.lower,
+    name: n.name, device: n.bridge, mac: n.mac, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, dns: n.dns, mtu: n.mtu, lower: n.lower,
     subnets: store.subnets(n.name).map((s) => ({ family: s.family, cidr: s.cidr, gateway: s.gateway })),
     egress: store.networkEgress(n.name).map((e) => ({ family: e.family, ip: e.ip })),
     overlay: o && {

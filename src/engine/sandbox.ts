@@ -55,6 +55,7 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
       ...p.attachments.flatMap((a) => attachSteps(store, ns, a)),
       ...(shape ? p.attachments.flatMap((a) => shapeSteps(store, a.row, shape, undefined)) : []),
       ...publishSteps(p.ports),
+      ...resolvSteps(store, nsName, spec.networks),
     ]);
     await syncPolicy(ctx, { tx });
     tx.commit(...p.attachments.map((a) => ({ kind: 'attachment.state' as const, sandbox: name, network: a.row.network, state: 'ready' as const })),
@@ -81,17 +82,17 @@ export function checkRouteNetwork(store: Store, network: string): void {
 }
 
 /** Connects an existing sandbox to one more network (defaultRoute: it takes the default routes over). */
-export async function connect(ctx: Ctx, network: string, sandbox: string, ips: readonly IpRequest[], defaultRoute = false): Promise<void> {
+export async function connect(ctx: Ctx, network: string, sandbox: string, ips: readonly IpRequest[], defaultRoute = false, aliases: readonly string[] = []): Promise<void> {
   const s = readySandbox(ctx.store, sandbox);
   await ensureOverlaySides(ctx, [network]);
-  await attachOne(ctx, s, network, ips, false, false, defaultRoute);
+  await attachOne(ctx, s, network, ips, aliases, false, false, defaultRoute);
 }
 
 /**
  * Connects a network namespace made by someone else (a container's), recorded as sandbox NAME.
  * ctnet never deletes that namespace; removing the sandbox only removes what ctnet added.
  */
-export async function connectExternal(ctx: Ctx, network: string, netnsPath: string, name: string, ips: readonly IpRequest[]): Promise<void> {
+export async function connectExternal(ctx: Ctx, network: string, netnsPath: string, name: string, ips: readonly IpRequest[], aliases: readonly string[] = []): Promise<void> {
   const { store, kernel } = ctx;
   if (!kernel.isNetns(netnsPath)) {
     throw new CtnetError('INVALID_ARGUMENT', `${netnsPath} is not a network namespace`, 'give a netns file such as /run/netns/NAME or /proc/PID/ns/net');
@@ -102,10 +103,10 @@ export async function connectExternal(ctx: Ctx, network: string, netnsPath: stri
   }
   const s = existing ?? { name, netns: netnsPath, owned: false, state: 'ready' as const, owner: null, created: '' };
   await ensureOverlaySides(ctx, [network]);
-  await attachOne(ctx, s, network, ips, true, !existing);
+  await attachOne(ctx, s, network, ips, aliases, true, !existing);
 }
 
-async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly IpRequest[], readNames: boolean, isNew = false, defaultRoute = false): Promise<void> {
+async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly IpRequest[], aliases: readonly string[], readNames: boolean, isNew = false, defaultRoute = false): Promise<void> {
   const { store, kernel, applier } = ctx;
   const ns = sandboxNetns(s);
   // In someone else's namespace any interface may exist; in ours, the store knows them all.
@@ -120,7 +121,7 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
         rec.record({ kind: 'default-route.set', sandbox: s.name, network });
       }
       used.push(...store.attachments({ sandbox: s.name }).map((a) => a.ifname));
-      const [a] = recordAttachments(rec, s.name, [network], { ips, mac: undefined }, used, undefined, foreign);
+      const [a] = recordAttachments(rec, s.name, [network], { ips, mac: undefined, aliases }, used, undefined, foreign);
       return { planned: a!, after: portFacts(store, s.name) };
     });
     // This network may be the first with a way out: the published ports move to it, in the
@@ -234,6 +235,7 @@ export async function teardownSandbox(ctx: Ctx, s: SandboxRow): Promise<void> {
     ...unpublishSteps(portFacts(store, s.name)),
     ...store.attachments({ sandbox: s.name }).flatMap((a) => detachSteps(ctx, a)),
     ...(ours ? [step([{ kind: 'netns.del', name: ns.name }], `sandbox ${s.name}: remove its network namespace`)] : []),
+    ...(ours ? [step([{ kind: 'resolv.remove', netns: ns.name }], `sandbox ${s.name}: remove its resolv.conf`)] : []),
   ]);
 }
 
@@ -262,4 +264,17 @@ export async function moveDefaultRoute(ctx: Ctx, sandbox: string, network: strin
     await tx.run([step(ops, `${sandbox}: default route${ops.length > 1 ? 's' : ''} via network ${network}`)]);
     tx.commit();
   });
+}
+
+/**
+ * The sandbox's resolv.conf (/etc/netns/NETNS/, bound over /etc/resolv.conf by ctnet exec/run):
+ * ctnetd on the gateways of its networks with DNS, in the order joined (IPv4 first: every
+ * resolver speaks it), and those networks as search domains, so NAME resolves as NAME.NETWORK.
+ * None when no network has DNS: the host's resolv.conf stays, as before.
+ */
+function resolvSteps(store: Store, nsName: string, networks: readonly string[]): Step[] {
+  const withDns = networks.filter((n) => store.network(n)?.dns);
+  if (withDns.length === 0) return [];
+  const gateways = withDns.flatMap((n) => store.subnets(n)).sort((a, b) => a.family - b.family).map((s) => s.gateway);
+  return [step([{ kind: 'resolv.write', netns: nsName, nameservers: gateways, search: withDns }], `${nsName}: its resolv.conf names ctnetd on ${withDns.join(', ')}`)];
 }

@@ -26,7 +26,7 @@ export function tablesScript(store: Store, policy: PolicyElements = policyElemen
   const ports = store.sandboxes().flatMap((s) => portFacts(store, s.name));
   const facts = nets.map((n) => (store.overlay(n.name)
     ? overlayFacts(driverNetwork(store, n))
-    : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: store.subnets(n.name), egress: store.networkEgress(n.name) }));
+    : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, dns: n.dns, subnets: store.subnets(n.name), egress: store.networkEgress(n.name) }));
   // Services as recorded (their backends are what the record says the kernel holds).
   const services = store.services().map((s) => serviceFacts(s));
   return fullScript(facts, endpoints, ports, policy, services).trimEnd().split('\n');

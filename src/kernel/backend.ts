@@ -138,6 +138,8 @@ export interface KernelBackend {
   sysctl(key: string): string | undefined;
   /** Names of the netns files in /run/netns (ip netns list). */
   netnsNames(): string[];
+  /** Names in /etc/netns that hold a resolv.conf (ctnet writes one per sandbox with DNS). */
+  resolvNames(): string[];
   /** True when PATH is a network namespace file. */
   isNetns(path: string): boolean;
   /** PIDs of the processes in a namespace. */

@@ -9,7 +9,7 @@ import { KernelError, type KernelErrorKind } from '../errors.ts';
 import { addrToBigint, formatAddr } from '../model/cidr.ts';
 import { netnsPath, type Netns } from '../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../plan/flows.ts';
-import type { Op } from '../plan/ops.ts';
+import { resolvText, type Op } from '../plan/ops.ts';
 import { renderOp, shellLine, tcCommands } from '../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, RouteInfo, TraceMonitor } from './backend.ts';
 
@@ -175,6 +175,8 @@ export class FakeKernel implements KernelBackend {
   readonly foreignChains: NftChain[] = [];
   /** ctnet's accepts in the host's shared FORWARD chains ("FAMILY [legacy] BRIDGE"). */
   readonly forwardAccepts: string[] = [];
+  /** /etc/netns/NAME/resolv.conf as written (resolv.write). */
+  readonly resolvFiles = new Map<string, string>();
 
   /**
    * host: seed the host's own interfaces (lo, and eth0 with 192.0.2.10/24 and a default route via
@@ -567,6 +569,12 @@ export class FakeKernel implements KernelBackend {
         link.redirect = to.name;
         return;
       }
+      case 'resolv.write':
+        this.resolvFiles.set(op.netns, resolvText(op.nameservers, op.search));
+        return;
+      case 'resolv.remove':
+        this.resolvFiles.delete(op.netns);
+        return;
       case 'forward.accept': {
         const rule = `${op.target.family}${op.target.legacy ? ' legacy' : ''} ${op.bridge}`;
         this.forwardAccepts.push(rule);
@@ -926,6 +934,9 @@ export class FakeKernel implements KernelBackend {
     return perLink ? perLink.link.sysctls.get(perLink.setting) : this.#sysctls.get(k);
   }
 
+  resolvNames(): string[] {
+    return [...this.resolvFiles.keys()];
+  }
   netnsNames(): string[] {
     return [...this.#ns.keys()].filter((k) => /^\/run\/netns\/[^/]+$/.test(k)).map((k) => k.slice('/run/netns/'.length)).sort();
   }

@@ -1,6 +1,7 @@
 // Network namespace files and the processes inside them.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readdirSync, readlinkSync, statfsSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readlinkSync, renameSync, rmdirSync, rmSync, statfsSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { netnsPath, type Netns } from '../model/netns.ts';
 import { nsenterArgv } from '../plan/render.ts';
 
@@ -74,9 +75,54 @@ export function spawnInNetns(
   cmd: readonly string[],
   options: { stdio: 'inherit' | readonly ['ignore', number, number]; detached: boolean },
 ): ChildProcess {
-  const [file, ...args] = nsenterArgv(ns, cmd);
+  const [file, ...args] = execArgv(ns, cmd);
   return spawn(file!, args, {
     stdio: options.stdio === 'inherit' ? 'inherit' : [...options.stdio],
     detached: options.detached,
   });
+}
+
+/** Where `ip netns exec NAME` finds the files it binds over /etc (resolv.conf, hosts). */
+export const ETC_NETNS = '/etc/netns';
+
+/** Equivalent to: mkdir -p /etc/netns/NAME && write /etc/netns/NAME/resolv.conf (atomically: a reader never sees half). */
+export function writeResolv(name: string, text: string): void {
+  const dir = join(ETC_NETNS, name);
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  writeFileSync(join(dir, 'resolv.conf.tmp'), text, { mode: 0o644 });
+  renameSync(join(dir, 'resolv.conf.tmp'), join(dir, 'resolv.conf'));
+}
+
+/** Equivalent to: rm -f /etc/netns/NAME/resolv.conf; rmdir /etc/netns/NAME when empty. Missing is success. */
+export function removeResolv(name: string): void {
+  const dir = join(ETC_NETNS, name);
+  rmSync(join(dir, 'resolv.conf'), { force: true });
+  try {
+    rmdirSync(dir);
+  } catch {
+    // gone, or someone else's files are in it: leave them
+  }
+}
+
+/** The names under /etc/netns with a resolv.conf. */
+export function resolvNames(): string[] {
+  try {
+    return readdirSync(ETC_NETNS).filter(hasResolv);
+  } catch {
+    return [];
+  }
+}
+
+/** True when ctnet wrote a resolv.conf for netns NAME (exec then binds it: see execArgv). */
+export function hasResolv(name: string): boolean {
+  return existsSync(join(ETC_NETNS, name, 'resolv.conf'));
+}
+
+/**
+ * How a command runs in a sandbox: nsenter into its network namespace, or, when ctnet wrote the
+ * sandbox a resolv.conf, `ip netns exec NAME`, which also binds /etc/netns/NAME/resolv.conf over
+ * /etc/resolv.conf in a private mount namespace of the command's own.
+ */
+export function execArgv(ns: Netns, cmd: readonly string[]): string[] {
+  return 'name' in ns && hasResolv(ns.name) ? ['ip', 'netns', 'exec', ns.name, ...cmd] : nsenterArgv(ns, cmd);
 }

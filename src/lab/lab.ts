@@ -205,6 +205,8 @@ for _ in range(3): s.sendto(ra + pfx, ('ff02::1', 0, 0, ifi))
     const inst = this.#instance();
     const mine = netnsNames().filter((n) => (inst && n.startsWith(`ctnet-${inst}-`)) || n === this.host || n === this.world);
     for (const name of mine) netnsKillAll({ name });
+    // The resolv.conf files ctnet wrote for this lab's sandboxes (ip netns exec's /etc/netns/NAME/).
+    for (const name of mine) if (name.startsWith('ctnet-')) rmSync(join('/etc/netns', name), { recursive: true, force: true });
     for (const name of mine) {
       try {
         await this.#kernel.apply([{ kind: 'netns.del', name }]);

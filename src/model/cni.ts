@@ -36,6 +36,8 @@ export interface NetConf {
   readonly mac: string | undefined;
   readonly labels: readonly { key: string; value: string }[];
   readonly dns: Dns | undefined;
+  /** DNS names of the sandbox on the network (runtimeConfig.aliases). */
+  readonly aliases: readonly string[];
   readonly prevResult: Record<string, unknown> | undefined;
   /** GC: the attachments the runtime still uses; undefined when the key is absent. */
   readonly validAttachments: readonly { containerId: string; ifname: string }[] | undefined;

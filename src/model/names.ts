@@ -29,3 +29,18 @@ export function parseIfname(what: string, value: string): string {
   }
   return value;
 }
+
+const DNS_LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/;
+
+/**
+ * A DNS label (RFC 1123 host name label): 1 to 63 letters, digits and '-', not starting or ending
+ * with '-'. Stored lower-case: DNS names compare without case.
+ */
+export function parseDnsLabel(what: string, value: string): string {
+  const v = value.toLowerCase();
+  if (!DNS_LABEL.test(v)) {
+    throw invalid(`${what} ${JSON.stringify(value)} is not a valid DNS label`,
+      'use 1 to 63 letters, digits and "-", starting and ending with a letter or digit');
+  }
+  return v;
+}

@@ -2,7 +2,7 @@
 import { invalid } from '../errors.ts';
 import { contains, formatAddr, formatSubnet, hostRange, overlaps, parseAddr, parseSubnet, type Family, type Subnet } from './cidr.ts';
 import { parseMac } from './mac.ts';
-import { parseIfname, parseName } from './names.ts';
+import { parseDnsLabel, parseIfname, parseName } from './names.ts';
 
 export interface SubnetSpec {
   readonly subnet: Subnet;
@@ -19,6 +19,10 @@ export interface NetworkSpec {
   /** Sandboxes may reach any service of the host (else only ICMP and published ports). */
   readonly hostAccess: boolean;
   readonly mtu: number | undefined;
+  /** ctnetd answers DNS on the network's gateways (default on). */
+  readonly dns: boolean;
+  /** Upstreams for names that are not the network's (empty: the host's resolvers). */
+  readonly dnsForward: readonly string[];
   /** `--egress-ip`: host addresses its egress leaves from, at most one per family (engine/egress.ts). */
   readonly egress?: readonly { readonly family: 4 | 6; readonly ip: string }[] | undefined;
   /** A macvlan or ipvlan network: the parent interface, mode, and whether the host gets a shim. */
@@ -70,6 +74,26 @@ export interface RawNetwork {
   parent?: string;
   mode?: string;
   hostShim?: boolean;
+  /** 'on' (default) or 'off'. */
+  dns?: string;
+  /** IP[,IP...] */
+  dnsForward?: string;
+}
+
+/** --dns and --dns-forward: DNS on unless 'off'; upstream addresses, never with --internal or --dns off. */
+export function parseDnsOptions(raw: { dns?: string | undefined; dnsForward?: string | undefined; internal?: boolean | undefined }): { dns: boolean; dnsForward: string[] } {
+  if (raw.dns !== undefined && raw.dns !== 'on' && raw.dns !== 'off') throw invalid(`--dns ${JSON.stringify(raw.dns)} is neither on nor off`, 'use --dns off to turn DNS off');
+  const dns = raw.dns !== 'off';
+  if (raw.dnsForward === undefined) return { dns, dnsForward: [] };
+  if (!dns) throw invalid('--dns-forward needs DNS on', 'leave out --dns off, or --dns-forward');
+  if (raw.internal) throw invalid('--dns-forward cannot be used with --internal', 'an --internal network answers only its own names and forwards nothing');
+  const dnsForward = raw.dnsForward.split(',').map((t) => {
+    const a = parseAddr('--dns-forward', t.trim());
+    return formatAddr(a.family, a.n);
+  });
+  const dup = dnsForward.find((a, i) => dnsForward.indexOf(a) !== i);
+  if (dup) throw invalid(`--dns-forward ${dup} is given twice`);
+  return { dns, dnsForward };
 }
 
 export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
@@ -121,6 +145,7 @@ export function parseNetworkSpec(raw: RawNetwork): NetworkSpec {
     hostAccess: raw.hostAccess ?? false,
     mtu,
     ...(lower ? { lower } : {}),
+    ...parseDnsOptions(raw),
   };
 }
 
@@ -136,9 +161,19 @@ export interface AttachSpec {
   readonly mac: string | undefined;
   /** `--default-route NET`: the network (one of networks) that carries the default routes. */
   readonly defaultRoute?: string | undefined;
+  /** More DNS names of the sandbox, on each network it joins. */
+  readonly aliases: readonly string[];
 }
 
-export function parseAttachSpec(raw: { network?: string[]; ip?: string[]; mac?: string; defaultRoute?: string }): AttachSpec {
+/** --alias values: DNS labels, each once. */
+export function parseAliases(raw: readonly string[] | undefined): string[] {
+  const aliases = (raw ?? []).map((a) => parseDnsLabel('--alias', a));
+  const dup = aliases.find((a, i) => aliases.indexOf(a) !== i);
+  if (dup) throw invalid(`--alias ${dup} is given twice`);
+  return aliases;
+}
+
+export function parseAttachSpec(raw: { network?: string[]; ip?: string[]; mac?: string; defaultRoute?: string; alias?: string[] }): AttachSpec {
   const networks = (raw.network ?? []).map((n) => parseName('network', n));
   if (networks.length === 0) throw invalid('no --network given', 'name the network to join, e.g. --network web');
   const dup = networks.find((n, i) => networks.indexOf(n) !== i);
@@ -153,5 +188,5 @@ export function parseAttachSpec(raw: { network?: string[]; ip?: string[]; mac?: 
   if (defaultRoute !== undefined && !networks.includes(defaultRoute)) {
     throw invalid(`--default-route ${defaultRoute} is not one of the --network options`, `add --network ${defaultRoute}, or choose one of ${networks.join(', ')}`);
   }
-  return { networks, ips, mac: raw.mac === undefined ? undefined : parseMac(raw.mac), defaultRoute };
+  return { networks, ips, mac: raw.mac === undefined ? undefined : parseMac(raw.mac), defaultRoute, aliases: parseAliases(raw.alias) };
 }

@@ -20,7 +20,9 @@ export interface NetworkFacts {
   readonly isolate: boolean;
   /** Its sandboxes may reach every service of the host. */
   readonly hostAccess: boolean;
-  readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string }[];
+  /** ctnetd answers DNS on its gateways: one dns set element per gateway, open whatever else is closed. */
+  readonly dns: boolean;
+  readonly subnets: readonly { readonly family: 4 | 6; readonly cidr: string; readonly gateway: string }[];
   /** An overlay network's side of the host: its VXLAN device, the overlay's subnets, its VNI and port, the peers' VTEPs. */
   readonly overlay?: OverlayFacts | undefined;
   /** `--egress-ip`: the host address its subnets' egress leaves from (per family), instead of masquerade's choice. */
@@ -64,6 +66,8 @@ add set ${TABLE} bridges { type ifname; comment "every ctnet bridge"; }
 add set ${TABLE} bridge_pairs { type ifname . ifname; comment "bridge . itself: traffic that stays in its network"; }
 add set ${TABLE} internal_bridges { type ifname; comment "bridges of --internal networks"; }
 add set ${TABLE} host_access_bridges { type ifname; comment "bridges of --host-access networks: their sandboxes reach the host's services"; }
+add set ${TABLE} dns4 { type ipv4_addr . ifname; comment "gateway . bridge of networks with DNS: ctnetd answers there"; }
+add set ${TABLE} dns6 { type ipv6_addr . ifname; comment "gateway . bridge of networks with DNS: ctnetd answers there"; }
 add set ${TABLE} masq4 { type ipv4_addr; flags interval; comment "subnets whose egress is masqueraded"; }
 add set ${TABLE} masq6 { type ipv6_addr; flags interval; comment "subnets whose egress is masqueraded"; }
 add set ${TABLE} overlays { type ifname; comment "VXLAN devices of overlay networks: other hosts' sandboxes come in through them"; }
@@ -126,6 +130,8 @@ add rule ${TABLE} input iifname != @bridges iifname != @overlays accept
 add rule ${TABLE} input ct state established,related accept comment "replies to what the host started"
 add rule ${TABLE} input ct label set ${SEEN_LABEL} comment "seen by ctnet"
 add rule ${TABLE} input icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept comment "neighbour discovery: a sandbox must find its gateway"
+add rule ${TABLE} input meta l4proto { udp, tcp } th dport 53 ip daddr . iifname @dns4 accept comment "DNS: ctnetd on the network's gateway (also --internal, also without host access)"
+add rule ${TABLE} input meta l4proto { udp, tcp } th dport 53 ip6 daddr . iifname @dns6 accept comment "DNS: ctnetd on the network's gateway (also --internal, also without host access)"
 add rule ${TABLE} input ip saddr . meta l4proto . th dport @policy_host_deny4 counter drop comment "policy: deny --to host"
 add rule ${TABLE} input ip6 saddr . meta l4proto . th dport @policy_host_deny6 counter drop comment "policy: deny --to host"
 add rule ${TABLE} input ip saddr . meta l4proto . th dport @policy_host_allow4 counter accept comment "policy: allow --to host"
@@ -304,6 +310,7 @@ export function networkElements(verb: Verb, n: NetworkFacts): string[] {
   const lines = [`${verb} element ${TABLE} bridges { ${q(n.bridge)} }`];
   if (!n.isolate) lines.push(`${verb} element ${TABLE} bridge_pairs { ${q(n.bridge)} . ${q(n.bridge)} }`);
   if (n.hostAccess) lines.push(`${verb} element ${TABLE} host_access_bridges { ${q(n.bridge)} }`);
+  if (n.dns) for (const s of n.subnets) lines.push(`${verb} element ${TABLE} dns${s.family} { ${s.gateway} . ${q(n.bridge)} }`);
   if (n.internal) lines.push(`${verb} element ${TABLE} internal_bridges { ${q(n.bridge)} }`);
   else {
     for (const s of n.subnets) lines.push(`${verb} element ${TABLE} masq${s.family} { ${s.cidr} }`);

@@ -134,7 +134,20 @@ export type Op =
    */
   | { readonly kind: 'forward.accept'; readonly target: ForwardTarget; readonly bridge: string }
   /** Removes what forward.accept inserted (missing counts as removed). */
-  | { readonly kind: 'forward.unaccept'; readonly target: ForwardTarget; readonly bridge: string };
+  | { readonly kind: 'forward.unaccept'; readonly target: ForwardTarget; readonly bridge: string }
+  /**
+   * Writes /etc/netns/NETNS/resolv.conf: what `ip netns exec` (and so `ctnet exec/run`) binds over
+   * /etc/resolv.conf for commands in the sandbox (ctnetd's DNS on its networks' gateways).
+   */
+  | { readonly kind: 'resolv.write'; readonly netns: string; readonly nameservers: readonly string[]; readonly search: readonly string[] }
+  /** Removes /etc/netns/NETNS/resolv.conf and the directory when nothing else is in it (missing counts as removed). */
+  | { readonly kind: 'resolv.remove'; readonly netns: string };
+
+/** The text of a sandbox's resolv.conf (glibc reads at most 3 nameservers and 6 search domains). */
+export function resolvText(nameservers: readonly string[], search: readonly string[]): string {
+  return ['# written by ctnet: ctnetd answers DNS on the gateways of the sandbox\'s networks',
+    ...nameservers.slice(0, 3).map((n) => `nameserver ${n}`), ...(search.length ? [`search ${search.slice(0, 6).join(' ')}`] : []), ''].join('\n');
+}
 
 /** A shared FORWARD chain ctnet may add its accept to: iptables (nft-based) or iptables-legacy, per family. */
 export interface ForwardTarget {
@@ -185,6 +198,7 @@ export function inverse(op: Op): Op | undefined {
         : { kind: 'route.del.default', via: op.via, dev: op.dev, netns: op.netns };
     case 'nft': return op.undo && op.undo.length > 0 ? { kind: 'nft.delete', lines: op.undo } : undefined;
     case 'forward.accept': return { kind: 'forward.unaccept', target: op.target, bridge: op.bridge };
+    case 'resolv.write': return { kind: 'resolv.remove', netns: op.netns };
     // A peer's entries are deleted knowing what they held, so a failed change puts them back.
     case 'neigh.del': return op.lladdr ? { kind: 'neigh.replace', addr: op.addr, lladdr: op.lladdr, dev: op.dev } : undefined;
     case 'fdb.del': return { kind: 'fdb.replace', mac: op.mac, dev: op.dev, dst: op.dst };
@@ -204,12 +218,13 @@ export function inverse(op: Op): Op | undefined {
     case 'route.del.default':
     case 'conntrack.forget':
     case 'forward.unaccept':
+    case 'resolv.remove':
       return undefined;
   }
 }
 
 /** True for operations that remove something: in a teardown, "already gone" is success. */
 export function removes(op: Op): boolean {
-  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'neigh.del', 'fdb.del', 'route.del', 'nft.delete', 'conntrack.forget', 'forward.unaccept', 'qdisc.del']
+  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'neigh.del', 'fdb.del', 'route.del', 'nft.delete', 'conntrack.forget', 'forward.unaccept', 'qdisc.del', 'resolv.remove']
     .includes(op.kind);
 }

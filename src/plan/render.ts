@@ -3,7 +3,7 @@
 import { netnsPath, type Netns } from '../model/netns.ts';
 import type { DirShape } from '../model/shape.ts';
 import { describeFilter } from './flows.ts';
-import type { Op } from './ops.ts';
+import { resolvText, type Op } from './ops.ts';
 
 // Renders argv as a line a POSIX shell would run unchanged.
 const SAFE = /^[A-Za-z0-9_@%+=:,./-]+$/;
@@ -162,6 +162,8 @@ export function renderOp(op: Op): string[] {
     case 'conntrack.forget': return [`# conntrack -D: ${describeFilter(op.filter)}`];
     case 'forward.accept': return forwardArgvs('-I', op.target, op.bridge).map(shellLine);
     case 'forward.unaccept': return forwardArgvs('-D', op.target, op.bridge).map(shellLine);
+    case 'resolv.write': return [`mkdir -p /etc/netns/${quote(op.netns)} && cat >/etc/netns/${quote(op.netns)}/resolv.conf <<'EOF'\n${resolvText(op.nameservers, op.search)}EOF`];
+    case 'resolv.remove': return [`rm -f /etc/netns/${quote(op.netns)}/resolv.conf && rmdir --ignore-fail-on-non-empty /etc/netns/${quote(op.netns)}`];
     default: throw new Error(`no rendering for ${op.kind}`);
   }
 }

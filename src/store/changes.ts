@@ -2,7 +2,7 @@
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
 import type { Shape } from '../model/shape.ts';
-import type { OwnedKind, OwnedRow, AddressRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PolicyState, PortRow, SandboxRow, ServiceRow, State, Store, SubnetRow } from './store.ts';
+import type { OwnedKind, OwnedRow, AddressRow, AliasRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PolicyState, PortRow, SandboxRow, ServiceRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
   | {
@@ -23,6 +23,7 @@ export type StoreChange =
   | { readonly kind: 'attachment.state'; readonly sandbox: string; readonly network: string; readonly state: State }
   | { readonly kind: 'attachment.delete'; readonly sandbox: string; readonly network: string }
   | { readonly kind: 'address.insert'; readonly row: AddressRow }
+  | { readonly kind: 'alias.insert'; readonly row: AliasRow }
   | { readonly kind: 'cursor.set'; readonly network: string; readonly cidr: string; readonly ip: string | null }
   | { readonly kind: 'port.insert'; readonly row: PortRow }
   | { readonly kind: 'port.delete'; readonly row: PortRow }
@@ -109,6 +110,9 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
     case 'address.insert':
       store.insertAddress(c.row);
       return undefined;
+    case 'alias.insert':
+      store.insertAlias(c.row);
+      return undefined; // goes with its attachment (cascade), undone first
     case 'cursor.set': {
       const was = store.subnets(c.network).find((s) => s.cidr === c.cidr)?.cursor ?? null;
       store.setCursor(c.network, c.cidr, c.ip);

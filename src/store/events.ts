@@ -5,7 +5,7 @@
 // Triggers, not the engine, write the events: every writer (the CLI, ctnetd's CNI handler, a future
 // file-driven apply, even the sqlite3 shell) records them in the same transaction as the change,
 // and a rolled-back transaction (a dry run, a failed operation) records nothing.
-import type { AddressRow, AttachmentRow, CniRow, MemberRow, NetworkRow, PolicyRow, PortRow, RemoteSandboxRow, SandboxRow, SubnetRow } from './store.ts';
+import type { AddressRow, AliasRow, AttachmentRow, CniRow, MemberRow, NetworkRow, PolicyRow, PortRow, RemoteSandboxRow, SandboxRow, SubnetRow } from './store.ts';
 
 /**
  * What a resident service needs to know, per kind. Not recorded, on purpose:
@@ -19,7 +19,8 @@ import type { AddressRow, AttachmentRow, CniRow, MemberRow, NetworkRow, PolicyRo
  *   cluster_leases: the subnets to take back, read by ctnetd when it registers again.
  */
 export interface FeedData {
-  network: Omit<NetworkRow, 'owner'>;
+  /** dnsForward as the column holds it (comma-separated, or null). */
+  network: Omit<NetworkRow, 'owner' | 'dnsForward'> & { readonly dnsForward: string | null };
   subnet: Omit<SubnetRow, 'cursor'>;
   sandbox: Omit<SandboxRow, 'owner'>;
   attachment: Omit<AttachmentRow, 'owner'>;
@@ -32,6 +33,7 @@ export interface FeedData {
   member: Omit<MemberRow, 'leaseId' | 'endpoints'> & { readonly endpoints: string };
   /** Another host's sandbox in the directory's mirror (services/directory.ts). */
   remote: RemoteSandboxRow;
+  alias: AliasRow;
 }
 export type Kind = keyof FeedData;
 export type Action = 'created' | 'changed' | 'removed';
@@ -85,7 +87,7 @@ const j = (column: string): Column => ({ json: column, column, jsonText: true })
 
 /** The recorded tables, in the order a snapshot lists them (parents before children). */
 export const RECORDED: { readonly [K in Kind]: Recorded } = {
-  network: { table: 'networks', key: '$.name', columns: [c('name'), c('bridge'), b('internal'), b('isolate'), { json: 'hostAccess', column: 'host_access', bool: true }, c('mtu'), c('driver'), c('mac'), c('state'), c('created')] },
+  network: { table: 'networks', key: '$.name', columns: [c('name'), c('bridge'), b('internal'), b('isolate'), { json: 'hostAccess', column: 'host_access', bool: true }, c('mtu'), c('driver'), c('mac'), b('dns'), c('dns_forward'), c('state'), c('created')] },
   subnet: { table: 'subnets', key: '$.cidr', columns: [c('network'), c('cidr'), c('family'), c('gateway')] },
   sandbox: { table: 'sandboxes', key: '$.name', columns: [c('name'), c('netns'), b('owned'), c('state'), c('created')] },
   attachment: {
@@ -111,6 +113,7 @@ export const RECORDED: { readonly [K in Kind]: Recorded } = {
     table: 'cluster_member', key: '$.host',
     columns: [c('host'), c('endpoints'), c('underlay'), c('vtep_mac'), c('lease_ttl'), c('state'), c('joined')],
   },
+  alias: { table: 'aliases', key: "$.network || '/' || $.alias || '/' || $.sandbox", columns: [c('sandbox'), c('network'), c('alias')] },
   remote: { table: 'remote_sandboxes', key: "$.host || '/' || $.name", columns: [c('host'), c('name'), j('addresses'), j('labels'), j('networks')] },
 };
 

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 17;
+export const SCHEMA_VERSION = 18;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -335,7 +335,25 @@ CREATE INDEX policy_raw_by_src ON policy_raw(set_name, wclass, s0);
 DELETE FROM meta WHERE key = 'policy.index';
 `;
 
-// Services (schema 17, issue 17): a virtual address (VIP) on a network, one protocol and port,
+// Names (schema 17): ctnetd's DNS server (services/dns/). dns: whether it answers on the network's
+// gateways (networks made before keep what they had: none); dns_forward: the upstreams for names
+// that are not the network's own (comma-separated addresses; null: the host's resolvers). aliases:
+// more names of a sandbox on one network (--alias), several sandboxes may share one (round robin);
+// they go with the attachment.
+export const NAMES = `
+ALTER TABLE networks ADD COLUMN dns INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE networks ADD COLUMN dns_forward TEXT;
+CREATE TABLE aliases (
+  sandbox TEXT NOT NULL,
+  network TEXT NOT NULL,
+  alias TEXT NOT NULL,
+  PRIMARY KEY (network, alias, sandbox),
+  FOREIGN KEY (sandbox, network) REFERENCES attachments(sandbox, network) ON DELETE CASCADE
+);
+CREATE INDEX aliases_by_sandbox ON aliases(sandbox, network);
+`;
+
+// Services (schema 18, issue 17): a virtual address (VIP) on a network, one protocol and port,
 // balanced over the sandboxes a label selects. The VIP is taken from the network's subnet like a
 // sandbox's address (ipam's holder test reads this table too), so it is never handed out twice.
 // backends: the addresses the kernel's service chain holds now (JSON, sorted), so a change sends
@@ -375,5 +393,6 @@ export const MIGRATIONS: Record<number, string> = {
   14: SHAPING,
   15: LOWER,
   16: POLICY_INDEX_CLASSES,
-  17: SERVICES,
+  17: NAMES,
+  18: SERVICES,
 };

@@ -28,6 +28,10 @@ export interface NetworkRow {
   readonly driver: string;
   /** The MAC of its device, as made; null for networks made before ctnet kept it. */
   readonly mac: string | null;
+  /** ctnetd answers DNS on its gateways (services/dns/). */
+  readonly dns: boolean;
+  /** Upstream resolvers for other names (addresses); empty: the host's. */
+  readonly dnsForward: readonly string[];
   readonly state: State;
   readonly owner: string | null;
   readonly created: string;
@@ -43,6 +47,12 @@ export interface LowerDevice {
   readonly mode: string;
   /** The host's own macvlan/ipvlan on the parent (the network's device), with this address. */
   readonly shimIp: string | null;
+}
+/** A sandbox's extra name on one network (schema 17). */
+export interface AliasRow {
+  readonly sandbox: string;
+  readonly network: string;
+  readonly alias: string;
 }
 /** An overlay network's side on this host (schema 8). */
 export interface OverlayRow {
@@ -379,9 +389,9 @@ export class Store {
     return r && toNetwork(r);
   }
   insertNetwork(n: Omit<NetworkRow, 'created' | 'owner'>, subnets: readonly Omit<SubnetRow, 'network' | 'cursor'>[]): void {
-    this.#run('INSERT INTO networks(name, bridge, internal, isolate, host_access, mtu, driver, mac, state, owner, created, lower) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
-      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.hostAccess ? 1 : 0, n.mtu, n.driver, n.mac, n.state, processToken(), new Date().toISOString(),
-      n.lower ? JSON.stringify(n.lower) : null);
+    this.#run('INSERT INTO networks(name, bridge, internal, isolate, host_access, mtu, driver, mac, dns, dns_forward, state, owner, created, lower) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)',
+      n.name, n.bridge, n.internal ? 1 : 0, n.isolate ? 1 : 0, n.hostAccess ? 1 : 0, n.mtu, n.driver, n.mac, n.dns ? 1 : 0,
+      n.dnsForward.length ? n.dnsForward.join(',') : null, n.state, processToken(), new Date().toISOString(), n.lower ? JSON.stringify(n.lower) : null);
     for (const s of subnets) {
       this.#run('INSERT INTO subnets(network, cidr, family, gateway) VALUES (?, ?, ?, ?)', n.name, s.cidr, s.family, s.gateway);
     }
@@ -546,7 +556,7 @@ export class Store {
     this.#run('DELETE FROM ports WHERE sandbox = ? AND proto = ? AND host_ip = ? AND host_port = ?', p.sandbox, p.proto, p.hostIp, p.hostPort);
   }
 
-  // ---- services (schema 17) ----
+  // ---- services (schema 18) ----
   services(filter: { network?: string } = {}): ServiceRow[] {
     const rows = filter.network === undefined
       ? this.#all('SELECT * FROM services ORDER BY name')
@@ -865,6 +875,22 @@ export class Store {
   deleteCommand(sandbox: string): void {
     this.#run('DELETE FROM sandbox_commands WHERE sandbox = ?', sandbox);
   }
+  // ---- aliases (DNS names of a sandbox on a network) ----
+  aliases(filter: { sandbox?: string; network?: string } = {}): AliasRow[] {
+    const rows = filter.sandbox !== undefined
+      ? this.#all('SELECT * FROM aliases WHERE sandbox = ? ORDER BY network, alias', filter.sandbox)
+      : filter.network !== undefined
+        ? this.#all('SELECT * FROM aliases WHERE network = ? ORDER BY alias, sandbox', filter.network)
+        : this.#all('SELECT * FROM aliases ORDER BY network, alias, sandbox');
+    return rows.filter((r) => filter.network === undefined || r.network === filter.network)
+      .map((r) => ({ sandbox: r.sandbox as string, network: r.network as string, alias: r.alias as string }));
+  }
+  insertAlias(a: AliasRow): void {
+    this.#run('INSERT INTO aliases(sandbox, network, alias) VALUES (?, ?, ?)', a.sandbox, a.network, a.alias);
+  }
+  deleteAlias(a: AliasRow): void {
+    this.#run('DELETE FROM aliases WHERE sandbox = ? AND network = ? AND alias = ?', a.sandbox, a.network, a.alias);
+  }
 
   // ---- processes ctnet started in sandboxes ----
   processes(sandbox: string): ProcessRow[] {
@@ -927,7 +953,8 @@ const toBoxRow = (r: Row): PolicyBoxRow => ({
 
 const toNetwork = (r: Row): NetworkRow => ({
   name: r.name as string, bridge: r.bridge as string, internal: r.internal === 1, isolate: r.isolate === 1, hostAccess: r.host_access === 1,
-  mtu: (r.mtu as number | null) ?? null, driver: r.driver as string, mac: (r.mac as string | null) ?? null, state: r.state as State, created: r.created as string,
+  mtu: (r.mtu as number | null) ?? null, driver: r.driver as string, mac: (r.mac as string | null) ?? null,
+  dns: r.dns === 1, dnsForward: r.dns_forward ? (r.dns_forward as string).split(',') : [], state: r.state as State, created: r.created as string,
   owner: (r.owner as string | null) ?? null,
   ...(typeof r.lower === 'string' ? { lower: JSON.parse(r.lower) as LowerDevice } : {}),
 });

@@ -35,7 +35,7 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
   const journal: Undo[] = [];
   const own = (kind: OwnedKind, name: string) => applier.record({ kind: 'owner.set', row: { kind, name, topology: topo.name, file: topo.file } });
   const makeSandbox = async (s: TopoSandbox) => {
-    await createSandbox(ctx, s.name, { networks: s.networks.map((a) => a.network), ips: s.networks.flatMap((a) => a.ips), mac: undefined },
+    await createSandbox(ctx, s.name, { networks: s.networks.map((a) => a.network), ips: s.networks.flatMap((a) => a.ips), mac: undefined, aliases: s.aliases },
       { mappings: s.ports, force: false }, Object.entries(s.labels).map(([key, value]) => ({ key, value })));
     own('sandbox', s.name);
     if (s.command) startCommand(ctx, s.name, s.command);
@@ -80,8 +80,9 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
           await createNetwork(ctx, a.net.spec);
           own('network', a.net.name);
           for (const s of a.reattach) {
-            const at = topo.sandboxes.find((x) => x.name === s)!.networks.find((x) => x.network === a.net.name)!;
-            await connect(ctx, a.net.name, s, at.ips);
+            const sbx = topo.sandboxes.find((x) => x.name === s)!;
+            const at = sbx.networks.find((x) => x.network === a.net.name)!;
+            await connect(ctx, a.net.name, s, at.ips, false, sbx.aliases);
           }
           done.push(`replaced network ${a.net.name}${a.reattach.length ? ` and re-attached ${a.reattach.join(', ')}` : ''}`);
           break;
@@ -124,7 +125,7 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
         }
         case 'connect':
           current = `connect ${a.sandbox} to ${a.attach.network}`;
-          await connect(ctx, a.attach.network, a.sandbox, a.attach.ips);
+          await connect(ctx, a.attach.network, a.sandbox, a.attach.ips, false, topo.sandboxes.find((x) => x.name === a.sandbox)?.aliases ?? []);
           journal.push({ what: `connected ${a.sandbox} to ${a.attach.network}`, run: () => disconnect(ctx, a.attach.network, a.sandbox) });
           done.push(`connected ${a.sandbox} to ${a.attach.network}`);
           break;

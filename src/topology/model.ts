@@ -27,6 +27,8 @@ export interface TopoSandbox {
   readonly ports: readonly PortMapping[];
   /** Runs detached in the sandbox's namespace; `apply` starts it again when it is not running. */
   readonly command: readonly string[] | undefined;
+  /** More DNS names of the sandbox, on each of its networks (sorted). */
+  readonly aliases: readonly string[];
   readonly at: Where;
 }
 

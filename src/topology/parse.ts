@@ -9,12 +9,12 @@ import { contains, formatAddr, hostRange, overlaps, parseAddr } from '../model/c
 import { parseName } from '../model/names.ts';
 import { checkRuleSelectors, formatPortFilter, formatSelector, parseLabel, parsePortFilter, parseSelector } from '../model/policy.ts';
 import { collides, formatPortSpec, parsePortSpec, type PortMapping } from '../model/ports.ts';
-import { parseNetworkSpec, type IpRequest } from '../model/spec.ts';
+import { parseAliases, parseNetworkSpec, type IpRequest } from '../model/spec.ts';
 import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, Topology } from './model.ts';
 
 const TOP_KEYS = ['name', 'networks', 'sandboxes', 'policy'];
-const NETWORK_KEYS = ['subnets', 'gateways', 'internal', 'isolate', 'host_access', 'mtu', 'bridge', 'driver'];
-const SANDBOX_KEYS = ['networks', 'labels', 'ports', 'command'];
+const NETWORK_KEYS = ['subnets', 'gateways', 'internal', 'isolate', 'host_access', 'mtu', 'bridge', 'driver', 'dns', 'dns_forward'];
+const SANDBOX_KEYS = ['networks', 'labels', 'ports', 'command', 'aliases'];
 const ATTACH_KEYS = ['network', 'ip'];
 const POLICY_KEYS = ['name', 'action', 'from', 'to', 'port'];
 
@@ -109,6 +109,9 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
         ...(f('host_access') ? { hostAccess: bool(f('host_access'), 'host_access') } : {}),
         ...(mtuN ? { mtu: String((mtuN as { value: number }).value) } : {}),
         ...(f('bridge') ? { bridge: str(f('bridge'), 'bridge') } : {}),
+        // dns: true (the default) or false; dns_forward: upstream addresses, as --dns / --dns-forward.
+        ...(f('dns') !== undefined && f('dns') !== null ? { dns: bool(f('dns'), 'dns') ? 'on' : 'off' } : {}),
+        ...(f('dns_forward') ? { dnsForward: seq(f('dns_forward'), `dns_forward of network ${n}`, '[192.0.2.53]').items.map((x) => str(x, `an upstream of network ${n}`)).join(',') } : {}),
       }));
       for (const other of networks) {
         for (const a of spec.subnets) {
@@ -201,7 +204,9 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
         else command = checked(cmdN, () => splitWords(expand(str(cmdN, 'command'), env)));
         if (command.length === 0) fail(cmdN, `command of sandbox ${s} is empty`);
       }
-      sandboxes.push({ name: s, networks: attach, labels: sortKeys(labels), ports, command, at: where(p.key) });
+      const aliasesN = f('aliases');
+      const aliases = aliasesN ? checked(aliasesN, () => parseAliases(seq(aliasesN, `aliases of sandbox ${s}`, '[shop-web]').items.map((x) => str(x, `an alias of sandbox ${s}`)))) : [];
+      sandboxes.push({ name: s, networks: attach, labels: sortKeys(labels), ports, command, aliases: [...aliases].sort(), at: where(p.key) });
     }
   }
   const sbxNames = new Set(sandboxes.map((s) => s.name));

@@ -63,6 +63,7 @@ export const networkText = (n: TopoNetwork): string[] => [
   `subnets ${n.spec.subnets.map((s) => s.cidr).join(', ')}`,
   ...(n.spec.internal ? ['internal'] : []), ...(n.spec.isolate ? ['isolate'] : []), ...(n.spec.hostAccess ? ['host_access'] : []),
   ...(n.spec.mtu !== undefined ? [`mtu ${n.spec.mtu}`] : []),
+  ...(n.spec.dns ? (n.spec.dnsForward.length ? [`dns forwarding to ${n.spec.dnsForward.join(', ')}`] : []) : ['dns off']),
 ];
 const attachText = (a: TopoAttach) => (a.ips.length ? `${a.network} (${a.ips.map((i) => i.text).join(', ')})` : a.network);
 export const sandboxText = (s: TopoSandbox): string[] => [
@@ -70,6 +71,7 @@ export const sandboxText = (s: TopoSandbox): string[] => [
   ...(Object.keys(s.labels).length ? [`labels ${labelText(s.labels)}`] : []),
   ...(s.ports.length ? [`ports ${s.ports.map(formatPortSpec).join(', ')}`] : []),
   ...(s.command ? [`command ${s.command.join(' ')}`] : []),
+  ...(s.aliases.length ? [`aliases ${s.aliases.join(', ')}`] : []),
 ];
 const policyText = (p: { action: string; from: string; to: string; port: string | null }) => `${p.action} ${p.from} -> ${p.to} ${p.port ?? 'any'}`;
 
@@ -124,6 +126,9 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
     if (row.internal !== net.spec.internal) why.push(`internal ${row.internal} -> ${net.spec.internal}`);
     if (row.isolate !== net.spec.isolate) why.push(`isolate ${row.isolate} -> ${net.spec.isolate}`);
     if (row.hostAccess !== net.spec.hostAccess) why.push(`host_access ${row.hostAccess} -> ${net.spec.hostAccess}`);
+    // DNS settings are the network's record: no live change yet, so a change replaces the network.
+    if (row.dns !== net.spec.dns) why.push(`dns ${row.dns ? 'on' : 'off'} -> ${net.spec.dns ? 'on' : 'off'}`);
+    if (!sameList(row.dnsForward, net.spec.dnsForward)) why.push(`dns_forward ${row.dnsForward.join(', ') || 'the host\'s resolvers'} -> ${net.spec.dnsForward.join(', ') || 'the host\'s resolvers'}`);
     const bridge = net.spec.bridge ?? bridgeName(net.name);
     if (row.bridge !== bridge) why.push(`bridge ${row.bridge} -> ${bridge}`);
     if (why.length) {
@@ -175,6 +180,9 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
       const on = addrs.filter((x) => x.network === a.network).map((x) => x.ip);
       for (const ip of a.ips) if (!on.includes(ip.text)) why.push(`address on ${a.network}: ${on.join(', ') || 'none'} -> ${ip.text}`);
     }
+    // Aliases are recorded per attachment: no live change yet, so a change replaces the sandbox.
+    const aliasesNow = [...new Set(store.aliases({ sandbox: sbx.name }).map((x) => x.alias))].sort();
+    if (!sameList(aliasesNow, sbx.aliases)) why.push(`aliases ${aliasesNow.join(', ') || 'none'} -> ${sbx.aliases.join(', ') || 'none'}`);
     if (why.length) {
       changes.push({ op: 'replace', kind: 'sandbox', name: sbx.name, details: why });
       actions.push({ do: 'sandbox.replace', sbx });

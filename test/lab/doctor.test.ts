@@ -17,7 +17,8 @@ describe('ctnet doctor', () => {
   before(async () => {
     lab = await Lab.create();
     lab.serveInWorld('world', { tcp: 7000 });
-    await lab.ctnetOk(['network', 'create', 'net', '--subnet', '10.36.0.0/24']);
+    // --dns off: no ctnetd runs here, and a network with DNS would (rightly) warn that nobody answers it.
+    await lab.ctnetOk(['network', 'create', 'net', '--subnet', '10.36.0.0/24', '--dns', 'off']);
     await lab.ctnetOk(['create', 'a', '--network', 'net']);
     for (let i = 0; i < 50 && !(await egress()); i++) await new Promise((r) => setTimeout(r, 100));
   });
@@ -165,5 +166,19 @@ describe('ctnet doctor', () => {
     assert.match(await lab.ctnetOk(['gc']), /recreated network namespace of sandbox a\nreattached a to network net/);
     assert.equal(status((await findings()).list, 'state'), 'ok');
     assert.ok(await egress(), 'and the sandbox works again');
+  });
+
+  it('a network with DNS on and no ctnetd: warn, naming the network and how to start it', async () => {
+    await lab.ctnetOk(['network', 'create', 'named', '--subnet', '10.36.1.0/24']);
+    try {
+      const { code, list } = await findings();
+      assert.equal(code, 0, 'a warning, not a failure');
+      const f = list.find((x) => x.check === 'dns')!;
+      assert.equal(f.status, 'warn');
+      assert.match(f.detail, /networks? (.*, )?named(, .*)? ha(s|ve) DNS on, but ctnetd is not running/);
+      assert.match(f.hint!, /ctnet daemon/);
+    } finally {
+      await lab.ctnetOk(['network', 'rm', 'named']);
+    }
   });
 });

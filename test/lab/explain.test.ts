@@ -1,6 +1,7 @@
 // Issue #2, point 11: what --explain prints for `network create` + `create`, pasted into a shell on
 // a clean lab host, rebuilds the same kernel state.
 import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
 import { after, it } from 'node:test';
 import { Lab } from '../../src/lab/lab.ts';
 
@@ -8,6 +9,7 @@ const labs: Lab[] = [];
 let pasted: string | undefined;
 after(async () => {
   if (pasted) await labs[1]?.inHost(['ip', 'netns', 'del', pasted]);
+  if (pasted) rmSync(`/etc/netns/${pasted}`, { recursive: true, force: true }); // the sandbox's resolv.conf, written by the pasted script
   for (const l of labs) await l.destroy();
 });
 

@@ -143,7 +143,8 @@ describe('podman 4.3.1\'s own networking tests (500-networking.bats) with ctnet 
     const conf = join(tmp, 'networks');
     // podman's default network is "podman" (10.88.0.0/16): a conflist of that name replaces it.
     // (A reference run leaves the name to podman's own default network, bridge cni-podman0 on the same subnet.)
-    if (!REFERENCE) await lab.ctnetOk(['network', 'create', 'podman', '--subnet', '10.88.0.0/16']);
+    // --dns off: podman's default network has no DNS server (its containers get the host's resolvers).
+    if (!REFERENCE) await lab.ctnetOk(['network', 'create', 'podman', '--subnet', '10.88.0.0/16', '--dns', 'off']);
     await lab.ctnetOk(['cni', 'install', '--bin-dir', bin, '--conf-dir', conf, ...(REFERENCE ? [] : ['--network', 'podman'])]);
 
     const nc = join(tmp, 'nc');

@@ -36,7 +36,9 @@ const list = JSON.parse(readFileSync(file, 'utf8')) as { cniVersion: string; plu
 const bridge = list.plugins.find((p) => p.type === 'bridge');
 if (bridge) { // macvlan, ipvlan: not a bridge network, left to podman
   const ranges = (bridge.ipam?.ranges ?? []).flat();
-  ctnet(['network', 'create', name, ...ranges.flatMap((r) => ['--subnet', r.subnet])]);
+  // --dns off: podman's DNS server for its networks is the dnsname plugin (dnsmasq on the gateway),
+  // kept below, as before ctnet served DNS; two servers cannot share the gateway's port 53.
+  ctnet(['network', 'create', name, '--dns', 'off', ...ranges.flatMap((r) => ['--subnet', r.subnet])]);
   // What `ctnet cni install --network NAME` writes, made from the default network's conflist (one
   // ctnet start fewer per network: they are slow on a loaded machine).
   const template = JSON.parse(readFileSync(join(confDir, `${env('TEMPLATE')}.conflist`), 'utf8')) as { plugins: Plugin[] };

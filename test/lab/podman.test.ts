@@ -184,6 +184,18 @@ podmanScenario('podman with ctnet\'s CNI plugin (ctnet cni install)', {
         assert.equal(row.labels['io.kubernetes.pod.name'], name, 'podman\'s container name (K8S_POD_NAME) is a label');
       }
     });
+
+    it('a container resolves the other by name: ctnetd\'s DNS, named by the CNI result, podman\'s aliases', async () => {
+      const conf = await c.pm.ok(['exec', 'b', 'cat', '/etc/resolv.conf']);
+      assert.match(conf, /^nameserver 10\.97\.0\.1$/m, `podman wrote the CNI result's nameserver: ${conf}`);
+      const rows = JSON.parse(await c.lab.ctnetOk(['network', 'inspect', 'pnet', '--json'])) as { sandboxes: { addresses: string[]; aliases: string[] }[] };
+      const a = rows.sandboxes.find((x) => x.addresses.includes(c.seen.get('a')!.ip));
+      assert.ok(a?.aliases.includes('a'), `podman's aliases for a reached ctnet: ${JSON.stringify(rows.sandboxes)}`);
+      for (const name of ['a', 'a.pnet']) {
+        const r = await c.pm.podman(['exec', 'b', 'nslookup', name, '10.97.0.1']);
+        assert.match(r.stdout, new RegExp(`Address:\\s+${c.seen.get('a')!.ip.replaceAll('.', '\\.')}`), `${name}: ${r.stdout}${r.stderr}`);
+      }
+    });
   },
   afterRemoval(c) {
     it('after the removal ctnet has no record of them and only its bridge remains', async () => {

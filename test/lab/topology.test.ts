@@ -2,6 +2,7 @@
 // person expects for each kind of change (golden text), the kernel state after, drift repaired,
 // two files side by side, objects made by hand left alone, bad files rejected with FILE:LINE:COLUMN.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -204,6 +205,43 @@ describe('bad files (issue 19, point 5)', () => {
       assert.deepEqual(await snapshot(), before);
     });
   }
+});
+
+describe('DNS and aliases in a file', () => {
+  it('a sandbox\'s aliases answer on its network; changing them or the network\'s DNS is planned as a replace, with the reason', async () => {
+    const names = (aliases: string, dns = '') => `name: names
+networks:
+  dnsnet: { subnets: [10.71.5.0/24]${dns} }
+sandboxes:
+  n1: { networks: [dnsnet], aliases: [${aliases}] }
+  n2: { networks: [dnsnet] }
+`;
+    // ctnetd serves the names (it tails the store); started here as a runtime or the CNI plugin would.
+    spawn('nsenter', [`--net=/run/netns/${lab.host}`, join(ROOT, 'bin', 'ctnet'), 'daemon'], { env: { ...process.env, CTNET_STATE_DIR: lab.stateDir }, stdio: 'ignore', detached: true }).unref();
+    try {
+      const f = file(names('store'), 'names.yaml');
+      await apply(f);
+      const n1 = (await json(['inspect', 'n1'])).interfaces[0].addresses[0].split('/')[0];
+      const dig = async (name: string) => (await lab.ctnet(['exec', 'n2', '--', 'dig', '@10.71.5.1', '+short', '+tries=1', '+time=2', name])).stdout.trim();
+      let answer = '';
+      for (let i = 0; i < 50 && answer !== n1; i++) answer = await dig('store.dnsnet');
+      assert.equal(answer, n1, 'the alias answers with n1\'s address');
+      assert.equal((await diff(f)).code, 0, 'a second look finds nothing to do');
+      const g = file(names('shop'), 'names.yaml');
+      assert.deepEqual((await diff(g)).lines.filter((l) => l.includes('n1') || l.includes('aliases')).map((l) => l.trim()),
+        ['-/+ sandbox n1: aliases store -> shop']);
+      await apply(g);
+      assert.equal(await dig('shop.dnsnet'), (await json(['inspect', 'n1'])).interfaces[0].addresses[0].split('/')[0]);
+      const h = file(names('shop', ', dns: false'), 'names.yaml');
+      const plan = (await diff(h)).lines.map((l) => l.trim());
+      assert.ok(plan.some((l) => /^-\/\+ network dnsnet: .*dns on -> off/.test(l)), `the plan says why the network is replaced: ${plan.join(' | ')}`);
+      await apply(h);
+      assert.match(await dig('shop.dnsnet'), /no servers could be reached/, 'no DNS on the network any more');
+      await lab.ctnetOk(['down', '-f', h]);
+    } finally {
+      await lab.ctnet(['daemon', 'stop']);
+    }
+  });
 });
 
 describe('examples/three-tier as a file (issue 19, point 1)', () => {

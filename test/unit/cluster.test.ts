@@ -225,7 +225,7 @@ describe('membership', () => {
     await withCtx(async (ctx, store) => {
       store.write(() => {
         store.insertMember(MEMBER);
-        store.insertNetwork({ name: 'ov', bridge: 'ctbr-ov', internal: false, isolate: false, hostAccess: false, mtu: 1450, driver: 'vxlan', mac: null, state: 'ready' },
+        store.insertNetwork({ name: 'ov', bridge: 'ctbr-ov', internal: false, isolate: false, hostAccess: false, mtu: 1450, driver: 'vxlan', mac: null, dns: false, dnsForward: [], state: 'ready' },
           [{ cidr: '10.50.3.0/24', family: 4, gateway: '10.50.3.1' }]);
         store.insertSandbox({ name: 'web', netns: '/run/netns/x', owned: true, state: 'ready' });
         store.insertAttachment({ sandbox: 'web', network: 'ov', ifname: 'eth0', hostVeth: 'vethx', mac: '02:00:00:00:00:02', state: 'ready' });

@@ -1123,3 +1123,37 @@ describe('rollback when kernel step k fails, for every k', () => {
     assert.deepEqual({ kernel: w.fake.snapshot(), store: storeDump(w) }, before);
   }));
 });
+
+describe('names: resolv.conf and aliases', () => {
+  it('create writes the sandbox\'s resolv.conf (DNS networks only), rm removes it, gc removes an orphan; aliases go with the attachment', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'a', subnet: ['10.1.0.0/24', 'fd00:1::/64'] }));
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'q', subnet: ['10.2.0.0/24'], dns: 'off' }));
+    await createSandbox(w.ctx, 's', parseAttachSpec({ network: ['q', 'a'], alias: ['web'] }));
+    const [ns] = [...w.fake.resolvFiles.keys()];
+    assert.match(ns!, /-s$/);
+    assert.equal(w.fake.resolvFiles.get(ns!), '# written by ctnet: ctnetd answers DNS on the gateways of the sandbox\'s networks\nnameserver 10.1.0.1\nnameserver fd00:1::1\nsearch a\n');
+    assert.deepEqual(w.store.aliases().map((x) => `${x.sandbox}/${x.network}/${x.alias}`), ['s/a/web', 's/q/web']);
+    await assert.rejects(createSandbox(w.ctx, 'web', parseAttachSpec({ network: ['a'] })), /sandbox name web is an alias of s on network a/);
+    await assert.rejects(createSandbox(w.ctx, 't', parseAttachSpec({ network: ['a'], alias: ['s'] })), /--alias s is the name of another sandbox on network a/);
+    assert.equal(w.fake.resolvFiles.size, 1, 'a refused create leaves no resolv.conf');
+    await removeSandbox(w.ctx, 's');
+    assert.equal(w.fake.resolvFiles.size, 0);
+    assert.deepEqual(w.store.aliases(), []);
+    await createSandbox(w.ctx, 'only-q', parseAttachSpec({ network: ['q'] }));
+    assert.equal(w.fake.resolvFiles.size, 0, 'no network with DNS: the host\'s resolv.conf stays');
+    await w.fake.apply([{ kind: 'resolv.write', netns: `ctnet-${w.store.instance}-gone`, nameservers: ['10.1.0.1'], search: ['a'] }]);
+    assert.ok((await gc(w.ctx)).includes(`removed /etc/netns/ctnet-${w.store.instance}-gone, which no record owns`));
+    assert.equal(w.fake.resolvFiles.size, 0);
+  }));
+});
+
+describe('doctor: dns', () => {
+  it('warns when a network has DNS on and ctnetd is not running', () => withWorld(async (w) => {
+    assert.equal((await doctor(w.ctx, undefined)).find((f) => f.check === 'dns'), undefined, 'no network with DNS: nothing to say');
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'a', subnet: ['10.1.0.0/24'] }));
+    const off = (await doctor(w.ctx, undefined)).find((f) => f.check === 'dns')!;
+    assert.equal(off.status, 'warn');
+    assert.match(off.detail, /network a has DNS on, but ctnetd is not running/);
+    assert.equal((await doctor(w.ctx, 4242)).find((f) => f.check === 'dns')!.status, 'ok');
+  }));
+});

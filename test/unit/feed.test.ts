@@ -42,7 +42,7 @@ describe('change feed', () => {
   };
   const sandboxWithEverything = () => {
     store.write(() => {
-      store.insertNetwork({ name: 'web', bridge: 'ctbr-web', internal: false, isolate: false, hostAccess: false, mtu: null, driver: 'bridge', mac: null, state: 'creating' }, [{ cidr: '10.1.0.0/24', family: 4, gateway: '10.1.0.1' }]);
+      store.insertNetwork({ name: 'web', bridge: 'ctbr-web', internal: false, isolate: false, hostAccess: false, mtu: null, driver: 'bridge', mac: null, dns: false, dnsForward: [], state: 'creating' }, [{ cidr: '10.1.0.0/24', family: 4, gateway: '10.1.0.1' }]);
       store.setNetworkState('web', 'ready');
     });
     store.write(() => {
@@ -73,7 +73,7 @@ describe('change feed', () => {
     const net = events[2]!;
     assert.equal(net.kind, 'network');
     // The store's row shape (booleans, camelCase), without the owner token.
-    assert.deepEqual({ ...net.data, created: '' }, { name: 'web', bridge: 'ctbr-web', internal: false, isolate: false, hostAccess: false, mtu: null, driver: 'bridge', mac: null, state: 'ready', created: '' });
+    assert.deepEqual({ ...net.data, created: '' }, { name: 'web', bridge: 'ctbr-web', internal: false, isolate: false, hostAccess: false, mtu: null, driver: 'bridge', mac: null, dns: false, dnsForward: null, state: 'ready', created: '' });
     const att = events.find((e) => e.kind === 'attachment')!;
     assert.deepEqual(att.data, { sandbox: 'a', network: 'web', ifname: 'eth0', hostVeth: 'ctv1', mac: '02:00:00:00:00:01', state: 'creating' });
     assert.match(net.at, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);

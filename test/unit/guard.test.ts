@@ -64,7 +64,7 @@ describe('ctnetd\'s fail-closed tables', () => {
     assert.ok(lines.includes('add element inet ctnetd bridges { "ctbr-a", "ctbr-b" }'));
     assert.ok(lines.includes(`add rule inet ctnetd forward ct label ${SEEN_LABEL} accept comment "seen by ctnet's forward chain"`));
     assert.ok(lines.some((l) => l.startsWith(`add rule bridge ctnetd after iifname "ctv*" meta mark ${UNSEEN_MARK} counter drop`)));
-    const ctnet = fullScript([{ bridge: 'ctbr-a', internal: false, isolate: false, hostAccess: false, subnets: [{ family: 4, cidr: '10.1.0.0/24' }] }], []);
+    const ctnet = fullScript([{ bridge: 'ctbr-a', internal: false, isolate: false, hostAccess: false, dns: false, subnets: [{ family: 4, cidr: '10.1.0.0/24', gateway: '10.1.0.1' }] }], []);
     assert.match(ctnet, new RegExp(`^add rule inet ctnet forward iifname @bridges ct label set ${SEEN_LABEL} `, 'm'));
     assert.match(ctnet, new RegExp(`^add rule inet ctnet input ct label set ${SEEN_LABEL} `, 'm'));
     assert.match(ctnet, /^add rule bridge ctnet identity meta mark set 0 /m, 'the identity chain clears the fail-closed mark');

@@ -113,15 +113,21 @@ describe('request parsing', () => {
 
 describe('nft text and ip commands', () => {
   it('internal networks are never masqueraded', () => {
-    const lines = networkElements('add', { bridge: 'br', internal: true, isolate: false, hostAccess: false, subnets: [{ family: 4, cidr: '10.0.0.0/24' }] });
+    const lines = networkElements('add', { bridge: 'br', internal: true, isolate: false, hostAccess: false, dns: true, subnets: [{ family: 4, cidr: '10.0.0.0/24', gateway: '10.0.0.1' }] });
     assert.ok(lines.some((l) => l.includes('internal_bridges { "br" }')));
     assert.ok(!lines.some((l) => l.includes('masq')));
+    // DNS stays open on an --internal network: one element per gateway, not per sandbox.
+    assert.ok(lines.includes('add element inet ctnet dns4 { 10.0.0.1 . "br" }'));
+  });
+  it('a network with --dns off opens no port 53', () => {
+    const lines = networkElements('add', { bridge: 'br', internal: false, isolate: false, hostAccess: false, dns: false, subnets: [{ family: 6, cidr: 'fd00::/64', gateway: 'fd00::1' }] });
+    assert.ok(!lines.some((l) => l.includes('dns')));
     assert.deepEqual(endpointElements('delete', { bridge: 'br', addresses: [{ family: 6, ip: 'fd00::2' }] }),
       ['delete element inet ctnet endpoints6 { fd00::2 . "br" }']);
     assert.equal(fullScript([], []), 'add table bridge ctnet\ndelete table bridge ctnet\nadd table inet ctnet\ndelete table inet ctnet\n');
   });
   it('an --isolate network has no bridge . bridge pair (same-network traffic is not accepted by default)', () => {
-    const lines = networkElements('add', { bridge: 'br', internal: false, isolate: true, hostAccess: false, subnets: [] });
+    const lines = networkElements('add', { bridge: 'br', internal: false, isolate: true, hostAccess: false, dns: true, subnets: [] });
     assert.deepEqual(lines, ['add element inet ctnet bridges { "br" }']);
   });
   it('builders print their Equivalent-to line', () => {

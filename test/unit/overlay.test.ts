@@ -56,7 +56,7 @@ const peer = (i: number, over: Partial<Peer> = {}): Peer =>
 
 /** A driver network as the store would give it, for the pure functions. */
 const NET: DriverNetwork = {
-  name: 'ov', device: 'ctbr-ov', mac: '02:aa:00:00:00:01', internal: false, isolate: false, hostAccess: false, mtu: 1450,
+  name: 'ov', device: 'ctbr-ov', mac: '02:aa:00:00:00:01', internal: false, isolate: false, hostAccess: false, dns: false, mtu: 1450,
   subnets: [{ family: 4, cidr: '10.50.1.0/24', gateway: '10.50.1.1' }],
   overlay: { vni: 42, port: 4789, device: VX, vtepMac: '02:00:00:00:00:01', cidrs: ['10.50.0.0/16'], underlay: { ip: '192.0.2.11', dev: 'eth0' }, peers: [] },
 };

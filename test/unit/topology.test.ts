@@ -123,7 +123,7 @@ describe('plan and apply on the fake kernel', () => {
     using w = world();
     // A sandbox made by hand holds host port 8080: web's create fails after both networks were made.
     await createNetwork(w.ctx, parseNetworkSpec({ name: 'manual', subnet: ['10.72.0.0/24'] }));
-    await createSandbox(w.ctx, 'hand', { networks: ['manual'], ips: [], mac: undefined }, { mappings: [parsePortSpec('8080:80')], force: true });
+    await createSandbox(w.ctx, 'hand', { networks: ['manual'], ips: [], mac: undefined, aliases: [] }, { mappings: [parsePortSpec('8080:80')], force: true });
     const before = w.fake.snapshot();
     const t = parseTopology('shop.yaml', SHOP);
     const plan = await computePlan(w.ctx, t, { prune: false });

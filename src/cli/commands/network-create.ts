@@ -24,6 +24,8 @@ export default defineCommand({
     { flags: '--host-access', description: 'sandboxes may reach every service of the host (by default only ping and published ports)' },
     { flags: '--egress-ip <ip>', description: 'a host address the network\'s egress leaves from instead of the masqueraded one (one per family)', repeatable: true },
     { flags: '--mtu <n>', description: 'MTU of the bridge and the sandboxes\' interfaces (vxlan: at most the underlay\'s less 50, the default)' },
+    { flags: '--dns <on|off>', description: 'ctnetd answers DNS for the network\'s sandboxes on its gateways (default on)' },
+    { flags: '--dns-forward <ip[,ip]>', description: 'where ctnetd forwards the names that are not the network\'s own (default: the host\'s resolvers; --internal: nowhere)' },
     { flags: '--host-prefix <n>', description: 'vxlan: the prefix of each host\'s share of --subnet (default 24)' },
     { flags: '--vni <n>', description: 'vxlan: the VXLAN network identifier (default: the lowest free)' },
     { flags: '--port <n>', description: 'vxlan: the UDP port of VXLAN (default 4789)' },
@@ -37,7 +39,7 @@ export default defineCommand({
       if (opts.gateway?.length || opts.bridge) throw invalid('--gateway and --bridge are chosen per host for an overlay network', 'leave them out');
       const n = await createOverlayNetwork(ctx, {
         name: args.name, subnet: opts.subnet?.[0], hostPrefix: opts.hostPrefix, vni: opts.vni, port: opts.port, internal: opts.internal,
-        isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu,
+        isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu, dns: opts.dns, dnsForward: opts.dnsForward,
       });
       if (!io.quiet) io.out(n.name);
       return;
@@ -47,7 +49,7 @@ export default defineCommand({
     }
     const spec = parseNetworkSpec({
       name: args.name, subnet: opts.subnet, gateway: opts.gateway, bridge: opts.bridge, internal: opts.internal, isolate: opts.isolate, hostAccess: opts.hostAccess, mtu: opts.mtu,
-      driver, parent: opts.parent, mode: opts.mode, hostShim: opts.hostShim,
+      driver, parent: opts.parent, mode: opts.mode, hostShim: opts.hostShim, dns: opts.dns, dnsForward: opts.dnsForward,
     });
     const n = await createNetwork(ctx, { ...spec, egress: parseEgress('--egress-ip', opts.egressIp) });
     if (!io.quiet) io.out(n.name);

@@ -13,7 +13,7 @@ const prefixOf = (cidr: string) => cidr.split('/')[1];
 
 /** The nft facts of a bridge network (the vxlan driver adds its overlay's). */
 export function bridgeFacts(n: DriverNetwork): NetworkFacts {
-  return { bridge: n.device, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, subnets: n.subnets, egress: n.egress };
+  return { bridge: n.device, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, dns: n.dns, subnets: n.subnets, egress: n.egress };
 }
 
 type Setting = Extract<Op, { kind: 'sysctl.set' }>;

@@ -7,12 +7,12 @@ import { join } from 'node:path';
 import { KernelError } from '../../errors.ts';
 import { sameNetns, type Netns } from '../../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
-import { removes, type Op } from '../../plan/ops.ts';
+import { removes, resolvText, type Op } from '../../plan/ops.ts';
 import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, tcCommands, type IpCommand } from '../../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMonitor } from '../backend.ts';
 import { routeGet, sendProbe, startTraceMonitor } from './trace.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
-import { isNetnsFile, netnsKillAll, netnsNames, netnsPids } from '../netns.ts';
+import { isNetnsFile, netnsKillAll, netnsNames, netnsPids, removeResolv, resolvNames, writeResolv } from '../netns.ts';
 import { listenersArgv, parseListeners } from '../sockets.ts';
 import { sysctlRead, sysctlWrite } from '../sysctl.ts';
 import { run, SpawnStats } from './run.ts';
@@ -105,6 +105,12 @@ export class ExecBackend implements KernelBackend {
         return this.#nftDelete(op.lines);
       case 'forward.accept':
         for (const argv of forwardArgvs('-I', op.target, op.bridge)) await this.#run(op.kind, argv);
+        return;
+      case 'resolv.write':
+        writeResolv(op.netns, resolvText(op.nameservers, op.search));
+        return;
+      case 'resolv.remove':
+        removeResolv(op.netns);
         return;
       case 'forward.unaccept':
         for (const argv of forwardArgvs('-D', op.target, op.bridge)) {
@@ -219,6 +225,9 @@ export class ExecBackend implements KernelBackend {
   }
   netnsNames(): string[] {
     return netnsNames();
+  }
+  resolvNames(): string[] {
+    return resolvNames();
   }
   isNetns(path: string): boolean {
     return isNetnsFile(path);

@@ -1,0 +1,85 @@
+// Issue 15, point 3: names across hosts. Three lab hosts and etcd; an overlay network with a sandbox
+// on h1, h2 and h3. A sandbox on h1 resolves the one on h3 by name through h1's ctnetd (which knows
+// it from the directory's mirror of etcd); when it is removed on h3, its name stops resolving on
+// every host. The times are measured and printed, never asserted on (the machine is shared).
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { EtcdLab } from '../../src/lab/etcd.ts';
+import { Lab } from '../../src/lab/lab.ts';
+
+const TTL = 8;
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+describe('names across hosts (overlay network, directory in etcd)', () => {
+  let etcd: EtcdLab;
+  const hosts: Lab[] = [];
+  const ips = new Map<string, string>();
+  const gateways: string[] = [];
+
+  const ip = async (lab: Lab, s: string) => ((JSON.parse(await lab.ctnetOk(['inspect', s, '--json'])) as { interfaces: { addresses: string[] }[] }).interfaces[0]!.addresses[0]!).split('/')[0]!;
+  /** dig NAME from sandbox s on host i, at its own gateway: "STATUS ANSWERS". */
+  const dig = async (i: number, s: string, name: string) => {
+    const r = await hosts[i]!.ctnet(['exec', s, '--', 'dig', `@${gateways[i]}`, '+tries=1', '+time=2', name, 'A']);
+    const text = r.stdout + r.stderr;
+    const status = /status: (\w+)/.exec(text)?.[1] ?? 'none';
+    const answers = (/;; ANSWER SECTION:\n([\s\S]*?)\n\n/.exec(text)?.[1] ?? '').split('\n').filter(Boolean).map((l) => l.split(/\s+/)[4]);
+    return `${status} ${answers.join(',')}`.trim();
+  };
+  const eventually = async (what: string, cond: () => Promise<boolean>, ms = 90_000): Promise<number> => {
+    const start = performance.now();
+    while (performance.now() - start < ms) {
+      if (await cond()) return performance.now() - start;
+      await sleep(50);
+    }
+    assert.fail(`never: ${what}`);
+  };
+
+  before(async () => {
+    etcd = await EtcdLab.create();
+    for (let i = 0; i < 3; i++) {
+      const lab = await Lab.create();
+      hosts.push(lab);
+      await etcd.connect(lab.host);
+    }
+    console.log(`# lab namespaces: ${[etcd.netns, ...hosts.flatMap((h) => [h.host, h.world])].join(' ')}`);
+    // cluster join starts each host's ctnetd (the directory and the DNS server run there).
+    for (const [i, lab] of hosts.entries()) {
+      await lab.ctnetOk(['cluster', 'join', '--etcd', etcd.url, '--underlay', 'underlay0', '--host-name', `h${i + 1}`, '--lease-ttl', String(TTL)]);
+    }
+    await hosts[0]!.ctnetOk(['network', 'create', 'ov', '--driver', 'vxlan', '--subnet', '10.81.0.0/16']);
+    for (const [i, lab] of hosts.entries()) {
+      const name = ['a1', 'b2', 'c3'][i]!;
+      await lab.ctnetOk(['create', name, '--network', 'ov', ...(i === 2 ? ['--alias', 'svc'] : [])]);
+      ips.set(name, await ip(lab, name));
+      const v = JSON.parse(await lab.ctnetOk(['network', 'inspect', 'ov', '--json'])) as { subnets: { gateway: string }[] };
+      gateways.push(v.subnets[0]!.gateway);
+    }
+  });
+  after(async () => {
+    for (const h of hosts) {
+      await h.ctnet(['daemon', 'stop']);
+      await h.destroy();
+    }
+    await etcd?.destroy();
+  });
+
+  it('a sandbox on h1 resolves the one on h3 by name (NAME, NAME.NETWORK); its removal is seen on every host', async () => {
+    const seen = await eventually('a1 on h1 resolves c3', async () => (await dig(0, 'a1', 'c3')) === `NOERROR ${ips.get('c3')}`);
+    console.log(`# names across hosts: c3 (h3) resolved on h1 ${seen.toFixed(0)} ms after the setup ended`);
+    assert.equal(await dig(0, 'a1', 'c3.ov'), `NOERROR ${ips.get('c3')}`);
+    assert.equal(await dig(1, 'b2', 'a1'), `NOERROR ${ips.get('a1')}`, 'h2 resolves h1\'s');
+    assert.equal(await dig(2, 'c3', 'c3'), `NOERROR ${ips.get('c3')}`, 'h3 its own');
+    assert.equal(await dig(0, 'a1', 'nobody'), 'NXDOMAIN');
+    // Aliases are this host's (not in the directory): svc answers on h3 only.
+    assert.equal(await dig(2, 'c3', 'svc'), `NOERROR ${ips.get('c3')}`);
+
+    const start = performance.now();
+    await hosts[2]!.ctnetOk(['rm', 'c3']);
+    const returned = performance.now() - start;
+    const times = await Promise.all([0, 1].map(async (i) => {
+      await eventually(`h${i + 1} stops resolving c3`, async () => (await dig(i, ['a1', 'b2'][i]!, 'c3')) === 'NXDOMAIN');
+      return performance.now() - start;
+    }));
+    console.log(`# names across hosts: rm c3 on h3 returned after ${returned.toFixed(0)} ms; c3 stopped resolving on h1 after ${times[0]!.toFixed(0)} ms, on h2 after ${times[1]!.toFixed(0)} ms`);
+  });
+});
