@@ -12,6 +12,7 @@ import type { Step } from '../plan/plan.ts';
 import type { AddressRow, AttachmentRow, NetworkRow, Store } from '../store/store.ts';
 import type { Recorder } from './applier.ts';
 import { nextIfname, vethName } from './naming.ts';
+import { addressHolder } from './services.ts';
 import { carriesDefault, currentDefault, driverNetwork, driverOf, readyNetwork } from './records.ts';
 
 /** One attachment as decided: its record, its network, its addresses and the default routes it carries. */
@@ -83,8 +84,8 @@ export function recordAttachments(rec: Recorder, sandbox: string, networks: read
     rec.record({ kind: 'attachment.insert', row });
     recordAliases(rec, sandbox, name, spec.aliases ?? []);
     const addresses = store.subnets(name).map((lease): AddressRow => {
-      // A macvlan/ipvlan network's host shim holds an address of its subnet too.
-      const a = allocate(name, lease, spec.ips, (ip) => (ip === network.lower?.shimIp ? `(the host shim of network ${name})` : store.addressHolder(ip)));
+      // A macvlan/ipvlan network's host shim holds an address of its subnet too; so does a service's VIP.
+      const a = allocate(name, lease, spec.ips, (ip) => (ip === network.lower?.shimIp ? `(the host shim of network ${name})` : addressHolder(store, ip)));
       if (a.cursor !== undefined) rec.record({ kind: 'cursor.set', network: name, cidr: lease.cidr, ip: a.cursor });
       const address = { ip: a.ip, family: a.family, cidr: a.cidr, network: name, sandbox };
       rec.record({ kind: 'address.insert', row: address });

@@ -17,6 +17,7 @@ import { restoreTables, tableDrift } from './tables.ts';
 import { egressLines } from './attach.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { removeSandbox, teardownAttachment, teardownSandbox } from './sandbox.ts';
+import { syncServices } from './services.ts';
 
 /** Rows another live ctnet process is working on right now are left to it. */
 const interrupted = (r: { state: string; owner: string | null }) => r.state !== 'ready' && !(r.owner && isAlive(r.owner));
@@ -85,6 +86,18 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   // 3. Ready records whose kernel objects went missing are rebuilt, as their drivers see it.
   for (const n of ready) done.push(...await repairNetwork(ctx, n));
   for (const s of store.sandboxes().filter((x) => x.state === 'ready' && x.owned)) done.push(...await repairNetns(ctx, s));
+
+  // Services: each VIP on its network's bridge (a rebuilt bridge, or a create killed before it
+  // added it: a recorded service is finished, not undone), and backends as the store says now.
+  const have = store.services().length === 0 ? new Set<string>()
+    : new Set((await kernel.addrs()).flatMap((l) => (l.addr_info ?? []).map((a) => `${a.local} ${l.ifname}`)));
+  for (const s of store.services()) {
+    const bridge = store.network(s.network)?.bridge;
+    if (!bridge || have.has(`${s.vip} ${bridge}`)) continue;
+    await applier.apply([step([{ kind: 'addr.add', cidr: `${s.vip}/32`, dev: bridge }])]);
+    done.push(`put VIP ${s.vip} of service ${s.name} back on bridge ${bridge}`);
+  }
+  await syncServices(ctx);
 
   // 4. ctnet-marked objects that no record owns.
   const bridges = new Set(store.networks().map((n) => n.bridge));

@@ -175,6 +175,11 @@ export async function removeNetwork(ctx: Ctx, name: string, options: { force: bo
   const { store, applier } = ctx;
   const n = store.network(name);
   if (!n) return; // already gone: removing it again succeeds
+  const services = store.services({ network: name });
+  if (services.length > 0) {
+    throw new CtnetError('IN_USE', `network ${name} carries services ${services.map((s) => s.name).join(', ')}`,
+      `remove them first: ctnet service rm ${services.map((s) => s.name).join(' ')}`);
+  }
   const attached = store.attachments({ network: name });
   if (attached.length > 0 && !options.force) {
     throw new CtnetError('IN_USE', `network ${name} is in use by ${attached.map((a) => a.sandbox).join(', ')}`,

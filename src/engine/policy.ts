@@ -14,6 +14,7 @@ import { step } from '../plan/plan.ts';
 import type { PolicyBoxRow, PolicyElementRow, PolicyRow, PolicyState, Store } from '../store/store.ts';
 import type { Transaction } from './applier.ts';
 import type { Ctx } from './context.ts';
+import { syncServices } from './services.ts';
 
 const rangeOf = (cidr: string) => {
   const sub = parseSubnet('subnet', cidr);
@@ -256,6 +257,8 @@ export async function syncPolicy(ctx: Ctx, options: { cut?: boolean; tx?: Transa
   // store as its rollback leaves it.
   options.tx?.recompute.push(() => syncPolicy(ctx));
   const { store, applier } = ctx;
+  // Services' backends are derived from the same sandboxes and labels: kept up to date alongside.
+  await syncServices(ctx);
   if (store.policyCount() === 0 && store.policyMirror().size === 0) return; // nothing to keep up
   await store.writeAsync(() => applyFull(ctx), { rollback: applier.dryRun });
   if (options.cut) await cutDeniedFlows(ctx);
@@ -587,6 +590,7 @@ export async function changeLabels(ctx: Ctx, sandbox: string, set: readonly { ke
   ];
   applier.record(...set.map((l) => ({ kind: 'label.set' as const, sandbox, key: l.key, value: l.value })),
     ...remove.map((key) => ({ kind: 'label.delete' as const, sandbox, key })));
+  await syncServices(ctx); // services select by label too
   const rules = store.policiesBySelector(selectors);
   if (rules.length) await syncRules(ctx, rules.map((r) => r.id));
 }

@@ -15,6 +15,7 @@ import { netnsName } from './naming.ts';
 import { portFacts, portLines, portMoveLines, portsMoved, publishSteps, readHost, recordPorts, unpublishSteps, type PublishRequest } from './ports.ts';
 import { currentDefault, defaultCarrier, driverNetwork, driverOf, existingNetwork, readySandbox, sandboxNetns } from './records.ts';
 import { syncPolicy } from './policy.ts';
+import { syncServices } from './services.ts';
 import { recordShape, shapeSteps } from './shape.ts';
 import type { Shape } from '../model/shape.ts';
 
@@ -174,6 +175,7 @@ export async function disconnect(ctx: Ctx, network: string, sandbox: string): Pr
   const a = store.attachments({ sandbox }).find((x) => x.network === network);
   if (!a) return; // not connected: nothing to undo
   applier.record({ kind: 'attachment.state', sandbox, network, state: 'removing' });
+  await syncServices(ctx); // it leaves the network's services before its interface goes
   const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
   const before = portFacts(store, sandbox);
   const wasTarget = before.length > 0 && before[0]!.targets.some((t) => addresses.some((x) => x.ip === t.ip));
@@ -214,6 +216,8 @@ export async function removeSandbox(ctx: Ctx, name: string): Promise<boolean> {
   if (!s) return false;
   applier.record({ kind: 'sandbox.state', name, state: 'removing' },
     ...store.attachments({ sandbox: name }).map((a) => ({ kind: 'attachment.state' as const, sandbox: name, network: a.network, state: 'removing' as const })));
+  // It leaves its services first: new connections go elsewhere while it still answers its own.
+  await syncServices(ctx);
   await teardownSandbox(ctx, s);
   applier.record({ kind: 'sandbox.delete', name });
   // Its addresses leave the policy sets before IPAM can hand them to another sandbox.

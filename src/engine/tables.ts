@@ -10,6 +10,7 @@ import type { Ctx } from './context.ts';
 import { driverNetwork } from './records.ts';
 import { portFacts } from './ports.ts';
 import { fullPolicyState, policyElements, type FullPolicyState } from './policy.ts';
+import { serviceFacts } from './services.ts';
 
 /** Both tables from scratch, from the store (one nft transaction replaces whatever is there). */
 export function tablesScript(store: Store, policy: PolicyElements = policyElements(fullPolicyState(store))): string[] {
@@ -26,7 +27,9 @@ export function tablesScript(store: Store, policy: PolicyElements = policyElemen
   const facts = nets.map((n) => (store.overlay(n.name)
     ? overlayFacts(driverNetwork(store, n))
     : { bridge: n.bridge, internal: n.internal, isolate: n.isolate, hostAccess: n.hostAccess, dns: n.dns, subnets: store.subnets(n.name), egress: store.networkEgress(n.name) }));
-  return fullScript(facts, endpoints, ports, policy).trimEnd().split('\n');
+  // Services as recorded (their backends are what the record says the kernel holds).
+  const services = store.services().map((s) => serviceFacts(s));
+  return fullScript(facts, endpoints, ports, policy, services).trimEnd().split('\n');
 }
 
 /** Rewrites both tables from the store (with `also`, e.g. forwarding sysctls, in the same step). */

@@ -640,6 +640,14 @@ export class FakeKernel implements KernelBackend {
       } else if ((m = new RegExp(`^add chain ${TABLES} ([\\w.-]+)(?: \\{ (.*) \\})?$`).exec(line))) {
         const t = table(line);
         if (!t.chains.has(ns(m[1]!))) t.chains.set(ns(m[1]!), { spec: m[2], rules: [] });
+      } else if ((m = new RegExp(`^delete chain ${TABLES} ([\\w.-]+)$`).exec(line))) {
+        // A chain a map element still jumps to cannot go (the kernel says EBUSY).
+        const t = table(line);
+        if (!t.chains.has(ns(m[1]!))) throw missing(line);
+        for (const set of t.sets.values()) {
+          if ([...set.elements.values()].some((v) => v === `goto ${m![1]}` || v === `jump ${m![1]}`)) throw new Failure('busy', `Error: Could not process rule: Device or resource busy\n${line}`);
+        }
+        t.chains.delete(ns(m[1]!));
       } else if ((m = new RegExp(`^flush chain ${TABLES} ([\\w.-]+)$`).exec(line))) {
         const c = table(line).chains.get(ns(m[1]!));
         if (!c) throw missing(line);

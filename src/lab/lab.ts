@@ -156,6 +156,11 @@ export class Lab {
     return [NODE, NETCHECK, 'hold', host, String(port), '--for', String(ms)];
   }
 
+  /** argv of N TCP connections in a row to a netcheck tcp server: prints {servers: {NAME: count}, failed}. */
+  static countArgv(host: string, port: number, n: number): string[] {
+    return [NODE, NETCHECK, 'count', host, String(port), '--n', String(n)];
+  }
+
   static probeArgv(proto: 'tcp' | 'udp' | 'http', host: string, port: number, timeoutMs = 2000): string[] {
     return [NODE, NETCHECK, 'probe', proto, host, String(port), '--timeout', String(timeoutMs)];
   }

@@ -6,6 +6,8 @@
 //       answering for MS, 1 (printing how many answers came) once an answer is 1 s late
 //   netcheck flow HOST PORT --until NAME [--timeout MS]           one UDP flow (a fixed source port)
 //       sending every 100 ms, printing each new server that answers; exit 0 once NAME answered
+//   netcheck count HOST PORT --n N    N TCP connections one after another to a netcheck tcp server;
+//       prints {"servers": {NAME: count}, "failed": n} (a service's balance)
 //   netcheck serve NAME --dns PORT [--answer IPV4]   a DNS server for a lab's world: every A query
 //       gets IPV4 (default 203.0.113.10, the lab's remote4), any other type an empty NOERROR answer
 // Every answer names the server and the client address it saw, so a test can check NAT.
@@ -55,6 +57,32 @@ if (mode === 'serve') {
       sock.bind(Number(udp), a.address);
     }
   }
+} else if (mode === 'count') {
+  const [host, port] = rest;
+  const n = Number(flag('--n') ?? 100);
+  const servers: Record<string, number> = {};
+  let failed = 0;
+  const once = () => new Promise<string | undefined>((resolve) => {
+    let data = '';
+    const s = connect({ host: host!, port: Number(port), timeout: 2000 });
+    s.on('data', (d) => (data += d));
+    s.on('end', () => {
+      try {
+        resolve((JSON.parse(data) as { server: string }).server);
+      } catch {
+        resolve(undefined);
+      }
+    });
+    s.on('timeout', () => s.destroy());
+    s.on('error', () => resolve(undefined));
+    s.on('close', () => resolve(undefined));
+  });
+  for (let i = 0; i < n; i++) {
+    const server = await once();
+    if (server === undefined) failed++;
+    else servers[server] = (servers[server] ?? 0) + 1;
+  }
+  process.stdout.write(JSON.stringify({ servers, failed }) + '\n');
 } else if (mode === 'probe') {
   const [proto, host, port] = rest;
   const timeout = Number(flag('--timeout') ?? 2000);

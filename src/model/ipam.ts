@@ -40,7 +40,7 @@ export interface Allocation {
 
 /**
  * The address an attachment gets in one subnet: the requested one (checked: a host address, not
- * the gateway, not taken) or the next free one. `holder` names who holds an address, if anyone.
+ * the gateway, not taken) or the next free one. `holder` names who holds an address ("sandbox web1"), if anyone.
  */
 export function allocate(network: string, lease: SubnetLease, requested: readonly RequestedAddress[],
   holder: (ip: string) => string | undefined): Allocation {
@@ -52,7 +52,7 @@ export function allocate(network: string, lease: SubnetLease, requested: readonl
     if (want.n < first || want.n > last) throw new CtnetError('INVALID_ARGUMENT', `--ip ${want.text} is the network or broadcast address of ${lease.cidr}`, 'choose a host address');
     if (want.n === gateway) throw new CtnetError('CONFLICT', `--ip ${want.text} is the gateway of network ${network}`, 'choose another address');
     const taken = holder(want.text);
-    if (taken) throw new CtnetError('CONFLICT', `--ip ${want.text} is taken by sandbox ${taken}`, 'choose another address, or leave --ip out to get a free one');
+    if (taken) throw new CtnetError('CONFLICT', `--ip ${want.text} is taken by ${taken}`, 'choose another address, or leave --ip out to get a free one');
     return { ip: want.text, family: subnet.family, cidr: lease.cidr, cursor: undefined };
   }
   const cursor = lease.cursor === null ? undefined : parseAddr('cursor', lease.cursor).n;

@@ -84,6 +84,8 @@ add map ${TABLE} ports4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr
 add map ${TABLE} ports6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; comment "published on one host address: address . protocol . port -> sandbox address . port"; }
 add map ${TABLE} ports4_any { type inet_proto . inet_service : ipv4_addr . inet_service; comment "published on every host address: protocol . port -> sandbox address . port"; }
 add map ${TABLE} ports6_any { type inet_proto . inet_service : ipv6_addr . inet_service; comment "published on every host address: protocol . port -> sandbox address . port"; }
+add map ${TABLE} services4 { type ipv4_addr . inet_proto . inet_service : verdict; comment "services: VIP . protocol . port -> goto the service's chain (its backends)"; }
+add set ${TABLE} service_vips4 { type ipv4_addr; comment "services' VIPs: reached from another network only where policy allows"; }
 ${policySets()}
 add chain ${TABLE} guard { type filter hook prerouting priority raw; policy accept; }
 add chain ${TABLE} prerouting { type nat hook prerouting priority dstnat; policy accept; }
@@ -99,6 +101,8 @@ flush chain ${TABLE} input
 flush chain ${TABLE} postrouting
 add rule ${TABLE} guard iifname @bridges ip daddr 127.0.0.0/8 counter drop comment "route_localnet is on for bridges: keep sandboxes off the host's loopback"
 add rule ${TABLE} guard iifname @bridges ip saddr 127.0.0.0/8 counter drop comment "loopback source from a sandbox"
+add rule ${TABLE} prerouting ip daddr . meta l4proto . th dport vmap @services4 comment "services: one lookup, whatever their number"
+add rule ${TABLE} output ip daddr . meta l4proto . th dport vmap @services4 comment "services, from the host"
 ${dnatRules('prerouting')}
 ${dnatRules('output')}
 add rule ${TABLE} forward ct state established,related accept
@@ -113,6 +117,7 @@ add rule ${TABLE} forward ip6 saddr . ip6 daddr . meta l4proto . th dport @polic
 add rule ${TABLE} forward iifname . oifname @bridge_pairs accept
 add rule ${TABLE} forward iifname @internal_bridges counter drop comment "internal network: no way out"
 add rule ${TABLE} forward oifname @internal_bridges counter drop comment "internal network: no way in"
+add rule ${TABLE} forward iifname @bridges ct status dnat ct original ip daddr @service_vips4 counter drop comment "service: from another network only where policy allows (a service is no way around isolation)"
 add rule ${TABLE} forward ct status dnat counter accept comment "published port"
 add rule ${TABLE} forward iifname @bridges oifname @bridges counter drop comment "networks are isolated from each other"
 add rule ${TABLE} forward oifname @bridges counter drop comment "from outside, only published ports reach sandboxes"
@@ -380,13 +385,72 @@ export function portElements(verb: Verb, p: PortFacts): string[] {
   return lines;
 }
 
+export interface ServiceFacts {
+  readonly name: string;
+  readonly vip: string;
+  readonly proto: 'tcp' | 'udp';
+  readonly port: number;
+  readonly targetPort: number;
+  readonly affinity: 'none' | 'client-ip';
+  /** Backend addresses, sorted: slot i of the hash or random number goes to backends[i]. */
+  readonly backends: readonly string[];
+}
+
+/** A service's chain: its one rule picks a backend. Service names are [A-Za-z0-9_.-]. */
+export const serviceChain = (name: string) => `svc_${name}`;
+
+/**
+ * A fixed seed, so a client keeps its backend (--affinity client-ip) across table rewrites (gc)
+ * while the backends stay the same.
+ */
+const AFFINITY_SEED = '0x63746e74';
+
+/**
+ * The rule of a service's chain: DNAT to one of its backends chosen by an anonymous map, keyed by
+ * a random number (or a hash of the client's address) modulo their number: one lookup. No backend:
+ * the client is refused at once (TCP reset, ICMP port unreachable) rather than left to time out.
+ */
+export function serviceRule(s: ServiceFacts): string {
+  const chain = `${TABLE} ${serviceChain(s.name)}`;
+  if (s.backends.length === 0) {
+    return `add rule ${chain} meta l4proto ${s.proto} counter reject${s.proto === 'tcp' ? ' with tcp reset' : ''} comment "service ${s.name}: no backend"`;
+  }
+  const pick = s.affinity === 'client-ip' ? `jhash ip saddr mod ${s.backends.length} seed ${AFFINITY_SEED}` : `numgen random mod ${s.backends.length}`;
+  const map = s.backends.map((b, i) => `${i} : ${b} . ${s.targetPort}`).join(', ');
+  return `add rule ${chain} meta l4proto ${s.proto} counter dnat ip to ${pick} map { ${map} } comment "service ${s.name}"`;
+}
+
+/** Replaces a service's backends (one rule, in the transaction it is part of). */
+export function serviceBackendLines(s: ServiceFacts): string[] {
+  return [`flush chain ${TABLE} ${serviceChain(s.name)}`, serviceRule(s)];
+}
+
+/** A service's chain and elements; delete: elements first (the map's goto holds the chain), then the chain. */
+export function serviceLines(verb: Verb, s: ServiceFacts): string[] {
+  const key = `${s.vip} . ${s.proto} . ${s.port}`;
+  if (verb === 'delete') {
+    return [
+      `delete element ${TABLE} services4 { ${key} }`,
+      `delete element ${TABLE} service_vips4 { ${s.vip} }`,
+      `delete chain ${TABLE} ${serviceChain(s.name)}`,
+    ];
+  }
+  return [
+    `add chain ${TABLE} ${serviceChain(s.name)}`,
+    ...serviceBackendLines(s),
+    `add element ${TABLE} service_vips4 { ${s.vip} }`,
+    `add element ${TABLE} services4 { ${key} : goto ${serviceChain(s.name)} }`,
+  ];
+}
+
 /** Adds the tables if missing, then deletes them: succeeds whether or not they existed. */
 export function dropTableScript(): string {
   return `add table ${BRIDGE_TABLE}\ndelete table ${BRIDGE_TABLE}\nadd table ${TABLE}\ndelete table ${TABLE}\n`;
 }
 
 /** The whole table from scratch, atomically replacing whatever is there (used by gc). */
-export function fullScript(networks: readonly NetworkFacts[], endpoints: readonly EndpointFacts[], ports: readonly PortFacts[] = [], policy?: PolicyElements): string {
+export function fullScript(networks: readonly NetworkFacts[], endpoints: readonly EndpointFacts[], ports: readonly PortFacts[] = [], policy?: PolicyElements,
+  services: readonly ServiceFacts[] = []): string {
   if (networks.length === 0) return dropTableScript();
   return [
     dropTableScript().trimEnd(),
@@ -395,5 +459,6 @@ export function fullScript(networks: readonly NetworkFacts[], endpoints: readonl
     ...endpoints.flatMap((e) => endpointElements('add', e)),
     ...ports.flatMap((p) => portElements('add', p)),
     ...(policy ? policyLines(policy) : []),
+    ...services.flatMap((x) => serviceLines('add', x)),
   ].join('\n') + '\n';
 }

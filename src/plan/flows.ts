@@ -37,6 +37,8 @@ export type FlowFilter =
    * its packets away from the sandbox for as long as the client keeps sending.
    */
   | { readonly kind: 'stale'; readonly ports: readonly PortTarget[] }
+  /** Connections through a service (VIP . protocol . port) DNATed to backends that left it. */
+  | { readonly kind: 'service'; readonly vip: string; readonly proto: string; readonly port: number; readonly backends: readonly string[] }
   /** Forwarded connections the policy now denies. */
   | { readonly kind: 'denied'; readonly rules: readonly PolicyRule[]; readonly world: PolicyWorld }
   /**
@@ -51,6 +53,7 @@ export function describeFilter(f: FlowFilter): string {
     case 'addresses': return `flows of ${f.ips.join(', ')}`;
     case 'unpublished': return `flows through published ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')}`;
     case 'stale': return `flows that reached host ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')} before they were published`;
+    case 'service': return `flows through service ${f.vip} ${f.proto}/${f.port} to ${f.backends.join(', ')}`;
     case 'denied': return 'flows (forwarded, or to the host) the policy now denies';
     case 'judged': return 'flows (forwarded, or to the host) in the changed part of the policy that it now denies';
   }
@@ -78,6 +81,10 @@ export async function pickFlows(f: FlowFilter, flows: readonly Flow[], local: ()
       const mine = await local();
       // Only flows to the host itself: a forwarded flow to that port elsewhere is not ours to end.
       return candidates.filter((x) => mine.has(x.orig.dst));
+    }
+    case 'service': {
+      const gone = new Set(f.backends);
+      return flows.filter((x) => x.proto === f.proto && x.orig.dst === f.vip && x.orig.dport === f.port && gone.has(x.reply.src));
     }
     case 'denied':
     case 'judged': {

@@ -2,7 +2,7 @@
 // what undoes it. The applier keeps these inverses in the same undo log as the kernel's, so one
 // rollback puts store and kernel back together.
 import type { Shape } from '../model/shape.ts';
-import type { OwnedKind, OwnedRow, AddressRow, AliasRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PolicyState, PortRow, SandboxRow, State, Store, SubnetRow } from './store.ts';
+import type { OwnedKind, OwnedRow, AddressRow, AliasRow, AttachmentRow, CniRow, NetworkRow, OverlayRow, PeerRow, PolicyState, PortRow, SandboxRow, ServiceRow, State, Store, SubnetRow } from './store.ts';
 
 export type StoreChange =
   | {
@@ -41,7 +41,10 @@ export type StoreChange =
   | { readonly kind: 'owner.set'; readonly row: OwnedRow }
   | { readonly kind: 'owner.delete'; readonly what: OwnedKind; readonly name: string }
   /** The shaping of one attachment; null: not shaped. */
-  | { readonly kind: 'shaping.set'; readonly sandbox: string; readonly network: string; readonly shape: Shape | null };
+  | { readonly kind: 'shaping.set'; readonly sandbox: string; readonly network: string; readonly shape: Shape | null }
+  | { readonly kind: 'service.insert'; readonly row: Omit<ServiceRow, 'created'> }
+  | { readonly kind: 'service.delete'; readonly name: string }
+  | { readonly kind: 'service.backends'; readonly name: string; readonly backends: readonly string[] };
 
 /**
  * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
@@ -157,6 +160,19 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.defaultRoute(c.sandbox) ?? null;
       store.setDefaultRoute(c.sandbox, c.network);
       return { kind: 'default-route.set', sandbox: c.sandbox, network: was };
+    }
+    case 'service.insert':
+      store.insertService(c.row);
+      return { kind: 'service.delete', name: c.row.name };
+    case 'service.delete': {
+      const was = store.service(c.name);
+      store.deleteService(c.name);
+      return was && { kind: 'service.insert', row: was };
+    }
+    case 'service.backends': {
+      const was = store.service(c.name)?.backends;
+      store.setServiceBackends(c.name, c.backends);
+      return was && { kind: 'service.backends', name: c.name, backends: was };
     }
     case 'policy.mirror':
     case 'policy.state': {

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 17;
+export const SCHEMA_VERSION = 18;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -353,6 +353,29 @@ CREATE TABLE aliases (
 CREATE INDEX aliases_by_sandbox ON aliases(sandbox, network);
 `;
 
+// Services (schema 18, issue 17): a virtual address (VIP) on a network, one protocol and port,
+// balanced over the sandboxes a label selects. The VIP is taken from the network's subnet like a
+// sandbox's address (ipam's holder test reads this table too), so it is never handed out twice.
+// backends: the addresses the kernel's service chain holds now (JSON, sorted), so a change sends
+// only what differs and the connections of a backend that left can be cut.
+export const SERVICES = `
+CREATE TABLE services (
+  name TEXT PRIMARY KEY,
+  network TEXT NOT NULL REFERENCES networks(name),
+  vip TEXT NOT NULL UNIQUE,
+  cidr TEXT NOT NULL,
+  proto TEXT NOT NULL CHECK (proto IN ('tcp', 'udp')),
+  port INTEGER NOT NULL CHECK (port BETWEEN 1 AND 65535),
+  selector_key TEXT NOT NULL,
+  selector_value TEXT NOT NULL,
+  target_port INTEGER NOT NULL CHECK (target_port BETWEEN 1 AND 65535),
+  affinity TEXT NOT NULL CHECK (affinity IN ('none', 'client-ip')),
+  backends TEXT NOT NULL DEFAULT '[]',
+  created TEXT NOT NULL
+);
+CREATE INDEX services_by_network ON services(network);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -371,4 +394,5 @@ export const MIGRATIONS: Record<number, string> = {
   15: LOWER,
   16: POLICY_INDEX_CLASSES,
   17: NAMES,
+  18: SERVICES,
 };

@@ -111,6 +111,22 @@ export interface AddressRow {
 export interface PortRow extends PortMapping {
   readonly sandbox: string;
 }
+export interface ServiceRow {
+  readonly name: string;
+  readonly network: string;
+  readonly vip: string;
+  /** The subnet the VIP was taken from. */
+  readonly cidr: string;
+  readonly proto: 'tcp' | 'udp';
+  readonly port: number;
+  readonly selector: { readonly key: string; readonly value: string };
+  readonly targetPort: number;
+  readonly affinity: 'none' | 'client-ip';
+  /** The backend addresses the kernel holds for it now (sorted). */
+  readonly backends: readonly string[];
+  readonly created: string;
+}
+
 /** A box of a policy set and its rule (compiled: the owner; raw: the rule that covers it). */
 export interface PolicyBoxRow {
   readonly rule: number;
@@ -540,6 +556,33 @@ export class Store {
     this.#run('DELETE FROM ports WHERE sandbox = ? AND proto = ? AND host_ip = ? AND host_port = ?', p.sandbox, p.proto, p.hostIp, p.hostPort);
   }
 
+  // ---- services (schema 18) ----
+  services(filter: { network?: string } = {}): ServiceRow[] {
+    const rows = filter.network === undefined
+      ? this.#all('SELECT * FROM services ORDER BY name')
+      : this.#all('SELECT * FROM services WHERE network = ? ORDER BY name', filter.network);
+    return rows.map(toService);
+  }
+  service(name: string): ServiceRow | undefined {
+    const r = this.#get('SELECT * FROM services WHERE name = ?', name);
+    return r && toService(r);
+  }
+  /** The service whose VIP this is, if any (ipam's holder test). */
+  serviceByVip(ip: string): string | undefined {
+    return this.#get('SELECT name FROM services WHERE vip = ?', ip)?.name as string | undefined;
+  }
+  insertService(r: Omit<ServiceRow, 'created'>): void {
+    this.#run(`INSERT INTO services(name, network, vip, cidr, proto, port, selector_key, selector_value, target_port, affinity, backends, created)
+      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
+    r.targetPort, r.affinity, JSON.stringify(r.backends), new Date().toISOString());
+  }
+  deleteService(name: string): void {
+    this.#run('DELETE FROM services WHERE name = ?', name);
+  }
+  setServiceBackends(name: string, backends: readonly string[]): void {
+    this.#run('UPDATE services SET backends = ? WHERE name = ?', JSON.stringify(backends), name);
+  }
+
   // ---- labels ----
   labels(sandbox?: string): { sandbox: string; key: string; value: string }[] {
     const rows = sandbox === undefined
@@ -879,6 +922,14 @@ export class Store {
     this.#prepared(sql).run(...params);
   }
 }
+
+const toService = (r: Row): ServiceRow => ({
+  name: r.name as string, network: r.network as string, vip: r.vip as string, cidr: r.cidr as string,
+  proto: r.proto as 'tcp' | 'udp', port: r.port as number,
+  selector: { key: r.selector_key as string, value: r.selector_value as string },
+  targetPort: r.target_port as number, affinity: r.affinity as 'none' | 'client-ip',
+  backends: JSON.parse(r.backends as string) as string[], created: r.created as string,
+});
 
 const toPolicy = (r: Row): PolicyRow => ({
   id: r.id as number, name: r.name as string, action: r.action as 'allow' | 'deny', from: r.from_sel as string,

@@ -68,14 +68,18 @@ export async function nftSets(lab: Lab, family: 'inet' | 'bridge' = 'inet'): Pro
   return sets;
 }
 
-/** The elements of each map in ctnet's table, as strings like "tcp . 8080 : 10.1.0.2 . 80". */
+/**
+ * The elements of each published-port map (ports4, ports6, ports4_any, ports6_any) in ctnet's
+ * table, as strings like "tcp . 8080 : 10.1.0.2 . 80". The table's other maps (egress, services)
+ * have tests of their own.
+ */
 export async function nftMaps(lab: Lab): Promise<Map<string, string[]>> {
   const r = await lab.inHost(['nft', '-j', 'list', 'table', 'inet', 'ctnet']);
   const maps = new Map<string, string[]>();
   if (r.code !== 0) return maps;
   const text = (v: any): string => (typeof v === 'object' && v?.concat ? v.concat.map((x: unknown) => String(x)).join(' . ') : String(v));
   for (const item of (JSON.parse(r.stdout) as { nftables: Record<string, any>[] }).nftables) {
-    if (!item.map) continue;
+    if (!item.map || !/^ports[46]/.test(item.map.name)) continue;
     maps.set(item.map.name, (item.map.elem ?? []).map(([k, v]: [any, any]) => `${text(k)} : ${text(v)}`).sort());
   }
   return maps;

@@ -18,6 +18,7 @@ import { createNetwork, removeNetwork } from '../../src/engine/network.ts';
 import { addPolicy, changeLabels, listPolicies, removePolicies } from '../../src/engine/policy.ts';
 import { publish, unpublish } from '../../src/engine/publish.ts';
 import { connect, connectExternal, createSandbox, disconnect, removeSandbox } from '../../src/engine/sandbox.ts';
+import { createService, removeService } from '../../src/engine/services.ts';
 import { shapeSandbox } from '../../src/engine/shape.ts';
 import { parseShapeFlags } from '../../src/model/shape.ts';
 import { CtnetError, KernelError } from '../../src/errors.ts';
@@ -67,7 +68,7 @@ function dryCtx(w: World, lines: string[]): Ctx {
   return { ...w.ctx, applier: new Applier({ backend: w.fake, store: w.store, warn, dryRun: true, explain: (l) => void lines.push(l) }) };
 }
 
-const TABLES = ['networks', 'subnets', 'sandboxes', 'attachments', 'addresses', 'ports', 'labels', 'cni_attachments', 'policies', 'policy_elements', 'processes', 'shaping'];
+const TABLES = ['networks', 'subnets', 'sandboxes', 'attachments', 'addresses', 'ports', 'labels', 'cni_attachments', 'policies', 'policy_elements', 'processes', 'shaping', 'services'];
 
 /** Every table of the store, as another process reads it (what was committed), rows sorted. */
 function storeDump(w: World): Record<string, string[]> {
@@ -843,6 +844,14 @@ async function webAndDb(w: World): Promise<void> {
 }
 
 const SCENARIOS: Scenario[] = [
+  {
+    name: 'service create (two backends)',
+    setup: async (w) => {
+      await createNetwork(w.ctx, WEB());
+      for (const b of ['b1', 'b2']) await createSandbox(w.ctx, b, on('web'), undefined, [{ key: 'app', value: 'web' }]);
+    },
+    run: (w) => createService(w.ctx, { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined }),
+  },
   { name: 'network create (the first one: forwarding and the table too)', setup: async () => {}, run: (w) => createNetwork(w.ctx, WEB()) },
   {
     name: 'network create (beside a network in use)',
@@ -1027,6 +1036,34 @@ async function failEveryStep(sc: Scenario, after: boolean, part: 'transaction' |
   }
   return end - first;
 }
+
+describe('services on the fake kernel', () => {
+  const rule = (w: World) => (w.fake.snapshot().nft!.chains['svc_svc']?.rules ?? []).join('\n');
+  it('create takes a VIP no sandbox gets; backends follow labels, creation and removal; rm takes it all back', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    const before = { kernel: w.fake.snapshot(), store: storeDump(w) };
+    await createSandbox(w.ctx, 'b1', on('web'), undefined, [{ key: 'app', value: 'web' }]);
+    const svc = await createService(w.ctx, { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined });
+    assert.equal(svc.vip, '10.1.0.3');
+    assert.deepEqual(w.fake.elements('services4'), ['10.1.0.3 . tcp . 80 : goto svc_svc']);
+    assert.match(rule(w), /numgen random mod 1 map \{ 0 : 10\.1\.0\.2 \. 8080 \}/);
+    await createSandbox(w.ctx, 'b2', on('web'), undefined, [{ key: 'app', value: 'web' }]);
+    assert.equal(w.store.addresses({ sandbox: 'b2' }).find((a) => a.family === 4)!.ip, '10.1.0.4', 'the VIP is not handed out');
+    assert.match(rule(w), /mod 2 map \{ 0 : 10\.1\.0\.2 \. 8080, 1 : 10\.1\.0\.4 \. 8080 \}/);
+    await changeLabels(w.ctx, 'b1', [], ['app']);
+    assert.match(rule(w), /mod 1 map \{ 0 : 10\.1\.0\.4 \. 8080 \}/);
+    await removeSandbox(w.ctx, 'b2');
+    assert.match(rule(w), /reject with tcp reset/);
+    await assert.rejects(createService(w.ctx, { name: 'svc', network: 'web', port: '81', to: 'label:app=web', vip: undefined, affinity: undefined }), /exists already/);
+    await assert.rejects(createService(w.ctx, { name: 'x', network: 'web', port: '81', to: 'label:app=web', vip: '10.1.0.3', affinity: undefined }), /taken by service svc/);
+    await assert.rejects(createService(w.ctx, { name: 'x', network: 'web', port: '81', to: 'label:app=web', vip: '10.2.0.3', affinity: undefined }), /not in network web's subnet/);
+    await assert.rejects(removeNetwork(w.ctx, 'web', { force: true }), /carries services/);
+    assert.equal(await removeService(w.ctx, 'svc'), true);
+    assert.equal(await removeService(w.ctx, 'svc'), false);
+    await removeSandbox(w.ctx, 'b1');
+    assert.deepEqual({ kernel: w.fake.snapshot(), store: noCursor(storeDump(w)) }, { kernel: before.kernel, store: noCursor(before.store) });
+  }));
+});
 
 describe('rollback when kernel step k fails, for every k', () => {
   for (const sc of SCENARIOS) {

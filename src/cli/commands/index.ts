@@ -28,6 +28,10 @@ import policyApply from './policy-apply.ts';
 import policyLs from './policy-ls.ts';
 import policyRm from './policy-rm.ts';
 import policyCheck from './policy-check.ts';
+import serviceCreate from './service-create.ts';
+import serviceLs from './service-ls.ts';
+import serviceInspect from './service-inspect.ts';
+import serviceRm from './service-rm.ts';
 import gc from './gc.ts';
 import doctor from './doctor.ts';
 import cniInstall from './cni-install.ts';
@@ -49,6 +53,7 @@ export const GROUPS: Readonly<Record<string, string>> = {
   network: 'manage bridge networks',
   policy: 'allow or deny traffic between sandboxes, networks, labels, CIDRs and the world',
   cni: 'ctnet as a CNI plugin for podman, containerd, Kubernetes (docs/cni.md)',
+  service: 'a virtual address balanced over the sandboxes a label selects (docs/services.md)',
   cluster: 'many hosts: membership of a cluster whose shared state is in etcd (docs/overlay.md)',
 };
 
@@ -59,6 +64,7 @@ export const COMMANDS: readonly CommandModule[] = [
   label,
   shape,
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
+  serviceCreate, serviceLs, serviceInspect, serviceRm,
   apply, diff, down,
   graph, trace, gc, doctor,
   cniInstall, cniExec,

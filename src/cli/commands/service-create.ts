@@ -1,0 +1,21 @@
+import { createService } from '../../engine/services.ts';
+import { defineCommand } from '../command.ts';
+
+export default defineCommand({
+  name: 'service create',
+  summary: 'a virtual address on a network, balanced by the kernel over the sandboxes a label selects (docs/services.md)',
+  args: ['<name>'],
+  options: [
+    { flags: '--network <name>', description: 'the network whose subnet the VIP comes from', required: true },
+    { flags: '--port <port>', description: 'the service port: PORT, PORT/tcp or PORT/udp', required: true },
+    { flags: '--to <selector>', description: 'the backends: label:KEY=VALUE[:TARGET_PORT] (the target port defaults to --port)', required: true },
+    { flags: '--vip <ip>', description: 'the virtual address (default: the next free address of the network)' },
+    { flags: '--affinity <mode>', description: 'client-ip: a client always lands on the same backend (while the backends stay the same)' },
+  ],
+  json: true,
+  async run({ ctx, args, opts, io }) {
+    const s = await createService(ctx, { name: args.name, network: opts.network, port: opts.port, to: opts.to, vip: opts.vip, affinity: opts.affinity });
+    if (io.json) return io.out(JSON.stringify(s, null, 2));
+    if (!io.quiet) io.out(`${s.name} ${s.vip}:${s.port}/${s.proto} (${s.backends.length} backends)`);
+  },
+});

@@ -1,0 +1,23 @@
+import { listServices } from '../../engine/services.ts';
+import { parseName } from '../../model/names.ts';
+import { defineCommand } from '../command.ts';
+
+export default defineCommand({
+  name: 'service inspect',
+  summary: 'one service: its VIP, selector, backends and the connections it balanced',
+  args: ['<name>'],
+  json: true,
+  async run({ ctx, args, io }) {
+    const [s] = await listServices(ctx, parseName('service', args.name));
+    if (io.json) return io.out(JSON.stringify(s, null, 2));
+    io.out([
+      `service ${s!.name}  (network ${s!.network})`,
+      `  vip          ${s!.vip}:${s!.port}/${s!.proto}`,
+      `  to           ${s!.to}`,
+      `  affinity     ${s!.affinity}`,
+      `  backends     ${s!.backends.join(' ') || 'none (clients are refused)'}`,
+      `  connections  ${s!.connections}`,
+      `  created      ${s!.created}`,
+    ].join('\n'));
+  },
+});

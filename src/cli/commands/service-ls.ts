@@ -1,0 +1,16 @@
+import { listServices } from '../../engine/services.ts';
+import { defineCommand } from '../command.ts';
+import { table } from '../table.ts';
+
+export default defineCommand({
+  name: 'service ls',
+  aliases: ['list'],
+  summary: 'list services: VIP, port, selector, backends, new connections balanced',
+  json: true,
+  async run({ ctx, io }) {
+    const rows = await listServices(ctx);
+    if (io.json) return io.out(JSON.stringify(rows, null, 2));
+    io.out(table(['NAME', 'NETWORK', 'VIP', 'PORT', 'TO', 'AFFINITY', 'BACKENDS', 'CONNECTIONS'],
+      rows.map((s) => [s.name, s.network, s.vip, `${s.port}/${s.proto}`, s.to, s.affinity, s.backends.join(' ') || 'none', String(s.connections)])));
+  },
+});

@@ -1,0 +1,179 @@
+// Use cases for services: a virtual address (VIP) on a network, balanced by the kernel over the
+// sandboxes a label selects (docs/services.md). The backends are derived from the store like the
+// policy sets: every change to sandboxes or labels brings them up to date (syncServices).
+import { CtnetError } from '../errors.ts';
+import { allocate } from '../model/ipam.ts';
+import { formatAddr, parseAddr } from '../model/cidr.ts';
+import { parseName } from '../model/names.ts';
+import { formatSelector, parseAffinity, parseServicePort, parseServiceTarget } from '../model/service.ts';
+import { serviceBackendLines, serviceChain, serviceLines, type ServiceFacts } from '../nft/ruleset.ts';
+import type { Op } from '../plan/ops.ts';
+import { step } from '../plan/plan.ts';
+import type { ServiceRow, Store } from '../store/store.ts';
+import type { Ctx } from './context.ts';
+
+export interface ServiceRequest {
+  readonly name: string;
+  readonly network: string;
+  readonly port: string;
+  readonly to: string;
+  readonly vip: string | undefined;
+  readonly affinity: string | undefined;
+}
+
+const byAddress = (a: string, b: string) => {
+  const x = parseAddr('address', a).n;
+  const y = parseAddr('address', b).n;
+  return x < y ? -1 : x > y ? 1 : 0;
+};
+
+/**
+ * The addresses a service balances over now: the IPv4 address, on the service's network, of each
+ * sandbox with the label. A sandbox (or its attachment) being removed has left already, so its
+ * new connections go elsewhere while its old ones drain.
+ */
+export function serviceBackends(store: Store, s: Pick<ServiceRow, 'network' | 'selector'>): string[] {
+  const selected = new Set(store.labels().filter((l) => l.key === s.selector.key && l.value === s.selector.value).map((l) => l.sandbox));
+  const leaving = new Set(store.sandboxes().filter((x) => x.state === 'removing').map((x) => x.name));
+  const detaching = new Set(store.attachments({ network: s.network }).filter((a) => a.state === 'removing').map((a) => a.sandbox));
+  return store.addresses({ network: s.network })
+    .filter((a) => a.family === 4 && selected.has(a.sandbox) && !leaving.has(a.sandbox) && !detaching.has(a.sandbox))
+    .map((a) => a.ip).sort(byAddress);
+}
+
+/** Who holds an address of a subnet: a sandbox, or a service's VIP (ipam never hands either out again). */
+export function addressHolder(store: Store, ip: string): string | undefined {
+  const sandbox = store.addressHolder(ip);
+  if (sandbox) return `sandbox ${sandbox}`;
+  const service = store.serviceByVip(ip);
+  return service && `service ${service} (its VIP)`;
+}
+
+export const serviceFacts = (s: ServiceRow, backends: readonly string[] = s.backends): ServiceFacts => ({
+  name: s.name, vip: s.vip, proto: s.proto, port: s.port, targetPort: s.targetPort, affinity: s.affinity, backends,
+});
+
+/** The VIP as an address of the network's bridge: the host answers ARP for it and takes it in. */
+const vipOp = (store: Store, s: Pick<ServiceRow, 'network' | 'vip'>): Op => ({ kind: 'addr.add', cidr: `${s.vip}/32`, dev: store.network(s.network)!.bridge });
+
+export async function createService(ctx: Ctx, req: ServiceRequest): Promise<ServiceRow> {
+  const { store, applier } = ctx;
+  // Everything that can be checked without the store, before anything changes.
+  const name = parseName('service', req.name);
+  const port = parseServicePort(req.port);
+  const target = parseServiceTarget(req.to);
+  const affinity = parseAffinity(req.affinity);
+  const vip = req.vip === undefined ? undefined : parseAddr('--vip', req.vip);
+  if (vip && vip.family !== 4) throw new CtnetError('INVALID_ARGUMENT', `--vip ${req.vip}: services have IPv4 VIPs for now`, 'give an IPv4 address of the network, or leave --vip out');
+  return applier.transaction(async (tx) => {
+    const row = tx.decide((rec) => {
+      if (store.service(name)) throw new CtnetError('CONFLICT', `a service named ${name} exists already`, `choose another name, or remove it with "ctnet service rm ${name}"`);
+      const n = store.network(req.network);
+      if (!n) throw new CtnetError('NOT_FOUND', `--network ${req.network}: no network named ${req.network}`, 'list networks with "ctnet network ls"');
+      if (n.lower) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} is a ${n.lower.kind} network: its sandboxes' packets never pass ctnet's tables`, 'use a bridge network');
+      if (store.overlay(n.name)) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} is an overlay network: services on overlays are not supported yet`, 'use a bridge network');
+      const lease = store.subnets(n.name).find((s) => s.family === 4);
+      if (!lease) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} has no IPv4 subnet: services have IPv4 VIPs for now`);
+      const requested = vip ? [{ family: 4 as const, n: vip.n, text: formatAddr(4, vip.n) }] : [];
+      let a;
+      try {
+        a = allocate(n.name, lease, requested, (ip) => addressHolder(store, ip));
+      } catch (e) {
+        throw e instanceof CtnetError ? new CtnetError(e.code, e.message.replace(/^--ip /, '--vip '), e.hint?.replace('--ip', '--vip')) : e;
+      }
+      if (vip && parseAddr('--vip', a.ip).n !== vip.n) {
+        throw new CtnetError('INVALID_ARGUMENT', `--vip ${req.vip} is not in network ${n.name}'s subnet ${lease.cidr}`, 'give an address of the network, or leave --vip out to get a free one');
+      }
+      if (a.cursor !== undefined) rec.record({ kind: 'cursor.set', network: n.name, cidr: lease.cidr, ip: a.cursor });
+      const draft = {
+        name, network: n.name, vip: a.ip, cidr: lease.cidr, proto: port.proto, port: port.port,
+        selector: target.selector, targetPort: target.targetPort ?? port.port, affinity, backends: [] as string[],
+      };
+      const r = { ...draft, backends: serviceBackends(store, draft) };
+      rec.record({ kind: 'service.insert', row: r });
+      return r;
+    });
+    const facts = serviceFacts({ ...row, created: '' });
+    await tx.run([
+      step([vipOp(store, row)], `service ${name}: VIP ${row.vip} on network ${row.network}'s bridge`),
+      step([{ kind: 'nft', lines: serviceLines('add', facts), undo: serviceLines('delete', facts) }],
+        `service ${name}: ${row.vip}:${row.port}/${row.proto} -> ${formatSelector(row.selector)}:${row.targetPort} (${row.backends.length} backends now)`),
+    ]);
+    tx.commit();
+    return store.service(name) ?? { ...row, created: new Date().toISOString() };
+  });
+}
+
+export function findService(store: Store, name: string): ServiceRow {
+  const s = store.service(name);
+  if (!s) {
+    throw new CtnetError('NOT_FOUND', `no service named ${name}`, store.services().length ? 'list services with "ctnet service ls"' : 'there are no services');
+  }
+  return s;
+}
+
+/** Removes a service: its elements and chain, its VIP, its connections; idempotent. */
+export async function removeService(ctx: Ctx, name: string): Promise<boolean> {
+  const { store, applier } = ctx;
+  parseName('service', name);
+  const s = store.service(name);
+  if (!s) return false;
+  const facts = serviceFacts(s);
+  const bridge = store.network(s.network)?.bridge;
+  await applier.teardown([
+    step([{ kind: 'nft.delete', lines: serviceLines('delete', facts) }], `service ${name}: remove`),
+    ...(bridge ? [step([{ kind: 'addr.del', cidr: `${s.vip}/32`, dev: bridge }])] : []),
+    step([{ kind: 'conntrack.forget', filter: { kind: 'service', vip: s.vip, proto: s.proto, port: s.port, backends: s.backends } }]),
+  ]);
+  if (applier.dryRun) return true;
+  applier.record({ kind: 'service.delete', name });
+  return true;
+}
+
+/**
+ * Brings every service's backends up to date with the store, in one nft transaction: only the
+ * services whose backends changed get their rule replaced; connections to a backend that left are
+ * cut. Call after the store says who the backends are (and, for a removal, before the sandbox's
+ * interfaces go, so new connections go elsewhere while it still answers).
+ */
+export async function syncServices(ctx: Ctx): Promise<void> {
+  const { store, applier } = ctx;
+  if (store.services().length === 0) return;
+  await store.writeAsync(async () => {
+    const changed = store.services().flatMap((s) => {
+      const now = serviceBackends(store, s);
+      return JSON.stringify(now) === JSON.stringify(s.backends) ? [] : [{ s, now, gone: s.backends.filter((b) => !now.includes(b)) }];
+    });
+    if (changed.length === 0) return;
+    const lines = changed.flatMap(({ s, now }) => serviceBackendLines(serviceFacts(s, now)));
+    await applier.apply([
+      step([{ kind: 'nft', lines }], `services: backends of ${changed.map(({ s, now }) => `${s.name} (${now.length})`).join(', ')}`),
+      ...changed.filter((c) => c.gone.length > 0).map(({ s, gone }) =>
+        step([{ kind: 'conntrack.forget', filter: { kind: 'service', vip: s.vip, proto: s.proto, port: s.port, backends: gone } }])),
+    ]);
+    for (const { s, now } of changed) store.setServiceBackends(s.name, now);
+  }, { rollback: applier.dryRun });
+}
+
+export interface ServiceView extends ServiceRow {
+  readonly to: string;
+  /** New connections the service's rule sent to a backend (its counter). */
+  readonly connections: number;
+}
+
+/** Every service with its rule's counter (new connections balanced). */
+export async function listServices(ctx: Ctx, name?: string): Promise<ServiceView[]> {
+  const { store, kernel } = ctx;
+  const rows = name === undefined ? store.services() : [findService(store, name)];
+  const counts = new Map<string, number>();
+  if (rows.length) {
+    for (const item of ((await kernel.nftTable()) ?? []) as { rule?: { chain?: string; expr?: { counter?: { packets: number } }[] } }[]) {
+      const chain = item.rule?.chain;
+      if (!chain?.startsWith('svc_')) continue;
+      const c = item.rule!.expr?.find((e) => e.counter)?.counter;
+      if (c) counts.set(chain, c.packets);
+    }
+  }
+  return rows.map((s) => ({ ...s, to: `${formatSelector(s.selector)}:${s.targetPort}`, connections: counts.get(serviceChain(s.name)) ?? 0 }));
+}
+

@@ -1,0 +1,54 @@
+// A service's request, parsed at the boundary (pure): `--port 80[/tcp|/udp]`,
+// `--to label:KEY=VALUE[:TARGET_PORT]`, `--affinity client-ip`.
+import { CtnetError } from '../errors.ts';
+import { parseLabel } from './policy.ts';
+
+export type ServiceProto = 'tcp' | 'udp';
+export type Affinity = 'none' | 'client-ip';
+
+export interface ServicePort {
+  readonly proto: ServiceProto;
+  readonly port: number;
+}
+
+export interface ServiceTarget {
+  readonly selector: { readonly key: string; readonly value: string };
+  /** The backends' port; the service's port when not given. */
+  readonly targetPort: number | undefined;
+}
+
+const invalid = (message: string, hint?: string) => new CtnetError('INVALID_ARGUMENT', message, hint);
+
+function portNumber(what: string, text: string): number {
+  if (!/^\d{1,5}$/.test(text) || Number(text) < 1 || Number(text) > 65535) {
+    throw invalid(`${what}: ${JSON.stringify(text)} is not a port (1-65535)`);
+  }
+  return Number(text);
+}
+
+/** `80`, `80/tcp`, `53/udp`. */
+export function parseServicePort(text: string): ServicePort {
+  const m = /^([^/]*)(?:\/(.*))?$/.exec(text)!;
+  const proto = m[2] ?? 'tcp';
+  if (proto !== 'tcp' && proto !== 'udp') throw invalid(`--port ${text}: protocol ${JSON.stringify(proto)} is not tcp or udp`, 'write PORT, PORT/tcp or PORT/udp');
+  return { proto, port: portNumber(`--port ${text}`, m[1]!) };
+}
+
+/** `label:KEY=VALUE` or `label:KEY=VALUE:TARGET_PORT` (label values hold no ':'). */
+export function parseServiceTarget(text: string): ServiceTarget {
+  if (!text.startsWith('label:')) throw invalid(`--to ${JSON.stringify(text)} does not start with "label:"`, 'select backends by label: --to label:app=web[:8080]');
+  const rest = text.slice('label:'.length);
+  const colon = rest.indexOf(':');
+  const label = colon < 0 ? rest : rest.slice(0, colon);
+  const selector = parseLabel('--to label', label);
+  const targetPort = colon < 0 ? undefined : portNumber(`--to ${text}: target port`, rest.slice(colon + 1));
+  return { selector, targetPort };
+}
+
+export function parseAffinity(text: string | undefined): Affinity {
+  if (text === undefined || text === 'none') return 'none';
+  if (text === 'client-ip') return 'client-ip';
+  throw invalid(`--affinity ${JSON.stringify(text)} is not client-ip or none`);
+}
+
+export const formatSelector = (s: ServiceTarget['selector']) => `label:${s.key}=${s.value}`;

@@ -1,0 +1,243 @@
+// Issue 17: services, with real traffic in a lab. A VIP on a network, balanced by the kernel over
+// the sandboxes a label selects; backends follow the labels live; policy holds through the VIP.
+import assert from 'node:assert/strict';
+import { after, before, describe, it } from 'node:test';
+import { Lab } from '../../src/lab/lab.ts';
+import { readStore } from './consistency.ts';
+
+interface Count { servers: Record<string, number>; failed: number }
+interface ServiceJson { name: string; vip: string; port: number; backends: string[]; connections: number; affinity: string }
+
+describe('services', () => {
+  let lab: Lab;
+  const ip = (sandbox: string) => String(readStore(lab).addresses.find((a) => a.sandbox === sandbox && a.family === 4)!.ip);
+  const serve = (name: string, net: string, labels: string[]) =>
+    lab.ctnetOk(['run', '-d', '--name', name, '--network', net, ...labels.flatMap((l) => ['--label', l]), '--',
+      ...Lab.serverArgv(name, { tcp: 8080, echo: 9000 })]);
+  const eventually = async (what: string, ok: () => Promise<boolean>) => {
+    for (let i = 0; i < 100; i++) {
+      if (await ok()) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.fail(`never: ${what}`);
+  };
+  const ready = (name: string) => eventually(`${name} serves`, async () => (await lab.inHost(Lab.probeArgv('tcp', ip(name), 8080, 500))).code === 0);
+  /** N connections in a row from a sandbox (or the host) to VIP:PORT: who answered. */
+  const count = async (from: string, vip: string, port: number, n: number): Promise<Count> => {
+    const argv = Lab.countArgv(vip, port, n);
+    const r = from === 'host' ? await lab.inHost(argv) : await lab.ctnet(['exec', from, '--', ...argv]);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Count;
+  };
+  const service = async (name: string): Promise<ServiceJson> => JSON.parse(await lab.ctnetOk(['service', 'inspect', name, '--json'])) as ServiceJson;
+  const nftText = async () => (await lab.inHost(['nft', 'list', 'table', 'inet', 'ctnet'])).stdout;
+  const flowsTo = async (vip: string) => (await lab.inHost(['conntrack', '-L', '-d', vip])).stdout;
+
+  before(async () => {
+    lab = await Lab.create();
+    await lab.ctnetOk(['network', 'create', 'front', '--subnet', '10.71.0.0/24']);
+    await lab.ctnetOk(['network', 'create', 'other', '--subnet', '10.72.0.0/24']);
+    for (const b of ['b1', 'b2', 'b3']) await serve(b, 'front', ['app=web']);
+    await serve('c1', 'front', []);
+    await serve('c2', 'front', []);
+    await serve('o1', 'other', []);
+    for (const s of ['b1', 'b2', 'b3', 'c1', 'c2', 'o1']) await ready(s);
+  });
+  after(() => lab?.destroy());
+
+  it('create: the VIP comes from the network, is never handed to a sandbox, and is listed with its backends', async () => {
+    const out = JSON.parse(await lab.ctnetOk(['service', 'create', 'web', '--network', 'front', '--port', '80', '--to', 'label:app=web:8080', '--json'])) as ServiceJson;
+    assert.match(out.vip, /^10\.71\.0\.\d+$/);
+    assert.deepEqual(out.backends, [ip('b1'), ip('b2'), ip('b3')].sort());
+    const ls = JSON.parse(await lab.ctnetOk(['service', 'ls', '--json'])) as ServiceJson[];
+    assert.deepEqual(ls.map((s) => [s.name, s.vip, s.port]), [['web', out.vip, 80]]);
+    // The next sandbox gets another address.
+    await serve('tmp', 'front', []);
+    assert.notEqual(ip('tmp'), out.vip);
+    await lab.ctnetOk(['rm', 'tmp']);
+    // One element in the verdict map, one chain.
+    const nft = await nftText();
+    assert.match(nft, new RegExp(`${out.vip.replace(/\./g, '\\.')} \\. tcp \\. 80 : goto svc_web`));
+  });
+
+  it('balances 300 connections over 3 backends (each 20-47 %), from a sandbox', async () => {
+    const { vip } = await service('web');
+    const c = await count('c1', vip, 80, 300);
+    assert.equal(c.failed, 0);
+    assert.deepEqual(Object.keys(c.servers).sort(), ['b1', 'b2', 'b3']);
+    for (const [name, n] of Object.entries(c.servers)) assert.ok(n >= 60 && n <= 141, `${name} got ${n} of 300`);
+    assert.ok((await service('web')).connections >= 300);
+  });
+
+  it('--affinity client-ip keeps a client on one backend', async () => {
+    await lab.ctnetOk(['service', 'create', 'sticky', '--network', 'front', '--port', '81', '--to', 'label:app=web:8080', '--affinity', 'client-ip']);
+    const { vip } = await service('sticky');
+    for (const client of ['c1', 'c2']) {
+      const c = await count(client, vip, 81, 40);
+      assert.equal(c.failed, 0);
+      assert.equal(Object.keys(c.servers).length, 1, `${client}: ${JSON.stringify(c.servers)}`);
+    }
+  });
+
+  it('a service with no backend refuses at once (TCP reset), and gets one when a sandbox gets the label', async () => {
+    await lab.ctnetOk(['service', 'create', 'empty', '--network', 'front', '--port', '84', '--to', 'label:app=none:8080']);
+    const { vip, backends } = await service('empty');
+    assert.deepEqual(backends, []);
+    const r = await lab.ctnet(['exec', 'c1', '--', ...Lab.probeArgv('tcp', vip, 84, 5000)]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stdout + r.stderr, /ECONNREFUSED/, 'refused, not timed out');
+    await lab.ctnetOk(['label', 'c2', 'app=none']);
+    assert.deepEqual((await count('c1', vip, 84, 5)).servers, { c2: 5 });
+    await lab.ctnetOk(['label', 'c2', '--rm', 'app']);
+    await lab.ctnetOk(['service', 'rm', 'empty']);
+  });
+
+  it('from the host, and hairpin (a backend calling its own service)', async () => {
+    const { vip } = await service('web');
+    const h = await count('host', vip, 80, 60);
+    assert.equal(h.failed, 0);
+    assert.equal(Object.keys(h.servers).length, 3);
+    const b = await count('b1', vip, 80, 60);
+    assert.equal(b.failed, 0);
+    assert.ok((b.servers.b1 ?? 0) > 0, `b1 reached itself: ${JSON.stringify(b.servers)}`);
+  });
+
+  it('a relabelled backend leaves at once, its connections are cut; labelled again it comes back', async () => {
+    const { vip } = await service('web');
+    await count('c1', vip, 80, 30); // leaves conntrack entries (TIME_WAIT) to b3 among others
+    assert.match(await flowsTo(vip), new RegExp(`src=${ip('b3').replace(/\./g, '\\.')} `));
+    await lab.ctnetOk(['label', 'b3', 'app=old']);
+    assert.deepEqual((await service('web')).backends, [ip('b1'), ip('b2')].sort());
+    assert.doesNotMatch(await flowsTo(vip), new RegExp(`src=${ip('b3').replace(/\./g, '\\.')} `), 'b3\'s flows through the VIP are gone');
+    const c = await count('c1', vip, 80, 60);
+    assert.equal(c.failed, 0);
+    assert.deepEqual(Object.keys(c.servers).sort(), ['b1', 'b2']);
+    await lab.ctnetOk(['label', 'b3', 'app=web']);
+    assert.equal((await service('web')).backends.length, 3);
+  });
+
+  it('a new sandbox with the label joins; a removed one leaves before rm returns', async () => {
+    const { vip } = await service('web');
+    await serve('b4', 'front', ['app=web']);
+    await ready('b4');
+    assert.equal((await service('web')).backends.length, 4);
+    const c = await count('c1', vip, 80, 80);
+    assert.ok((c.servers.b4 ?? 0) > 0, JSON.stringify(c.servers));
+    await lab.ctnetOk(['rm', 'b4']);
+    assert.equal((await service('web')).backends.length, 3);
+    const d = await count('c1', vip, 80, 60);
+    assert.equal(d.failed, 0);
+    assert.equal(d.servers.b4, undefined);
+  });
+
+  it('policy holds through the VIP: another network is isolated unless allowed; a deny holds', async () => {
+    const { vip } = await service('web');
+    assert.equal((await count('o1', vip, 80, 3)).failed, 3, 'another network does not reach the service by default');
+    await lab.ctnetOk(['policy', 'allow', '--from', 'o1', '--to', 'label:app=web', '--port', '8080', '--name', 'o1-web']);
+    assert.equal((await count('o1', vip, 80, 10)).failed, 0);
+    await lab.ctnetOk(['policy', 'rm', 'o1-web']);
+    await lab.ctnetOk(['policy', 'deny', '--from', 'c2', '--to', 'label:app=web', '--name', 'no-c2']);
+    assert.equal((await count('c2', vip, 80, 3)).failed, 3, 'a deny holds through the VIP');
+    assert.equal((await count('c1', vip, 80, 10)).failed, 0);
+    await lab.ctnetOk(['policy', 'rm', 'no-c2']);
+    assert.equal((await count('c2', vip, 80, 10)).failed, 0);
+  });
+
+  it('bad input changes nothing', async () => {
+    const before = { nft: await nftText(), services: await lab.ctnetOk(['service', 'ls', '--json']) };
+    const { vip } = await service('web');
+    const bad: [string[], RegExp][] = [
+      [['--vip', '10.72.0.50'], /not in network front's subnet/],
+      [['--vip', '10.71.0.1'], /gateway/],
+      [['--vip', ip('b1')], /taken by sandbox b1/],
+      [['--vip', vip], /taken by service web/],
+      [['--vip', 'fd00::1'], /IPv4/],
+      [['--to', 'app=web'], /label:/],
+      [['--to', 'label:app'], /has no "="/],
+      [['--to', 'label:app=web:99999'], /not a port/],
+      [['--port', '70000'], /not a port/],
+      [['--port', '80/icmp'], /not tcp or udp/],
+      [['--affinity', 'sticky'], /client-ip/],
+      [['--network', 'nope'], /no network named nope/],
+    ];
+    for (const [args, message] of bad) {
+      const base: Record<string, string> = { '--network': 'front', '--port': '82', '--to': 'label:app=web' };
+      for (let i = 0; i < args.length; i += 2) base[args[i]!] = args[i + 1]!;
+      const r = await lab.ctnet(['service', 'create', 'bad', ...Object.entries(base).flat()]);
+      assert.notEqual(r.code, 0, args.join(' '));
+      assert.match(r.stderr, message, args.join(' '));
+    }
+    const dup = await lab.ctnet(['service', 'create', 'web', '--network', 'front', '--port', '83', '--to', 'label:app=web']);
+    assert.match(dup.stderr, /exists already/);
+    const net = await lab.ctnet(['network', 'rm', 'front']);
+    assert.match(net.stderr, /carries services/);
+    assert.equal(await nftText(), before.nft);
+    assert.equal(await lab.ctnetOk(['service', 'ls', '--json']), before.services);
+  });
+
+  it('gc rewrites a flushed table with the services in it', async () => {
+    const { vip } = await service('web');
+    await lab.inHost(['nft', 'flush', 'table', 'inet', 'ctnet']);
+    await lab.inHost(['ip', 'addr', 'del', `${vip}/32`, 'dev', 'ctbr-front']);
+    assert.match(await lab.ctnetOk(['gc']), new RegExp(`put VIP ${vip.replace(/\./g, '\\.')} of service web back`));
+    const c = await count('c1', vip, 80, 30);
+    assert.equal(c.failed, 0);
+    assert.equal(Object.keys(c.servers).length, 3);
+  });
+
+  it('SIGKILL at every crash point of service create and rm: gc leaves the service whole or gone', async () => {
+    /** After gc: recorded <=> VIP on the bridge, element and chain in the table, and traffic through it. */
+    const consistent = async (name: string, port: number) => {
+      const recorded = (JSON.parse(await lab.ctnetOk(['service', 'ls', '--json'])) as ServiceJson[]).find((x) => x.name === name);
+      const nft = await nftText();
+      const addrs = (await lab.inHost(['ip', '-4', 'addr', 'show', 'dev', 'ctbr-front'])).stdout;
+      if (!recorded) {
+        assert.doesNotMatch(nft, new RegExp(`svc_${name}\\b`), `${name}: not recorded, yet its chain is there`);
+        return false;
+      }
+      assert.match(nft, new RegExp(`goto svc_${name}\\b`));
+      assert.match(addrs, new RegExp(`${recorded.vip.replace(/\./g, '\\.')}/32`));
+      assert.equal((await count('c1', recorded.vip, port, 6)).failed, 0, `${name}: recorded but not working`);
+      return true;
+    };
+    let points = 0;
+    for (let n = 0; n < 20; n++) {
+      const r = await lab.ctnet(['service', 'create', `k${n}`, '--network', 'front', '--port', String(100 + n), '--to', 'label:app=web:8080'], { CTNET_CRASH_AT: String(n) });
+      await lab.ctnetOk(['gc']);
+      const exists = await consistent(`k${n}`, 100 + n);
+      if (r.code === 0) {
+        assert.ok(exists);
+        break;
+      }
+      points++;
+      if (exists) await lab.ctnetOk(['service', 'rm', `k${n}`]);
+    }
+    assert.ok(points >= 2, `service create has ${points} crash points`);
+    points = 0;
+    for (let n = 0; n < 20; n++) {
+      await lab.ctnetOk(['service', 'create', 'kr', '--network', 'front', '--port', '120', '--to', 'label:app=web:8080']);
+      const r = await lab.ctnet(['service', 'rm', 'kr'], { CTNET_CRASH_AT: String(n) });
+      await lab.ctnetOk(['gc']);
+      const exists = await consistent('kr', 120);
+      if (r.code === 0) {
+        assert.equal(exists, false);
+        break;
+      }
+      points++;
+      await lab.ctnetOk(['service', 'rm', 'kr']); // a killed rm is finished by running it again
+      assert.equal(await consistent('kr', 120), false);
+    }
+    assert.ok(points >= 2, `service rm has ${points} crash points`);
+  });
+
+  it('rm: the VIP, its element and chain go; the address is free again', async () => {
+    const { vip } = await service('sticky');
+    await lab.ctnetOk(['service', 'rm', 'sticky']);
+    assert.doesNotMatch(await nftText(), /svc_sticky/);
+    assert.doesNotMatch((await lab.inHost(['ip', '-4', 'addr', 'show'])).stdout, new RegExp(`${vip.replace(/\./g, '\\.')}/32`));
+    assert.equal((await count('c1', vip, 81, 2)).failed, 2);
+    await lab.ctnetOk(['service', 'rm', 'sticky']); // again: nothing to do, not an error
+    await lab.ctnetOk(['service', 'create', 'again', '--network', 'front', '--port', '81', '--to', 'label:app=web:8080', '--vip', vip]);
+    assert.equal((await count('c1', vip, 81, 5)).failed, 0);
+  });
+});

@@ -1,0 +1,55 @@
+// Services (issue 17): parsing at the boundary, and the nft lines a service makes.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { parseAffinity, parseServicePort, parseServiceTarget } from '../../src/model/service.ts';
+import { serviceLines, serviceRule, type ServiceFacts } from '../../src/nft/ruleset.ts';
+import { pickFlows, type Flow } from '../../src/plan/flows.ts';
+
+const web: ServiceFacts = { name: 'web', vip: '10.0.0.200', proto: 'tcp', port: 80, targetPort: 8080, affinity: 'none', backends: ['10.0.0.2', '10.0.0.3'] };
+
+describe('services', () => {
+  it('parses --port, --to and --affinity, naming the bad field', () => {
+    assert.deepEqual(parseServicePort('80'), { proto: 'tcp', port: 80 });
+    assert.deepEqual(parseServicePort('53/udp'), { proto: 'udp', port: 53 });
+    assert.throws(() => parseServicePort('0'), /--port 0: "0" is not a port/);
+    assert.throws(() => parseServicePort('65536/tcp'), /not a port/);
+    assert.throws(() => parseServicePort('80/sctp'), /"sctp" is not tcp or udp/);
+    assert.deepEqual(parseServiceTarget('label:app=web'), { selector: { key: 'app', value: 'web' }, targetPort: undefined });
+    assert.deepEqual(parseServiceTarget('label:app=web:8080'), { selector: { key: 'app', value: 'web' }, targetPort: 8080 });
+    assert.throws(() => parseServiceTarget('app=web'), /does not start with "label:"/);
+    assert.throws(() => parseServiceTarget('label:app'), /has no "="/);
+    assert.throws(() => parseServiceTarget('label:app=web:x'), /target port/);
+    assert.equal(parseAffinity(undefined), 'none');
+    assert.equal(parseAffinity('client-ip'), 'client-ip');
+    assert.throws(() => parseAffinity('cookie'), /--affinity "cookie"/);
+  });
+
+  it('one verdict map element and one chain whose one rule picks a backend', () => {
+    assert.deepEqual(serviceLines('add', web), [
+      'add chain inet ctnet svc_web',
+      'flush chain inet ctnet svc_web',
+      'add rule inet ctnet svc_web meta l4proto tcp counter dnat ip to numgen random mod 2 map { 0 : 10.0.0.2 . 8080, 1 : 10.0.0.3 . 8080 } comment "service web"',
+      'add element inet ctnet service_vips4 { 10.0.0.200 }',
+      'add element inet ctnet services4 { 10.0.0.200 . tcp . 80 : goto svc_web }',
+    ]);
+    // Delete: the element that holds the chain goes before the chain.
+    assert.deepEqual(serviceLines('delete', web), [
+      'delete element inet ctnet services4 { 10.0.0.200 . tcp . 80 }',
+      'delete element inet ctnet service_vips4 { 10.0.0.200 }',
+      'delete chain inet ctnet svc_web',
+    ]);
+    assert.match(serviceRule({ ...web, affinity: 'client-ip' }), /dnat ip to jhash ip saddr mod 2 seed 0x63746e74 map/);
+    assert.match(serviceRule({ ...web, backends: [] }), /reject with tcp reset comment "service web: no backend"/);
+    assert.match(serviceRule({ ...web, proto: 'udp', backends: [] }), /meta l4proto udp counter reject comment/);
+  });
+
+  it('cuts only the flows through the service to the backends that left', async () => {
+    const flow = (dst: string, dport: number, backend: string): Flow => ({
+      proto: 'tcp', state: 'ESTABLISHED', family: 4,
+      orig: { src: '10.0.0.9', dst, sport: 40000, dport }, reply: { src: backend, dst: '10.0.0.9', sport: 8080, dport: 40000 },
+    });
+    const flows = [flow('10.0.0.200', 80, '10.0.0.2'), flow('10.0.0.200', 80, '10.0.0.3'), flow('10.0.0.201', 80, '10.0.0.2'), flow('10.0.0.200', 81, '10.0.0.2')];
+    const picked = await pickFlows({ kind: 'service', vip: '10.0.0.200', proto: 'tcp', port: 80, backends: ['10.0.0.2'] }, flows, async () => new Set());
+    assert.deepEqual(picked, [flows[0]]);
+  });
+});
