@@ -27,6 +27,15 @@ export function parseEgress(flag: string, raw: readonly string[] | undefined): E
   return out;
 }
 
+/**
+ * `--egress-ip A` (repeatable) or `--no-egress-ip` of an update command: commander folds both into one
+ * option, false for the negation; undefined when neither was given.
+ */
+export function egressUpdate(raw: readonly string[] | false | undefined): EgressAddress[] {
+  if (raw === undefined) throw invalid('nothing to change', 'give --egress-ip ADDR or --no-egress-ip');
+  return raw === false ? [] : parseEgress('--egress-ip', raw);
+}
+
 /** Each address must be one of the host's own: SNAT to another would send replies nowhere. */
 export async function checkHostAddresses(ctx: Ctx, flag: string, egress: readonly EgressAddress[]): Promise<void> {
   if (egress.length === 0) return;

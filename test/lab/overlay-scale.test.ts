@@ -7,23 +7,12 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { EtcdLab } from '../../src/lab/etcd.ts';
 import { Lab } from '../../src/lab/lab.ts';
+import { random as rng } from '../../bench/crash.ts'; // mulberry32: a failure replays with CTNET_SCALE_SEED
 import { checkConsistent, readStore } from './consistency.ts';
 
 const PER_HOST = 50;
 const PARALLEL = 4; // creates in flight per host (12 across the cluster, on 2 cores)
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A small seeded generator: a failure can be replayed with CTNET_SCALE_SEED. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A run told to kill itself that died without a word (a SIGKILLed ctnet says nothing). */
 const crashed = (crash: object, r: { code: number; stderr: string }) => 'CTNET_CRASH_AT' in crash && r.code !== 0 && !r.stderr.trim();

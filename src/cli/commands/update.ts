@@ -1,5 +1,4 @@
-import { parseEgress, setEgress } from '../../engine/egress.ts';
-import { invalid } from '../../errors.ts';
+import { egressUpdate, setEgress } from '../../engine/egress.ts';
 import { parseName } from '../../model/names.ts';
 import { defineCommand } from '../command.ts';
 
@@ -13,9 +12,7 @@ export default defineCommand({
   ],
   async run({ ctx, args, opts, io }) {
     const name = parseName('sandbox', args.name);
-    const raw = opts.egressIp as unknown as string[] | false | undefined;
-    if (raw === undefined) throw invalid('nothing to change', 'give --egress-ip ADDR or --no-egress-ip');
-    await setEgress(ctx, 'sandbox', name, raw === false ? [] : parseEgress('--egress-ip', raw));
+    await setEgress(ctx, 'sandbox', name, egressUpdate(opts.egressIp as unknown as string[] | false | undefined));
     if (!io.quiet) io.out(name);
   },
 });
