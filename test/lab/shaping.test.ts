@@ -159,7 +159,7 @@ describe('shaping in a lab (tc tbf on the host veth; an ifb for the sandbox\'s e
     try {
       const written = (await lab.ctnetOk(['cni', 'install', '--bin-dir', join(dir, 'bin'), '--conf-dir', join(dir, 'conf'), '--network', 'net'])).trim().split('\n');
       const base = pluginConfigs(written[1]!)[0]!;
-      assert.deepEqual(base.capabilities, { portMappings: true, ips: true, mac: true, dns: true, bandwidth: true });
+      assert.deepEqual(base.capabilities, { portMappings: true, ips: true, mac: true, dns: true, bandwidth: true, aliases: true });
       const env = (cmd: string) => ({ CNI_COMMAND: cmd, CNI_CONTAINERID: 'shape0123456789', CNI_NETNS: `/run/netns/${nsName}`, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' });
       const conf = (bandwidth: unknown) => JSON.stringify({ ...base, runtimeConfig: { bandwidth } });
       const links = await hostLinks();

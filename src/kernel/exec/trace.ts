@@ -2,6 +2,7 @@
 // trace`, the events of packets marked with `meta nftrace set 1`), one probe sent from a sandbox's
 // namespace with a fixed source port (nc, ping), and the route a namespace picks (ip route get).
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import type { Netns } from '../../model/netns.ts';
 import { ipArgv, nsenterArgv } from '../../plan/render.ts';
 import type { ProbeResult, ProbeSpec, TraceMonitor } from '../backend.ts';
@@ -15,10 +16,11 @@ export async function startTraceMonitor(): Promise<TraceMonitor> {
   let last = performance.now();
   child.stdout.setEncoding('utf8').on('data', (d: string) => { out += d; last = performance.now(); });
   const exited = new Promise<void>((r) => child.on('close', () => r()));
-  // It subscribes to the netlink trace group as it starts: the caller starts it before it writes
-  // its trace table (an nft run of its own), which gives it that moment.
   await new Promise<void>((r, j) => { child.once('spawn', () => r()); child.once('error', j); });
-  await new Promise((r) => setTimeout(r, 40)); // a margin for nft's own start on a loaded host
+  // Ready once its netlink socket has joined the trace group: events before that are lost, and on a
+  // loaded host nft's start can take longer than any fixed wait.
+  const end = performance.now() + 3000;
+  while (performance.now() < end && !subscribed(child.pid!)) await new Promise((r) => setTimeout(r, 5));
   return {
     async stop(): Promise<string[]> {
       // Events of the last packets may still be on their way: wait until 60 ms pass without one (at most 400 ms).
@@ -29,6 +31,21 @@ export async function startTraceMonitor(): Promise<TraceMonitor> {
       return out.split('\n').filter((l) => l.startsWith('trace id '));
     },
   };
+}
+
+/** NFNLGRP_NFTRACE (9): bit 8 of a netlink socket's groups in /proc/PID/net/netlink. */
+const NFTRACE_GROUP = 1 << 8;
+
+/** True when process PID has a netfilter netlink socket (family 12) in the trace group. */
+function subscribed(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/net/netlink`, 'utf8').split('\n').some((l) => {
+      const f = l.trim().split(/\s+/);
+      return f[1] === '12' && f[2] === String(pid) && (parseInt(f[3] ?? '0', 16) & NFTRACE_GROUP) !== 0;
+    });
+  } catch {
+    return false;
+  }
 }
 
 /** argv of the probe: one new flow with a fixed source port (ICMP: one echo request). */
