@@ -3,6 +3,8 @@
 // their connections, labels and ports, commands, then every policy change in one nft transaction.
 // Each use case is a transaction of its own; a failure part-way undoes what this apply did before
 // it, newest first, and says what failed and what could not be undone.
+import { setEgress } from '../engine/egress.ts';
+import { shapeSandbox } from '../engine/shape.ts';
 import { CtnetError } from '../errors.ts';
 import type { Ctx } from '../engine/context.ts';
 import { parseAddr } from '../model/cidr.ts';
@@ -11,7 +13,7 @@ import { createNetwork, removeNetwork, setNetworkMtu } from '../engine/network.t
 import { changePolicies, changeLabels, cutDeniedFlows } from '../engine/policy.ts';
 import { startCommand, stopCommand } from '../engine/process.ts';
 import { publish, unpublish } from '../engine/publish.ts';
-import { connect, createSandbox, disconnect, removeSandbox } from '../engine/sandbox.ts';
+import { connect, createSandbox, disconnect, moveDefaultRoute, removeSandbox } from '../engine/sandbox.ts';
 import { restoreTables } from '../engine/tables.ts';
 import type { OwnedKind } from '../store/store.ts';
 import type { TopoSandbox, Topology } from './model.ts';
@@ -20,7 +22,7 @@ import type { Action, Plan } from './plan.ts';
 const PHASES: readonly Action['do'][] = [
   'repair.tables', 'repair.network', 'repair.netns',
   'sandbox.remove', 'network.remove', 'network.replace', 'network.create', 'network.mtu',
-  'sandbox.replace', 'sandbox.create', 'disconnect', 'connect', 'labels', 'ports', 'command', 'policy',
+  'sandbox.replace', 'sandbox.create', 'disconnect', 'connect', 'labels', 'ports', 'egress', 'route', 'shape', 'command', 'policy',
 ];
 
 interface Undo {
@@ -35,8 +37,8 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
   const journal: Undo[] = [];
   const own = (kind: OwnedKind, name: string) => applier.record({ kind: 'owner.set', row: { kind, name, topology: topo.name, file: topo.file } });
   const makeSandbox = async (s: TopoSandbox) => {
-    await createSandbox(ctx, s.name, { networks: s.networks.map((a) => a.network), ips: s.networks.flatMap((a) => a.ips), mac: undefined, aliases: s.aliases },
-      { mappings: s.ports, force: false }, Object.entries(s.labels).map(([key, value]) => ({ key, value })));
+    await createSandbox(ctx, s.name, { networks: s.networks.map((a) => a.network), ips: s.networks.flatMap((a) => a.ips), mac: undefined, aliases: s.aliases, defaultRoute: s.defaultRoute },
+      { mappings: s.ports, force: false }, Object.entries(s.labels).map(([key, value]) => ({ key, value })), s.egress, s.shape);
     own('sandbox', s.name);
     if (s.command) startCommand(ctx, s.name, s.command);
   };
@@ -155,6 +157,30 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
           } });
           done.push(`changed the published ports of ${a.sandbox}`);
           break;
+        case 'egress':
+          current = `change the egress address of ${a.scope} ${a.name}`;
+          await setEgress(ctx, a.scope, a.name, a.egress);
+          journal.push({ what: `changed the egress address of ${a.scope} ${a.name}`, run: () => setEgress(ctx, a.scope, a.name, a.was) });
+          done.push(`${a.scope} ${a.name}: egress ${a.egress.length ? `from ${a.egress.map((e) => e.ip).join(', ')}` : 'masqueraded'}`);
+          break;
+        case 'route':
+          current = `move the default route of ${a.sandbox} to ${a.network}`;
+          await moveDefaultRoute(ctx, a.sandbox, a.network);
+          journal.push({ what: `moved the default route of ${a.sandbox} to ${a.network}` });
+          done.push(`${a.sandbox}: default route via ${a.network}`);
+          break;
+        case 'shape': {
+          current = `shape ${a.sandbox}`;
+          // Exactly the file's shaping: cleared first, since ctnet shape keeps settings it is not given.
+          const put = async (s: typeof a.shape) => {
+            await shapeSandbox(ctx, a.sandbox, undefined, 'clear');
+            if (s) await shapeSandbox(ctx, a.sandbox, undefined, s);
+          };
+          await put(a.shape);
+          journal.push({ what: `shaped ${a.sandbox}`, run: () => put(a.was) });
+          done.push(`${a.sandbox}: ${a.shape ? 'shaped' : 'no longer shaped'}`);
+          break;
+        }
         case 'command':
           current = `${a.argv ? 'start' : 'stop'} the command of ${a.sandbox}`;
           if (!a.argv) {

@@ -2,6 +2,7 @@
 // addresses inside their subnets), before anything is compared with the store or the kernel.
 import type { PortMapping } from '../model/ports.ts';
 import type { IpRequest, NetworkSpec } from '../model/spec.ts';
+import type { Shape } from '../model/shape.ts';
 
 /** Where a value is in its file, as FILE:LINE:COLUMN (1-based), for messages. */
 export type Where = string;
@@ -29,6 +30,12 @@ export interface TopoSandbox {
   readonly command: readonly string[] | undefined;
   /** More DNS names of the sandbox, on each of its networks (sorted). */
   readonly aliases: readonly string[];
+  /** The host addresses its egress leaves from (egress_ip), at most one per family. */
+  readonly egress: readonly { readonly family: 4 | 6; readonly ip: string }[];
+  /** The network that carries its default routes (default_route); undefined: ctnet's rule. */
+  readonly defaultRoute: string | undefined;
+  /** Shaping of every interface it has (rate_in, rate_out, burst, latency, loss). */
+  readonly shape: Shape | undefined;
   readonly at: Where;
 }
 

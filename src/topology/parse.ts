@@ -10,11 +10,13 @@ import { parseName } from '../model/names.ts';
 import { checkRuleSelectors, formatPortFilter, formatSelector, parseLabel, parsePortFilter, parseSelector } from '../model/policy.ts';
 import { collides, formatPortSpec, parsePortSpec, type PortMapping } from '../model/ports.ts';
 import { parseAliases, parseNetworkSpec, type IpRequest } from '../model/spec.ts';
+import { parseShapeFlags } from '../model/shape.ts';
+import { checkNetworkEgress, parseEgress } from '../engine/egress.ts';
 import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, Topology } from './model.ts';
 
 const TOP_KEYS = ['name', 'networks', 'sandboxes', 'policy'];
-const NETWORK_KEYS = ['subnets', 'gateways', 'internal', 'isolate', 'host_access', 'mtu', 'bridge', 'driver', 'dns', 'dns_forward'];
-const SANDBOX_KEYS = ['networks', 'labels', 'ports', 'command', 'aliases'];
+const NETWORK_KEYS = ['subnets', 'gateways', 'internal', 'isolate', 'host_access', 'mtu', 'bridge', 'driver', 'dns', 'dns_forward', 'egress_ip', 'parent', 'mode', 'host_shim'];
+const SANDBOX_KEYS = ['networks', 'labels', 'ports', 'command', 'aliases', 'egress_ip', 'default_route', 'rate_in', 'rate_out', 'burst', 'latency', 'loss'];
 const ATTACH_KEYS = ['network', 'ip'];
 const POLICY_KEYS = ['name', 'action', 'from', 'to', 'port'];
 
@@ -97,8 +99,9 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
       const gatewaysN = f('gateways');
       const gateways = gatewaysN ? seq(gatewaysN, `gateways of network ${n}`, '[10.70.1.254]').items.map((s) => str(s, `a gateway of network ${n}`)) : undefined;
       const driverN = f('driver');
-      if (driverN && str(driverN, 'driver') !== 'bridge') {
-        fail(driverN, `driver ${JSON.stringify(str(driverN, 'driver'))} is not one a topology file can make`, 'only bridge networks so far; make an overlay with "ctnet network create --driver vxlan"');
+      const driver = driverN ? str(driverN, 'driver') : 'bridge';
+      if (!['bridge', 'macvlan', 'ipvlan'].includes(driver)) {
+        fail(driverN!, `driver ${JSON.stringify(driver)} is not one a topology file can make`, 'bridge, macvlan or ipvlan; make an overlay with "ctnet network create --driver vxlan"');
       }
       const mtuN = f('mtu');
       if (mtuN && !(isScalar(mtuN) && typeof mtuN.value === 'number')) fail(mtuN, `mtu of network ${n} must be a number, not ${describe(mtuN)}`);
@@ -111,6 +114,10 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
         ...(f('bridge') ? { bridge: str(f('bridge'), 'bridge') } : {}),
         // dns: true (the default) or false; dns_forward: upstream addresses, as --dns / --dns-forward.
         ...(f('dns') !== undefined && f('dns') !== null ? { dns: bool(f('dns'), 'dns') ? 'on' : 'off' } : {}),
+        ...(driver !== 'bridge' ? { driver } : {}),
+        ...(f('parent') ? { parent: str(f('parent'), 'parent') } : {}),
+        ...(f('mode') ? { mode: str(f('mode'), 'mode') } : {}),
+        ...(f('host_shim') ? { hostShim: bool(f('host_shim'), 'host_shim') } : {}),
         ...(f('dns_forward') ? { dnsForward: seq(f('dns_forward'), `dns_forward of network ${n}`, '[192.0.2.53]').items.map((x) => str(x, `an upstream of network ${n}`)).join(',') } : {}),
       }));
       for (const other of networks) {
@@ -119,7 +126,10 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
           if (b) fail(subnetsN, `subnet ${a.cidr} of network ${n} overlaps ${b.cidr} of network ${other.name}`, 'give each network its own range');
         }
       }
-      networks.push({ name: n, spec, at: where(p.key) });
+      const egressN = f('egress_ip');
+      const egress = egressN ? checked(egressN, () => parseEgress('egress_ip', seq(egressN, `egress_ip of network ${n}`, '[198.51.100.71]').items.map((x) => str(x, `an egress address of network ${n}`)))) : [];
+      if (egress.length) checked(egressN!, () => checkNetworkEgress({ name: n, internal: spec.internal, subnets: spec.subnets.map((x) => x.subnet) }, egress, 'egress_ip'));
+      networks.push({ name: n, spec: { ...spec, egress }, at: where(p.key) });
       netNodes.set(n, p.key as Node);
     }
   }
@@ -206,7 +216,18 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
       }
       const aliasesN = f('aliases');
       const aliases = aliasesN ? checked(aliasesN, () => parseAliases(seq(aliasesN, `aliases of sandbox ${s}`, '[shop-web]').items.map((x) => str(x, `an alias of sandbox ${s}`)))) : [];
-      sandboxes.push({ name: s, networks: attach, labels: sortKeys(labels), ports, command, aliases: [...aliases].sort(), at: where(p.key) });
+      const egressN = f('egress_ip');
+      const egress = egressN ? checked(egressN, () => parseEgress('egress_ip', seq(egressN, `egress_ip of sandbox ${s}`, '[198.51.100.72]').items.map((x) => str(x, `an egress address of sandbox ${s}`)))) : [];
+      const routeN = f('default_route');
+      const defaultRoute = routeN ? str(routeN, 'default_route') : undefined;
+      if (defaultRoute !== undefined && !attach.some((a) => a.network === defaultRoute)) {
+        fail(routeN!, `default_route ${defaultRoute} of sandbox ${s} is not one of its networks`, `choose one of ${attach.map((a) => a.network).join(', ')}`);
+      }
+      // Shaping, as the flags of ctnet create take it (rates like 10mbit, latency in ms, loss in %).
+      const shapeText = (k: string) => { const v = f(k); return v === undefined || v === null ? undefined : isScalar(v) && typeof v.value === 'number' ? String(v.value) : str(v, k); };
+      const shapeNode = f('rate_in') ?? f('rate_out') ?? f('burst') ?? f('latency') ?? f('loss');
+      const shape = shapeNode ? checked(shapeNode, () => parseShapeFlags({ rateIn: shapeText('rate_in'), rateOut: shapeText('rate_out'), burst: shapeText('burst'), latency: shapeText('latency'), loss: shapeText('loss') })) : undefined;
+      sandboxes.push({ name: s, networks: attach, labels: sortKeys(labels), ports, command, aliases: [...aliases].sort(), egress, defaultRoute, shape, at: where(p.key) });
     }
   }
   const sbxNames = new Set(sandboxes.map((s) => s.name));

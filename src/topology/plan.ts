@@ -4,15 +4,21 @@
 import { CtnetError } from '../errors.ts';
 import { driverNetwork, driverOf } from '../engine/records.ts';
 import type { Ctx } from '../engine/context.ts';
-import { bridgeName } from '../engine/naming.ts';
+import { bridgeName, shimName } from '../engine/naming.ts';
 import { commandRunning } from '../engine/process.ts';
 import { tableDrift } from '../engine/tables.ts';
 import { overlaps, parseSubnet } from '../model/cidr.ts';
+import type { Shape } from '../model/shape.ts';
 import { formatPortSpec, type PortMapping } from '../model/ports.ts';
 import type { OwnedKind, PolicyRow } from '../store/store.ts';
 import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, Topology } from './model.ts';
 
 export type Op = 'create' | 'change' | 'replace' | 'remove' | 'repair';
+type Egress = { readonly family: 4 | 6; readonly ip: string };
+const egressText = (e: readonly Egress[]) => e.map((x) => x.ip).join(', ') || 'masquerade';
+const sameEgress = (a: readonly Egress[], b: readonly Egress[]) => egressText([...a].sort((x, y) => x.family - y.family)) === egressText([...b].sort((x, y) => x.family - y.family));
+/** A shape as text, its settings in one order (equal shapes, equal text). */
+export const shapeText = (s: Shape | undefined): string => (s ? Object.entries(s).filter(([, v]) => v !== undefined).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k} ${v}`).join(', ') : '') || 'none';
 
 /** One thing that can be done, in the order apply does things (see PHASES in apply.ts). */
 export type Action =
@@ -31,6 +37,9 @@ export type Action =
   | { readonly do: 'labels'; readonly sandbox: string; readonly set: readonly { key: string; value: string }[]; readonly remove: readonly string[] }
   | { readonly do: 'ports'; readonly sandbox: string; readonly add: readonly PortMapping[]; readonly remove: readonly PortMapping[] }
   | { readonly do: 'command'; readonly sandbox: string; readonly argv: readonly string[] | undefined }
+  | { readonly do: 'egress'; readonly scope: 'network' | 'sandbox'; readonly name: string; readonly egress: readonly Egress[]; readonly was: readonly Egress[] }
+  | { readonly do: 'route'; readonly sandbox: string; readonly network: string }
+  | { readonly do: 'shape'; readonly sandbox: string; readonly shape: Shape | undefined; readonly was: Shape | undefined }
   | { readonly do: 'policy'; readonly remove: readonly PolicyRow[]; readonly add: readonly TopoPolicy[] };
 
 export interface Change {
@@ -64,6 +73,8 @@ export const networkText = (n: TopoNetwork): string[] => [
   ...(n.spec.internal ? ['internal'] : []), ...(n.spec.isolate ? ['isolate'] : []), ...(n.spec.hostAccess ? ['host_access'] : []),
   ...(n.spec.mtu !== undefined ? [`mtu ${n.spec.mtu}`] : []),
   ...(n.spec.dns ? (n.spec.dnsForward.length ? [`dns forwarding to ${n.spec.dnsForward.join(', ')}`] : []) : ['dns off']),
+  ...(n.spec.lower ? [`${n.spec.lower.kind} on ${n.spec.lower.parent} (mode ${n.spec.lower.mode}${n.spec.lower.hostShim ? ', host shim' : ''})`] : []),
+  ...(n.spec.egress?.length ? [`egress from ${egressText(n.spec.egress)}`] : []),
 ];
 const attachText = (a: TopoAttach) => (a.ips.length ? `${a.network} (${a.ips.map((i) => i.text).join(', ')})` : a.network);
 export const sandboxText = (s: TopoSandbox): string[] => [
@@ -72,6 +83,9 @@ export const sandboxText = (s: TopoSandbox): string[] => [
   ...(s.ports.length ? [`ports ${s.ports.map(formatPortSpec).join(', ')}`] : []),
   ...(s.command ? [`command ${s.command.join(' ')}`] : []),
   ...(s.aliases.length ? [`aliases ${s.aliases.join(', ')}`] : []),
+  ...(s.egress.length ? [`egress from ${egressText(s.egress)}`] : []),
+  ...(s.defaultRoute ? [`default route via ${s.defaultRoute}`] : []),
+  ...(s.shape ? [`shaped: ${shapeText(s.shape)}`] : []),
 ];
 const policyText = (p: { action: string; from: string; to: string; port: string | null }) => `${p.action} ${p.from} -> ${p.to} ${p.port ?? 'any'}`;
 
@@ -122,14 +136,18 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
     const want = net.spec.subnets;
     if (!sameList(have.map((s) => s.cidr).sort(), want.map((s) => s.cidr).sort())) why.push(`subnets ${have.map((s) => s.cidr).join(', ')} -> ${want.map((s) => s.cidr).join(', ')}`);
     else for (const w of want) { const h = have.find((s) => s.cidr === w.cidr)!; if (h.gateway !== w.gateway) why.push(`gateway ${h.gateway} -> ${w.gateway}`); }
-    if (row.driver !== 'bridge') why.push(`driver ${row.driver} -> bridge`);
+    const driver = net.spec.lower?.kind ?? 'bridge';
+    if (row.driver !== driver) why.push(`driver ${row.driver} -> ${driver}`);
+    else if (net.spec.lower && JSON.stringify({ p: row.lower?.parent, m: row.lower?.mode, s: (row.lower?.shimIp ?? null) !== null }) !== JSON.stringify({ p: net.spec.lower.parent, m: net.spec.lower.mode, s: net.spec.lower.hostShim })) {
+      why.push(`${driver} ${row.lower?.parent} (mode ${row.lower?.mode}) -> ${net.spec.lower.parent} (mode ${net.spec.lower.mode})${net.spec.lower.hostShim !== ((row.lower?.shimIp ?? null) !== null) ? `, host shim ${net.spec.lower.hostShim ? 'on' : 'off'}` : ''}`);
+    }
     if (row.internal !== net.spec.internal) why.push(`internal ${row.internal} -> ${net.spec.internal}`);
     if (row.isolate !== net.spec.isolate) why.push(`isolate ${row.isolate} -> ${net.spec.isolate}`);
     if (row.hostAccess !== net.spec.hostAccess) why.push(`host_access ${row.hostAccess} -> ${net.spec.hostAccess}`);
     // DNS settings are the network's record: no live change yet, so a change replaces the network.
     if (row.dns !== net.spec.dns) why.push(`dns ${row.dns ? 'on' : 'off'} -> ${net.spec.dns ? 'on' : 'off'}`);
     if (!sameList(row.dnsForward, net.spec.dnsForward)) why.push(`dns_forward ${row.dnsForward.join(', ') || 'the host\'s resolvers'} -> ${net.spec.dnsForward.join(', ') || 'the host\'s resolvers'}`);
-    const bridge = net.spec.bridge ?? bridgeName(net.name);
+    const bridge = net.spec.lower ? shimName(net.name) : net.spec.bridge ?? bridgeName(net.name);
     if (row.bridge !== bridge) why.push(`bridge ${row.bridge} -> ${bridge}`);
     if (why.length) {
       const attached = store.attachments({ network: net.name }).map((a) => a.sandbox);
@@ -143,6 +161,11 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
       actions.push({ do: 'network.replace', net, reattach });
       replacedNets.add(net.name);
       continue;
+    }
+    const egressNow = store.networkEgress(net.name).map((e) => ({ family: e.family, ip: e.ip }));
+    if (!sameEgress(egressNow, net.spec.egress ?? [])) {
+      changes.push({ op: 'change', kind: 'network', name: net.name, details: [`egress ${egressText(egressNow)} -> ${egressText(net.spec.egress ?? [])} (new connections)`] });
+      actions.push({ do: 'egress', scope: 'network', name: net.name, egress: net.spec.egress ?? [], was: egressNow });
     }
     if ((row.mtu ?? undefined) !== net.spec.mtu) {
       changes.push({ op: 'change', kind: 'network', name: net.name, details: [`mtu ${row.mtu ?? 'default'} -> ${net.spec.mtu ?? 'default'} (bridge and its sandboxes' interfaces)`] });
@@ -210,6 +233,23 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
     if (addP.length || rmP.length) {
       details.push(`ports ${haveSpecs.join(', ') || 'none'} -> ${wantSpecs.join(', ') || 'none'}`);
       actions.push({ do: 'ports', sandbox: sbx.name, add: addP, remove: rmP });
+    }
+    const egressNow = store.sandboxEgress(sbx.name).map((e) => ({ family: e.family, ip: e.ip }));
+    if (!sameEgress(egressNow, sbx.egress)) {
+      details.push(`egress ${egressText(egressNow)} -> ${egressText(sbx.egress)} (new connections)`);
+      actions.push({ do: 'egress', scope: 'sandbox', name: sbx.name, egress: sbx.egress, was: egressNow });
+    }
+    // default_route left out keeps whatever carries it now (ctnet's rule, or a choice made by hand).
+    const routeNow = store.defaultRoute(sbx.name);
+    if (sbx.defaultRoute !== undefined && routeNow !== sbx.defaultRoute) {
+      details.push(`default route via ${routeNow ?? 'the first network with a way out'} -> ${sbx.defaultRoute}`);
+      actions.push({ do: 'route', sandbox: sbx.name, network: sbx.defaultRoute });
+    }
+    // One shape for every interface: compared with the first one's (ctnet shape changes them all alike).
+    const shapeNow = atts.length ? store.shaping(sbx.name, atts[0]!.network) : undefined;
+    if (shapeText(shapeNow) !== shapeText(sbx.shape)) {
+      details.push(`shaping ${shapeText(shapeNow)} -> ${shapeText(sbx.shape)}`);
+      actions.push({ do: 'shape', sandbox: sbx.name, shape: sbx.shape, was: shapeNow });
     }
     const cmd = store.command(sbx.name);
     if (!sameList(cmd?.argv ?? [], sbx.command ?? [])) {

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Lab, ROOT } from '../../src/lab/lab.ts';
+import { Lab, ROOT, UPLINK } from '../../src/lab/lab.ts';
 
 let lab: Lab;
 let dir: string;
@@ -241,6 +241,45 @@ sandboxes:
     } finally {
       await lab.ctnet(['daemon', 'stop']);
     }
+  });
+});
+
+describe('egress address, default route and shaping in a file (issue 18)', () => {
+  it('the world sees the address the file gives, through the network it picks; changes apply in place', async () => {
+    for (const a of ['198.51.100.71', '198.51.100.72']) await lab.inHost(['ip', 'addr', 'add', `${a}/32`, 'dev', 'uplink0']);
+    lab.serveInWorld('world', { tcp: 7002 });
+    const out = (route: string, egress: string, shaping: string) => `name: out
+networks:
+  o1: { subnets: [10.73.1.0/24], egress_ip: [${egress}] }
+  o2: { subnets: [10.73.2.0/24] }
+sandboxes:
+  s1: { networks: [o1, o2], default_route: ${route}${shaping} }
+`;
+    const seen = async () => {
+      const r = await lab.ctnet(['exec', 's1', '--', ...Lab.probeArgv('tcp', UPLINK.remote4, 7002)]);
+      return r.code === 0 ? (JSON.parse(r.stdout) as { client: string }).client : undefined;
+    };
+    const qdisc = async () => {
+      const veth = (await json(['inspect', 's1'])).interfaces[0].hostPeer.ifname;
+      return (await lab.inHost(['tc', 'qdisc', 'show', 'dev', veth])).stdout;
+    };
+    const f = file(out('o2', '198.51.100.71', ', rate_in: 20mbit'), 'out.yaml');
+    await apply(f);
+    assert.equal(await seen(), UPLINK.host4, 'through o2, masqueraded');
+    assert.match(await qdisc(), /tbf .*rate 20Mbit/);
+    assert.equal((await diff(f)).code, 0);
+    const g = file(out('o1', '198.51.100.72', ''), 'out.yaml');
+    assert.deepEqual((await diff(g)).lines.filter((l) => /~/.test(l)).map((l) => l.trim()), [
+      '~   network o1: egress 198.51.100.71 -> 198.51.100.72 (new connections)',
+      '~   sandbox s1: default route via o2 -> o1; shaping rateIn 20000000 -> none',
+    ]);
+    const before = (await json(['inspect', 's1'])).created;
+    await apply(g);
+    assert.equal(await seen(), '198.51.100.72', 'through o1, from its egress address');
+    assert.doesNotMatch(await qdisc(), /tbf/);
+    assert.equal((await json(['inspect', 's1'])).created, before, 'changed in place: the sandbox stayed');
+    assert.equal((await diff(g)).code, 0);
+    await lab.ctnetOk(['down', '-f', g]);
   });
 });
 

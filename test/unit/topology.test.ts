@@ -80,6 +80,45 @@ function world() {
   return { ctx, fake, [Symbol.dispose]: () => { store.close(); rmSync(dir, { recursive: true, force: true }); } };
 }
 
+describe('issue 18 in a file: egress, default route, shaping, macvlan', () => {
+  const OUT = (route: string, egress: string, shaping: string) => `name: out
+networks:
+  o1: { subnets: [10.73.1.0/24], egress_ip: [${egress}] }
+  o2: { subnets: [10.73.2.0/24] }
+  lan: { subnets: [192.0.2.0/24], driver: macvlan, parent: eth0, gateways: [192.0.2.1] }
+sandboxes:
+  s1: { networks: [o1, o2], default_route: ${route}${shaping} }
+  s2: { networks: [lan] }
+`;
+  it('creates them as the flags would, changes egress, route and shaping in place, and a second plan is empty', async () => {
+    using w = world();
+    const t = parseTopology('out.yaml', OUT('o2', '192.0.2.10', ', rate_in: 20mbit'));
+    await applyPlan(w.ctx, t, await computePlan(w.ctx, t, { prune: false }));
+    const { store } = w.ctx;
+    assert.deepEqual(store.networkEgress('o1').map((e) => e.ip), ['192.0.2.10']);
+    assert.equal(store.defaultRoute('s1'), 'o2');
+    assert.equal(store.shaping('s1', 'o1')?.rateIn, 20_000_000);
+    assert.equal(store.network('lan')?.driver, 'macvlan');
+    assert.deepEqual((await computePlan(w.ctx, t, { prune: false })).changes, []);
+    const t2 = parseTopology('out.yaml', OUT('o1', '', ''));
+    const p2 = await computePlan(w.ctx, t2, { prune: false });
+    assert.deepEqual(renderPlan(p2).split('\n').slice(1, -1), [
+      '  ~   network o1: egress 192.0.2.10 -> masquerade (new connections)',
+      '  ~   sandbox s1: default route via o2 -> o1; shaping rateIn 20000000 -> none',
+    ]);
+    await applyPlan(w.ctx, t2, p2);
+    assert.deepEqual(store.networkEgress('o1'), []);
+    assert.equal(store.defaultRoute('s1'), 'o1');
+    assert.equal(store.shaping('s1', 'o1'), undefined);
+    assert.deepEqual((await computePlan(w.ctx, t2, { prune: false })).changes, []);
+  });
+  it('bad values name the file position', () => {
+    assert.throws(() => parseTopology('out.yaml', OUT('o3', '192.0.2.10', '')), /out\.yaml:7:\d+: default_route o3 of sandbox s1 is not one of its networks/);
+    assert.throws(() => parseTopology('out.yaml', OUT('o2', 'nope', '')), /out\.yaml:3:\d+: .*egress_ip/);
+    assert.throws(() => parseTopology('out.yaml', OUT('o2', '192.0.2.10', ', rate_in: 20')), /out\.yaml:7:\d+: .*rate/);
+  });
+});
+
 describe('plan and apply on the fake kernel', () => {
   it('apply, then no changes; an in-place change; down removes only what the file owns', async () => {
     using w = world();
