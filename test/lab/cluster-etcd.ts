@@ -79,10 +79,11 @@ describe('etcd client', () => {
     await etcd.delete(`${p}a`);
     await until(() => seen.length === 3);
     assert.deepEqual(seen, ['snapshot a=1', 'put b=2', 'delete a (was 1)']);
-    // A watch from a compacted revision ends 'compacted': follow() lists again.
-    const w = etcd.watch(p, { prefix: true, startRevision: '1' }, () => {});
+    // A watch from a compacted revision ends 'compacted': follow() lists again. Compacted first: a
+    // watch that had already caught up before the compaction would never end (a race under load).
     const rev = (await etcd.range(p, { prefix: true })).revision;
     await fetch(`${url}/v3/kv/compaction`, { method: 'POST', body: JSON.stringify({ revision: rev }) });
+    const w = etcd.watch(p, { prefix: true, startRevision: '1' }, () => {});
     const end = await w.ended;
     assert.equal(end.kind, 'compacted');
     f.restart();

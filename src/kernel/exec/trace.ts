@@ -23,9 +23,12 @@ export async function startTraceMonitor(): Promise<TraceMonitor> {
   while (performance.now() < end && !subscribed(child.pid!)) await new Promise((r) => setTimeout(r, 5));
   return {
     async stop(): Promise<string[]> {
-      // Events of the last packets may still be on their way: wait until 60 ms pass without one (at most 400 ms).
-      const end = performance.now() + 400;
-      while (performance.now() < end && performance.now() - last < 60) await new Promise((r) => setTimeout(r, 20));
+      // Events of the last packets may still be on their way: wait until nft has read everything
+      // queued on its socket (on a loaded host it lags) and 60 ms pass without a line (at most 3 s).
+      // And at least 250 ms: nft may have read a message but not printed it yet.
+      const start = performance.now();
+      const end = start + 3000;
+      while (performance.now() < end && (performance.now() - start < 250 || queued(child.pid!) || performance.now() - last < 60)) await new Promise((r) => setTimeout(r, 20));
       child.kill('SIGTERM');
       await exited;
       return out.split('\n').filter((l) => l.startsWith('trace id '));
@@ -35,6 +38,18 @@ export async function startTraceMonitor(): Promise<TraceMonitor> {
 
 /** NFNLGRP_NFTRACE (9): bit 8 of a netlink socket's groups in /proc/PID/net/netlink. */
 const NFTRACE_GROUP = 1 << 8;
+
+/** True while PID's netfilter netlink socket has messages it has not read yet (its Rmem). */
+function queued(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/net/netlink`, 'utf8').split('\n').some((l) => {
+      const f = l.trim().split(/\s+/);
+      return f[1] === '12' && f[2] === String(pid) && Number(f[4] ?? '0') > 0;
+    });
+  } catch {
+    return false;
+  }
+}
 
 /** True when process PID has a netfilter netlink socket (family 12) in the trace group. */
 function subscribed(pid: number): boolean {
