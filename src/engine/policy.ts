@@ -351,7 +351,7 @@ export async function changePolicies(ctx: Ctx, remove: readonly PolicyRow[], req
     const name = req.name === undefined ? undefined : parseName('policy', req.name);
     if (name !== undefined && /^rule-\d+$/.test(name)) throw new CtnetError('INVALID_ARGUMENT', `policy name ${name} is reserved for unnamed rules`, 'choose another --name');
     if (name !== undefined && /^\d+$/.test(name)) throw new CtnetError('INVALID_ARGUMENT', `policy name ${name} would read as a rule ID`, 'choose a name with a letter in it');
-    return { from, to, row: { action: req.action, from: formatSelector(from), to: formatSelector(to), port: port ? formatPortFilter(port) : null, name } };
+    return { from, to, port, row: { action: req.action, from: formatSelector(from), to: formatSelector(to), port: port ? formatPortFilter(port) : null, name } };
   });
   // Rules and kernel change in one store transaction: if nft fails, the rules were never added.
   const { rows, regions } = await store.writeAsync(async () => {
@@ -367,17 +367,21 @@ export async function changePolicies(ctx: Ctx, remove: readonly PolicyRow[], req
       checkSelector(store, flag, sel);
       checked.add(key);
     };
-    const rows = parsed.map(({ from, to, row }) => {
+    const rules: PolicyRule[] = [];
+    const rows = parsed.map(({ from, to, port, row }) => {
       check('--from', from);
       check('--to', to);
       if (row.name !== undefined && (names.has(row.name) || store.policyByName(row.name))) {
         throw new CtnetError('CONFLICT', `a policy rule named ${row.name} exists already`, `choose another --name, or remove it with "ctnet policy rm ${row.name}"`);
       }
       if (row.name !== undefined) names.add(row.name);
-      return store.insertPolicy(row);
+      const inserted = store.insertPolicy(row);
+      // The rule as parsed above: toRule(row) would parse its selectors a second time.
+      rules.push({ id: inserted.id, name: inserted.name, action: inserted.action, from, to, port });
+      return inserted;
     });
     for (const row of rows) applier.note(`policy ${row.name}: ${row.action} ${row.from} -> ${row.to} ${row.port ?? 'any'}`);
-    const changed = new Map<number, PolicyRule | undefined>([...remove.map((r) => [r.id, undefined] as const), ...rows.map((r) => [r.id, toRule(r)] as const)]);
+    const changed = new Map<number, PolicyRule | undefined>([...remove.map((r) => [r.id, undefined] as const), ...rules.map((r) => [r.id, r] as const)]);
     const regions = await applyChanged(ctx, changed);
     return { rows, regions };
   }, { rollback: applier.dryRun });

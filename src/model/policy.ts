@@ -60,11 +60,17 @@ const PLAIN_IPV4 = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}(?:/(3[
 function parseCidrSelector(what: string, text: string): Selector {
   let addr: ipaddr.IPv4 | ipaddr.IPv6;
   let prefix: number;
-  // Plain dotted IPv4 (the common case, and a rules file may hold thousands): no ipaddr.js needed.
+  // Plain dotted IPv4 (the common case, and a rules file may hold thousands): plain numbers, no
+  // ipaddr.js objects and one BigInt per bound (this parse was a tenth of a 10,000-rule apply).
   const m = PLAIN_IPV4.exec(text);
   if (m) {
-    addr = new ipaddr.IPv4([Number(m[1]), Number(m[2]), Number(m[3]), Number(m[4])]);
+    const v = ((Number(m[1]) << 24) | (Number(m[2]) << 16) | (Number(m[3]) << 8) | Number(m[4])) >>> 0;
     prefix = m[5] === undefined ? 32 : Number(m[5]);
+    const size = 2 ** (32 - prefix);
+    const start = v - (v % size);
+    if (start !== v) throw invalid(`${what} ${text} has host bits set`, `did you mean ${formatAddr(4, BigInt(start))}/${prefix}?`);
+    const canonical = m[5] === undefined ? `${text}/32` : text;
+    return { kind: 'cidr', family: 4, start: BigInt(start), end: BigInt(start + size - 1), text: canonical };
   } else try {
     if (text.includes('/')) [addr, prefix] = ipaddr.parseCIDR(text);
     else {
