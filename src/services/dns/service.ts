@@ -10,7 +10,7 @@
 import { NameReader } from '../../store/names.ts';
 import type { Service, ServiceContext } from '../service.ts';
 import { Listener, type Resolver } from './server.ts';
-import { hostResolvers } from './upstream.ts';
+import { hostResolvers, UpstreamPool } from './upstream.ts';
 import { buildZone, type Zone } from './zone.ts';
 
 /** A gateway that cannot be bound yet (IPv6 duplicate address detection, a bridge not up) is tried again this often. */
@@ -31,7 +31,8 @@ export function dnsService(): Service {
     if (!zone || zone.serial !== serial) zone = buildZone(reader!.rows());
     return zone;
   };
-  const resolver: Resolver = { zone: current, hostResolvers: () => hostResolvers(), log: (m) => log(m) };
+  const upstream = new UpstreamPool();
+  const resolver: Resolver = { zone: current, hostResolvers: () => hostResolvers(), upstream, log: (m) => log(m) };
 
   const bind = async (address: string, network: string) => {
     const l = new Listener(address, network);
@@ -86,6 +87,7 @@ export function dnsService(): Service {
       clearTimeout(retry);
       for (const l of listeners.values()) l.close();
       listeners.clear();
+      upstream.close();
       reader?.close();
     },
   };
