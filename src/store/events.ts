@@ -114,7 +114,7 @@ export const RECORDED: { readonly [K in Kind]: Recorded } = {
     columns: [c('host'), c('endpoints'), c('underlay'), c('vtep_mac'), c('lease_ttl'), c('state'), c('joined')],
   },
   alias: { table: 'aliases', key: "$.network || '/' || $.alias || '/' || $.sandbox", columns: [c('sandbox'), c('network'), c('alias')] },
-  remote: { table: 'remote_sandboxes', key: "$.host || '/' || $.name", columns: [c('host'), c('name'), j('addresses'), j('labels'), j('networks')] },
+  remote: { table: 'remote_sandboxes', key: "$.host || '/' || $.name", columns: [c('host'), c('name'), j('addresses'), j('labels'), j('networks'), j('aliases')] },
 };
 
 export const KINDS = Object.keys(RECORDED) as Kind[];

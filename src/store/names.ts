@@ -14,6 +14,8 @@ export interface NameRows {
   /** Addresses of ready attachments of sandboxes not being removed; on overlay networks also other hosts' sandboxes. */
   readonly addresses: readonly { readonly network: string; readonly sandbox: string; readonly ip: string }[];
   readonly aliases: readonly { readonly network: string; readonly sandbox: string; readonly alias: string }[];
+  /** Services (docs/services.md): NAME and NAME.NETWORK answer their VIP on their network. */
+  readonly services: readonly { readonly network: string; readonly name: string; readonly vip: string }[];
 }
 
 type Row = Record<string, unknown>;
@@ -27,6 +29,7 @@ export class NameReader {
   readonly #aliases: StatementSync;
   readonly #remote: StatementSync;
   readonly #overlays: StatementSync;
+  readonly #services: StatementSync;
 
   constructor(stateDir: string) {
     this.#db = new DatabaseSync(join(stateDir, 'ctnet.db'), { readOnly: true, timeout: 5_000 });
@@ -38,8 +41,10 @@ export class NameReader {
       JOIN sandboxes s ON s.name = ad.sandbox
       WHERE a.state = 'ready' AND s.state = 'ready'`);
     this.#aliases = this.#db.prepare('SELECT network, sandbox, alias FROM aliases');
-    this.#remote = this.#db.prepare('SELECT name, addresses, networks FROM remote_sandboxes');
+    this.#remote = this.#db.prepare('SELECT name, addresses, networks, aliases FROM remote_sandboxes');
     this.#overlays = this.#db.prepare('SELECT network, cidr FROM overlays');
+    // Only the columns DNS needs: the service's row may grow (ports, health) without this reader knowing.
+    this.#services = this.#db.prepare('SELECT name, network, vip FROM services');
   }
 
   close(): void {
@@ -66,16 +71,21 @@ export class NameReader {
       // a local name wins over a remote one of the same name.
       const overlays = (this.#overlays.all() as Row[]).map((r) => ({ network: r.network as string, cidr: r.cidr as string }));
       const local = new Set(addresses.map((a) => `${a.network}/${a.sandbox}`));
+      const remoteAliases: { network: string; sandbox: string; alias: string }[] = [];
       for (const r of this.#remote.all() as Row[]) {
         const nets = JSON.parse(r.networks as string) as string[];
         const ips = JSON.parse(r.addresses as string) as string[];
         for (const o of overlays) {
           if (!nets.includes(o.network) || local.has(`${o.network}/${r.name as string}`)) continue;
           for (const ip of ips.filter((x) => inCidr(x, o.cidr))) addresses.push({ network: o.network, sandbox: r.name as string, ip });
+          const theirs = (JSON.parse(r.aliases as string) as Record<string, string[]>)[o.network] ?? [];
+          for (const alias of theirs) remoteAliases.push({ network: o.network, sandbox: r.name as string, alias });
         }
       }
       const aliases = (this.#aliases.all() as Row[]).map((r) => ({ network: r.network as string, sandbox: r.sandbox as string, alias: r.alias as string }));
-      return { serial, networks, subnets, addresses, aliases };
+      aliases.push(...remoteAliases);
+      const services = (this.#services.all() as Row[]).map((r) => ({ network: r.network as string, name: r.name as string, vip: r.vip as string }));
+      return { serial, networks, subnets, addresses, aliases, services };
     } finally {
       this.#db.exec('COMMIT');
     }

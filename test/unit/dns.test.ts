@@ -22,7 +22,13 @@ const zone = buildZone({
     { network: 'front', sandbox: 'Web', ip: '10.1.0.2' }, { network: 'front', sandbox: 'Web', ip: 'fd00:1::2' },
     { network: 'front', sandbox: 'web2', ip: '10.1.0.3' }, { network: 'inner', sandbox: 'i1', ip: '10.2.0.2' },
   ],
-  aliases: [{ network: 'front', sandbox: 'Web', alias: 'api' }, { network: 'front', sandbox: 'web2', alias: 'api' }],
+  // web2's alias "web" (another host's directory may say so): the sandbox web's own name wins.
+  aliases: [{ network: 'front', sandbox: 'Web', alias: 'api' }, { network: 'front', sandbox: 'web2', alias: 'api' }, { network: 'front', sandbox: 'web2', alias: 'web' }],
+  services: [
+    { network: 'front', name: 'shop', vip: '10.1.0.200' }, { network: 'front', name: 'web2', vip: '10.1.0.201' },
+    { network: 'front', name: 'v6svc', vip: 'fd00:1::c8' }, { network: 'front', name: 'dotted.name', vip: '10.1.0.202' },
+    { network: 'inner', name: 'isvc', vip: '10.2.0.200' },
+  ],
 });
 const front = zone.networks.get('front')!;
 const inner = zone.networks.get('inner')!;
@@ -37,6 +43,18 @@ describe('dns zone', () => {
     const a = decide(zone, front, 'api', 'A', 0);
     const b = decide(zone, front, 'api', 'A', 1);
     assert.ok(a.kind === 'local' && b.kind === 'local' && a.answers.length === 2 && a.answers[0]!.data !== b.answers[0]!.data, 'round robin');
+  });
+  it('a service\'s NAME and NAME.NETWORK answer its VIP (A, or AAAA for an IPv6 VIP) on its network only, with PTR; a sandbox of the same name wins', () => {
+    assert.deepEqual(decide(zone, front, 'shop', 'A'), { kind: 'local', rcode: 'NOERROR', answers: [{ name: 'shop', type: 'A', data: '10.1.0.200' }], soa: undefined });
+    assert.deepEqual(decide(zone, front, 'SHOP.front', 'A'), { kind: 'local', rcode: 'NOERROR', answers: [{ name: 'SHOP.front', type: 'A', data: '10.1.0.200' }], soa: undefined });
+    assert.deepEqual(decide(zone, front, 'shop', 'AAAA'), { kind: 'local', rcode: 'NOERROR', answers: [], soa: 'front' }, 'NODATA');
+    assert.deepEqual(decide(zone, front, 'v6svc', 'AAAA'), { kind: 'local', rcode: 'NOERROR', answers: [{ name: 'v6svc', type: 'AAAA', data: 'fd00:1::c8' }], soa: undefined });
+    assert.deepEqual(decide(zone, front, '200.0.1.10.in-addr.arpa', 'PTR'), { kind: 'local', rcode: 'NOERROR', answers: [{ name: '200.0.1.10.in-addr.arpa', type: 'PTR', data: 'shop.front' }] });
+    assert.deepEqual((decide(zone, front, 'web2', 'A') as { answers: unknown }).answers, [{ name: 'web2', type: 'A', data: '10.1.0.3' }], 'the sandbox wins');
+    assert.equal((decide(zone, inner, 'shop', 'A') as { rcode: string }).rcode, 'NXDOMAIN', 'another network\'s service');
+    assert.equal((decide(zone, front, 'isvc', 'A') as { rcode: string }).rcode, 'NXDOMAIN');
+    assert.deepEqual((decide(zone, inner, 'isvc.inner', 'A') as { answers: unknown }).answers, [{ name: 'isvc.inner', type: 'A', data: '10.2.0.200' }]);
+    assert.equal(front.names.has('dotted.name'), false, 'not a DNS label: no name');
   });
   it('PTR for its addresses; other networks\' names are NXDOMAIN, never forwarded; --internal refuses the rest', () => {
     assert.deepEqual(decide(zone, front, '2.0.1.10.in-addr.arpa', 'PTR'), { kind: 'local', rcode: 'NOERROR', answers: [{ name: '2.0.1.10.in-addr.arpa', type: 'PTR', data: 'web.front' }] });
@@ -151,7 +169,7 @@ describe('dns answers by hand (wire.ts) match dns-packet\'s reading', () => {
       serial: 1, networks: [{ name: 'big', internal: false, dns: true, forward: [], ready: true }],
       subnets: [{ network: 'big', cidr: '10.9.0.0/24', gateway: '10.9.0.1' }],
       addresses: Array.from({ length: 40 }, (_, i) => ({ network: 'big', sandbox: `s${i}`, ip: `10.9.0.${i + 2}` })),
-      aliases: Array.from({ length: 40 }, (_, i) => ({ network: 'big', sandbox: `s${i}`, alias: 'all' })),
+      aliases: Array.from({ length: 40 }, (_, i) => ({ network: 'big', sandbox: `s${i}`, alias: 'all' })), services: [],
     });
     const r = { ...resolver, zone: () => many };
     const udp = dnsPacket.decode(answerNow(r, 'big', raw(1, 'all', 'A'), false) as Buffer);
