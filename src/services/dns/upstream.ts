@@ -18,7 +18,7 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { readFileSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
-import { randomInt } from 'node:crypto';
+import { randomFillSync, randomInt } from 'node:crypto';
 
 const TIMEOUT_MS = 2_000;
 const STUB = new Set(['127.0.0.53', '127.0.0.54']);
@@ -108,9 +108,24 @@ function sameQuestion(a: Buffer, aEnd: number, b: Buffer): boolean {
 interface InFlight {
   readonly query: Buffer;
   readonly qend: number;
-  readonly timer: NodeJS.Timeout;
+  /** performance.now() past which it has timed out. */
+  readonly deadline: number;
   readonly resolve: (r: Buffer | undefined) => void;
 }
+
+/** Random query ids, drawn from the kernel's CSPRNG a few thousand at a time (randomInt per query costs more than the rest of a send). */
+const ids = new Uint16Array(4096);
+let idNext = ids.length;
+function randomId(): number {
+  if (idNext === ids.length) {
+    randomFillSync(ids);
+    idNext = 0;
+  }
+  return ids[idNext++]!;
+}
+
+/** How often a channel looks for queries past their deadline (one timer per channel, not one per query). */
+const SWEEP_MS = 100;
 
 /** One connected UDP socket to one upstream, and the queries in flight on it by id. */
 class Channel {
@@ -119,6 +134,8 @@ class Channel {
   readonly #born = performance.now();
   readonly #timeoutMs: number;
   #ready: Promise<void>;
+  #connected = false;
+  #sweep: NodeJS.Timeout | undefined;
   #sent = 0;
   #closed = false;
   /** Retired: takes no new queries, and closes when its last one is answered or times out. */
@@ -128,7 +145,10 @@ class Channel {
     this.#timeoutMs = timeoutMs;
     this.#sock = createSocket(server.includes(':') ? 'udp6' : 'udp4');
     this.#ready = new Promise((resolve, reject) => {
-      this.#sock.once('connect', () => resolve());
+      this.#sock.once('connect', () => {
+        this.#connected = true;
+        resolve();
+      });
       this.#sock.connect(port, server, (e?: Error) => (e ? reject(e) : undefined));
     });
     this.#ready.catch(() => this.#fail());
@@ -152,17 +172,25 @@ class Channel {
 
   ask(query: Buffer, qend: number): Promise<Buffer | undefined> {
     this.#sent++;
-    let id = randomInt(0, 65536);
+    let id = randomId();
     while (this.#inflight.has(id)) id = (id + 1) & 0xffff;
     return new Promise((resolve) => {
-      const timer = setTimeout(() => this.#settle(id, undefined), this.#timeoutMs);
-      this.#inflight.set(id, { query, qend, timer, resolve });
+      this.#inflight.set(id, { query, qend, deadline: performance.now() + this.#timeoutMs, resolve });
+      this.#sweep ??= setInterval(() => this.#expire(), Math.min(SWEEP_MS, this.#timeoutMs));
       const out = withId(query, id);
-      this.#ready.then(() => {
+      const send = () => {
         if (this.#closed) return this.#settle(id, undefined);
         this.#sock.send(out, (e) => e && this.#settle(id, undefined));
-      }, () => this.#settle(id, undefined));
+      };
+      if (this.#connected) send();
+      else this.#ready.then(send, () => this.#settle(id, undefined));
     });
+  }
+
+  /** Fails the queries past their deadline (a silent upstream: the caller moves to the next one). */
+  #expire(): void {
+    const now = performance.now();
+    for (const [id, f] of this.#inflight) if (f.deadline <= now) this.#settle(id, undefined);
   }
 
   #receive(msg: Buffer): void {
@@ -176,8 +204,11 @@ class Channel {
   #settle(id: number, r: Buffer | undefined): void {
     const f = this.#inflight.get(id);
     if (!f) return;
-    clearTimeout(f.timer);
     this.#inflight.delete(id);
+    if (this.#inflight.size === 0) {
+      clearInterval(this.#sweep);
+      this.#sweep = undefined;
+    }
     f.resolve(r);
     if (this.#retired && this.#inflight.size === 0) this.#close();
   }
