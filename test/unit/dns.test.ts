@@ -288,3 +288,33 @@ describe('dns forwarding over long-lived sockets (a fake upstream on 127.0.0.1)'
     }
   });
 });
+
+describe('the name reader (store/names.ts)', () => {
+  it('moved() is false until a commit, and true after every one (the WAL-index header); rows() reads services and other hosts\' aliases', async () => {
+    const { mkdtempSync, rmSync } = await import('node:fs');
+    const { join } = await import('node:path');
+    const { tmpdir } = await import('node:os');
+    const { Store } = await import('../../src/store/store.ts');
+    const { NameReader } = await import('../../src/store/names.ts');
+    const dir = mkdtempSync(join(tmpdir(), 'ctnet-names-'));
+    const store = new Store(dir);
+    const reader = new NameReader(dir);
+    try {
+      assert.equal(reader.moved(), true, 'the first look');
+      assert.equal(reader.moved(), false);
+      assert.equal(reader.moved(), false);
+      const before = reader.serial();
+      for (let i = 0; i < 3; i++) {
+        store.write(() => store.putRemoteSandbox({ host: 'h2', name: `b${i}`, addresses: ['10.50.2.2'], labels: {}, networks: ['ov'], aliases: { ov: ['api'] } }));
+        assert.equal(reader.moved(), true, `commit ${i}`);
+        assert.equal(reader.moved(), false);
+      }
+      assert.ok(reader.serial() > before);
+      assert.deepEqual(reader.rows().services, []);
+    } finally {
+      reader.close();
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
