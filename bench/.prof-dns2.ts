@@ -18,4 +18,8 @@ const r = { zone: () => { if (withSql) serial.get(); if (withShm) readSync(fd, b
 const l = new Listener('10.99.0.1', 'cn');
 await l.open(r);
 console.error('listening');
+const v8 = await import('node:v8');
+const mem = (w: string) => { const m = process.memoryUsage(); console.log(w, JSON.stringify({ rss: m.rss >> 20, heapTotal: m.heapTotal >> 20, heapUsed: m.heapUsed >> 20, external: m.external >> 20 }), v8.getHeapSpaceStatistics().map((x) => `${x.space_name}:${x.space_size >> 20}`).join(' ')); };
+mem('before');
+setTimeout(() => mem('after'), Number(process.env.SECS ?? 12) * 1000 - 500);
 setTimeout(() => { l.close(); process.exit(0); }, Number(process.env.SECS ?? 12) * 1000);
