@@ -61,6 +61,21 @@ try {
     // No per-client limit: one dnsperf client measures the server, as for the peers (which have none).
     env: { ...process.env, CTNET_STATE_DIR: lab.stateDir, CTNET_DNS_CLIENT_QPS: '0' }, stdio: ['ignore', 'ignore', 'ignore'], detached: true,
   }).unref();
+  // Memory: what ctnetd holds before any name, to tell the node agent's own size from the names'.
+  const smaps = (pid: number) => {
+    const text = readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8');
+    const kib = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+) kB`, 'm').exec(text)?.[1] ?? NaN);
+    return { rss_kib: kib('Rss'), anonymous_kib: kib('Anonymous'), file_kib: kib('Rss') - kib('Anonymous') };
+  };
+  const pidFile = join(lab.stateDir, 'ctnetd.pid');
+  for (let i = 0; i < 300 && !existsSync(pidFile); i++) await new Promise((r) => setTimeout(r, 100));
+  await new Promise((r) => setTimeout(r, 2000)); // its services started
+  const ctnetdEmpty = smaps(Number(readFileSync(pidFile, 'utf8').trim()));
+  // The runtime alone: the same node, idle, nothing loaded.
+  const bare = spawn(process.execPath, ['-e', 'setInterval(() => {}, 1000)'], { stdio: 'ignore' });
+  await new Promise((r) => setTimeout(r, 1500));
+  const nodeBare = smaps(bare.pid!);
+  bare.kill();
   progress(`creating ${NAMES} sandboxes`);
   const names = Array.from({ length: NAMES }, (_, i) => `s${i}`);
   for (const n of names) await lab.ctnetOk(['create', n, '--network', 'cn']);
@@ -145,7 +160,11 @@ try {
   const rss = (pid: number) => Number(/VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? NaN);
   const ctnetdPid = Number(readFileSync(join(lab.stateDir, 'ctnetd.pid'), 'utf8').trim());
   const aardvarkPid = Number(readFileSync(join(aconf, 'aardvark.pid'), 'utf8').trim());
-  const memory = { ctnetd_kib: rss(ctnetdPid), aardvark_kib: rss(aardvarkPid), names: NAMES };
+  const memory = {
+    ctnetd_kib: rss(ctnetdPid), aardvark_kib: rss(aardvarkPid), names: NAMES,
+    // After the names and the throughput runs; before any name; an idle node with nothing loaded.
+    ctnetd_after: smaps(ctnetdPid), ctnetd_no_names: ctnetdEmpty, node_idle: nodeBare,
+  };
 
   // 2. Churn: a fixed rate for names that stay, while sandboxes come and go / the config is reloaded.
   const stay = queryFile('stay.txt', shuffled.slice(0, Math.min(50, NAMES)).map((n) => `${n} A`));

@@ -10,7 +10,7 @@
 // it: a host that stops renewing leaves the cluster after its TTL, subnets and all.
 import { formatAddr, formatSubnet, parseAddr, parseSubnet, type Subnet } from '../model/cidr.ts';
 import { parseMac } from '../model/mac.ts';
-import { parseName } from '../model/names.ts';
+import { parseDnsLabel, parseName } from '../model/names.ts';
 
 export const PREFIX = '/ctnet/';
 export const NETWORKS = `${PREFIX}networks/`;
@@ -57,6 +57,11 @@ export interface SandboxValue {
   readonly addresses: readonly string[];
   readonly labels: Readonly<Record<string, string>>;
   readonly networks: readonly string[];
+  /**
+   * Its aliases per overlay network (--alias), so they answer on every host's DNS; written only
+   * when it has some (an entry without aliases reads as before, and older hosts ignore the key).
+   */
+  readonly aliases?: Readonly<Record<string, readonly string[]>>;
 }
 
 export const networkKey = (name: string) => `${NETWORKS}${name}`;
@@ -128,6 +133,18 @@ function strings(o: Json, k: string): string[] {
   return v;
 }
 
+/** A directory entry's aliases: network (one of its networks) -> DNS labels. */
+function aliasMap(v: unknown, networks: readonly string[]): Record<string, string[]> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('"aliases" is not an object');
+  const out: Record<string, string[]> = {};
+  for (const [network, list] of Object.entries(v)) {
+    if (!networks.includes(network)) throw new Error(`"aliases" names network ${network}, which is not one of its networks`);
+    if (!Array.isArray(list) || !list.every((a) => typeof a === 'string')) throw new Error(`"aliases.${network}" is not a list of strings`);
+    out[network] = list.map((a: string) => parseDnsLabel(`alias on ${network}`, a));
+  }
+  return out;
+}
+
 /** Checks a thrown parse error into a plain reason (the model's invalid() errors included). */
 const reasonOf = (e: unknown) => (e as Error).message;
 
@@ -156,8 +173,10 @@ export function decodeEntry(key: string, value: string): Entry {
         if (typeof labels !== 'object' || labels === null || Array.isArray(labels) || !Object.values(labels).every((x) => typeof x === 'string')) {
           throw new Error('"labels" is not an object of strings');
         }
+        const networks = strings(o, 'networks');
         return { kind: 'sandbox', host: k.host, name: k.name, value: {
-          addresses: strings(o, 'addresses').map(canonicalAddr), labels: labels as Record<string, string>, networks: strings(o, 'networks'),
+          addresses: strings(o, 'addresses').map(canonicalAddr), labels: labels as Record<string, string>, networks,
+          ...(o.aliases === undefined ? {} : { aliases: aliasMap(o.aliases, networks) }),
         } };
       }
     }
@@ -170,7 +189,9 @@ export function decodeEntry(key: string, value: string): Entry {
 export const encodeOverlayDef = (d: OverlayDef) => JSON.stringify({ subnet: d.subnet, hostPrefix: d.hostPrefix, vni: d.vni, port: d.port, internal: d.internal, isolate: d.isolate });
 export const encodeLease = (v: LeaseValue) => JSON.stringify({ host: v.host, underlay: v.underlay, vtepMac: v.vtepMac });
 export const encodeHost = (v: HostValue) => JSON.stringify({ underlay: v.underlay, vtepMac: v.vtepMac, joined: v.joined });
-export const encodeSandbox = (v: SandboxValue) => JSON.stringify({ addresses: v.addresses, labels: v.labels, networks: v.networks });
+export const encodeSandbox = (v: SandboxValue) => JSON.stringify({
+  addresses: v.addresses, labels: v.labels, networks: v.networks, ...(v.aliases && Object.keys(v.aliases).length ? { aliases: v.aliases } : {}),
+});
 
 /** An address in the one form every host writes (so a comparison of text is one of addresses). */
 export function canonicalAddr(text: string): string {

@@ -28,6 +28,7 @@ export function directoryEntries(store: Store): Map<string, SandboxValue> {
       addresses: store.addresses({ sandbox: name }).filter((a) => networks.includes(a.network)).map((a) => a.ip),
       labels: Object.fromEntries(store.labels(name).map((l) => [l.key, l.value])),
       networks,
+      aliases: Object.fromEntries(networks.map((n) => [n, store.aliases({ sandbox: name, network: n }).map((a) => a.alias).sort()]).filter(([, l]) => l!.length > 0)),
     });
   }
   return out;
@@ -43,11 +44,11 @@ export function remoteRow(kv: Pick<Kv, 'key' | 'value'>, self: string): RemoteSa
   const e = decodeEntry(kv.key, kv.value);
   if (e.kind === 'bad') return { bad: `${e.key}: ${e.reason}` };
   if (e.kind !== 'sandbox' || e.host === self) return undefined;
-  return { host: e.host, name: e.name, addresses: e.value.addresses, labels: e.value.labels, networks: e.value.networks };
+  return { host: e.host, name: e.name, addresses: e.value.addresses, labels: e.value.labels, networks: e.value.networks, aliases: e.value.aliases ?? {} };
 }
 
 const same = (a: RemoteSandboxRow, b: RemoteSandboxRow) =>
-  JSON.stringify([a.addresses, a.labels, a.networks]) === JSON.stringify([b.addresses, b.labels, b.networks]);
+  JSON.stringify([a.addresses, a.labels, a.networks, a.aliases]) === JSON.stringify([b.addresses, b.labels, b.networks, b.aliases]);
 
 /** A change to the mirror: rows to put (host/name -> row), and host/name keys etcd deleted. */
 export interface MirrorChange {

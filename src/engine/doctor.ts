@@ -6,6 +6,7 @@ import { gc } from './gc.ts';
 import { droppingChains, forwardTargets } from './forward.ts';
 import type { ForwardTarget } from '../plan/ops.ts';
 import { loopbackGuards, tableDrift } from './tables.ts';
+import { resolvedFindings } from './resolved.ts';
 
 export interface Finding {
   readonly check: string;
@@ -123,6 +124,7 @@ export async function doctor(ctx: Ctx, daemonPid: number | undefined): Promise<F
   } else if (named.length) {
     out.push({ check: 'dns', status: 'ok', detail: `ctnetd answers DNS on the gateways of ${named.join(', ')}` });
   }
+  out.push(...await resolvedFindings(ctx));
   return out;
 }
 

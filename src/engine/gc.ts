@@ -10,6 +10,7 @@ import type { NetworkRow, SandboxRow } from '../store/store.ts';
 import type { Ctx } from './context.ts';
 import { BRIDGE_PREFIX, IFB_PREFIX, ifbName, netnsPrefix, SHIM_PREFIX, VETH_PREFIX, VXLAN_PREFIX } from './naming.ts';
 import { shapeSteps } from './shape.ts';
+import { repairResolved } from './resolved.ts';
 import { MADE_NETWORKS, teardownNetwork } from './network.ts';
 import { reconcileOverlays } from './overlay-network.ts';
 import { cutDeniedFlows } from './policy.ts';
@@ -98,6 +99,8 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     done.push(`put VIP ${s.vip} of service ${s.name} back on bridge ${bridge}`);
   }
   await syncServices(ctx);
+  // systemd-resolved's registration of each network with DNS (it restarted, or someone reverted a link).
+  done.push(...await repairResolved(ctx));
 
   // 4. ctnet-marked objects that no record owns.
   const bridges = new Set(store.networks().map((n) => n.bridge));

@@ -18,6 +18,7 @@ import { disconnect } from './sandbox.ts';
 import { forwardSteps } from './forward.ts';
 import { syncPolicy } from './policy.ts';
 import { checkHostAddresses, checkNetworkEgress } from './egress.ts';
+import { resolvedRevertSteps, resolvedSteps } from './resolved.ts';
 
 /**
  * Set in a state directory once it has made a network: only then may gc take ctnet-marked kernel
@@ -67,7 +68,7 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: Overl
       'leave --mtu out');
   }
   // Read the kernel before deciding: an interface or route already there is a conflict.
-  const [links, routes] = await Promise.all([kernel.links(), kernel.routes()]);
+  const [links, routes, resolved] = await Promise.all([kernel.links(), kernel.routes(), kernel.resolvedHere()]);
   // Routes through ctnet's own devices are its networks' (peers' leases lie in their overlays, checked below).
   const ours = new Set([...store.networks().map((n) => n.bridge), ...store.overlays().map((o) => o.device)]);
   const host: HostView = {
@@ -131,7 +132,10 @@ export async function createNetwork(ctx: Ctx, spec: NetworkSpec, overlay?: Overl
       row = { ...r, owner: null, created: new Date().toISOString() };
       return dn;
     });
-    await tx.run([...hostSteps(n.subnets.some((s) => s.family === 6)), ...driver.planCreate(n), ...(n.lower ? [] : forwardSteps(store, device, 'add'))]);
+    await tx.run([
+      ...hostSteps(n.subnets.some((s) => s.family === 6)), ...driver.planCreate(n), ...(n.lower ? [] : forwardSteps(store, device, 'add')),
+      ...resolvedSteps({ name: n.name, bridge: device, dns: spec.dns, lower: spec.lower }, n.subnets, resolved),
+    ]);
     await syncPolicy(ctx, { tx }); // "world" and net: selectors depend on the networks
     tx.commit({ kind: 'network.state', name: spec.name, state: 'ready' });
   });
@@ -197,6 +201,7 @@ export async function teardownNetwork(ctx: Ctx, n: NetworkRow): Promise<void> {
   const { store, applier } = ctx;
   const last = store.networks().every((o) => o.name === n.name);
   await applier.teardown([
+    ...resolvedRevertSteps(n, await ctx.kernel.resolvedHere()),
     ...forwardSteps(store, n.bridge, 'remove'),
     ...driverOf(n).planRemove(driverNetwork(store, n)),
     ...(last ? [step([{ kind: 'nft', lines: dropTableScript().trimEnd().split('\n') }], 'the last network: remove ctnet\'s table')] : []),

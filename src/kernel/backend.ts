@@ -140,6 +140,14 @@ export interface KernelBackend {
   netnsNames(): string[];
   /** Names in /etc/netns that hold a resolv.conf (ctnet writes one per sandbox with DNS). */
   resolvNames(): string[];
+  /**
+   * Does systemd-resolved serve this network namespace (it runs, ctnet runs in the init network
+   * namespace where it lives, and resolvectl is there)? Only then do networks register with it: a
+   * lab's namespaces must never name their links to the host's resolver.
+   */
+  resolvedHere(): Promise<boolean>;
+  /** A link's DNS servers and domains in systemd-resolved (routing-only ones with their ~); undefined when it has no such link. */
+  resolvedLink(dev: string): Promise<{ readonly dns: readonly string[]; readonly domains: readonly string[] } | undefined>;
   /** True when PATH is a network namespace file. */
   isNetns(path: string): boolean;
   /** PIDs of the processes in a namespace. */

@@ -177,6 +177,9 @@ export class FakeKernel implements KernelBackend {
   readonly forwardAccepts: string[] = [];
   /** /etc/netns/NAME/resolv.conf as written (resolv.write). */
   readonly resolvFiles = new Map<string, string>();
+  /** systemd-resolved, when a test says it runs here (resolvedRunning): its links' DNS servers and domains. */
+  resolvedRunning = false;
+  readonly resolvedLinks = new Map<string, { dns: string[]; domains: string[] }>();
 
   /**
    * host: seed the host's own interfaces (lo, and eth0 with 192.0.2.10/24 and a default route via
@@ -572,6 +575,14 @@ export class FakeKernel implements KernelBackend {
       case 'resolv.write':
         this.resolvFiles.set(op.netns, resolvText(op.nameservers, op.search));
         return;
+      case 'resolved.link':
+        if (!this.resolvedRunning) throw new Failure('failed', 'Failed to connect to bus: No such file or directory');
+        this.#linkOf(undefined, op.dev);
+        this.resolvedLinks.set(op.dev, { dns: [...op.dns], domains: [`~${op.domain}`] });
+        return;
+      case 'resolved.revert':
+        this.resolvedLinks.delete(op.dev);
+        return;
       case 'resolv.remove':
         this.resolvFiles.delete(op.netns);
         return;
@@ -714,6 +725,7 @@ export class FakeKernel implements KernelBackend {
     const link = ns?.links.get(name);
     if (!ns || !link) return;
     ns.links.delete(name);
+    if (key === this.#key(undefined)) this.resolvedLinks.delete(name); // resolved forgets a link that is gone
     for (const [f, r] of ns.defaults) if (r.dev === name) ns.defaults.delete(f);
     // Its routes and neighbour entries go with it.
     for (const [dst, r] of ns.routes) if (r.dev === name) ns.routes.delete(dst);
@@ -936,6 +948,13 @@ export class FakeKernel implements KernelBackend {
 
   resolvNames(): string[] {
     return [...this.resolvFiles.keys()];
+  }
+  async resolvedHere(): Promise<boolean> {
+    return this.resolvedRunning;
+  }
+  async resolvedLink(dev: string): Promise<{ dns: string[]; domains: string[] } | undefined> {
+    if (!this.resolvedRunning || !this.#host().links.has(dev)) return undefined;
+    return this.resolvedLinks.get(dev) ?? { dns: [], domains: [] };
   }
   netnsNames(): string[] {
     return [...this.#ns.keys()].filter((k) => /^\/run\/netns\/[^/]+$/.test(k)).map((k) => k.slice('/run/netns/'.length)).sort();

@@ -141,7 +141,20 @@ export type Op =
    */
   | { readonly kind: 'resolv.write'; readonly netns: string; readonly nameservers: readonly string[]; readonly search: readonly string[] }
   /** Removes /etc/netns/NETNS/resolv.conf and the directory when nothing else is in it (missing counts as removed). */
-  | { readonly kind: 'resolv.remove'; readonly netns: string };
+  | { readonly kind: 'resolv.remove'; readonly netns: string }
+  /**
+   * Registers a network's DNS with systemd-resolved, on its bridge: the gateways as the link's DNS
+   * servers, ~DOMAIN as its routing-only domain, not a default route. Equivalent to:
+   * resolvectl dns DEV GW...; resolvectl domain DEV ~DOMAIN; resolvectl default-route DEV false
+   */
+  | { readonly kind: 'resolved.link'; readonly dev: string; readonly dns: readonly string[]; readonly domain: string }
+  /** Forgets a link's settings in systemd-resolved (a link that is gone counts as done). Equivalent to: resolvectl revert DEV */
+  | { readonly kind: 'resolved.revert'; readonly dev: string };
+
+/** The resolvectl commands of a resolved.link (the exec backend runs them; --explain prints them). */
+export function resolvedArgvs(op: { readonly dev: string; readonly dns: readonly string[]; readonly domain: string }): string[][] {
+  return [['resolvectl', 'dns', op.dev, ...op.dns], ['resolvectl', 'domain', op.dev, `~${op.domain}`], ['resolvectl', 'default-route', op.dev, 'false']];
+}
 
 /** The text of a sandbox's resolv.conf (glibc reads at most 3 nameservers and 6 search domains). */
 export function resolvText(nameservers: readonly string[], search: readonly string[]): string {
@@ -199,6 +212,7 @@ export function inverse(op: Op): Op | undefined {
     case 'nft': return op.undo && op.undo.length > 0 ? { kind: 'nft.delete', lines: op.undo } : undefined;
     case 'forward.accept': return { kind: 'forward.unaccept', target: op.target, bridge: op.bridge };
     case 'resolv.write': return { kind: 'resolv.remove', netns: op.netns };
+    case 'resolved.link': return { kind: 'resolved.revert', dev: op.dev };
     // A peer's entries are deleted knowing what they held, so a failed change puts them back.
     case 'neigh.del': return op.lladdr ? { kind: 'neigh.replace', addr: op.addr, lladdr: op.lladdr, dev: op.dev } : undefined;
     case 'fdb.del': return { kind: 'fdb.replace', mac: op.mac, dev: op.dev, dst: op.dst };
@@ -219,12 +233,13 @@ export function inverse(op: Op): Op | undefined {
     case 'conntrack.forget':
     case 'forward.unaccept':
     case 'resolv.remove':
+    case 'resolved.revert':
       return undefined;
   }
 }
 
 /** True for operations that remove something: in a teardown, "already gone" is success. */
 export function removes(op: Op): boolean {
-  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'neigh.del', 'fdb.del', 'route.del', 'nft.delete', 'conntrack.forget', 'forward.unaccept', 'qdisc.del', 'resolv.remove']
+  return ['netns.del', 'netns.kill', 'link.del', 'addr.del', 'route.del.default', 'neigh.del', 'fdb.del', 'route.del', 'nft.delete', 'conntrack.forget', 'forward.unaccept', 'qdisc.del', 'resolv.remove', 'resolved.revert']
     .includes(op.kind);
 }

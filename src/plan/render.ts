@@ -3,7 +3,7 @@
 import { netnsPath, type Netns } from '../model/netns.ts';
 import type { DirShape } from '../model/shape.ts';
 import { describeFilter } from './flows.ts';
-import { resolvText, type Op } from './ops.ts';
+import { resolvedArgvs, resolvText, type Op } from './ops.ts';
 
 // Renders argv as a line a POSIX shell would run unchanged.
 const SAFE = /^[A-Za-z0-9_@%+=:,./-]+$/;
@@ -164,6 +164,8 @@ export function renderOp(op: Op): string[] {
     case 'forward.unaccept': return forwardArgvs('-D', op.target, op.bridge).map(shellLine);
     case 'resolv.write': return [`mkdir -p /etc/netns/${quote(op.netns)} && cat >/etc/netns/${quote(op.netns)}/resolv.conf <<'EOF'\n${resolvText(op.nameservers, op.search)}EOF`];
     case 'resolv.remove': return [`rm -f /etc/netns/${quote(op.netns)}/resolv.conf && rmdir --ignore-fail-on-non-empty /etc/netns/${quote(op.netns)}`];
+    case 'resolved.link': return resolvedArgvs(op).map((argv) => argv.map(quote).join(' '));
+    case 'resolved.revert': return [`resolvectl revert ${quote(op.dev)}`];
     default: throw new Error(`no rendering for ${op.kind}`);
   }
 }

@@ -23,7 +23,7 @@ import type { Service, ServiceContext } from './service.ts';
 /** After a failed write to etcd, try again this often (the agent's own retry interval). */
 const RETRY_MS = 1_000;
 /** The change feed's kinds that change what this host publishes. */
-const PUBLISHED_KINDS = new Set(['sandbox', 'attachment', 'address', 'label', 'network']);
+const PUBLISHED_KINDS = new Set(['sandbox', 'attachment', 'address', 'label', 'network', 'alias']);
 
 /** One of this host's entries as etcd holds it (as far as the watch and our own writes tell). */
 interface Own {

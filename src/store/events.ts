@@ -34,6 +34,11 @@ export interface FeedData {
   /** Another host's sandbox in the directory's mirror (services/directory.ts). */
   remote: RemoteSandboxRow;
   alias: AliasRow;
+  /**
+   * A service's name, network and VIP (DNS answers them): its other columns are not recorded, so
+   * the backends following labels (syncServices) make no events.
+   */
+  service: { readonly name: string; readonly network: string; readonly vip: string };
 }
 export type Kind = keyof FeedData;
 export type Action = 'created' | 'changed' | 'removed';
@@ -114,7 +119,8 @@ export const RECORDED: { readonly [K in Kind]: Recorded } = {
     columns: [c('host'), c('endpoints'), c('underlay'), c('vtep_mac'), c('lease_ttl'), c('state'), c('joined')],
   },
   alias: { table: 'aliases', key: "$.network || '/' || $.alias || '/' || $.sandbox", columns: [c('sandbox'), c('network'), c('alias')] },
-  remote: { table: 'remote_sandboxes', key: "$.host || '/' || $.name", columns: [c('host'), c('name'), j('addresses'), j('labels'), j('networks')] },
+  remote: { table: 'remote_sandboxes', key: "$.host || '/' || $.name", columns: [c('host'), c('name'), j('addresses'), j('labels'), j('networks'), j('aliases')] },
+  service: { table: 'services', key: '$.name', columns: [c('name'), c('network'), c('vip')] },
 };
 
 export const KINDS = Object.keys(RECORDED) as Kind[];

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 18;
+export const SCHEMA_VERSION = 19;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -376,6 +376,12 @@ CREATE TABLE services (
 CREATE INDEX services_by_network ON services(network);
 `;
 
+// Aliases across hosts (schema 19, issue 15): other hosts' sandboxes' aliases on overlay networks,
+// from the directory (JSON: network -> aliases), so an alias answers on every host's DNS.
+export const REMOTE_ALIASES = `
+ALTER TABLE remote_sandboxes ADD COLUMN aliases TEXT NOT NULL DEFAULT '{}';
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -395,4 +401,5 @@ export const MIGRATIONS: Record<number, string> = {
   16: POLICY_INDEX_CLASSES,
   17: NAMES,
   18: SERVICES,
+  19: REMOTE_ALIASES,
 };

@@ -207,6 +207,8 @@ export interface RemoteSandboxRow {
   readonly labels: Readonly<Record<string, string>>;
   /** The overlay networks it is attached to. */
   readonly networks: readonly string[];
+  /** Its aliases, by overlay network (DNS answers them on this host too). */
+  readonly aliases: Readonly<Record<string, readonly string[]>>;
 }
 
 export type OwnedKind = 'network' | 'sandbox' | 'policy';
@@ -847,13 +849,14 @@ export class Store {
     return rows.map((r) => ({
       host: r.host as string, name: r.name as string, addresses: JSON.parse(r.addresses as string) as string[],
       labels: JSON.parse(r.labels as string) as Record<string, string>, networks: JSON.parse(r.networks as string) as string[],
+      aliases: JSON.parse(r.aliases as string) as Record<string, string[]>,
     }));
   }
   /** Records (or replaces) another host's sandbox. */
   putRemoteSandbox(r: RemoteSandboxRow): void {
-    this.#run(`INSERT INTO remote_sandboxes(host, name, addresses, labels, networks) VALUES (?, ?, ?, ?, ?)
-      ON CONFLICT (host, name) DO UPDATE SET addresses = excluded.addresses, labels = excluded.labels, networks = excluded.networks`,
-    r.host, r.name, JSON.stringify(r.addresses), JSON.stringify(r.labels), JSON.stringify(r.networks));
+    this.#run(`INSERT INTO remote_sandboxes(host, name, addresses, labels, networks, aliases) VALUES (?, ?, ?, ?, ?, ?)
+      ON CONFLICT (host, name) DO UPDATE SET addresses = excluded.addresses, labels = excluded.labels, networks = excluded.networks, aliases = excluded.aliases`,
+    r.host, r.name, JSON.stringify(r.addresses), JSON.stringify(r.labels), JSON.stringify(r.networks), JSON.stringify(r.aliases));
   }
   deleteRemoteSandbox(host: string, name: string): void {
     this.#run('DELETE FROM remote_sandboxes WHERE host = ? AND name = ?', host, name);

@@ -1,7 +1,8 @@
 // Issue 15, point 3: names across hosts. Three lab hosts and etcd; an overlay network with a sandbox
 // on h1, h2 and h3. A sandbox on h1 resolves the one on h3 by name through h1's ctnetd (which knows
 // it from the directory's mirror of etcd); when it is removed on h3, its name stops resolving on
-// every host. The times are measured and printed, never asserted on (the machine is shared).
+// every host. Aliases travel with the directory's entries: one on h3 answers on h1, one shared by
+// sandboxes on h2 and h3 answers with both. The times are measured and printed, never asserted on (the machine is shared).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { EtcdLab } from '../../src/lab/etcd.ts';
@@ -22,7 +23,8 @@ describe('names across hosts (overlay network, directory in etcd)', () => {
     const r = await hosts[i]!.ctnet(['exec', s, '--', 'dig', `@${gateways[i]}`, '+tries=1', '+time=2', name, 'A']);
     const text = r.stdout + r.stderr;
     const status = /status: (\w+)/.exec(text)?.[1] ?? 'none';
-    const answers = (/;; ANSWER SECTION:\n([\s\S]*?)\n\n/.exec(text)?.[1] ?? '').split('\n').filter(Boolean).map((l) => l.split(/\s+/)[4]);
+    // Sorted: a shared alias's addresses come in turns.
+    const answers = (/;; ANSWER SECTION:\n([\s\S]*?)\n\n/.exec(text)?.[1] ?? '').split('\n').filter(Boolean).map((l) => l.split(/\s+/)[4]).sort();
     return `${status} ${answers.join(',')}`.trim();
   };
   const eventually = async (what: string, cond: () => Promise<boolean>, ms = 90_000): Promise<number> => {
@@ -49,7 +51,8 @@ describe('names across hosts (overlay network, directory in etcd)', () => {
     await hosts[0]!.ctnetOk(['network', 'create', 'ov', '--driver', 'vxlan', '--subnet', '10.81.0.0/16']);
     for (const [i, lab] of hosts.entries()) {
       const name = ['a1', 'b2', 'c3'][i]!;
-      await lab.ctnetOk(['create', name, '--network', 'ov', ...(i === 2 ? ['--alias', 'svc'] : [])]);
+      // svc: an alias shared by b2 (h2) and c3 (h3); only3: c3's alone.
+      await lab.ctnetOk(['create', name, '--network', 'ov', ...(i === 2 ? ['--alias', 'svc', '--alias', 'only3'] : i === 1 ? ['--alias', 'svc'] : [])]);
       ips.set(name, await ip(lab, name));
       const v = JSON.parse(await lab.ctnetOk(['network', 'inspect', 'ov', '--json'])) as { subnets: { gateway: string }[] };
       gateways.push(v.subnets[0]!.gateway);
@@ -70,8 +73,20 @@ describe('names across hosts (overlay network, directory in etcd)', () => {
     assert.equal(await dig(1, 'b2', 'a1'), `NOERROR ${ips.get('a1')}`, 'h2 resolves h1\'s');
     assert.equal(await dig(2, 'c3', 'c3'), `NOERROR ${ips.get('c3')}`, 'h3 its own');
     assert.equal(await dig(0, 'a1', 'nobody'), 'NXDOMAIN');
-    // Aliases are this host's (not in the directory): svc answers on h3 only.
-    assert.equal(await dig(2, 'c3', 'svc'), `NOERROR ${ips.get('c3')}`);
+    // Aliases go with the directory's entries: an alias answers on every host, and one shared by
+    // sandboxes on two hosts answers with both addresses everywhere.
+    const both = `NOERROR ${[ips.get('b2'), ips.get('c3')].sort().join(',')}`;
+    const aliasSeen = await eventually('h1 resolves svc to b2 and c3', async () => (await dig(0, 'a1', 'svc')) === both);
+    console.log(`# aliases across hosts: svc (b2 on h2, c3 on h3) resolved on h1 ${aliasSeen.toFixed(0)} ms after the names did`);
+    assert.equal(await dig(0, 'a1', 'svc.ov'), both);
+    assert.equal(await dig(2, 'c3', 'svc'), both, 'h3: its own and h2\'s');
+    assert.equal(await dig(1, 'b2', 'only3'), `NOERROR ${ips.get('c3')}`);
+    // An alias added later (connect --alias is per network; here a new sandbox) follows too.
+    await hosts[1]!.ctnetOk(['create', 'late2', '--network', 'ov', '--alias', 'later']);
+    ips.set('late2', await ip(hosts[1]!, 'late2'));
+    await eventually('h1 resolves the alias later', async () => (await dig(0, 'a1', 'later')) === `NOERROR ${ips.get('late2')}`);
+    await hosts[1]!.ctnetOk(['rm', 'late2']);
+    await eventually('h1 stops resolving the alias later', async () => (await dig(0, 'a1', 'later')) === 'NXDOMAIN');
 
     const start = performance.now();
     await hosts[2]!.ctnetOk(['rm', 'c3']);
@@ -80,6 +95,8 @@ describe('names across hosts (overlay network, directory in etcd)', () => {
       await eventually(`h${i + 1} stops resolving c3`, async () => (await dig(i, ['a1', 'b2'][i]!, 'c3')) === 'NXDOMAIN');
       return performance.now() - start;
     }));
+    await eventually('h1 resolves svc to b2 alone, only3 to nothing', async () =>
+      (await dig(0, 'a1', 'svc')) === `NOERROR ${ips.get('b2')}` && (await dig(0, 'a1', 'only3')) === 'NXDOMAIN');
     console.log(`# names across hosts: rm c3 on h3 returned after ${returned.toFixed(0)} ms; c3 stopped resolving on h1 after ${times[0]!.toFixed(0)} ms, on h2 after ${times[1]!.toFixed(0)} ms`);
   });
 });

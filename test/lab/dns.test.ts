@@ -129,6 +129,31 @@ describe('DNS served by ctnetd', () => {
     assert.deepEqual((await digHost('10.61.1.1', 'web.front')).answers, [`A ${w4}`]);
   });
 
+  it('a service\'s NAME and NAME.NETWORK answer its VIP on its network, from its create until its rm returns', async () => {
+    const out = await lab.ctnetOk(['service', 'create', 'shop', '--network', 'front', '--port', '80', '--to', 'label:app=shop', '--json']);
+    const vip = (JSON.parse(out) as { vip: string }).vip;
+    assert.match(vip, /^10\.61\.1\.\d+$/);
+    for (const name of ['shop', 'shop.front', 'SHOP.Front.']) {
+      const a = await dig('web', '10.61.1.1', name);
+      assert.equal(a.status, 'NOERROR', a.text);
+      assert.deepEqual(a.answers, [`A ${vip}`], a.text);
+    }
+    const aaaa = await dig('web', 'fd00:61:1::1', 'shop', 'AAAA');
+    assert.equal(aaaa.status, 'NOERROR', 'an IPv4 VIP: NODATA for AAAA');
+    assert.deepEqual(aaaa.answers, []);
+    assert.deepEqual((await dig('web2', '10.61.1.1', '', 'PTR', ['-x', vip])).answers, ['PTR shop.front.']);
+    assert.equal((await dig('other', '10.61.2.1', 'shop')).status, 'NXDOMAIN', 'not on another network');
+    assert.equal((await dig('other', '10.61.2.1', 'shop.front')).status, 'NXDOMAIN');
+    // A service on the other network, named like a sandbox here: each network sees its own.
+    const back = JSON.parse(await lab.ctnetOk(['service', 'create', 'web', '--network', 'back', '--port', '80', '--to', 'label:app=web', '--json'])) as { vip: string };
+    assert.deepEqual((await dig('other', '10.61.2.1', 'web')).answers, [`A ${back.vip}`]);
+    assert.deepEqual((await dig('web2', '10.61.1.1', 'web')).answers, [`A ${await addr('web', 'front', 4)}`]);
+    await lab.ctnetOk(['service', 'rm', 'shop']);
+    assert.equal((await dig('web', '10.61.1.1', 'shop')).status, 'NXDOMAIN', 'gone when rm returns');
+    await lab.ctnetOk(['service', 'rm', 'web']);
+    assert.equal((await dig('other', '10.61.2.1', 'web')).status, 'NXDOMAIN');
+  });
+
   it('forwards other names to --dns-forward (UDP, TCP, EDNS); an --internal network forwards nothing; --dns off answers nowhere', async () => {
     const udp = await dig('web', '10.61.1.1', 'www.upstream.test');
     assert.deepEqual(udp.answers, ['A 203.0.113.10'], udp.text);

@@ -89,6 +89,11 @@ describe('key layout', () => {
     bad(leaseKey('ov', '10.50.3.1/24'), encodeLease(lease), /host bits set/);
     bad(sandboxKey('h1', 'web'), JSON.stringify({ ...sb, labels: { a: 1 } }), /"labels" is not an object of strings/);
     bad('/ctnet/x', '{}', /not a key/);
+    const aliased = { ...sb, aliases: { ov: ['api', 'web-2'] } };
+    assert.deepEqual(decodeEntry(sandboxKey('h1', 'web'), encodeSandbox(aliased)), { kind: 'sandbox', host: 'h1', name: 'web', value: aliased });
+    bad(sandboxKey('h1', 'web'), JSON.stringify({ ...sb, aliases: { other: ['api'] } }), /names network other, which is not one of its networks/);
+    bad(sandboxKey('h1', 'web'), JSON.stringify({ ...sb, aliases: { ov: ['no_way'] } }), /alias on ov "no_way" is not a valid DNS label/);
+    bad(sandboxKey('h1', 'web'), JSON.stringify({ ...sb, aliases: [] }), /"aliases" is not an object/);
   });
   it('addresses are written in one form by every host', () => {
     const e = decodeEntry(hostKey('h1'), JSON.stringify({ underlay: 'FD00:0::5', vtepMac: '02:00:00:00:00:01', joined: 'x' }));

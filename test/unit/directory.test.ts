@@ -8,7 +8,7 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { encodeSandbox, sandboxKey } from '../../src/cluster/keys.ts';
+import { encodeSandbox, sandboxKey, type SandboxValue } from '../../src/cluster/keys.ts';
 import { Applier } from '../../src/engine/applier.ts';
 import type { Ctx } from '../../src/engine/context.ts';
 import { applyMirror, clusterSandboxes, directoryEntries, remoteRow } from '../../src/engine/directory.ts';
@@ -53,7 +53,7 @@ async function networks(w: World, options: { isolate?: boolean } = {}) {
 }
 const on = (...network: string[]) => parseAttachSpec({ network });
 /** api on h2, in h2's lease of ov. */
-const API: RemoteSandboxRow = { host: 'h2', name: 'api', addresses: ['10.50.2.2'], labels: { tier: 'api' }, networks: ['ov'] };
+const API: RemoteSandboxRow = { host: 'h2', name: 'api', addresses: ['10.50.2.2'], labels: { tier: 'api' }, networks: ['ov'], aliases: {} };
 const n4 = (ip: string) => parseAddr('address', ip).n;
 
 function flow(src: string, dst: string, dport: number): Flow {
@@ -65,9 +65,18 @@ describe('what a host publishes', () => {
     await networks(w);
     await createSandbox(w.ctx, 'web', on('ov', 'br'), undefined, [{ key: 'tier', value: 'web' }]);
     await createSandbox(w.ctx, 'local', on('br'), undefined, [{ key: 'tier', value: 'web' }]);
-    assert.deepEqual([...directoryEntries(w.store)], [['web', { addresses: ['10.50.1.2'], labels: { tier: 'web' }, networks: ['ov'] }]]);
+    assert.deepEqual([...directoryEntries(w.store)], [['web', { addresses: ['10.50.1.2'], labels: { tier: 'web' }, networks: ['ov'], aliases: {} }]]);
     w.store.write(() => w.store.setAttachmentState('web', 'ov', 'removing'));
     assert.deepEqual([...directoryEntries(w.store)], [], 'an attachment going away is withdrawn');
+  }));
+
+  it('with its aliases on overlay networks (so they answer on every host); an entry without aliases is written as before', () => withWorld(async (w) => {
+    await networks(w);
+    await createSandbox(w.ctx, 'web', parseAttachSpec({ network: ['ov', 'br'], alias: ['api', 'front'] }));
+    const [[, v]] = [...directoryEntries(w.store)] as [[string, SandboxValue]];
+    assert.deepEqual(v.aliases, { ov: ['api', 'front'] }, 'the bridge network\'s aliases stay local');
+    assert.deepEqual(remoteRow({ key: sandboxKey('h2', 'web'), value: encodeSandbox(v) }, 'h1'), { host: 'h2', name: 'web', addresses: v.addresses, labels: {}, networks: ['ov'], aliases: { ov: ['api', 'front'] } });
+    assert.equal(encodeSandbox({ ...v, aliases: {} }).includes('aliases'), false);
   }));
 
   it('reads other hosts\' entries; its own, other keys and bad values are not rows', () => {
@@ -89,7 +98,7 @@ describe('the mirror of other hosts\' sandboxes', () => {
   it('writes only what differs; rows go on a delete or when a fresh listing lacks them', () => withWorld(async (w) => {
     const feed = new ChangeFeed(w.dir);
     try {
-      const db: RemoteSandboxRow = { host: 'h3', name: 'db', addresses: ['10.50.3.2'], labels: {}, networks: ['ov'] };
+      const db: RemoteSandboxRow = { host: 'h3', name: 'db', addresses: ['10.50.3.2'], labels: {}, networks: ['ov'], aliases: {} };
       assert.deepEqual(applyMirror(w.store, { put: [API, db], removed: [], snapshot: true }), ['h2/api added', 'h3/db added']);
       const head = feed.head();
       assert.deepEqual(applyMirror(w.store, { put: [API, db], removed: [], snapshot: true }), [], 'the same listing again');

@@ -1157,3 +1157,56 @@ describe('doctor: dns', () => {
     assert.equal((await doctor(w.ctx, 4242)).find((f) => f.check === 'dns')!.status, 'ok');
   }));
 });
+
+// ---- systemd-resolved (engine/resolved.ts): the plan on the fake kernel ----
+describe('systemd-resolved registration', () => {
+  it('network create registers the bridge (gateways, ~NETWORK, no default route) as typed ops; rm reverts; a failure undoes it', () => withWorld(async (w) => {
+    w.fake.resolvedRunning = true;
+    const lines: string[] = [];
+    await createNetwork(dryCtx(w, lines), parseNetworkSpec({ name: 'front', subnet: ['10.61.1.0/24', 'fd00:61:1::/64'] }));
+    const text = lines.join('\n');
+    assert.match(text, /^resolvectl dns ctbr-front 10\.61\.1\.1 fd00:61:1::1$/m, text);
+    assert.match(text, /^resolvectl domain ctbr-front '~front'$/m);
+    assert.match(text, /^resolvectl default-route ctbr-front false$/m);
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'front', subnet: ['10.61.1.0/24', 'fd00:61:1::/64'] }));
+    assert.deepEqual(w.fake.resolvedLinks.get('ctbr-front'), { dns: ['10.61.1.1', 'fd00:61:1::1'], domains: ['~front'] });
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'quiet', subnet: ['10.61.4.0/24'], dns: 'off' }));
+    assert.equal(w.fake.resolvedLinks.has('ctbr-quiet'), false, '--dns off: nothing to register');
+    assert.deepEqual((await doctor(w.ctx, 1)).find((f) => f.check === 'resolved'), { check: 'resolved', status: 'ok', detail: 'systemd-resolved sends NAME.NETWORK to ctnetd for front' });
+    const i = w.fake.opsApplied.length;
+    await removeNetwork(w.ctx, 'front', { force: false });
+    assert.deepEqual(w.fake.opsApplied.slice(i)[0], { kind: 'resolved.revert', dev: 'ctbr-front' }, 'reverted before the bridge goes');
+    assert.equal(w.fake.resolvedLinks.size, 0);
+    // When registering fails (resolved gone between the check and the step), the network is undone whole.
+    const before = storeDump(w);
+    const links = (await w.fake.links()).map((l) => l.ifname).sort();
+    w.fake.failWhen((op) => op.kind === 'resolved.link');
+    await assert.rejects(createNetwork(w.ctx, parseNetworkSpec({ name: 'front', subnet: ['10.61.1.0/24'] })));
+    w.fake.failWhen(undefined);
+    assert.deepEqual(storeDump(w), before);
+    assert.deepEqual((await w.fake.links()).map((l) => l.ifname).sort(), links, 'no bridge left');
+  }));
+
+  it('gc registers again what resolved lost; doctor says so first; without resolved nothing is planned and doctor says why', () => withWorld(async (w) => {
+    w.fake.resolvedRunning = true;
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'front', subnet: ['10.61.1.0/24'] }));
+    w.fake.resolvedLinks.clear(); // resolved restarted: it forgot the link
+    const warned = (await doctor(w.ctx, 1)).find((f) => f.check === 'resolved')!;
+    assert.equal(warned.status, 'warn');
+    assert.match(warned.detail, /front: ctbr-front lacks DNS server 10\.61\.1\.1/);
+    assert.match(warned.hint!, /ctnet gc/);
+    assert.ok((await gc(w.ctx)).includes('registered network front with systemd-resolved again (ctbr-front lacks DNS server 10.61.1.1)'));
+    assert.deepEqual(w.fake.resolvedLinks.get('ctbr-front'), { dns: ['10.61.1.1'], domains: ['~front'] });
+    assert.deepEqual(await gc(w.ctx), [], 'in place: nothing to do');
+    w.fake.resolvedLinks.set('ctbr-front', { dns: ['10.61.1.1'], domains: [] }); // someone changed its domains
+    assert.ok((await gc(w.ctx)).some((l) => /lacks the domain ~front/.test(l)));
+
+    w.fake.resolvedRunning = false;
+    w.fake.resolvedLinks.clear();
+    const lines: string[] = [];
+    await createNetwork(dryCtx(w, lines), parseNetworkSpec({ name: 'back', subnet: ['10.61.2.0/24'] }));
+    assert.equal(lines.some((l) => l.includes('resolvectl')), false, lines.join('\n'));
+    assert.match((await doctor(w.ctx, 1)).find((f) => f.check === 'resolved')!.detail, /does not serve this network namespace/);
+    assert.deepEqual(await gc(w.ctx), []);
+  }));
+});

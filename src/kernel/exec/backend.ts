@@ -7,7 +7,8 @@ import { join } from 'node:path';
 import { KernelError } from '../../errors.ts';
 import { sameNetns, type Netns } from '../../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
-import { removes, resolvText, type Op } from '../../plan/ops.ts';
+import { removes, resolvedArgvs, resolvText, type Op } from '../../plan/ops.ts';
+import { resolvedHere } from '../resolved.ts';
 import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, tcCommands, type IpCommand } from '../../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMonitor } from '../backend.ts';
 import { routeGet, sendProbe, startTraceMonitor } from './trace.ts';
@@ -111,6 +112,14 @@ export class ExecBackend implements KernelBackend {
         return;
       case 'resolv.remove':
         removeResolv(op.netns);
+        return;
+      case 'resolved.link':
+        for (const argv of resolvedArgvs(op)) await this.#run(op.kind, argv);
+        return;
+      case 'resolved.revert':
+        // resolved forgets a link's settings when the link goes: a link that is gone is done.
+        if (!(await this.link(op.dev))) return;
+        await this.#run(op.kind, ['resolvectl', 'revert', op.dev]);
         return;
       case 'forward.unaccept':
         for (const argv of forwardArgvs('-D', op.target, op.bridge)) {
@@ -232,6 +241,19 @@ export class ExecBackend implements KernelBackend {
   }
   resolvNames(): string[] {
     return resolvNames();
+  }
+
+  async resolvedHere(): Promise<boolean> {
+    return resolvedHere();
+  }
+
+  async resolvedLink(dev: string): Promise<{ dns: string[]; domains: string[] } | undefined> {
+    if (!(await this.link(dev))) return undefined;
+    // "Link 7 (ctbr-front): 10.61.1.1 fd00:61:1::1" (older resolvectl: "Link 7 (ctbr-front): 10.61.1.1")
+    const after = (text: string) => (/\):\s*(.*)$/m.exec(text)?.[1] ?? '').split(/\s+/).filter(Boolean);
+    const dns = after((await this.#run('resolvectl', ['resolvectl', 'dns', dev])).stdout);
+    const domains = after((await this.#run('resolvectl', ['resolvectl', 'domain', dev])).stdout);
+    return { dns, domains };
   }
   isNetns(path: string): boolean {
     return isNetnsFile(path);

@@ -3,7 +3,7 @@
 //
 // A query is answered for the network whose gateway it arrived on, and only from that network's
 // names: NAME, NAME.NETWORK and each alias (ALIAS, ALIAS.NETWORK), A and AAAA of the sandbox's
-// addresses there, PTR for those addresses. A name that exists without an address of the family
+// addresses there, PTR for those addresses; a service's NAME and NAME.NETWORK, its VIP. A name that exists without an address of the family
 // asked is NODATA (NOERROR, no answer), not NXDOMAIN. Names that cannot be anyone else's are never
 // forwarded: single labels, and names under any ctnet network's domain on this host (a sandbox on
 // another network gets NXDOMAIN for them, exactly as for a name nobody has), and reverse names in
@@ -15,6 +15,9 @@ import type { NameRows } from '../../store/names.ts';
 export const TTL = 0;
 
 export type ZoneRows = NameRows;
+
+/** One DNS label (letters, digits, inner hyphens; underscores as sandbox names allow them). */
+const LABEL = /^[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?$/;
 
 export interface ZoneNetwork {
   readonly name: string;
@@ -58,7 +61,20 @@ export function buildZone(rows: ZoneRows): Zone {
       names.set(name, entry);
     };
     for (const [sandbox, ips] of bySandbox) add(sandbox.toLowerCase(), ips);
-    for (const a of rows.aliases) if (a.network === n.name) add(a.alias, bySandbox.get(a.sandbox) ?? []);
+    // An alias that is a sandbox's name here is not added to it: this host refuses such an alias
+    // (and such a name), but another host's (from the directory) may say so; the sandbox's name wins.
+    const sandboxNames = new Set([...bySandbox.keys()].map((s) => s.toLowerCase()));
+    for (const a of rows.aliases) if (a.network === n.name && !sandboxNames.has(a.alias)) add(a.alias, bySandbox.get(a.sandbox) ?? []);
+    // Services: NAME (and NAME.NETWORK) is the VIP. A sandbox's name or alias of the same name wins
+    // (it was there first, or was chosen on purpose on this network); a service name that is not
+    // one DNS label (service names may hold dots) has no name.
+    for (const svc of rows.services) {
+      const key = svc.name.toLowerCase();
+      if (svc.network !== n.name || names.has(key) || !LABEL.test(key)) continue;
+      add(key, [svc.vip]);
+      const back = canonicalIp(svc.vip);
+      if (!ptr.has(back)) ptr.set(back, `${key}.${n.name.toLowerCase()}`);
+    }
     networks.set(n.name, {
       name: n.name, internal: n.internal, forward: n.forward, names, ptr,
       subnets: subnets.map((s) => parseSubnet('subnet', s.cidr)), gateways: subnets.map((s) => s.gateway),
