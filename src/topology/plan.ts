@@ -8,6 +8,7 @@ import type { Ctx } from '../engine/context.ts';
 import { bridgeName, shimName } from '../engine/naming.ts';
 import { commandRunning } from '../engine/process.ts';
 import { tableDrift } from '../engine/tables.ts';
+import { withLinkSnapshot } from '../kernel/snapshot.ts';
 import { overlaps, parseSubnet } from '../model/cidr.ts';
 import type { Shape } from '../model/shape.ts';
 import { formatPortSpec, type PortMapping } from '../model/ports.ts';
@@ -92,7 +93,7 @@ const policyText = (p: { action: string; from: string; to: string; port: string 
 
 /** Compares the file with the store and the kernel. Throws (before anything changes) on a conflict. */
 export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: boolean }): Promise<Plan> {
-  const { store, kernel } = ctx;
+  const { store } = ctx;
   const changes: Change[] = [];
   const actions: Action[] = [];
   const ownedRows = store.owned({ topology: topo.name });
@@ -114,6 +115,12 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
   const ruleNames = new Set(store.policies().map((p) => p.name));
   const liveOwned = ownedRows.filter((o) => (o.kind === 'network' ? store.network(o.name) : o.kind === 'sandbox' ? store.sandbox(o.name) : ruleNames.has(o.name)));
   const gone = liveOwned.filter((o) => !(o.kind === 'network' ? fileNets : o.kind === 'sandbox' ? fileSbx : filePol).has(o.name));
+  // The kernel is read in a few calls, at once, and compared in memory: ctnet's nft tables (two nft
+  // processes), and every host link (one ip process) for the drift checks of the networks, instead
+  // of two ip processes per network. A no-op apply of a large file is then mostly a file and a store read.
+  const tablesP = liveOwned.length > 0 && store.networks().length > 0 ? tableDrift(ctx, { fromMirror: true }) : Promise.resolve([]);
+  tablesP.catch(() => {}); // awaited below; not an unhandled rejection if the plan fails first
+  const kernel = await withLinkSnapshot(ctx.kernel);
 
   // ---- networks ----
   // An overlay network needs this host in a cluster (its definition and this host's share are the cluster's).
@@ -343,8 +350,8 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
   if (rmRules.length || addRules.length) actions.push({ do: 'policy', remove: rmRules, add: addRules });
 
   // ---- ctnet's tables (everything the file owns relies on them) ----
-  if (liveOwned.length > 0 && store.networks().length > 0) {
-    const drift = await tableDrift(ctx, { fromMirror: true });
+  {
+    const drift = await tablesP;
     if (drift.length) {
       changes.unshift({ op: 'repair', kind: 'tables', name: 'inet ctnet', details: drift });
       actions.unshift({ do: 'repair.tables' });

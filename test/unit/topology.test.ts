@@ -10,6 +10,8 @@ import type { Ctx } from '../../src/engine/context.ts';
 import { createNetwork } from '../../src/engine/network.ts';
 import { createSandbox } from '../../src/engine/sandbox.ts';
 import { FakeKernel } from '../../src/kernel/fake.ts';
+import { withLinkSnapshot } from '../../src/kernel/snapshot.ts';
+import { tableDrift } from '../../src/engine/tables.ts';
 import { parsePortSpec } from '../../src/model/ports.ts';
 import { parseNetworkSpec } from '../../src/model/spec.ts';
 import { Store } from '../../src/store/store.ts';
@@ -232,5 +234,29 @@ sandboxes:
       'Plan: 0 to add, 0 to change, 1 to replace, 0 to remove.',
     ]);
     assert.deepEqual(p.actions.map((a) => a.do), ['network.replace']);
+  });
+});
+
+describe('the plan reads the kernel in a few calls', () => {
+  it('withLinkSnapshot answers link and linksOf on the host as the kernel does, from one read', async () => {
+    using w = world();
+    const t = parseTopology('shop.yaml', SHOP);
+    await applyPlan(w.ctx, t, await computePlan(w.ctx, t, { prune: false }));
+    const snap = await withLinkSnapshot(w.fake);
+    for (const name of ['ctbr-front', 'ctbr-back', 'nope']) {
+      assert.deepEqual(await snap.link(name), await w.fake.link(name), name);
+      assert.deepEqual(await snap.linksOf(name), await w.fake.linksOf(name).catch(() => []), name);
+    }
+    assert.equal((await snap.linksOf('ctbr-front')).length, 2, 'web and api on front');
+    // Made before a change, it does not see it: a view for one read-only pass.
+    await w.fake.apply([{ kind: 'link.add.bridge', name: 'ctbr-later', mac: '02:00:00:00:00:09' }]);
+    assert.equal(await snap.link('ctbr-later'), undefined);
+  });
+  it('the tables\' drift from the mirror\'s counts is the drift of the whole script', async () => {
+    using w = world();
+    const t = parseTopology('shop.yaml', SHOP);
+    await applyPlan(w.ctx, t, await computePlan(w.ctx, t, { prune: false }));
+    assert.deepEqual(await tableDrift(w.ctx, { fromMirror: true }), []);
+    assert.deepEqual(await tableDrift(w.ctx), []);
   });
 });
