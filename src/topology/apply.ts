@@ -16,6 +16,7 @@ import { startCommand, stopCommand } from '../engine/process.ts';
 import { publish, unpublish } from '../engine/publish.ts';
 import { connect, createSandbox, disconnect, moveDefaultRoute, removeSandbox } from '../engine/sandbox.ts';
 import { restoreTables } from '../engine/tables.ts';
+import { withLock } from '../store/lock.ts';
 import type { OwnedKind } from '../store/store.ts';
 import type { TopoNetwork, TopoSandbox, Topology } from './model.ts';
 import type { Action, Plan } from './plan.ts';
@@ -222,6 +223,16 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
       e instanceof CtnetError ? e.hint : undefined, { cause: e });
   }
   return done;
+}
+
+/**
+ * Runs fn (a plan and its apply, or a down) holding the state directory's topology lock: two applies
+ * at once would plan from the same store and the later one trip over what the first made. The
+ * second waits (up to 10 minutes: a large apply on a busy host takes minutes), then plans from what
+ * the first left.
+ */
+export function withTopologyLock<T>(ctx: Ctx, fn: () => Promise<T>): Promise<T> {
+  return withLock(ctx.store.dir, 'topology', fn, 600_000);
 }
 
 /** A network as the file says: an overlay is defined in the cluster (or joined) and gets this host's side. */
