@@ -4,7 +4,7 @@
 // side and gives its lease back, and the definition goes with the last lease. The datapath is the
 // vxlan driver's (createNetwork with an OverlaySpec); the peers are ctnetd's (services/overlay.ts).
 import { claimLease, defineOverlay, networkLeases, reclaimLease, releaseLease, undefineOverlay } from '../cluster/registry.ts';
-import { parseOverlaySpec, type RawOverlay } from '../cluster/pool.ts';
+import { parseOverlaySpec, type OverlaySpec, type RawOverlay } from '../cluster/pool.ts';
 import { decodeEntry, LEASES, networkKey, type OverlayDef } from '../cluster/keys.ts';
 import { EtcdError, GRPC_NOT_FOUND } from '../cluster/etcd.ts';
 import { CtnetError } from '../errors.ts';
@@ -32,6 +32,11 @@ interface LocalOptions {
   /** DNS (services/dns/): this host's answers and upstreams (another host's side has DNS on, forwarding to its resolvers). */
   readonly dns?: string | undefined;
   readonly dnsForward?: string | undefined;
+}
+
+/** This host's membership, ready to lease; else a clear error naming WHAT needed it. */
+export function requireMember(ctx: Ctx, what: string): MemberRow {
+  return member(ctx, what);
 }
 
 function member(ctx: Ctx, what: string): MemberRow {
@@ -85,6 +90,54 @@ export async function createOverlayNetwork(ctx: Ctx, req: OverlayRequest): Promi
     await undefineOverlay(etcd, name).catch(() => {}); // nothing else leases it yet
     throw e;
   }
+}
+
+/** The cluster's definition of overlay network NAME, or undefined when the cluster has none. */
+export async function overlayDefinition(ctx: Ctx, name: string): Promise<OverlayDef | undefined> {
+  const m = member(ctx, `overlay network ${name}`);
+  const kv = await withEtcd(() => etcdOf(m).get(networkKey(name)));
+  if (!kv) return undefined;
+  const entry = decodeEntry(kv.key, kv.value);
+  return entry.kind === 'network' ? entry.def : undefined;
+}
+
+/** How the cluster's definition differs from a wanted spec, as "field have -> want" (vni undefined: any). */
+export function overlayDefDiff(def: OverlayDef, want: OverlaySpec): string[] {
+  const why: string[] = [];
+  if (def.subnet !== want.subnet) why.push(`overlay subnet ${def.subnet} -> ${want.subnet}`);
+  if (def.hostPrefix !== want.hostPrefix) why.push(`host_prefix ${def.hostPrefix} -> ${want.hostPrefix}`);
+  if (want.vni !== undefined && def.vni !== want.vni) why.push(`vni ${def.vni} -> ${want.vni}`);
+  if (def.port !== want.port) why.push(`port ${def.port} -> ${want.port}`);
+  if (def.internal !== want.internal) why.push(`internal ${def.internal} -> ${want.internal}`);
+  if (def.isolate !== want.isolate) why.push(`isolate ${def.isolate} -> ${want.isolate}`);
+  return why;
+}
+
+/**
+ * A topology file's overlay network on this host: defined in the cluster unless another host
+ * defined it already (then its definition must be the file's), and this host's side made with the
+ * file's local options. Applying one file on every host thus gives one network across them.
+ */
+export async function ensureOverlayNetwork(ctx: Ctx, req: OverlayRequest): Promise<NetworkRow> {
+  const name = parseName('network', req.name);
+  const spec = parseOverlaySpec(req);
+  if (ctx.store.network(name)) throw new CtnetError('CONFLICT', `a network named ${name} exists already`, 'choose another name');
+  const def = await overlayDefinition(ctx, name);
+  if (!def) return createOverlayNetwork(ctx, req);
+  const why = overlayDefDiff(def, spec);
+  if (why.length) {
+    throw new CtnetError('CONFLICT', `overlay network ${name} is defined in the cluster otherwise: ${why.join('; ')}`,
+      'make the file say what the cluster has, or remove the network on every host that has it (ctnet down) first');
+  }
+  const m = member(ctx, `overlay network ${name}`);
+  return withLock(ctx.store.dir, 'overlay-side', () => makeLocalSide(ctx, m, name, def, req));
+}
+
+/** The hosts other than this one that hold a lease in overlay network NAME. */
+export async function otherLeaseHolders(ctx: Ctx, name: string): Promise<string[]> {
+  const m = member(ctx, `overlay network ${name}`);
+  const { leases } = await withEtcd(() => networkLeases(etcdOf(m), name));
+  return leases.map((l) => l.value.host).filter((h) => h !== m.host);
 }
 
 /** Claims this host's lease (the one it held before, if free) and makes the bridge and VXLAN device. */

@@ -637,6 +637,10 @@ export class Store {
     }
     return m;
   }
+  /** How many elements each policy set of the mirror holds (set name -> count), without reading them. */
+  policyMirrorCounts(): Map<string, number> {
+    return new Map(this.#all('SELECT set_name, count(*) AS n FROM policy_elements GROUP BY set_name').map((r) => [r.set_name as string, r.n as number]));
+  }
   /** Elements only, without their boxes: the index is incomplete, and the next change compiles every rule. */
   setPolicyMirror(sets: ReadonlyMap<string, readonly string[]>): void {
     this.#run('DELETE FROM policy_elements');

@@ -10,13 +10,15 @@ import type { Ctx } from '../engine/context.ts';
 import { parseAddr } from '../model/cidr.ts';
 import { repairNetns, repairNetwork } from '../engine/gc.ts';
 import { createNetwork, removeNetwork, setNetworkMtu } from '../engine/network.ts';
+import { ensureOverlayNetwork, removeOverlaySide } from '../engine/overlay-network.ts';
 import { changePolicies, changeLabels, cutDeniedFlows } from '../engine/policy.ts';
 import { startCommand, stopCommand } from '../engine/process.ts';
 import { publish, unpublish } from '../engine/publish.ts';
 import { connect, createSandbox, disconnect, moveDefaultRoute, removeSandbox } from '../engine/sandbox.ts';
 import { restoreTables } from '../engine/tables.ts';
+import { withLock } from '../store/lock.ts';
 import type { OwnedKind } from '../store/store.ts';
-import type { TopoSandbox, Topology } from './model.ts';
+import type { TopoNetwork, TopoSandbox, Topology } from './model.ts';
 import type { Action, Plan } from './plan.ts';
 
 const PHASES: readonly Action['do'][] = [
@@ -71,15 +73,15 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
           break;
         case 'network.remove':
           current = `remove network ${a.name}`;
-          await removeNetwork(ctx, a.name, { force: true });
+          await removeNet(ctx, a.name, { force: true });
           journal.push({ what: `removed network ${a.name}` });
           done.push(`removed network ${a.name}`);
           break;
         case 'network.replace': {
           current = `replace network ${a.net.name}`;
-          await removeNetwork(ctx, a.net.name, { force: true });
+          await removeNet(ctx, a.net.name, { force: true });
           journal.push({ what: `removed network ${a.net.name} (to replace it)` });
-          await createNetwork(ctx, a.net.spec);
+          await createNet(ctx, a.net);
           own('network', a.net.name);
           for (const s of a.reattach) {
             const sbx = topo.sandboxes.find((x) => x.name === s)!;
@@ -91,9 +93,9 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
         }
         case 'network.create':
           current = `create network ${a.net.name}`;
-          await createNetwork(ctx, a.net.spec);
+          await createNet(ctx, a.net);
           own('network', a.net.name);
-          journal.push({ what: `created network ${a.net.name}`, run: () => removeNetwork(ctx, a.net.name, { force: true }) });
+          journal.push({ what: `created network ${a.net.name}`, run: () => removeNet(ctx, a.net.name, { force: true }) });
           done.push(`created network ${a.net.name}`);
           break;
         case 'network.mtu':
@@ -224,6 +226,36 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
 }
 
 /**
+ * Runs fn (a plan and its apply, or a down) holding the state directory's topology lock: two applies
+ * at once would plan from the same store and the later one trip over what the first made. The
+ * second waits (up to 10 minutes: a large apply on a busy host takes minutes), then plans from what
+ * the first left.
+ */
+export function withTopologyLock<T>(ctx: Ctx, fn: () => Promise<T>): Promise<T> {
+  return withLock(ctx.store.dir, 'topology', fn, 600_000);
+}
+
+/** A network as the file says: an overlay is defined in the cluster (or joined) and gets this host's side. */
+async function createNet(ctx: Ctx, net: TopoNetwork): Promise<void> {
+  if (!net.overlay) {
+    await createNetwork(ctx, net.spec);
+    return;
+  }
+  const o = net.overlay;
+  await ensureOverlayNetwork(ctx, {
+    name: net.name, subnet: o.subnet, hostPrefix: String(o.hostPrefix), vni: o.vni === undefined ? undefined : String(o.vni), port: String(o.port),
+    internal: o.internal, isolate: o.isolate, hostAccess: net.spec.hostAccess, mtu: net.spec.mtu === undefined ? undefined : String(net.spec.mtu),
+    dns: net.spec.dns ? 'on' : 'off', dnsForward: net.spec.dnsForward.length ? net.spec.dnsForward.join(',') : undefined,
+  });
+}
+
+/** Removes a network; an overlay's side gives its lease back (and the definition goes with the last host's). */
+async function removeNet(ctx: Ctx, name: string, options: { force: boolean }): Promise<void> {
+  if (ctx.store.network(name)?.driver === 'vxlan') await removeOverlaySide(ctx, name, options);
+  else await removeNetwork(ctx, name, options);
+}
+
+/**
  * Removes exactly what the topology owns: its rules (one transaction), its sandboxes (their commands
  * first), its networks. Refuses, changing nothing, if a sandbox it does not own is on one of its networks.
  */
@@ -251,7 +283,7 @@ export async function downTopology(ctx: Ctx, topology: string): Promise<string[]
     done.push(`removed sandbox ${s}`);
   }
   for (const n of nets) {
-    await removeNetwork(ctx, n, { force: false });
+    await removeNet(ctx, n, { force: false });
     done.push(`removed network ${n}`);
   }
   return done;

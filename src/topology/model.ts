@@ -1,5 +1,6 @@
 // A topology file, parsed: what the file says, typed and checked against itself (names, references,
 // addresses inside their subnets), before anything is compared with the store or the kernel.
+import type { OverlaySpec } from '../cluster/pool.ts';
 import type { PortMapping } from '../model/ports.ts';
 import type { IpRequest, NetworkSpec } from '../model/spec.ts';
 import type { Shape } from '../model/shape.ts';
@@ -11,6 +12,12 @@ export interface TopoNetwork {
   readonly name: string;
   /** The same spec `ctnet network create` builds from its flags. */
   readonly spec: NetworkSpec;
+  /**
+   * driver: vxlan: the cluster's definition (as `network create --driver vxlan` takes it). Then spec
+   * holds the local options (host_access, mtu, dns) and, as its one subnet, the whole overlay subnet
+   * (for the overlap checks); this host's share is leased from the cluster when it is made.
+   */
+  readonly overlay?: OverlaySpec | undefined;
   readonly at: Where;
 }
 

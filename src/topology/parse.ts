@@ -5,7 +5,8 @@
 import { readFileSync } from 'node:fs';
 import { isMap, isScalar, isSeq, LineCounter, parseDocument, type Node, type Pair, type YAMLMap, type YAMLSeq } from 'yaml';
 import { CtnetError } from '../errors.ts';
-import { contains, formatAddr, hostRange, overlaps, parseAddr } from '../model/cidr.ts';
+import { parseOverlaySpec, type OverlaySpec } from '../cluster/pool.ts';
+import { contains, formatAddr, hostRange, overlaps, parseAddr, parseSubnet } from '../model/cidr.ts';
 import { parseName } from '../model/names.ts';
 import { checkRuleSelectors, formatPortFilter, formatSelector, parseLabel, parsePortFilter, parseSelector } from '../model/policy.ts';
 import { collides, formatPortSpec, parsePortSpec, type PortMapping } from '../model/ports.ts';
@@ -15,7 +16,10 @@ import { checkNetworkEgress, parseEgress } from '../engine/egress.ts';
 import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, Topology } from './model.ts';
 
 const TOP_KEYS = ['name', 'networks', 'sandboxes', 'policy'];
-const NETWORK_KEYS = ['subnets', 'gateways', 'internal', 'isolate', 'host_access', 'mtu', 'bridge', 'driver', 'dns', 'dns_forward', 'egress_ip', 'parent', 'mode', 'host_shim'];
+const NETWORK_KEYS = ['subnets', 'gateways', 'internal', 'isolate', 'host_access', 'mtu', 'bridge', 'driver', 'dns', 'dns_forward', 'egress_ip', 'parent', 'mode', 'host_shim', 'vni', 'port', 'host_prefix'];
+/** Keys of a local network that an overlay network (driver: vxlan) does not take: each host chooses its own. */
+const NOT_OVERLAY = ['gateways', 'bridge', 'egress_ip', 'parent', 'mode', 'host_shim'];
+const OVERLAY_ONLY = ['vni', 'port', 'host_prefix'];
 const SANDBOX_KEYS = ['networks', 'labels', 'ports', 'command', 'aliases', 'egress_ip', 'default_route', 'rate_in', 'rate_out', 'burst', 'latency', 'loss'];
 const ATTACH_KEYS = ['network', 'ip'];
 const POLICY_KEYS = ['name', 'action', 'from', 'to', 'port'];
@@ -100,8 +104,28 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
       const gateways = gatewaysN ? seq(gatewaysN, `gateways of network ${n}`, '[10.70.1.254]').items.map((s) => str(s, `a gateway of network ${n}`)) : undefined;
       const driverN = f('driver');
       const driver = driverN ? str(driverN, 'driver') : 'bridge';
-      if (!['bridge', 'macvlan', 'ipvlan'].includes(driver)) {
-        fail(driverN!, `driver ${JSON.stringify(driver)} is not one a topology file can make`, 'bridge, macvlan or ipvlan; make an overlay with "ctnet network create --driver vxlan"');
+      if (!['bridge', 'vxlan', 'macvlan', 'ipvlan'].includes(driver)) {
+        fail(driverN!, `driver ${JSON.stringify(driver)} is not a network driver`, 'bridge (the default), vxlan (an overlay across the cluster\'s hosts), macvlan or ipvlan');
+      }
+      const keyNode = (k: string) => get(m, k)?.key as Node;
+      for (const k of driver === 'vxlan' ? NOT_OVERLAY : OVERLAY_ONLY) {
+        if (get(m, k)) {
+          fail(keyNode(k), driver === 'vxlan' ? `network ${n}: ${k} is not for an overlay network (driver: vxlan)` : `network ${n}: ${k} is for overlay networks`,
+            driver === 'vxlan' ? (k === 'egress_ip' ? 'overlay traffic leaves each host masqueraded; set egress_ip per sandbox' : 'each host chooses its own; leave it out') : 'add driver: vxlan, or leave it out');
+        }
+      }
+      const intText = (k: string) => {
+        const v = f(k);
+        if (v === undefined || v === null) return undefined;
+        if (!(isScalar(v) && typeof v.value === 'number')) fail(v, `${k} of network ${n} must be a number, not ${describe(v)}`);
+        return String((v as { value: number }).value);
+      };
+      let overlay: OverlaySpec | undefined;
+      if (driver === 'vxlan') {
+        if (subnets.length !== 1) fail(subnetsN, `overlay network ${n} has one subnet (IPv4), of which each host leases a share`, 'e.g. subnets: [10.80.0.0/16]');
+        overlay = checked(subnetsN, () => asKeys(() => parseOverlaySpec({ subnet: subnets[0], hostPrefix: intText('host_prefix'), vni: intText('vni'), port: intText('port'),
+          internal: f('internal') ? bool(f('internal'), 'internal') : false, isolate: f('isolate') ? bool(f('isolate'), 'isolate') : false })));
+        if (parseSubnet('subnet', overlay.subnet).family !== 4) fail(subnetsN, `overlay network ${n}: ${overlay.subnet} is not IPv4: overlay networks carry IPv4 only`, 'e.g. subnets: [10.80.0.0/16]');
       }
       const mtuN = f('mtu');
       if (mtuN && !(isScalar(mtuN) && typeof mtuN.value === 'number')) fail(mtuN, `mtu of network ${n} must be a number, not ${describe(mtuN)}`);
@@ -114,7 +138,7 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
         ...(f('bridge') ? { bridge: str(f('bridge'), 'bridge') } : {}),
         // dns: true (the default) or false; dns_forward: upstream addresses, as --dns / --dns-forward.
         ...(f('dns') !== undefined && f('dns') !== null ? { dns: bool(f('dns'), 'dns') ? 'on' : 'off' } : {}),
-        ...(driver !== 'bridge' ? { driver } : {}),
+        ...(driver !== 'bridge' && driver !== 'vxlan' ? { driver } : {}),
         ...(f('parent') ? { parent: str(f('parent'), 'parent') } : {}),
         ...(f('mode') ? { mode: str(f('mode'), 'mode') } : {}),
         ...(f('host_shim') ? { hostShim: bool(f('host_shim'), 'host_shim') } : {}),
@@ -129,7 +153,7 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
       const egressN = f('egress_ip');
       const egress = egressN ? checked(egressN, () => parseEgress('egress_ip', seq(egressN, `egress_ip of network ${n}`, '[198.51.100.71]').items.map((x) => str(x, `an egress address of network ${n}`)))) : [];
       if (egress.length) checked(egressN!, () => checkNetworkEgress({ name: n, internal: spec.internal, subnets: spec.subnets.map((x) => x.subnet) }, egress, 'egress_ip'));
-      networks.push({ name: n, spec: { ...spec, egress }, at: where(p.key) });
+      networks.push({ name: n, spec: { ...spec, egress }, ...(overlay ? { overlay } : {}), at: where(p.key) });
       netNodes.set(n, p.key as Node);
     }
   }
@@ -166,6 +190,9 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
         if (!net) {
           fail(netNode, `sandbox ${s}: no network named ${JSON.stringify(netName)} in this file`,
             networks.length ? `the file's networks are: ${networks.map((x) => x.name).join(', ')}` : 'declare it under networks:');
+        }
+        if (net!.overlay && ipNodes.length) {
+          fail(ipNodes[0]!, `sandbox ${s}: no fixed address on overlay network ${netName}: each host leases its own share of ${net!.overlay.subnet}`, 'leave ip: out; ctnet chooses one in this host\'s share');
         }
         const ips: IpRequest[] = ipNodes.map((ipNode) => {
           const a = checked(ipNode, () => parseAddr('ip', str(ipNode, 'ip')));
@@ -258,6 +285,17 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
     }
   }
   return { file, name, networks, sandboxes, policy };
+}
+
+/** Runs a parser that names flags (--vni) and names the file's keys (vni) instead. */
+function asKeys<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (!(e instanceof CtnetError)) throw e;
+    const keys = (t: string | undefined) => t?.replace(/--(subnet|vni|port|host-prefix)\b/g, (_, k: string) => (k === 'subnet' ? 'subnets' : k.replace('-', '_')));
+    throw new CtnetError(e.code, keys(e.message)!, keys(e.hint));
+  }
 }
 
 const rangeOf = (n: Node | Pair | null | undefined): number => {

@@ -2,11 +2,13 @@
 // a person reads first (diff) and apply carries out. Computed from the file, the store (records and
 // which topology owns what) and the kernel (drivers' observe, the nft tables, live commands).
 import { CtnetError } from '../errors.ts';
+import { overlayDefDiff, overlayDefinition, otherLeaseHolders } from '../engine/overlay-network.ts';
 import { driverNetwork, driverOf } from '../engine/records.ts';
 import type { Ctx } from '../engine/context.ts';
 import { bridgeName, shimName } from '../engine/naming.ts';
 import { commandRunning } from '../engine/process.ts';
 import { tableDrift } from '../engine/tables.ts';
+import { withLinkSnapshot } from '../kernel/snapshot.ts';
 import { overlaps, parseSubnet } from '../model/cidr.ts';
 import type { Shape } from '../model/shape.ts';
 import { formatPortSpec, type PortMapping } from '../model/ports.ts';
@@ -69,7 +71,7 @@ export function summary(p: Plan): Record<Op, number> {
 const sameList = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x, i) => x === b[i]);
 const labelText = (l: Readonly<Record<string, string>>) => Object.entries(l).map(([k, v]) => `${k}=${v}`).join(',') || 'none';
 export const networkText = (n: TopoNetwork): string[] => [
-  `subnets ${n.spec.subnets.map((s) => s.cidr).join(', ')}`,
+  n.overlay ? `overlay ${n.overlay.subnet} (vxlan${n.overlay.vni !== undefined ? ` vni ${n.overlay.vni}` : ''}, port ${n.overlay.port}, a /${n.overlay.hostPrefix} per host)` : `subnets ${n.spec.subnets.map((s) => s.cidr).join(', ')}`,
   ...(n.spec.internal ? ['internal'] : []), ...(n.spec.isolate ? ['isolate'] : []), ...(n.spec.hostAccess ? ['host_access'] : []),
   ...(n.spec.mtu !== undefined ? [`mtu ${n.spec.mtu}`] : []),
   ...(n.spec.dns ? (n.spec.dnsForward.length ? [`dns forwarding to ${n.spec.dnsForward.join(', ')}`] : []) : ['dns off']),
@@ -91,7 +93,7 @@ const policyText = (p: { action: string; from: string; to: string; port: string 
 
 /** Compares the file with the store and the kernel. Throws (before anything changes) on a conflict. */
 export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: boolean }): Promise<Plan> {
-  const { store, kernel } = ctx;
+  const { store } = ctx;
   const changes: Change[] = [];
   const actions: Action[] = [];
   const ownedRows = store.owned({ topology: topo.name });
@@ -113,8 +115,20 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
   const ruleNames = new Set(store.policies().map((p) => p.name));
   const liveOwned = ownedRows.filter((o) => (o.kind === 'network' ? store.network(o.name) : o.kind === 'sandbox' ? store.sandbox(o.name) : ruleNames.has(o.name)));
   const gone = liveOwned.filter((o) => !(o.kind === 'network' ? fileNets : o.kind === 'sandbox' ? fileSbx : filePol).has(o.name));
+  // The kernel is read in a few calls, at once, and compared in memory: ctnet's nft tables (two nft
+  // processes), and every host link (one ip process) for the drift checks of the networks, instead
+  // of two ip processes per network. A no-op apply of a large file is then mostly a file and a store read.
+  const tablesP = liveOwned.length > 0 && store.networks().length > 0 ? tableDrift(ctx, { fromMirror: true }) : Promise.resolve([]);
+  tablesP.catch(() => {}); // awaited below; not an unhandled rejection if the plan fails first
+  const kernel = await withLinkSnapshot(ctx.kernel);
 
   // ---- networks ----
+  // An overlay network needs this host in a cluster (its definition and this host's share are the cluster's).
+  const firstOverlay = topo.networks.find((n) => n.overlay);
+  if (firstOverlay && store.member()?.state !== 'ready') {
+    throw new CtnetError('INVALID_ARGUMENT', `${firstOverlay.at}: network ${firstOverlay.name} is an overlay network (driver: vxlan): it needs this host in a cluster, and this host is not a member of one`,
+      'join one first (ctnet cluster join --etcd http://ETCD:2379), or make it a network of this host only (leave driver: vxlan out)');
+  }
   const replacedNets = new Set<string>();
   const removedNets = new Set(options.prune ? gone.filter((o) => o.kind === 'network').map((o) => o.name) : []);
   for (const net of topo.networks) {
@@ -126,7 +140,18 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
         const mine = net.spec.subnets.find((s) => overlaps(s.subnet, parseSubnet('subnet', sub.cidr)));
         if (mine) throw new CtnetError('CONFLICT', `${net.at}: subnet ${mine.cidr} of network ${net.name} overlaps ${sub.cidr} of network ${sub.network}`, 'choose a subnet that no other network uses');
       }
-      changes.push({ op: 'create', kind: 'network', name: net.name, details: networkText(net) });
+      const details = networkText(net);
+      if (net.overlay) {
+        // Another host may have defined it (the same file applied there first): this host joins it.
+        const def = await overlayDefinition(ctx, net.name);
+        const diff = def ? overlayDefDiff(def, net.overlay) : [];
+        if (diff.length) {
+          throw new CtnetError('CONFLICT', `${net.at}: overlay network ${net.name} is defined in the cluster otherwise: ${diff.join('; ')}`,
+            'make the file say what the cluster has, or remove the network on every host that has it (ctnet down, ctnet network rm) first');
+        }
+        details.push(def ? `joins the cluster's network (vni ${def.vni}): this host leases its share` : 'defined in the cluster; this host leases its share');
+      }
+      changes.push({ op: 'create', kind: 'network', name: net.name, details });
       actions.push({ do: 'network.create', net });
       continue;
     }
@@ -134,12 +159,28 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
     const why: string[] = [];
     const have = store.subnets(net.name);
     const want = net.spec.subnets;
-    if (!sameList(have.map((s) => s.cidr).sort(), want.map((s) => s.cidr).sort())) why.push(`subnets ${have.map((s) => s.cidr).join(', ')} -> ${want.map((s) => s.cidr).join(', ')}`);
-    else for (const w of want) { const h = have.find((s) => s.cidr === w.cidr)!; if (h.gateway !== w.gateway) why.push(`gateway ${h.gateway} -> ${w.gateway}`); }
-    const driver = net.spec.lower?.kind ?? 'bridge';
-    if (row.driver !== driver) why.push(`driver ${row.driver} -> ${driver}`);
-    else if (net.spec.lower && JSON.stringify({ p: row.lower?.parent, m: row.lower?.mode, s: (row.lower?.shimIp ?? null) !== null }) !== JSON.stringify({ p: net.spec.lower.parent, m: net.spec.lower.mode, s: net.spec.lower.hostShim })) {
-      why.push(`${driver} ${row.lower?.parent} (mode ${row.lower?.mode}) -> ${net.spec.lower.parent} (mode ${net.spec.lower.mode})${net.spec.lower.hostShim !== ((row.lower?.shimIp ?? null) !== null) ? `, host shim ${net.spec.lower.hostShim ? 'on' : 'off'}` : ''}`);
+    const ov = row.driver === 'vxlan' ? store.overlay(net.name) : undefined;
+    let clusterWhy: string[] = [];
+    if (net.overlay && ov) {
+      // What the cluster defines (internal and isolate are compared below, with every driver's).
+      const lease = have.find((x) => x.family === 4);
+      const def = { subnet: ov.cidr, hostPrefix: lease ? parseSubnet('subnet', lease.cidr).prefix : net.overlay.hostPrefix, vni: ov.vni, port: ov.port, internal: net.overlay.internal, isolate: net.overlay.isolate };
+      clusterWhy = overlayDefDiff(def, net.overlay);
+      if (row.internal !== net.spec.internal || row.isolate !== net.spec.isolate) clusterWhy.push('internal/isolate');
+      why.push(...overlayDefDiff(def, net.overlay));
+      if (net.spec.mtu !== undefined && row.mtu !== net.spec.mtu) why.push(`mtu ${row.mtu ?? 'default'} -> ${net.spec.mtu} (an overlay's MTU is set when it is made)`);
+    } else if (net.overlay || ov) {
+      why.push(`driver ${row.driver} -> ${net.overlay ? 'vxlan' : net.spec.lower?.kind ?? 'bridge'}`);
+      if (ov) clusterWhy = ['driver'];
+      if (!sameList(have.map((s) => s.cidr).sort(), want.map((s) => s.cidr).sort())) why.push(`subnets ${ov ? ov.cidr : have.map((s) => s.cidr).join(', ')} -> ${want.map((s) => s.cidr).join(', ')}`);
+    } else {
+      if (!sameList(have.map((s) => s.cidr).sort(), want.map((s) => s.cidr).sort())) why.push(`subnets ${have.map((s) => s.cidr).join(', ')} -> ${want.map((s) => s.cidr).join(', ')}`);
+      else for (const w of want) { const h = have.find((s) => s.cidr === w.cidr)!; if (h.gateway !== w.gateway) why.push(`gateway ${h.gateway} -> ${w.gateway}`); }
+      const driver = net.spec.lower?.kind ?? 'bridge';
+      if (row.driver !== driver) why.push(`driver ${row.driver} -> ${driver}`);
+      else if (net.spec.lower && JSON.stringify({ p: row.lower?.parent, m: row.lower?.mode, s: (row.lower?.shimIp ?? null) !== null }) !== JSON.stringify({ p: net.spec.lower.parent, m: net.spec.lower.mode, s: net.spec.lower.hostShim })) {
+        why.push(`${driver} ${row.lower?.parent} (mode ${row.lower?.mode}) -> ${net.spec.lower.parent} (mode ${net.spec.lower.mode})${net.spec.lower.hostShim !== ((row.lower?.shimIp ?? null) !== null) ? `, host shim ${net.spec.lower.hostShim ? 'on' : 'off'}` : ''}`);
+      }
     }
     if (row.internal !== net.spec.internal) why.push(`internal ${row.internal} -> ${net.spec.internal}`);
     if (row.isolate !== net.spec.isolate) why.push(`isolate ${row.isolate} -> ${net.spec.isolate}`);
@@ -148,7 +189,15 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
     if (row.dns !== net.spec.dns) why.push(`dns ${row.dns ? 'on' : 'off'} -> ${net.spec.dns ? 'on' : 'off'}`);
     if (!sameList(row.dnsForward, net.spec.dnsForward)) why.push(`dns_forward ${row.dnsForward.join(', ') || 'the host\'s resolvers'} -> ${net.spec.dnsForward.join(', ') || 'the host\'s resolvers'}`);
     const bridge = net.spec.lower ? shimName(net.name) : net.spec.bridge ?? bridgeName(net.name);
-    if (row.bridge !== bridge) why.push(`bridge ${row.bridge} -> ${bridge}`);
+    if (!net.overlay && !ov && row.bridge !== bridge) why.push(`bridge ${row.bridge} -> ${bridge}`);
+    if (why.length && ov && clusterWhy.length) {
+      // The cluster's definition goes only with the last host's share: others must let go first.
+      const others = await otherLeaseHolders(ctx, net.name);
+      if (others.length) {
+        throw new CtnetError('CONFLICT', `${net.at}: overlay network ${net.name} must be replaced (${why.join('; ')}), but hosts ${others.join(', ')} have it too`,
+          `remove it there first (ctnet down -f FILE, or ctnet network rm ${net.name}), then apply here and there`);
+      }
+    }
     if (why.length) {
       const attached = store.attachments({ network: net.name }).map((a) => a.sandbox);
       const foreign = attached.filter((s) => !owns('sandbox', s));
@@ -163,11 +212,11 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
       continue;
     }
     const egressNow = store.networkEgress(net.name).map((e) => ({ family: e.family, ip: e.ip }));
-    if (!sameEgress(egressNow, net.spec.egress ?? [])) {
+    if (!net.overlay && !sameEgress(egressNow, net.spec.egress ?? [])) {
       changes.push({ op: 'change', kind: 'network', name: net.name, details: [`egress ${egressText(egressNow)} -> ${egressText(net.spec.egress ?? [])} (new connections)`] });
       actions.push({ do: 'egress', scope: 'network', name: net.name, egress: net.spec.egress ?? [], was: egressNow });
     }
-    if ((row.mtu ?? undefined) !== net.spec.mtu) {
+    if (!net.overlay && (row.mtu ?? undefined) !== net.spec.mtu) {
       changes.push({ op: 'change', kind: 'network', name: net.name, details: [`mtu ${row.mtu ?? 'default'} -> ${net.spec.mtu ?? 'default'} (bridge and its sandboxes' interfaces)`] });
       actions.push({ do: 'network.mtu', name: net.name, mtu: net.spec.mtu, was: row.mtu ?? undefined });
     }
@@ -301,8 +350,8 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
   if (rmRules.length || addRules.length) actions.push({ do: 'policy', remove: rmRules, add: addRules });
 
   // ---- ctnet's tables (everything the file owns relies on them) ----
-  if (liveOwned.length > 0 && store.networks().length > 0) {
-    const drift = await tableDrift(ctx, { fromMirror: true });
+  {
+    const drift = await tablesP;
     if (drift.length) {
       changes.unshift({ op: 'repair', kind: 'tables', name: 'inet ctnet', details: drift });
       actions.unshift({ do: 'repair.tables' });

@@ -10,6 +10,8 @@ import type { Ctx } from '../../src/engine/context.ts';
 import { createNetwork } from '../../src/engine/network.ts';
 import { createSandbox } from '../../src/engine/sandbox.ts';
 import { FakeKernel } from '../../src/kernel/fake.ts';
+import { withLinkSnapshot } from '../../src/kernel/snapshot.ts';
+import { tableDrift } from '../../src/engine/tables.ts';
 import { parsePortSpec } from '../../src/model/ports.ts';
 import { parseNetworkSpec } from '../../src/model/spec.ts';
 import { Store } from '../../src/store/store.ts';
@@ -177,5 +179,84 @@ describe('plan and apply on the fake kernel', () => {
     using w = world();
     await createNetwork(w.ctx, parseNetworkSpec({ name: 'front', subnet: ['10.70.1.0/24'] }));
     await assert.rejects(computePlan(w.ctx, parseTopology('shop.yaml', SHOP), { prune: false }), /shop\.yaml:3:3: network front exists already and was not made by this file/);
+  });
+});
+
+describe('overlay networks in a file (driver: vxlan)', () => {
+  const OV = (extra = '') => `name: ov
+networks:
+  ov: { driver: vxlan, subnets: [10.80.0.0/16], vni: 4242${extra} }
+sandboxes:
+  a: { networks: [ov] }
+`;
+  const MEMBER = { host: 'h1', endpoints: ['http://192.0.2.254:9'], underlay: '192.0.2.10', vtepMac: '02:00:00:00:00:01', leaseTtl: 60, leaseId: '7', state: 'ready', joined: '2026-01-01T00:00:00.000Z' } as const;
+
+  it('parses the cluster\'s keys as network create --driver vxlan takes them', () => {
+    const t = parseTopology('ov.yaml', OV(', host_prefix: 26, port: 8472, isolate: true, mtu: 1400'));
+    assert.deepEqual(t.networks[0]!.overlay, { subnet: '10.80.0.0/16', hostPrefix: 26, vni: 4242, port: 8472, internal: false, isolate: true });
+    assert.equal(t.networks[0]!.spec.mtu, 1400);
+    assert.equal(parseTopology('ov.yaml', OV().replace(', vni: 4242', '')).networks[0]!.overlay?.vni, undefined);
+  });
+  const bad: [string, string, RegExp][] = [
+    ['a bad VNI', OV().replace('4242', '0'), /^ov\.yaml:3:\d+: vni "0" is not a whole number from 1 to/],
+    ['a VNI as text', OV().replace('4242', '"x"'), /^ov\.yaml:3:\d+: vni of network ov must be a number, not string "x"/],
+    ['IPv6', OV().replace('10.80.0.0/16', '"fd00:80::/48"'), /^ov\.yaml:3:\d+: .*IPv4 only/],
+    ['two subnets', OV().replace('[10.80.0.0/16]', '[10.80.0.0/16, 10.81.0.0/16]'), /^ov\.yaml:3:\d+: overlay network ov has one subnet/],
+    ['a host share larger than the subnet', OV(', host_prefix: 12'), /^ov\.yaml:3:\d+: host_prefix/],
+    ['a gateway', OV(', gateways: [10.80.0.1]'), /^ov\.yaml:3:\d+: network ov: gateways is not for an overlay network/],
+    ['egress_ip', OV(', egress_ip: [192.0.2.10]'), /^ov\.yaml:3:\d+: network ov: egress_ip is not for an overlay network.*/],
+    ['vni on a bridge', OV().replace('driver: vxlan, ', ''), /^ov\.yaml:3:\d+: network ov: vni is for overlay networks/],
+    ['a fixed address', OV().replace('networks: [ov]', 'networks: [{ network: ov, ip: 10.80.0.5 }]'), /^ov\.yaml:5:\d+: sandbox a: no fixed address on overlay network ov/],
+    ['an unknown driver', OV().replace('vxlan', 'geneve'), /^ov\.yaml:3:\d+: driver "geneve" is not a network driver/],
+  ];
+  for (const [what, text, want] of bad) it(`rejects ${what} with FILE:LINE:COLUMN`, () => assert.throws(() => parseTopology('ov.yaml', text), (e: Error) => (assert.match(e.message, want), true)));
+
+  it('needs this host in a cluster: a clear error at plan time, nothing changed', async () => {
+    using w = world();
+    await assert.rejects(computePlan(w.ctx, parseTopology('ov.yaml', OV()), { prune: false }),
+      /ov\.yaml:3:3: network ov is an overlay network \(driver: vxlan\): it needs this host in a cluster, and this host is not a member of one/);
+    assert.deepEqual(w.ctx.store.networks(), []);
+  });
+
+  it('an overlay made by this file: no changes; a local option changed: replace with the reason', async () => {
+    using w = world();
+    const { store } = w.ctx;
+    store.write(() => store.insertMember(MEMBER));
+    // This host's side as ensureOverlayNetwork makes it (the lease 10.80.3.0/24 from the cluster).
+    await createNetwork(w.ctx, parseNetworkSpec({ name: 'ov', subnet: ['10.80.3.0/24'] }),
+      { vni: 4242, port: 4789, cidr: '10.80.0.0/16', underlay: { ip: '192.0.2.10', dev: 'eth0', mtu: 1500 }, vtepMac: '02:00:00:00:00:01' });
+    await createSandbox(w.ctx, 'a', { networks: ['ov'], ips: [], mac: undefined, aliases: [] }, { mappings: [], force: false }, []);
+    store.write(() => { for (const [kind, name] of [['network', 'ov'], ['sandbox', 'a']] as const) store.setOwner({ kind, name, topology: 'ov', file: 'ov.yaml' }); });
+    assert.deepEqual((await computePlan(w.ctx, parseTopology('ov.yaml', OV()), { prune: false })).changes, []);
+    const p = await computePlan(w.ctx, parseTopology('ov.yaml', OV(', mtu: 1400, host_access: true')), { prune: false });
+    assert.deepEqual(renderPlan(p).split('\n').slice(1), [
+      '  -/+ network ov: mtu 1450 -> 1400 (an overlay\'s MTU is set when it is made); host_access false -> true; re-attaches a',
+      'Plan: 0 to add, 0 to change, 1 to replace, 0 to remove.',
+    ]);
+    assert.deepEqual(p.actions.map((a) => a.do), ['network.replace']);
+  });
+});
+
+describe('the plan reads the kernel in a few calls', () => {
+  it('withLinkSnapshot answers link and linksOf on the host as the kernel does, from one read', async () => {
+    using w = world();
+    const t = parseTopology('shop.yaml', SHOP);
+    await applyPlan(w.ctx, t, await computePlan(w.ctx, t, { prune: false }));
+    const snap = await withLinkSnapshot(w.fake);
+    for (const name of ['ctbr-front', 'ctbr-back', 'nope']) {
+      assert.deepEqual(await snap.link(name), await w.fake.link(name), name);
+      assert.deepEqual(await snap.linksOf(name), await w.fake.linksOf(name).catch(() => []), name);
+    }
+    assert.equal((await snap.linksOf('ctbr-front')).length, 2, 'web and api on front');
+    // Made before a change, it does not see it: a view for one read-only pass.
+    await w.fake.apply([{ kind: 'link.add.bridge', name: 'ctbr-later', mac: '02:00:00:00:00:09' }]);
+    assert.equal(await snap.link('ctbr-later'), undefined);
+  });
+  it('the tables\' drift from the mirror\'s counts is the drift of the whole script', async () => {
+    using w = world();
+    const t = parseTopology('shop.yaml', SHOP);
+    await applyPlan(w.ctx, t, await computePlan(w.ctx, t, { prune: false }));
+    assert.deepEqual(await tableDrift(w.ctx, { fromMirror: true }), []);
+    assert.deepEqual(await tableDrift(w.ctx), []);
   });
 });

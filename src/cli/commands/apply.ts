@@ -1,6 +1,6 @@
 import { createInterface } from 'node:readline/promises';
 import { CtnetError } from '../../errors.ts';
-import { applyPlan } from '../../topology/apply.ts';
+import { applyPlan, withTopologyLock } from '../../topology/apply.ts';
 import { readTopology } from '../../topology/parse.ts';
 import { computePlan, renderPlan } from '../../topology/plan.ts';
 import { defineCommand } from '../command.ts';
@@ -15,18 +15,21 @@ export default defineCommand({
   ],
   async run({ ctx, opts, io }) {
     const topo = readTopology(opts.file);
-    const plan = await computePlan(ctx, topo, { prune: opts.prune ?? false });
-    io.out(renderPlan(plan));
-    // --dry-run stops at the plan: the steps of one object depend on the ones before it.
-    if (plan.changes.length === 0 || ctx.applier.dryRun) return 0;
-    const risky = plan.changes.filter((c) => c.op === 'replace' || c.op === 'remove');
-    if (risky.length && !opts.yes && process.stdin.isTTY && process.stderr.isTTY) {
-      const rl = createInterface({ input: process.stdin, output: process.stderr });
-      const answer = await rl.question(`${risky.length} object(s) will be replaced or removed. Go ahead? [y/N] `);
-      rl.close();
-      if (!/^y(es)?$/i.test(answer.trim())) throw new CtnetError('INVALID_ARGUMENT', 'apply cancelled: nothing changed');
-    }
-    const done = await applyPlan(ctx, topo, plan);
-    if (!io.quiet) io.out(done.map((d) => `ctnet: ${d}`).join('\n') + `\nApplied ${topo.file} (${topo.name}).`);
+    // One apply (or down) at a time per state directory: the plan is made and carried out under the lock.
+    return withTopologyLock(ctx, async () => {
+      const plan = await computePlan(ctx, topo, { prune: opts.prune ?? false });
+      io.out(renderPlan(plan));
+      // --dry-run stops at the plan: the steps of one object depend on the ones before it.
+      if (plan.changes.length === 0 || ctx.applier.dryRun) return 0;
+      const risky = plan.changes.filter((c) => c.op === 'replace' || c.op === 'remove');
+      if (risky.length && !opts.yes && process.stdin.isTTY && process.stderr.isTTY) {
+        const rl = createInterface({ input: process.stdin, output: process.stderr });
+        const answer = await rl.question(`${risky.length} object(s) will be replaced or removed. Go ahead? [y/N] `);
+        rl.close();
+        if (!/^y(es)?$/i.test(answer.trim())) throw new CtnetError('INVALID_ARGUMENT', 'apply cancelled: nothing changed');
+      }
+      const done = await applyPlan(ctx, topo, plan);
+      if (!io.quiet) io.out(done.map((d) => `ctnet: ${d}`).join('\n') + `\nApplied ${topo.file} (${topo.name}).`);
+    });
   },
 });

@@ -1,4 +1,4 @@
-import { downTopology } from '../../topology/apply.ts';
+import { downTopology, withTopologyLock } from '../../topology/apply.ts';
 import { readTopology } from '../../topology/parse.ts';
 import { defineCommand } from '../command.ts';
 
@@ -8,7 +8,7 @@ export default defineCommand({
   options: [{ flags: '-f, --file <file>', description: 'the topology file (YAML)', required: true }],
   async run({ ctx, opts, io }) {
     const topo = readTopology(opts.file);
-    const done = await downTopology(ctx, topo.name);
+    const done = await withTopologyLock(ctx, () => downTopology(ctx, topo.name));
     if (!io.quiet) io.out(done.length ? done.map((d) => `ctnet: ${d}`).join('\n') : `${topo.name} owns nothing here`);
   },
 });
