@@ -152,8 +152,8 @@ export interface KernelBackend {
   // ---- ctnet trace: observation with a real probe (src/kernel/exec/trace.ts) ----
   /** Equivalent to: nft monitor trace (in ctnet's namespace), until stop(). */
   traceMonitor(): Promise<TraceMonitor>;
-  /** Sends one probe from NS (nc with a fixed source port, or ping). */
-  probe(ns: Netns, p: ProbeSpec): Promise<ProbeResult>;
+  /** Sends one probe from NS (ctnet's own namespace when undefined): nc with a fixed source port, or ping. */
+  probe(ns: Netns | undefined, p: ProbeSpec): Promise<ProbeResult>;
   /** Equivalent to: ip [-n NS] -j route get DST */
   routeGet(ns: Netns | undefined, dst: string): Promise<{ dst: string; gateway?: string; dev?: string; prefsrc?: string; type?: string }[]>;
 }

@@ -250,7 +250,7 @@ export class ExecBackend implements KernelBackend {
   traceMonitor(): Promise<TraceMonitor> {
     return startTraceMonitor();
   }
-  probe(ns: Netns, p: ProbeSpec): Promise<ProbeResult> {
+  probe(ns: Netns | undefined, p: ProbeSpec): Promise<ProbeResult> {
     return sendProbe(ns, p);
   }
   routeGet(ns: Netns | undefined, dst: string) {

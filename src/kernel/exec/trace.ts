@@ -77,9 +77,9 @@ export function probeArgv(p: ProbeSpec): string[] {
   }
 }
 
-export async function sendProbe(ns: Netns, p: ProbeSpec): Promise<ProbeResult> {
+export async function sendProbe(ns: Netns | undefined, p: ProbeSpec): Promise<ProbeResult> {
   try {
-    const r = await run('trace.probe', nsenterArgv(ns, probeArgv(p)));
+    const r = await run('trace.probe', ns ? nsenterArgv(ns, probeArgv(p)) : probeArgv(p));
     return { ok: true, answered: p.proto !== 'udp' || r.stdout.length > 0, detail: (r.stdout + r.stderr).trim() };
   } catch (e) {
     const text = String((e as Error).message);
