@@ -142,6 +142,11 @@ export interface KernelBackend {
   resolvNames(): string[];
   /** True when PATH is a network namespace file. */
   isNetns(path: string): boolean;
+  /**
+   * Equivalent to: ip -j netns list-id. The ids ctnet's namespace gives other namespaces (a veth's
+   * link_netnsid), with the /run/netns name of each that has one.
+   */
+  netnsIds(): Promise<{ readonly nsid: number; readonly name?: string }[]>;
   /** PIDs of the processes in a namespace. */
   netnsPids(ns: Netns): number[];
   /** The first line of TOOL's version, or undefined when it is not installed (ctnet doctor). */

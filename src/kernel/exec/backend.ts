@@ -155,6 +155,9 @@ export class ExecBackend implements KernelBackend {
   }
 
   // ---- reads ----
+  netnsIds(): Promise<{ nsid: number; name?: string }[]> {
+    return this.#ipJson('netns.ids', undefined, ['netns', 'list-id']);
+  }
   links(ns?: Netns): Promise<LinkInfo[]> {
     return this.#ipJson('link.list', ns, ['-d', 'link', 'show']);
   }
