@@ -5,6 +5,7 @@
 // ctnetd's, and anyone else's: a foreign drop is the cause users cannot find), the NAT it got, and
 // the outcome; where ctnet's policy decided, the rule (or default) by name, as `policy check` says.
 // The temporary tables carry this process's token in their name, so gc removes them after a crash.
+import { randomBytes } from 'node:crypto';
 import { CtnetError, invalid } from '../errors.ts';
 import { isAlive, processToken } from '../kernel/proc.ts';
 import { parseAddr } from '../model/cidr.ts';
@@ -117,7 +118,7 @@ function steps(events: readonly TraceEvent[]): TraceStep[] {
  * from SRC's address and source port, the answer goes back to them. A second packet of a direction
  * (a retransmission) starts at that direction's first chain again; it is left out.
  */
-export function firstPackets(events: readonly TraceEvent[], src: string, sport: number, proto: TraceTarget['proto']): { request: TraceStep[]; reply: TraceStep[]; seenByServer?: { server: string; client: string } } {
+export function firstPackets(events: readonly TraceEvent[], src: string, sport: number, proto: TraceTarget['proto'], ignore?: string): { request: TraceStep[]; reply: TraceStep[]; seenByServer?: { server: string; client: string } } {
   const esc = src.replace(/[.:]/g, (c) => `\\${c}`);
   const isRequest = proto === 'icmp'
     ? (t: string) => new RegExp(`saddr ${esc} `).test(t) && /echo-request/.test(t)
@@ -134,8 +135,11 @@ export function firstPackets(events: readonly TraceEvent[], src: string, sport: 
   let seenByServer: { server: string; client: string } | undefined;
   for (const e of events) {
     if (e.kind === 'packet') {
-      const dir = isRequest(e.text + ' ') ? 'request' : isReply(e.text + ' ') ? 'reply' : undefined;
-      if (!dir) continue;
+      const dir = ignore !== undefined && e.text.includes(ignore) ? undefined : isRequest(e.text + ' ') ? 'request' : isReply(e.text + ' ') ? 'reply' : undefined;
+      if (!dir) {
+        dirOf.delete(e.id); // a reused id now stands for another packet (the marker, say)
+        continue;
+      }
       if (dir === 'reply' && !seenByServer) {
         const a = /\bip6? saddr (\S+) ip6? daddr (\S+)/.exec(e.text);
         if (a) seenByServer = { server: a[1]!, client: a[2]! };
@@ -245,10 +249,10 @@ async function hostAddress(ctx: Ctx, src: Source): Promise<string> {
 
 /** The sandbox and port behind ADDR:PORT when it is a published port of this host's (ADDR one of its addresses). */
 async function publishedAt(ctx: Ctx, addr: string, proto: 'tcp' | 'udp', port: number): Promise<{ sandbox: string; port: number } | undefined> {
-  const local = /^127\./.test(addr) || (await ctx.kernel.addrs()).some((l) => (l.addr_info ?? []).some((a) => a.local === addr));
-  if (!local) return undefined;
   const p = ctx.store.ports({ proto }).find((x) => x.hostPort <= port && port < x.hostPort + x.count && (isWildcard(x.hostIp) || x.hostIp === addr));
-  return p && { sandbox: p.sandbox, port: p.containerPort + (port - p.hostPort) };
+  if (!p) return undefined; // the store first: most traces need no read of the host's addresses
+  const local = /^127\./.test(addr) || (await ctx.kernel.addrs()).some((l) => (l.addr_info ?? []).some((a) => a.local === addr));
+  return local ? { sandbox: p.sandbox, port: p.containerPort + (port - p.hostPort) } : undefined;
 }
 
 /** What ctnet does with this flow by design, where the rules alone do not say it. */
@@ -307,50 +311,71 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
     }
   }
   const family = dstAddr.includes(':') ? 'ip6' : 'ip';
-  const route: { dev?: string; gateway?: string; prefsrc?: string; type?: string } = (await kernel.routeGet(src.ns, dstAddr))[0] ?? {};
-  const srcAddr = route.prefsrc ?? srcAddrs.find((a) => (a.family === 6) === (family === 'ip6'))?.ip;
-  if (!srcAddr) throw new CtnetError('INVALID_ARGUMENT', `${src.kind === 'sandbox' ? `sandbox ${src.name}` : src.name} has no IPv${family === 'ip' ? 4 : 6} address to reach ${dstAddr} from`, 'trace to an address of the family it has');
   const sport = 40000 + Math.floor(Math.random() * 20000);
-  const m = matchLines(family, srcAddr, dstAddr, target, sport);
-  const name = traceTableName();
-  const lines = [
-    ...['inet', 'bridge'].flatMap((f) => [
-      `add table ${f} ${name}`,
-      `add chain ${f} ${name} pre { type filter hook prerouting priority -400; policy accept; }`,
-      `add rule ${f} ${name} pre ${m.request} meta nftrace set 1`,
-      `add rule ${f} ${name} pre ${m.reply} meta nftrace set 1`,
-    ]),
-    // The host's own packets (a probe from the host; its answers to host:PORT) start in its output path.
-    `add chain inet ${name} out { type filter hook output priority -400; policy accept; }`,
-    `add rule inet ${name} out ${m.request} meta nftrace set 1`,
-    `add rule inet ${name} out ${m.reply} meta nftrace set 1`,
-    // Answers a masquerade readdressed (hairpin, 127.0.0.1), known by conntrack's original source.
-    `add chain inet ${name} pre_ct { type filter hook prerouting priority -150; policy accept; }`,
-    `add rule inet ${name} pre_ct ${m.replyNat} meta nftrace set 1`,
-    `add chain inet ${name} out_ct { type filter hook output priority -150; policy accept; }`,
-    `add rule inet ${name} out_ct ${m.replyNat} meta nftrace set 1`,
-  ];
-  const drop = [`delete table inet ${name}`, `delete table bridge ${name}`];
-  const cleanup = async () => { await applier.teardown([step([{ kind: 'nft.delete', lines: drop }])]); };
-  const onSignal = () => { void cleanup().finally(() => process.exit(130)); };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  // The marker (kernel/backend.ts TraceMarker): ports below the probe's, a token with a first digit not 0.
+  const token = randomBytes(8);
+  token[0] = token[0]! | 0x10;
+  const marker = { port: 20000 + Math.floor(Math.random() * 20000), token: token.toString('hex') };
+  // nft monitor's start (a process, and its subscription to the trace group) overlaps the route
+  // lookup and the trace table's nft run; the probe waits for all three.
+  const monitorP = kernel.traceMonitor(marker);
+  let stopped = false;
   let events: TraceEvent[] = [];
   let probe;
+  let route: { dev?: string; gateway?: string; prefsrc?: string; type?: string } = {};
+  let srcAddr = '';
   try {
-    const monitor = await kernel.traceMonitor(); // first: it subscribes while the table goes in
+    route = (await kernel.routeGet(src.ns, dstAddr))[0] ?? {};
+    const picked = route.prefsrc ?? srcAddrs.find((a) => (a.family === 6) === (family === 'ip6'))?.ip;
+    if (!picked) throw new CtnetError('INVALID_ARGUMENT', `${src.kind === 'sandbox' ? `sandbox ${src.name}` : src.name} has no IPv${family === 'ip' ? 4 : 6} address to reach ${dstAddr} from`, 'trace to an address of the family it has');
+    srcAddr = picked;
+    const m = matchLines(family, srcAddr, dstAddr, target, sport);
+    const name = traceTableName();
+    const lines = [
+      ...['inet', 'bridge'].flatMap((f) => [
+        `add table ${f} ${name}`,
+        `add chain ${f} ${name} pre { type filter hook prerouting priority -400; policy accept; }`,
+        `add rule ${f} ${name} pre ${m.request} meta nftrace set 1`,
+        `add rule ${f} ${name} pre ${m.reply} meta nftrace set 1`,
+      ]),
+      // The host's own packets (a probe from the host; its answers to host:PORT) start in its output path.
+      `add chain inet ${name} out { type filter hook output priority -400; policy accept; }`,
+      `add rule inet ${name} out ${m.request} meta nftrace set 1`,
+      `add rule inet ${name} out ${m.reply} meta nftrace set 1`,
+      `add rule inet ${name} out ip daddr 127.0.0.1 udp dport ${marker.port} @th,64,64 0x${marker.token} meta nftrace set 1`,
+      // Answers a masquerade readdressed (hairpin, 127.0.0.1), known by conntrack's original source.
+      `add chain inet ${name} pre_ct { type filter hook prerouting priority -150; policy accept; }`,
+      `add rule inet ${name} pre_ct ${m.replyNat} meta nftrace set 1`,
+      `add chain inet ${name} out_ct { type filter hook output priority -150; policy accept; }`,
+      `add rule inet ${name} out_ct ${m.replyNat} meta nftrace set 1`,
+    ];
+    const drop = [`delete table inet ${name}`, `delete table bridge ${name}`];
+    let cleaning: Promise<void> | undefined;
+    const cleanup = () => (cleaning ??= applier.teardown([step([{ kind: 'nft.delete', lines: drop }])]).then(() => undefined));
+    const onSignal = () => { void cleanup().finally(() => process.exit(130)); };
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+    let tableIn = false;
     try {
       await applier.apply([step([{ kind: 'nft', lines, undo: drop }], `trace: mark the flow ${srcAddr}:${sport} -> ${dstAddr}${target.port ? `:${target.port}` : ''}/${target.proto} for nftables' tracing`)]);
+      tableIn = true;
+      await monitorP;
       probe = await kernel.probe(src.ns, { proto: target.proto, dst: dstAddr, port: target.port ?? 0, sport, timeoutMs: options.timeoutMs ?? 2000 });
     } finally {
-      events = (await monitor.stop()).flatMap((l) => parseTraceLine(l) ?? []);
+      try {
+        stopped = true;
+        // The table goes while the monitor drains (the marker is out by then).
+        events = (await (await monitorP).stop({ marker: tableIn, onMarked: () => void cleanup() })).flatMap((l) => parseTraceLine(l) ?? []);
+      } finally {
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+        await cleanup();
+      }
     }
   } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    await cleanup();
+    if (!stopped) await monitorP.then((mon) => mon.stop(), () => undefined);
   }
-  const { request, reply, seenByServer } = firstPackets(events, srcAddr, sport, target.proto);
+  const { request, reply, seenByServer } = firstPackets(events, srcAddr, sport, target.proto, `0x${marker.token}`);
   const droppedBy = [...request, ...reply].find((x) => x.verdict === 'drop');
   const nat = [...request, ...reply].filter((x) => x.nat).map((x) => `${x.table} ${x.chain}: ${x.rule}`);
   const outcome: TraceResult['outcome'] = probe?.ok && probe.answered ? 'answered' : probe?.refused ? 'refused' : droppedBy ? 'dropped' : 'no answer';

@@ -9,7 +9,7 @@ import { sameNetns, type Netns } from '../../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
 import { removes, resolvText, type Op } from '../../plan/ops.ts';
 import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, tcCommands, type IpCommand } from '../../plan/render.ts';
-import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMonitor } from '../backend.ts';
+import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMarker, TraceMonitor } from '../backend.ts';
 import { routeGet, sendProbe, startTraceMonitor } from './trace.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
 import { isNetnsFile, netnsKillAll, netnsNames, netnsPids, removeResolv, resolvNames, writeResolv } from '../netns.ts';
@@ -250,8 +250,8 @@ export class ExecBackend implements KernelBackend {
       return undefined;
     }
   }
-  traceMonitor(): Promise<TraceMonitor> {
-    return startTraceMonitor();
+  traceMonitor(marker?: TraceMarker): Promise<TraceMonitor> {
+    return startTraceMonitor(marker);
   }
   probe(ns: Netns | undefined, p: ProbeSpec): Promise<ProbeResult> {
     return sendProbe(ns, p);
