@@ -8,7 +8,7 @@
 import { randomBytes } from 'node:crypto';
 import { CtnetError, invalid } from '../errors.ts';
 import { isAlive, processToken } from '../kernel/proc.ts';
-import { parseAddr } from '../model/cidr.ts';
+import { contains, parseAddr, parseSubnet } from '../model/cidr.ts';
 import { isWildcard } from '../model/ports.ts';
 import type { Netns } from '../model/netns.ts';
 import { step } from '../plan/plan.ts';
@@ -96,6 +96,21 @@ export interface TraceResult {
   readonly seenByServer?: { readonly server: string; readonly client: string } | undefined;
   /** What ctnet does with this flow by design, and why (127.0.0.1 on the host, ::1, no route...). */
   readonly notes?: string[];
+  /**
+   * DST is another host's (on an overlay network): the packet left this host for it, through the
+   * network's VXLAN device. Its tables judge the packet too; trace shows this host's half.
+   */
+  readonly leftFor?: { readonly host: string; readonly underlay: string; readonly network: string; readonly device: string } | undefined;
+}
+
+/** The other host whose overlay lease holds ADDR (the peer a packet to it leaves for). */
+function peerOf(ctx: Ctx, addr: string): TraceResult['leftFor'] {
+  const a = parseAddr('address', addr);
+  for (const p of ctx.store.peers()) {
+    const o = ctx.store.overlay(p.network);
+    if (o && contains(parseSubnet('subnet', p.subnet), a.family, a.n)) return { host: p.host, underlay: p.underlay, network: p.network, device: o.device };
+  }
+  return undefined;
 }
 
 const ownerOf = (table: string): TraceStep['owner'] => (table === 'ctnet' ? 'ctnet' : table === 'ctnetd' ? 'ctnetd' : 'foreign');
@@ -395,12 +410,20 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
       policy = undefined; // an address policy check does not know (another host's, say)
     }
   }
+  const leftFor = peerOf(ctx, dstAddr);
+  const said = notes(ctx, src, dstAddr, target, route);
+  if (leftFor) {
+    said.push(outcome === 'answered' || outcome === 'refused'
+      ? `${dstAddr} is on host ${leftFor.host}: the packet left through ${leftFor.device} (network ${leftFor.network}) for ${leftFor.underlay}; ${leftFor.host}'s own tables passed it too (run ctnet trace there to see them)`
+      : `${dstAddr} is on host ${leftFor.host}: ${request.length && !droppedBy ? `this host passed the packet to ${leftFor.device} (network ${leftFor.network}) for ${leftFor.underlay}, and no answer came back: ${leftFor.host}'s tables (its own policy) or the sandbox dropped it; run ctnet trace there` : `the packet was meant to leave through ${leftFor.device} (network ${leftFor.network}) for ${leftFor.underlay}`}`);
+  }
   return {
     src: { sandbox: src.name, address: srcAddr, kind: src.kind, ...(src.netnsName ? { netns: src.netnsName } : {}) },
     dst: { name: target.dst, address: dstAddr, port: target.port, proto: target.proto },
     sport, route: { dev: route.dev, gateway: route.gateway, prefsrc: route.prefsrc, type: route.type },
     request, reply, nat, outcome, droppedBy, policy, probe: probe?.detail ?? '',
     ...(seenByServer ? { seenByServer } : {}),
-    notes: notes(ctx, src, dstAddr, target, route),
+    notes: said,
+    ...(leftFor ? { leftFor } : {}),
   };
 }
