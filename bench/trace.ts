@@ -18,6 +18,8 @@ import { intOption, loadAverage, quantile, timed } from './lib.ts';
 const { values } = parseArgs({ options: { repeat: { type: 'string' }, baseline: { type: 'string' } } });
 const repeat = intOption('repeat', values.repeat, 20, 1, 500);
 const lab = await Lab.create();
+/** trace's own timings (--json), per phase: ms from trace's start, not the process's. */
+const phases: Record<string, number[]> = {};
 const baseline = (args: string[]) => new Promise<void>((resolve, reject) => execFile('nsenter', [`--net=/run/netns/${lab.host}`, values.baseline!, ...args],
   { env: { ...process.env, CTNET_STATE_DIR: lab.stateDir } }, (e) => (e ? reject(e) : resolve())));
 try {
@@ -29,7 +31,11 @@ try {
   const b = (JSON.parse(await lab.ctnetOk(['inspect', 'b', '--json'])) as { interfaces: { addresses: string[] }[] }).interfaces[0]!.addresses[0]!.split('/')[0]!;
   await new Promise((r) => setTimeout(r, 1000));
   const sides: Record<string, () => Promise<unknown>> = {
-    'trace answered': () => lab.ctnetOk(['trace', 'a', 'b:7000']),
+    'trace answered': async () => {
+      const r = JSON.parse(await lab.ctnetOk(['trace', 'a', 'b:7000', '--json'])) as { outcome: string; timings: Record<string, number> };
+      if (r.outcome !== 'answered') throw new Error(`trace a b:7000: ${r.outcome}`);
+      for (const [k, v] of Object.entries(r.timings)) (phases[k] ??= []).push(v);
+    },
     ...(values.baseline ? { 'trace answered (--baseline)': () => baseline(['trace', 'a', 'b:7000']) } : {}),
     'trace dropped (--timeout 500)': () => lab.ctnetOk(['trace', 'a', 'c:7000', '--timeout', '500']),
     'nc alone (ctnet exec)': () => lab.ctnetOk(['exec', 'a', '--', 'nc', '-z', '-n', '-w', '1', b, '7000']),
@@ -42,6 +48,7 @@ try {
   for (const k of Object.keys(sides)) console.log(`${k.padEnd(32)} p50 ${p50(k).toFixed(0).padStart(5)} ms   p90 ${quantile([...samples.get(k)!].sort((x, y) => x - y), 0.9).toFixed(0).padStart(5)} ms`);
   console.log(`trace answered / nc alone: ${(p50('trace answered') / p50('nc alone (ctnet exec)')).toFixed(2)}`);
   console.log(`trace answered - ctnet ls (trace's own work): ${(p50('trace answered') - p50('ctnet ls (the floor)')).toFixed(0)} ms`);
+  console.log(`inside trace (p50, ms from its start): ${Object.entries(phases).map(([k, xs]) => `${k} ${quantile([...xs].sort((x, y) => x - y), 0.5).toFixed(0)}`).join(', ')}`);
   if (values.baseline) console.log(`trace answered / baseline: ${(p50('trace answered') / p50('trace answered (--baseline)')).toFixed(2)}`);
 } finally {
   await lab.destroy();

@@ -101,6 +101,12 @@ export interface TraceResult {
    * network's VXLAN device. Its tables judge the packet too; trace shows this host's half.
    */
   readonly leftFor?: { readonly host: string; readonly underlay: string; readonly network: string; readonly device: string } | undefined;
+  /**
+   * Where trace's time went, in ms from its start (not the process's): when the route was known,
+   * the trace table in, the monitor subscribed, the probe done, the monitor drained, the table
+   * gone, and the end (bench/trace.ts reports them).
+   */
+  readonly timings?: { readonly route: number; readonly table: number; readonly monitor: number; readonly probe: number; readonly drained: number; readonly cleaned: number; readonly end: number };
 }
 
 /** The other host whose overlay lease holds ADDR (the peer a packet to it leaves for). */
@@ -302,6 +308,9 @@ function notes(ctx: Ctx, src: Source, dstAddr: string, target: TraceTarget, rout
  */
 export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, options: TraceOptions = {}): Promise<TraceResult> {
   const { store, kernel, applier } = ctx;
+  const t0 = performance.now();
+  const at: Record<string, number> = {};
+  const mark = (what: string) => { at[what] = Math.round(performance.now() - t0); };
   const src = await resolveSource(ctx, srcName, options.fromNetns);
   const srcAddrs = src.addrs;
   // The destination's address: a sandbox's on a network SRC shares, else its first (IPv4 first).
@@ -341,6 +350,7 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
   let srcAddr = '';
   try {
     route = (await kernel.routeGet(src.ns, dstAddr))[0] ?? {};
+    mark('route');
     const picked = route.prefsrc ?? srcAddrs.find((a) => (a.family === 6) === (family === 'ip6'))?.ip;
     if (!picked) throw new CtnetError('INVALID_ARGUMENT', `${src.kind === 'sandbox' ? `sandbox ${src.name}` : src.name} has no IPv${family === 'ip' ? 4 : 6} address to reach ${dstAddr} from`, 'trace to an address of the family it has');
     srcAddr = picked;
@@ -374,17 +384,22 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
     try {
       await applier.apply([step([{ kind: 'nft', lines, undo: drop }], `trace: mark the flow ${srcAddr}:${sport} -> ${dstAddr}${target.port ? `:${target.port}` : ''}/${target.proto} for nftables' tracing`)]);
       tableIn = true;
+      mark('table');
       await monitorP;
+      mark('monitor');
       probe = await kernel.probe(src.ns, { proto: target.proto, dst: dstAddr, port: target.port ?? 0, sport, timeoutMs: options.timeoutMs ?? 2000 });
+      mark('probe');
     } finally {
       try {
         stopped = true;
         // The table goes while the monitor drains (the marker is out by then).
         events = (await (await monitorP).stop({ marker: tableIn, onMarked: () => void cleanup() })).flatMap((l) => parseTraceLine(l) ?? []);
+        mark('drained');
       } finally {
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
         await cleanup();
+        mark('cleaned');
       }
     }
   } finally {
@@ -425,5 +440,6 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
     ...(seenByServer ? { seenByServer } : {}),
     notes: said,
     ...(leftFor ? { leftFor } : {}),
+    timings: { route: at.route ?? 0, table: at.table ?? 0, monitor: at.monitor ?? 0, probe: at.probe ?? 0, drained: at.drained ?? 0, cleaned: at.cleaned ?? 0, end: Math.round(performance.now() - t0) },
   };
 }
