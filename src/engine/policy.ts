@@ -541,8 +541,9 @@ export interface CheckResult extends Decision {
 /**
  * What the kernel does with a new connection FROM -> TO (each address pair of the same family).
  * TO may be `host`: the host itself, as the sandbox reaches it (at its gateway, or any host address).
+ * published: the connection reached TO through a published port (DNAT; trace knows when).
  */
-export function checkPolicy(ctx: Ctx, from: string, to: string, portText: string | undefined): CheckResult[] {
+export function checkPolicy(ctx: Ctx, from: string, to: string, portText: string | undefined, opts: { published?: boolean } = {}): CheckResult[] {
   const { store } = ctx;
   const port = portText === undefined ? undefined : parsePortFilter(portText);
   const src = endpoints(store, 'FROM', from);
@@ -558,7 +559,7 @@ export function checkPolicy(ctx: Ctx, from: string, to: string, portText: string
       : dst.filter((x) => x.family === s.family);
     for (const d of targets) {
       const proto = port ? (port.proto === 'icmp' ? (s.family === 4 ? 1 : 58) : PROTO_NUMBERS[port.proto]!) : 6;
-      const decision = decide(rules, world, { family: s.family, src: s.n, dst: d.n, proto, port: port?.start ?? 0, toHost });
+      const decision = decide(rules, world, { family: s.family, src: s.n, dst: d.n, proto, port: port?.start ?? 0, toHost, ...(opts.published ? { published: true } : {}) });
       const other = s.host ?? ('host' in d ? d.host : undefined);
       out.push({ from: s.label, to: d.label, port: port ? formatPortFilter(port) : 'any/tcp', ...decision, ...(other ? { alsoJudgedBy: other } : {}) });
     }

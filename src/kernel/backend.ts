@@ -92,9 +92,24 @@ export interface ProbeResult {
   readonly refused?: boolean;
   readonly detail: string;
 }
+/**
+ * A datagram ctnet sends itself (to 127.0.0.1:port, payload token as hex) once the probe is done,
+ * marked for tracing by a rule of the trace table: the kernel queues trace events in order, so
+ * when the marker's event is in, so is every event of the probe's packets, and the monitor can
+ * stop at once instead of waiting for a quiet moment.
+ */
+export interface TraceMarker {
+  readonly port: number;
+  /** 16 hex digits, the first not 0 (nft prints the payload without leading zeros). */
+  readonly token: string;
+}
+
 export interface TraceMonitor {
-  /** Ends the monitor; its `trace id ...` lines. */
-  stop(): Promise<string[]>;
+  /**
+   * Ends the monitor; its `trace id ...` lines. marker: send the marker (its rule is in) and end
+   * when its event is in; onMarked runs once it is sent (the trace table may go then).
+   */
+  stop(opts?: { readonly marker?: boolean; readonly onMarked?: () => void }): Promise<string[]>;
 }
 
 export interface KernelBackend {
@@ -150,6 +165,11 @@ export interface KernelBackend {
   resolvedLink(dev: string): Promise<{ readonly dns: readonly string[]; readonly domains: readonly string[] } | undefined>;
   /** True when PATH is a network namespace file. */
   isNetns(path: string): boolean;
+  /**
+   * Equivalent to: ip -j netns list-id. The ids ctnet's namespace gives other namespaces (a veth's
+   * link_netnsid), with the /run/netns name of each that has one.
+   */
+  netnsIds(): Promise<{ readonly nsid: number; readonly name?: string }[]>;
   /** PIDs of the processes in a namespace. */
   netnsPids(ns: Netns): number[];
   /** The first line of TOOL's version, or undefined when it is not installed (ctnet doctor). */
@@ -159,9 +179,9 @@ export interface KernelBackend {
 
   // ---- ctnet trace: observation with a real probe (src/kernel/exec/trace.ts) ----
   /** Equivalent to: nft monitor trace (in ctnet's namespace), until stop(). */
-  traceMonitor(): Promise<TraceMonitor>;
-  /** Sends one probe from NS (nc with a fixed source port, or ping). */
-  probe(ns: Netns, p: ProbeSpec): Promise<ProbeResult>;
+  traceMonitor(marker?: TraceMarker): Promise<TraceMonitor>;
+  /** Sends one probe from NS (ctnet's own namespace when undefined): nc with a fixed source port, or ping. */
+  probe(ns: Netns | undefined, p: ProbeSpec): Promise<ProbeResult>;
   /** Equivalent to: ip [-n NS] -j route get DST */
   routeGet(ns: Netns | undefined, dst: string): Promise<{ dst: string; gateway?: string; dev?: string; prefsrc?: string; type?: string }[]>;
 }

@@ -806,6 +806,13 @@ export class FakeKernel implements KernelBackend {
     };
   }
 
+  async netnsIds(): Promise<{ nsid: number; name?: string }[]> {
+    return [...this.#ns.entries()].filter(([k]) => k !== HOST).map(([k, n]) => {
+      const m = /^\/run\/netns\/([^/]+)$/.exec(k);
+      return { nsid: n.id, ...(m ? { name: m[1]! } : {}) };
+    });
+  }
+
   async links(ns?: Netns): Promise<LinkInfo[]> {
     const key = this.#key(ns);
     const n = this.#readNs('link.list', ['ip', '-j', '-d', 'link', 'show'], ns);

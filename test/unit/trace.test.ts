@@ -33,4 +33,23 @@ describe('trace', () => {
     assert.deepEqual(request.map((s) => s.rule), ['first', 'isolated']);
     assert.deepEqual(reply, []);
   });
+
+  it('an answer a masquerade readdressed is still the answer; a reused trace id does not join two packets; only translations are NAT', () => {
+    const pkt = (id: string, chain: string, text: string): TraceEvent => ({ id, family: 'inet', table: 'ctnet', chain, kind: 'packet', text, verdict: undefined });
+    const rule = (id: string, chain: string, text: string, verdict: string): TraceEvent => ({ id, family: 'inet', table: 'ctnet', chain, kind: 'rule', text, verdict });
+    const syn = 'ip saddr 10.0.0.2 ip daddr 10.0.0.1 tcp sport 41000 tcp dport 8080 tcp flags == syn';
+    const synack = 'ip saddr 10.0.0.2 ip daddr 10.0.0.1 tcp sport 80 tcp dport 41000 tcp flags == syn | ack';
+    const events = [
+      pkt('a', 'prerouting', syn), rule('a', 'prerouting', 'fib daddr type local dnat ip to meta l4proto . th dport map @ports4_any', 'accept'),
+      rule('a', 'forward', 'ct status dnat counter accept comment "published port"', 'accept'),
+      rule('a', 'postrouting', 'ct status dnat ip saddr . oifname @endpoints4 counter masquerade comment "hairpin"', 'accept'),
+      pkt('b', 'prerouting', synack), rule('b', 'forward', 'ct state established,related accept comment "replies"', 'accept'),
+      pkt('a', 'prerouting', synack), rule('a', 'forward', 'x comment "the next answer"', 'accept'), // a reused id
+    ];
+    const r = firstPackets(events, '10.0.0.2', 41000, 'tcp');
+    assert.deepEqual(r.request.map((s) => [s.rule, s.nat ?? false]), [
+      ['fib daddr type local dnat ip to meta l4proto . th dport map @ports4_any', true], ['published port', false], ['hairpin', true]]);
+    assert.deepEqual(r.reply.map((s) => s.rule), ['replies']);
+    assert.deepEqual(r.seenByServer, { server: '10.0.0.2', client: '10.0.0.1' });
+  });
 });

@@ -9,31 +9,36 @@ const stepLine = (s: TraceStep, policy?: TraceResult['policy']) =>
 
 function render(r: TraceResult): string {
   const to = `${r.dst.address}${r.dst.port ? `:${r.dst.port}` : ''}/${r.dst.proto}`;
+  const from = r.src.netns ? `${r.src.sandbox} (netns ${r.src.netns})` : r.src.sandbox;
   const out = [
-    `trace ${r.src.sandbox} (${r.src.address}:${r.sport}) -> ${r.dst.name === r.dst.address ? to : `${r.dst.name} (${to})`}`,
-    `  route in ${r.src.sandbox}: ${r.route.type && r.route.type !== 'unicast' ? `${r.route.type} ` : ''}${r.dst.address}${r.route.gateway ? ` via ${r.route.gateway}` : ''}${r.route.dev ? ` dev ${r.route.dev}` : ''}`,
+    `trace ${from} (${r.src.address}:${r.sport}) -> ${r.dst.name === r.dst.address ? to : `${r.dst.name} (${to})`}`,
+    `  route in ${from}: ${r.route.type && r.route.type !== 'unicast' ? `${r.route.type} ` : ''}${r.dst.address}${r.route.gateway ? ` via ${r.route.gateway}` : ''}${r.route.dev ? ` dev ${r.route.dev}` : ''}`,
     '  the first packet on this host:',
     ...(r.request.length ? shown(r.request).map((s) => stepLine(s, r.policy)) : ['    (no table saw it: it did not reach this host\'s netfilter)']),
   ];
   if (r.nat.length) out.push('  NAT:', ...r.nat.map((n) => `    ${n}`));
   if (r.reply.length) out.push('  the answer:', ...shown(r.reply).map((s) => stepLine(s, r.policy)));
+  if (r.seenByServer) out.push(`  the server (${r.seenByServer.server}) saw the client as ${r.seenByServer.client}`);
   const why = r.droppedBy ? ` by ${r.droppedBy.table} ${r.droppedBy.chain}: ${r.droppedBy.rule}${r.policy && r.droppedBy.rule.startsWith('policy:') ? ` [${r.policy.by}]` : ''}${r.droppedBy.owner === 'foreign' ? ' (another program\'s table, not ctnet\'s)' : ''}` : '';
   out.push(`  outcome: ${r.outcome}${r.outcome === 'dropped' ? why : ''}${r.outcome === 'refused' ? ' (nothing listens there, or a reject)' : ''}`);
   if (r.policy) out.push(`  ctnet policy: ${r.policy.allowed ? 'allowed' : 'denied'} by ${r.policy.by}`);
+  for (const n of r.notes ?? []) out.push(`  note: ${n}`);
   return out.join('\n');
 }
 
 export default defineCommand({
   name: 'trace',
-  summary: 'why can (or can\'t) a sandbox reach DST[:PORT][/tcp|/udp|/icmp]? a real probe, traced through every nftables chain',
+  summary: 'why can (or can\'t) SRC (a sandbox, host, or world) reach DST[:PORT][/tcp|/udp|/icmp]? a real probe, traced through every nftables chain',
   args: ['<src>', '<dst>'],
   options: [
     { flags: '--timeout <ms>', description: 'how long the probe waits for an answer', default: '2000' },
+    { flags: '--from-netns <name>', description: 'SRC world: the network namespace the probe leaves from (one whose packets reach this host from outside)' },
   ],
   json: true,
   async run({ ctx, args, opts, io }) {
     const timeoutMs = Number(opts.timeout);
-    const r = await trace(ctx, parseName('sandbox', args.src), parseTraceTarget(args.dst), { timeoutMs: Number.isFinite(timeoutMs) ? timeoutMs : 2000 });
+    const src = args.src === 'world' || args.src === 'host' ? args.src : parseName('sandbox', args.src);
+    const r = await trace(ctx, src, parseTraceTarget(args.dst), { timeoutMs: Number.isFinite(timeoutMs) ? timeoutMs : 2000, ...(opts.fromNetns !== undefined ? { fromNetns: opts.fromNetns } : {}) });
     io.out(io.json ? JSON.stringify(r, null, 2) : render(r));
   },
 });

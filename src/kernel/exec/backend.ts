@@ -10,7 +10,7 @@ import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
 import { removes, resolvedArgvs, resolvText, type Op } from '../../plan/ops.ts';
 import { resolvedHere } from '../resolved.ts';
 import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, tcCommands, type IpCommand } from '../../plan/render.ts';
-import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMonitor } from '../backend.ts';
+import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMarker, TraceMonitor } from '../backend.ts';
 import { routeGet, sendProbe, startTraceMonitor } from './trace.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
 import { isNetnsFile, netnsKillAll, netnsNames, netnsPids, removeResolv, resolvNames, writeResolv } from '../netns.ts';
@@ -164,6 +164,9 @@ export class ExecBackend implements KernelBackend {
   }
 
   // ---- reads ----
+  netnsIds(): Promise<{ nsid: number; name?: string }[]> {
+    return this.#ipJson('netns.ids', undefined, ['netns', 'list-id']);
+  }
   links(ns?: Netns): Promise<LinkInfo[]> {
     return this.#ipJson('link.list', ns, ['-d', 'link', 'show']);
   }
@@ -269,10 +272,10 @@ export class ExecBackend implements KernelBackend {
       return undefined;
     }
   }
-  traceMonitor(): Promise<TraceMonitor> {
-    return startTraceMonitor();
+  traceMonitor(marker?: TraceMarker): Promise<TraceMonitor> {
+    return startTraceMonitor(marker);
   }
-  probe(ns: Netns, p: ProbeSpec): Promise<ProbeResult> {
+  probe(ns: Netns | undefined, p: ProbeSpec): Promise<ProbeResult> {
     return sendProbe(ns, p);
   }
   routeGet(ns: Netns | undefined, dst: string) {
