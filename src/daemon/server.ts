@@ -16,6 +16,7 @@ import { ExecBackend } from '../kernel/exec/backend.ts';
 import { builtinServices } from '../services/index.ts';
 import { Store } from '../store/store.ts';
 import { startAgent, type Agent } from './agent.ts';
+import { answerCli, isCliRequest, self } from './cli.ts';
 import { decodeRequest, encodeReply, type Reply } from './wire.ts';
 
 export const SOCKET_NAME = 'ctnetd.sock';
@@ -138,6 +139,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const path = socketPath(opts.stateDir);
   rmSync(path, { force: true }); // stale: its daemon is gone, or we could not hold the lock
   const netns = myNetns();
+  const me = self(opts.stateDir, storeGone);
   const crash = new CrashPoints(); // CTNET_CRASH_AT counts over the daemon's life, as it did per process
   let queue: Promise<unknown> = Promise.resolve();
   let idle: NodeJS.Timeout | undefined;
@@ -188,6 +190,13 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
       req = decodeRequest(buf);
     } catch (e) {
       return { later, reply: fail(new CniError(CODE.DECODE, `malformed request: ${(e as Error).message}`, 'use the ctnet plugin of the same version as ctnetd')) };
+    }
+    if (isCliRequest(req.env)) {
+      const started = performance.now();
+      const { reply, why, argv, kernel } = await answerCli(req.env, me);
+      const took = `${(performance.now() - started).toFixed(1)} ms${kernel ? ` (tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns)` : ''}`;
+      log(`ctnet ${argv.join(' ').slice(0, 200)}: ${why ? `the front end runs it itself: ${why}` : `exit ${reply.exit} in ${took}`}`);
+      return { later, reply };
     }
     const gone = storeGone();
     if (gone) {

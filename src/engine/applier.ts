@@ -25,9 +25,15 @@ import type { PolicyRow, Store } from '../store/store.ts';
  */
 export class CrashPoints {
   #count = 0;
-  readonly #at: string | undefined;
+  #at: string | undefined;
   constructor(at: string | undefined = process.env.CTNET_CRASH_AT) {
     this.#at = at;
+  }
+  /** No crash points, whatever this process's environment says (ctnetd running a command for the front end). */
+  static none(): CrashPoints {
+    const c = new CrashPoints();
+    c.#at = undefined;
+    return c;
   }
   reached(): void {
     if (this.#at !== undefined && String(this.#count++) === this.#at) process.kill(process.pid, 'SIGKILL');
