@@ -163,6 +163,16 @@ export class Applier {
       this.#print(s);
       if (!this.dryRun) {
         await Promise.all(s.lanes.map(async (lane) => {
+          // Removals are tried as one batch first (one spawn per tool); if it fails, each again
+          // alone, where "already gone" is success: removing twice is harmless.
+          if (lane.length > 1 && lane.every(removes)) {
+            try {
+              await this.#apply(lane);
+              return;
+            } catch {
+              // each alone, below
+            }
+          }
           for (const op of lane) {
             try {
               await this.#apply([op]);

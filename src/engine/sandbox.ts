@@ -5,7 +5,7 @@ import type { AttachSpec, IpRequest } from '../model/spec.ts';
 import { formatPortSpec } from '../model/ports.ts';
 import type { PortFacts } from '../nft/ruleset.ts';
 import type { Op } from '../plan/ops.ts';
-import { step, type Step } from '../plan/plan.ts';
+import { fuseRemovals, step, type Step } from '../plan/plan.ts';
 import type { AttachmentRow, SandboxRow, Store } from '../store/store.ts';
 import { checkHostAddresses, type EgressAddress } from './egress.ts';
 import type { Ctx } from './context.ts';
@@ -253,8 +253,7 @@ export async function teardownSandbox(ctx: Ctx, s: SandboxRow): Promise<void> {
   const ours = s.owned && 'name' in ns;
   await applier.teardown([
     ...(ours && kernel.netnsPids(ns).length > 0 ? [step([{ kind: 'netns.kill', netns: ns }], `sandbox ${s.name}: stop its processes`)] : []),
-    ...unpublishSteps(portFacts(store, s.name)),
-    ...store.attachments({ sandbox: s.name }).flatMap((a) => detachSteps(ctx, a)),
+    ...fuseRemovals([...unpublishSteps(portFacts(store, s.name)), ...store.attachments({ sandbox: s.name }).flatMap((a) => detachSteps(ctx, a))]),
     ...(ours ? [step([{ kind: 'netns.del', name: ns.name }], `sandbox ${s.name}: remove its network namespace`)] : []),
     ...(ours ? [step([{ kind: 'resolv.remove', netns: ns.name }], `sandbox ${s.name}: remove its resolv.conf`)] : []),
   ]);
