@@ -4,6 +4,8 @@
 // store open and runs one request at a time, so requests never interleave their kernel work; the
 // store's transactions still serialise it against CLI processes using the same state directory.
 // The CLI never needs ctnetd: what it changes while ctnetd is down reaches the services at start.
+// While it runs, the front end (src/cli/front.c) hands it the hot commands (cli.ts), which run in
+// the same queue as CNI requests.
 import { chmodSync, copyFileSync, existsSync, fstatSync, ftruncateSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
