@@ -8,7 +8,7 @@
 // the bundle while nothing in src/ is newer, else the sources.
 //
 // Wire format (src/daemon/wire.ts): request = "KEY=VALUE\0"... "\0", then a half-close; reply =
-// "EXIT\nSTDOUT_LENGTH\n" STDOUT STDERR; EXIT -1 means "run it yourself".
+// "cli:EXIT\nSTDOUT_LENGTH\n" STDOUT STDERR; EXIT -1 means "run it yourself".
 #define _GNU_SOURCE
 #include <errno.h>
 #include <ftw.h>
@@ -233,7 +233,10 @@ static int via_daemon(int argc, char **argv) {
                     "hint: see %s/ctnetd.log; ctnet gc finishes or undoes what a stopped command left\n", dir, dir);
     return 1;
   }
-  int code = atoi(reply.data);
+  // "cli:EXIT"; a ctnetd older than this front end answers a failed CNI request instead, having
+  // changed nothing: run the command here.
+  if (strncmp(reply.data, "cli:", 4) != 0) return -1;
+  int code = atoi(reply.data + 4);
   if (code == -1) return -1;
   char *body = nl2 + 1;
   write_all(1, body, outlen);

@@ -171,8 +171,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
       }
       // One request at a time, in arrival order.
       const run = queue.then(async () => {
-        const { reply, later } = await answer(Buffer.concat(chunks));
-        if (!sock.destroyed) sock.end(encodeReply(reply));
+        const { reply, later, cli } = await answer(Buffer.concat(chunks));
+        if (!sock.destroyed) sock.end(encodeReply(reply, cli));
         // Deferred work (stale conntrack entries) runs before the next request starts.
         for (const fn of later) await fn().catch((e: Error) => log(`deferred work failed: ${e.message}`));
       });
@@ -185,7 +185,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     });
   }
 
-  async function answer(buf: Buffer): Promise<{ reply: Reply; later: (() => Promise<void>)[] }> {
+  async function answer(buf: Buffer): Promise<{ reply: Reply; later: (() => Promise<void>)[]; cli?: boolean }> {
     const later: (() => Promise<void>)[] = [];
     let req;
     try {
@@ -198,7 +198,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
       const { reply, why, argv, kernel } = await answerCli(req.env, me);
       const took = `${(performance.now() - started).toFixed(1)} ms${kernel ? ` (tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns)` : ''}`;
       log(`ctnet ${argv.join(' ').slice(0, 200)}: ${why ? `the front end runs it itself: ${why}` : `exit ${reply.exit} in ${took}`}`);
-      return { later, reply };
+      return { later, reply, cli: true };
     }
     const gone = storeGone();
     if (gone) {
