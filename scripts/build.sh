@@ -1,6 +1,9 @@
 #!/bin/sh
 # Bundles the ctnet command into build/ctnet.mjs: one plain-JS file, so a start skips type
 # stripping and ~45 module loads (bin/ctnet uses it while it is newer than everything in src/).
+# Then the front end build/ctnet (src/cli/front.c): it hands the hot commands to a running ctnetd
+# and execs Node for the rest; bin/ctnet uses it while it is newer than its source. Without a C
+# compiler bin/ctnet runs Node for every command, as before.
 set -eu
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -9,3 +12,9 @@ node_modules/.bin/esbuild src/cli/main.ts --bundle --platform=node --format=esm 
   --outfile=build/ctnet.mjs.tmp --log-level=warning --external:@viz-js/viz \
   --banner:js="import { createRequire as __ctnetRequire } from 'node:module'; const require = __ctnetRequire(import.meta.url);"
 mv build/ctnet.mjs.tmp build/ctnet.mjs
+if command -v cc >/dev/null; then
+  cc -O2 -Wall -Wextra -o build/ctnet.tmp src/cli/front.c
+  mv build/ctnet.tmp build/ctnet
+else
+  echo "build.sh: no C compiler (cc): bin/ctnet runs Node for every command" >&2
+fi

@@ -3,7 +3,7 @@
 // list in src/cli/commands/index.ts; nothing here changes. Errors are rendered once, in main.ts.
 import { Command, Option } from 'commander';
 import type { ArgSpec, CommandModule, OptionSpec } from './command.ts';
-import { GLOBAL_OPTIONS, JSON_OPTION, makeIo, openCtx, resolveGlobals } from './context.ts';
+import { type CliHost, GLOBAL_OPTIONS, JSON_OPTION, makeIo, openCtx, PROCESS_HOST, resolveGlobals } from './context.ts';
 import { COMMANDS, GROUPS } from './commands/index.ts';
 
 const collect = (v: string, prev: string[] = []) => [...prev, v];
@@ -23,7 +23,7 @@ function addArgument(cmd: Command, a: ArgSpec): void {
 }
 
 /** The leaf command of one module, under its parent; runs the module with its context. */
-function addModule(parent: Command, word: string, m: CommandModule): Command {
+function addModule(parent: Command, word: string, m: CommandModule, host: CliHost): Command {
   const cmd = parent.command(word).description(m.summary);
   for (const a of m.aliases ?? []) cmd.alias(a);
   for (const a of m.args ?? []) addArgument(cmd, a);
@@ -35,13 +35,13 @@ function addModule(parent: Command, word: string, m: CommandModule): Command {
   cmd.action(async () => {
     // --state-dir and the rest may come before or after the command's name.
     const opts = cmd.optsWithGlobals();
-    const g = resolveGlobals({ ...opts, json: m.json ? opts.json : undefined });
+    const g = resolveGlobals({ ...opts, json: m.json ? opts.json : undefined }, host.env);
     const args = Object.fromEntries(cmd.registeredArguments.map((a, i) => [a.name(), cmd.processedArgs[i]]));
-    const io = makeIo(g);
-    const ctx = m.needsCtx === false ? undefined : openCtx(g);
+    const io = makeIo(g, host);
+    const ctx = m.needsCtx === false ? undefined : openCtx(g, io, host);
     try {
       const code = await m.run({ ctx, args, opts, io });
-      if (typeof code === 'number') process.exitCode = code;
+      if (typeof code === 'number') host.exit(code);
     } finally {
       ctx?.store.close();
     }
@@ -53,11 +53,15 @@ function addModule(parent: Command, word: string, m: CommandModule): Command {
  * The program with every command of `modules` (default: all of ctnet's), parents made from the
  * first words of the names: a module of that name if it comes first in the list, else a group.
  */
-export function buildProgram(modules: readonly CommandModule[] = COMMANDS, groups: Readonly<Record<string, string>> = GROUPS): Command {
+export function buildProgram(modules: readonly CommandModule[] = COMMANDS, groups: Readonly<Record<string, string>> = GROUPS, host: CliHost = PROCESS_HOST): Command {
   const program = new Command('ctnet')
     .description('container networking for Linux: bridges, network namespaces, IPAM, NAT, programmed into the kernel')
     .showHelpAfterError('(run with --help for usage)')
-    .configureOutput({ outputError: (s, write) => write(`ctnet: ${s.replace(/^error: /, '')}`) });
+    .configureOutput({
+      writeOut: host.stdout,
+      writeErr: host.stderr,
+      outputError: (s, write) => write(`ctnet: ${s.replace(/^error: /, '')}`),
+    });
   for (const o of GLOBAL_OPTIONS) addOption(program, o);
 
   const made = new Map<string, Command>([['', program]]);
@@ -78,7 +82,7 @@ export function buildProgram(modules: readonly CommandModule[] = COMMANDS, group
     if (made.has(m.name)) {
       throw new Error(`ctnet: command "${m.name}" is declared twice${groupsMade.has(m.name) ? ', or after its subcommands' : ''}`);
     }
-    made.set(m.name, addModule(commandAt(words.slice(0, -1).join(' ')), words.at(-1)!, m));
+    made.set(m.name, addModule(commandAt(words.slice(0, -1).join(' ')), words.at(-1)!, m, host));
   }
   return program;
 }

@@ -4,6 +4,8 @@
 // store open and runs one request at a time, so requests never interleave their kernel work; the
 // store's transactions still serialise it against CLI processes using the same state directory.
 // The CLI never needs ctnetd: what it changes while ctnetd is down reaches the services at start.
+// While it runs, the front end (src/cli/front.c) hands it the hot commands (cli.ts), which run in
+// the same queue as CNI requests.
 import { chmodSync, copyFileSync, existsSync, fstatSync, ftruncateSync, readFileSync, readlinkSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
@@ -16,6 +18,7 @@ import { ExecBackend } from '../kernel/exec/backend.ts';
 import { builtinServices } from '../services/index.ts';
 import { Store } from '../store/store.ts';
 import { startAgent, type Agent } from './agent.ts';
+import { answerCli, isCliRequest, self } from './cli.ts';
 import { decodeRequest, encodeReply, type Reply } from './wire.ts';
 
 export const SOCKET_NAME = 'ctnetd.sock';
@@ -138,6 +141,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const path = socketPath(opts.stateDir);
   rmSync(path, { force: true }); // stale: its daemon is gone, or we could not hold the lock
   const netns = myNetns();
+  const me = self(opts.stateDir, storeGone);
   const crash = new CrashPoints(); // CTNET_CRASH_AT counts over the daemon's life, as it did per process
   let queue: Promise<unknown> = Promise.resolve();
   let idle: NodeJS.Timeout | undefined;
@@ -167,8 +171,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
       }
       // One request at a time, in arrival order.
       const run = queue.then(async () => {
-        const { reply, later } = await answer(Buffer.concat(chunks));
-        if (!sock.destroyed) sock.end(encodeReply(reply));
+        const { reply, later, cli } = await answer(Buffer.concat(chunks));
+        if (!sock.destroyed) sock.end(encodeReply(reply, cli));
         // Deferred work (stale conntrack entries) runs before the next request starts.
         for (const fn of later) await fn().catch((e: Error) => log(`deferred work failed: ${e.message}`));
       });
@@ -181,13 +185,20 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     });
   }
 
-  async function answer(buf: Buffer): Promise<{ reply: Reply; later: (() => Promise<void>)[] }> {
+  async function answer(buf: Buffer): Promise<{ reply: Reply; later: (() => Promise<void>)[]; cli?: boolean }> {
     const later: (() => Promise<void>)[] = [];
     let req;
     try {
       req = decodeRequest(buf);
     } catch (e) {
       return { later, reply: fail(new CniError(CODE.DECODE, `malformed request: ${(e as Error).message}`, 'use the ctnet plugin of the same version as ctnetd')) };
+    }
+    if (isCliRequest(req.env)) {
+      const started = performance.now();
+      const { reply, why, argv, kernel } = await answerCli(req.env, me);
+      const took = `${(performance.now() - started).toFixed(1)} ms${kernel ? ` (tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns)` : ''}`;
+      log(`ctnet ${argv.join(' ').slice(0, 200)}: ${why ? `the front end runs it itself: ${why}` : `exit ${reply.exit} in ${took}`}`);
+      return { later, reply, cli: true };
     }
     const gone = storeGone();
     if (gone) {

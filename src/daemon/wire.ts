@@ -30,9 +30,14 @@ export function encodeRequest(r: Request): Buffer {
   return Buffer.concat([Buffer.from(head), Buffer.from(r.stdin)]);
 }
 
-export function encodeReply(r: Reply): Buffer {
+/**
+ * A reply to the front end (src/cli/front.c) writes its exit as "cli:EXIT": a ctnetd older than
+ * the front end answers its request as a failed CNI request, which the front end then tells
+ * apart (and runs the command itself: that ctnetd changed nothing).
+ */
+export function encodeReply(r: Reply, cli = false): Buffer {
   const out = Buffer.from(r.stdout);
-  return Buffer.concat([Buffer.from(`${r.exit}\n${out.length}\n`), out, Buffer.from(r.stderr)]);
+  return Buffer.concat([Buffer.from(`${cli ? 'cli:' : ''}${r.exit}\n${out.length}\n`), out, Buffer.from(r.stderr)]);
 }
 
 export function decodeReply(buf: Buffer): Reply {

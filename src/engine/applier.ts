@@ -25,9 +25,15 @@ import type { PolicyRow, Store } from '../store/store.ts';
  */
 export class CrashPoints {
   #count = 0;
-  readonly #at: string | undefined;
+  #at: string | undefined;
   constructor(at: string | undefined = process.env.CTNET_CRASH_AT) {
     this.#at = at;
+  }
+  /** No crash points, whatever this process's environment says (ctnetd running a command for the front end). */
+  static none(): CrashPoints {
+    const c = new CrashPoints();
+    c.#at = undefined;
+    return c;
   }
   reached(): void {
     if (this.#at !== undefined && String(this.#count++) === this.#at) process.kill(process.pid, 'SIGKILL');
@@ -157,6 +163,16 @@ export class Applier {
       this.#print(s);
       if (!this.dryRun) {
         await Promise.all(s.lanes.map(async (lane) => {
+          // Removals are tried as one batch first (one spawn per tool); if it fails, each again
+          // alone, where "already gone" is success: removing twice is harmless.
+          if (lane.length > 1 && lane.every(removes)) {
+            try {
+              await this.#apply(lane);
+              return;
+            } catch {
+              // each alone, below
+            }
+          }
           for (const op of lane) {
             try {
               await this.#apply([op]);

@@ -32,7 +32,8 @@ export async function readHost(ctx: Ctx, req: PublishRequest): Promise<HostView>
   let found: Listener[] = [];
   if (!req.force) {
     try {
-      found = await kernel.listeners(sctp);
+      const only = (proto: string, port: number) => req.mappings.some((m) => m.proto === proto && port >= m.hostPort && port < m.hostPort + m.count);
+      found = await kernel.listeners(sctp, only);
     } catch {
       found = sctp ? await kernel.listeners(false) : []; // a kernel without SCTP: ss -S fails
     }

@@ -147,8 +147,11 @@ export interface KernelBackend {
   nftTables(): Promise<{ family: string; table: string }[]>;
   /** Equivalent to: conntrack -L (both families). */
   flows(): Promise<Flow[]>;
-  /** Equivalent to: ss -Hlnp -t -u [--sctp]. */
-  listeners(sctp: boolean): Promise<Listener[]>;
+  /**
+   * Equivalent to: ss -Hlnp -t -u [--sctp]. With `only`, a backend may answer [] without asking ss
+   * when no socket of this namespace has a protocol and port it accepts (a cheaper read first).
+   */
+  listeners(sctp: boolean, only?: (proto: 'tcp' | 'udp', port: number) => boolean): Promise<Listener[]>;
   /** A sysctl of ctnet's namespace; undefined when the key does not exist. */
   sysctl(key: string): string | undefined;
   /** Names of the netns files in /run/netns (ip netns list). */

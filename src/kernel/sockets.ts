@@ -36,3 +36,35 @@ function programName(pid: string): string | undefined {
     return undefined;
   }
 }
+
+/**
+ * The protocol and local port of every TCP socket listening and every UDP socket in this
+ * namespace, from /proc/net (the namespace of the reading thread): a superset of what ss -l -t -u
+ * lists, read without spawning it.
+ */
+export function socketPorts(): { proto: 'tcp' | 'udp'; port: number }[] {
+  const out: { proto: 'tcp' | 'udp'; port: number }[] = [];
+  for (const [file, proto] of [['tcp', 'tcp'], ['tcp6', 'tcp'], ['udp', 'udp'], ['udp6', 'udp']] as const) {
+    let text = '';
+    try {
+      text = readFileSync(`/proc/net/${file}`, 'utf8');
+    } catch {
+      continue; // no IPv6 in this kernel
+    }
+    out.push(...parseProcNet(text, proto).map((port) => ({ proto, port })));
+  }
+  return out;
+}
+
+/** The local ports in one /proc/net/{tcp,udp}[6] table: of listening sockets (TCP), of every socket (UDP). */
+export function parseProcNet(text: string, proto: 'tcp' | 'udp'): number[] {
+  const ports: number[] = [];
+  for (const line of text.split('\n').slice(1)) {
+    // sl local_address rem_address st ...: "0: 0100007F:1F90 00000000:0000 0A ..."
+    const [, local, , st] = line.trim().split(/\s+/);
+    if (!local || !local.includes(':') || (proto === 'tcp' && st !== '0A')) continue; // 0A: LISTEN
+    const port = parseInt(local.slice(local.lastIndexOf(':') + 1), 16);
+    if (Number.isInteger(port)) ports.push(port);
+  }
+  return ports;
+}

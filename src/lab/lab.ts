@@ -3,7 +3,7 @@
 // the demo and the benchmarks, so nothing ever touches the machine's own network.
 import { execFile, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -111,6 +111,26 @@ export class Lab {
     const r = await this.ctnet(args, env);
     if (r.code !== 0) throw new Error(`ctnet ${args.join(' ')} failed (${r.code}): ${r.stderr}`);
     return r.stdout;
+  }
+
+  /**
+   * Starts ctnetd in the lab host, as the CNI plugin would (stderr to STATE_DIR/ctnetd.log), and
+   * waits until it answers; the lab's teardown kills it with everything else in the lab host.
+   */
+  async startDaemon(): Promise<void> {
+    const log = openSync(join(this.stateDir, 'ctnetd.log'), 'a');
+    try {
+      spawn('nsenter', [`--net=/run/netns/${this.host}`, this.ctnetBin, 'daemon'], {
+        env: { ...process.env, CTNET_STATE_DIR: this.stateDir }, stdio: ['ignore', 'ignore', log], detached: true,
+      }).unref();
+    } finally {
+      closeSync(log);
+    }
+    for (let i = 0; i < 600; i++) {
+      if ((await this.ctnet(['daemon', 'status'])).code === 0) return;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`ctnetd did not start in lab ${this.id}: see ${this.stateDir}/ctnetd.log`);
   }
 
   /** Runs argv in the lab host's (or the world's) network namespace. */

@@ -161,10 +161,16 @@ describe('published ports', () => {
   it('a live UDP flow follows the host port to the new sandbox after the old one is removed', async () => {
     await serve('old', 'web', ['8085:81/udp'], { udp: 81 });
     await until(() => fromWorld('udp', UPLINK.host4, 8085));
+    const oldIp = readStore(lab).addresses.find((a) => a.sandbox === 'old' && a.family === 4)!.ip;
+    // Flows to old that it has answered (the probes above made some already).
+    const answered = async () => (await lab.inHost(['conntrack', '-L', '-p', 'udp'])).stdout.split('\n')
+      .filter((l) => l.includes('dport=8085 ') && l.includes(`src=${oldIp} `) && !l.includes('UNREPLIED')).length;
+    const before = await answered();
     // One client socket (fixed source port) sending every 100 ms through all that follows.
     const flow = lab.inWorld(Lab.flowArgv(UPLINK.host4, 8085, 'new', 30_000));
-    await new Promise((r) => setTimeout(r, 500));
-    const oldIp = readStore(lab).addresses.find((a) => a.sandbox === 'old' && a.family === 4)!.ip;
+    // Until old has answered the flow too, not a fixed wait: under load the flow's process may
+    // start later than rm does.
+    for (let i = 0; i < 300 && (await answered()) <= before; i++) await new Promise((r) => setTimeout(r, 100));
     await lab.ctnetOk(['rm', 'old']);
     const left = (await lab.inHost(['conntrack', '-L'])).stdout.split('\n').filter((l) => l.includes(`src=${oldIp} `));
     assert.deepEqual(left, [], 'no conntrack entry leads to the removed sandbox');

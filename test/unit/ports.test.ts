@@ -5,7 +5,7 @@ import { CtnetError } from '../../src/errors.ts';
 import { collides, describeMapping, formatPortSpec, parsePortSpec } from '../../src/model/ports.ts';
 import { portElements } from '../../src/nft/ruleset.ts';
 import { parseFlows } from '../../src/kernel/conntrack.ts';
-import { parseListeners } from '../../src/kernel/sockets.ts';
+import { parseListeners, parseProcNet } from '../../src/kernel/sockets.ts';
 
 const fails = (text: string, re: RegExp) =>
   assert.throws(() => parsePortSpec(text), (e: unknown) => e instanceof CtnetError && e.code === 'INVALID_ARGUMENT' && re.test(e.message), text);
@@ -90,5 +90,18 @@ describe('kernel output parsing', () => {
   it('reads ss listeners with their processes', () => {
     const l = parseListeners('tcp LISTEN 0 511 *:9500 *:* users:(("MainThread",pid=999999,fd=20))\nudp UNCONN 0 0 [::1]:53 [::]:*\n');
     assert.deepEqual(l.map((x) => [x.proto, x.address, x.port, x.processes]), [['tcp', '*', 9500, ['MainThread (pid 999999)']], ['udp', '::1', 53, []]]);
+  });
+});
+
+describe('/proc/net sockets (the read before ss)', () => {
+  const head = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
+  it('lists the ports of listening TCP sockets only, and of every UDP socket', () => {
+    const tcp = head +
+      '   0: 00000000:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n' +
+      '   1: 0100007F:A2C4 0100007F:1F90 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1\n';
+    assert.deepEqual(parseProcNet(tcp, 'tcp'), [8080]);
+    const udp6 = head + '  12: 00000000000000000000000000000000:0035 00000000000000000000000000000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 3 2 0 0\n';
+    assert.deepEqual(parseProcNet(udp6, 'udp'), [53]);
+    assert.deepEqual(parseProcNet(head, 'tcp'), []);
   });
 });

@@ -14,7 +14,7 @@ import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, N
 import { routeGet, sendProbe, startTraceMonitor } from './trace.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
 import { isNetnsFile, netnsKillAll, netnsNames, netnsPids, removeResolv, resolvNames, writeResolv } from '../netns.ts';
-import { listenersArgv, parseListeners } from '../sockets.ts';
+import { listenersArgv, parseListeners, socketPorts } from '../sockets.ts';
 import { sysctlRead, sysctlWrite } from '../sysctl.ts';
 import { run, SpawnStats } from './run.ts';
 
@@ -233,7 +233,10 @@ export class ExecBackend implements KernelBackend {
   async flows(): Promise<Flow[]> {
     return parseFlows((await this.#run('conntrack.list', ['conntrack', '-L'])).stdout);
   }
-  async listeners(sctp: boolean): Promise<Listener[]> {
+  async listeners(sctp: boolean, only?: (proto: 'tcp' | 'udp', port: number) => boolean): Promise<Listener[]> {
+    // /proc/net/{tcp,udp}[6] is read without a spawn; ss (which names the processes) only runs
+    // when a socket there could matter.
+    if (only && !sctp && !socketPorts().some((s) => only(s.proto, s.port))) return [];
     return parseListeners((await this.#run('socket.list', listenersArgv(sctp))).stdout);
   }
   sysctl(key: string): string | undefined {
