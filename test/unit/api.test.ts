@@ -12,6 +12,7 @@ import { Applier } from '../../src/engine/applier.ts';
 import type { Ctx } from '../../src/engine/context.ts';
 import { ruleCounters } from '../../src/engine/counters.ts';
 import { explainObject, parseObjectRef } from '../../src/engine/explain.ts';
+import { buildGraph } from '../../src/engine/graph.ts';
 import { createNetwork } from '../../src/engine/network.ts';
 import { addPolicy } from '../../src/engine/policy.ts';
 import { createSandbox } from '../../src/engine/sandbox.ts';
@@ -181,6 +182,8 @@ describe('rule counters and explain', () => {
       assert.match(rule, /policy rule #1 no-db/);
       assert.match(rule, /add element inet ctnet policy_deny4 \{ 10\.70\.1\.2 \. 10\.70\.1\.3 \. 6 \. 5432 \}/);
       assert.throws(() => explainObject(ctx, { kind: 'sandbox', name: 'nope' }), /no sandbox named nope/);
+      // The page's graph reads only ctnet's namespace; it says the same as the full one.
+      assert.deepEqual(await buildGraph(ctx, { inner: false }), await buildGraph(ctx));
       assert.throws(() => explainObject(ctx, { kind: 'network', name: 'nope' }), (e: CtnetError) => e.code === 'NOT_FOUND');
       assert.throws(() => explainObject(ctx, { kind: 'policy', name: 'nope' }), /no policy rule named nope/);
     } finally {

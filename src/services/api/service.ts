@@ -37,7 +37,7 @@ export function webService(): Service {
   const deps: ApiDeps = {
     graph() {
       if (!graph) {
-        const p = sctx!.exclusive((ctx) => buildGraph(ctx));
+        const p = sctx!.exclusive((ctx) => buildGraph(ctx, { inner: false }));
         graph = p;
         p.catch(() => { if (graph === p) graph = undefined; }); // a failed build is not kept
       }
