@@ -2,7 +2,7 @@
 // the trace body, every route's errors as {error, hint} JSON (with stand-in use cases), the rule
 // counters from nft's JSON, and the explain plans of recorded objects on the fake kernel.
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +22,7 @@ import { parsePortSpec } from '../../src/model/ports.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
 import { hashToken, isLoopback, parseListen, tokenMatches } from '../../src/services/api/config.ts';
 import { handle, hostAllowed, parseTraceBody, type ApiDeps, type ApiServerInfo } from '../../src/services/api/http.ts';
+import { ROOT } from '../../src/root.ts';
 import { Store } from '../../src/store/store.ts';
 
 describe('listen address and token', () => {
@@ -141,6 +142,21 @@ describe('the HTTP API', () => {
     assert.equal(ok.status, 200);
     assert.deepEqual(calls, ['trace web db:5432']);
     assert.deepEqual(parseTraceBody(' {"src":" a ","dst":"b"}'), { src: 'a', dst: 'b' });
+  });
+});
+
+describe('the page', () => {
+  const page = readFileSync(join(ROOT, 'src', 'services', 'web', 'page.html'), 'utf8');
+  it('is self-contained: no external script, style, font or image', () => {
+    assert.doesNotMatch(page, /<link\b|<script[^>]*\bsrc=|@import|url\(/i);
+    assert.deepEqual([...page.matchAll(/https?:\/\/[^\s'"`)]+/g)].map((m) => m[0]), ['http://www.w3.org/2000/svg'], 'only the SVG namespace');
+  });
+  it('never inserts text as HTML', () => {
+    assert.doesNotMatch(page, /innerHTML|outerHTML|insertAdjacentHTML|document\.write|DOMParser|createContextualFragment/);
+  });
+  it('its inline script and style carry the nonce the server fills in', () => {
+    assert.equal([...page.matchAll(/<(script|style)\b/g)].length, 2);
+    assert.equal([...page.matchAll(/<(script|style) nonce="__NONCE__">/g)].length, 2);
   });
 });
 
