@@ -108,4 +108,27 @@ describe('ctnet ui in Chromium', () => {
     assert.equal(overflow, 0);
     assert.ok(await page.locator('#trace-form').isVisible());
   });
+
+  it('beyond loopback a token is required; ui again answers; --off stops serving', async () => {
+    const wide = (await lab.ctnetOk(['ui', '--listen', '198.51.100.2:0'])).trim();
+    const m = /^(http:\/\/198\.51\.100\.2:\d+\/)\?token=([\w-]+)$/.exec(wide);
+    assert.ok(m, wide);
+    const code = async (...args: string[]) => (await lab.inHost(['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}', ...args])).stdout;
+    assert.equal(await code(`${m[1]}api/graph`), '401');
+    assert.equal(await code(`${m[1]}api/graph?token=wrong`), '401');
+    assert.equal(await code(`${m[1]}api/graph?token=${m[2]}`), '200');
+    assert.equal(await code('-H', `Authorization: Bearer ${m[2]}`, `${m[1]}api/graph`), '200');
+    assert.equal(await code(url), '000', 'the old loopback listener is closed');
+    // Asked again without --listen: the same address, and the token is not printed again.
+    const again = await lab.ctnet(['ui']);
+    assert.equal(again.stdout.trim(), m[1]);
+    assert.match(again.stderr, /needs the token printed when it was made/);
+    assert.equal(await code(`${m[1]}api/graph?token=${m[2]}`), '200');
+    assert.match(await lab.ctnetOk(['ui', '--off']), /no longer served/);
+    await lab.ctnetOk(['daemon', 'status']); // ctnetd goes on without the page
+    assert.equal(await code(`${m[1]}api/graph?token=${m[2]}`), '000');
+    const bad = await lab.ctnet(['ui', '--listen', 'example.com:80']);
+    assert.notEqual(bad.code, 0);
+    assert.match(bad.stderr, /--listen "example\.com:80" is not ADDR:PORT/);
+  });
 });
