@@ -22,10 +22,12 @@ cd "$root"
 # builds podman's pause image), nc and curl on the host, and podman's DNS server for the networks they create.
 # bind9-dnsutils (dig) + dnsmasq-base + dnsperf + aardvark-dns: test/lab/dns.test.ts queries ctnetd's DNS server with dig and
 # forwards to a dnsmasq it starts in the lab's world; bench/dns.ts measures it with dnsperf against aardvark-dns.
+# chromium: test/lab/ui.test.ts, bench/ui.ts and scripts/screenshots.ts drive the live page (ctnet ui) in it
+# with playwright-core (a dev dependency, pointed at /usr/bin/chromium: no browser download).
 pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables iperf3 socat
   podman runc busybox-static netavark gcc libc6-dev libjansson-dev python3 etcd-server etcd-client containerd
   bats slirp4netns catatonit netcat-openbsd curl golang-github-containernetworking-plugin-dnsname
-  bind9-dnsutils dnsmasq-base dnsperf aardvark-dns)
+  bind9-dnsutils dnsmasq-base dnsperf aardvark-dns chromium)
 command -v npm >/dev/null || pkgs+=(npm)
 missing=()
 for p in "${pkgs[@]}"; do

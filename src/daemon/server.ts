@@ -124,6 +124,9 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     log(`another ctnetd serves ${opts.stateDir}; exiting`);
     return 0;
   }
+  // SIGHUP asks services to read their settings again (the web service: `ctnet ui`). Handled from
+  // before the pid is known, so a signal sent while services start never kills the daemon.
+  process.on('SIGHUP', () => log('SIGHUP: services read their settings again'));
   writeFileSync(join(opts.stateDir, PID_NAME), `${process.pid}\n`);
   // The file this daemon's store has open: if it is deleted or replaced (a restore, an rm), the
   // daemon would go on writing to a file nobody reads, and a new empty store would say nothing

@@ -23,6 +23,13 @@ export interface LinkInfo {
   };
 }
 
+/** A link's traffic counters (ip -s): rx is what the link received, tx what it sent. */
+export interface LinkStats {
+  readonly ifname: string;
+  readonly rx: { readonly bytes: number; readonly packets: number };
+  readonly tx: { readonly bytes: number; readonly packets: number };
+}
+
 export interface AddrInfo {
   readonly ifname: string;
   readonly addr_info: { family: string; local: string; prefixlen: number; scope: string }[];
@@ -125,6 +132,8 @@ export interface KernelBackend {
   links(ns?: Netns): Promise<LinkInfo[]>;
   /** Equivalent to: ip -j [-n NS] link show dev NAME; undefined when there is no such link. */
   link(name: string, ns?: Netns): Promise<LinkInfo | undefined>;
+  /** Equivalent to: ip -j -s link show (every link's counters, one read: the live page's counters) */
+  linkStats(ns?: Netns): Promise<LinkStats[]>;
   /** Equivalent to: ip -j link show master BRIDGE */
   linksOf(bridge: string): Promise<LinkInfo[]>;
   /** Equivalent to: ip -j [-n NS] addr show */

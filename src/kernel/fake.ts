@@ -11,7 +11,7 @@ import { netnsPath, type Netns } from '../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../plan/flows.ts';
 import { resolvText, type Op } from '../plan/ops.ts';
 import { renderOp, shellLine, tcCommands } from '../plan/render.ts';
-import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, RouteInfo, TraceMonitor } from './backend.ts';
+import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, LinkStats, Listener, NeighInfo, NftChain, ProbeResult, RouteInfo, TraceMonitor } from './backend.ts';
 
 /** The key of ctnet's own (the host's) namespace in the model and in snapshots. */
 export const HOST = 'host';
@@ -823,6 +823,11 @@ export class FakeKernel implements KernelBackend {
     const n = this.#ns.get(this.#key(ns));
     const l = n?.links.get(name);
     return l && this.#linkInfo(this.#key(ns), l);
+  }
+
+  /** The fake carries no traffic: every link's counters are zero. */
+  async linkStats(ns?: Netns): Promise<LinkStats[]> {
+    return (await this.links(ns)).map((l) => ({ ifname: l.ifname, rx: { bytes: 0, packets: 0 }, tx: { bytes: 0, packets: 0 } }));
   }
 
   async linksOf(bridge: string): Promise<LinkInfo[]> {

@@ -5,11 +5,12 @@ import { dnsService } from './dns/service.ts';
 import { logService } from './log.ts';
 import { overlayWatch } from './overlay.ts';
 import { tableGuard } from './tableguard.ts';
+import { webService } from './api/service.ts';
 import type { Service } from './service.ts';
 
 export const builtinServices = (): Service[] => {
   // The cluster agent tells the directory when the host has a new etcd lease (republish under it)
   // and when etcd answers again (list again).
   const directory = sandboxDirectory();
-  return [logService(), tableGuard(), clusterAgent(directory.hooks), overlayWatch(), directory.service, dnsService()];
+  return [logService(), tableGuard(), clusterAgent(directory.hooks), overlayWatch(), directory.service, dnsService(), webService()];
 };

@@ -10,6 +10,7 @@ import update from './update.ts';
 import route from './route.ts';
 import graph from './graph.ts';
 import trace from './trace.ts';
+import ui from './ui.ts';
 import create from './create.ts';
 import run from './run.ts';
 import exec from './exec.ts';
@@ -66,7 +67,7 @@ export const COMMANDS: readonly CommandModule[] = [
   policyRule('allow'), policyRule('deny'), policyApply, policyLs, policyRm, policyCheck,
   serviceCreate, serviceLs, serviceInspect, serviceRm,
   apply, diff, down,
-  graph, trace, gc, doctor,
+  graph, trace, ui, gc, doctor,
   cniInstall, cniExec,
   daemon, daemonStop, daemonEvents, daemonStatus,
   clusterJoin, clusterLs, clusterLeave,

@@ -10,7 +10,7 @@ import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
 import { removes, resolvedArgvs, resolvText, type Op } from '../../plan/ops.ts';
 import { resolvedHere } from '../resolved.ts';
 import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, tcCommands, type IpCommand } from '../../plan/render.ts';
-import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMarker, TraceMonitor } from '../backend.ts';
+import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, LinkStats, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMarker, TraceMonitor } from '../backend.ts';
 import { routeGet, sendProbe, startTraceMonitor } from './trace.ts';
 import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
 import { isNetnsFile, netnsKillAll, netnsNames, netnsPids, removeResolv, resolvNames, writeResolv } from '../netns.ts';
@@ -177,6 +177,11 @@ export class ExecBackend implements KernelBackend {
       if (e instanceof KernelError && e.isNotFound) return undefined;
       throw e;
     }
+  }
+  async linkStats(ns?: Netns): Promise<LinkStats[]> {
+    type Raw = { ifname: string; stats64?: { rx?: { bytes?: number; packets?: number }; tx?: { bytes?: number; packets?: number } } };
+    const zero = (x: { bytes?: number; packets?: number } | undefined) => ({ bytes: x?.bytes ?? 0, packets: x?.packets ?? 0 });
+    return (await this.#ipJson<Raw>('link.stats', ns, ['-s', 'link', 'show'])).map((l) => ({ ifname: l.ifname, rx: zero(l.stats64?.rx), tx: zero(l.stats64?.tx) }));
   }
   linksOf(bridge: string): Promise<LinkInfo[]> {
     return this.#ipJson('link.list', undefined, ['link', 'show', 'master', bridge]);

@@ -1,0 +1,147 @@
+// ctnetd's web service: the live page and its API (`ctnet ui`, docs/ui.md). It listens where
+// STATE_DIR/ui.json says (read at start and on SIGHUP, which `ctnet ui` sends), and nowhere until
+// `ctnet ui` has asked. The graph is built once per change of the store and shared by every
+// request until the next change; each change batch from the feed becomes one small "changed"
+// server-sent event, and the page fetches the graph again. Everything that reads or changes the
+// kernel runs in ctnetd's request queue (ServiceContext.exclusive), one at a time with CNI requests.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { join } from 'node:path';
+import { readCounters } from '../../engine/counters.ts';
+import { explainObject, parseObjectRef } from '../../engine/explain.ts';
+import { buildGraph, type Graph } from '../../engine/graph.ts';
+import { parseTraceTarget, trace } from '../../engine/trace.ts';
+import { parseName } from '../../model/names.ts';
+import { ROOT } from '../../root.ts';
+import type { Service, ServiceContext } from '../service.ts';
+import { formatListen, parseListen, readUiConfig, writeUiState, type UiConfig } from './config.ts';
+import { handle, type ApiDeps, type ApiServerInfo } from './http.ts';
+
+export const PAGE_PATH = join(ROOT, 'src', 'services', 'web', 'page.html');
+
+export function webService(): Service {
+  let sctx: ServiceContext | undefined;
+  let server: Server | undefined;
+  let info: ApiServerInfo | undefined;
+  let current: Pick<UiConfig, 'listen' | 'tokenHash'> | undefined;
+  let page: string | undefined;
+  let graph: Promise<Graph> | undefined;
+  let cursor = 0;
+  const subscribers = new Set<(event: string, data: unknown) => void>();
+
+  const broadcast = (data: unknown) => {
+    for (const send of subscribers) send('changed', data);
+  };
+
+  const deps: ApiDeps = {
+    graph() {
+      if (!graph) {
+        const p = sctx!.exclusive((ctx) => buildGraph(ctx));
+        graph = p;
+        p.catch(() => { if (graph === p) graph = undefined; }); // a failed build is not kept
+      }
+      return graph;
+    },
+    counters: () => sctx!.exclusive((ctx) => readCounters(ctx)),
+    async trace(src, dst) {
+      const name = parseName('sandbox', src);
+      const target = parseTraceTarget(dst);
+      return sctx!.exclusive((ctx) => trace(ctx, name, target));
+    },
+    async explain(object) {
+      const ref = parseObjectRef(object);
+      return sctx!.exclusive(async (ctx) => explainObject(ctx, ref));
+    },
+    page(nonce) {
+      page ??= readFileSync(PAGE_PATH, 'utf8');
+      return page.replaceAll('__NONCE__', nonce);
+    },
+    subscribe(send) {
+      subscribers.add(send);
+      send('hello', { cursor });
+      return () => subscribers.delete(send);
+    },
+  };
+
+  const close = async () => {
+    const s = server;
+    server = undefined;
+    info = undefined;
+    current = undefined;
+    if (!s) return;
+    s.closeAllConnections(); // the page's event streams never end on their own
+    await new Promise<void>((r) => s.close(() => r()));
+  };
+
+  /** Listens as ui.json says (or stops listening when it is gone); answers in ui.state. */
+  async function configure(): Promise<void> {
+    const c = readUiConfig(sctx!.stateDir);
+    if (!c) {
+      if (server) sctx!.log('ui.json is gone: the page is no longer served');
+      return close();
+    }
+    let listen;
+    try {
+      listen = parseListen(c.listen);
+    } catch (e) {
+      return writeUiState(sctx!.stateDir, { generation: c.generation, error: (e as Error).message });
+    }
+    const same = current && server && current.listen === c.listen && current.tokenHash === c.tokenHash;
+    if (!same) {
+      await close();
+      const s = createServer((req, res) => {
+        // The token or address may change under a running server only through a new server.
+        void handle(req, res, deps, info!, () => randomBytes(16).toString('base64'));
+      });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          s.once('error', reject);
+          s.listen(listen.port, listen.host, () => resolve());
+        });
+      } catch (e) {
+        sctx!.log(`cannot listen on ${c.listen}: ${(e as Error).message}`);
+        return writeUiState(sctx!.stateDir, { generation: c.generation, error: `cannot listen on ${c.listen}: ${(e as Error).message}` });
+      }
+      const port = (s.address() as { port: number }).port;
+      server = s;
+      info = { host: listen.host, port, tokenHash: c.tokenHash };
+      current = { listen: c.listen, tokenHash: c.tokenHash };
+      sctx!.log(`the page is served at http://${formatListen({ host: listen.host, port })}/${c.tokenHash ? ' (token required)' : ''}`);
+    }
+    writeUiState(sctx!.stateDir, { generation: c.generation, url: `http://${formatListen({ host: info!.host, port: info!.port })}/` });
+  }
+
+  // SIGHUP: `ctnet ui` changed ui.json. Reconfigurations run one after another.
+  let chain: Promise<void> = Promise.resolve();
+  const onHup = () => {
+    chain = chain.then(configure).catch((e: Error) => sctx?.log(`reconfiguring failed: ${e.message}`));
+  };
+
+  return {
+    name: 'web',
+    async start(ctx) {
+      sctx = ctx;
+      cursor = ctx.feed.head();
+      process.on('SIGHUP', onHup);
+      onHup();
+      await chain;
+    },
+    changes(events) {
+      if (!events.length) return;
+      graph = undefined;
+      cursor = events[events.length - 1]!.id;
+      broadcast({ cursor, at: events[events.length - 1]!.at, kinds: [...new Set(events.map((e) => e.kind))] });
+    },
+    resync(snapshot) {
+      graph = undefined;
+      cursor = snapshot.cursor;
+      broadcast({ cursor, resync: true });
+    },
+    async stop() {
+      process.off('SIGHUP', onHup);
+      await chain;
+      await close();
+    },
+  };
+}
