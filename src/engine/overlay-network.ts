@@ -168,7 +168,10 @@ async function makeLocalSide(ctx: Ctx, m: MemberRow, name: string, def: OverlayD
  */
 export async function ensureOverlaySide(ctx: Ctx, name: string): Promise<void> {
   const { store } = ctx;
-  if (store.network(name)) return;
+  // A side another process is making (state creating) is waited for under the lock below: a
+  // sandbox must not see it half-made and fail with "network is creating".
+  const existing = store.network(name);
+  if (existing && existing.state !== 'creating') return;
   const m = store.member();
   if (!m || m.state !== 'ready' || !m.leaseId) return;
   // Several first sandboxes at once (parallel creates, CNI ADDs) must make one side: unserialized,

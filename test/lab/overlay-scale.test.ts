@@ -16,6 +16,8 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** A run told to kill itself that died without a word (a SIGKILLed ctnet says nothing). */
 const crashed = (crash: object, r: { code: number; stderr: string }) => 'CTNET_CRASH_AT' in crash && r.code !== 0 && !r.stderr.trim();
+/** A command the front end handed to ctnetd when the test SIGKILLed that ctnetd: killed with it, and says so. */
+const diedWithDaemon = (r: { code: number; stderr: string }) => r.code !== 0 && /ended the request without an answer; the command may have run in part/.test(r.stderr);
 
 /** Runs jobs with at most `width` in flight. */
 async function pool<T>(items: T[], width: number, job: (item: T) => Promise<void>): Promise<void> {
@@ -96,6 +98,7 @@ describe('overlay at scale: 3 hosts × 50 sandboxes in parallel, crashes, gc', (
         const r = await lab.ctnet(['create', name, '--network', 'sc', '--label', `host=${names[h]}`], crash);
         if (r.code === 0) completed++;
         else if (crashed(crash, r)) killed++;
+        else if (lab === victim && diedWithDaemon(r)) killed++;
         else assert.fail(`create ${name} on ${names[h]}: ${r.code} ${r.stderr}`);
       });
     }));
@@ -109,7 +112,7 @@ describe('overlay at scale: 3 hosts × 50 sandboxes in parallel, crashes, gc', (
         const crash = random() < 1 / 3 ? { CTNET_CRASH_AT: String(Math.floor(random() * 6)) } : {};
         const r = await lab.ctnet(['rm', name], crash);
         // A create killed before its record was committed leaves gc nothing to find by that name.
-        if (r.code !== 0 && !crashed(crash, r) && !/no sandbox/.test(r.stderr)) assert.fail(`rm ${name}: ${r.stderr}`);
+        if (r.code !== 0 && !crashed(crash, r) && !(lab === victim && diedWithDaemon(r)) && !/no sandbox/.test(r.stderr)) assert.fail(`rm ${name}: ${r.stderr}`);
       });
     }));
     assert.ok(killed > 0, 'the batch had killed creates');
