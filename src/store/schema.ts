@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 19;
+export const SCHEMA_VERSION = 20;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -382,6 +382,22 @@ export const REMOTE_ALIASES = `
 ALTER TABLE remote_sandboxes ADD COLUMN aliases TEXT NOT NULL DEFAULT '{}';
 `;
 
+// Services in topology files (schema 20, issue 19): topology_objects takes kind 'service'. SQLite
+// cannot change a CHECK constraint, so the table is made again with its rows.
+export const TOPOLOGY_SERVICES = `
+CREATE TABLE topology_objects_next (
+  kind TEXT NOT NULL CHECK (kind IN ('network', 'sandbox', 'policy', 'service')),
+  name TEXT NOT NULL,
+  topology TEXT NOT NULL,
+  file TEXT NOT NULL,
+  PRIMARY KEY (kind, name)
+);
+INSERT INTO topology_objects_next(kind, name, topology, file) SELECT kind, name, topology, file FROM topology_objects;
+DROP TABLE topology_objects;
+ALTER TABLE topology_objects_next RENAME TO topology_objects;
+CREATE INDEX topology_objects_by_topology ON topology_objects(topology);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -402,4 +418,5 @@ export const MIGRATIONS: Record<number, string> = {
   17: NAMES,
   18: SERVICES,
   19: REMOTE_ALIASES,
+  20: TOPOLOGY_SERVICES,
 };

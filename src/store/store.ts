@@ -211,7 +211,7 @@ export interface RemoteSandboxRow {
   readonly aliases: Readonly<Record<string, readonly string[]>>;
 }
 
-export type OwnedKind = 'network' | 'sandbox' | 'policy';
+export type OwnedKind = 'network' | 'sandbox' | 'policy' | 'service';
 
 /** An object a topology file made: its kind and name, the file's `name:` and the file's path. */
 export interface OwnedRow {
@@ -580,6 +580,7 @@ export class Store {
   }
   deleteService(name: string): void {
     this.#run('DELETE FROM services WHERE name = ?', name);
+    this.#run("DELETE FROM topology_objects WHERE kind = 'service' AND name = ?", name);
   }
   setServiceBackends(name: string, backends: readonly string[]): void {
     this.#run('UPDATE services SET backends = ? WHERE name = ?', JSON.stringify(backends), name);

@@ -15,16 +15,17 @@ import { changePolicies, changeLabels, cutDeniedFlows } from '../engine/policy.t
 import { startCommand, stopCommand } from '../engine/process.ts';
 import { publish, unpublish } from '../engine/publish.ts';
 import { connect, createSandbox, disconnect, moveDefaultRoute, removeSandbox } from '../engine/sandbox.ts';
+import { createService, removeService } from '../engine/services.ts';
 import { restoreTables } from '../engine/tables.ts';
 import { withLock } from '../store/lock.ts';
 import type { OwnedKind } from '../store/store.ts';
-import type { TopoNetwork, TopoSandbox, Topology } from './model.ts';
+import type { TopoNetwork, TopoSandbox, TopoService, Topology } from './model.ts';
 import type { Action, Plan } from './plan.ts';
 
 const PHASES: readonly Action['do'][] = [
   'repair.tables', 'repair.network', 'repair.netns',
-  'sandbox.remove', 'network.remove', 'network.replace', 'network.create', 'network.mtu',
-  'sandbox.replace', 'sandbox.create', 'disconnect', 'connect', 'labels', 'ports', 'egress', 'route', 'shape', 'command', 'policy',
+  'service.remove', 'sandbox.remove', 'network.remove', 'network.replace', 'network.create', 'network.mtu',
+  'sandbox.replace', 'sandbox.create', 'disconnect', 'connect', 'labels', 'ports', 'egress', 'route', 'shape', 'command', 'policy', 'service.create',
 ];
 
 interface Undo {
@@ -194,6 +195,24 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
           startCommand(ctx, a.sandbox, a.argv);
           done.push(`started ${a.argv.join(' ')} in ${a.sandbox}`);
           break;
+        case 'service.remove': {
+          current = `remove service ${a.name}`;
+          const was = store.service(a.name)!;
+          await removeService(ctx, a.name);
+          const back: TopoService = { name: was.name, network: was.network, port: `${was.port}/${was.proto}`,
+            to: `label:${was.selector.key}=${was.selector.value}:${was.targetPort}`, vip: was.vip, affinity: was.affinity, at: '' };
+          // Put back with its VIP, unless its network went too (then nothing can hold it).
+          journal.push({ what: `removed service ${a.name}`, run: async () => { if (store.network(back.network)) { await makeService(ctx, back); own('service', back.name); } } });
+          done.push(`removed service ${a.name}`);
+          break;
+        }
+        case 'service.create':
+          current = `create service ${a.svc.name}`;
+          await makeService(ctx, a.svc);
+          own('service', a.svc.name);
+          journal.push({ what: `created service ${a.svc.name}`, run: async () => { await removeService(ctx, a.svc.name); } });
+          done.push(`created service ${a.svc.name} (VIP ${store.service(a.svc.name)?.vip ?? '?'})`);
+          break;
         case 'policy': {
           current = 'change the policy rules';
           const rows = await changePolicies(ctx, a.remove, a.add.map((p) => ({ action: p.action, from: p.from, to: p.to, port: p.port ?? undefined, name: p.name })));
@@ -235,6 +254,9 @@ export function withTopologyLock<T>(ctx: Ctx, fn: () => Promise<T>): Promise<T> 
   return withLock(ctx.store.dir, 'topology', fn, 600_000);
 }
 
+const makeService = (ctx: Ctx, v: TopoService) =>
+  createService(ctx, { name: v.name, network: v.network, port: v.port, to: v.to, vip: v.vip, affinity: v.affinity });
+
 /** A network as the file says: an overlay is defined in the cluster (or joined) and gets this host's side. */
 async function createNet(ctx: Ctx, net: TopoNetwork): Promise<void> {
   if (!net.overlay) {
@@ -269,8 +291,16 @@ export async function downTopology(ctx: Ctx, topology: string): Promise<string[]
     if (foreign.length) {
       throw new CtnetError('IN_USE', `network ${n} of ${topology} is in use by sandboxes it does not own: ${foreign.join(', ')}`, `disconnect them (ctnet disconnect ${n} NAME), then run down again`);
     }
+    const services = store.services({ network: n }).map((v) => v.name).filter((v) => !owned.some((o) => o.kind === 'service' && o.name === v));
+    if (services.length) {
+      throw new CtnetError('IN_USE', `network ${n} of ${topology} carries services it does not own: ${services.join(', ')}`, `remove them (ctnet service rm ${services.join(' ')}), then run down again`);
+    }
   }
   const done: string[] = [];
+  for (const o of owned.filter((x) => x.kind === 'service' && store.service(x.name))) {
+    await removeService(ctx, o.name);
+    done.push(`removed service ${o.name}`);
+  }
   const rules = store.policies().filter((p) => owned.some((o) => o.kind === 'policy' && o.name === p.name));
   if (rules.length) {
     await changePolicies(ctx, rules, []);

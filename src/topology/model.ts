@@ -57,6 +57,18 @@ export interface TopoPolicy {
   readonly at: Where;
 }
 
+export interface TopoService {
+  readonly name: string;
+  readonly network: string;
+  /** Canonical texts, as `service create` takes them: `80/tcp`, `label:tier=web:8080`. */
+  readonly port: string;
+  readonly to: string;
+  /** A fixed VIP; undefined: IPAM chooses one (and a re-apply keeps whatever it chose). */
+  readonly vip: string | undefined;
+  readonly affinity: 'none' | 'client-ip';
+  readonly at: Where;
+}
+
 export interface Topology {
   /** The path it was read from, as given. */
   readonly file: string;
@@ -65,4 +77,5 @@ export interface Topology {
   readonly networks: readonly TopoNetwork[];
   readonly sandboxes: readonly TopoSandbox[];
   readonly policy: readonly TopoPolicy[];
+  readonly services: readonly TopoService[];
 }

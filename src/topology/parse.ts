@@ -13,9 +13,10 @@ import { collides, formatPortSpec, parsePortSpec, type PortMapping } from '../mo
 import { parseAliases, parseNetworkSpec, type IpRequest } from '../model/spec.ts';
 import { parseShapeFlags } from '../model/shape.ts';
 import { checkNetworkEgress, parseEgress } from '../engine/egress.ts';
-import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, Topology } from './model.ts';
+import { formatSelector as formatServiceSelector, parseAffinity, parseServicePort, parseServiceTarget } from '../model/service.ts';
+import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, TopoService, Topology } from './model.ts';
 
-const TOP_KEYS = ['name', 'networks', 'sandboxes', 'policy'];
+const TOP_KEYS = ['name', 'networks', 'sandboxes', 'policy', 'services'];
 const NETWORK_KEYS = ['subnets', 'gateways', 'internal', 'isolate', 'host_access', 'mtu', 'bridge', 'driver', 'dns', 'dns_forward', 'egress_ip', 'parent', 'mode', 'host_shim', 'vni', 'port', 'host_prefix'];
 /** Keys of a local network that an overlay network (driver: vxlan) does not take: each host chooses its own. */
 const NOT_OVERLAY = ['gateways', 'bridge', 'egress_ip', 'parent', 'mode', 'host_shim'];
@@ -23,6 +24,7 @@ const OVERLAY_ONLY = ['vni', 'port', 'host_prefix'];
 const SANDBOX_KEYS = ['networks', 'labels', 'ports', 'command', 'aliases', 'egress_ip', 'default_route', 'rate_in', 'rate_out', 'burst', 'latency', 'loss'];
 const ATTACH_KEYS = ['network', 'ip'];
 const POLICY_KEYS = ['name', 'action', 'from', 'to', 'port'];
+const SERVICE_KEYS = ['network', 'port', 'to', 'vip', 'affinity'];
 
 /** Reads and parses FILE; env expands ${VAR} in `command:` strings. */
 export function readTopology(file: string, env: NodeJS.ProcessEnv = process.env): Topology {
@@ -284,7 +286,48 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
       policy.push({ name: rn, action: action as 'allow' | 'deny', from: formatSelector(from), to: formatSelector(to), port, at: where(item) });
     }
   }
-  return { file, name, networks, sandboxes, policy };
+
+  // ---- services: as `ctnet service create` takes them ----
+  const services: TopoService[] = [];
+  const svcP = get(top, 'services');
+  if (svcP && !(isScalar(svcP.value) && (svcP.value as { value: unknown }).value === null)) {
+    const vips = new Map<string, string>();
+    for (const p of map(svcP.value, 'services', []).items) {
+      const sv = checked(p.key, () => parseName('service', keyOf(p)!));
+      const m = map(p.value, `service ${sv}`, SERVICE_KEYS);
+      const f = (k: string) => get(m, k)?.value;
+      for (const k of ['network', 'port', 'to']) if (!f(k)) fail(p.key, `service ${sv} needs ${k}:`, 'e.g. web: { network: front, port: 80/tcp, to: "label:tier=web:8080" }');
+      const netName = str(f('network'), 'network');
+      const net = netByName.get(netName);
+      if (!net) fail(f('network'), `service ${sv}: no network named ${JSON.stringify(netName)} in this file`, networks.length ? `the file's networks are: ${networks.map((x) => x.name).join(', ')}` : 'declare it under networks:');
+      if (net!.overlay || net!.spec.lower) fail(f('network'), `service ${sv}: network ${netName} is ${net!.overlay ? 'an overlay' : `a ${net!.spec.lower!.kind}`} network: services run on bridge networks`, 'choose a bridge network of the file');
+      const v4 = net!.spec.subnets.find((x) => x.subnet.family === 4);
+      if (!v4) fail(f('network'), `service ${sv}: network ${netName} has no IPv4 subnet: services have IPv4 VIPs for now`);
+      const portText = (n: Node | null | undefined) => (isScalar(n) && typeof n.value === 'number' ? String(n.value) : str(n, 'port'));
+      const port = checked(f('port'), () => parseServicePort(portText(f('port'))));
+      const target = checked(f('to'), () => parseServiceTarget(str(f('to'), 'to')));
+      const affinity = f('affinity') ? checked(f('affinity'), () => parseAffinity(str(f('affinity'), 'affinity'))) : 'none';
+      let vip: string | undefined;
+      const vipN = f('vip');
+      if (vipN) {
+        const a = checked(vipN, () => parseAddr('vip', str(vipN, 'vip')));
+        vip = formatAddr(a.family, a.n);
+        if (a.family !== 4) fail(vipN, `service ${sv}: vip ${vip} is not IPv4: services have IPv4 VIPs for now`);
+        if (!contains(v4!.subnet, a.family, a.n)) fail(vipN, `service ${sv}: vip ${vip} is outside network ${netName}'s subnet ${v4!.cidr}`, 'choose an address inside it, or leave vip: out');
+        const { first, last } = hostRange(v4!.subnet);
+        if (a.n < first || a.n > last || vip === v4!.gateway) fail(vipN, `service ${sv}: vip ${vip} is the network, broadcast or gateway address of ${v4!.cidr}`, 'choose another address');
+        const holder = taken.get(vip) ?? vips.get(vip);
+        if (holder) fail(vipN, `service ${sv}: vip ${vip} is also ${taken.has(vip) ? `sandbox ${holder}'s address` : `service ${holder}'s vip`}`, 'give each its own address');
+        vips.set(vip, sv);
+      }
+      services.push({
+        name: sv, network: netName, port: `${port.port}/${port.proto}`,
+        to: `${formatServiceSelector(target.selector)}${target.targetPort !== undefined ? `:${target.targetPort}` : `:${port.port}`}`,
+        vip, affinity, at: where(p.key),
+      });
+    }
+  }
+  return { file, name, networks, sandboxes, policy, services };
 }
 
 /** Runs a parser that names flags (--vni) and names the file's keys (vni) instead. */

@@ -13,7 +13,7 @@ import { overlaps, parseSubnet } from '../model/cidr.ts';
 import type { Shape } from '../model/shape.ts';
 import { formatPortSpec, type PortMapping } from '../model/ports.ts';
 import type { OwnedKind, PolicyRow } from '../store/store.ts';
-import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, Topology } from './model.ts';
+import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, TopoService, Topology } from './model.ts';
 
 export type Op = 'create' | 'change' | 'replace' | 'remove' | 'repair';
 type Egress = { readonly family: 4 | 6; readonly ip: string };
@@ -42,7 +42,10 @@ export type Action =
   | { readonly do: 'egress'; readonly scope: 'network' | 'sandbox'; readonly name: string; readonly egress: readonly Egress[]; readonly was: readonly Egress[] }
   | { readonly do: 'route'; readonly sandbox: string; readonly network: string }
   | { readonly do: 'shape'; readonly sandbox: string; readonly shape: Shape | undefined; readonly was: Shape | undefined }
-  | { readonly do: 'policy'; readonly remove: readonly PolicyRow[]; readonly add: readonly TopoPolicy[] };
+  | { readonly do: 'policy'; readonly remove: readonly PolicyRow[]; readonly add: readonly TopoPolicy[] }
+  // A service cannot change in place: a replace is a remove (before networks change) and a create (after).
+  | { readonly do: 'service.remove'; readonly name: string }
+  | { readonly do: 'service.create'; readonly svc: TopoService };
 
 export interface Change {
   readonly op: Op;
@@ -90,6 +93,9 @@ export const sandboxText = (s: TopoSandbox): string[] => [
   ...(s.shape ? [`shaped: ${shapeText(s.shape)}`] : []),
 ];
 const policyText = (p: { action: string; from: string; to: string; port: string | null }) => `${p.action} ${p.from} -> ${p.to} ${p.port ?? 'any'}`;
+export const serviceText = (v: TopoService): string[] => [
+  `on ${v.network}`, `port ${v.port}`, `to ${v.to}`, ...(v.vip ? [`vip ${v.vip}`] : []), ...(v.affinity !== 'none' ? [`affinity ${v.affinity}`] : []),
+];
 
 /** Compares the file with the store and the kernel. Throws (before anything changes) on a conflict. */
 export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: boolean }): Promise<Plan> {
@@ -111,10 +117,13 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
   const fileNets = new Set(topo.networks.map((n) => n.name));
   const fileSbx = new Set(topo.sandboxes.map((s) => s.name));
   const filePol = new Set(topo.policy.map((p) => p.name));
+  const fileSvc = new Set(topo.services.map((v) => v.name));
   const kept: { kind: OwnedKind; name: string }[] = [];
   const ruleNames = new Set(store.policies().map((p) => p.name));
-  const liveOwned = ownedRows.filter((o) => (o.kind === 'network' ? store.network(o.name) : o.kind === 'sandbox' ? store.sandbox(o.name) : ruleNames.has(o.name)));
-  const gone = liveOwned.filter((o) => !(o.kind === 'network' ? fileNets : o.kind === 'sandbox' ? fileSbx : filePol).has(o.name));
+  const live = (o: { kind: OwnedKind; name: string }) => (o.kind === 'network' ? store.network(o.name) : o.kind === 'sandbox' ? store.sandbox(o.name) : o.kind === 'service' ? store.service(o.name) : ruleNames.has(o.name));
+  const liveOwned = ownedRows.filter(live);
+  const inFile = { network: fileNets, sandbox: fileSbx, policy: filePol, service: fileSvc } as const;
+  const gone = liveOwned.filter((o) => !inFile[o.kind].has(o.name));
   // The kernel is read in a few calls, at once, and compared in memory: ctnet's nft tables (two nft
   // processes), and every host link (one ip process) for the drift checks of the networks, instead
   // of two ip processes per network. A no-op apply of a large file is then mostly a file and a store read.
@@ -348,6 +357,37 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
     }
   }
   if (rmRules.length || addRules.length) actions.push({ do: 'policy', remove: rmRules, add: addRules });
+
+  // ---- services: by name; any difference replaces one (a VIP left out keeps the one it has) ----
+  for (const v of topo.services) {
+    const row = store.service(v.name);
+    if (!row) {
+      changes.push({ op: 'create', kind: 'service', name: v.name, details: serviceText(v) });
+      actions.push({ do: 'service.create', svc: v });
+      continue;
+    }
+    claim('service', v.name, v.at);
+    const why: string[] = [];
+    if (row.network !== v.network) why.push(`network ${row.network} -> ${v.network}`);
+    else if (replacedNets.has(v.network)) why.push(`its network ${v.network} is replaced`);
+    if (`${row.port}/${row.proto}` !== v.port) why.push(`port ${row.port}/${row.proto} -> ${v.port}`);
+    const to = `label:${row.selector.key}=${row.selector.value}:${row.targetPort}`;
+    if (to !== v.to) why.push(`to ${to} -> ${v.to}`);
+    if (v.vip !== undefined && row.vip !== v.vip) why.push(`vip ${row.vip} -> ${v.vip}`);
+    if (row.affinity !== v.affinity) why.push(`affinity ${row.affinity} -> ${v.affinity}`);
+    if (!why.length) continue;
+    changes.push({ op: 'replace', kind: 'service', name: v.name, details: why });
+    actions.push({ do: 'service.remove', name: v.name }, { do: 'service.create', svc: v.vip !== undefined || row.network !== v.network ? v : { ...v, vip: row.vip } });
+  }
+  // A network this apply replaces or removes must carry no service it does not own.
+  for (const n of [...replacedNets, ...removedNets]) {
+    // The file's own services are replaced with it (above), those it dropped go with --prune; any other blocks it.
+    const blocking = store.services({ network: n }).map((x) => x.name).filter((x) => !(owns('service', x) && (fileSvc.has(x) || options.prune)));
+    if (blocking.length) {
+      throw new CtnetError('CONFLICT', `network ${n} is to be ${replacedNets.has(n) ? 'replaced' : 'removed (--prune)'}, but services this apply does not remove are on it: ${blocking.join(', ')}`,
+        `remove them first (ctnet service rm ${blocking.join(' ')}), apply with --prune, or leave the network as it is`);
+    }
+  }
 
   // ---- ctnet's tables (everything the file owns relies on them) ----
   {

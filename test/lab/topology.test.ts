@@ -244,6 +244,48 @@ sandboxes:
   });
 });
 
+describe('services in a file (issue 17 in issue 19\'s files)', () => {
+  it('a service balances over the file\'s sandboxes; a change replaces it with the reason; down removes it', async () => {
+    const svc = (target: number) => `name: svcs
+networks:
+  svcnet: { subnets: [10.71.9.0/24] }
+sandboxes:
+  s1: { networks: [svcnet], labels: { app: web }, command: ${JSON.stringify(Lab.serverArgv('s1', { tcp: 8080, echo: 9000 }))} }
+  s2: { networks: [svcnet], labels: { app: web }, command: ${JSON.stringify(Lab.serverArgv('s2', { tcp: 8080, echo: 9000 }))} }
+  cl: { networks: [svcnet] }
+services:
+  web: { network: svcnet, port: 80, to: "label:app=web:${target}", vip: 10.71.9.200 }
+`;
+    const f = file(svc(8080), 'svcs.yaml');
+    const plan = (await diff(f)).lines.map((l) => l.trim());
+    assert.ok(plan.includes('+   service web: on svcnet; port 80/tcp; to label:app=web:8080; vip 10.71.9.200'), plan.join(' | '));
+    await apply(f);
+    // Both servers up (their commands started detached), then 60 connections through the VIP.
+    let r = { code: 1, stdout: '' };
+    for (let i = 0; i < 50; i++) {
+      r = await lab.ctnet(['exec', 'cl', '--', ...Lab.countArgv('10.71.9.200', 80, 60)]);
+      if (r.code === 0 && Object.keys((JSON.parse(r.stdout) as { servers: object }).servers).length === 2) break;
+      await new Promise((res) => setTimeout(res, 200));
+    }
+    const count = JSON.parse(r.stdout) as { servers: Record<string, number>; failed: number };
+    assert.deepEqual(Object.keys(count.servers).sort(), ['s1', 's2'], `both backends answer through the VIP: ${r.stdout}`);
+    assert.equal(count.failed, 0);
+    assert.equal((await diff(f)).code, 0, 'a second look finds nothing to do');
+    // The target port changes: the service is replaced (same VIP), the sandboxes stay.
+    const g = file(svc(9000), 'svcs.yaml');
+    assert.deepEqual((await diff(g)).lines.filter((l) => l.includes('service')).map((l) => l.trim()), ['-/+ service web: to label:app=web:8080 -> label:app=web:9000']);
+    const before = (await json(['inspect', 's1'])).netns;
+    await apply(g);
+    assert.equal((await json(['inspect', 's1'])).netns, before);
+    const inspect = JSON.parse(await lab.ctnetOk(['service', 'inspect', 'web', '--json'])) as { vip: string; targetPort: number };
+    assert.equal(inspect.vip, '10.71.9.200');
+    assert.equal(inspect.targetPort, 9000);
+    await lab.ctnetOk(['down', '-f', g]);
+    assert.deepEqual(JSON.parse(await lab.ctnetOk(['service', 'ls', '--json'])), []);
+    assert.doesNotMatch((await lab.inHost(['nft', 'list', 'table', 'inet', 'ctnet'])).stdout, /svc_web/);
+  });
+});
+
 describe('egress address, default route and shaping in a file (issue 18)', () => {
   it('the world sees the address the file gives, through the network it picks; changes apply in place', async () => {
     for (const a of ['198.51.100.71', '198.51.100.72']) await lab.inHost(['ip', 'addr', 'add', `${a}/32`, 'dev', 'uplink0']);

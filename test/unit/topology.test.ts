@@ -43,7 +43,13 @@ describe('parseTopology', () => {
   const bad: [string, string, RegExp][] = [
     ['YAML syntax', 'name: shop\nnetworks:\n  front: { subnets: [10.70.1.0/24 }\n', /^f\.yaml:3:\d+: /],
     ['no name', 'networks: {}\n', /^f\.yaml:1:1: the file has no name:/],
-    ['an unknown top-level key', 'name: a\nservices: {}\n', /^f\.yaml:2:1: unknown key "services" in the file/],
+    ['an unknown top-level key', 'name: a\nservice: {}\n', /^f\.yaml:2:1: unknown key "service" in the file/],
+    ['a service on an unknown network', SHOP + 'services:\n  w: { network: frnt, port: 80, to: "label:tier=web" }\n', /^f\.yaml:11:\d+: service w: no network named "frnt" in this file/],
+    ['a service with a bad port', SHOP + 'services:\n  w: { network: front, port: 80/sctp, to: "label:tier=web" }\n', /^f\.yaml:11:\d+: .*protocol "sctp" is not tcp or udp/],
+    ['a service with a bad selector', SHOP + 'services:\n  w: { network: front, port: 80, to: "tier=web" }\n', /^f\.yaml:11:\d+: .*does not start with "label:"/],
+    ['a VIP outside the subnet', SHOP + 'services:\n  w: { network: front, port: 80, to: "label:tier=web", vip: 10.70.2.9 }\n', /^f\.yaml:11:\d+: service w: vip 10\.70\.2\.9 is outside network front's subnet 10\.70\.1\.0\/24/],
+    ['a VIP that is a sandbox\'s address', SHOP + 'services:\n  w: { network: front, port: 80, to: "label:tier=web", vip: 10.70.1.20 }\n', /^f\.yaml:11:\d+: service w: vip 10\.70\.1\.20 is also sandbox api's address/],
+    ['a service with an unknown key', SHOP + 'services:\n  w: { network: front, port: 80, to: "label:tier=web", weight: 2 }\n', /^f\.yaml:11:\d+: unknown key "weight" in service w/],
     ['an unknown key', SHOP.replace('internal: true', 'internal: true, colour: red'), /^f\.yaml:4:\d+: unknown key "colour" in network back/],
     ['a wrong type', SHOP.replace('internal: true', 'internal: "yes"'), /^f\.yaml:4:\d+: internal must be true or false, not string "yes"/],
     ['a bad subnet', SHOP.replace('10.70.1.0/24', '10.70.1.0/33'), /^f\.yaml:3:\d+: .*10\.70\.1\.0\/33/],
@@ -173,6 +179,43 @@ describe('plan and apply on the fake kernel', () => {
     assert.deepEqual(w.ctx.store.owned(), []);
     // Forwarding, once on, stays on (removing a network never turns it off): the rest is as before.
     assert.deepEqual({ ...w.fake.snapshot(), sysctls: undefined }, { ...before, sysctls: undefined });
+  });
+
+  it('services: created after the sandboxes, replaced on any change (the VIP kept), pruned, removed by down', async () => {
+    using w = world();
+    const SVC = SHOP + 'services:\n  web: { network: front, port: 80, to: "label:tier=web" }\n';
+    const t = parseTopology('shop.yaml', SVC);
+    assert.deepEqual(t.services, [{ name: 'web', network: 'front', port: '80/tcp', to: 'label:tier=web:80', vip: undefined, affinity: 'none', at: 'shop.yaml:11:3' }]);
+    const p = await computePlan(w.ctx, t, { prune: false });
+    assert.equal(renderPlan(p).split('\n').at(-2), '  +   service web: on front; port 80/tcp; to label:tier=web:80');
+    await applyPlan(w.ctx, t, p);
+    const vip = w.ctx.store.service('web')!.vip;
+    assert.deepEqual(w.ctx.store.service('web')!.backends, [w.ctx.store.addresses({ sandbox: 'web' }).find((a) => a.family === 4)!.ip]);
+    assert.deepEqual((await computePlan(w.ctx, t, { prune: false })).changes, []);
+    assert.ok(w.ctx.store.owned({ topology: 'shop' }).some((o) => o.kind === 'service' && o.name === 'web'));
+    // A new target port replaces it and keeps its VIP.
+    const t2 = parseTopology('shop.yaml', SVC.replace('to: "label:tier=web" }', 'to: "label:tier=web:8080", affinity: client-ip }'));
+    const p2 = await computePlan(w.ctx, t2, { prune: false });
+    assert.deepEqual(renderPlan(p2).split('\n').slice(1), ['  -/+ service web: to label:tier=web:80 -> label:tier=web:8080; affinity none -> client-ip', 'Plan: 0 to add, 0 to change, 1 to replace, 0 to remove.']);
+    await applyPlan(w.ctx, t2, p2);
+    assert.equal(w.ctx.store.service('web')!.targetPort, 8080);
+    assert.equal(w.ctx.store.service('web')!.vip, vip);
+    assert.deepEqual((await computePlan(w.ctx, t2, { prune: false })).changes, []);
+    // Dropped from the file: kept without --prune, removed with it.
+    const p3 = await computePlan(w.ctx, parseTopology('shop.yaml', SHOP), { prune: false });
+    assert.deepEqual(p3.kept, [{ kind: 'service', name: 'web' }]);
+    const p4 = await computePlan(w.ctx, parseTopology('shop.yaml', SHOP), { prune: true });
+    assert.deepEqual(p4.changes.map((c) => `${c.op} ${c.kind} ${c.name}`), ['remove service web']);
+    await applyPlan(w.ctx, parseTopology('shop.yaml', SHOP), p4);
+    assert.equal(w.ctx.store.service('web'), undefined);
+    assert.ok(!w.ctx.store.owned().some((o) => o.kind === 'service'));
+    // down removes the file's services before its networks.
+    await applyPlan(w.ctx, t, await computePlan(w.ctx, t, { prune: false }));
+    assert.ok(w.ctx.store.service('web'));
+    await downTopology(w.ctx, 'shop');
+    assert.deepEqual(w.ctx.store.services(), []);
+    assert.deepEqual(w.ctx.store.networks(), []);
+    assert.deepEqual(w.ctx.store.owned(), []);
   });
 
   it('an object that exists but was made by hand (or by another file) is a conflict at plan time', async () => {
