@@ -1,6 +1,6 @@
 // ctnet's front end (build/ctnet, made by scripts/build.sh; bin/ctnet execs it while it is newer
 // than this file). Starting Node costs more than the work of `ctnet create` itself, so for the hot
-// commands (create, rm, connect, disconnect, port add, port rm) this hands argv to the ctnetd of
+// commands (create, rm, connect, disconnect, port add, port rm, label, policy allow/deny/rm) this hands argv to the ctnetd of
 // the state directory when one runs, and prints its answer: ctnetd runs the same command code as
 // the Node command (src/daemon/cli.ts, src/cli/run.ts), so stdout, stderr and the exit status are
 // the same. Everything else, and every case ctnetd declines (another namespace, state directory or
@@ -130,6 +130,14 @@ static int hot(int argc, char **argv) {
   if (strcmp(w, "port") == 0 && i + 1 < argc) {
     const char *v = argv[i + 1];
     ok = strcmp(v, "add") == 0 || strcmp(v, "rm") == 0 || strcmp(v, "remove") == 0;
+  }
+  // One policy rule or one sandbox's labels: a change that costs ctnetd a few milliseconds and an
+  // nft process, where a Node start would cost more than the change (issue 20, point 1). Not
+  // `policy apply -f FILE`: a relative path is the caller's, and ctnetd has another cwd.
+  if (strcmp(w, "label") == 0) ok = 1;
+  if (strcmp(w, "policy") == 0 && i + 1 < argc) {
+    const char *v = argv[i + 1];
+    ok = strcmp(v, "allow") == 0 || strcmp(v, "deny") == 0 || strcmp(v, "rm") == 0 || strcmp(v, "remove") == 0;
   }
   if (!ok) return 0;
   for (int j = 1; j < argc; j++) {

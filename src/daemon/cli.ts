@@ -1,5 +1,5 @@
 // Commands the front end (src/cli/front.c) hands to ctnetd: the hot ones (create, rm, connect,
-// disconnect, port add, port rm), run here by the same code as in a process of their own
+// disconnect, port add, port rm, label, policy allow/deny/rm), run here by the same code as in a process of their own
 // (cli/run.ts), so a script that builds a topology one command at a time pays no Node start per
 // command. ctnetd answers "run it yourself" (the front end then execs the Node command) whenever it
 // cannot run the command exactly as that process would: another network, mount or pid namespace,
