@@ -12,5 +12,7 @@ export const builtinServices = (): Service[] => {
   // The cluster agent tells the directory when the host has a new etcd lease (republish under it)
   // and when etcd answers again (list again).
   const directory = sandboxDirectory();
-  return [logService(), tableGuard(), clusterAgent(directory.hooks), overlayWatch(), directory.service, dnsService(), webService()];
+  // The page first: it only listens and answers `ctnet ui` (ui.state); the others' starts read the
+  // kernel and etcd and take seconds with hundreds of sandboxes, which `ctnet ui` would wait out.
+  return [logService(), webService(), tableGuard(), clusterAgent(directory.hooks), overlayWatch(), directory.service, dnsService()];
 };
