@@ -127,7 +127,8 @@ if (mode === 'serve') {
     last = Date.now();
   });
   s.on('error', (e) => fail(e.message));
-  const connecting = setTimeout(() => fail('no connection'), 2000);
+  // 5 s: a loaded lab machine can take seconds to complete a first connection across an overlay.
+  const connecting = setTimeout(() => fail('no connection'), 5000);
   s.on('connect', () => {
     clearTimeout(connecting);
     last = Date.now();

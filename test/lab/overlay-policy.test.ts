@@ -145,10 +145,14 @@ describe('policy and the sandbox directory across hosts (etcd + vxlan)', () => {
     await both(['policy', 'allow', '--from', 'label:tier=web', '--to', 'net:ov', '--port', '8090', '--name', 'hold']);
     const held = await h1().ctnet(['exec', 'web', '--', ...Lab.holdArgv(ips.get('api')!, 8090, 1000)]);
     assert.equal(held.code, 0, `the connection holds while allowed: ${held.stdout}`);
-    const hold = h1().ctnet(['exec', 'web', '--', ...Lab.holdArgv(ips.get('api')!, 8090, 8000)]);
-    // Revoke only once the connection is open (and tracked as such on h1).
-    await eventually('the held connection is established', async () =>
-      /ESTABLISHED/.test((await h1().inHost(['conntrack', '-L', '-p', 'tcp', '-d', ips.get('api')!, '--dport', '8090'])).stdout), 10_000);
+    // Held long enough that only a cut ends it early.
+    let done = false;
+    const hold = h1().ctnet(['exec', 'web', '--', ...Lab.holdArgv(ips.get('api')!, 8090, 30_000)]).finally(() => { done = true; });
+    // Revoke only once the connection is open (and tracked as such on h1); a hold that ended says why.
+    await eventually('the held connection is established', async () => {
+      if (done) assert.fail(`the hold ended before it was revoked: ${(await hold).stdout}`);
+      return /ESTABLISHED/.test((await h1().inHost(['conntrack', '-L', '-p', 'tcp', '-d', ips.get('api')!, '--dport', '8090'])).stdout);
+    }, 60_000);
     await sleep(300);
     await both(['policy', 'rm', 'hold']);
     const r = await hold;

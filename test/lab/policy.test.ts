@@ -169,8 +169,16 @@ describe('network policy', () => {
     await lab.ctnetOk(['policy', 'allow', '--from', 'w1', '--to', 'db', '--port', '9000', '--name', 'hold']);
     const held = await lab.ctnet(['exec', 'w1', '--', ...Lab.holdArgv(ip('db'), 9000, 1500)]);
     assert.equal(held.code, 0, `the connection holds while allowed: ${held.stdout}`);
-    const hold = lab.ctnet(['exec', 'w1', '--', ...Lab.holdArgv(ip('db'), 9000, 6000)]);
-    await new Promise((r) => setTimeout(r, 1500));
+    // Held long enough that only a cut ends it early; revoked once the connection is open (tracked as
+    // such), not after a fixed wait: under load the hold's start took longer than the wait (CI).
+    let done = false;
+    const hold = lab.ctnet(['exec', 'w1', '--', ...Lab.holdArgv(ip('db'), 9000, 30_000)]).finally(() => { done = true; });
+    for (let i = 0; !done && !/ESTABLISHED/.test((await lab.inHost(['conntrack', '-L', '-p', 'tcp', '-d', ip('db'), '--dport', '9000'])).stdout); i++) {
+      assert.ok(i < 300, 'the held connection is established within a minute');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    assert.ok(!done, `the hold ended before it was revoked: ${(await hold).stdout}`);
+    await new Promise((r) => setTimeout(r, 300));
     await lab.ctnetOk(['policy', 'rm', 'hold']);
     const r = await hold;
     assert.equal(r.code, 1, `the connection was cut: ${r.stdout}`);
