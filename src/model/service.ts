@@ -1,6 +1,8 @@
 // A service's request, parsed at the boundary (pure): `--port 80[/tcp|/udp]`,
-// `--to label:KEY=VALUE[:TARGET_PORT]`, `--affinity client-ip`.
+// `--to label:KEY=VALUE[:TARGET_PORT]`, `--affinity client-ip`, `--publish [HOST_IP:]HOST_PORT`.
 import { CtnetError } from '../errors.ts';
+import { formatAddr, parseAddr } from './cidr.ts';
+import type { PortMapping } from './ports.ts';
 import { parseLabel } from './policy.ts';
 
 export type ServiceProto = 'tcp' | 'udp';
@@ -52,3 +54,33 @@ export function parseAffinity(text: string | undefined): Affinity {
 }
 
 export const formatSelector = (s: ServiceTarget['selector']) => `label:${s.key}=${s.value}`;
+
+/**
+ * `--publish`: the host address and port the world reaches the service on. Services have IPv4
+ * VIPs, so a host port without an address is every IPv4 address of the host ('0.0.0.0').
+ */
+export interface ServicePublish {
+  readonly hostIp: string;
+  readonly hostPort: number;
+}
+
+/** `HOST_PORT` or `HOST_IP:HOST_PORT` (IPv4). */
+export function parseServicePublish(text: string): ServicePublish {
+  const colon = text.lastIndexOf(':');
+  const ipText = colon < 0 ? '' : text.slice(0, colon);
+  if (ipText.includes(':') || ipText.startsWith('[')) {
+    throw invalid(`--publish ${text}: services are published on IPv4 host addresses for now`, 'write --publish HOST_PORT or --publish IPV4:HOST_PORT');
+  }
+  const hostPort = portNumber(`--publish ${text}: host port`, colon < 0 ? text : text.slice(colon + 1));
+  if (colon < 0) return { hostIp: '0.0.0.0', hostPort };
+  if (ipText === '') throw invalid(`--publish ${text}: the host address is empty`, 'leave it out (and the ":") to publish on every IPv4 address of the host');
+  const a = parseAddr(`--publish ${text}: host address`, ipText);
+  if (a.family !== 4) throw invalid(`--publish ${text}: services are published on IPv4 host addresses for now`);
+  return { hostIp: formatAddr(4, a.n), hostPort };
+}
+
+/** A published service as a port mapping (the same collision rules as sandboxes' `-p`). */
+export const publishMapping = (p: ServicePublish, proto: ServiceProto, targetPort: number): PortMapping =>
+  ({ proto, hostIp: p.hostIp, hostPort: p.hostPort, containerPort: targetPort, count: 1 });
+
+export const formatPublish = (p: ServicePublish) => `${p.hostIp}:${p.hostPort}`;

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 19;
+export const SCHEMA_VERSION = 20;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -382,6 +382,14 @@ export const REMOTE_ALIASES = `
 ALTER TABLE remote_sandboxes ADD COLUMN aliases TEXT NOT NULL DEFAULT '{}';
 `;
 
+// Published services (schema 20, issue 17): `service create --publish [HOST_IP:]HOST_PORT`, the host
+// address (0.0.0.0: every IPv4 address) and port the world reaches the service on; null: not
+// published. A sandbox's -p and a service's --publish never claim the same host port (engine checks).
+export const SERVICE_PUBLISH = `
+ALTER TABLE services ADD COLUMN publish_ip TEXT;
+ALTER TABLE services ADD COLUMN publish_port INTEGER CHECK (publish_port BETWEEN 1 AND 65535);
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -402,4 +410,5 @@ export const MIGRATIONS: Record<number, string> = {
   17: NAMES,
   18: SERVICES,
   19: REMOTE_ALIASES,
+  20: SERVICE_PUBLISH,
 };

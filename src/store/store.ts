@@ -11,6 +11,7 @@ import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.ts';
 import type { PortMapping, Proto } from '../model/ports.ts';
 import type { Shape } from '../model/shape.ts';
 import type { Box } from '../model/policy.ts';
+import type { ServicePublish } from '../model/service.ts';
 
 /** creating: intent recorded, kernel not yet done; ready: done; removing: teardown started. */
 export type State = 'creating' | 'ready' | 'removing';
@@ -124,6 +125,8 @@ export interface ServiceRow {
   readonly affinity: 'none' | 'client-ip';
   /** The backend addresses the kernel holds for it now (sorted). */
   readonly backends: readonly string[];
+  /** `--publish`: the host address and port the world reaches it on (schema 20). */
+  readonly publish?: ServicePublish | undefined;
   readonly created: string;
 }
 
@@ -574,9 +577,9 @@ export class Store {
     return this.#get('SELECT name FROM services WHERE vip = ?', ip)?.name as string | undefined;
   }
   insertService(r: Omit<ServiceRow, 'created'>): void {
-    this.#run(`INSERT INTO services(name, network, vip, cidr, proto, port, selector_key, selector_value, target_port, affinity, backends, created)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
-    r.targetPort, r.affinity, JSON.stringify(r.backends), new Date().toISOString());
+    this.#run(`INSERT INTO services(name, network, vip, cidr, proto, port, selector_key, selector_value, target_port, affinity, backends, created,
+      publish_ip, publish_port) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
+    r.targetPort, r.affinity, JSON.stringify(r.backends), new Date().toISOString(), r.publish?.hostIp ?? null, r.publish?.hostPort ?? null);
   }
   deleteService(name: string): void {
     this.#run('DELETE FROM services WHERE name = ?', name);
@@ -949,6 +952,7 @@ const toService = (r: Row): ServiceRow => ({
   selector: { key: r.selector_key as string, value: r.selector_value as string },
   targetPort: r.target_port as number, affinity: r.affinity as 'none' | 'client-ip',
   backends: JSON.parse(r.backends as string) as string[], created: r.created as string,
+  ...(r.publish_port == null ? {} : { publish: { hostIp: r.publish_ip as string, hostPort: r.publish_port as number } }),
 });
 
 const toPolicy = (r: Row): PolicyRow => ({

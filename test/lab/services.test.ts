@@ -2,11 +2,11 @@
 // the sandboxes a label selects; backends follow the labels live; policy holds through the VIP.
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { Lab } from '../../src/lab/lab.ts';
+import { Lab, UPLINK } from '../../src/lab/lab.ts';
 import { readStore } from './consistency.ts';
 
 interface Count { servers: Record<string, number>; failed: number }
-interface ServiceJson { name: string; vip: string; port: number; backends: string[]; connections: number; affinity: string }
+interface ServiceJson { name: string; vip: string; port: number; backends: string[]; connections: number; affinity: string; publish?: { hostIp: string; hostPort: number } }
 
 describe('services', () => {
   let lab: Lab;
@@ -32,6 +32,12 @@ describe('services', () => {
   const service = async (name: string): Promise<ServiceJson> => JSON.parse(await lab.ctnetOk(['service', 'inspect', name, '--json'])) as ServiceJson;
   const nftText = async () => (await lab.inHost(['nft', 'list', 'table', 'inet', 'ctnet'])).stdout;
   const flowsTo = async (vip: string) => (await lab.inHost(['conntrack', '-L', '-d', vip])).stdout;
+  /** N connections in a row from the lab's world to the host's uplink address at PORT. */
+  const countFromWorld = async (port: number, n: number): Promise<Count> => {
+    const r = await lab.inWorld(Lab.countArgv(UPLINK.host4, port, n));
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Count;
+  };
 
   before(async () => {
     lab = await Lab.create();
@@ -143,6 +149,51 @@ describe('services', () => {
     assert.equal((await count('c2', vip, 80, 10)).failed, 0);
   });
 
+  it('--publish: the world reaches the service on a host port, balanced, and the backends see the world\'s address', async () => {
+    const out = await lab.ctnetOk(['service', 'create', 'pub', '--network', 'front', '--port', '85', '--to', 'label:app=web:8080', '--publish', '8085', '--explain']);
+    assert.match(out, /add element inet ctnet service_ports4_any \{ tcp \. 8085 : goto svc_pub \}/, '--explain shows the element');
+    const pub = await service('pub');
+    assert.deepEqual(pub.publish, { hostIp: '0.0.0.0', hostPort: 8085 });
+    assert.match(await lab.ctnetOk(['service', 'ls']), /pub\s+front\s+\S+\s+85\/tcp\s+0\.0\.0\.0:8085\s/);
+    assert.match(await lab.ctnetOk(['service', 'inspect', 'pub']), /published\s+0\.0\.0\.0:8085\/tcp/);
+    const c = await countFromWorld(8085, 90);
+    assert.equal(c.failed, 0);
+    assert.deepEqual(Object.keys(c.servers).sort(), ['b1', 'b2', 'b3'], JSON.stringify(c.servers));
+    // No masquerade from the world: each backend sees the world's own address.
+    const seen = new Set<string>();
+    for (let i = 0; i < 12; i++) {
+      const r = await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 8085));
+      assert.equal(r.code, 0, r.stderr);
+      const a = JSON.parse(r.stdout) as { server: string; client: string };
+      assert.equal(a.client, UPLINK.world4, `${a.server} saw ${a.client}`);
+      seen.add(a.server);
+    }
+    assert.ok(seen.size >= 2, `balanced from the world: ${[...seen].join(', ')}`);
+    // The VIP's port is not the host's: nothing answers on the uplink at 85.
+    assert.notEqual((await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 85, 1000))).code, 0);
+  });
+
+  it('--publish conflicts: a sandbox\'s -p and another service\'s --publish are clear errors that change nothing, both ways', async () => {
+    await lab.ctnetOk(['run', '-d', '--name', 'px', '--network', 'front', '-p', '8086:8080', '--', ...Lab.serverArgv('px', { tcp: 8080 })]);
+    const before = { nft: await nftText(), services: await lab.ctnetOk(['service', 'ls', '--json']), ports: await lab.ctnetOk(['port', 'c1']) };
+    const bySandbox = await lab.ctnet(['service', 'create', 'p2', '--network', 'front', '--port', '86', '--to', 'label:app=web:8080', '--publish', '8086']);
+    assert.notEqual(bySandbox.code, 0);
+    assert.match(bySandbox.stderr, /--publish 0\.0\.0\.0:8086: tcp port 8086 is taken by sandbox px's -p 8086:8080\/tcp/);
+    const byService = await lab.ctnet(['service', 'create', 'p2', '--network', 'front', '--port', '86', '--to', 'label:app=web:8080', '--publish', `${UPLINK.host4}:8085`]);
+    assert.notEqual(byService.code, 0);
+    assert.match(byService.stderr, /tcp port 8085 is taken by service pub/);
+    const notHost = await lab.ctnet(['service', 'create', 'p2', '--network', 'front', '--port', '86', '--to', 'label:app=web:8080', '--publish', '192.0.2.77:8088']);
+    assert.match(notHost.stderr, /192\.0\.2\.77 is not an address of this host/);
+    const portAdd = await lab.ctnet(['port', 'add', 'c1', '8085:8080']);
+    assert.notEqual(portAdd.code, 0);
+    assert.match(portAdd.stderr, /-p 8085:8080\/tcp: the host port is taken by service pub/);
+    assert.equal(await nftText(), before.nft);
+    assert.equal(await lab.ctnetOk(['service', 'ls', '--json']), before.services);
+    assert.equal(await lab.ctnetOk(['port', 'c1']), before.ports);
+    assert.equal((await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 8086))).code, 0, 'px\'s port still works');
+    await lab.ctnetOk(['rm', 'px']);
+  });
+
   it('bad input changes nothing', async () => {
     const before = { nft: await nftText(), services: await lab.ctnetOk(['service', 'ls', '--json']) };
     const { vip } = await service('web');
@@ -183,6 +234,9 @@ describe('services', () => {
     const c = await count('c1', vip, 80, 30);
     assert.equal(c.failed, 0);
     assert.equal(Object.keys(c.servers).length, 3);
+    const w = await countFromWorld(8085, 30);
+    assert.equal(w.failed, 0, 'the published port is back');
+    assert.equal(Object.keys(w.servers).length, 3);
   });
 
   it('SIGKILL at every crash point of service create and rm: gc leaves the service whole or gone', async () => {
@@ -228,6 +282,17 @@ describe('services', () => {
       assert.equal(await consistent('kr', 120), false);
     }
     assert.ok(points >= 2, `service rm has ${points} crash points`);
+  });
+
+  it('rm of a published service: its host port goes too, and is free for a sandbox', async () => {
+    await lab.ctnetOk(['service', 'rm', 'pub']);
+    const nft = await nftText();
+    assert.doesNotMatch(nft, /svc_pub/);
+    assert.doesNotMatch(nft, /8085/);
+    assert.notEqual((await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 8085, 1000))).code, 0);
+    await lab.ctnetOk(['port', 'add', 'c1', '8085:8080']);
+    assert.equal(JSON.parse((await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 8085))).stdout).server, 'c1');
+    await lab.ctnetOk(['port', 'rm', 'c1', '8085:8080']);
   });
 
   it('rm: the VIP, its element and chain go; the address is free again', async () => {

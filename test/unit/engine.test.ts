@@ -852,6 +852,14 @@ const SCENARIOS: Scenario[] = [
     },
     run: (w) => createService(w.ctx, { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined }),
   },
+  {
+    name: 'service create --publish',
+    setup: async (w) => {
+      await createNetwork(w.ctx, WEB());
+      for (const b of ['b1', 'b2']) await createSandbox(w.ctx, b, on('web'), undefined, [{ key: 'app', value: 'web' }]);
+    },
+    run: (w) => createService(w.ctx, { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined, publish: '9090' }),
+  },
   { name: 'network create (the first one: forwarding and the table too)', setup: async () => {}, run: (w) => createNetwork(w.ctx, WEB()) },
   {
     name: 'network create (beside a network in use)',
@@ -1061,6 +1069,29 @@ describe('services on the fake kernel', () => {
     assert.equal(await removeService(w.ctx, 'svc'), true);
     assert.equal(await removeService(w.ctx, 'svc'), false);
     await removeSandbox(w.ctx, 'b1');
+    assert.deepEqual({ kernel: w.fake.snapshot(), store: noCursor(storeDump(w)) }, { kernel: before.kernel, store: noCursor(before.store) });
+  }));
+
+  it('--publish: one element to the service\'s chain; host-port conflicts with -p and other services change nothing; rm takes it back', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    await createSandbox(w.ctx, 'b1', on('web'), ports('8080:80'), [{ key: 'app', value: 'web' }]);
+    const before = { kernel: w.fake.snapshot(), store: storeDump(w) };
+    const req = { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined };
+    await assert.rejects(createService(w.ctx, { ...req, publish: '8080' }), /--publish 0\.0\.0\.0:8080: tcp port 8080 is taken by sandbox b1's -p 8080:80\/tcp/);
+    await assert.rejects(createService(w.ctx, { ...req, publish: '10.9.9.9:9090' }), /10\.9\.9\.9 is not an address of this host/);
+    await assert.rejects(createService(w.ctx, { ...req, publish: '[::1]:9090' }), /IPv4 host addresses/);
+    assert.deepEqual({ kernel: w.fake.snapshot(), store: storeDump(w) }, before, 'a refused --publish changed nothing');
+    const svc = await createService(w.ctx, { ...req, publish: '9090' });
+    assert.deepEqual(svc.publish, { hostIp: '0.0.0.0', hostPort: 9090 });
+    assert.deepEqual(w.fake.elements('service_ports4_any'), ['tcp . 9090 : goto svc_svc']);
+    assert.deepEqual(w.store.service('svc')!.publish, { hostIp: '0.0.0.0', hostPort: 9090 });
+    await assert.rejects(createService(w.ctx, { ...req, name: 'two', port: '81', publish: '9090' }), /taken by service svc \(--publish 0\.0\.0\.0:9090\)/);
+    await assert.rejects(publish(w.ctx, 'b1', { mappings: [parsePortSpec('9090:80')], force: true }), /-p 9090:80\/tcp: the host port is taken by service svc/);
+    // A sandbox's IPv6-only mapping does not collide with an IPv4 service.
+    await publish(w.ctx, 'b1', { mappings: [parsePortSpec('[::]:9090:80')], force: true });
+    await unpublish(w.ctx, 'b1', [parsePortSpec('[::]:9090:80')]);
+    assert.equal(await removeService(w.ctx, 'svc'), true);
+    assert.deepEqual(w.fake.elements('service_ports4_any'), []);
     assert.deepEqual({ kernel: w.fake.snapshot(), store: noCursor(storeDump(w)) }, { kernel: before.kernel, store: noCursor(before.store) });
   }));
 });

@@ -1,7 +1,7 @@
 // Services (issue 17): parsing at the boundary, and the nft lines a service makes.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseAffinity, parseServicePort, parseServiceTarget } from '../../src/model/service.ts';
+import { parseAffinity, parseServicePort, parseServicePublish, parseServiceTarget } from '../../src/model/service.ts';
 import { serviceLines, serviceRule, type ServiceFacts } from '../../src/nft/ruleset.ts';
 import { pickFlows, type Flow } from '../../src/plan/flows.ts';
 
@@ -22,6 +22,13 @@ describe('services', () => {
     assert.equal(parseAffinity(undefined), 'none');
     assert.equal(parseAffinity('client-ip'), 'client-ip');
     assert.throws(() => parseAffinity('cookie'), /--affinity "cookie"/);
+    assert.deepEqual(parseServicePublish('8080'), { hostIp: '0.0.0.0', hostPort: 8080 });
+    assert.deepEqual(parseServicePublish('192.0.2.1:80'), { hostIp: '192.0.2.1', hostPort: 80 });
+    assert.throws(() => parseServicePublish('0'), /--publish 0: host port: "0" is not a port/);
+    assert.throws(() => parseServicePublish('1.2.3:80'), /--publish 1\.2\.3:80: host address "1\.2\.3" is not an IPv4 address/);
+    assert.throws(() => parseServicePublish(':80'), /the host address is empty/);
+    assert.throws(() => parseServicePublish('[::1]:80'), /IPv4 host addresses/);
+    assert.throws(() => parseServicePublish('fd00::1:80'), /IPv4 host addresses/);
   });
 
   it('one verdict map element and one chain whose one rule picks a backend', () => {
@@ -38,6 +45,11 @@ describe('services', () => {
       'delete element inet ctnet service_vips4 { 10.0.0.200 }',
       'delete chain inet ctnet svc_web',
     ]);
+    // --publish: one more element, keyed like the published-port maps, to the same chain.
+    assert.deepEqual(serviceLines('add', { ...web, publish: { hostIp: '0.0.0.0', hostPort: 8080 } }).at(-1),
+      'add element inet ctnet service_ports4_any { tcp . 8080 : goto svc_web }');
+    assert.deepEqual(serviceLines('delete', { ...web, publish: { hostIp: '192.0.2.1', hostPort: 8080 } })[0],
+      'delete element inet ctnet service_ports4 { 192.0.2.1 . tcp . 8080 }');
     assert.match(serviceRule({ ...web, affinity: 'client-ip' }), /dnat ip to jhash ip saddr mod 2 seed 0x63746e74 map/);
     assert.match(serviceRule({ ...web, backends: [] }), /reject with tcp reset comment "service web: no backend"/);
     assert.match(serviceRule({ ...web, proto: 'udp', backends: [] }), /meta l4proto udp counter reject comment/);
@@ -51,5 +63,10 @@ describe('services', () => {
     const flows = [flow('10.0.0.200', 80, '10.0.0.2'), flow('10.0.0.200', 80, '10.0.0.3'), flow('10.0.0.201', 80, '10.0.0.2'), flow('10.0.0.200', 81, '10.0.0.2')];
     const picked = await pickFlows({ kind: 'service', vip: '10.0.0.200', proto: 'tcp', port: 80, backends: ['10.0.0.2'] }, flows, async () => new Set());
     assert.deepEqual(picked, [flows[0]]);
+    // Through the published host port too (DNATed: the reply comes from the backend).
+    const published = [flow('192.0.2.1', 9090, '10.0.0.2'), flow('192.0.2.1', 9091, '10.0.0.2'), flow('10.0.0.2', 9090, '10.0.0.2')];
+    const viaHost = await pickFlows({ kind: 'service', vip: '10.0.0.200', proto: 'tcp', port: 80, backends: ['10.0.0.2'], publish: { hostIp: '0.0.0.0', hostPort: 9090 } },
+      [...flows, ...published], async () => new Set());
+    assert.deepEqual(viaHost, [flows[0], published[0]]);
   });
 });

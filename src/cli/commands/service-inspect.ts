@@ -1,5 +1,6 @@
 import { listServices } from '../../engine/services.ts';
 import { parseName } from '../../model/names.ts';
+import { formatPublish } from '../../model/service.ts';
 import { defineCommand } from '../command.ts';
 
 export default defineCommand({
@@ -15,6 +16,7 @@ export default defineCommand({
       `  vip          ${s!.vip}:${s!.port}/${s!.proto}`,
       `  to           ${s!.to}`,
       `  affinity     ${s!.affinity}`,
+      `  published    ${s!.publish ? `${formatPublish(s!.publish)}/${s!.proto}` : 'no'}`,
       `  backends     ${s!.backends.join(' ') || 'none (clients are refused)'}`,
       `  connections  ${s!.connections}`,
       `  created      ${s!.created}`,

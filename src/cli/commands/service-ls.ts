@@ -1,4 +1,5 @@
 import { listServices } from '../../engine/services.ts';
+import { formatPublish } from '../../model/service.ts';
 import { defineCommand } from '../command.ts';
 import { table } from '../table.ts';
 
@@ -10,7 +11,7 @@ export default defineCommand({
   async run({ ctx, io }) {
     const rows = await listServices(ctx);
     if (io.json) return io.out(JSON.stringify(rows, null, 2));
-    io.out(table(['NAME', 'NETWORK', 'VIP', 'PORT', 'TO', 'AFFINITY', 'BACKENDS', 'CONNECTIONS'],
-      rows.map((s) => [s.name, s.network, s.vip, `${s.port}/${s.proto}`, s.to, s.affinity, s.backends.join(' ') || 'none', String(s.connections)])));
+    io.out(table(['NAME', 'NETWORK', 'VIP', 'PORT', 'PUBLISHED', 'TO', 'AFFINITY', 'BACKENDS', 'CONNECTIONS'],
+      rows.map((s) => [s.name, s.network, s.vip, `${s.port}/${s.proto}`, s.publish ? formatPublish(s.publish) : '-', s.to, s.affinity, s.backends.join(' ') || 'none', String(s.connections)])));
   },
 });
