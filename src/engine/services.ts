@@ -172,29 +172,39 @@ export async function removeService(ctx: Ctx, name: string): Promise<boolean> {
   return true;
 }
 
+/** How long a backend that leaves a service has to finish its open connections before they are cut. */
+export const DRAIN_MS = 10_000;
+
 /**
  * Brings every service's backends up to date with the store, in one nft transaction: only the
- * services whose backends changed get their rule replaced; connections to a backend that left are
- * cut. Call after the store says who the backends are (and, for a removal, before the sandbox's
- * interfaces go, so new connections go elsewhere while it still answers).
+ * services whose backends changed get their rule replaced. A backend that left gets no new
+ * connection from then on; the connections it has open through the service may finish (up to
+ * DRAIN_MS, outside the store's write lock), then what is left is cut. Call after the store says
+ * who the backends are (and, for a removal, before the sandbox's interfaces go, so new
+ * connections go elsewhere while it still answers).
  */
 export async function syncServices(ctx: Ctx): Promise<void> {
   const { store, applier } = ctx;
   if (store.services().length === 0) return;
-  await store.writeAsync(async () => {
+  const leaving = await store.writeAsync(async () => {
     const changed = store.services().flatMap((s) => {
       const now = serviceBackends(store, s);
       return JSON.stringify(now) === JSON.stringify(s.backends) ? [] : [{ s, now, gone: s.backends.filter((b) => !now.includes(b)) }];
     });
-    if (changed.length === 0) return;
+    if (changed.length === 0) return [];
     const lines = changed.flatMap(({ s, now }) => serviceBackendLines(serviceFacts(s, now)));
     await applier.apply([
       step([{ kind: 'nft', lines }], `services: backends of ${changed.map(({ s, now }) => `${s.name} (${now.length})`).join(', ')}`),
-      ...changed.filter((c) => c.gone.length > 0).map(({ s, gone }) =>
-        step([{ kind: 'conntrack.forget', filter: flowsOf(s, gone) }])),
     ]);
     for (const { s, now } of changed) store.setServiceBackends(s.name, now);
+    return changed.filter((c) => c.gone.length > 0);
   }, { rollback: applier.dryRun });
+  if (leaving.length === 0) return;
+  await applier.apply([
+    step(leaving.map(({ s, gone }) => ({ kind: 'conntrack.drain' as const, filter: flowsOf(s, gone), timeoutMs: DRAIN_MS })),
+      `services: ${leaving.map(({ s, gone }) => `${s.name}'s ${gone.join(', ')}`).join('; ')} finish their open connections (new ones go elsewhere)`),
+    step(leaving.map(({ s, gone }) => ({ kind: 'conntrack.forget' as const, filter: flowsOf(s, gone) }))),
+  ]);
 }
 
 export interface ServiceView extends ServiceRow {

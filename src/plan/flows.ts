@@ -51,6 +51,9 @@ export type FlowFilter =
    */
   | { readonly kind: 'judged'; readonly regions: readonly PolicyRegion[]; readonly boxes: readonly JudgedBox[]; readonly world: PolicyWorld };
 
+/** A TCP connection still open (not TIME_WAIT or CLOSE): what a draining backend waits for. */
+export const openConnection = (x: Flow): boolean => x.proto === 'tcp' && x.state !== undefined && x.state !== 'TIME_WAIT' && x.state !== 'CLOSE';
+
 /** A line for --explain: what the filter picks (which flows is known only when it runs). */
 export function describeFilter(f: FlowFilter): string {
   switch (f.kind) {

@@ -1,6 +1,9 @@
 // Issue 17: services, with real traffic in a lab. A VIP on a network, balanced by the kernel over
 // the sandboxes a label selects; backends follow the labels live; policy holds through the VIP.
 import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Lab, UPLINK } from '../../src/lab/lab.ts';
 import { readStore } from './consistency.ts';
@@ -134,6 +137,61 @@ describe('services', () => {
     const d = await count('c1', vip, 80, 60);
     assert.equal(d.failed, 0);
     assert.equal(d.servers.b4, undefined);
+  });
+
+  it('scale out and in under a running load: zero failed connections; a backend that leaves gets no new connection once label/rm returned', async (t) => {
+    const { vip } = await service('web');
+    const dir = mkdtempSync(join(tmpdir(), 'ctnet-load-'));
+    const log = join(dir, 'log');
+    const stop = join(dir, 'stop');
+    let load: Promise<{ code: number; stdout: string; stderr: string }> | undefined;
+    try {
+      // A client opening short connections one after another for the whole test.
+      load = lab.ctnet(['exec', 'c2', '--', ...Lab.loopArgv(vip, 80, log, stop)]);
+      const entries = () => (existsSync(log) ? readFileSync(log, 'utf8') : '').split('\n').filter(Boolean)
+        .map((l) => ({ t: Number(l.split(' ')[0]), server: l.split(' ')[1]! }));
+      /** Waits until N connections began after T; returns those. */
+      const after = async (t: number, n: number, what: string) => {
+        await eventually(what, async () => entries().filter((e) => e.t > t).length >= n);
+        return entries().filter((e) => e.t > t);
+      };
+      await after(0, 10, 'the load runs');
+      // Scale out: b5 serves first, then gets the label (a backend joins when the label says so).
+      await serve('b5', 'front', []);
+      await ready('b5');
+      await lab.ctnetOk(['label', 'b5', 'app=web']);
+      await eventually('b5 gets new connections', async () => entries().some((e) => e.server === 'b5'));
+      // Scale in by label: from the moment it returned, b5 gets no new connection.
+      const took = { label: 0, rm: 0 };
+      took.label = Date.now();
+      await lab.ctnetOk(['label', 'b5', '--rm', 'app']);
+      const unlabelled = Date.now();
+      took.label = unlabelled - took.label;
+      const sinceLabel = await after(unlabelled, 30, 'connections after the label went');
+      // Back in, then removed gracefully with rm.
+      await lab.ctnetOk(['label', 'b5', 'app=web']);
+      const relabelled = Date.now();
+      await eventually('b5 gets new connections again', async () => entries().some((e) => e.t > relabelled && e.server === 'b5'));
+      took.rm = Date.now();
+      await lab.ctnetOk(['rm', 'b5']);
+      const removed = Date.now();
+      took.rm = removed - took.rm;
+      const sinceRm = await after(removed, 30, 'connections after rm');
+      writeFileSync(stop, '');
+      const r = await load;
+      assert.equal(r.code, 0, r.stderr);
+      const total = JSON.parse(r.stdout) as Count;
+      t.diagnostic(`connections: ${JSON.stringify(total)}; label --rm took ${took.label} ms, rm ${took.rm} ms`);
+      assert.equal(total.failed, 0, `failed connections: ${JSON.stringify(total)}`);
+      assert.ok((total.servers.b5 ?? 0) > 0);
+      assert.deepEqual(sinceLabel.filter((e) => e.t < relabelled && e.server === 'b5'), [], 'b5 got a new connection after its label went');
+      assert.deepEqual(sinceRm.filter((e) => e.server === 'b5'), [], 'b5 got a new connection after rm returned');
+      assert.equal((await service('web')).backends.length, 3);
+    } finally {
+      writeFileSync(stop, '');
+      await load?.catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('policy holds through the VIP: another network is isolated unless allowed; a deny holds', async () => {

@@ -1058,8 +1058,16 @@ describe('services on the fake kernel', () => {
     await createSandbox(w.ctx, 'b2', on('web'), undefined, [{ key: 'app', value: 'web' }]);
     assert.equal(w.store.addresses({ sandbox: 'b2' }).find((a) => a.family === 4)!.ip, '10.1.0.4', 'the VIP is not handed out');
     assert.match(rule(w), /mod 2 map \{ 0 : 10\.1\.0\.2 \. 8080, 1 : 10\.1\.0\.4 \. 8080 \}/);
+    const ops: Op[] = [];
+    w.fake.failWhen((op) => ops.push(op) < 0);
     await changeLabels(w.ctx, 'b1', [], ['app']);
+    w.fake.failWhen(undefined);
     assert.match(rule(w), /mod 1 map \{ 0 : 10\.1\.0\.4 \. 8080 \}/);
+    // The backend that left finishes its open connections (bounded), then what is left is cut.
+    const flowOps = ops.filter((o) => o.kind === 'conntrack.drain' || o.kind === 'conntrack.forget');
+    const filter = { kind: 'service', vip: '10.1.0.3', proto: 'tcp', port: 80, backends: ['10.1.0.2'], publish: undefined };
+    assert.deepEqual(flowOps, [{ kind: 'conntrack.drain', filter, timeoutMs: 10_000 }, { kind: 'conntrack.forget', filter }]);
+    assert.ok(ops.findIndex((o) => o.kind === 'nft') < ops.findIndex((o) => o.kind === 'conntrack.drain'), 'out of the rule before the drain');
     await removeSandbox(w.ctx, 'b2');
     assert.match(rule(w), /reject with tcp reset/);
     await assert.rejects(createService(w.ctx, { name: 'svc', network: 'web', port: '81', to: 'label:app=web', vip: undefined, affinity: undefined }), /exists already/);

@@ -3,7 +3,9 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { parseAffinity, parseServicePort, parseServicePublish, parseServiceTarget } from '../../src/model/service.ts';
 import { serviceLines, serviceRule, type ServiceFacts } from '../../src/nft/ruleset.ts';
-import { pickFlows, type Flow } from '../../src/plan/flows.ts';
+import { openConnection, pickFlows, type Flow } from '../../src/plan/flows.ts';
+import { renderOp } from '../../src/plan/render.ts';
+import { conntrackDeleteArgvs } from '../../src/kernel/conntrack.ts';
 
 const web: ServiceFacts = { name: 'web', vip: '10.0.0.200', proto: 'tcp', port: 80, targetPort: 8080, affinity: 'none', backends: ['10.0.0.2', '10.0.0.3'] };
 
@@ -68,5 +70,30 @@ describe('services', () => {
     const viaHost = await pickFlows({ kind: 'service', vip: '10.0.0.200', proto: 'tcp', port: 80, backends: ['10.0.0.2'], publish: { hostIp: '0.0.0.0', hostPort: 9090 } },
       [...flows, ...published], async () => new Set());
     assert.deepEqual(viaHost, [flows[0], published[0]]);
+  });
+
+  it('a backend\'s flows through a VIP go in one conntrack -D (by reply source) when all of them are chosen', () => {
+    const f = (client: string, sport: number, backend: string): Flow => ({
+      proto: 'tcp', state: 'TIME_WAIT', family: 4, orig: { src: client, dst: '10.0.0.200', sport, dport: 80 }, reply: { src: backend, dst: client, sport: 8080, dport: sport },
+    });
+    const toB2 = [f('10.0.0.9', 1, '10.0.0.2'), f('10.0.0.9', 2, '10.0.0.2'), f('10.0.0.8', 3, '10.0.0.2')];
+    const all = [...toB2, f('10.0.0.9', 4, '10.0.0.3')];
+    assert.deepEqual(conntrackDeleteArgvs(toB2, all), [['conntrack', '-D', '-f', 'ipv4', '-p', 'tcp', '-d', '10.0.0.200', '--dport', '80', '-r', '10.0.0.2']]);
+    // One of them not chosen: each goes alone.
+    assert.equal(conntrackDeleteArgvs(toB2.slice(0, 2), all).length, 2);
+    // Every flow of a client . VIP pair chosen: by pair, as before.
+    assert.deepEqual(conntrackDeleteArgvs([toB2[2]!, f('10.0.0.8', 5, '10.0.0.3')], [...all, f('10.0.0.8', 5, '10.0.0.3')]),
+      [['conntrack', '-D', '-f', 'ipv4', '-p', 'tcp', '-s', '10.0.0.8', '-d', '10.0.0.200']]);
+  });
+
+  it('a draining backend waits for open TCP connections only (not TIME_WAIT, CLOSE or UDP)', () => {
+    const f = (proto: string, state: string | undefined): Flow => ({
+      proto, state, family: 4, orig: { src: '10.0.0.9', dst: '10.0.0.200', sport: 1, dport: 80 }, reply: { src: '10.0.0.2', dst: '10.0.0.9', sport: 8080, dport: 1 },
+    });
+    assert.deepEqual(['ESTABLISHED', 'SYN_SENT', 'FIN_WAIT', 'CLOSE_WAIT', 'TIME_WAIT', 'CLOSE'].map((s) => openConnection(f('tcp', s))), [true, true, true, true, false, false]);
+    assert.equal(openConnection(f('udp', undefined)), false);
+    const filter = { kind: 'service' as const, vip: '10.0.0.200', proto: 'tcp', port: 80, backends: ['10.0.0.2'] };
+    assert.deepEqual(renderOp({ kind: 'conntrack.drain', filter, timeoutMs: 10_000 }),
+      ['# wait up to 10 s for open connections to finish: flows through service 10.0.0.200 tcp/80 to 10.0.0.2']);
   });
 });
