@@ -6,7 +6,7 @@ import { allocate } from '../model/ipam.ts';
 import { formatAddr, parseAddr } from '../model/cidr.ts';
 import { parseName } from '../model/names.ts';
 import { collides, formatPortSpec } from '../model/ports.ts';
-import { formatPublish, formatSelector, parseAffinity, parseServicePort, parseServicePublish, parseServiceTarget, publishMapping, type ServicePublish } from '../model/service.ts';
+import { formatPublish, formatSelector, parseAffinity, parseServiceCheck, parseServicePort, parseServicePublish, parseServiceTarget, publishMapping, type ServicePublish } from '../model/service.ts';
 import { serviceBackendLines, serviceChain, serviceLines, type ServiceFacts } from '../nft/ruleset.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
@@ -23,6 +23,9 @@ export interface ServiceRequest {
   readonly affinity: string | undefined;
   /** `--publish [HOST_IP:]HOST_PORT`. */
   readonly publish?: string | undefined;
+  /** `--check tcp|http:PATH` and `--check-interval DURATION`. */
+  readonly check?: string | undefined;
+  readonly checkInterval?: string | undefined;
 }
 
 const byAddress = (a: string, b: string) => {
@@ -32,11 +35,19 @@ const byAddress = (a: string, b: string) => {
 };
 
 /**
- * The addresses a service balances over now: the IPv4 address, on the service's network, of each
+ * The addresses a service balances over now: its candidates but those its health checks took out.
+ */
+export function serviceBackends(store: Store, s: Pick<ServiceRow, 'network' | 'selector' | 'unready'>): string[] {
+  const out = new Set(s.unready ?? []);
+  return serviceCandidates(store, s).filter((ip) => !out.has(ip));
+}
+
+/**
+ * The addresses a service's selector picks: the IPv4 address, on the service's network, of each
  * sandbox with the label. A sandbox (or its attachment) being removed has left already, so its
  * new connections go elsewhere while its old ones drain.
  */
-export function serviceBackends(store: Store, s: Pick<ServiceRow, 'network' | 'selector'>): string[] {
+export function serviceCandidates(store: Store, s: Pick<ServiceRow, 'network' | 'selector'>): string[] {
   const selected = new Set(store.labels().filter((l) => l.key === s.selector.key && l.value === s.selector.value).map((l) => l.sandbox));
   const leaving = new Set(store.sandboxes().filter((x) => x.state === 'removing').map((x) => x.name));
   const detaching = new Set(store.attachments({ network: s.network }).filter((a) => a.state === 'removing').map((a) => a.sandbox));
@@ -103,6 +114,7 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
   const vip = req.vip === undefined ? undefined : parseAddr('--vip', req.vip);
   if (vip && vip.family !== 4) throw new CtnetError('INVALID_ARGUMENT', `--vip ${req.vip}: services have IPv4 VIPs for now`, 'give an IPv4 address of the network, or leave --vip out');
   const publish = req.publish === undefined ? undefined : parseServicePublish(req.publish);
+  const check = parseServiceCheck(req.check, req.checkInterval);
   const host = publish ? await readHost(ctx, { mappings: [publishMapping(publish, port.proto, port.port)], force: false }) : undefined;
   return applier.transaction(async (tx) => {
     const row = tx.decide((rec) => {
@@ -127,7 +139,7 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
       if (a.cursor !== undefined) rec.record({ kind: 'cursor.set', network: n.name, cidr: lease.cidr, ip: a.cursor });
       const draft = {
         name, network: n.name, vip: a.ip, cidr: lease.cidr, proto: port.proto, port: port.port,
-        selector: target.selector, targetPort: target.targetPort ?? port.port, affinity, backends: [] as string[], publish,
+        selector: target.selector, targetPort: target.targetPort ?? port.port, affinity, backends: [] as string[], publish, check,
       };
       const r = { ...draft, backends: serviceBackends(store, draft) };
       rec.record({ kind: 'service.insert', row: r });
@@ -187,6 +199,7 @@ export async function syncServices(ctx: Ctx): Promise<void> {
   const { store, applier } = ctx;
   if (store.services().length === 0) return;
   const leaving = await store.writeAsync(async () => {
+    // A backend the checks took out is gone already: its connections are cut at once, not waited for.
     const changed = store.services().flatMap((s) => {
       const now = serviceBackends(store, s);
       return JSON.stringify(now) === JSON.stringify(s.backends) ? [] : [{ s, now, gone: s.backends.filter((b) => !now.includes(b)) }];
@@ -200,15 +213,31 @@ export async function syncServices(ctx: Ctx): Promise<void> {
     return changed.filter((c) => c.gone.length > 0);
   }, { rollback: applier.dryRun });
   if (leaving.length === 0) return;
+  const draining = leaving.map(({ s, gone }) => ({ s, gone: gone.filter((ip) => !(s.unready ?? []).includes(ip)) })).filter((d) => d.gone.length > 0);
   await applier.apply([
-    step(leaving.map(({ s, gone }) => ({ kind: 'conntrack.drain' as const, filter: flowsOf(s, gone), timeoutMs: DRAIN_MS })),
-      `services: ${leaving.map(({ s, gone }) => `${s.name}'s ${gone.join(', ')}`).join('; ')} finish their open connections (new ones go elsewhere)`),
+    ...(draining.length ? [step(draining.map(({ s, gone }) => ({ kind: 'conntrack.drain' as const, filter: flowsOf(s, gone), timeoutMs: DRAIN_MS })),
+      `services: ${draining.map(({ s, gone }) => `${s.name}'s ${gone.join(', ')}`).join('; ')} finish their open connections (new ones go elsewhere)`)] : []),
     step(leaving.map(({ s, gone }) => ({ kind: 'conntrack.forget' as const, filter: flowsOf(s, gone) }))),
   ]);
 }
 
+/**
+ * What a service's health checks say (services/health.ts): UNREADY, the selected backends that
+ * failed, are out of its rule; the others are in. Then the rule follows (syncServices).
+ */
+export async function setServiceHealth(ctx: Ctx, name: string, unready: readonly string[]): Promise<void> {
+  const { store } = ctx;
+  const s = store.service(name);
+  if (!s) return;
+  const now = [...unready].sort(byAddress);
+  if (JSON.stringify(now) !== JSON.stringify(s.unready ?? [])) store.write(() => store.setServiceUnready(name, now));
+  await syncServices(ctx);
+}
+
 export interface ServiceView extends ServiceRow {
   readonly to: string;
+  /** Selected backends the health checks took out. */
+  readonly notReady: readonly string[];
   /** New connections the service's rule sent to a backend (its counter). */
   readonly connections: number;
 }
@@ -222,10 +251,17 @@ export async function listServices(ctx: Ctx, name?: string): Promise<ServiceView
     for (const item of ((await kernel.nftTable()) ?? []) as { rule?: { chain?: string; expr?: { counter?: { packets: number } }[] } }[]) {
       const chain = item.rule?.chain;
       if (!chain?.startsWith('svc_')) continue;
-      const c = item.rule!.expr?.find((e) => e.counter)?.counter;
+      const expr = item.rule!.expr;
+      const c = Array.isArray(expr) ? expr.find((e) => e.counter)?.counter : undefined; // the fake kernel's rules are text
       if (c) counts.set(chain, c.packets);
     }
   }
-  return rows.map((s) => ({ ...s, to: `${formatSelector(s.selector)}:${s.targetPort}`, connections: counts.get(serviceChain(s.name)) ?? 0 }));
+  return rows.map((s) => {
+    const candidates = new Set(serviceCandidates(store, s));
+    return {
+      ...s, to: `${formatSelector(s.selector)}:${s.targetPort}`, notReady: (s.unready ?? []).filter((ip) => candidates.has(ip)),
+      connections: counts.get(serviceChain(s.name)) ?? 0,
+    };
+  });
 }
 

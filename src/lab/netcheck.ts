@@ -2,6 +2,7 @@
 //   netcheck serve NAME [--tcp PORT] [--udp PORT] [--http PORT]   answers with {server, client}
 //   netcheck probe tcp|udp|http HOST PORT [--timeout MS]          prints the answer; exit 1 on failure
 //   netcheck serve NAME --echo PORT                                 a TCP echo server (for hold)
+//   netcheck serve NAME ... --stop FILE    the server exits once FILE exists (a backend that stops)
 //   netcheck hold HOST PORT --for MS    one TCP connection pinging every 100 ms; exit 0 if it kept
 //       answering for MS, 1 (printing how many answers came) once an answer is 1 s late
 //   netcheck flow HOST PORT --until NAME [--timeout MS]           one UDP flow (a fixed source port)
@@ -38,6 +39,8 @@ if (mode === 'serve') {
   if (echo) createServer((s) => s.on('error', () => {}).pipe(s)).listen(Number(echo), '::');
   if (tcp) createServer((s) => s.on('error', () => {}).end(answer(name, s.remoteAddress))).listen(Number(tcp), '::');
   if (http) createHttpServer((req, res) => res.end(answer(name, req.socket.remoteAddress))).listen(Number(http), '::');
+  const stop = flag('--stop');
+  if (stop) setInterval(() => existsSync(stop) && process.exit(0), 100);
   const dns = flag('--dns');
   if (dns) {
     const answer = (flag('--answer') ?? '203.0.113.10').split('.').map(Number);

@@ -84,3 +84,39 @@ export const publishMapping = (p: ServicePublish, proto: ServiceProto, targetPor
   ({ proto, hostIp: p.hostIp, hostPort: p.hostPort, containerPort: targetPort, count: 1 });
 
 export const formatPublish = (p: ServicePublish) => `${p.hostIp}:${p.hostPort}`;
+
+/** `--check`: how ctnetd probes each backend (services/health.ts), and how often. */
+export type ServiceCheck =
+  | { readonly kind: 'tcp'; readonly intervalMs: number }
+  | { readonly kind: 'http'; readonly path: string; readonly intervalMs: number };
+
+export const DEFAULT_CHECK_INTERVAL_MS = 2000;
+
+/** A duration: 500ms, 2s, 1m (from 100 ms to 60 min). */
+export function parseDuration(flag: string, text: string): number {
+  const m = /^(\d+)(ms|s|m)$/.exec(text.trim());
+  const ms = m ? Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 's' ? 1000 : 60_000) : NaN;
+  if (!m || ms < 100 || ms > 3_600_000) throw invalid(`${flag} ${JSON.stringify(text)} is not a duration ctnet accepts`, 'give e.g. 500ms, 2s or 1m (from 100ms to 60m)');
+  return ms;
+}
+
+/** `--check tcp|http:PATH` with `--check-interval DURATION` (default 2s); neither: no check. */
+export function parseServiceCheck(check: string | undefined, interval: string | undefined): ServiceCheck | undefined {
+  if (check === undefined) {
+    if (interval !== undefined) throw invalid(`--check-interval ${interval}: there is no --check to time`, 'give --check tcp or --check http:/PATH with it');
+    return undefined;
+  }
+  const intervalMs = interval === undefined ? DEFAULT_CHECK_INTERVAL_MS : parseDuration('--check-interval', interval);
+  if (check === 'tcp') return { kind: 'tcp', intervalMs };
+  if (check.startsWith('http:')) {
+    const path = check.slice('http:'.length);
+    if (!/^\/[\x21-\x7e]*$/.test(path)) {
+      throw invalid(`--check ${check}: the path ${JSON.stringify(path)} must start with "/" and hold no spaces or control characters`, 'write e.g. --check http:/healthz');
+    }
+    return { kind: 'http', path, intervalMs };
+  }
+  throw invalid(`--check ${JSON.stringify(check)} is not tcp or http:PATH`, 'write --check tcp or --check http:/healthz');
+}
+
+const formatMs = (ms: number) => (ms % 60_000 === 0 ? `${ms / 60_000}m` : ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`);
+export const formatCheck = (c: ServiceCheck) => `${c.kind === 'tcp' ? 'tcp' : `http:${c.path}`} every ${formatMs(c.intervalMs)}`;

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 20;
+export const SCHEMA_VERSION = 21;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -390,6 +390,16 @@ ALTER TABLE services ADD COLUMN publish_ip TEXT;
 ALTER TABLE services ADD COLUMN publish_port INTEGER CHECK (publish_port BETWEEN 1 AND 65535);
 `;
 
+// Health checks of services (schema 21, issue 17): `--check tcp|http:PATH` and its interval, probed
+// by ctnetd (services/health.ts); unready: the backend addresses the checks took out of the rule
+// (JSON, sorted), so the rule, gc and `service ls` agree on them, also across a ctnetd restart.
+export const SERVICE_CHECKS = `
+ALTER TABLE services ADD COLUMN check_kind TEXT CHECK (check_kind IN ('tcp', 'http'));
+ALTER TABLE services ADD COLUMN check_path TEXT;
+ALTER TABLE services ADD COLUMN check_interval_ms INTEGER;
+ALTER TABLE services ADD COLUMN unready TEXT NOT NULL DEFAULT '[]';
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -411,4 +421,5 @@ export const MIGRATIONS: Record<number, string> = {
   18: SERVICES,
   19: REMOTE_ALIASES,
   20: SERVICE_PUBLISH,
+  21: SERVICE_CHECKS,
 };

@@ -9,7 +9,8 @@ import { Lab, UPLINK } from '../../src/lab/lab.ts';
 import { readStore } from './consistency.ts';
 
 interface Count { servers: Record<string, number>; failed: number }
-interface ServiceJson { name: string; vip: string; port: number; backends: string[]; connections: number; affinity: string; publish?: { hostIp: string; hostPort: number } }
+interface ServiceJson { name: string; vip: string; port: number; backends: string[]; connections: number; affinity: string; publish?: { hostIp: string; hostPort: number };
+  check?: unknown; notReady?: string[] }
 
 describe('services', () => {
   let lab: Lab;
@@ -362,5 +363,47 @@ describe('services', () => {
     await lab.ctnetOk(['service', 'rm', 'sticky']); // again: nothing to do, not an error
     await lab.ctnetOk(['service', 'create', 'again', '--network', 'front', '--port', '81', '--to', 'label:app=web:8080', '--vip', vip]);
     assert.equal((await count('c1', vip, 81, 5)).failed, 0);
+  });
+  it('--check tcp: a backend whose server stops leaves the rule, started again it comes back (ctnetd probes)', async () => {
+    await lab.startDaemon();
+    const dir = mkdtempSync(join(tmpdir(), 'ctnet-check-'));
+    const stop = join(dir, 'stop');
+    /** h2's server, run with ctnet exec until the stop file exists. */
+    const start = () => lab.ctnet(['exec', 'h2', '--', ...Lab.serverArgv('h2', { tcp: 8090 }), '--stop', stop]);
+    let h2: Promise<{ code: number }> | undefined;
+    try {
+      await lab.ctnetOk(['run', '-d', '--name', 'h1', '--network', 'front', '--label', 'app=hc', '--', ...Lab.serverArgv('h1', { tcp: 8090 })]);
+      await lab.ctnetOk(['create', 'h2', '--network', 'front', '--label', 'app=hc']);
+      h2 = start();
+      for (const h of ['h1', 'h2']) await eventually(`${h} serves`, async () => (await lab.inHost(Lab.probeArgv('tcp', ip(h), 8090, 500))).code === 0);
+      const out = JSON.parse(await lab.ctnetOk(['service', 'create', 'hc', '--network', 'front', '--port', '90', '--to', 'label:app=hc:8090',
+        '--check', 'tcp', '--check-interval', '200ms', '--json'])) as ServiceJson;
+      assert.deepEqual(out.check, { kind: 'tcp', intervalMs: 200 });
+      assert.match(await lab.ctnetOk(['service', 'inspect', 'hc']), /check\s+tcp every 200ms/);
+      assert.deepEqual(Object.keys((await count('c1', out.vip, 90, 30)).servers).sort(), ['h1', 'h2']);
+      // h2's server stops: two failed checks take it out; new connections go to h1 only.
+      writeFileSync(stop, '');
+      await h2;
+      await eventually('h2 is out', async () => (await service('hc')).backends.length === 1);
+      const s = await service('hc');
+      assert.deepEqual(s.backends, [ip('h1')]);
+      assert.deepEqual(s.notReady, [ip('h2')]);
+      assert.match(await lab.ctnetOk(['service', 'ls']), new RegExp(`hc\\s.*${ip('h1').replace(/\./g, '\\.')}\\s+${ip('h2').replace(/\./g, '\\.')}\\s`));
+      const c = await count('c1', out.vip, 90, 30);
+      assert.equal(c.failed, 0);
+      assert.deepEqual(c.servers, { h1: 30 });
+      // Started again: one passed check puts it back.
+      rmSync(stop);
+      h2 = start();
+      await eventually('h2 is back', async () => (await service('hc')).backends.length === 2);
+      assert.deepEqual((await service('hc')).notReady, []);
+      await eventually('h2 gets connections again', async () => ((await count('c1', out.vip, 90, 10)).servers.h2 ?? 0) > 0);
+    } finally {
+      writeFileSync(stop, '');
+      await h2?.catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    }
+    await lab.ctnetOk(['service', 'rm', 'hc']);
+    await lab.ctnetOk(['rm', 'h1', 'h2']);
   });
 });

@@ -18,7 +18,7 @@ import { createNetwork, removeNetwork } from '../../src/engine/network.ts';
 import { addPolicy, changeLabels, listPolicies, removePolicies } from '../../src/engine/policy.ts';
 import { publish, unpublish } from '../../src/engine/publish.ts';
 import { connect, connectExternal, createSandbox, disconnect, removeSandbox } from '../../src/engine/sandbox.ts';
-import { createService, removeService } from '../../src/engine/services.ts';
+import { createService, listServices, removeService, setServiceHealth } from '../../src/engine/services.ts';
 import { shapeSandbox } from '../../src/engine/shape.ts';
 import { parseShapeFlags } from '../../src/model/shape.ts';
 import { CtnetError, KernelError } from '../../src/errors.ts';
@@ -1078,6 +1078,29 @@ describe('services on the fake kernel', () => {
     assert.equal(await removeService(w.ctx, 'svc'), false);
     await removeSandbox(w.ctx, 'b1');
     assert.deepEqual({ kernel: w.fake.snapshot(), store: noCursor(storeDump(w)) }, { kernel: before.kernel, store: noCursor(before.store) });
+  }));
+
+  it('--check: the checks\' verdict takes a backend out of the rule (its flows cut at once, no drain) and puts it back', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    for (const b of ['b1', 'b2']) await createSandbox(w.ctx, b, on('web'), undefined, [{ key: 'app', value: 'web' }]);
+    const req = { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined };
+    await assert.rejects(createService(w.ctx, { ...req, checkInterval: '1s' }), /there is no --check/);
+    const svc = await createService(w.ctx, { ...req, check: 'http:/healthz', checkInterval: '500ms' });
+    assert.deepEqual(svc.check, { kind: 'http', path: '/healthz', intervalMs: 500 });
+    assert.deepEqual(w.store.service('svc')!.check, { kind: 'http', path: '/healthz', intervalMs: 500 });
+    const ops: Op[] = [];
+    w.fake.failWhen((op) => ops.push(op) < 0);
+    await setServiceHealth(w.ctx, 'svc', ['10.1.0.2']);
+    w.fake.failWhen(undefined);
+    assert.match(rule(w), /mod 1 map \{ 0 : 10\.1\.0\.3 \. 8080 \}/);
+    assert.deepEqual(ops.filter((o) => o.kind === 'conntrack.drain'), [], 'a failing backend is not waited for');
+    assert.equal(ops.filter((o) => o.kind === 'conntrack.forget').length, 1);
+    const [view] = await listServices(w.ctx, 'svc');
+    assert.deepEqual([view!.backends, view!.notReady], [['10.1.0.3'], ['10.1.0.2']]);
+    // gc's derivation keeps it out; the label going takes it off the not-ready list.
+    await setServiceHealth(w.ctx, 'svc', []);
+    assert.match(rule(w), /mod 2 map/);
+    await removeService(w.ctx, 'svc');
   }));
 
   it('--publish: one element to the service\'s chain; host-port conflicts with -p and other services change nothing; rm takes it back', () => withWorld(async (w) => {

@@ -1,7 +1,8 @@
 // Services (issue 17): parsing at the boundary, and the nft lines a service makes.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { parseAffinity, parseServicePort, parseServicePublish, parseServiceTarget } from '../../src/model/service.ts';
+import { formatCheck, parseAffinity, parseServiceCheck, parseServicePort, parseServicePublish, parseServiceTarget } from '../../src/model/service.ts';
+import { judgeRound } from '../../src/services/health.ts';
 import { serviceLines, serviceRule, type ServiceFacts } from '../../src/nft/ruleset.ts';
 import { openConnection, pickFlows, type Flow } from '../../src/plan/flows.ts';
 import { renderOp } from '../../src/plan/render.ts';
@@ -84,6 +85,39 @@ describe('services', () => {
     // Every flow of a client . VIP pair chosen: by pair, as before.
     assert.deepEqual(conntrackDeleteArgvs([toB2[2]!, f('10.0.0.8', 5, '10.0.0.3')], [...all, f('10.0.0.8', 5, '10.0.0.3')]),
       [['conntrack', '-D', '-f', 'ipv4', '-p', 'tcp', '-s', '10.0.0.8', '-d', '10.0.0.200']]);
+  });
+
+  it('parses --check and --check-interval, naming the bad field', () => {
+    assert.equal(parseServiceCheck(undefined, undefined), undefined);
+    assert.deepEqual(parseServiceCheck('tcp', undefined), { kind: 'tcp', intervalMs: 2000 });
+    assert.deepEqual(parseServiceCheck('http:/healthz', '500ms'), { kind: 'http', path: '/healthz', intervalMs: 500 });
+    assert.deepEqual(parseServiceCheck('tcp', '1m'), { kind: 'tcp', intervalMs: 60_000 });
+    assert.throws(() => parseServiceCheck(undefined, '2s'), /--check-interval 2s: there is no --check/);
+    assert.throws(() => parseServiceCheck('udp', undefined), /--check "udp" is not tcp or http:PATH/);
+    assert.throws(() => parseServiceCheck('http:healthz', undefined), /must start with "\/"/);
+    assert.throws(() => parseServiceCheck('http:/a b', undefined), /no spaces/);
+    assert.throws(() => parseServiceCheck('tcp', '50ms'), /--check-interval "50ms" is not a duration/);
+    assert.throws(() => parseServiceCheck('tcp', '2'), /--check-interval "2"/);
+    assert.equal(formatCheck({ kind: 'http', path: '/h', intervalMs: 2000 }), 'http:/h every 2s');
+    assert.equal(formatCheck({ kind: 'tcp', intervalMs: 200 }), 'tcp every 200ms');
+  });
+
+  it('health: two failures in a row take a backend out, one pass puts it back', () => {
+    const r = (...xs: [string, boolean][]) => new Map(xs);
+    let st = judgeRound({ fails: new Map(), unready: [] }, r(['10.0.0.2', false], ['10.0.0.3', true]));
+    assert.deepEqual(st.unready, [], 'one failure: still in');
+    st = judgeRound(st, r(['10.0.0.2', true], ['10.0.0.3', true]));
+    st = judgeRound(st, r(['10.0.0.2', false], ['10.0.0.3', true]));
+    assert.deepEqual(st.unready, [], 'failures not in a row: still in');
+    st = judgeRound(st, r(['10.0.0.2', false], ['10.0.0.3', true]));
+    assert.deepEqual(st.unready, ['10.0.0.2']);
+    st = judgeRound(st, r(['10.0.0.2', false], ['10.0.0.3', true]));
+    assert.deepEqual(st.unready, ['10.0.0.2'], 'stays out while it fails');
+    st = judgeRound(st, r(['10.0.0.2', true], ['10.0.0.3', true]));
+    assert.deepEqual(st.unready, [], 'one pass: back in');
+    // Out as the store said (ctnetd restarted): stays out until it passes; an address no longer probed is forgotten.
+    st = judgeRound({ fails: new Map(), unready: ['10.0.0.2', '10.0.0.9'] }, r(['10.0.0.2', false]));
+    assert.deepEqual(st.unready, ['10.0.0.2']);
   });
 
   it('a draining backend waits for open TCP connections only (not TIME_WAIT, CLOSE or UDP)', () => {

@@ -1,6 +1,6 @@
 import { listServices } from '../../engine/services.ts';
 import { parseName } from '../../model/names.ts';
-import { formatPublish } from '../../model/service.ts';
+import { formatCheck, formatPublish } from '../../model/service.ts';
 import { defineCommand } from '../command.ts';
 
 export default defineCommand({
@@ -18,6 +18,8 @@ export default defineCommand({
       `  affinity     ${s!.affinity}`,
       `  published    ${s!.publish ? `${formatPublish(s!.publish)}/${s!.proto}` : 'no'}`,
       `  backends     ${s!.backends.join(' ') || 'none (clients are refused)'}`,
+      `  not ready    ${s!.notReady.join(' ') || '-'}`,
+      `  check        ${s!.check ? formatCheck(s!.check) : 'none'}`,
       `  connections  ${s!.connections}`,
       `  created      ${s!.created}`,
     ].join('\n'));
