@@ -2,7 +2,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { formatCheck, parseAffinity, parseServiceCheck, parseServicePort, parseServicePublish, parseServiceTarget } from '../../src/model/service.ts';
-import { judgeRound } from '../../src/services/health.ts';
+import { judgeRound, probe } from '../../src/services/health.ts';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { serviceLines, serviceRule, type ServiceFacts } from '../../src/nft/ruleset.ts';
 import { openConnection, pickFlows, type Flow } from '../../src/plan/flows.ts';
 import { renderOp } from '../../src/plan/render.ts';
@@ -118,6 +120,24 @@ describe('services', () => {
     // Out as the store said (ctnetd restarted): stays out until it passes; an address no longer probed is forgotten.
     st = judgeRound({ fails: new Map(), unready: ['10.0.0.2', '10.0.0.9'] }, r(['10.0.0.2', false]));
     assert.deepEqual(st.unready, ['10.0.0.2']);
+  });
+
+  it('health probes: tcp passes on a listener and fails on a closed port; http passes on 2xx/3xx only', async () => {
+    const server = createServer((req, res) => {
+      res.statusCode = req.url === '/ok' ? 200 : req.url === '/moved' ? 301 : 503;
+      res.end();
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      assert.equal(await probe({ kind: 'tcp', intervalMs: 1000 }, '127.0.0.1', port, 1000), true);
+      assert.equal(await probe({ kind: 'http', path: '/ok', intervalMs: 1000 }, '127.0.0.1', port, 1000), true);
+      assert.equal(await probe({ kind: 'http', path: '/moved', intervalMs: 1000 }, '127.0.0.1', port, 1000), true);
+      assert.equal(await probe({ kind: 'http', path: '/down', intervalMs: 1000 }, '127.0.0.1', port, 1000), false);
+    } finally {
+      await new Promise((r) => server.close(r));
+    }
+    assert.equal(await probe({ kind: 'tcp', intervalMs: 1000 }, '127.0.0.1', port, 1000), false, 'nothing listens any more');
   });
 
   it('a draining backend waits for open TCP connections only (not TIME_WAIT, CLOSE or UDP)', () => {
