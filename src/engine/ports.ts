@@ -3,6 +3,7 @@
 import { CtnetError } from '../errors.ts';
 import type { Listener } from '../kernel/backend.ts';
 import { collides, formatPortSpec, hostIpFamilies, isWildcard, type PortMapping } from '../model/ports.ts';
+import { formatPublish, publishMapping } from '../model/service.ts';
 import { portElements, type PortFacts } from '../nft/ruleset.ts';
 import { step, type Step } from '../plan/plan.ts';
 import type { PortRow, Store } from '../store/store.ts';
@@ -59,6 +60,9 @@ export function portFacts(store: Store, sandbox: string): PortFacts[] {
 
 export const portLines = (verb: 'add' | 'delete', facts: readonly PortFacts[]) => facts.flatMap((f) => portElements(verb, f));
 
+/** The host socket that listens on a mapping's host port, if any. */
+export const busyListener = (host: HostView, m: PortMapping): Listener | undefined => host.listeners.find((l) => listenerCovers(l, m));
+
 const listenerCovers = (l: Listener, m: PortMapping): boolean => {
   if (l.proto !== m.proto || l.port < m.hostPort || l.port >= m.hostPort + m.count) return false;
   // A socket on [::] usually takes IPv4 too (V6ONLY off), so it counts for both families.
@@ -77,6 +81,7 @@ export function recordPorts(rec: Recorder, sandbox: string, req: PublishRequest,
   const rows: PortRow[] = [];
   const targets = portTargets(store, sandbox);
   const existing = store.ports(); // read once: checking each mapping against a fresh read is n^2
+  const services = store.services().filter((x) => x.publish);
   for (const m of req.mappings) {
     const spec = formatPortSpec(m);
     if (!isWildcard(m.hostIp) && !host.addresses.has(m.hostIp)) {
@@ -97,6 +102,11 @@ export function recordPorts(rec: Recorder, sandbox: string, req: PublishRequest,
     if (taken) {
       throw new CtnetError('CONFLICT', `-p ${spec}: the host port is already published by sandbox ${taken.sandbox} (${formatPortSpec(taken)})`,
         `choose another host port, or remove that mapping with "ctnet port rm ${taken.sandbox} ${formatPortSpec(taken)}"`);
+    }
+    const service = services.find((x) => collides(publishMapping(x.publish!, x.proto, x.targetPort), m));
+    if (service) {
+      throw new CtnetError('CONFLICT', `-p ${spec}: the host port is taken by service ${service.name} (--publish ${formatPublish(service.publish!)})`,
+        `choose another host port, or remove the service with "ctnet service rm ${service.name}"`);
     }
     const busy = host.listeners.find((l) => listenerCovers(l, m));
     if (busy) {

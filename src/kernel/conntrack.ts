@@ -36,17 +36,47 @@ export function conntrackDeletePairArgv(f: Flow): string[] {
 }
 
 /**
+ * Every flow in one protocol to DST:DPORT whose reply comes from RSRC (a service's flows to one
+ * backend): `conntrack -D -p P -d DST --dport DPORT -r RSRC`.
+ */
+export function conntrackDeleteReplyArgv(f: Flow): string[] {
+  return ['conntrack', '-D', '-f', f.family === 4 ? 'ipv4' : 'ipv6', '-p', f.proto, '-d', f.orig.dst, '--dport', String(f.orig.dport), '-r', f.reply.src];
+}
+
+/**
  * The commands that delete these flows. With all = every flow listed, flows sharing protocol,
- * source and destination go in one command when every one of them is chosen.
+ * source and destination go in one command when every one of them is chosen; else flows sharing
+ * protocol, destination, destination port and reply source (many clients' flows to one backend
+ * through a VIP) do, when every one of those is chosen.
  */
 export function conntrackDeleteArgvs(flows: readonly Flow[], all?: readonly Flow[]): string[][] {
-  const key = (f: Flow) => `${f.proto} ${f.orig.src} ${f.orig.dst}`;
   if (!all) return flows.map(conntrackDeleteArgv);
-  const total = new Map<string, number>();
-  for (const f of all) total.set(key(f), (total.get(key(f)) ?? 0) + 1);
-  const chosen = new Map<string, Flow[]>();
-  for (const f of flows) chosen.set(key(f), [...(chosen.get(key(f)) ?? []), f]);
+  const pair = (f: Flow) => `${f.proto} ${f.orig.src} ${f.orig.dst}`;
+  const reply = (f: Flow) => (f.orig.dport === undefined ? undefined : `${f.proto} ${f.orig.dst} ${f.orig.dport} ${f.reply.src}`);
+  const count = (key: (f: Flow) => string | undefined, fs: readonly Flow[]) => {
+    const m = new Map<string, number>();
+    for (const f of fs) {
+      const k = key(f);
+      if (k !== undefined) m.set(k, (m.get(k) ?? 0) + 1);
+    }
+    return m;
+  };
+  const [pairsAll, pairsChosen] = [count(pair, all), count(pair, flows)];
+  const [replyAll, replyChosen] = [count(reply, all), count(reply, flows)];
   const argvs: string[][] = [];
-  for (const [k, fs] of chosen) argvs.push(...(fs.length > 1 && fs.length === total.get(k) ? [conntrackDeletePairArgv(fs[0]!)] : fs.map(conntrackDeleteArgv)));
+  const done = new Set<string>();
+  for (const f of flows) {
+    const p = pair(f);
+    const r = reply(f);
+    if (pairsChosen.get(p)! > 1 && pairsChosen.get(p) === pairsAll.get(p)) {
+      if (!done.has(`p ${p}`)) argvs.push(conntrackDeletePairArgv(f));
+      done.add(`p ${p}`);
+    } else if (r !== undefined && replyChosen.get(r)! > 1 && replyChosen.get(r) === replyAll.get(r)) {
+      if (!done.has(`r ${r}`)) argvs.push(conntrackDeleteReplyArgv(f));
+      done.add(`r ${r}`);
+    } else {
+      argvs.push(conntrackDeleteArgv(f));
+    }
+  }
   return argvs;
 }

@@ -532,6 +532,8 @@ export class FakeKernel implements KernelBackend {
       }
       case 'conntrack.forget':
         return this.#forget(op.filter);
+      case 'conntrack.drain':
+        return; // the fake's flows are not connections that end by themselves: nothing to wait for
       case 'link.add.lower': {
         const host = this.#host();
         const parent = host.links.get(op.parent);

@@ -181,6 +181,14 @@ export class Lab {
     return [NODE, NETCHECK, 'count', host, String(port), '--n', String(n)];
   }
 
+  /**
+   * argv of a load: TCP connections one after another to a netcheck tcp server until STOP exists,
+   * each logged to LOG as "START_MS SERVER" ("-" for a failure); prints {servers, failed} at the end.
+   */
+  static loopArgv(host: string, port: number, log: string, stop: string): string[] {
+    return [NODE, NETCHECK, 'loop', host, String(port), '--log', log, '--stop', stop];
+  }
+
   static probeArgv(proto: 'tcp' | 'udp' | 'http', host: string, port: number, timeoutMs = 2000): string[] {
     return [NODE, NETCHECK, 'probe', proto, host, String(port), '--timeout', String(timeoutMs)];
   }

@@ -2,16 +2,21 @@
 //   netcheck serve NAME [--tcp PORT] [--udp PORT] [--http PORT]   answers with {server, client}
 //   netcheck probe tcp|udp|http HOST PORT [--timeout MS]          prints the answer; exit 1 on failure
 //   netcheck serve NAME --echo PORT                                 a TCP echo server (for hold)
+//   netcheck serve NAME ... --stop FILE    the server exits once FILE exists (a backend that stops)
 //   netcheck hold HOST PORT --for MS    one TCP connection pinging every 100 ms; exit 0 if it kept
 //       answering for MS, 1 (printing how many answers came) once an answer is 1 s late
 //   netcheck flow HOST PORT --until NAME [--timeout MS]           one UDP flow (a fixed source port)
 //       sending every 100 ms, printing each new server that answers; exit 0 once NAME answered
 //   netcheck count HOST PORT --n N    N TCP connections one after another to a netcheck tcp server;
 //       prints {"servers": {NAME: count}, "failed": n} (a service's balance)
+//   netcheck loop HOST PORT --log FILE --stop FILE   TCP connections one after another to a netcheck tcp
+//       server until FILE (--stop) exists; appends "START_MS SERVER" (SERVER "-" for a failure) to
+//       the log as each ends; prints {"servers": {NAME: count}, "failed": n} at the end (load for scaling)
 //   netcheck serve NAME --dns PORT [--answer IPV4]   a DNS server for a lab's world: every A query
 //       gets IPV4 (default 203.0.113.10, the lab's remote4), any other type an empty NOERROR answer
 // Every answer names the server and the client address it saw, so a test can check NAT.
 import { createSocket } from 'node:dgram';
+import { appendFileSync, existsSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { createServer as createHttpServer, get } from 'node:http';
 import { networkInterfaces } from 'node:os';
@@ -34,6 +39,8 @@ if (mode === 'serve') {
   if (echo) createServer((s) => s.on('error', () => {}).pipe(s)).listen(Number(echo), '::');
   if (tcp) createServer((s) => s.on('error', () => {}).end(answer(name, s.remoteAddress))).listen(Number(tcp), '::');
   if (http) createHttpServer((req, res) => res.end(answer(name, req.socket.remoteAddress))).listen(Number(http), '::');
+  const stop = flag('--stop');
+  if (stop) setInterval(() => existsSync(stop) && process.exit(0), 100);
   const dns = flag('--dns');
   if (dns) {
     const answer = (flag('--answer') ?? '203.0.113.10').split('.').map(Number);
@@ -57,9 +64,11 @@ if (mode === 'serve') {
       sock.bind(Number(udp), a.address);
     }
   }
-} else if (mode === 'count') {
+} else if (mode === 'count' || mode === 'loop') {
   const [host, port] = rest;
   const n = Number(flag('--n') ?? 100);
+  const log = flag('--log');
+  const stop = flag('--stop');
   const servers: Record<string, number> = {};
   let failed = 0;
   const once = () => new Promise<string | undefined>((resolve) => {
@@ -77,10 +86,13 @@ if (mode === 'serve') {
     s.on('error', () => resolve(undefined));
     s.on('close', () => resolve(undefined));
   });
-  for (let i = 0; i < n; i++) {
+  const more = mode === 'loop' ? () => !existsSync(stop!) : (i: number) => i < n;
+  for (let i = 0; more(i); i++) {
+    const start = Date.now();
     const server = await once();
     if (server === undefined) failed++;
     else servers[server] = (servers[server] ?? 0) + 1;
+    if (log) appendFileSync(log, `${start} ${server ?? '-'}\n`);
   }
   process.stdout.write(JSON.stringify({ servers, failed }) + '\n');
 } else if (mode === 'probe') {

@@ -1,6 +1,8 @@
 // A service's request, parsed at the boundary (pure): `--port 80[/tcp|/udp]`,
-// `--to label:KEY=VALUE[:TARGET_PORT]`, `--affinity client-ip`.
+// `--to label:KEY=VALUE[:TARGET_PORT]`, `--affinity client-ip`, `--publish [HOST_IP:]HOST_PORT`.
 import { CtnetError } from '../errors.ts';
+import { formatAddr, parseAddr } from './cidr.ts';
+import type { PortMapping } from './ports.ts';
 import { parseLabel } from './policy.ts';
 
 export type ServiceProto = 'tcp' | 'udp';
@@ -52,3 +54,69 @@ export function parseAffinity(text: string | undefined): Affinity {
 }
 
 export const formatSelector = (s: ServiceTarget['selector']) => `label:${s.key}=${s.value}`;
+
+/**
+ * `--publish`: the host address and port the world reaches the service on. Services have IPv4
+ * VIPs, so a host port without an address is every IPv4 address of the host ('0.0.0.0').
+ */
+export interface ServicePublish {
+  readonly hostIp: string;
+  readonly hostPort: number;
+}
+
+/** `HOST_PORT` or `HOST_IP:HOST_PORT` (IPv4). */
+export function parseServicePublish(text: string): ServicePublish {
+  const colon = text.lastIndexOf(':');
+  const ipText = colon < 0 ? '' : text.slice(0, colon);
+  if (ipText.includes(':') || ipText.startsWith('[')) {
+    throw invalid(`--publish ${text}: services are published on IPv4 host addresses for now`, 'write --publish HOST_PORT or --publish IPV4:HOST_PORT');
+  }
+  const hostPort = portNumber(`--publish ${text}: host port`, colon < 0 ? text : text.slice(colon + 1));
+  if (colon < 0) return { hostIp: '0.0.0.0', hostPort };
+  if (ipText === '') throw invalid(`--publish ${text}: the host address is empty`, 'leave it out (and the ":") to publish on every IPv4 address of the host');
+  const a = parseAddr(`--publish ${text}: host address`, ipText);
+  if (a.family !== 4) throw invalid(`--publish ${text}: services are published on IPv4 host addresses for now`);
+  return { hostIp: formatAddr(4, a.n), hostPort };
+}
+
+/** A published service as a port mapping (the same collision rules as sandboxes' `-p`). */
+export const publishMapping = (p: ServicePublish, proto: ServiceProto, targetPort: number): PortMapping =>
+  ({ proto, hostIp: p.hostIp, hostPort: p.hostPort, containerPort: targetPort, count: 1 });
+
+export const formatPublish = (p: ServicePublish) => `${p.hostIp}:${p.hostPort}`;
+
+/** `--check`: how ctnetd probes each backend (services/health.ts), and how often. */
+export type ServiceCheck =
+  | { readonly kind: 'tcp'; readonly intervalMs: number }
+  | { readonly kind: 'http'; readonly path: string; readonly intervalMs: number };
+
+export const DEFAULT_CHECK_INTERVAL_MS = 2000;
+
+/** A duration: 500ms, 2s, 1m (from 100 ms to 60 min). */
+export function parseDuration(flag: string, text: string): number {
+  const m = /^(\d+)(ms|s|m)$/.exec(text.trim());
+  const ms = m ? Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 's' ? 1000 : 60_000) : NaN;
+  if (!m || ms < 100 || ms > 3_600_000) throw invalid(`${flag} ${JSON.stringify(text)} is not a duration ctnet accepts`, 'give e.g. 500ms, 2s or 1m (from 100ms to 60m)');
+  return ms;
+}
+
+/** `--check tcp|http:PATH` with `--check-interval DURATION` (default 2s); neither: no check. */
+export function parseServiceCheck(check: string | undefined, interval: string | undefined): ServiceCheck | undefined {
+  if (check === undefined) {
+    if (interval !== undefined) throw invalid(`--check-interval ${interval}: there is no --check to time`, 'give --check tcp or --check http:/PATH with it');
+    return undefined;
+  }
+  const intervalMs = interval === undefined ? DEFAULT_CHECK_INTERVAL_MS : parseDuration('--check-interval', interval);
+  if (check === 'tcp') return { kind: 'tcp', intervalMs };
+  if (check.startsWith('http:')) {
+    const path = check.slice('http:'.length);
+    if (!/^\/[\x21-\x7e]*$/.test(path)) {
+      throw invalid(`--check ${check}: the path ${JSON.stringify(path)} must start with "/" and hold no spaces or control characters`, 'write e.g. --check http:/healthz');
+    }
+    return { kind: 'http', path, intervalMs };
+  }
+  throw invalid(`--check ${JSON.stringify(check)} is not tcp or http:PATH`, 'write --check tcp or --check http:/healthz');
+}
+
+const formatMs = (ms: number) => (ms % 60_000 === 0 ? `${ms / 60_000}m` : ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`);
+export const formatCheck = (c: ServiceCheck) => `${c.kind === 'tcp' ? 'tcp' : `http:${c.path}`} every ${formatMs(c.intervalMs)}`;

@@ -86,6 +86,8 @@ add map ${TABLE} ports4_any { type inet_proto . inet_service : ipv4_addr . inet_
 add map ${TABLE} ports6_any { type inet_proto . inet_service : ipv6_addr . inet_service; comment "published on every host address: protocol . port -> sandbox address . port"; }
 add map ${TABLE} services4 { type ipv4_addr . inet_proto . inet_service : verdict; comment "services: VIP . protocol . port -> goto the service's chain (its backends)"; }
 add set ${TABLE} service_vips4 { type ipv4_addr; comment "services' VIPs: reached from another network only where policy allows"; }
+add map ${TABLE} service_ports4 { type ipv4_addr . inet_proto . inet_service : verdict; comment "services published on one host address: address . protocol . port -> goto the service's chain"; }
+add map ${TABLE} service_ports4_any { type inet_proto . inet_service : verdict; comment "services published on every IPv4 host address: protocol . port -> goto the service's chain"; }
 ${policySets()}
 add chain ${TABLE} guard { type filter hook prerouting priority raw; policy accept; }
 add chain ${TABLE} prerouting { type nat hook prerouting priority dstnat; policy accept; }
@@ -103,6 +105,8 @@ add rule ${TABLE} guard iifname @bridges ip daddr 127.0.0.0/8 counter drop comme
 add rule ${TABLE} guard iifname @bridges ip saddr 127.0.0.0/8 counter drop comment "loopback source from a sandbox"
 add rule ${TABLE} prerouting ip daddr . meta l4proto . th dport vmap @services4 comment "services: one lookup, whatever their number"
 add rule ${TABLE} output ip daddr . meta l4proto . th dport vmap @services4 comment "services, from the host"
+${servicePortRules('prerouting')}
+${servicePortRules('output')}
 ${dnatRules('prerouting')}
 ${dnatRules('output')}
 add rule ${TABLE} forward ct state established,related accept
@@ -196,6 +200,15 @@ function dnatRules(chain: 'prerouting' | 'output'): string {
       `add rule ${TABLE} ${chain} ${match} fib daddr type local dnat ${ip} to meta l4proto . th dport map @ports${f}_any`,
     ];
   }).join('\n');
+}
+
+/** Published services: a local address's port leads to the service's chain, as a VIP does (one lookup per map). */
+function servicePortRules(chain: 'prerouting' | 'output'): string {
+  const local = `${TABLE} ${chain} meta nfproto ipv4 fib daddr type local`;
+  return [
+    `add rule ${local} ip daddr . meta l4proto . th dport vmap @service_ports4 comment "published services, on one host address"`,
+    `add rule ${local} meta l4proto . th dport vmap @service_ports4_any comment "published services, on every IPv4 host address"`,
+  ].join('\n');
 }
 
 /**
@@ -394,6 +407,8 @@ export interface ServiceFacts {
   readonly affinity: 'none' | 'client-ip';
   /** Backend addresses, sorted: slot i of the hash or random number goes to backends[i]. */
   readonly backends: readonly string[];
+  /** `--publish`: a host address (0.0.0.0: every IPv4 one) and port that lead to the service's chain too. */
+  readonly publish?: { readonly hostIp: string; readonly hostPort: number } | undefined;
 }
 
 /** A service's chain: its one rule picks a backend. Service names are [A-Za-z0-9_.-]. */
@@ -425,11 +440,21 @@ export function serviceBackendLines(s: ServiceFacts): string[] {
   return [`flush chain ${TABLE} ${serviceChain(s.name)}`, serviceRule(s)];
 }
 
-/** A service's chain and elements; delete: elements first (the map's goto holds the chain), then the chain. */
+/** A published service's element: its host port leads to its chain (delete: the key only). */
+export function servicePublishElement(verb: Verb, s: ServiceFacts): string[] {
+  const p = s.publish;
+  if (!p) return [];
+  const any = isWildcard(p.hostIp);
+  const key = `${any ? '' : `${p.hostIp} . `}${s.proto} . ${p.hostPort}`;
+  return [`${verb} element ${TABLE} service_ports4${any ? '_any' : ''} { ${key}${verb === 'add' ? ` : goto ${serviceChain(s.name)}` : ''} }`];
+}
+
+/** A service's chain and elements; delete: elements first (the maps' gotos hold the chain), then the chain. */
 export function serviceLines(verb: Verb, s: ServiceFacts): string[] {
   const key = `${s.vip} . ${s.proto} . ${s.port}`;
   if (verb === 'delete') {
     return [
+      ...servicePublishElement('delete', s),
       `delete element ${TABLE} services4 { ${key} }`,
       `delete element ${TABLE} service_vips4 { ${s.vip} }`,
       `delete chain ${TABLE} ${serviceChain(s.name)}`,
@@ -440,6 +465,7 @@ export function serviceLines(verb: Verb, s: ServiceFacts): string[] {
     ...serviceBackendLines(s),
     `add element ${TABLE} service_vips4 { ${s.vip} }`,
     `add element ${TABLE} services4 { ${key} : goto ${serviceChain(s.name)} }`,
+    ...servicePublishElement('add', s),
   ];
 }
 

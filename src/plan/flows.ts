@@ -37,8 +37,12 @@ export type FlowFilter =
    * its packets away from the sandbox for as long as the client keeps sending.
    */
   | { readonly kind: 'stale'; readonly ports: readonly PortTarget[] }
-  /** Connections through a service (VIP . protocol . port) DNATed to backends that left it. */
-  | { readonly kind: 'service'; readonly vip: string; readonly proto: string; readonly port: number; readonly backends: readonly string[] }
+  /**
+   * Connections through a service (VIP . protocol . port, or its published host port) DNATed to
+   * backends that left it.
+   */
+  | { readonly kind: 'service'; readonly vip: string; readonly proto: string; readonly port: number; readonly backends: readonly string[];
+    readonly publish?: { readonly hostIp: string; readonly hostPort: number } | undefined }
   /** Forwarded connections the policy now denies. */
   | { readonly kind: 'denied'; readonly rules: readonly PolicyRule[]; readonly world: PolicyWorld }
   /**
@@ -47,13 +51,16 @@ export type FlowFilter =
    */
   | { readonly kind: 'judged'; readonly regions: readonly PolicyRegion[]; readonly boxes: readonly JudgedBox[]; readonly world: PolicyWorld };
 
+/** A TCP connection still open (not TIME_WAIT or CLOSE): what a draining backend waits for. */
+export const openConnection = (x: Flow): boolean => x.proto === 'tcp' && x.state !== undefined && x.state !== 'TIME_WAIT' && x.state !== 'CLOSE';
+
 /** A line for --explain: what the filter picks (which flows is known only when it runs). */
 export function describeFilter(f: FlowFilter): string {
   switch (f.kind) {
     case 'addresses': return `flows of ${f.ips.join(', ')}`;
     case 'unpublished': return `flows through published ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')}`;
     case 'stale': return `flows that reached host ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')} before they were published`;
-    case 'service': return `flows through service ${f.vip} ${f.proto}/${f.port} to ${f.backends.join(', ')}`;
+    case 'service': return `flows through service ${f.vip} ${f.proto}/${f.port}${f.publish ? ` (and host port ${f.publish.hostIp}:${f.publish.hostPort})` : ''} to ${f.backends.join(', ')}`;
     case 'denied': return 'flows (forwarded, or to the host) the policy now denies';
     case 'judged': return 'flows (forwarded, or to the host) in the changed part of the policy that it now denies';
   }
@@ -84,7 +91,12 @@ export async function pickFlows(f: FlowFilter, flows: readonly Flow[], local: ()
     }
     case 'service': {
       const gone = new Set(f.backends);
-      return flows.filter((x) => x.proto === f.proto && x.orig.dst === f.vip && x.orig.dport === f.port && gone.has(x.reply.src));
+      const p = f.publish;
+      const viaVip = (x: Flow) => x.orig.dst === f.vip && x.orig.dport === f.port;
+      // Through the host port: DNATed (the reply comes from the backend, not the address asked).
+      const viaHost = (x: Flow) => p !== undefined && x.orig.dport === p.hostPort && x.orig.dst !== x.reply.src &&
+        (isWildcard(p.hostIp) || x.orig.dst === p.hostIp);
+      return flows.filter((x) => x.proto === f.proto && gone.has(x.reply.src) && (viaVip(x) || viaHost(x)));
     }
     case 'denied':
     case 'judged': {

@@ -128,6 +128,12 @@ export type Op =
    */
   | { readonly kind: 'conntrack.forget'; readonly filter: FlowFilter }
   /**
+   * Waits until no open TCP connection (a state other than TIME_WAIT and CLOSE) among the flows a
+   * filter picks is left, or timeoutMs passed: a backend leaving a service finishes what it has
+   * begun (a conntrack.forget of the same filter then cuts what is left). Changes nothing.
+   */
+  | { readonly kind: 'conntrack.drain'; readonly filter: FlowFilter; readonly timeoutMs: number }
+  /**
    * iptables -I FORWARD -i BRIDGE -j ACCEPT and -o BRIDGE: a network's narrow accept in the host's
    * shared FORWARD chain, where its policy is DROP (Docker's) and the user consented (doctor --fix).
    * Marked with the comment "ctnet" so it is recognisably ctnet's.
@@ -231,6 +237,7 @@ export function inverse(op: Op): Op | undefined {
     case 'addr.del':
     case 'route.del.default':
     case 'conntrack.forget':
+    case 'conntrack.drain':
     case 'forward.unaccept':
     case 'resolv.remove':
     case 'resolved.revert':

@@ -160,6 +160,7 @@ export function renderOp(op: Op): string[] {
     case 'nft': return [nftLine(op.lines)];
     case 'nft.delete': return [nftLine(op.lines)];
     case 'conntrack.forget': return [`# conntrack -D: ${describeFilter(op.filter)}`];
+    case 'conntrack.drain': return [`# wait up to ${op.timeoutMs / 1000} s for open connections to finish: ${describeFilter(op.filter)}`];
     case 'forward.accept': return forwardArgvs('-I', op.target, op.bridge).map(shellLine);
     case 'forward.unaccept': return forwardArgvs('-D', op.target, op.bridge).map(shellLine);
     case 'resolv.write': return [`mkdir -p /etc/netns/${quote(op.netns)} && cat >/etc/netns/${quote(op.netns)}/resolv.conf <<'EOF'\n${resolvText(op.nameservers, op.search)}EOF`];

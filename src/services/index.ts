@@ -2,6 +2,7 @@
 import { clusterAgent } from './cluster.ts';
 import { sandboxDirectory } from './directory.ts';
 import { dnsService } from './dns/service.ts';
+import { healthChecks } from './health.ts';
 import { logService } from './log.ts';
 import { overlayWatch } from './overlay.ts';
 import { tableGuard } from './tableguard.ts';
@@ -14,5 +15,5 @@ export const builtinServices = (): Service[] => {
   const directory = sandboxDirectory();
   // The page first: it only listens and answers `ctnet ui` (ui.state); the others' starts read the
   // kernel and etcd and take seconds with hundreds of sandboxes, which `ctnet ui` would wait out.
-  return [logService(), webService(), tableGuard(), clusterAgent(directory.hooks), overlayWatch(), directory.service, dnsService()];
+  return [logService(), webService(), tableGuard(), clusterAgent(directory.hooks), overlayWatch(), directory.service, dnsService(), healthChecks()];
 };

@@ -28,6 +28,8 @@ import type { Service, ServiceContext } from './service.ts';
 
 /** Table, chain, rule or set changes of ctnet's tables (element changes are ctnet's daily work). */
 const RELEVANT = /^(?:delete|flush) (?:table|chain|rule|set|map) (?:inet|bridge) ctnet\b|^flush ruleset/;
+const SERVICE_CHAIN = /^(?:delete|flush) (?:chain|rule) inet ctnet svc_/;
+const ANONYMOUS = /^delete (?:set|map) (?:inet|bridge) ctnet __/;
 const ADDED = /^add (?:table|chain|rule|set|map) (?:inet|bridge) ctnet\b/;
 const TABLE_EVENT = /^(add|delete) table (inet|bridge) ctnet\b/;
 /** nft monitor's line after each transaction's events: who made it. */
@@ -81,7 +83,11 @@ export class MonitorReader {
       if (ADDED.test(line)) this.#added = true;
       const deletes = RELEVANT.test(line);
       if (deletes) this.#touched = true;
-      return { loss: deletes && !this.#added };
+      // A service's chain or rule is ctnet's daily work (a backend change replaces the rule, service
+      // rm deletes the chain), made before the store says so: the script rendered before it would
+      // put the old rule back. It still touches the tables, so the thorough check looks at them.
+      // An anonymous set or map (__mapN) goes with its rule, whose own line says whether it is a loss.
+      return { loss: deletes && !SERVICE_CHAIN.test(line) && !ANONYMOUS.test(line) && !this.#added };
     }
     const end: Transaction = {
       pid: Number(g[1]), process: g[2]!, touched: this.#touched, added: this.#added,

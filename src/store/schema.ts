@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 20;
+export const SCHEMA_VERSION = 22;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -382,7 +382,25 @@ export const REMOTE_ALIASES = `
 ALTER TABLE remote_sandboxes ADD COLUMN aliases TEXT NOT NULL DEFAULT '{}';
 `;
 
-// Services in topology files (schema 20, issue 19): topology_objects takes kind 'service'. SQLite
+// Published services (schema 20, issue 17): `service create --publish [HOST_IP:]HOST_PORT`, the host
+// address (0.0.0.0: every IPv4 address) and port the world reaches the service on; null: not
+// published. A sandbox's -p and a service's --publish never claim the same host port (engine checks).
+export const SERVICE_PUBLISH = `
+ALTER TABLE services ADD COLUMN publish_ip TEXT;
+ALTER TABLE services ADD COLUMN publish_port INTEGER CHECK (publish_port BETWEEN 1 AND 65535);
+`;
+
+// Health checks of services (schema 21, issue 17): `--check tcp|http:PATH` and its interval, probed
+// by ctnetd (services/health.ts); unready: the backend addresses the checks took out of the rule
+// (JSON, sorted), so the rule, gc and `service ls` agree on them, also across a ctnetd restart.
+export const SERVICE_CHECKS = `
+ALTER TABLE services ADD COLUMN check_kind TEXT CHECK (check_kind IN ('tcp', 'http'));
+ALTER TABLE services ADD COLUMN check_path TEXT;
+ALTER TABLE services ADD COLUMN check_interval_ms INTEGER;
+ALTER TABLE services ADD COLUMN unready TEXT NOT NULL DEFAULT '[]';
+`;
+
+// Services in topology files (schema 22, issue 19): topology_objects takes kind 'service'. SQLite
 // cannot change a CHECK constraint, so the table is made again with its rows.
 export const TOPOLOGY_SERVICES = `
 CREATE TABLE topology_objects_next (
@@ -418,5 +436,7 @@ export const MIGRATIONS: Record<number, string> = {
   17: NAMES,
   18: SERVICES,
   19: REMOTE_ALIASES,
-  20: TOPOLOGY_SERVICES,
+  20: SERVICE_PUBLISH,
+  21: SERVICE_CHECKS,
+  22: TOPOLOGY_SERVICES,
 };

@@ -11,6 +11,7 @@ import { MIGRATIONS, SCHEMA, SCHEMA_VERSION } from './schema.ts';
 import type { PortMapping, Proto } from '../model/ports.ts';
 import type { Shape } from '../model/shape.ts';
 import type { Box } from '../model/policy.ts';
+import type { ServiceCheck, ServicePublish } from '../model/service.ts';
 
 /** creating: intent recorded, kernel not yet done; ready: done; removing: teardown started. */
 export type State = 'creating' | 'ready' | 'removing';
@@ -124,6 +125,12 @@ export interface ServiceRow {
   readonly affinity: 'none' | 'client-ip';
   /** The backend addresses the kernel holds for it now (sorted). */
   readonly backends: readonly string[];
+  /** `--publish`: the host address and port the world reaches it on (schema 20). */
+  readonly publish?: ServicePublish | undefined;
+  /** `--check`: ctnetd probes the backends (schema 21). */
+  readonly check?: ServiceCheck | undefined;
+  /** The selected backends the checks took out (sorted); not in `backends`. */
+  readonly unready?: readonly string[] | undefined;
   readonly created: string;
 }
 
@@ -574,13 +581,17 @@ export class Store {
     return this.#get('SELECT name FROM services WHERE vip = ?', ip)?.name as string | undefined;
   }
   insertService(r: Omit<ServiceRow, 'created'>): void {
-    this.#run(`INSERT INTO services(name, network, vip, cidr, proto, port, selector_key, selector_value, target_port, affinity, backends, created)
-      VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
-    r.targetPort, r.affinity, JSON.stringify(r.backends), new Date().toISOString());
+    this.#run(`INSERT INTO services(name, network, vip, cidr, proto, port, selector_key, selector_value, target_port, affinity, backends, created,
+      publish_ip, publish_port, check_kind, check_path, check_interval_ms, unready) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
+    r.targetPort, r.affinity, JSON.stringify(r.backends), new Date().toISOString(), r.publish?.hostIp ?? null, r.publish?.hostPort ?? null,
+    r.check?.kind ?? null, r.check?.kind === 'http' ? r.check.path : null, r.check?.intervalMs ?? null, JSON.stringify(r.unready ?? []));
   }
   deleteService(name: string): void {
     this.#run('DELETE FROM services WHERE name = ?', name);
     this.#run("DELETE FROM topology_objects WHERE kind = 'service' AND name = ?", name);
+  }
+  setServiceUnready(name: string, unready: readonly string[]): void {
+    this.#run('UPDATE services SET unready = ? WHERE name = ?', JSON.stringify(unready), name);
   }
   setServiceBackends(name: string, backends: readonly string[]): void {
     this.#run('UPDATE services SET backends = ? WHERE name = ?', JSON.stringify(backends), name);
@@ -950,6 +961,13 @@ const toService = (r: Row): ServiceRow => ({
   selector: { key: r.selector_key as string, value: r.selector_value as string },
   targetPort: r.target_port as number, affinity: r.affinity as 'none' | 'client-ip',
   backends: JSON.parse(r.backends as string) as string[], created: r.created as string,
+  ...(r.publish_port == null ? {} : { publish: { hostIp: r.publish_ip as string, hostPort: r.publish_port as number } }),
+  ...(r.check_kind == null ? {} : {
+    check: r.check_kind === 'http'
+      ? { kind: 'http' as const, path: r.check_path as string, intervalMs: r.check_interval_ms as number }
+      : { kind: 'tcp' as const, intervalMs: r.check_interval_ms as number },
+  }),
+  unready: JSON.parse((r.unready as string | undefined) ?? '[]') as string[],
 });
 
 const toPolicy = (r: Row): PolicyRow => ({

@@ -3,6 +3,7 @@
 import type { OverlaySpec } from '../cluster/pool.ts';
 import type { PortMapping } from '../model/ports.ts';
 import type { IpRequest, NetworkSpec } from '../model/spec.ts';
+import type { ServiceCheck, ServicePublish } from '../model/service.ts';
 import type { Shape } from '../model/shape.ts';
 
 /** Where a value is in its file, as FILE:LINE:COLUMN (1-based), for messages. */
@@ -66,6 +67,9 @@ export interface TopoService {
   /** A fixed VIP; undefined: IPAM chooses one (and a re-apply keeps whatever it chose). */
   readonly vip: string | undefined;
   readonly affinity: 'none' | 'client-ip';
+  /** `publish: "[HOST_IP:]HOST_PORT"` and `check: tcp|http:PATH` with `check_interval`, as their flags. */
+  readonly publish: ServicePublish | undefined;
+  readonly check: ServiceCheck | undefined;
   readonly at: Where;
 }
 

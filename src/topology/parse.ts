@@ -13,7 +13,7 @@ import { collides, formatPortSpec, parsePortSpec, type PortMapping } from '../mo
 import { parseAliases, parseNetworkSpec, type IpRequest } from '../model/spec.ts';
 import { parseShapeFlags } from '../model/shape.ts';
 import { checkNetworkEgress, parseEgress } from '../engine/egress.ts';
-import { formatSelector as formatServiceSelector, parseAffinity, parseServicePort, parseServiceTarget } from '../model/service.ts';
+import { formatSelector as formatServiceSelector, parseAffinity, parseServiceCheck, parseServicePort, parseServicePublish, parseServiceTarget, publishMapping } from '../model/service.ts';
 import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, TopoService, Topology } from './model.ts';
 
 const TOP_KEYS = ['name', 'networks', 'sandboxes', 'policy', 'services'];
@@ -24,7 +24,7 @@ const OVERLAY_ONLY = ['vni', 'port', 'host_prefix'];
 const SANDBOX_KEYS = ['networks', 'labels', 'ports', 'command', 'aliases', 'egress_ip', 'default_route', 'rate_in', 'rate_out', 'burst', 'latency', 'loss'];
 const ATTACH_KEYS = ['network', 'ip'];
 const POLICY_KEYS = ['name', 'action', 'from', 'to', 'port'];
-const SERVICE_KEYS = ['network', 'port', 'to', 'vip', 'affinity'];
+const SERVICE_KEYS = ['network', 'port', 'to', 'vip', 'affinity', 'publish', 'check', 'check_interval'];
 
 /** Reads and parses FILE; env expands ${VAR} in `command:` strings. */
 export function readTopology(file: string, env: NodeJS.ProcessEnv = process.env): Topology {
@@ -292,6 +292,7 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
   const svcP = get(top, 'services');
   if (svcP && !(isScalar(svcP.value) && (svcP.value as { value: unknown }).value === null)) {
     const vips = new Map<string, string>();
+    const pubs: { service: string; m: PortMapping }[] = [];
     for (const p of map(svcP.value, 'services', []).items) {
       const sv = checked(p.key, () => parseName('service', keyOf(p)!));
       const m = map(p.value, `service ${sv}`, SERVICE_KEYS);
@@ -320,7 +321,19 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
         if (holder) fail(vipN, `service ${sv}: vip ${vip} is also ${taken.has(vip) ? `sandbox ${holder}'s address` : `service ${holder}'s vip`}`, 'give each its own address');
         vips.set(vip, sv);
       }
+      const publishN = f('publish');
+      const publish = publishN ? checked(publishN, () => parseServicePublish(portText(publishN))) : undefined;
+      if (publish) {
+        const m2 = publishMapping(publish, port.proto, port.port);
+        const clash = published.find((x) => collides(x.m, m2)) ?? pubs.find((x) => collides(x.m, m2));
+        if (clash) fail(publishN, `service ${sv}: host port ${publish.hostPort}/${port.proto} is also published by ${'sandbox' in clash ? `sandbox ${clash.sandbox}` : `service ${clash.service}`}`, 'give each host port once');
+        pubs.push({ service: sv, m: m2 });
+      }
+      const checkN = f('check');
+      const intervalN = f('check_interval');
+      const check = checked(checkN ?? intervalN ?? p.key, () => parseServiceCheck(checkN ? str(checkN, 'check') : undefined, intervalN ? str(intervalN, 'check_interval') : undefined));
       services.push({
+        publish, check,
         name: sv, network: netName, port: `${port.port}/${port.proto}`,
         to: `${formatServiceSelector(target.selector)}${target.targetPort !== undefined ? `:${target.targetPort}` : `:${port.port}`}`,
         vip, affinity, at: where(p.key),

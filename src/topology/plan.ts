@@ -10,6 +10,7 @@ import { commandRunning } from '../engine/process.ts';
 import { tableDrift } from '../engine/tables.ts';
 import { withLinkSnapshot } from '../kernel/snapshot.ts';
 import { overlaps, parseSubnet } from '../model/cidr.ts';
+import { formatCheck, formatPublish } from '../model/service.ts';
 import type { Shape } from '../model/shape.ts';
 import { formatPortSpec, type PortMapping } from '../model/ports.ts';
 import type { OwnedKind, PolicyRow } from '../store/store.ts';
@@ -95,6 +96,7 @@ export const sandboxText = (s: TopoSandbox): string[] => [
 const policyText = (p: { action: string; from: string; to: string; port: string | null }) => `${p.action} ${p.from} -> ${p.to} ${p.port ?? 'any'}`;
 export const serviceText = (v: TopoService): string[] => [
   `on ${v.network}`, `port ${v.port}`, `to ${v.to}`, ...(v.vip ? [`vip ${v.vip}`] : []), ...(v.affinity !== 'none' ? [`affinity ${v.affinity}`] : []),
+  ...(v.publish ? [`published on ${formatPublish(v.publish)}`] : []), ...(v.check ? [`check ${formatCheck(v.check)}`] : []),
 ];
 
 /** Compares the file with the store and the kernel. Throws (before anything changes) on a conflict. */
@@ -375,6 +377,10 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
     if (to !== v.to) why.push(`to ${to} -> ${v.to}`);
     if (v.vip !== undefined && row.vip !== v.vip) why.push(`vip ${row.vip} -> ${v.vip}`);
     if (row.affinity !== v.affinity) why.push(`affinity ${row.affinity} -> ${v.affinity}`);
+    const pubText = (x: typeof v.publish) => (x ? formatPublish(x) : 'none');
+    if (pubText(row.publish) !== pubText(v.publish)) why.push(`publish ${pubText(row.publish)} -> ${pubText(v.publish)}`);
+    const checkText = (x: typeof v.check) => (x ? formatCheck(x) : 'none');
+    if (checkText(row.check) !== checkText(v.check)) why.push(`check ${checkText(row.check)} -> ${checkText(v.check)}`);
     if (!why.length) continue;
     changes.push({ op: 'replace', kind: 'service', name: v.name, details: why });
     actions.push({ do: 'service.remove', name: v.name }, { do: 'service.create', svc: v.vip !== undefined || row.network !== v.network ? v : { ...v, vip: row.vip } });

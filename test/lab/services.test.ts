@@ -1,12 +1,16 @@
 // Issue 17: services, with real traffic in a lab. A VIP on a network, balanced by the kernel over
 // the sandboxes a label selects; backends follow the labels live; policy holds through the VIP.
 import assert from 'node:assert/strict';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { Lab } from '../../src/lab/lab.ts';
+import { Lab, UPLINK } from '../../src/lab/lab.ts';
 import { readStore } from './consistency.ts';
 
 interface Count { servers: Record<string, number>; failed: number }
-interface ServiceJson { name: string; vip: string; port: number; backends: string[]; connections: number; affinity: string }
+interface ServiceJson { name: string; vip: string; port: number; backends: string[]; connections: number; affinity: string; publish?: { hostIp: string; hostPort: number };
+  check?: unknown; notReady?: string[] }
 
 describe('services', () => {
   let lab: Lab;
@@ -32,6 +36,12 @@ describe('services', () => {
   const service = async (name: string): Promise<ServiceJson> => JSON.parse(await lab.ctnetOk(['service', 'inspect', name, '--json'])) as ServiceJson;
   const nftText = async () => (await lab.inHost(['nft', 'list', 'table', 'inet', 'ctnet'])).stdout;
   const flowsTo = async (vip: string) => (await lab.inHost(['conntrack', '-L', '-d', vip])).stdout;
+  /** N connections in a row from the lab's world to the host's uplink address at PORT. */
+  const countFromWorld = async (port: number, n: number): Promise<Count> => {
+    const r = await lab.inWorld(Lab.countArgv(UPLINK.host4, port, n));
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Count;
+  };
 
   before(async () => {
     lab = await Lab.create();
@@ -130,6 +140,61 @@ describe('services', () => {
     assert.equal(d.servers.b4, undefined);
   });
 
+  it('scale out and in under a running load: zero failed connections; a backend that leaves gets no new connection once label/rm returned', async (t) => {
+    const { vip } = await service('web');
+    const dir = mkdtempSync(join(tmpdir(), 'ctnet-load-'));
+    const log = join(dir, 'log');
+    const stop = join(dir, 'stop');
+    let load: Promise<{ code: number; stdout: string; stderr: string }> | undefined;
+    try {
+      // A client opening short connections one after another for the whole test.
+      load = lab.ctnet(['exec', 'c2', '--', ...Lab.loopArgv(vip, 80, log, stop)]);
+      const entries = () => (existsSync(log) ? readFileSync(log, 'utf8') : '').split('\n').filter(Boolean)
+        .map((l) => ({ t: Number(l.split(' ')[0]), server: l.split(' ')[1]! }));
+      /** Waits until N connections began after T; returns those. */
+      const after = async (t: number, n: number, what: string) => {
+        await eventually(what, async () => entries().filter((e) => e.t > t).length >= n);
+        return entries().filter((e) => e.t > t);
+      };
+      await after(0, 10, 'the load runs');
+      // Scale out: b5 serves first, then gets the label (a backend joins when the label says so).
+      await serve('b5', 'front', []);
+      await ready('b5');
+      await lab.ctnetOk(['label', 'b5', 'app=web']);
+      await eventually('b5 gets new connections', async () => entries().some((e) => e.server === 'b5'));
+      // Scale in by label: from the moment it returned, b5 gets no new connection.
+      const took = { label: 0, rm: 0 };
+      took.label = Date.now();
+      await lab.ctnetOk(['label', 'b5', '--rm', 'app']);
+      const unlabelled = Date.now();
+      took.label = unlabelled - took.label;
+      const sinceLabel = await after(unlabelled, 30, 'connections after the label went');
+      // Back in, then removed gracefully with rm.
+      await lab.ctnetOk(['label', 'b5', 'app=web']);
+      const relabelled = Date.now();
+      await eventually('b5 gets new connections again', async () => entries().some((e) => e.t > relabelled && e.server === 'b5'));
+      took.rm = Date.now();
+      await lab.ctnetOk(['rm', 'b5']);
+      const removed = Date.now();
+      took.rm = removed - took.rm;
+      const sinceRm = await after(removed, 30, 'connections after rm');
+      writeFileSync(stop, '');
+      const r = await load;
+      assert.equal(r.code, 0, r.stderr);
+      const total = JSON.parse(r.stdout) as Count;
+      t.diagnostic(`connections: ${JSON.stringify(total)}; label --rm took ${took.label} ms, rm ${took.rm} ms`);
+      assert.equal(total.failed, 0, `failed connections: ${JSON.stringify(total)}`);
+      assert.ok((total.servers.b5 ?? 0) > 0);
+      assert.deepEqual(sinceLabel.filter((e) => e.t < relabelled && e.server === 'b5'), [], 'b5 got a new connection after its label went');
+      assert.deepEqual(sinceRm.filter((e) => e.server === 'b5'), [], 'b5 got a new connection after rm returned');
+      assert.equal((await service('web')).backends.length, 3);
+    } finally {
+      writeFileSync(stop, '');
+      await load?.catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('policy holds through the VIP: another network is isolated unless allowed; a deny holds', async () => {
     const { vip } = await service('web');
     assert.equal((await count('o1', vip, 80, 3)).failed, 3, 'another network does not reach the service by default');
@@ -141,6 +206,51 @@ describe('services', () => {
     assert.equal((await count('c1', vip, 80, 10)).failed, 0);
     await lab.ctnetOk(['policy', 'rm', 'no-c2']);
     assert.equal((await count('c2', vip, 80, 10)).failed, 0);
+  });
+
+  it('--publish: the world reaches the service on a host port, balanced, and the backends see the world\'s address', async () => {
+    const out = await lab.ctnetOk(['service', 'create', 'pub', '--network', 'front', '--port', '85', '--to', 'label:app=web:8080', '--publish', '8085', '--explain']);
+    assert.match(out, /add element inet ctnet service_ports4_any \{ tcp \. 8085 : goto svc_pub \}/, '--explain shows the element');
+    const pub = await service('pub');
+    assert.deepEqual(pub.publish, { hostIp: '0.0.0.0', hostPort: 8085 });
+    assert.match(await lab.ctnetOk(['service', 'ls']), /pub\s+front\s+\S+\s+85\/tcp\s+0\.0\.0\.0:8085\s/);
+    assert.match(await lab.ctnetOk(['service', 'inspect', 'pub']), /published\s+0\.0\.0\.0:8085\/tcp/);
+    const c = await countFromWorld(8085, 90);
+    assert.equal(c.failed, 0);
+    assert.deepEqual(Object.keys(c.servers).sort(), ['b1', 'b2', 'b3'], JSON.stringify(c.servers));
+    // No masquerade from the world: each backend sees the world's own address.
+    const seen = new Set<string>();
+    for (let i = 0; i < 12; i++) {
+      const r = await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 8085));
+      assert.equal(r.code, 0, r.stderr);
+      const a = JSON.parse(r.stdout) as { server: string; client: string };
+      assert.equal(a.client, UPLINK.world4, `${a.server} saw ${a.client}`);
+      seen.add(a.server);
+    }
+    assert.ok(seen.size >= 2, `balanced from the world: ${[...seen].join(', ')}`);
+    // The VIP's port is not the host's: nothing answers on the uplink at 85.
+    assert.notEqual((await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 85, 1000))).code, 0);
+  });
+
+  it('--publish conflicts: a sandbox\'s -p and another service\'s --publish are clear errors that change nothing, both ways', async () => {
+    await lab.ctnetOk(['run', '-d', '--name', 'px', '--network', 'front', '-p', '8086:8080', '--', ...Lab.serverArgv('px', { tcp: 8080 })]);
+    const before = { nft: await nftText(), services: await lab.ctnetOk(['service', 'ls', '--json']), ports: await lab.ctnetOk(['port', 'c1']) };
+    const bySandbox = await lab.ctnet(['service', 'create', 'p2', '--network', 'front', '--port', '86', '--to', 'label:app=web:8080', '--publish', '8086']);
+    assert.notEqual(bySandbox.code, 0);
+    assert.match(bySandbox.stderr, /--publish 0\.0\.0\.0:8086: tcp port 8086 is taken by sandbox px's -p 8086:8080\/tcp/);
+    const byService = await lab.ctnet(['service', 'create', 'p2', '--network', 'front', '--port', '86', '--to', 'label:app=web:8080', '--publish', `${UPLINK.host4}:8085`]);
+    assert.notEqual(byService.code, 0);
+    assert.match(byService.stderr, /tcp port 8085 is taken by service pub/);
+    const notHost = await lab.ctnet(['service', 'create', 'p2', '--network', 'front', '--port', '86', '--to', 'label:app=web:8080', '--publish', '192.0.2.77:8088']);
+    assert.match(notHost.stderr, /192\.0\.2\.77 is not an address of this host/);
+    const portAdd = await lab.ctnet(['port', 'add', 'c1', '8085:8080']);
+    assert.notEqual(portAdd.code, 0);
+    assert.match(portAdd.stderr, /-p 8085:8080\/tcp: the host port is taken by service pub/);
+    assert.equal(await nftText(), before.nft);
+    assert.equal(await lab.ctnetOk(['service', 'ls', '--json']), before.services);
+    assert.equal(await lab.ctnetOk(['port', 'c1']), before.ports);
+    assert.equal((await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 8086))).code, 0, 'px\'s port still works');
+    await lab.ctnetOk(['rm', 'px']);
   });
 
   it('bad input changes nothing', async () => {
@@ -183,6 +293,9 @@ describe('services', () => {
     const c = await count('c1', vip, 80, 30);
     assert.equal(c.failed, 0);
     assert.equal(Object.keys(c.servers).length, 3);
+    const w = await countFromWorld(8085, 30);
+    assert.equal(w.failed, 0, 'the published port is back');
+    assert.equal(Object.keys(w.servers).length, 3);
   });
 
   it('SIGKILL at every crash point of service create and rm: gc leaves the service whole or gone', async () => {
@@ -230,6 +343,17 @@ describe('services', () => {
     assert.ok(points >= 2, `service rm has ${points} crash points`);
   });
 
+  it('rm of a published service: its host port goes too, and is free for a sandbox', async () => {
+    await lab.ctnetOk(['service', 'rm', 'pub']);
+    const nft = await nftText();
+    assert.doesNotMatch(nft, /svc_pub/);
+    assert.doesNotMatch(nft, /8085/);
+    assert.notEqual((await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 8085, 1000))).code, 0);
+    await lab.ctnetOk(['port', 'add', 'c1', '8085:8080']);
+    assert.equal(JSON.parse((await lab.inWorld(Lab.probeArgv('tcp', UPLINK.host4, 8085))).stdout).server, 'c1');
+    await lab.ctnetOk(['port', 'rm', 'c1', '8085:8080']);
+  });
+
   it('rm: the VIP, its element and chain go; the address is free again', async () => {
     const { vip } = await service('sticky');
     await lab.ctnetOk(['service', 'rm', 'sticky']);
@@ -239,5 +363,47 @@ describe('services', () => {
     await lab.ctnetOk(['service', 'rm', 'sticky']); // again: nothing to do, not an error
     await lab.ctnetOk(['service', 'create', 'again', '--network', 'front', '--port', '81', '--to', 'label:app=web:8080', '--vip', vip]);
     assert.equal((await count('c1', vip, 81, 5)).failed, 0);
+  });
+  it('--check tcp: a backend whose server stops leaves the rule, started again it comes back (ctnetd probes)', async () => {
+    await lab.startDaemon();
+    const dir = mkdtempSync(join(tmpdir(), 'ctnet-check-'));
+    const stop = join(dir, 'stop');
+    /** h2's server, run with ctnet exec until the stop file exists. */
+    const start = () => lab.ctnet(['exec', 'h2', '--', ...Lab.serverArgv('h2', { tcp: 8090 }), '--stop', stop]);
+    let h2: Promise<{ code: number }> | undefined;
+    try {
+      await lab.ctnetOk(['run', '-d', '--name', 'h1', '--network', 'front', '--label', 'app=hc', '--', ...Lab.serverArgv('h1', { tcp: 8090 })]);
+      await lab.ctnetOk(['create', 'h2', '--network', 'front', '--label', 'app=hc']);
+      h2 = start();
+      for (const h of ['h1', 'h2']) await eventually(`${h} serves`, async () => (await lab.inHost(Lab.probeArgv('tcp', ip(h), 8090, 500))).code === 0);
+      const out = JSON.parse(await lab.ctnetOk(['service', 'create', 'hc', '--network', 'front', '--port', '90', '--to', 'label:app=hc:8090',
+        '--check', 'tcp', '--check-interval', '200ms', '--json'])) as ServiceJson;
+      assert.deepEqual(out.check, { kind: 'tcp', intervalMs: 200 });
+      assert.match(await lab.ctnetOk(['service', 'inspect', 'hc']), /check\s+tcp every 200ms/);
+      assert.deepEqual(Object.keys((await count('c1', out.vip, 90, 30)).servers).sort(), ['h1', 'h2']);
+      // h2's server stops: two failed checks take it out; new connections go to h1 only.
+      writeFileSync(stop, '');
+      await h2;
+      await eventually('h2 is out', async () => (await service('hc')).backends.length === 1);
+      const s = await service('hc');
+      assert.deepEqual(s.backends, [ip('h1')]);
+      assert.deepEqual(s.notReady, [ip('h2')]);
+      assert.match(await lab.ctnetOk(['service', 'ls']), new RegExp(`hc\\s.*${ip('h1').replace(/\./g, '\\.')}\\s+${ip('h2').replace(/\./g, '\\.')}\\s`));
+      const c = await count('c1', out.vip, 90, 30);
+      assert.equal(c.failed, 0);
+      assert.deepEqual(c.servers, { h1: 30 });
+      // Started again: one passed check puts it back.
+      rmSync(stop);
+      h2 = start();
+      await eventually('h2 is back', async () => (await service('hc')).backends.length === 2);
+      assert.deepEqual((await service('hc')).notReady, []);
+      await eventually('h2 gets connections again', async () => ((await count('c1', out.vip, 90, 10)).servers.h2 ?? 0) > 0);
+    } finally {
+      writeFileSync(stop, '');
+      await h2?.catch(() => undefined);
+      rmSync(dir, { recursive: true, force: true });
+    }
+    await lab.ctnetOk(['service', 'rm', 'hc']);
+    await lab.ctnetOk(['rm', 'h1', 'h2']);
   });
 });

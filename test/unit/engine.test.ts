@@ -18,7 +18,7 @@ import { createNetwork, removeNetwork } from '../../src/engine/network.ts';
 import { addPolicy, changeLabels, listPolicies, removePolicies } from '../../src/engine/policy.ts';
 import { publish, unpublish } from '../../src/engine/publish.ts';
 import { connect, connectExternal, createSandbox, disconnect, removeSandbox } from '../../src/engine/sandbox.ts';
-import { createService, removeService } from '../../src/engine/services.ts';
+import { createService, listServices, removeService, setServiceHealth } from '../../src/engine/services.ts';
 import { shapeSandbox } from '../../src/engine/shape.ts';
 import { parseShapeFlags } from '../../src/model/shape.ts';
 import { CtnetError, KernelError } from '../../src/errors.ts';
@@ -852,6 +852,14 @@ const SCENARIOS: Scenario[] = [
     },
     run: (w) => createService(w.ctx, { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined }),
   },
+  {
+    name: 'service create --publish',
+    setup: async (w) => {
+      await createNetwork(w.ctx, WEB());
+      for (const b of ['b1', 'b2']) await createSandbox(w.ctx, b, on('web'), undefined, [{ key: 'app', value: 'web' }]);
+    },
+    run: (w) => createService(w.ctx, { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined, publish: '9090' }),
+  },
   { name: 'network create (the first one: forwarding and the table too)', setup: async () => {}, run: (w) => createNetwork(w.ctx, WEB()) },
   {
     name: 'network create (beside a network in use)',
@@ -1050,8 +1058,16 @@ describe('services on the fake kernel', () => {
     await createSandbox(w.ctx, 'b2', on('web'), undefined, [{ key: 'app', value: 'web' }]);
     assert.equal(w.store.addresses({ sandbox: 'b2' }).find((a) => a.family === 4)!.ip, '10.1.0.4', 'the VIP is not handed out');
     assert.match(rule(w), /mod 2 map \{ 0 : 10\.1\.0\.2 \. 8080, 1 : 10\.1\.0\.4 \. 8080 \}/);
+    const ops: Op[] = [];
+    w.fake.failWhen((op) => ops.push(op) < 0);
     await changeLabels(w.ctx, 'b1', [], ['app']);
+    w.fake.failWhen(undefined);
     assert.match(rule(w), /mod 1 map \{ 0 : 10\.1\.0\.4 \. 8080 \}/);
+    // The backend that left finishes its open connections (bounded), then what is left is cut.
+    const flowOps = ops.filter((o) => o.kind === 'conntrack.drain' || o.kind === 'conntrack.forget');
+    const filter = { kind: 'service', vip: '10.1.0.3', proto: 'tcp', port: 80, backends: ['10.1.0.2'], publish: undefined };
+    assert.deepEqual(flowOps, [{ kind: 'conntrack.drain', filter, timeoutMs: 10_000 }, { kind: 'conntrack.forget', filter }]);
+    assert.ok(ops.findIndex((o) => o.kind === 'nft') < ops.findIndex((o) => o.kind === 'conntrack.drain'), 'out of the rule before the drain');
     await removeSandbox(w.ctx, 'b2');
     assert.match(rule(w), /reject with tcp reset/);
     await assert.rejects(createService(w.ctx, { name: 'svc', network: 'web', port: '81', to: 'label:app=web', vip: undefined, affinity: undefined }), /exists already/);
@@ -1061,6 +1077,52 @@ describe('services on the fake kernel', () => {
     assert.equal(await removeService(w.ctx, 'svc'), true);
     assert.equal(await removeService(w.ctx, 'svc'), false);
     await removeSandbox(w.ctx, 'b1');
+    assert.deepEqual({ kernel: w.fake.snapshot(), store: noCursor(storeDump(w)) }, { kernel: before.kernel, store: noCursor(before.store) });
+  }));
+
+  it('--check: the checks\' verdict takes a backend out of the rule (its flows cut at once, no drain) and puts it back', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    for (const b of ['b1', 'b2']) await createSandbox(w.ctx, b, on('web'), undefined, [{ key: 'app', value: 'web' }]);
+    const req = { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined };
+    await assert.rejects(createService(w.ctx, { ...req, checkInterval: '1s' }), /there is no --check/);
+    const svc = await createService(w.ctx, { ...req, check: 'http:/healthz', checkInterval: '500ms' });
+    assert.deepEqual(svc.check, { kind: 'http', path: '/healthz', intervalMs: 500 });
+    assert.deepEqual(w.store.service('svc')!.check, { kind: 'http', path: '/healthz', intervalMs: 500 });
+    const ops: Op[] = [];
+    w.fake.failWhen((op) => ops.push(op) < 0);
+    await setServiceHealth(w.ctx, 'svc', ['10.1.0.2']);
+    w.fake.failWhen(undefined);
+    assert.match(rule(w), /mod 1 map \{ 0 : 10\.1\.0\.3 \. 8080 \}/);
+    assert.deepEqual(ops.filter((o) => o.kind === 'conntrack.drain'), [], 'a failing backend is not waited for');
+    assert.equal(ops.filter((o) => o.kind === 'conntrack.forget').length, 1);
+    const [view] = await listServices(w.ctx, 'svc');
+    assert.deepEqual([view!.backends, view!.notReady], [['10.1.0.3'], ['10.1.0.2']]);
+    // gc's derivation keeps it out; the label going takes it off the not-ready list.
+    await setServiceHealth(w.ctx, 'svc', []);
+    assert.match(rule(w), /mod 2 map/);
+    await removeService(w.ctx, 'svc');
+  }));
+
+  it('--publish: one element to the service\'s chain; host-port conflicts with -p and other services change nothing; rm takes it back', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    await createSandbox(w.ctx, 'b1', on('web'), ports('8080:80'), [{ key: 'app', value: 'web' }]);
+    const before = { kernel: w.fake.snapshot(), store: storeDump(w) };
+    const req = { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined };
+    await assert.rejects(createService(w.ctx, { ...req, publish: '8080' }), /--publish 0\.0\.0\.0:8080: tcp port 8080 is taken by sandbox b1's -p 8080:80\/tcp/);
+    await assert.rejects(createService(w.ctx, { ...req, publish: '10.9.9.9:9090' }), /10\.9\.9\.9 is not an address of this host/);
+    await assert.rejects(createService(w.ctx, { ...req, publish: '[::1]:9090' }), /IPv4 host addresses/);
+    assert.deepEqual({ kernel: w.fake.snapshot(), store: storeDump(w) }, before, 'a refused --publish changed nothing');
+    const svc = await createService(w.ctx, { ...req, publish: '9090' });
+    assert.deepEqual(svc.publish, { hostIp: '0.0.0.0', hostPort: 9090 });
+    assert.deepEqual(w.fake.elements('service_ports4_any'), ['tcp . 9090 : goto svc_svc']);
+    assert.deepEqual(w.store.service('svc')!.publish, { hostIp: '0.0.0.0', hostPort: 9090 });
+    await assert.rejects(createService(w.ctx, { ...req, name: 'two', port: '81', publish: '9090' }), /taken by service svc \(--publish 0\.0\.0\.0:9090\)/);
+    await assert.rejects(publish(w.ctx, 'b1', { mappings: [parsePortSpec('9090:80')], force: true }), /-p 9090:80\/tcp: the host port is taken by service svc/);
+    // A sandbox's IPv6-only mapping does not collide with an IPv4 service.
+    await publish(w.ctx, 'b1', { mappings: [parsePortSpec('[::]:9090:80')], force: true });
+    await unpublish(w.ctx, 'b1', [parsePortSpec('[::]:9090:80')]);
+    assert.equal(await removeService(w.ctx, 'svc'), true);
+    assert.deepEqual(w.fake.elements('service_ports4_any'), []);
     assert.deepEqual({ kernel: w.fake.snapshot(), store: noCursor(storeDump(w)) }, { kernel: before.kernel, store: noCursor(before.store) });
   }));
 });

@@ -57,6 +57,23 @@ describe('table guard: reading nft monitor', () => {
   });
 });
 
+describe('table guard: services', () => {
+  it('a service\'s rule replaced or its chain deleted is no loss to restore at once (the rendered script has the old rule), but touches the tables', () => {
+    const out = read([
+      'delete rule inet ctnet svc_web handle 2',
+      'delete set inet ctnet __map0',
+      'add rule inet ctnet svc_web meta l4proto tcp counter packets 0 bytes 0 dnat ip to numgen random mod 1 map { 0 : 10.0.0.2 . 8080 }',
+      '# new generation 5 by process 11 (nft)',
+      'delete element inet ctnet services4 { 10.0.0.200 . tcp . 80 }',
+      'delete chain inet ctnet svc_web',
+      '# new generation 6 by process 12 (nft)',
+    ]);
+    assert.deepEqual(out.map((x) => x.loss), [false, false, false, false, false, false, false]);
+    assert.equal(out[3]!.end!.touched, true);
+    assert.equal(out[6]!.end!.touched, true);
+  });
+});
+
 describe('ctnetd\'s fail-closed tables', () => {
   it('owned, and dropping only what ctnet\'s tables mark as seen; ctnet\'s tables mark it', () => {
     const lines = failsafeScript(['ctbr-a', 'ctbr-b']);

@@ -49,6 +49,8 @@ describe('parseTopology', () => {
     ['a service with a bad selector', SHOP + 'services:\n  w: { network: front, port: 80, to: "tier=web" }\n', /^f\.yaml:11:\d+: .*does not start with "label:"/],
     ['a VIP outside the subnet', SHOP + 'services:\n  w: { network: front, port: 80, to: "label:tier=web", vip: 10.70.2.9 }\n', /^f\.yaml:11:\d+: service w: vip 10\.70\.2\.9 is outside network front's subnet 10\.70\.1\.0\/24/],
     ['a VIP that is a sandbox\'s address', SHOP + 'services:\n  w: { network: front, port: 80, to: "label:tier=web", vip: 10.70.1.20 }\n', /^f\.yaml:11:\d+: service w: vip 10\.70\.1\.20 is also sandbox api's address/],
+    ['a service published on a sandbox\'s host port', SHOP + 'services:\n  w: { network: front, port: 80, to: "label:tier=web", publish: 8080 }\n', /^f\.yaml:11:\d+: service w: host port 8080\/tcp is also published by sandbox web/],
+    ['a bad check', SHOP + 'services:\n  w: { network: front, port: 80, to: "label:tier=web", check: ping }\n', /^f\.yaml:11:\d+: .*--check "ping" is not tcp or http:PATH/],
     ['a service with an unknown key', SHOP + 'services:\n  w: { network: front, port: 80, to: "label:tier=web", weight: 2 }\n', /^f\.yaml:11:\d+: unknown key "weight" in service w/],
     ['an unknown key', SHOP.replace('internal: true', 'internal: true, colour: red'), /^f\.yaml:4:\d+: unknown key "colour" in network back/],
     ['a wrong type', SHOP.replace('internal: true', 'internal: "yes"'), /^f\.yaml:4:\d+: internal must be true or false, not string "yes"/],
@@ -185,7 +187,7 @@ describe('plan and apply on the fake kernel', () => {
     using w = world();
     const SVC = SHOP + 'services:\n  web: { network: front, port: 80, to: "label:tier=web" }\n';
     const t = parseTopology('shop.yaml', SVC);
-    assert.deepEqual(t.services, [{ name: 'web', network: 'front', port: '80/tcp', to: 'label:tier=web:80', vip: undefined, affinity: 'none', at: 'shop.yaml:11:3' }]);
+    assert.deepEqual(t.services, [{ name: 'web', network: 'front', port: '80/tcp', to: 'label:tier=web:80', vip: undefined, affinity: 'none', publish: undefined, check: undefined, at: 'shop.yaml:11:3' }]);
     const p = await computePlan(w.ctx, t, { prune: false });
     assert.equal(renderPlan(p).split('\n').at(-2), '  +   service web: on front; port 80/tcp; to label:tier=web:80');
     await applyPlan(w.ctx, t, p);
@@ -201,6 +203,13 @@ describe('plan and apply on the fake kernel', () => {
     assert.equal(w.ctx.store.service('web')!.targetPort, 8080);
     assert.equal(w.ctx.store.service('web')!.vip, vip);
     assert.deepEqual((await computePlan(w.ctx, t2, { prune: false })).changes, []);
+    // Published and checked: a replace that says so.
+    const t2b = parseTopology('shop.yaml', SVC.replace('to: "label:tier=web" }', 'to: "label:tier=web:8080", affinity: client-ip, publish: 9080, check: tcp, check_interval: 5s }'));
+    const p2b = await computePlan(w.ctx, t2b, { prune: false });
+    assert.deepEqual(renderPlan(p2b).split('\n').slice(1, -1), ['  -/+ service web: publish none -> 0.0.0.0:9080; check none -> tcp every 5s']);
+    await applyPlan(w.ctx, t2b, p2b);
+    assert.deepEqual(w.ctx.store.service('web')!.publish, { hostIp: '0.0.0.0', hostPort: 9080 });
+    assert.deepEqual((await computePlan(w.ctx, t2b, { prune: false })).changes, []);
     // Dropped from the file: kept without --prune, removed with it.
     const p3 = await computePlan(w.ctx, parseTopology('shop.yaml', SHOP), { prune: false });
     assert.deepEqual(p3.kept, [{ kind: 'service', name: 'web' }]);

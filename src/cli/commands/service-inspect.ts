@@ -1,5 +1,6 @@
 import { listServices } from '../../engine/services.ts';
 import { parseName } from '../../model/names.ts';
+import { formatCheck, formatPublish } from '../../model/service.ts';
 import { defineCommand } from '../command.ts';
 
 export default defineCommand({
@@ -15,7 +16,10 @@ export default defineCommand({
       `  vip          ${s!.vip}:${s!.port}/${s!.proto}`,
       `  to           ${s!.to}`,
       `  affinity     ${s!.affinity}`,
+      `  published    ${s!.publish ? `${formatPublish(s!.publish)}/${s!.proto}` : 'no'}`,
       `  backends     ${s!.backends.join(' ') || 'none (clients are refused)'}`,
+      `  not ready    ${s!.notReady.join(' ') || '-'}`,
+      `  check        ${s!.check ? formatCheck(s!.check) : 'none'}`,
       `  connections  ${s!.connections}`,
       `  created      ${s!.created}`,
     ].join('\n'));

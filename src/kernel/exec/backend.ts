@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KernelError } from '../../errors.ts';
 import { sameNetns, type Netns } from '../../model/netns.ts';
-import { pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
+import { openConnection, pickFlows, type Flow, type FlowFilter } from '../../plan/flows.ts';
 import { removes, resolvedArgvs, resolvText, type Op } from '../../plan/ops.ts';
 import { resolvedHere } from '../resolved.ts';
 import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, tcCommands, type IpCommand } from '../../plan/render.ts';
@@ -83,6 +83,8 @@ export class ExecBackend implements KernelBackend {
 
   async #one(op: Op): Promise<void> {
     switch (op.kind) {
+      case 'conntrack.drain':
+        return this.#drain(op.filter, op.timeoutMs);
       case 'sysctl.set': {
         const now = sysctlRead(op.key);
         if (now === op.value || (now === undefined && op.ifExists)) return;
@@ -145,6 +147,18 @@ export class ExecBackend implements KernelBackend {
       await this.#run('link.add.ifb', ipArgv(undefined, ip.args));
     } catch (e) {
       if (!(e instanceof KernelError && e.isExists && (await this.links()).some((l) => l.ifname === name && l.linkinfo?.info_kind === 'ifb'))) throw e;
+    }
+  }
+
+  /** Polls the flows until none the filter picks is an open connection, or the time is up. */
+  async #drain(filter: FlowFilter, timeoutMs: number): Promise<void> {
+    const deadline = Date.now() + timeoutMs;
+    let local: Promise<ReadonlySet<string>> | undefined;
+    const localAddrs = () => (local ??= this.addrs().then((ls) => new Set(ls.flatMap((l) => (l.addr_info ?? []).map((a) => a.local)))));
+    for (;;) {
+      const open = (await pickFlows(filter, (await this.flows()).filter(openConnection), localAddrs));
+      if (open.length === 0 || Date.now() >= deadline) return;
+      await new Promise((r) => setTimeout(r, 100));
     }
   }
 
