@@ -5,8 +5,11 @@
 // side does with another checkout's bin/ctnet (its plugin, its ctnetd), in a third lab. ctnetd's
 // log splits each sampled request into its tools' time and the engine's own. See bench/README.md.
 //
+// With --burst N, each level ends with N ADD chains started at once on each side (a node starting
+// N pods), then their N DELs at once: per-ADD p50/p99/max, the burst's wall time and errors.
+//
 //   scripts/node bench/cni.ts [--samples N] [--levels 0,100,500] [--sides ctnet,reference,baseline]
-//                             [--baseline DIR] [--parallel N] [--json]
+//                             [--baseline DIR] [--parallel N] [--burst N] [--json]
 import { spawn } from 'node:child_process';
 import { accessSync, constants as fsConstants, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { cpus, release, tmpdir } from 'node:os';
@@ -15,7 +18,7 @@ import { parseArgs } from 'node:util';
 import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
 import {
-  type Checkout, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, round, sampleOrder, type Stats,
+  type Checkout, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, quantile, round, sampleOrder, type Stats,
   destroyAll, levelsAndBaseline, loadAverage, stats, trapSignals,
 } from './lib.ts';
 
@@ -23,6 +26,7 @@ const DEFAULT_LEVELS = [0, 100, 500] as const;
 const DEFAULT_SAMPLES = 30;
 const DEFAULT_PARALLEL = 8;
 const MAX_LEVEL = 10_000;
+const MAX_BURST = 1_000;
 const NETWORK = 'bench';
 // Each side has a lab of its own. The subnets and bridges differ anyway, so no two sides could
 // share a kernel object even in one lab; the baseline does exactly what the ctnet side does.
@@ -54,16 +58,21 @@ interface Options {
   /** Another ctnet checkout, for the baseline side. */
   readonly baseline: string | undefined;
   readonly parallel: number;
+  /** Chains started at once after each level's samples (0: no burst). */
+  readonly burst: number;
   readonly json: boolean;
 }
 
-const USAGE = `usage: scripts/node bench/cni.ts [--samples N] [--levels L,L,...] [--sides S,...] [--baseline DIR] [--parallel N] [--json]
+const USAGE = `usage: scripts/node bench/cni.ts [--samples N] [--levels L,L,...] [--sides S,...] [--baseline DIR] [--parallel N] [--burst N] [--json]
   --samples N        timed ADD + DEL pairs per level and side (default ${DEFAULT_SAMPLES})
   --levels L,...     existing attachments during the samples, ascending (default ${DEFAULT_LEVELS.join(',')})
   --sides S,...      any of ctnet, reference, baseline (default ctnet,reference, and baseline with --baseline)
   --baseline DIR     another ctnet checkout (scripts/build.sh run in it): the baseline side does what the
                      ctnet side does with DIR/bin/ctnet, and the output adds ctnet/baseline ratios
   --parallel N       plugin chains run at once while filling up to a level, untimed (default ${DEFAULT_PARALLEL})
+  --burst N          after each level's samples, start N ADD chains at once on each side (one side after the
+                     other), then their N DELs at once; report per-ADD p50/p99/max, wall time and errors
+                     (default 0: no burst)
   --json             print the results as JSON instead of tables`;
 
 function parseOptions(argv: readonly string[]): Options | 'help' {
@@ -75,6 +84,7 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
       sides: { type: 'string' },
       baseline: { type: 'string' },
       parallel: { type: 'string' },
+      burst: { type: 'string' },
       json: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
     },
@@ -84,6 +94,7 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
   if (values.help) return 'help';
   const samples = intOption('samples', values.samples, DEFAULT_SAMPLES, 1, 1000);
   const parallel = intOption('parallel', values.parallel, DEFAULT_PARALLEL, 1, 64);
+  const burst = intOption('burst', values.burst, 0, 0, MAX_BURST);
   const { levels, baseline } = levelsAndBaseline(values, DEFAULT_LEVELS, MAX_LEVEL);
   const sides = values.sides === undefined
     ? SIDE_NAMES.filter((s) => s !== 'baseline' || baseline !== undefined)
@@ -94,7 +105,7 @@ function parseOptions(argv: readonly string[]): Options | 'help' {
   if (sides.includes('baseline') && values.baseline === undefined) throw new Error('--sides baseline needs --baseline DIR');
   // Always in the same order, whatever the command line said: ctnet, the reference, the baseline.
   const picked = SIDE_NAMES.filter((s) => sides.includes(s));
-  return { samples, levels, sides: picked, baseline, parallel, json: values.json };
+  return { samples, levels, sides: picked, baseline, parallel, burst, json: values.json };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -130,6 +141,13 @@ interface Container {
 interface Step {
   readonly step: string;
   readonly ms: number;
+}
+
+/** One chain's wall time, its plugin execs, and when it ended (performance.now()). */
+interface ChainTime {
+  readonly ms: number;
+  readonly steps: Step[];
+  readonly end: number;
 }
 
 /**
@@ -187,7 +205,7 @@ function runPlugin(argv: readonly string[], env: NodeJS.ProcessEnv, input: strin
  * plugin in reverse order, with `prevResult` = the final ADD result and the same runtimeConfig.
  * The container namespaces are `ip netns add`ed here (untimed) and tracked until deleted.
  */
-abstract class Side {
+export abstract class Side {
   abstract readonly label: SideName;
   protected readonly lab: Lab;
   readonly #prefix: string;
@@ -280,12 +298,22 @@ abstract class Side {
     return port;
   }
 
-  /** Adds the container's netns (untimed), then runs the ADD chain. Returns the chain's wall time. */
-  async add(name: string): Promise<{ ms: number; steps: Step[] }> {
+  /** Adds container `name` and its netns (untimed): add() does it unless it was done before. */
+  async netnsAdd(name: string): Promise<void> {
     if (this.live.has(name)) throw new Error(`${this.label}: container ${name} exists already`);
     const c: Container = { name, netns: this.containerId(name), hostPort: this.#port() };
     this.live.set(name, c); // before the command, so an interrupted add is still cleaned up
     await execOk(['ip', 'netns', 'add', c.netns]);
+  }
+
+  /**
+   * Runs the ADD chain of container `name` (timed), after adding its netns (untimed) unless
+   * netnsAdd() did. Returns the chain's wall time.
+   */
+  async add(name: string): Promise<ChainTime> {
+    if (!this.live.has(name)) await this.netnsAdd(name);
+    const c = this.live.get(name)!;
+    if (c.result !== undefined) throw new Error(`${this.label}: container ${name} exists already`);
     const steps: Step[] = [];
     const start = performance.now();
     let prev: object | undefined;
@@ -299,16 +327,19 @@ abstract class Side {
         throw new Error(`${this.label}: ${plugin.type} ADD for ${c.netns} printed no JSON result: ${JSON.stringify(out.slice(0, 200))}`);
       }
     }
-    const ms = performance.now() - start;
+    const end = performance.now();
     // A chain that "succeeds" without an address would make the comparison meaningless.
     const ips = (prev as { ips?: unknown } | undefined)?.ips;
     if (!Array.isArray(ips) || ips.length === 0) throw new Error(`${this.label}: ADD for ${c.netns} returned no addresses`);
     c.result = prev;
-    return { ms, steps };
+    return { ms: end - start, steps, end };
   }
 
-  /** Runs the DEL chain (timed), then deletes the container's netns (untimed). */
-  async del(name: string): Promise<{ ms: number; steps: Step[] }> {
+  /**
+   * Runs the DEL chain (timed), then deletes the container's netns (untimed) unless `keepNetns`
+   * (then netnsDel() does it). DEL's prevResult is the ADD result, none after a failed ADD.
+   */
+  async del(name: string, keepNetns = false): Promise<ChainTime> {
     const c = this.live.get(name);
     if (!c) throw new Error(`${this.label}: no container ${name}`);
     const steps: Step[] = [];
@@ -319,11 +350,18 @@ abstract class Side {
       steps.push({ step: `${plugin.type} DEL`, ms: performance.now() - t });
       if (out.trim() !== '') throw new Error(`${this.label}: ${plugin.type} DEL for ${c.netns} printed output: ${out.slice(0, 200)}`);
     }
-    const ms = performance.now() - start;
+    const end = performance.now();
+    if (!keepNetns) await this.netnsDel(name);
+    return { ms: end - start, steps, end };
+  }
+
+  /** Deletes container `name`'s netns (untimed) and forgets it. */
+  async netnsDel(name: string): Promise<void> {
+    const c = this.live.get(name);
+    if (!c) throw new Error(`${this.label}: no container ${name}`);
     await execOk(['ip', 'netns', 'del', c.netns]);
     this.live.delete(name);
     this.#ports.delete(c.hostPort);
-    return { ms, steps };
   }
 
   /** Adds containers (untimed, `parallel` chains at once) until `level` exist; resolves to the wall time. */
@@ -385,7 +423,7 @@ abstract class Side {
  * in a lab whose ctnet() runs the baseline checkout's bin/ctnet: its `cni install` compiles that
  * checkout's client, with that checkout's bin/ctnet as the daemon to start.
  */
-class CtnetSide extends Side {
+export class CtnetSide extends Side {
   readonly label: 'ctnet' | 'baseline';
   readonly #tmp: string;
 
@@ -645,6 +683,97 @@ interface SideResult {
   readonly residue: Record<string, number>;
   /** The ctnet and baseline sides: the sampled requests as ctnetd logged them. */
   readonly daemon?: { readonly add?: DaemonStats; readonly del?: DaemonStats };
+  /** With --burst: the burst after this level's samples. */
+  readonly burst?: BurstResult;
+}
+
+/** N chains of one kind (ADD or DEL) started at once on one side. */
+interface BurstPhase {
+  /** Each successful chain's wall time, ms, in the order the chains were started. */
+  readonly samples: readonly number[];
+  readonly p50: number;
+  readonly p99: number;
+  readonly max: number;
+  /** From starting the chains to the end of the last successful one, ms. */
+  readonly wallMs: number;
+  /** The failed chains' errors (a run with any is not a result). */
+  readonly errors: readonly string[];
+  /** The ctnet and baseline sides: ctnetd's own time for these requests (queue included), from its log. */
+  readonly daemon?: DaemonStats;
+}
+
+/** One side's burst: `size` ADD chains at once, then their `size` DELs at once, at `level` attachments. */
+interface BurstResult {
+  readonly size: number;
+  /** The same level's sequential ADD p50 (this run's samples): what p99 is measured against. */
+  readonly singleAddP50: number;
+  readonly singleDelP50: number;
+  readonly add: BurstPhase;
+  readonly del: BurstPhase;
+  /** Attachments seen on the side's bridges after the ADD burst (level + size when all succeeded). */
+  readonly attachedAfterAdd: number | undefined;
+  /** What the burst's ADDs and DELs left behind (census after - before, non-zero only). */
+  readonly residue: Record<string, number>;
+}
+
+/** Runs every chain at once; each chain's own time, the phase's wall time, and the failures. */
+async function burstPhase(chains: readonly (() => Promise<ChainTime>)[]): Promise<Omit<BurstPhase, 'daemon'> & { byChain: (number | undefined)[] }> {
+  const start = performance.now();
+  const settled = await Promise.allSettled(chains.map((chain) => chain()));
+  const ok = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const errors = settled.flatMap((r) => (r.status === 'rejected' ? [r.reason instanceof Error ? r.reason.message : String(r.reason)] : []));
+  const samples = ok.map((t) => t.ms);
+  const sorted = [...samples].sort((a, b) => a - b);
+  return {
+    samples,
+    p50: sorted.length > 0 ? quantile(sorted, 0.5) : NaN,
+    p99: sorted.length > 0 ? quantile(sorted, 0.99) : NaN,
+    max: sorted.length > 0 ? sorted[sorted.length - 1]! : NaN,
+    wallMs: ok.length > 0 ? Math.max(...ok.map((t) => t.end)) - start : NaN,
+    errors,
+    byChain: settled.map((r) => (r.status === 'fulfilled' ? r.value.ms : undefined)),
+  };
+}
+
+/**
+ * A node starting `size` pods at once: the containers' namespaces are added first (untimed, one
+ * by one), then every ADD chain is started at the same moment; when all have ended, every DEL
+ * chain likewise; then the namespaces are deleted (untimed). A failed chain is counted, not fatal:
+ * the DELs run for every container, as a runtime cleans up a failed ADD with a DEL.
+ */
+async function burst(side: Side, level: number, size: number, single: SideResult, signal: AbortSignal): Promise<BurstResult> {
+  const names = Array.from({ length: size }, (_, i) => `b${level}-${i}`);
+  const before = await side.census();
+  for (const name of names) {
+    signal.throwIfAborted();
+    await side.netnsAdd(name);
+  }
+  progress(`${side.label}: burst of ${size} ADDs at once at level ${level}`);
+  const add = await burstPhase(names.map((name) => () => side.add(name)));
+  const attachedAfterAdd = side.attached(await side.census());
+  progress(`${side.label}: burst of ${size} DELs at once at level ${level}`);
+  const del = await burstPhase(names.map((name) => () => side.del(name, true)));
+  for (const name of names) if (side.live.has(name)) await side.netnsDel(name);
+  const residue = diff(before, await side.census());
+  let daemon: { add?: DaemonStats; del?: DaemonStats } = {};
+  if (side instanceof CtnetSide) {
+    const ids = names.map((n) => side.containerId(n));
+    const walls = (byChain: (number | undefined)[]) => new Map(ids.flatMap((id, i) => (byChain[i] === undefined ? [] : [[id, byChain[i]!] as const])));
+    const log = side.daemonLog(new Set(ids));
+    const a = daemonStats(log, 'ADD', walls(add.byChain));
+    const d = daemonStats(log, 'DEL', walls(del.byChain));
+    daemon = { ...(a ? { add: a } : {}), ...(d ? { del: d } : {}) };
+  }
+  const phase = ({ byChain: _, ...p }: typeof add, d: DaemonStats | undefined): BurstPhase => ({ ...p, ...(d ? { daemon: d } : {}) });
+  return {
+    size,
+    singleAddP50: single.add.p50,
+    singleDelP50: single.del.p50,
+    add: phase(add, daemon.add),
+    del: phase(del, daemon.del),
+    attachedAfterAdd,
+    residue,
+  };
 }
 
 interface LevelResult {
@@ -786,6 +915,18 @@ async function measure(sides: readonly Side[], opts: Options, signal: AbortSigna
         ...(daemon ? { daemon } : {}),
       };
     }
+    if (opts.burst > 0) {
+      // One side's burst after the other's (which goes first changes with the level): the sides
+      // never compete for the CPUs during a burst.
+      for (const side of sampleOrder(sides, results.length)) {
+        const b = await burst(side, level, opts.burst, level_.sides[side.label]!, signal);
+        level_.sides[side.label] = { ...level_.sides[side.label]!, burst: b };
+        if (b.add.errors.length + b.del.errors.length > 0) {
+          progress(`warning: ${side.label}: ${b.add.errors.length} ADDs and ${b.del.errors.length} DELs of the burst failed; first: ` +
+            `${[...b.add.errors, ...b.del.errors][0]}`);
+        }
+      }
+    }
     results.push(level_);
   }
   return results;
@@ -831,6 +972,7 @@ function render(results: readonly LevelResult[], info: Machine, opts: Options): 
       out.push(`  ${label}: before the samples ${state}; left after the samples' DELs: ${residue}`);
     }
   }
+  if (opts.burst > 0) out.push(...renderBursts(results, opts));
   out.push('', `fill (untimed, ${opts.parallel} chains at a time, one side after the other):`);
   for (const label of opts.sides) {
     const parts = results.filter((r) => r.sides[label]!.filled > 0)
@@ -863,6 +1005,40 @@ function render(results: readonly LevelResult[], info: Machine, opts: Options): 
   return out.join('\n') + '\n';
 }
 
+/**
+ * The bursts: per level, one table for the ADDs and one for the DELs. `p99/single` is the burst's
+ * p99 over the same level's sequential p50 (issue 20's goal for ADD: at most 5x); `per s` is the
+ * fill rate, chains completed per second of the burst's wall time.
+ */
+function renderBursts(results: readonly LevelResult[], opts: Options): string[] {
+  const ms = (n: number) => (Number.isNaN(n) ? '-' : n.toFixed(1));
+  const out: string[] = [];
+  for (const r of results) {
+    out.push('', `burst at level ${r.level}: ${opts.burst} chains started at once, ADDs then DELs, one side after the other; ms`);
+    for (const command of ['ADD', 'DEL'] as const) {
+      const rows: string[][] = [];
+      for (const label of opts.sides) {
+        const b = r.sides[label]?.burst;
+        if (!b) continue;
+        const p = command === 'ADD' ? b.add : b.del;
+        const single = command === 'ADD' ? b.singleAddP50 : b.singleDelP50;
+        const d = p.daemon ? `${ms(p.daemon.totalMs.p50)}/${ms(Math.max(...p.daemon.totalMs.samples))}` : '-';
+        rows.push([label, ms(single), ms(p.p50), ms(p.p99), ms(p.max), `${(p.p99 / single).toFixed(2)}x`, ms(p.wallMs),
+          (p.samples.length / (p.wallMs / 1000)).toFixed(1), String(p.errors.length), d]);
+      }
+      out.push(table([`${command}`, 'single p50', 'p50', 'p99', 'max', 'p99/single', 'wall', 'per s', 'errors', 'in ctnetd p50/max'], rows));
+    }
+    for (const label of opts.sides) {
+      const b = r.sides[label]?.burst;
+      if (!b) continue;
+      const residue = Object.entries(b.residue).map(([k, v]) => `${v > 0 ? '+' : ''}${v} ${k}`).join(', ') || 'none';
+      out.push(`  ${label}: ${b.attachedAfterAdd ?? '?'} attached after the ADDs (expected ${r.level + b.size}); left after the DELs: ${residue}`);
+      for (const e of [...b.add.errors, ...b.del.errors].slice(0, 3)) out.push(`  ${label}: error: ${e.split('\n')[0]}`);
+    }
+  }
+  return out;
+}
+
 function toJson(results: readonly LevelResult[], info: Machine, opts: Options): string {
   const st = (s: Stats) => ({ p50Ms: round(s.p50), p95Ms: round(s.p95), samplesMs: s.samples.map(round) });
   const rq = (q: ReturnType<typeof ratios>) => ({ addP50: round(q.addP50), addP95: round(q.addP95), delP50: round(q.delP50), delP95: round(q.delP95) });
@@ -874,12 +1050,22 @@ function toJson(results: readonly LevelResult[], info: Machine, opts: Options): 
     ...(d.spawns ? { spawns: { p50: d.spawns.p50, p95: d.spawns.p95, samples: d.spawns.samples } } : {}),
     ...(d.engineMs ? { engine: st(d.engineMs) } : {}),
   });
+  const bp = (p: BurstPhase, single: number) => ({
+    p50Ms: round(p.p50), p99Ms: round(p.p99), maxMs: round(p.max), p99OverSingleP50: round(p.p99 / single), wallMs: round(p.wallMs),
+    perSecond: round(p.samples.length / (p.wallMs / 1000)), errors: p.errors, samplesMs: p.samples.map(round),
+    ...(p.daemon ? { daemon: dm(p.daemon) } : {}),
+  });
+  const burstJson = (b: BurstResult) => ({
+    size: b.size, singleAddP50Ms: round(b.singleAddP50), singleDelP50Ms: round(b.singleDelP50),
+    add: bp(b.add, b.singleAddP50), del: bp(b.del, b.singleDelP50), attachedAfterAdd: b.attachedAfterAdd, residue: b.residue,
+  });
   return JSON.stringify({
     benchmark: 'cni',
     date: new Date().toISOString(),
     machine: info,
     samples: opts.samples,
     parallel: opts.parallel,
+    burst: opts.burst,
     levels: results.map((r) => {
       const c = r.sides.ctnet;
       const ref = r.sides.reference;
@@ -894,6 +1080,7 @@ function toJson(results: readonly LevelResult[], info: Machine, opts: Options): 
           before: s.before,
           residue: s.residue,
           ...(s.daemon ? { daemon: { ...(s.daemon.add ? { add: dm(s.daemon.add) } : {}), ...(s.daemon.del ? { del: dm(s.daemon.del) } : {}) } } : {}),
+          ...(s.burst ? { burst: burstJson(s.burst) } : {}),
         }])),
         ...(c && ref ? { ratio: rq(ratios(c, ref)) } : {}),
         ...(c && base ? { ratioToBaseline: rq(ratios(c, base)) } : {}),
@@ -947,4 +1134,5 @@ async function main(): Promise<number> {
   return code;
 }
 
-process.exitCode = await main();
+// bench/memory.ts imports CtnetSide from here.
+if (import.meta.main) process.exitCode = await main();
