@@ -6,7 +6,7 @@ import { allocate } from '../model/ipam.ts';
 import { formatAddr, parseAddr } from '../model/cidr.ts';
 import { parseName } from '../model/names.ts';
 import { collides, formatPortSpec } from '../model/ports.ts';
-import { formatPublish, formatSelector, parseAffinity, parseServiceCheck, parseServicePort, parseServicePublish, parseServiceTarget, publishMapping, type ServicePublish } from '../model/service.ts';
+import { formatPublish, formatSelector, formatTarget, parseAffinity, parseServiceCheck, parseServicePort, parseServicePublish, parseServiceTarget, publishMapping, type ServicePublish } from '../model/service.ts';
 import { serviceBackendLines, serviceChain, serviceLines, type ServiceFacts } from '../nft/ruleset.ts';
 import type { Op } from '../plan/ops.ts';
 import { step } from '../plan/plan.ts';
@@ -149,7 +149,7 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
     await tx.run([
       step([vipOp(store, row)], `service ${name}: VIP ${row.vip} on network ${row.network}'s bridge`),
       step([{ kind: 'nft', lines: serviceLines('add', facts), undo: serviceLines('delete', facts) }],
-        `service ${name}: ${row.vip}:${row.port}/${row.proto}${publish ? ` and host ${formatPublish(publish)}` : ''} -> ${formatSelector(row.selector)}:${row.targetPort} (${row.backends.length} backends now)`),
+        `service ${name}: ${row.vip}:${row.port}/${row.proto}${publish ? ` and host ${formatPublish(publish)}` : ''} -> ${formatTarget(row.selector, row.targetPort)} (${row.backends.length} backends now)`),
       // Flows that reached the host port before it was published would keep going to the host.
       ...(publish ? [step([{ kind: 'conntrack.forget' as const, filter: { kind: 'stale' as const, ports: [{ mapping: publishMapping(publish, port.proto, row.targetPort), targets: [] }] } }])] : []),
     ]);
@@ -259,7 +259,7 @@ export async function listServices(ctx: Ctx, name?: string): Promise<ServiceView
   return rows.map((s) => {
     const candidates = new Set(serviceCandidates(store, s));
     return {
-      ...s, to: `${formatSelector(s.selector)}:${s.targetPort}`, notReady: (s.unready ?? []).filter((ip) => candidates.has(ip)),
+      ...s, to: formatTarget(s.selector, s.targetPort), notReady: (s.unready ?? []).filter((ip) => candidates.has(ip)),
       connections: counts.get(serviceChain(s.name)) ?? 0,
     };
   });

@@ -54,6 +54,8 @@ export function parseAffinity(text: string | undefined): Affinity {
 }
 
 export const formatSelector = (s: ServiceTarget['selector']) => `label:${s.key}=${s.value}`;
+/** `--to` as parseServiceTarget reads it back, with the target port written out. */
+export const formatTarget = (s: ServiceTarget['selector'], targetPort: number) => `${formatSelector(s)}:${targetPort}`;
 
 /**
  * `--publish`: the host address and port the world reaches the service on. Services have IPv4
@@ -119,4 +121,6 @@ export function parseServiceCheck(check: string | undefined, interval: string | 
 }
 
 const formatMs = (ms: number) => (ms % 60_000 === 0 ? `${ms / 60_000}m` : ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`);
+/** `--check` and `--check-interval` as parseServiceCheck reads them back. */
+export const checkFlags = (c: ServiceCheck) => ({ check: c.kind === 'tcp' ? 'tcp' : `http:${c.path}`, checkInterval: `${c.intervalMs}ms` });
 export const formatCheck = (c: ServiceCheck) => `${c.kind === 'tcp' ? 'tcp' : `http:${c.path}`} every ${formatMs(c.intervalMs)}`;

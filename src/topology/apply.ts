@@ -16,7 +16,7 @@ import { startCommand, stopCommand } from '../engine/process.ts';
 import { publish, unpublish } from '../engine/publish.ts';
 import { connect, createSandbox, disconnect, moveDefaultRoute, removeSandbox } from '../engine/sandbox.ts';
 import { createService, removeService } from '../engine/services.ts';
-import { formatPublish } from '../model/service.ts';
+import { checkFlags, formatPublish, formatTarget } from '../model/service.ts';
 import { restoreTables } from '../engine/tables.ts';
 import { withLock } from '../store/lock.ts';
 import type { OwnedKind } from '../store/store.ts';
@@ -201,7 +201,7 @@ export async function applyPlan(ctx: Ctx, topo: Topology, plan: Plan): Promise<s
           const was = store.service(a.name)!;
           await removeService(ctx, a.name);
           const back: TopoService = { name: was.name, network: was.network, port: `${was.port}/${was.proto}`,
-            to: `label:${was.selector.key}=${was.selector.value}:${was.targetPort}`, vip: was.vip, affinity: was.affinity, publish: was.publish, check: was.check, at: '' };
+            to: formatTarget(was.selector, was.targetPort), vip: was.vip, affinity: was.affinity, publish: was.publish, check: was.check, at: '' };
           // Put back with its VIP, unless its network went too (then nothing can hold it).
           journal.push({ what: `removed service ${a.name}`, run: async () => { if (store.network(back.network)) { await makeService(ctx, back); own('service', back.name); } } });
           done.push(`removed service ${a.name}`);
@@ -257,8 +257,7 @@ export function withTopologyLock<T>(ctx: Ctx, fn: () => Promise<T>): Promise<T> 
 
 const makeService = (ctx: Ctx, v: TopoService) => createService(ctx, {
   name: v.name, network: v.network, port: v.port, to: v.to, vip: v.vip, affinity: v.affinity,
-  publish: v.publish && formatPublish(v.publish),
-  check: v.check && (v.check.kind === 'tcp' ? 'tcp' : `http:${v.check.path}`), checkInterval: v.check && `${v.check.intervalMs}ms`,
+  publish: v.publish && formatPublish(v.publish), ...(v.check && checkFlags(v.check)),
 });
 
 /** A network as the file says: an overlay is defined in the cluster (or joined) and gets this host's side. */

@@ -13,7 +13,7 @@ import { collides, formatPortSpec, parsePortSpec, type PortMapping } from '../mo
 import { parseAliases, parseNetworkSpec, type IpRequest } from '../model/spec.ts';
 import { parseShapeFlags } from '../model/shape.ts';
 import { checkNetworkEgress, parseEgress } from '../engine/egress.ts';
-import { formatSelector as formatServiceSelector, parseAffinity, parseServiceCheck, parseServicePort, parseServicePublish, parseServiceTarget, publishMapping } from '../model/service.ts';
+import { formatTarget, parseAffinity, parseServiceCheck, parseServicePort, parseServicePublish, parseServiceTarget, publishMapping } from '../model/service.ts';
 import type { TopoAttach, TopoNetwork, TopoPolicy, TopoSandbox, TopoService, Topology } from './model.ts';
 
 const TOP_KEYS = ['name', 'networks', 'sandboxes', 'policy', 'services'];
@@ -335,7 +335,7 @@ export function parseTopology(file: string, text: string, env: NodeJS.ProcessEnv
       services.push({
         publish, check,
         name: sv, network: netName, port: `${port.port}/${port.proto}`,
-        to: `${formatServiceSelector(target.selector)}${target.targetPort !== undefined ? `:${target.targetPort}` : `:${port.port}`}`,
+        to: formatTarget(target.selector, target.targetPort ?? port.port),
         vip, affinity, at: where(p.key),
       });
     }

@@ -10,7 +10,7 @@ import { commandRunning } from '../engine/process.ts';
 import { tableDrift } from '../engine/tables.ts';
 import { withLinkSnapshot } from '../kernel/snapshot.ts';
 import { overlaps, parseSubnet } from '../model/cidr.ts';
-import { formatCheck, formatPublish } from '../model/service.ts';
+import { formatCheck, formatPublish, formatTarget } from '../model/service.ts';
 import type { Shape } from '../model/shape.ts';
 import { formatPortSpec, type PortMapping } from '../model/ports.ts';
 import type { OwnedKind, PolicyRow } from '../store/store.ts';
@@ -373,7 +373,7 @@ export async function computePlan(ctx: Ctx, topo: Topology, options: { prune: bo
     if (row.network !== v.network) why.push(`network ${row.network} -> ${v.network}`);
     else if (replacedNets.has(v.network)) why.push(`its network ${v.network} is replaced`);
     if (`${row.port}/${row.proto}` !== v.port) why.push(`port ${row.port}/${row.proto} -> ${v.port}`);
-    const to = `label:${row.selector.key}=${row.selector.value}:${row.targetPort}`;
+    const to = formatTarget(row.selector, row.targetPort);
     if (to !== v.to) why.push(`to ${to} -> ${v.to}`);
     if (v.vip !== undefined && row.vip !== v.vip) why.push(`vip ${row.vip} -> ${v.vip}`);
     if (row.affinity !== v.affinity) why.push(`affinity ${row.affinity} -> ${v.affinity}`);
