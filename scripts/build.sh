@@ -15,6 +15,13 @@ mv build/ctnet.mjs.tmp build/ctnet.mjs
 if command -v cc >/dev/null; then
   cc -O2 -Wall -Wextra -o build/ctnet.tmp src/cli/front.c
   mv build/ctnet.tmp build/ctnet
+  # The netlink counter of ctnet's nft tables (drift checks); without libnftnl ctnet lists them with nft.
+  if [ -f /usr/include/libnftnl/set.h ] && [ -f /usr/include/libmnl/libmnl.h ]; then
+    cc -O2 -Wall -Wextra -o build/ctnet-nftcount.tmp src/kernel/exec/nftcount.c -lnftnl -lmnl
+    mv build/ctnet-nftcount.tmp build/ctnet-nftcount
+  else
+    echo "build.sh: no libnftnl-dev/libmnl-dev: drift checks list ctnet's tables with nft (slower)" >&2
+  fi
 else
   echo "build.sh: no C compiler (cc): bin/ctnet runs Node for every command" >&2
 fi

@@ -278,7 +278,7 @@ export async function cniStatus(ctx: Ctx, conf: NetConf): Promise<void> {
       `create it with "ctnet network create ${conf.network} --subnet CIDR"`);
   }
   if (n.state !== 'ready') throw new CtnetError('STATE', `network ${n.name} is ${n.state}`, 'wait for it, or run "ctnet gc"');
-  const [bridge, table] = await Promise.all([kernel.link(n.bridge).then((l) => l !== undefined), kernel.nftTable().then((t) => t !== undefined)]);
+  const [bridge, table] = await Promise.all([kernel.link(n.bridge).then((l) => l !== undefined), kernel.nftCounts().then((c) => c.inet !== undefined)]);
   if (!bridge || !table) {
     const what = !table ? 'the nftables table inet ctnet is missing' : `bridge ${n.bridge} is missing`;
     throw new CtnetError(store.attachments({ network: n.name }).length ? 'DEGRADED' : 'UNAVAILABLE',

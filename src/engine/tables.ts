@@ -74,23 +74,15 @@ function scriptShape(lines: readonly string[]): Shape {
   return s;
 }
 
-/** The shape the kernel's tables have now. */
+/** The shape the kernel's tables have now (counted, not listed: a plan waits for it). */
 async function kernelShape(kernel: KernelBackend): Promise<Shape> {
   const s = emptyShape();
-  type Items = Record<string, { name?: string; chain?: string; elem?: unknown[] }>[] | undefined;
-  // Both tables at once: each read is an nft process, and a plan waits for them.
-  const lists = await Promise.all([kernel.nftTable('inet'), kernel.nftTable('bridge')]) as Items[];
-  for (const [i, table] of [TABLE, BRIDGE_TABLE].entries()) {
-    const items = lists[i];
-    if (!items) continue;
+  const counts = await kernel.nftCounts();
+  for (const [table, c] of [[TABLE, counts.inet], [BRIDGE_TABLE, counts.bridge]] as const) {
+    if (!c) continue;
     s.tables.set(table, true);
-    for (const item of items) {
-      const set = item.set ?? item.map;
-      // Anonymous sets (__setN) belong to the rules that name them.
-      if (set?.name && !set.name.startsWith('__')) s.sets.set(`${table} ${set.name}`, set.elem?.length ?? 0);
-      if (item.chain?.name) s.rules.set(`${table} ${item.chain.name}`, s.rules.get(`${table} ${item.chain.name}`) ?? 0);
-      if (item.rule?.chain) s.rules.set(`${table} ${item.rule.chain}`, (s.rules.get(`${table} ${item.rule.chain}`) ?? 0) + 1);
-    }
+    for (const [set, n] of c.sets) s.sets.set(`${table} ${set}`, n);
+    for (const [chain, n] of c.chains) s.rules.set(`${table} ${chain}`, n);
   }
   return s;
 }

@@ -5,6 +5,7 @@
 import type { Netns } from '../model/netns.ts';
 import type { Flow } from '../plan/flows.ts';
 import type { Op } from '../plan/ops.ts';
+import type { NftCounts } from './nftcounts.ts';
 
 export interface LinkInfo {
   readonly ifindex: number;
@@ -148,6 +149,11 @@ export interface KernelBackend {
   fdbOf(dev: string): Promise<FdbInfo[]>;
   /** Equivalent to: nft -j list table FAMILY ctnet (inet by default); undefined when it does not exist. */
   nftTable(family?: 'inet' | 'bridge'): Promise<unknown[] | undefined>;
+  /**
+   * How many rules each chain and elements each named set of `inet ctnet` and `bridge ctnet` hold
+   * (what `nft -j list table` would show, counted, without listing the elements).
+   */
+  nftCounts(): Promise<NftCounts>;
   /** Equivalent to: nft list table inet ctnet (text, for humans); undefined when it does not exist. */
   nftTableText(): Promise<string | undefined>;
   /** Equivalent to: nft -j list chains; every chain of every table. */

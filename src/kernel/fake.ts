@@ -11,6 +11,7 @@ import { netnsPath, type Netns } from '../model/netns.ts';
 import { pickFlows, type Flow, type FlowFilter } from '../plan/flows.ts';
 import { resolvText, type Op } from '../plan/ops.ts';
 import { renderOp, shellLine, tcCommands } from '../plan/render.ts';
+import { countsOfNftJson, type NftCounts } from './nftcounts.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, LinkStats, Listener, NeighInfo, NftChain, ProbeResult, RouteInfo, TraceMonitor } from './backend.ts';
 
 /** The key of ctnet's own (the host's) namespace in the model and in snapshots. */
@@ -912,6 +913,11 @@ export class FakeKernel implements KernelBackend {
         ...c.rules.map((expr) => ({ rule: { family, table: 'ctnet', chain: bare(name), expr } })),
       ]),
     ];
+  }
+
+  async nftCounts(): Promise<NftCounts> {
+    const [inet, bridge] = await Promise.all([this.nftTable('inet'), this.nftTable('bridge')]);
+    return { inet: inet && countsOfNftJson(inet), bridge: bridge && countsOfNftJson(bridge) };
   }
 
   async nftTableText(): Promise<string | undefined> {

@@ -1,7 +1,7 @@
 // The kernel backend that runs the tools a person would: iproute2 (`ip -batch` for consecutive
 // commands in one namespace), nft (one transaction per operation), conntrack and ss, and writes to
 // /proc/sys. In-process netlink can replace it behind the same interface.
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KernelError } from '../../errors.ts';
@@ -17,6 +17,11 @@ import { isNetnsFile, netnsKillAll, netnsNames, netnsPids, removeResolv, resolvN
 import { listenersArgv, parseListeners, socketPorts } from '../sockets.ts';
 import { sysctlRead, sysctlWrite } from '../sysctl.ts';
 import { run, SpawnStats } from './run.ts';
+import { countsOfNftJson, parseNftCountOutput, type NftCounts } from '../nftcounts.ts';
+import { ROOT } from '../../root.ts';
+
+/** src/kernel/exec/nftcount.c, made by scripts/build.sh. */
+const NFTCOUNT = join(ROOT, 'build', 'ctnet-nftcount');
 
 const TABLE = ['inet', 'ctnet'] as const;
 
@@ -226,6 +231,12 @@ export class ExecBackend implements KernelBackend {
       if (e instanceof KernelError && e.isNotFound) return undefined;
       throw e;
     }
+  }
+  async nftCounts(): Promise<NftCounts> {
+    // The netlink counter when it was built (scripts/build.sh, with libnftnl); else nft's listings.
+    if (existsSync(NFTCOUNT)) return parseNftCountOutput((await this.#run('nft.count', [NFTCOUNT, 'ctnet'])).stdout);
+    const [inet, bridge] = await Promise.all([this.nftTable('inet'), this.nftTable('bridge')]);
+    return { inet: inet && countsOfNftJson(inet), bridge: bridge && countsOfNftJson(bridge) };
   }
   async nftTableText(): Promise<string | undefined> {
     try {
