@@ -5,7 +5,7 @@
 // setServiceHealth: the store's `unready` list, then syncServices). Probes run outside ctnetd's
 // request queue; reading the backends and changing the rule run in it. Without ctnetd nothing is
 // probed and the backends stay as the last check left them.
-import { request } from 'node:http';
+import { http } from '../http.ts';
 import { connect } from 'node:net';
 import { serviceCandidates, setServiceHealth } from '../engine/services.ts';
 import type { ServiceCheck } from '../model/service.ts';
@@ -55,7 +55,7 @@ export function probe(check: ServiceCheck, ip: string, port: number, timeoutMs: 
       s.on('error', () => done(false));
       return;
     }
-    const req = request({ host: ip, port, path: check.path, method: 'GET', timeout: timeoutMs, agent: false }, (res) => {
+    const req = http.request({ host: ip, port, path: check.path, method: 'GET', timeout: timeoutMs, agent: false }, (res) => {
       res.resume();
       done(res.statusCode !== undefined && res.statusCode >= 200 && res.statusCode < 400);
     });

@@ -6,7 +6,8 @@
 // kernel runs in ctnetd's request queue (ServiceContext.exclusive), one at a time with CNI requests.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { createServer, type Server } from 'node:http';
+import type { Server } from 'node:http';
+import { http } from '../../http.ts';
 import { join } from 'node:path';
 import { readCounters } from '../../engine/counters.ts';
 import { explainObject, parseObjectRef } from '../../engine/explain.ts';
@@ -90,7 +91,7 @@ export function webService(): Service {
     const same = current && server && current.listen === c.listen && current.tokenHash === c.tokenHash;
     if (!same) {
       await close();
-      const s = createServer((req, res) => {
+      const s = http.createServer((req, res) => {
         // The token or address may change under a running server only through a new server.
         void handle(req, res, deps, info!, () => randomBytes(16).toString('base64'));
       });
