@@ -415,6 +415,11 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
   let remote: RemoteReport | undefined;
   let route: { dev?: string; gateway?: string; prefsrc?: string; type?: string } = {};
   let srcAddr = '';
+  const ask = (from: string) => askLeftFor(ctx, leftFor!, { from: '', network: leftFor!.network, src: from, dst: dstAddr, sport, proto: target.proto, port: target.port, timeoutMs: options.timeoutMs ?? 2000 }, peerWaitMs);
+  // A sandbox on the overlay network leaves from its address there: the other host is asked at
+  // once, while the route is looked up (its readiness is most of what a cross-host trace adds).
+  const early = leftFor && src.kind === 'sandbox' ? src.addrs.find((a) => a.network === leftFor.network && (a.family === 6) === (family === 'ip6'))?.ip : undefined;
+  if (early) peerP = ask(early);
   try {
     route = (await kernel.routeGet(src.ns, dstAddr))[0] ?? {};
     mark('route');
@@ -423,7 +428,12 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
     srcAddr = picked;
     // A flow to another host's sandbox: ask that host to trace its half (engine/trace-remote.ts),
     // while this host's monitor and table go in; the probe waits until it is ready or did not say.
-    if (leftFor) peerP = askLeftFor(ctx, leftFor, { from: '', network: leftFor.network, src: srcAddr, dst: dstAddr, sport, proto: target.proto, port: target.port, timeoutMs: options.timeoutMs ?? 2000 }, peerWaitMs);
+    if (leftFor && srcAddr !== early) {
+      // Asked for another source address than the route picked (or not yet): ask for this one.
+      const old = peerP;
+      peerP = ask(srcAddr);
+      await old?.then((p) => ('cancel' in p ? p.cancel() : undefined));
+    }
     const m = matchLines(family, srcAddr, dstAddr, target, sport);
     const name = traceTableName();
     const lines = traceTableLines(name, m, marker);
