@@ -49,10 +49,11 @@ export interface RemoteHalf {
   /** The sandbox of that host that holds the destination address (none: its gateway, say). */
   readonly sandbox?: string | undefined;
   /**
-   * answered: an answer left the sandbox; delivered: the request passed every table and no answer
-   * came; dropped: a rule dropped it (droppedBy); not seen: no packet of the flow reached it.
+   * answered: an answer left the sandbox; refused: that answer was a refusal (the tracer's probe
+   * says which: nothing listens there, or a reject); delivered: the request passed every table and
+   * no answer came; dropped: a rule dropped it (droppedBy); not seen: no packet of the flow reached it.
    */
-  readonly outcome: 'answered' | 'delivered' | 'dropped' | 'not seen';
+  readonly outcome: 'answered' | 'refused' | 'delivered' | 'dropped' | 'not seen';
   readonly request: readonly TraceStep[];
   readonly reply: readonly TraceStep[];
   readonly droppedBy?: TraceStep | undefined;
@@ -160,7 +161,7 @@ export function parseTraceReply(text: string, host: string): TraceReply {
   const h = o.half as Json;
   if (typeof h !== 'object' || h === null) throw invalid(`host ${host}'s trace reply: "half" is not an object`);
   const outcome = h.outcome;
-  if (outcome !== 'answered' && outcome !== 'delivered' && outcome !== 'dropped' && outcome !== 'not seen') throw invalid(`host ${host}'s trace reply: "outcome" is not known`);
+  if (outcome !== 'answered' && outcome !== 'refused' && outcome !== 'delivered' && outcome !== 'dropped' && outcome !== 'not seen') throw invalid(`host ${host}'s trace reply: "outcome" is not known`);
   const request = steps('"request"', h.request);
   const reply = steps('"reply"', h.reply);
   const droppedBy = h.droppedBy === undefined ? undefined : steps('"droppedBy"', [h.droppedBy])[0];

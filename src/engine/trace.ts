@@ -481,6 +481,8 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
     if (!remoteP) await peerP?.then((p) => ('cancel' in p ? p.cancel() : undefined));
   }
   const { request, reply, seenByServer } = firstPackets(events, srcAddr, sport, target.proto, `0x${marker.token}`);
+  // The other host sees an answer leave; whether it was a refusal (a reset, ICMP unreachable) the probe says.
+  if (remote && !('error' in remote) && remote.outcome === 'answered' && probe?.refused) remote = { ...remote, outcome: 'refused' };
   const half = remote && !('error' in remote) ? remote : undefined;
   // A drop here, else the other host's (its half names the host, the rule and its policy).
   const droppedBy = [...request, ...reply].find((x) => x.verdict === 'drop') ?? (half?.droppedBy ? { ...half.droppedBy, host: half.host } : undefined);

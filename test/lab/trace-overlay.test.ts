@@ -129,6 +129,16 @@ describe('ctnet trace across hosts (etcd + vxlan)', () => {
     }
   });
 
+  it('refused: nothing listens on api:9999; h2\'s half shows the packet delivered and refused there', async () => {
+    const r = await trace(`${api}:9999`);
+    assert.equal(r.outcome, 'refused');
+    const h = half(r);
+    assert.equal(h.outcome, 'refused');
+    assert.ok(h.request.some((s) => s.chain === 'forward' && s.verdict === 'accept'), 'h2 passed it to api');
+    assert.ok(h.reply.length > 0, 'the reset left api through h2\'s tables');
+    await noTablesLeft();
+  });
+
   it('the other host does not answer (its ctnetd stopped): the report says so, with this host\'s half', async () => {
     const pid = Number(/pid (\d+)/.exec(await h2().ctnetOk(['daemon', 'status']))?.[1]);
     process.kill(pid, 'SIGSTOP');

@@ -81,6 +81,7 @@ describe('trace across hosts: the request, the reply, the keys', () => {
     const step = { table: 'inet ctnet', chain: 'forward', rule: 'policy: deny', verdict: 'drop', owner: 'ctnet' };
     const r = parseTraceReply(JSON.stringify({ state: 'done', half: { host: 'ignored', sandbox: 'api', outcome: 'dropped', request: [step], reply: [], droppedBy: step, policy: { allowed: false, by: 'deny no (#1)' } } }), 'h2');
     assert.deepEqual(r, { state: 'done', half: { host: 'h2', sandbox: 'api', outcome: 'dropped', request: [step], reply: [], droppedBy: step, policy: { allowed: false, by: 'deny no (#1)' } } }, 'the host is the one asked, whatever the reply says');
+    assert.equal((parseTraceReply('{"state":"done","half":{"outcome":"refused","request":[],"reply":[]}}', 'h2') as { half: { outcome: string } }).half.outcome, 'refused');
     assert.throws(() => parseTraceReply('{"state":"done","half":{"outcome":"lost","request":[],"reply":[]}}', 'h2'), /host h2's trace reply: "outcome" is not known/);
     assert.throws(() => parseTraceReply('{"state":"done","half":{"outcome":"answered","request":[{"table":1}],"reply":[]}}', 'h2'), /"request"\[0\] is not a step/);
     assert.throws(() => parseTraceReply('[]', 'h2'), /is not a JSON object/);
