@@ -5,6 +5,8 @@
 //   /ctnet/leases/NET/10.50.3.0-24  {host, underlay, vtepMac}   a host's subnet of NET; etcd lease
 //   /ctnet/hosts/NAME               {underlay, vtepMac, joined}  a member (VTEP record); etcd lease
 //   /ctnet/sandboxes/HOST/NAME      {addresses, labels, networks} the directory; etcd lease
+//   /ctnet/traces/HOST/ID[/reply|/done]  a cross-host trace asked of HOST (engine/trace-remote.ts
+//                                   parses the values); the tracing host's short etcd lease
 //
 // Keys bound to an etcd lease (the host's, one per host, kept alive by its ctnetd) disappear with
 // it: a host that stops renewing leaves the cluster after its TTL, subnets and all.
@@ -17,6 +19,7 @@ export const NETWORKS = `${PREFIX}networks/`;
 export const LEASES = `${PREFIX}leases/`;
 export const HOSTS = `${PREFIX}hosts/`;
 export const SANDBOXES = `${PREFIX}sandboxes/`;
+export const TRACES = `${PREFIX}traces/`;
 
 /** An overlay network as every host must see it. */
 export interface OverlayDef {
@@ -72,13 +75,19 @@ export const leaseKey = (network: string, cidr: string) => `${leasePrefix(networ
 export const hostKey = (name: string) => `${HOSTS}${name}`;
 export const sandboxPrefix = (host: string) => `${SANDBOXES}${host}/`;
 export const sandboxKey = (host: string, name: string) => `${sandboxPrefix(host)}${name}`;
+/** Trace requests asked of HOST (its ctnetd watches this prefix). */
+export const tracePrefix = (host: string) => `${TRACES}${host}/`;
+/** One trace request (request), the asked host's answer (reply), and the tracer's "probe sent" (done). */
+export const traceKey = (host: string, id: string, part: TracePart = 'request') => `${tracePrefix(host)}${id}${part === 'request' ? '' : `/${part}`}`;
+export type TracePart = 'request' | 'reply' | 'done';
 
 /** One of ctnet's keys, with the names it holds; undefined for a key outside the layout. */
 export type ParsedKey =
   | { readonly kind: 'network'; readonly name: string }
   | { readonly kind: 'lease'; readonly network: string; readonly subnet: string }
   | { readonly kind: 'host'; readonly name: string }
-  | { readonly kind: 'sandbox'; readonly host: string; readonly name: string };
+  | { readonly kind: 'sandbox'; readonly host: string; readonly name: string }
+  | { readonly kind: 'trace'; readonly host: string; readonly id: string; readonly part: TracePart };
 
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 
@@ -91,6 +100,8 @@ export function parseKey(key: string): ParsedKey | undefined {
   if (kind === 'networks' && parts.length === 2) return { kind: 'network', name: a! };
   if (kind === 'hosts' && parts.length === 2) return { kind: 'host', name: a! };
   if (kind === 'sandboxes' && parts.length === 3) return { kind: 'sandbox', host: a!, name: b! };
+  if (kind === 'traces' && parts.length === 3) return { kind: 'trace', host: a!, id: b!, part: 'request' };
+  if (kind === 'traces' && parts.length === 4 && (parts[3] === 'reply' || parts[3] === 'done')) return { kind: 'trace', host: a!, id: b!, part: parts[3] };
   if (kind === 'leases' && parts.length === 3) {
     const m = /^(.+)-(\d{1,3})$/.exec(b!);
     return m ? { kind: 'lease', network: a!, subnet: `${m[1]}/${m[2]}` } : undefined;
@@ -104,6 +115,8 @@ export type Entry =
   | { readonly kind: 'lease'; readonly network: string; readonly subnet: string; readonly value: LeaseValue }
   | { readonly kind: 'host'; readonly name: string; readonly value: HostValue }
   | { readonly kind: 'sandbox'; readonly host: string; readonly name: string; readonly value: SandboxValue }
+  /** A cross-host trace's key: its value is engine/trace-remote.ts's to parse (short-lived, not cluster state). */
+  | { readonly kind: 'trace'; readonly host: string; readonly id: string; readonly part: TracePart }
   | { readonly kind: 'bad'; readonly key: string; readonly reason: string };
 
 type Json = Record<string, unknown>;
@@ -151,6 +164,7 @@ const reasonOf = (e: unknown) => (e as Error).message;
 export function decodeEntry(key: string, value: string): Entry {
   const k = parseKey(key);
   if (!k) return { kind: 'bad', key, reason: 'not a key of ctnet\'s layout' };
+  if (k.kind === 'trace') return k;
   try {
     const o = object(value);
     switch (k.kind) {

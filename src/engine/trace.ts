@@ -13,7 +13,9 @@ import { isWildcard } from '../model/ports.ts';
 import type { Netns } from '../model/netns.ts';
 import { step } from '../plan/plan.ts';
 import type { Ctx } from './context.ts';
+import { etcdOf } from './cluster.ts';
 import { checkPolicy } from './policy.ts';
+import { askPeer, type PeerTrace, type RemoteReport, type TraceRequest } from './trace-remote.ts';
 import { readySandbox, sandboxNetns } from './records.ts';
 
 export interface TraceTarget {
@@ -71,6 +73,8 @@ export interface TraceStep {
   readonly owner: 'ctnet' | 'ctnetd' | 'foreign';
   /** A NAT rule that translated it. */
   readonly nat?: boolean;
+  /** Another host's step (droppedBy of a cross-host trace whose drop was on the destination host). */
+  readonly host?: string;
 }
 
 export interface TraceResult {
@@ -106,7 +110,31 @@ export interface TraceResult {
    * the trace table in, the monitor subscribed, the probe done, the monitor drained, the table
    * gone, and the end (bench/trace.ts reports them).
    */
-  readonly timings?: { readonly route: number; readonly table: number; readonly monitor: number; readonly probe: number; readonly drained: number; readonly cleaned: number; readonly end: number };
+  readonly timings?: { readonly route: number; readonly table: number; readonly monitor: number; readonly peer?: number; readonly probe: number; readonly drained: number; readonly cleaned: number; readonly remote?: number; readonly end: number };
+  /**
+   * Cross-host (leftFor): the other host's half, traced by its ctnetd on request through etcd
+   * (engine/trace-remote.ts): its chains and rules, its policy and what became of the packet there;
+   * or why it is missing (no answer in time, refused, not a member).
+   */
+  readonly remote?: RemoteReport | undefined;
+}
+
+/**
+ * How long a cross-host trace waits for the other host's ctnetd: to be ready before the probe, and
+ * for its half after. It answers as soon as it can; this only bounds a host that does not (down,
+ * or busy): then the report says so and carries this host's half alone.
+ */
+const PEER_WAIT_MS = 5_000;
+
+/** Asks leftFor's host for its half; an error (not a member, etcd unreachable) becomes the report's. */
+async function askLeftFor(ctx: Ctx, leftFor: NonNullable<TraceResult['leftFor']>, req: TraceRequest, waitMs: number): Promise<PeerTrace | RemoteReport> {
+  const m = ctx.store.member();
+  if (!m || m.state !== 'ready') return { host: leftFor.host, error: 'this host is not a ready member of a cluster' };
+  try {
+    return await askPeer(etcdOf(m), leftFor.host, { ...req, from: m.host }, waitMs);
+  } catch (e) {
+    return { host: leftFor.host, error: `cannot ask it through etcd: ${(e as Error).message}` };
+  }
 }
 
 /** The other host whose overlay lease holds ADDR (the peer a packet to it leaves for). */
@@ -181,7 +209,8 @@ export function firstPackets(events: readonly TraceEvent[], src: string, sport: 
 
 /** The temporary tables' name: this process's token, so gc can tell a live trace from a dead one. */
 export const traceTableName = (token = processToken()) => `ctnet_trace_${token.replace(':', '_')}`;
-const TRACE_TABLE = /^ctnet_trace_(\d+)_(\S+)$/;
+// ctnetd's tables for other hosts' traces (engine/trace-remote.ts) add _rN: still ctnetd's token.
+const TRACE_TABLE = /^ctnet_trace_(\d+)_([^_\s]+)(?:_r\d+)?$/;
 
 /** Temporary trace tables whose process is gone (a trace killed before it cleaned up). */
 export function deadTraceTables(tables: readonly { family: string; table: string }[]): { family: string; table: string }[] {
@@ -195,7 +224,41 @@ export function deadTraceTables(tables: readonly { family: string; table: string
   });
 }
 
-function matchLines(family: 'ip' | 'ip6', src: string, dst: string, t: TraceTarget, sport: number): { request: string; reply: string; replyNat: string } {
+/**
+ * The temporary table pair NAME (inet and bridge) that marks exactly one flow for tracing (M, from
+ * matchLines) and the marker datagram; the tracing host and the host a cross-host flow goes to
+ * (engine/trace-remote.ts) put the same in place.
+ */
+export function traceTableLines(name: string, m: { request: string; reply: string; replyNat: string }, marker: { port: number; token: string }): string[] {
+  return [
+    ...['inet', 'bridge'].flatMap((f) => [
+      `add table ${f} ${name}`,
+      `add chain ${f} ${name} pre { type filter hook prerouting priority -400; policy accept; }`,
+      `add rule ${f} ${name} pre ${m.request} meta nftrace set 1`,
+      `add rule ${f} ${name} pre ${m.reply} meta nftrace set 1`,
+    ]),
+    // The host's own packets (a probe from the host; its answers to host:PORT) start in its output path.
+    `add chain inet ${name} out { type filter hook output priority -400; policy accept; }`,
+    `add rule inet ${name} out ${m.request} meta nftrace set 1`,
+    `add rule inet ${name} out ${m.reply} meta nftrace set 1`,
+    `add rule inet ${name} out ip daddr 127.0.0.1 udp dport ${marker.port} @th,64,64 0x${marker.token} meta nftrace set 1`,
+    // Answers a masquerade readdressed (hairpin, 127.0.0.1), known by conntrack's original source.
+    `add chain inet ${name} pre_ct { type filter hook prerouting priority -150; policy accept; }`,
+    `add rule inet ${name} pre_ct ${m.replyNat} meta nftrace set 1`,
+    `add chain inet ${name} out_ct { type filter hook output priority -150; policy accept; }`,
+    `add rule inet ${name} out_ct ${m.replyNat} meta nftrace set 1`,
+  ];
+}
+export const traceTableDrop = (name: string) => [`delete table inet ${name}`, `delete table bridge ${name}`];
+
+/** A marker for one monitor (kernel/backend.ts TraceMarker): a port below the probes', a token whose first digit is not 0. */
+export function newMarker(): { port: number; token: string } {
+  const token = randomBytes(8);
+  token[0] = token[0]! | 0x10;
+  return { port: 20000 + Math.floor(Math.random() * 20000), token: token.toString('hex') };
+}
+
+export function matchLines(family: 'ip' | 'ip6', src: string, dst: string, t: TraceTarget, sport: number): { request: string; reply: string; replyNat: string } {
   const l4 = t.proto === 'icmp'
     ? { request: `${family === 'ip' ? 'icmp' : 'icmpv6'} type echo-request`, reply: `${family === 'ip' ? 'icmp' : 'icmpv6'} type echo-reply` }
     : { request: `meta l4proto ${t.proto} th sport ${sport}`, reply: `meta l4proto ${t.proto} th dport ${sport}` };
@@ -219,6 +282,8 @@ export interface Source {
 }
 
 export interface TraceOptions {
+  /** Cross-host: how long to wait for the other host to be ready, and then for its half (ms). */
+  readonly peerWaitMs?: number;
   readonly timeoutMs?: number;
   /** SRC world: the namespace the probe leaves from (its packets reach this host as the outside's do). */
   readonly fromNetns?: string;
@@ -336,48 +401,46 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
   }
   const family = dstAddr.includes(':') ? 'ip6' : 'ip';
   const sport = 40000 + Math.floor(Math.random() * 20000);
-  // The marker (kernel/backend.ts TraceMarker): ports below the probe's, a token with a first digit not 0.
-  const token = randomBytes(8);
-  token[0] = token[0]! | 0x10;
-  const marker = { port: 20000 + Math.floor(Math.random() * 20000), token: token.toString('hex') };
+  const marker = newMarker();
   // nft monitor's start (a process, and its subscription to the trace group) overlaps the route
   // lookup and the trace table's nft run; the probe waits for all three.
   const monitorP = kernel.traceMonitor(marker);
   let stopped = false;
   let events: TraceEvent[] = [];
   let probe;
+  const leftFor = peerOf(ctx, dstAddr);
+  const peerWaitMs = options.peerWaitMs ?? PEER_WAIT_MS;
+  let peerP: Promise<PeerTrace | RemoteReport> | undefined;
+  let remoteP: Promise<RemoteReport> | undefined;
+  let remote: RemoteReport | undefined;
   let route: { dev?: string; gateway?: string; prefsrc?: string; type?: string } = {};
   let srcAddr = '';
+  const ask = (from: string) => askLeftFor(ctx, leftFor!, { from: '', network: leftFor!.network, src: from, dst: dstAddr, sport, proto: target.proto, port: target.port, timeoutMs: options.timeoutMs ?? 2000 }, peerWaitMs);
+  // A sandbox on the overlay network leaves from its address there: the other host is asked at
+  // once, while the route is looked up (its readiness is most of what a cross-host trace adds).
+  const early = leftFor && src.kind === 'sandbox' ? src.addrs.find((a) => a.network === leftFor.network && (a.family === 6) === (family === 'ip6'))?.ip : undefined;
+  if (early) peerP = ask(early);
   try {
     route = (await kernel.routeGet(src.ns, dstAddr))[0] ?? {};
     mark('route');
     const picked = route.prefsrc ?? srcAddrs.find((a) => (a.family === 6) === (family === 'ip6'))?.ip;
     if (!picked) throw new CtnetError('INVALID_ARGUMENT', `${src.kind === 'sandbox' ? `sandbox ${src.name}` : src.name} has no IPv${family === 'ip' ? 4 : 6} address to reach ${dstAddr} from`, 'trace to an address of the family it has');
     srcAddr = picked;
+    // A flow to another host's sandbox: ask that host to trace its half (engine/trace-remote.ts),
+    // while this host's monitor and table go in; the probe waits until it is ready or did not say.
+    if (leftFor && srcAddr !== early) {
+      // Asked for another source address than the route picked (or not yet): ask for this one.
+      const old = peerP;
+      peerP = ask(srcAddr);
+      await old?.then((p) => ('cancel' in p ? p.cancel() : undefined));
+    }
     const m = matchLines(family, srcAddr, dstAddr, target, sport);
     const name = traceTableName();
-    const lines = [
-      ...['inet', 'bridge'].flatMap((f) => [
-        `add table ${f} ${name}`,
-        `add chain ${f} ${name} pre { type filter hook prerouting priority -400; policy accept; }`,
-        `add rule ${f} ${name} pre ${m.request} meta nftrace set 1`,
-        `add rule ${f} ${name} pre ${m.reply} meta nftrace set 1`,
-      ]),
-      // The host's own packets (a probe from the host; its answers to host:PORT) start in its output path.
-      `add chain inet ${name} out { type filter hook output priority -400; policy accept; }`,
-      `add rule inet ${name} out ${m.request} meta nftrace set 1`,
-      `add rule inet ${name} out ${m.reply} meta nftrace set 1`,
-      `add rule inet ${name} out ip daddr 127.0.0.1 udp dport ${marker.port} @th,64,64 0x${marker.token} meta nftrace set 1`,
-      // Answers a masquerade readdressed (hairpin, 127.0.0.1), known by conntrack's original source.
-      `add chain inet ${name} pre_ct { type filter hook prerouting priority -150; policy accept; }`,
-      `add rule inet ${name} pre_ct ${m.replyNat} meta nftrace set 1`,
-      `add chain inet ${name} out_ct { type filter hook output priority -150; policy accept; }`,
-      `add rule inet ${name} out_ct ${m.replyNat} meta nftrace set 1`,
-    ];
-    const drop = [`delete table inet ${name}`, `delete table bridge ${name}`];
+    const lines = traceTableLines(name, m, marker);
+    const drop = traceTableDrop(name);
     let cleaning: Promise<void> | undefined;
     const cleanup = () => (cleaning ??= applier.teardown([step([{ kind: 'nft.delete', lines: drop }])]).then(() => undefined));
-    const onSignal = () => { void cleanup().finally(() => process.exit(130)); };
+    const onSignal = () => { void Promise.all([cleanup(), peerP?.then((p) => ('cancel' in p ? p.cancel() : undefined))]).finally(() => process.exit(130)); };
     process.once('SIGINT', onSignal);
     process.once('SIGTERM', onSignal);
     let tableIn = false;
@@ -387,8 +450,15 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
       mark('table');
       await monitorP;
       mark('monitor');
+      if (peerP) {
+        const p = await peerP;
+        if ('cancel' in p) await p.ready(peerWaitMs);
+        mark('peer');
+      }
       probe = await kernel.probe(src.ns, { proto: target.proto, dst: dstAddr, port: target.port ?? 0, sport, timeoutMs: options.timeoutMs ?? 2000 });
       mark('probe');
+      // The other host drains its monitor while this one does.
+      if (peerP) remoteP = peerP.then((p) => ('cancel' in p ? p.finish(peerWaitMs) : p));
     } finally {
       try {
         stopped = true;
@@ -402,11 +472,20 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
         mark('cleaned');
       }
     }
+    if (remoteP) {
+      remote = await remoteP;
+      mark('remote');
+    }
   } finally {
     if (!stopped) await monitorP.then((mon) => mon.stop(), () => undefined);
+    if (!remoteP) await peerP?.then((p) => ('cancel' in p ? p.cancel() : undefined));
   }
   const { request, reply, seenByServer } = firstPackets(events, srcAddr, sport, target.proto, `0x${marker.token}`);
-  const droppedBy = [...request, ...reply].find((x) => x.verdict === 'drop');
+  // The other host sees an answer leave; whether it was a refusal (a reset, ICMP unreachable) the probe says.
+  if (remote && !('error' in remote) && remote.outcome === 'answered' && probe?.refused) remote = { ...remote, outcome: 'refused' };
+  const half = remote && !('error' in remote) ? remote : undefined;
+  // A drop here, else the other host's (its half names the host, the rule and its policy).
+  const droppedBy = [...request, ...reply].find((x) => x.verdict === 'drop') ?? (half?.droppedBy ? { ...half.droppedBy, host: half.host } : undefined);
   const nat = [...request, ...reply].filter((x) => x.nat).map((x) => `${x.table} ${x.chain}: ${x.rule}`);
   const outcome: TraceResult['outcome'] = probe?.ok && probe.answered ? 'answered' : probe?.refused ? 'refused' : droppedBy ? 'dropped' : 'no answer';
   // ctnet's policy, as policy check decides it (for what ctnet's rules decide: sandboxes and
@@ -425,9 +504,11 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
       policy = undefined; // an address policy check does not know (another host's, say)
     }
   }
-  const leftFor = peerOf(ctx, dstAddr);
   const said = notes(ctx, src, dstAddr, target, route);
-  if (leftFor) {
+  if (leftFor && half) {
+    said.push(`${dstAddr} is on host ${leftFor.host}: the packet left through ${leftFor.device} (network ${leftFor.network}) for ${leftFor.underlay}; ${leftFor.host} traced its half (the lines "on host ${leftFor.host}"; remote in --json)`);
+  } else if (leftFor) {
+    if (remote && 'error' in remote) said.push(`host ${leftFor.host} did not trace its half: ${remote.error}`);
     said.push(outcome === 'answered' || outcome === 'refused'
       ? `${dstAddr} is on host ${leftFor.host}: the packet left through ${leftFor.device} (network ${leftFor.network}) for ${leftFor.underlay}; ${leftFor.host}'s own tables passed it too (run ctnet trace there to see them)`
       : `${dstAddr} is on host ${leftFor.host}: ${request.length && !droppedBy ? `this host passed the packet to ${leftFor.device} (network ${leftFor.network}) for ${leftFor.underlay}, and no answer came back: ${leftFor.host}'s tables (its own policy) or the sandbox dropped it; run ctnet trace there` : `the packet was meant to leave through ${leftFor.device} (network ${leftFor.network}) for ${leftFor.underlay}`}`);
@@ -440,6 +521,7 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
     ...(seenByServer ? { seenByServer } : {}),
     notes: said,
     ...(leftFor ? { leftFor } : {}),
-    timings: { route: at.route ?? 0, table: at.table ?? 0, monitor: at.monitor ?? 0, probe: at.probe ?? 0, drained: at.drained ?? 0, cleaned: at.cleaned ?? 0, end: Math.round(performance.now() - t0) },
+    ...(remote ? { remote } : {}),
+    timings: { route: at.route ?? 0, table: at.table ?? 0, monitor: at.monitor ?? 0, ...(at.peer !== undefined ? { peer: at.peer } : {}), ...(at.remote !== undefined ? { remote: at.remote } : {}), probe: at.probe ?? 0, drained: at.drained ?? 0, cleaned: at.cleaned ?? 0, end: Math.round(performance.now() - t0) },
   };
 }

@@ -6,6 +6,7 @@ import { healthChecks } from './health.ts';
 import { logService } from './log.ts';
 import { overlayWatch } from './overlay.ts';
 import { tableGuard } from './tableguard.ts';
+import { traceResponder } from './trace.ts';
 import { webService } from './api/service.ts';
 import type { Service } from './service.ts';
 
@@ -15,5 +16,5 @@ export const builtinServices = (): Service[] => {
   const directory = sandboxDirectory();
   // The page first: it only listens and answers `ctnet ui` (ui.state); the others' starts read the
   // kernel and etcd and take seconds with hundreds of sandboxes, which `ctnet ui` would wait out.
-  return [logService(), webService(), tableGuard(), clusterAgent(directory.hooks), overlayWatch(), directory.service, dnsService(), healthChecks()];
+  return [logService(), webService(), tableGuard(), clusterAgent(directory.hooks), overlayWatch(), directory.service, traceResponder(), dnsService(), healthChecks()];
 };

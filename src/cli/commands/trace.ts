@@ -1,4 +1,5 @@
 import { parseTraceTarget, trace, type TraceResult, type TraceStep } from '../../engine/trace.ts';
+import { invalid } from '../../errors.ts';
 import { parseName } from '../../model/names.ts';
 import { defineCommand } from '../command.ts';
 
@@ -19,9 +20,19 @@ function render(r: TraceResult): string {
   if (r.nat.length) out.push('  NAT:', ...r.nat.map((n) => `    ${n}`));
   if (r.reply.length) out.push('  the answer:', ...shown(r.reply).map((s) => stepLine(s, r.policy)));
   if (r.seenByServer) out.push(`  the server (${r.seenByServer.server}) saw the client as ${r.seenByServer.client}`);
-  const why = r.droppedBy ? ` by ${r.droppedBy.table} ${r.droppedBy.chain}: ${r.droppedBy.rule}${r.policy && r.droppedBy.rule.startsWith('policy:') ? ` [${r.policy.by}]` : ''}${r.droppedBy.owner === 'foreign' ? ' (another program\'s table, not ctnet\'s)' : ''}` : '';
+  if (r.remote && 'error' in r.remote) out.push(`  on host ${r.remote.host}: not traced (${r.remote.error})`);
+  else if (r.remote) {
+    const h = r.remote;
+    out.push(`  on host ${h.host}${h.sandbox ? ` (sandbox ${h.sandbox})` : ''}, the first packet:`,
+      ...(h.request.length ? shown(h.request).map((s) => stepLine(s, h.policy)) : ['    (no table there saw it)']));
+    if (h.reply.length) out.push(`  on host ${h.host}, the answer:`, ...shown(h.reply).map((s) => stepLine(s, h.policy)));
+    out.push(`  on host ${h.host}: ${h.outcome}${h.droppedBy ? ` by ${h.droppedBy.table} ${h.droppedBy.chain}: ${h.droppedBy.rule}${h.policy && h.droppedBy.rule.startsWith('policy:') ? ` [${h.policy.by}]` : ''}` : ''}`);
+    if (h.policy) out.push(`  ctnet policy on host ${h.host}: ${h.policy.allowed ? 'allowed' : 'denied'} by ${h.policy.by}`);
+  }
+  const dropPolicy = r.droppedBy?.host && r.remote && !('error' in r.remote) ? r.remote.policy : r.policy;
+  const why = r.droppedBy ? ` by ${r.droppedBy.host ? `host ${r.droppedBy.host}'s ` : ''}${r.droppedBy.table} ${r.droppedBy.chain}: ${r.droppedBy.rule}${dropPolicy && r.droppedBy.rule.startsWith('policy:') ? ` [${dropPolicy.by}]` : ''}${r.droppedBy.owner === 'foreign' ? ' (another program\'s table, not ctnet\'s)' : ''}` : '';
   out.push(`  outcome: ${r.outcome}${r.outcome === 'dropped' ? why : ''}${r.outcome === 'refused' ? ' (nothing listens there, or a reject)' : ''}`);
-  if (r.policy) out.push(`  ctnet policy: ${r.policy.allowed ? 'allowed' : 'denied'} by ${r.policy.by}`);
+  if (r.policy) out.push(`  ctnet policy${r.remote ? ' on this host' : ''}: ${r.policy.allowed ? 'allowed' : 'denied'} by ${r.policy.by}`);
   for (const n of r.notes ?? []) out.push(`  note: ${n}`);
   return out.join('\n');
 }
@@ -32,13 +43,16 @@ export default defineCommand({
   args: ['<src>', '<dst>'],
   options: [
     { flags: '--timeout <ms>', description: 'how long the probe waits for an answer', default: '2000' },
+    { flags: '--peer-wait <ms>', description: 'DST on another host: how long to wait for that host\'s ctnetd, before the probe and for its half after (it answers as soon as it can)', default: '5000' },
     { flags: '--from-netns <name>', description: 'SRC world: the network namespace the probe leaves from (one whose packets reach this host from outside)' },
   ],
   json: true,
   async run({ ctx, args, opts, io }) {
     const timeoutMs = Number(opts.timeout);
+    const peerWaitMs = Number(opts.peerWait);
+    if (!Number.isInteger(peerWaitMs) || peerWaitMs < 100 || peerWaitMs > 60_000) throw invalid(`--peer-wait ${JSON.stringify(opts.peerWait)} is not a number of ms in 100..60000`);
     const src = args.src === 'world' || args.src === 'host' ? args.src : parseName('sandbox', args.src);
-    const r = await trace(ctx, src, parseTraceTarget(args.dst), { timeoutMs: Number.isFinite(timeoutMs) ? timeoutMs : 2000, ...(opts.fromNetns !== undefined ? { fromNetns: opts.fromNetns } : {}) });
+    const r = await trace(ctx, src, parseTraceTarget(args.dst), { timeoutMs: Number.isFinite(timeoutMs) ? timeoutMs : 2000, peerWaitMs, ...(opts.fromNetns !== undefined ? { fromNetns: opts.fromNetns } : {}) });
     io.out(io.json ? JSON.stringify(r, null, 2) : render(r));
   },
 });
