@@ -117,8 +117,8 @@ export function policyElements(full: FullPolicyState): PolicyElements {
  * ctnet's back. A full compile of 10,000 rules takes a few hundred ms; this reads one table.
  */
 export function mirrorElements(store: Store): PolicyElements {
-  const mirror = store.policyMirror();
-  return Object.fromEntries(SETS.map((s) => [s.key, [...(mirror.get(s.set) ?? [])]])) as unknown as PolicyElements;
+  const mirror = store.policyMirrorLists();
+  return Object.fromEntries(SETS.map((s) => [s.key, mirror.get(s.set) ?? []])) as unknown as PolicyElements;
 }
 
 export function elementsBySet(e: PolicyElements): Map<string, readonly string[]> {
