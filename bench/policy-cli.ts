@@ -2,7 +2,8 @@
 // 10,000 rules present (issue 20, point 1), in one lab: `ctnet policy allow` / `ctnet policy rm`
 // handed by the front end to a running ctnetd (the node agent), the same commands as a Node
 // process of their own (CTNET_DIRECT=1), and `iptables -A` / `iptables -D` on a FORWARD chain of
-// as many rules, in the same lab host, the sides taken in turn. See bench/README.md.
+// as many rules, in the same lab host, the sides taken in turn; and the fills, timed once: ctnet's
+// `policy apply` of the rules (a Node process) against one iptables-nft-restore. See bench/README.md.
 //
 //   scripts/node bench/policy-cli.ts [--rules 10000] [--samples 15] [--json]
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -24,6 +25,8 @@ const { interrupted } = trapSignals();
 const tmp = mkdtempSync(join(tmpdir(), 'ctnet-bench-'));
 let lab: Lab | undefined;
 const results: { rules: number; side: string; addP50: number; rmP50: number }[] = [];
+/** The fills, timed once each: ctnet's `policy apply` (a Node process) and one iptables-nft-restore. */
+const fills: { rules: number; added: number; policyApplyMs: number; iptablesRestoreMs: number }[] = [];
 try {
   progress(`load average ${loadAverage()}`);
   lab = await Lab.create();
@@ -39,11 +42,13 @@ try {
     // Fill: ctnet's rules in one policy apply, iptables' in one iptables-restore (untimed).
     const file = join(tmp, 'rules.txt');
     writeFileSync(file, Array.from({ length: level - have }, (_, i) => `allow --from ${decoy(have + i)} --to net:b --port 7000/tcp`).join('\n') + '\n');
-    await l.ctnetOk(['policy', 'apply', file]);
+    const policyApplyMs = await timed(() => l.ctnetOk(['policy', 'apply', file]));
     const restore = ['*filter', ...Array.from({ length: level - have }, (_, i) => `-A FORWARD -s ${decoy(have + i)} -d 10.231.0.0/24 -p tcp --dport 7000 -j ACCEPT`), 'COMMIT', ''].join('\n');
     writeFileSync(join(tmp, 'ipt.txt'), restore);
-    const r = await l.inHost(['sh', '-c', `iptables-nft-restore --noflush < ${join(tmp, 'ipt.txt')}`]);
-    if (r.code !== 0) throw new Error(`iptables-nft-restore: ${r.stderr}`);
+    let r: Awaited<ReturnType<typeof l.inHost>> | undefined;
+    const iptablesRestoreMs = await timed(async () => (r = await l.inHost(['sh', '-c', `iptables-nft-restore --noflush < ${join(tmp, 'ipt.txt')}`])));
+    if (r!.code !== 0) throw new Error(`iptables-nft-restore: ${r!.stderr}`);
+    fills.push({ rules: level, added: level - have, policyApplyMs: round(policyApplyMs), iptablesRestoreMs: round(iptablesRestoreMs) });
     have = level;
     progress(`${level} rules in place; sampling (load ${loadAverage()})`);
     const sides: Record<string, { add: () => Promise<unknown>; rm: () => Promise<unknown> }> = {
@@ -66,11 +71,14 @@ try {
     for (const n of names) results.push({ rules: level, side: n, addP50: round(stats(add.get(n)!).p50), rmP50: round(stats(rm.get(n)!).p50) });
   }
   progress(`done (load ${loadAverage()})`);
-  if (values.json) console.log(JSON.stringify({ samples: SAMPLES, results }, null, 2));
+  if (values.json) console.log(JSON.stringify({ samples: SAMPLES, results, fills }, null, 2));
   else {
     const ipt = (rules: number) => results.find((x) => x.rules === rules && x.side === 'iptables-nft')!;
     console.log(table(['rules', 'side', 'add p50 ms', 'rm p50 ms', 'add / iptables', 'rm / iptables'],
       results.map((x) => [String(x.rules), x.side, String(x.addP50), String(x.rmP50), (x.addP50 / ipt(x.rules).addP50).toFixed(2), (x.rmP50 / ipt(x.rules).rmP50).toFixed(2)])));
+    console.log();
+    console.log(table(['rules after', 'rules added', 'ctnet policy apply ms', 'iptables-nft-restore ms', 'ratio'],
+      fills.map((f) => [String(f.rules), String(f.added), String(f.policyApplyMs), String(f.iptablesRestoreMs), (f.policyApplyMs / f.iptablesRestoreMs).toFixed(2)])));
   }
 } finally {
   await lab?.destroy();

@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { NotHere, type CliHost } from '../cli/context.ts';
 import { CrashPoints } from '../engine/applier.ts';
 import { ExecBackend } from '../kernel/exec/backend.ts';
+import type { NftSession } from '../kernel/exec/nftlive.ts';
 import { ROOT } from '../root.ts';
 import type { Reply } from './wire.ts';
 
@@ -70,13 +71,14 @@ function notHere(env: Record<string, string>, me: Self): string | undefined {
 }
 
 /** Runs one command for the front end; the reply carries its stdout, stderr and exit status. */
-export async function answerCli(env: Record<string, string>, me: Self): Promise<{ reply: Reply; why?: string; argv: string[]; kernel?: ExecBackend }> {
+/** nft: ctnetd's nft -i for the commands' nft transactions (no process start each; see ExecBackend). */
+export async function answerCli(env: Record<string, string>, me: Self, nft?: () => NftSession): Promise<{ reply: Reply; why?: string; argv: string[]; kernel?: ExecBackend }> {
   const argc = Number(env.CLI_ARGC);
   const argv = Array.from({ length: Number.isInteger(argc) && argc >= 0 ? argc : 0 }, (_, i) => env[`CLI_ARG_${i}`] ?? '');
   const refuse = (why: string) => ({ reply: { exit: RUN_IT_YOURSELF, stdout: '', stderr: '' }, why, argv });
   const why = notHere(env, me);
   if (why) return refuse(why);
-  const kernel = new ExecBackend();
+  const kernel = new ExecBackend(nft ? { nft: nft() } : {});
   let stdout = '';
   let stderr = '';
   const host: CliHost = {

@@ -15,6 +15,7 @@ import { CniError, CODE, renderError } from '../cni/protocol.ts';
 import { CrashPoints } from '../engine/applier.ts';
 import { createCtx, type Ctx } from '../engine/context.ts';
 import { ExecBackend } from '../kernel/exec/backend.ts';
+import { NftSession } from '../kernel/exec/nftlive.ts';
 import { builtinServices } from '../services/index.ts';
 import { Store } from '../store/store.ts';
 import { startAgent, type Agent } from './agent.ts';
@@ -148,6 +149,14 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
   const crash = new CrashPoints(); // CTNET_CRASH_AT counts over the daemon's life, as it did per process
   let queue: Promise<unknown> = Promise.resolve();
   let idle: NodeJS.Timeout | undefined;
+  // The nft -i that applies the nft transactions of the commands the front end hands over, started
+  // with the first of them; if it ends, the next command starts another (its requests run one at a
+  // time, and the request queue runs one command at a time anyway).
+  let cliNft: NftSession | undefined;
+  const commandNft = () => (cliNft ??= new NftSession((why) => {
+    log(`the commands' ${why}; the next command starts another`);
+    cliNft = undefined;
+  }));
   let busy = 0;
 
   // allowHalfOpen: the client half-closes after its request and still reads the reply.
@@ -198,8 +207,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     }
     if (isCliRequest(req.env)) {
       const started = performance.now();
-      const { reply, why, argv, kernel } = await answerCli(req.env, me);
-      const took = `${(performance.now() - started).toFixed(1)} ms${kernel ? ` (tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns)` : ''}`;
+      const { reply, why, argv, kernel } = await answerCli(req.env, me, commandNft);
+      const took = `${(performance.now() - started).toFixed(1)} ms${kernel ? ` (tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns and ${kernel.stats.sessionCalls} nft -i transactions)` : ''}`;
       log(`ctnet ${argv.join(' ').slice(0, 200)}: ${why ? `the front end runs it itself: ${why}` : `exit ${reply.exit} in ${took}`}`);
       return { later, reply, cli: true };
     }
@@ -238,6 +247,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
       await (await agent)?.stop().catch((e: Error) => log(`stopping services failed: ${e.message}`));
       rmSync(path, { force: true });
       rmSync(join(opts.stateDir, PID_NAME), { force: true }); // before the lock: no successor wrote it yet
+      cliNft?.close();
       store.close();
       lock!.close();
       resolveDone(0);

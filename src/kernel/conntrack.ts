@@ -1,6 +1,7 @@
 // Connection tracking entries of ctnet's namespace (conntrack-tools). Removing a published port or
 // a sandbox must delete the entries that still lead to it, or established flows (UDP above all)
 // keep going to an address that is gone or, worse, to the next sandbox that gets it.
+import ipaddr from 'ipaddr.js';
 import type { Flow } from '../plan/flows.ts';
 
 /** Parses `conntrack -L` text: the first src/dst/sport/dport group is the original direction. */
@@ -22,6 +23,17 @@ export function parseFlows(text: string): Flow[] {
     });
   }
   return flows;
+}
+
+/**
+ * Parses /proc/net/nf_conntrack: `conntrack -L`'s lines behind the layer 3 protocol's name and
+ * number ("ipv4     2 "), with IPv6 addresses written out in full ("fd00:0000:...:0002"); they
+ * are written as `conntrack -L` writes them (compressed), so flows compare with recorded addresses.
+ */
+export function parseProcFlows(text: string): Flow[] {
+  const lines = text.split('\n').map((line) => line.replace(/^ipv[46]\s+\d+\s+/, '')
+    .replace(/\b(src|dst)=([0-9a-f]{4}(?::[0-9a-f]{4}){7})\b/g, (_, key: string, ip: string) => `${key}=${ipaddr.parse(ip).toString()}`));
+  return parseFlows(lines.join('\n'));
 }
 
 /** The argv that deletes exactly one flow, named by its original tuple. */

@@ -157,6 +157,12 @@ function point(p: Packet): { target: PolicyTarget; at: readonly bigint[] } {
 }
 const contains = (b: Box, at: readonly bigint[]) => b.every((r, i) => r[0] <= at[i]! && at[i]! <= r[1]);
 
+/** Whether the packet is inside one of the regions (a change may have judged it differently). */
+export function inRegions(regions: readonly PolicyRegion[], p: Packet): boolean {
+  const { target, at } = point(p);
+  return regions.some((r) => r.family === p.family && r.target === target && contains(r.box, at));
+}
+
 /**
  * What ctnet's chains decide for a packet inside one of the regions (undefined outside them: the
  * change did not touch its decision). boxes must hold every compiled box meeting the regions, of
@@ -165,7 +171,7 @@ const contains = (b: Box, at: readonly bigint[]) => b.every((r, i) => r[0] <= at
 export function judgeInRegions(regions: readonly PolicyRegion[], boxes: readonly JudgedBox[], w: PolicyWorld, p: Packet): boolean | undefined {
   const { target, at } = point(p);
   const mine = (x: { family: Family; target: PolicyTarget }) => x.family === p.family && x.target === target;
-  if (!regions.some((r) => mine(r) && contains(r.box, at))) return undefined;
+  if (!inRegions(regions, p)) return undefined;
   const hit = (action: Action) => boxes.some((b) => b.action === action && mine(b) && contains(b.box, at));
   if (hit('deny')) return false;
   if (hit('allow')) return true;

@@ -3,7 +3,7 @@
 import ipaddr from 'ipaddr.js';
 import { addrToBigint } from '../model/cidr.ts';
 import { decide, PROTO_NUMBERS, type PolicyRule, type PolicyWorld } from '../model/policy.ts';
-import { judgeInRegions, type JudgedBox, type PolicyRegion } from '../model/policy-inc.ts';
+import { inRegions, judgeInRegions, type JudgedBox, type PolicyRegion } from '../model/policy-inc.ts';
 import { hostIpFamilies, isWildcard, type PortMapping } from '../model/ports.ts';
 
 export interface Tuple {
@@ -100,7 +100,14 @@ export async function pickFlows(f: FlowFilter, flows: readonly Flow[], local: ()
     }
     case 'denied':
     case 'judged': {
-      const live = flows.filter((x) => x.state !== 'TIME_WAIT' && x.state !== 'CLOSE'); // closed: nothing to cut
+      let live = flows.filter((x) => x.state !== 'TIME_WAIT' && x.state !== 'CLOSE'); // closed: nothing to cut
+      // After one rule's change, only flows inside the regions it recomputed can be judged
+      // differently, whichever way the host's addresses would place them (to the host or through
+      // it): usually none is, and then the host's addresses (one more process) are not listed.
+      if (f.kind === 'judged') live = live.filter((x) => [false, true].some((dstLocal) => {
+        const p = packetOf(x, dstLocal);
+        return p !== undefined && inRegions(f.regions, p);
+      }));
       if (live.length === 0) return [];
       const mine = await local();
       return live.filter((x) => {
@@ -115,9 +122,14 @@ export async function pickFlows(f: FlowFilter, flows: readonly Flow[], local: ()
 /** The packet ctnet's forward or input chain judged for a flow; undefined for the host's own traffic. */
 function flowPacket(f: Flow, local: ReadonlySet<string>) {
   if (local.has(f.orig.src)) return undefined; // from the host: output path, not forwarded
+  return packetOf(f, local.has(f.orig.dst));
+}
+
+/** The packet of a flow not from the host; dstLocal: its destination is one of the host's addresses. */
+function packetOf(f: Flow, dstLocal: boolean) {
   const dnat = f.reply.src !== f.orig.dst;
   // To the host itself: its input path, judged by the rules --to host and the host defaults.
-  const toHost = !dnat && local.has(f.orig.dst);
+  const toHost = !dnat && dstLocal;
   const dst = dnat ? f.reply.src : f.orig.dst;
   const port = dnat ? f.reply.sport : f.orig.dport;
   try {

@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NftSession, nftMonitor } from '../kernel/exec/nftlive.ts';
 import { isAlive } from '../kernel/proc.ts';
-import { cutDeniedFlows } from '../engine/policy.ts';
+import { cutDeniedFlows, mirrorElements } from '../engine/policy.ts';
 import { restoreTables, tableDrift, tablesScript } from '../engine/tables.ts';
 import type { Ctx } from '../engine/context.ts';
 import { FAILSAFE_BRIDGE, FAILSAFE_INET, failsafeBridges, failsafeScript } from '../nft/ruleset.ts';
@@ -208,8 +208,12 @@ export function tableGuard(): Service {
       };
 
       const render = async () => {
+        // The policy sets as the mirror holds them, not compiled again: a compile of every rule (a
+        // few hundred ms at 10,000) after each change held ctnetd's queue and a core while the next
+        // command waited. The mirror is what ctnet last wrote, and the thorough check that follows a
+        // fast restore compiles and rewrites the tables if they still differ from the rules.
         const r = await ctx.exclusive(async (e) => ({
-          at: ctx.feed.head(), lines: tablesScript(e.store), busy: operationUnderWay(e), bridges: e.store.networks().map((n) => n.bridge),
+          at: ctx.feed.head(), lines: tablesScript(e.store, mirrorElements(e.store)), busy: operationUnderWay(e), bridges: e.store.networks().map((n) => n.bridge),
         }));
         if (stopping || !file) return;
         writeFileSync(`${file}.new`, `${r.lines.join('\n')}\n`);

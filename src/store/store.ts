@@ -641,13 +641,16 @@ export class Store {
 
   // ---- the policy sets as last applied to the kernel ----
   policyMirror(): Map<string, Set<string>> {
-    const m = new Map<string, Set<string>>();
-    for (const r of this.#all('SELECT set_name, element FROM policy_elements')) {
-      const set = m.get(r.set_name as string) ?? new Set<string>();
-      set.add(r.element as string);
-      m.set(r.set_name as string, set);
-    }
-    return m;
+    return new Map([...this.policyMirrorLists()].map(([set, elements]) => [set, new Set(elements)]));
+  }
+  /**
+   * The mirror's elements by set, as lists. One string per set from SQLite (an element never holds a
+   * newline): 10,000 elements read as row objects cost several times more, and ctnetd's table guard
+   * reads them after every quiet spell of changes.
+   */
+  policyMirrorLists(): Map<string, string[]> {
+    return new Map(this.#all("SELECT set_name, group_concat(element, char(10)) AS elements FROM policy_elements GROUP BY set_name")
+      .map((r) => [r.set_name as string, (r.elements as string).split('\n')]));
   }
   /** How many elements each policy set of the mirror holds (set name -> count), without reading them. */
   policyMirrorCounts(): Map<string, number> {

@@ -1,6 +1,8 @@
 // Issue #4: network policy, with real traffic (TCP, UDP, ICMP) in a lab; every case is also put
 // to `ctnet policy check`, which must agree with what the kernel did.
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Lab, UPLINK } from '../../src/lab/lab.ts';
 import { nftSets, readStore } from './consistency.ts';
@@ -202,5 +204,28 @@ describe('network policy', () => {
     assert.equal(ok, 0, `no attempt from w2 to db succeeded (of ${n})`);
     await expect('w1', 'db', 'tcp', true);
     await lab.ctnetOk(['policy', 'rm', 'broad', 'fence']);
+  });
+
+  // Last: from here on the front end hands policy commands to ctnetd, which applies their nft
+  // transactions through its nft -i and reads the flows from /proc/net/nf_conntrack.
+  it('through ctnetd too: an allow opens, revoking it cuts the connection open under it', async () => {
+    await lab.startDaemon();
+    await lab.ctnetOk(['policy', 'allow', '--from', 'w1', '--to', 'db', '--port', '9000', '--name', 'hold-d']);
+    let done = false;
+    const hold = lab.ctnet(['exec', 'w1', '--', ...Lab.holdArgv(ip('db'), 9000, 30_000)]).finally(() => { done = true; });
+    for (let i = 0; !done && !/ESTABLISHED/.test((await lab.inHost(['conntrack', '-L', '-p', 'tcp', '-d', ip('db'), '--dport', '9000'])).stdout); i++) {
+      assert.ok(i < 300, 'the held connection is established within a minute');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    if (done) assert.fail(`the hold ended before it was revoked: ${(await hold).stdout}`);
+    await new Promise((r) => setTimeout(r, 300));
+    await lab.ctnetOk(['policy', 'rm', 'hold-d']);
+    const r = await hold;
+    assert.equal(r.code, 1, `the connection was cut: ${r.stdout}`);
+    assert.match(r.stdout, /broken after [1-9]\d* answers/);
+    const log = readFileSync(join(lab.stateDir, 'ctnetd.log'), 'utf8');
+    for (const cmd of ['policy allow --from w1 --to db --port 9000 --name hold-d', 'policy rm hold-d']) {
+      assert.match(log, new RegExp(`ctnet ${cmd}: exit 0 in .* 1 nft -i transactions`), `ctnetd ran "${cmd}" through its nft -i`);
+    }
   });
 });

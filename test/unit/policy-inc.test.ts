@@ -20,6 +20,9 @@ import {
 } from '../../src/model/policy.ts';
 import { arrayView, judgeInRegions, recompile, sameOwnership, type JudgedBox } from '../../src/model/policy-inc.ts';
 import { decide } from '../../src/model/policy.ts';
+import { pickFlows, type Flow } from '../../src/plan/flows.ts';
+import ipaddr from 'ipaddr.js';
+import { addrToBigint } from '../../src/model/cidr.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
 import { DatabaseSync } from 'node:sqlite';
 import { MIGRATIONS, SCHEMA } from '../../src/store/schema.ts';
@@ -210,6 +213,37 @@ describe('incremental policy compilation', () => {
         if (verdict !== undefined) assert.equal(verdict, decide(m.rules, w, p).allowed, `seed ${seed}: ${JSON.stringify(p, (_, v) => (typeof v === 'bigint' ? v.toString(16) : v))}`);
       }
     }
+  });
+});
+
+describe('flows a policy change cuts', () => {
+  const flow = (src: string, dst: string, dport: number): Flow => ({
+    proto: 'tcp', state: 'ESTABLISHED', family: 4,
+    orig: { src, dst, sport: 40000, dport }, reply: { src: dst, dst: src, sport: dport, dport: 40000 },
+  });
+  const n = (ip: string) => addrToBigint(ipaddr.parse(ip));
+  const ALL_PROTOS: readonly [bigint, bigint] = [0n, 255n];
+  const ALL_PORTS: readonly [bigint, bigint] = [0n, 65535n];
+  // The change recomputed 10.1.0.0/24 -> 10.2.0.0/24 (forwarded) and 10.1.0.0/24 -> the host, and denies both now.
+  const forward: Box = [[n('10.1.0.0'), n('10.1.0.255')], [n('10.2.0.0'), n('10.2.0.255')], ALL_PROTOS, ALL_PORTS];
+  const host: Box = [[n('10.1.0.0'), n('10.1.0.255')], [0n, 0n], ALL_PROTOS, ALL_PORTS];
+  const regions = [{ family: 4 as const, target: 'forward' as const, box: forward }, { family: 4 as const, target: 'host' as const, box: host }];
+  const boxes: JudgedBox[] = regions.map((r) => ({ ...r, action: 'deny', rule: 1 }));
+  const filter = { kind: 'judged' as const, regions, boxes, world: { networks: [], sandboxes: [] } };
+
+  it('lists the host\'s addresses only when a flow is inside a changed region, and cuts what the change denies there', async () => {
+    let listed = 0;
+    const local = async () => {
+      listed++;
+      return new Set(['192.0.2.1']);
+    };
+    const outside = [flow('10.9.0.1', '10.9.0.2', 80), flow('10.9.0.1', '10.2.0.7', 80)];
+    assert.deepEqual(await pickFlows(filter, outside, local), []);
+    assert.equal(listed, 0, 'no flow in a changed region: no listing of the host\'s addresses');
+    const forwarded = flow('10.1.0.5', '10.2.0.7', 80);
+    const toHost = flow('10.1.0.5', '192.0.2.1', 22);
+    assert.deepEqual(await pickFlows(filter, [...outside, forwarded, toHost], local), [forwarded, toHost]);
+    assert.equal(listed, 1);
   });
 });
 

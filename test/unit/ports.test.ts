@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { CtnetError } from '../../src/errors.ts';
 import { collides, describeMapping, formatPortSpec, parsePortSpec } from '../../src/model/ports.ts';
 import { portElements } from '../../src/nft/ruleset.ts';
-import { parseFlows } from '../../src/kernel/conntrack.ts';
+import { parseFlows, parseProcFlows } from '../../src/kernel/conntrack.ts';
 import { parseListeners, parseProcNet } from '../../src/kernel/sockets.ts';
 
 const fails = (text: string, re: RegExp) =>
@@ -86,6 +86,21 @@ describe('kernel output parsing', () => {
       'icmp     1 29 src=127.0.0.1 dst=127.0.0.1 type=8 code=0 id=5881 src=127.0.0.1 dst=127.0.0.1 type=0 code=0 id=5881 mark=0 use=1\n');
     assert.deepEqual(tcp, { proto: 'tcp', state: 'ESTABLISHED', family: 4, orig: { src: '198.51.100.1', dst: '198.51.100.2', sport: 40000, dport: 8080 }, reply: { src: '10.0.0.2', dst: '198.51.100.1', sport: 80, dport: 40000 } });
     assert.equal(icmp!.orig.sport, undefined);
+  });
+  it('reads /proc/net/nf_conntrack as conntrack -L: the same flows, IPv6 addresses as conntrack writes them', () => {
+    // The same three entries, as this machine's kernel and conntrack 1.4 printed them.
+    const proc =
+      'ipv4     2 tcp      6 431999 ESTABLISHED src=198.51.100.1 dst=198.51.100.2 sport=40000 dport=8080 src=10.0.0.2 dst=198.51.100.1 sport=80 dport=40000 [ASSURED] mark=0 zone=0 use=2\n' +
+      'ipv6     10 icmpv6   58 29 src=fd00:0000:0000:0000:0000:0000:0001:0002 dst=fd00:0000:0000:0000:0000:0000:0001:0002 type=128 code=0 id=20619 src=fd00:0000:0000:0000:0000:0000:0001:0002 dst=fd00:0000:0000:0000:0000:0000:0001:0002 type=129 code=0 id=20619 mark=0 zone=0 use=2\n' +
+      'ipv4     2 icmp     1 29 src=127.0.0.1 dst=127.0.0.1 type=8 code=0 id=20614 src=127.0.0.1 dst=127.0.0.1 type=0 code=0 id=20614 mark=0 zone=0 use=2\n';
+    const tool =
+      'tcp      6 431999 ESTABLISHED src=198.51.100.1 dst=198.51.100.2 sport=40000 dport=8080 src=10.0.0.2 dst=198.51.100.1 sport=80 dport=40000 [ASSURED] mark=0 use=1\n' +
+      'icmpv6   58 29 src=fd00::1:2 dst=fd00::1:2 type=128 code=0 id=20619 src=fd00::1:2 dst=fd00::1:2 type=129 code=0 id=20619 mark=0 use=1\n' +
+      'icmp     1 29 src=127.0.0.1 dst=127.0.0.1 type=8 code=0 id=20614 src=127.0.0.1 dst=127.0.0.1 type=0 code=0 id=20614 mark=0 use=1\n';
+    const flows = parseProcFlows(proc);
+    assert.equal(flows.length, 3);
+    assert.deepEqual(flows, parseFlows(tool));
+    assert.equal(flows[1]!.orig.src, 'fd00::1:2');
   });
   it('reads ss listeners with their processes', () => {
     const l = parseListeners('tcp LISTEN 0 511 *:9500 *:* users:(("MainThread",pid=999999,fd=20))\nudp UNCONN 0 0 [::1]:53 [::]:*\n');

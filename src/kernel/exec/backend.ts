@@ -2,6 +2,7 @@
 // commands in one namespace), nft (one transaction per operation), conntrack and ss, and writes to
 // /proc/sys. In-process netlink can replace it behind the same interface.
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KernelError } from '../../errors.ts';
@@ -12,10 +13,11 @@ import { resolvedHere } from '../resolved.ts';
 import { bridgeCommand, forwardArgvs, ipArgv, ipCommand, shellLine, tcCommands, type IpCommand } from '../../plan/render.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, LinkStats, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMarker, TraceMonitor } from '../backend.ts';
 import { routeGet, sendProbe, startTraceMonitor } from './trace.ts';
-import { conntrackDeleteArgvs, parseFlows } from '../conntrack.ts';
+import { conntrackDeleteArgvs, parseFlows, parseProcFlows } from '../conntrack.ts';
 import { isNetnsFile, netnsKillAll, netnsNames, netnsPids, removeResolv, resolvNames, writeResolv } from '../netns.ts';
 import { listenersArgv, parseListeners, socketPorts } from '../sockets.ts';
 import { sysctlRead, sysctlWrite } from '../sysctl.ts';
+import type { NftSession } from './nftlive.ts';
 import { run, SpawnStats } from './run.ts';
 import { countsOfNftJson, parseNftCountOutput, type NftCounts } from '../nftcounts.ts';
 import { ROOT } from '../../root.ts';
@@ -24,11 +26,23 @@ import { ROOT } from '../../root.ts';
 const NFTCOUNT = join(ROOT, 'build', 'ctnet-nftcount');
 
 const TABLE = ['inet', 'ctnet'] as const;
+const PROC_CONNTRACK = '/proc/net/nf_conntrack';
 
 export class ExecBackend implements KernelBackend {
   /** Processes spawned and the time they took (the daemon reports a request's own time apart from them). */
   readonly stats = new SpawnStats();
   readonly #run = (op: string, argv: readonly string[], input?: string) => run(op, argv, input, this.stats);
+  readonly #nft: NftSession | undefined;
+
+  /**
+   * nft: a long-lived `nft -i` (ctnetd's, for the commands it runs) that applies each nft
+   * transaction (`include` of the same file `nft -f` would read: one transaction, all or nothing)
+   * without a process start. In ctnetd a spawn costs more than the nft work of one policy change:
+   * the fork copies the daemon's page tables, and nft starts and reads the ruleset's cache.
+   */
+  constructor(options: { nft?: NftSession } = {}) {
+    this.#nft = options.nft;
+  }
 
   async apply(ops: readonly Op[]): Promise<void> {
     let i = 0;
@@ -260,7 +274,19 @@ export class ExecBackend implements KernelBackend {
       return m ? [{ family: m[1]!, table: m[2]! }] : [];
     });
   }
+  /**
+   * Equivalent to: conntrack -L. Read from /proc/net/nf_conntrack (this namespace's table, the
+   * same entries) when the kernel has it: in ctnetd a process start costs tens of ms (the fork
+   * copies the daemon's page tables), more than the policy change that wants the listing.
+   */
   async flows(): Promise<Flow[]> {
+    let text: string | undefined;
+    try {
+      text = await readFile(PROC_CONNTRACK, 'utf8');
+    } catch {
+      // A kernel without CONFIG_NF_CONNTRACK_PROCFS (or conntrack not loaded yet): ask the tool.
+    }
+    if (text !== undefined) return parseProcFlows(text);
     return parseFlows((await this.#run('conntrack.list', ['conntrack', '-L'])).stdout);
   }
   async listeners(sctp: boolean, only?: (proto: 'tcp' | 'udp', port: number) => boolean): Promise<Listener[]> {
@@ -342,9 +368,19 @@ export class ExecBackend implements KernelBackend {
   const file = join(dir, 'ruleset.nft');
   try {
     writeFileSync(file, lines.join('\n') + '\n');
-    await this.#run(op, ['nft', '-f', file]);
+    if (this.#nft) await this.#viaSession(this.#nft, op, file);
+    else await this.#run(op, ['nft', '-f', file]);
   } finally {
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+  async #viaSession(session: NftSession, op: string, file: string): Promise<void> {
+  this.stats.started(performance.now());
+  try {
+    await session.runFile(file, op);
+  } finally {
+    this.stats.ended(performance.now(), false);
   }
 }
 

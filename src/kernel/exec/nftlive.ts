@@ -87,8 +87,8 @@ export class NftSession {
   }
 
   /** Equivalent to: nft -f FILE, without the spawn (`include` makes the file's commands one transaction). */
-  runFile(path: string): Promise<void> {
-    return this.#request(`include ${JSON.stringify(path)}`, () => `nft -f ${path}`);
+  runFile(path: string, op = 'nft.session'): Promise<void> {
+    return this.#request(`include ${JSON.stringify(path)}`, () => `nft -f ${path}`, op);
   }
 
   close(): void {
@@ -97,16 +97,16 @@ export class NftSession {
     this.#child.kill();
   }
 
-  #request(line: string, command: () => string): Promise<void> {
+  #request(line: string, command: () => string, op = 'nft.session'): Promise<void> {
     const next = this.#queue.then(() => new Promise<void>((resolve, reject) => {
       if (this.#ended) {
-        reject(new KernelError({ kind: 'failed', op: 'nft.session', command: command(), stderr: this.#ended }));
+        reject(new KernelError({ kind: 'failed', op, command: command(), stderr: this.#ended }));
         return;
       }
       this.#stderr = '';
       const timer = setTimeout(() => {
         this.#waiting = undefined;
-        reject(new KernelError({ kind: 'failed', op: 'nft.session', command: command(), stderr: `no answer from nft -i in ${REQUEST_TIMEOUT_MS} ms` }));
+        reject(new KernelError({ kind: 'failed', op, command: command(), stderr: `no answer from nft -i in ${REQUEST_TIMEOUT_MS} ms` }));
         this.close();
         this.#onExit('nft -i did not answer');
       }, REQUEST_TIMEOUT_MS);
@@ -114,8 +114,8 @@ export class NftSession {
         this.#waiting = undefined;
         clearTimeout(timer);
         const stderr = this.#stderr.trim();
-        if (this.#ended && !stderr) reject(new KernelError({ kind: 'failed', op: 'nft.session', command: command(), stderr: this.#ended }));
-        else if (stderr) reject(new KernelError({ kind: classify(stderr), op: 'nft.session', command: command(), stderr }));
+        if (this.#ended && !stderr) reject(new KernelError({ kind: 'failed', op, command: command(), stderr: this.#ended }));
+        else if (stderr) reject(new KernelError({ kind: classify(stderr), op, command: command(), stderr }));
         else resolve();
       };
       this.#child.stdin!.write(`${line}\n${MARKER}\n`);

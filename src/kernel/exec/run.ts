@@ -40,6 +40,8 @@ function hintFor(stderr: string, command: string): string | undefined {
 /** Time spent in tools, so a request can report its own (engine) time apart from process spawns. */
 export class SpawnStats {
   spawns = 0;
+  /** Transactions sent to a running nft -i instead of a process of their own (counted in ms, not in spawns). */
+  sessionCalls = 0;
   /** Wall time with at least one tool running (overlapping tools count once). */
   ms = 0;
   #running = 0;
@@ -47,8 +49,9 @@ export class SpawnStats {
   started(now: number): void {
     if (this.#running++ === 0) this.#since = now;
   }
-  ended(now: number): void {
-    this.spawns++;
+  ended(now: number, spawned = true): void {
+    if (spawned) this.spawns++;
+    else this.sessionCalls++;
     if (--this.#running === 0) this.ms += now - this.#since;
   }
 }
