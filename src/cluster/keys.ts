@@ -5,6 +5,7 @@
 //   /ctnet/leases/NET/10.50.3.0-24  {host, underlay, vtepMac}   a host's subnet of NET; etcd lease
 //   /ctnet/hosts/NAME               {underlay, vtepMac, joined}  a member (VTEP record); etcd lease
 //   /ctnet/sandboxes/HOST/NAME      {addresses, labels, networks} the directory; etcd lease
+//   /ctnet/services/NAME            {host, network, vip, ...}    a service on an overlay network; its host's etcd lease
 //
 // Keys bound to an etcd lease (the host's, one per host, kept alive by its ctnetd) disappear with
 // it: a host that stops renewing leaves the cluster after its TTL, subnets and all.
@@ -17,6 +18,7 @@ export const NETWORKS = `${PREFIX}networks/`;
 export const LEASES = `${PREFIX}leases/`;
 export const HOSTS = `${PREFIX}hosts/`;
 export const SANDBOXES = `${PREFIX}sandboxes/`;
+export const SERVICES = `${PREFIX}services/`;
 
 /** An overlay network as every host must see it. */
 export interface OverlayDef {
@@ -64,6 +66,22 @@ export interface SandboxValue {
   readonly aliases?: Readonly<Record<string, readonly string[]>>;
 }
 
+/**
+ * A service on an overlay network (the value of services/NAME): what every member needs to balance
+ * its VIP over the selected sandboxes of every host. Keyed by name alone, so a name is one
+ * service in the whole cluster; host: the member that made it (its VIP is from that host's lease).
+ */
+export interface ServiceValue {
+  readonly host: string;
+  readonly network: string;
+  readonly vip: string;
+  readonly proto: 'tcp' | 'udp';
+  readonly port: number;
+  readonly selector: { readonly key: string; readonly value: string };
+  readonly targetPort: number;
+  readonly affinity: 'none' | 'client-ip';
+}
+
 export const networkKey = (name: string) => `${NETWORKS}${name}`;
 /** 10.50.3.0/24 -> 10.50.3.0-24 (as flannel writes it: a '/' would make one more level). */
 export const subnetKeyPart = (cidr: string) => cidr.replace('/', '-');
@@ -72,13 +90,15 @@ export const leaseKey = (network: string, cidr: string) => `${leasePrefix(networ
 export const hostKey = (name: string) => `${HOSTS}${name}`;
 export const sandboxPrefix = (host: string) => `${SANDBOXES}${host}/`;
 export const sandboxKey = (host: string, name: string) => `${sandboxPrefix(host)}${name}`;
+export const serviceKey = (name: string) => `${SERVICES}${name}`;
 
 /** One of ctnet's keys, with the names it holds; undefined for a key outside the layout. */
 export type ParsedKey =
   | { readonly kind: 'network'; readonly name: string }
   | { readonly kind: 'lease'; readonly network: string; readonly subnet: string }
   | { readonly kind: 'host'; readonly name: string }
-  | { readonly kind: 'sandbox'; readonly host: string; readonly name: string };
+  | { readonly kind: 'sandbox'; readonly host: string; readonly name: string }
+  | { readonly kind: 'service'; readonly name: string };
 
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 
@@ -90,6 +110,7 @@ export function parseKey(key: string): ParsedKey | undefined {
   if (!parts.every((p, i) => NAME.test(p) || (kind === 'leases' && i === 2 && /^[0-9a-fA-F.:]+-\d{1,3}$/.test(p)))) return undefined;
   if (kind === 'networks' && parts.length === 2) return { kind: 'network', name: a! };
   if (kind === 'hosts' && parts.length === 2) return { kind: 'host', name: a! };
+  if (kind === 'services' && parts.length === 2) return { kind: 'service', name: a! };
   if (kind === 'sandboxes' && parts.length === 3) return { kind: 'sandbox', host: a!, name: b! };
   if (kind === 'leases' && parts.length === 3) {
     const m = /^(.+)-(\d{1,3})$/.exec(b!);
@@ -104,6 +125,7 @@ export type Entry =
   | { readonly kind: 'lease'; readonly network: string; readonly subnet: string; readonly value: LeaseValue }
   | { readonly kind: 'host'; readonly name: string; readonly value: HostValue }
   | { readonly kind: 'sandbox'; readonly host: string; readonly name: string; readonly value: SandboxValue }
+  | { readonly kind: 'service'; readonly name: string; readonly value: ServiceValue }
   | { readonly kind: 'bad'; readonly key: string; readonly reason: string };
 
 type Json = Record<string, unknown>;
@@ -179,6 +201,22 @@ export function decodeEntry(key: string, value: string): Entry {
           ...(o.aliases === undefined ? {} : { aliases: aliasMap(o.aliases, networks) }),
         } };
       }
+      case 'service': {
+        const sel = o.selector;
+        if (typeof sel !== 'object' || sel === null || Array.isArray(sel)) throw new Error('"selector" is not an object');
+        const proto = str(o, 'proto');
+        if (proto !== 'tcp' && proto !== 'udp') throw new Error('"proto" is not tcp or udp');
+        const affinity = str(o, 'affinity');
+        if (affinity !== 'none' && affinity !== 'client-ip') throw new Error('"affinity" is not none or client-ip');
+        const vip = parseAddr('vip', str(o, 'vip'));
+        if (vip.family !== 4) throw new Error('"vip" is not an IPv4 address');
+        return { kind: 'service', name: k.name, value: {
+          host: parseName('host', str(o, 'host')), network: parseName('network', str(o, 'network')), vip: formatAddr(4, vip.n),
+          proto, port: int(o, 'port', 1, 65535),
+          selector: { key: str(sel as Json, 'key'), value: str(sel as Json, 'value') },
+          targetPort: int(o, 'targetPort', 1, 65535), affinity,
+        } };
+      }
     }
   } catch (e) {
     return { kind: 'bad', key, reason: reasonOf(e) };
@@ -191,6 +229,11 @@ export const encodeLease = (v: LeaseValue) => JSON.stringify({ host: v.host, und
 export const encodeHost = (v: HostValue) => JSON.stringify({ underlay: v.underlay, vtepMac: v.vtepMac, joined: v.joined });
 export const encodeSandbox = (v: SandboxValue) => JSON.stringify({
   addresses: v.addresses, labels: v.labels, networks: v.networks, ...(v.aliases && Object.keys(v.aliases).length ? { aliases: v.aliases } : {}),
+});
+
+export const encodeService = (v: ServiceValue) => JSON.stringify({
+  host: v.host, network: v.network, vip: v.vip, proto: v.proto, port: v.port, selector: { key: v.selector.key, value: v.selector.value },
+  targetPort: v.targetPort, affinity: v.affinity,
 });
 
 /** An address in the one form every host writes (so a comparison of text is one of addresses). */

@@ -93,6 +93,7 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   const have = store.services().length === 0 ? new Set<string>()
     : new Set((await kernel.addrs()).flatMap((l) => (l.addr_info ?? []).map((a) => `${a.local} ${l.ifname}`)));
   for (const s of store.services()) {
+    if (s.owner) continue; // another host's service: its VIP is on that host's bridge
     const bridge = store.network(s.network)?.bridge;
     if (!bridge || have.has(`${s.vip} ${bridge}`)) continue;
     await applier.apply([step([{ kind: 'addr.add', cidr: `${s.vip}/32`, dev: bridge }])]);

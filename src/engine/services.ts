@@ -3,7 +3,9 @@
 // policy sets: every change to sandboxes or labels brings them up to date (syncServices).
 import { CtnetError } from '../errors.ts';
 import { allocate } from '../model/ipam.ts';
-import { formatAddr, parseAddr } from '../model/cidr.ts';
+import { contains, formatAddr, parseAddr, parseSubnet } from '../model/cidr.ts';
+import { serviceKey, decodeEntry, type ServiceValue } from '../cluster/keys.ts';
+import { etcdOf } from './cluster.ts';
 import { parseName } from '../model/names.ts';
 import { collides, formatPortSpec } from '../model/ports.ts';
 import { formatPublish, formatSelector, formatTarget, parseAffinity, parseServiceCheck, parseServicePort, parseServicePublish, parseServiceTarget, publishMapping, type ServicePublish } from '../model/service.ts';
@@ -51,9 +53,29 @@ export function serviceCandidates(store: Store, s: Pick<ServiceRow, 'network' | 
   const selected = new Set(store.labels().filter((l) => l.key === s.selector.key && l.value === s.selector.value).map((l) => l.sandbox));
   const leaving = new Set(store.sandboxes().filter((x) => x.state === 'removing').map((x) => x.name));
   const detaching = new Set(store.attachments({ network: s.network }).filter((a) => a.state === 'removing').map((a) => a.sandbox));
-  return store.addresses({ network: s.network })
+  const local = store.addresses({ network: s.network })
     .filter((a) => a.family === 4 && selected.has(a.sandbox) && !leaving.has(a.sandbox) && !detaching.has(a.sandbox))
-    .map((a) => a.ip).sort(byAddress);
+    .map((a) => a.ip);
+  return [...new Set([...local, ...remoteCandidates(store, s)])].sort(byAddress);
+}
+
+/**
+ * On an overlay network, the selected sandboxes of the other hosts too: their IPv4 addresses in the
+ * overlay's subnet, from the directory's mirror (services/directory.ts). A sandbox removed or
+ * relabelled there leaves when its entry changes in etcd, which its host writes as the change
+ * commits (after its own copy of the service stopped sending it new connections).
+ */
+function remoteCandidates(store: Store, s: Pick<ServiceRow, 'network' | 'selector'>): string[] {
+  const ov = store.overlay(s.network);
+  if (!ov) return [];
+  const subnet = parseSubnet('overlay subnet', ov.cidr);
+  return store.remoteSandboxes()
+    .filter((r) => r.networks.includes(s.network) && r.labels[s.selector.key] === s.selector.value)
+    .flatMap((r) => r.addresses)
+    .filter((ip) => {
+      const a = parseAddr('address', ip);
+      return a.family === 4 && contains(subnet, 4, a.n);
+    });
 }
 
 /** Who holds an address of a subnet: a sandbox, or a service's VIP (ipam never hands either out again). */
@@ -104,6 +126,23 @@ function checkPublish(store: Store, p: ServicePublish, proto: 'tcp' | 'udp', tar
 /** The VIP as an address of the network's bridge: the host answers ARP for it and takes it in. */
 const vipOp = (store: Store, s: Pick<ServiceRow, 'network' | 'vip'>): Op => ({ kind: 'addr.add', cidr: `${s.vip}/32`, dev: store.network(s.network)!.bridge });
 
+/**
+ * A service on an overlay network is one name in the whole cluster: etcd's services/NAME says
+ * whether another host has it (this host's own stale key is its ctnetd's to withdraw). Throws
+ * CONFLICT; an unreachable etcd is an error too (nothing changed).
+ */
+async function checkClusterName(ctx: Ctx, name: string): Promise<void> {
+  const m = ctx.store.member();
+  if (!m) return;
+  const kv = await etcdOf(m).get(serviceKey(name));
+  if (!kv) return;
+  const e = decodeEntry(kv.key, kv.value);
+  const host = e.kind === 'service' ? e.value.host : undefined;
+  if (host === m.host) return;
+  throw new CtnetError('CONFLICT', `a service named ${name} exists already in the cluster${host ? `, on host ${host}` : ` (etcd's ${kv.key} does not read: ${e.kind === 'bad' ? e.reason : e.kind})`}`,
+    'service names are one namespace across the hosts of a cluster: choose another name');
+}
+
 export async function createService(ctx: Ctx, req: ServiceRequest): Promise<ServiceRow> {
   const { store, applier } = ctx;
   // Everything that can be checked without the store, before anything changes.
@@ -115,14 +154,25 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
   if (vip && vip.family !== 4) throw new CtnetError('INVALID_ARGUMENT', `--vip ${req.vip}: services have IPv4 VIPs for now`, 'give an IPv4 address of the network, or leave --vip out');
   const publish = req.publish === undefined ? undefined : parseServicePublish(req.publish);
   const check = parseServiceCheck(req.check, req.checkInterval);
+  const overlay = store.overlay(req.network) !== undefined;
+  if (overlay && publish) {
+    throw new CtnetError('INVALID_ARGUMENT', `--publish ${req.publish}: services on overlay network ${req.network} are not published on host ports yet`,
+      'publish a service on a bridge network, or reach this one through its VIP from the overlay\'s hosts and sandboxes');
+  }
+  if (overlay) await checkClusterName(ctx, name);
   const host = publish ? await readHost(ctx, { mappings: [publishMapping(publish, port.proto, port.port)], force: false }) : undefined;
   return applier.transaction(async (tx) => {
     const row = tx.decide((rec) => {
-      if (store.service(name)) throw new CtnetError('CONFLICT', `a service named ${name} exists already`, `choose another name, or remove it with "ctnet service rm ${name}"`);
+      const had = store.service(name);
+      if (had) {
+        throw new CtnetError('CONFLICT', `a service named ${name} exists already${had.owner ? ` in the cluster, on host ${had.owner}` : ''}`,
+          had.owner ? 'service names are one namespace across the hosts of a cluster: choose another name' : `choose another name, or remove it with "ctnet service rm ${name}"`);
+      }
       const n = store.network(req.network);
       if (!n) throw new CtnetError('NOT_FOUND', `--network ${req.network}: no network named ${req.network}`, 'list networks with "ctnet network ls"');
       if (n.lower) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} is a ${n.lower.kind} network: its sandboxes' packets never pass ctnet's tables`, 'use a bridge network');
-      if (store.overlay(n.name)) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} is an overlay network: services on overlays are not supported yet`, 'use a bridge network');
+      // On an overlay network the network's IPv4 subnet is this host's lease: a VIP from it is
+      // unique in the cluster (no other host allocates from it), and routed here by every peer.
       const lease = store.subnets(n.name).find((s) => s.family === 4);
       if (!lease) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} has no IPv4 subnet: services have IPv4 VIPs for now`);
       if (publish) checkPublish(store, publish, port.proto, target.targetPort ?? port.port, host!);
@@ -166,14 +216,22 @@ export function findService(store: Store, name: string): ServiceRow {
   return s;
 }
 
-/** Removes a service: its elements and chain, its VIP, its connections; idempotent. */
-export async function removeService(ctx: Ctx, name: string): Promise<boolean> {
+/**
+ * Removes a service: its elements and chain, its VIP, its connections; idempotent. Another host's
+ * service (mirrored from etcd) is that host's to remove, unless MIRROR (the mirror following etcd).
+ */
+export async function removeService(ctx: Ctx, name: string, options: { mirror?: boolean } = {}): Promise<boolean> {
   const { store, applier } = ctx;
   parseName('service', name);
   const s = store.service(name);
   if (!s) return false;
+  if (s.owner && !options.mirror) {
+    throw new CtnetError('INVALID_ARGUMENT', `service ${name} belongs to host ${s.owner}: its VIP ${s.vip} is from that host's lease of network ${s.network}, and that host's store records it`,
+      `run "ctnet service rm ${name}" on host ${s.owner}: it is removed from every host from there`);
+  }
   const facts = serviceFacts(s);
-  const bridge = store.network(s.network)?.bridge;
+  // Only the owner has the VIP on its bridge (it is in the owner's lease; the others route to it).
+  const bridge = s.owner ? undefined : store.network(s.network)?.bridge;
   await applier.teardown([
     step([{ kind: 'nft.delete', lines: serviceLines('delete', facts) }], `service ${name}: remove`),
     ...(bridge ? [step([{ kind: 'addr.del', cidr: `${s.vip}/32`, dev: bridge }])] : []),
@@ -182,6 +240,72 @@ export async function removeService(ctx: Ctx, name: string): Promise<boolean> {
   if (applier.dryRun) return true;
   applier.record({ kind: 'service.delete', name });
   return true;
+}
+
+/** What this host publishes in etcd: its own services on overlay networks (services/NAME). */
+export function ownServiceEntries(store: Store, self: string): Map<string, ServiceValue> {
+  const out = new Map<string, ServiceValue>();
+  for (const s of store.services()) {
+    if (s.owner || !store.overlay(s.network)) continue;
+    out.set(s.name, {
+      host: self, network: s.network, vip: s.vip, proto: s.proto, port: s.port, selector: s.selector, targetPort: s.targetPort, affinity: s.affinity,
+    });
+  }
+  return out;
+}
+
+const sameAsValue = (s: ServiceRow, v: ServiceValue) => s.owner === v.host && s.network === v.network && s.vip === v.vip && s.proto === v.proto &&
+  s.port === v.port && s.selector.key === v.selector.key && s.selector.value === v.selector.value && s.targetPort === v.targetPort && s.affinity === v.affinity;
+
+/**
+ * Makes this host's copies of other hosts' services what etcd says (WANT: every services/NAME entry
+ * of another host): a copy whose entry went (removed there, or its host left the cluster) or changed
+ * is removed, and an entry on an overlay network this host has a side of is installed (chain,
+ * elements; no VIP on the bridge: the VIP is in the owner's lease, and a packet to it is DNATed
+ * here before it is routed). Its backends are every host's selected sandboxes (serviceCandidates).
+ * Returns what it did, and entries it could not take (a local service of the same name, a VIP
+ * outside the overlay).
+ */
+export async function mirrorServices(ctx: Ctx, want: ReadonlyMap<string, ServiceValue>): Promise<{ said: string[]; refused: string[] }> {
+  const { store, applier } = ctx;
+  const said: string[] = [];
+  const refused: string[] = [];
+  for (const s of store.services().filter((x) => x.owner)) {
+    const w = want.get(s.name);
+    if (w && sameAsValue(s, w)) continue;
+    await removeService(ctx, s.name, { mirror: true });
+    said.push(`${s.name} (of ${s.owner}) ${w ? 'changed' : 'removed'}`);
+  }
+  for (const [name, w] of want) {
+    const have = store.service(name);
+    if (have) {
+      if (!have.owner) refused.push(`${name} of host ${w.host}: this host has a service of that name`);
+      continue;
+    }
+    const ov = store.overlay(w.network);
+    if (!ov || store.network(w.network)?.state !== 'ready') continue; // no side of that network here (yet)
+    if (!contains(parseSubnet('overlay subnet', ov.cidr), 4, parseAddr('vip', w.vip).n)) {
+      refused.push(`${name} of host ${w.host}: VIP ${w.vip} is outside overlay ${w.network}'s subnet ${ov.cidr}`);
+      continue;
+    }
+    await applier.transaction(async (tx) => {
+      const row = tx.decide((rec) => {
+        const draft = {
+          name, network: w.network, vip: w.vip, cidr: ov.cidr, proto: w.proto, port: w.port, selector: w.selector,
+          targetPort: w.targetPort, affinity: w.affinity, backends: [] as string[], owner: w.host,
+        };
+        const r = { ...draft, backends: serviceBackends(store, draft) };
+        rec.record({ kind: 'service.insert', row: r });
+        return r;
+      });
+      const facts = serviceFacts({ ...row, created: '' });
+      await tx.run([step([{ kind: 'nft', lines: serviceLines('add', facts), undo: serviceLines('delete', facts) }],
+        `service ${name} of host ${w.host}: ${row.vip}:${row.port}/${row.proto} -> ${formatTarget(row.selector, row.targetPort)} (${row.backends.length} backends now)`)]);
+      tx.commit();
+    });
+    said.push(`${name} (of ${w.host}) added`);
+  }
+  return { said, refused };
 }
 
 /** How long a backend that leaves a service has to finish its open connections before they are cut. */
@@ -240,6 +364,8 @@ export interface ServiceView extends ServiceRow {
   readonly notReady: readonly string[];
   /** New connections the service's rule sent to a backend (its counter). */
   readonly connections: number;
+  /** On an overlay network, the host that owns it (this one's name for its own); else absent. */
+  readonly host?: string | undefined;
 }
 
 /** Every service with its rule's counter (new connections balanced). */
@@ -256,11 +382,13 @@ export async function listServices(ctx: Ctx, name?: string): Promise<ServiceView
       if (c) counts.set(chain, c.packets);
     }
   }
+  const self = store.member()?.host;
   return rows.map((s) => {
     const candidates = new Set(serviceCandidates(store, s));
     return {
       ...s, to: formatTarget(s.selector, s.targetPort), notReady: (s.unready ?? []).filter((ip) => candidates.has(ip)),
       connections: counts.get(serviceChain(s.name)) ?? 0,
+      ...(s.owner ? { host: s.owner } : store.overlay(s.network) && self ? { host: self } : {}),
     };
   });
 }

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 22;
+export const SCHEMA_VERSION = 23;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -416,6 +416,13 @@ ALTER TABLE topology_objects_next RENAME TO topology_objects;
 CREATE INDEX topology_objects_by_topology ON topology_objects(topology);
 `;
 
+// Services on overlay networks (schema 23, issue 17): a service another host owns, mirrored from etcd
+// (/ctnet/services/NAME) so this host balances its VIP over the selected sandboxes of every host;
+// owner: that host's name (null: this host's own service, recorded here first).
+export const SERVICE_OWNER = `
+ALTER TABLE services ADD COLUMN owner TEXT;
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -439,4 +446,5 @@ export const MIGRATIONS: Record<number, string> = {
   20: SERVICE_PUBLISH,
   21: SERVICE_CHECKS,
   22: TOPOLOGY_SERVICES,
+  23: SERVICE_OWNER,
 };

@@ -131,6 +131,11 @@ export interface ServiceRow {
   readonly check?: ServiceCheck | undefined;
   /** The selected backends the checks took out (sorted); not in `backends`. */
   readonly unready?: readonly string[] | undefined;
+  /**
+   * The host that owns it, for a service on an overlay network mirrored from etcd (schema 23);
+   * absent: this host's own.
+   */
+  readonly owner?: string | undefined;
   readonly created: string;
 }
 
@@ -582,9 +587,9 @@ export class Store {
   }
   insertService(r: Omit<ServiceRow, 'created'>): void {
     this.#run(`INSERT INTO services(name, network, vip, cidr, proto, port, selector_key, selector_value, target_port, affinity, backends, created,
-      publish_ip, publish_port, check_kind, check_path, check_interval_ms, unready) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
+      publish_ip, publish_port, check_kind, check_path, check_interval_ms, unready, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
     r.targetPort, r.affinity, JSON.stringify(r.backends), new Date().toISOString(), r.publish?.hostIp ?? null, r.publish?.hostPort ?? null,
-    r.check?.kind ?? null, r.check?.kind === 'http' ? r.check.path : null, r.check?.intervalMs ?? null, JSON.stringify(r.unready ?? []));
+    r.check?.kind ?? null, r.check?.kind === 'http' ? r.check.path : null, r.check?.intervalMs ?? null, JSON.stringify(r.unready ?? []), r.owner ?? null);
   }
   deleteService(name: string): void {
     this.#run('DELETE FROM services WHERE name = ?', name);
@@ -968,6 +973,7 @@ const toService = (r: Row): ServiceRow => ({
       : { kind: 'tcp' as const, intervalMs: r.check_interval_ms as number },
   }),
   unready: JSON.parse((r.unready as string | undefined) ?? '[]') as string[],
+  ...(r.owner == null ? {} : { owner: r.owner as string }),
 });
 
 const toPolicy = (r: Row): PolicyRow => ({

@@ -213,7 +213,7 @@ describe('services', () => {
     assert.match(out, /add element inet ctnet service_ports4_any \{ tcp \. 8085 : goto svc_pub \}/, '--explain shows the element');
     const pub = await service('pub');
     assert.deepEqual(pub.publish, { hostIp: '0.0.0.0', hostPort: 8085 });
-    assert.match(await lab.ctnetOk(['service', 'ls']), /pub\s+front\s+\S+\s+85\/tcp\s+0\.0\.0\.0:8085\s/);
+    assert.match(await lab.ctnetOk(['service', 'ls']), /pub\s+front\s+-\s+\S+\s+85\/tcp\s+0\.0\.0\.0:8085\s/);
     assert.match(await lab.ctnetOk(['service', 'inspect', 'pub']), /published\s+0\.0\.0\.0:8085\/tcp/);
     const c = await countFromWorld(8085, 90);
     assert.equal(c.failed, 0);
