@@ -18,7 +18,7 @@ import { restoreTables, tableDrift } from './tables.ts';
 import { egressLines } from './attach.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { removeSandbox, teardownAttachment, teardownSandbox } from './sandbox.ts';
-import { syncServices } from './services.ts';
+import { syncServices, vipOps } from './services.ts';
 
 /** Rows another live ctnet process is working on right now are left to it. */
 const interrupted = (r: { state: string; owner: string | null }) => r.state !== 'ready' && !(r.owner && isAlive(r.owner));
@@ -93,11 +93,13 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   const have = store.services().length === 0 ? new Set<string>()
     : new Set((await kernel.addrs()).flatMap((l) => (l.addr_info ?? []).map((a) => `${a.local} ${l.ifname}`)));
   for (const s of store.services()) {
-    if (s.owner) continue; // another host's service: its VIP is on that host's bridge
+    if (s.ownerHost) continue; // another host's service: its VIP is on that host's bridge
     const bridge = store.network(s.network)?.bridge;
-    if (!bridge || have.has(`${s.vip} ${bridge}`)) continue;
-    await applier.apply([step([{ kind: 'addr.add', cidr: `${s.vip}/32`, dev: bridge }])]);
-    done.push(`put VIP ${s.vip} of service ${s.name} back on bridge ${bridge}`);
+    if (!bridge) continue;
+    const missing = vipOps(bridge, s).filter((op) => op.kind === 'addr.add' && !have.has(`${op.cidr.split('/')[0]} ${bridge}`));
+    if (missing.length === 0) continue;
+    await applier.apply([step(missing)]);
+    done.push(`put VIP ${missing.map((op) => (op.kind === 'addr.add' ? op.cidr.split('/')[0] : '')).join(' and ')} of service ${s.name} back on bridge ${bridge}`);
   }
   await syncServices(ctx);
   // systemd-resolved's registration of each network with DNS (it restarted, or someone reverted a link).

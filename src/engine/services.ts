@@ -21,7 +21,8 @@ export interface ServiceRequest {
   readonly network: string;
   readonly port: string;
   readonly to: string;
-  readonly vip: string | undefined;
+  /** `--vip`: at most one address of each family (IPv6: on a dual-stack network). */
+  readonly vip: string | readonly string[] | undefined;
   readonly affinity: string | undefined;
   /** `--publish [HOST_IP:]HOST_PORT`. */
   readonly publish?: string | undefined;
@@ -39,22 +40,22 @@ const byAddress = (a: string, b: string) => {
 /**
  * The addresses a service balances over now: its candidates but those its health checks took out.
  */
-export function serviceBackends(store: Store, s: Pick<ServiceRow, 'network' | 'selector' | 'unready'>): string[] {
+export function serviceBackends(store: Store, s: Pick<ServiceRow, 'network' | 'selector' | 'unready' | 'vip6'>): string[] {
   const out = new Set(s.unready ?? []);
   return serviceCandidates(store, s).filter((ip) => !out.has(ip));
 }
 
 /**
- * The addresses a service's selector picks: the IPv4 address, on the service's network, of each
- * sandbox with the label. A sandbox (or its attachment) being removed has left already, so its
+ * The addresses a service's selector picks: the IPv4 address (and, with an IPv6 VIP, the IPv6 one),
+ * on the service's network, of each sandbox with the label; IPv4 first. A sandbox (or its attachment) being removed has left already, so its
  * new connections go elsewhere while its old ones drain.
  */
-export function serviceCandidates(store: Store, s: Pick<ServiceRow, 'network' | 'selector'>): string[] {
+export function serviceCandidates(store: Store, s: Pick<ServiceRow, 'network' | 'selector' | 'vip6'>): string[] {
   const selected = new Set(store.labels().filter((l) => l.key === s.selector.key && l.value === s.selector.value).map((l) => l.sandbox));
   const leaving = new Set(store.sandboxes().filter((x) => x.state === 'removing').map((x) => x.name));
   const detaching = new Set(store.attachments({ network: s.network }).filter((a) => a.state === 'removing').map((a) => a.sandbox));
   const local = store.addresses({ network: s.network })
-    .filter((a) => a.family === 4 && selected.has(a.sandbox) && !leaving.has(a.sandbox) && !detaching.has(a.sandbox))
+    .filter((a) => (a.family === 4 || s.vip6 !== undefined) && selected.has(a.sandbox) && !leaving.has(a.sandbox) && !detaching.has(a.sandbox))
     .map((a) => a.ip);
   return [...new Set([...local, ...remoteCandidates(store, s)])].sort(byAddress);
 }
@@ -87,12 +88,12 @@ export function addressHolder(store: Store, ip: string): string | undefined {
 }
 
 export const serviceFacts = (s: ServiceRow, backends: readonly string[] = s.backends): ServiceFacts => ({
-  name: s.name, vip: s.vip, proto: s.proto, port: s.port, targetPort: s.targetPort, affinity: s.affinity, backends, publish: s.publish,
+  name: s.name, vip: s.vip, vip6: s.vip6, proto: s.proto, port: s.port, targetPort: s.targetPort, affinity: s.affinity, backends, publish: s.publish,
 });
 
 /** The conntrack filter for a service's flows to BACKENDS (through its VIP or its published host port). */
 const flowsOf = (s: ServiceRow, backends: readonly string[]) =>
-  ({ kind: 'service' as const, vip: s.vip, proto: s.proto, port: s.port, backends, publish: s.publish });
+  ({ kind: 'service' as const, vip: s.vip, ...(s.vip6 ? { vip6: s.vip6 } : {}), proto: s.proto, port: s.port, backends, publish: s.publish });
 
 /**
  * Checks a service's `--publish` against the host and the store: the address is the host's, and no
@@ -123,8 +124,23 @@ function checkPublish(store: Store, p: ServicePublish, proto: 'tcp' | 'udp', tar
   }
 }
 
-/** The VIP as an address of the network's bridge: the host answers ARP for it and takes it in. */
-const vipOp = (store: Store, s: Pick<ServiceRow, 'network' | 'vip'>): Op => ({ kind: 'addr.add', cidr: `${s.vip}/32`, dev: store.network(s.network)!.bridge });
+/** The VIPs as addresses of the network's bridge: the host answers ARP (and NDP) for them and takes them in. */
+export const vipOps = (bridge: string, s: Pick<ServiceRow, 'vip' | 'vip6'>): Op[] => [
+  { kind: 'addr.add', cidr: `${s.vip}/32`, dev: bridge },
+  ...(s.vip6 ? [{ kind: 'addr.add' as const, cidr: `${s.vip6}/128`, dev: bridge }] : []),
+];
+
+/** `--vip` given once or twice: at most one address per family. */
+function parseVips(given: string | readonly string[] | undefined): { v4?: { n: bigint; text: string }; v6?: { n: bigint; text: string } } {
+  const out: { v4?: { n: bigint; text: string }; v6?: { n: bigint; text: string } } = {};
+  for (const text of given === undefined ? [] : typeof given === 'string' ? [given] : given) {
+    const a = parseAddr('--vip', text);
+    const key = a.family === 4 ? 'v4' : 'v6';
+    if (out[key]) throw new CtnetError('INVALID_ARGUMENT', `--vip ${text}: --vip ${out[key].text} is an IPv${a.family} VIP already`, 'give at most one VIP of each family');
+    out[key] = { n: a.n, text };
+  }
+  return out;
+}
 
 /**
  * A service on an overlay network is one name in the whole cluster: etcd's services/NAME says
@@ -143,6 +159,8 @@ async function checkClusterName(ctx: Ctx, name: string): Promise<void> {
     'service names are one namespace across the hosts of a cluster: choose another name');
 }
 
+const n0 = (store: Store, network: string) => store.network(network)!.bridge;
+
 export async function createService(ctx: Ctx, req: ServiceRequest): Promise<ServiceRow> {
   const { store, applier } = ctx;
   // Everything that can be checked without the store, before anything changes.
@@ -150,8 +168,8 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
   const port = parseServicePort(req.port);
   const target = parseServiceTarget(req.to);
   const affinity = parseAffinity(req.affinity);
-  const vip = req.vip === undefined ? undefined : parseAddr('--vip', req.vip);
-  if (vip && vip.family !== 4) throw new CtnetError('INVALID_ARGUMENT', `--vip ${req.vip}: services have IPv4 VIPs for now`, 'give an IPv4 address of the network, or leave --vip out');
+  const vips = parseVips(req.vip);
+  const vip = vips.v4;
   const publish = req.publish === undefined ? undefined : parseServicePublish(req.publish);
   const check = parseServiceCheck(req.check, req.checkInterval);
   const overlay = store.overlay(req.network) !== undefined;
@@ -165,8 +183,8 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
     const row = tx.decide((rec) => {
       const had = store.service(name);
       if (had) {
-        throw new CtnetError('CONFLICT', `a service named ${name} exists already${had.owner ? ` in the cluster, on host ${had.owner}` : ''}`,
-          had.owner ? 'service names are one namespace across the hosts of a cluster: choose another name' : `choose another name, or remove it with "ctnet service rm ${name}"`);
+        throw new CtnetError('CONFLICT', `a service named ${name} exists already${had.ownerHost ? ` in the cluster, on host ${had.ownerHost}` : ''}`,
+          had.ownerHost ? 'service names are one namespace across the hosts of a cluster: choose another name' : `choose another name, or remove it with "ctnet service rm ${name}"`);
       }
       const n = store.network(req.network);
       if (!n) throw new CtnetError('NOT_FOUND', `--network ${req.network}: no network named ${req.network}`, 'list networks with "ctnet network ls"');
@@ -174,7 +192,15 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
       // On an overlay network the network's IPv4 subnet is this host's lease: a VIP from it is
       // unique in the cluster (no other host allocates from it), and routed here by every peer.
       const lease = store.subnets(n.name).find((s) => s.family === 4);
-      if (!lease) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} has no IPv4 subnet: services have IPv4 VIPs for now`);
+      if (!lease) throw new CtnetError('INVALID_ARGUMENT', `--network ${n.name} has no IPv4 subnet: a service has an IPv4 VIP, and an IPv6 one on a dual-stack network`, 'use a network with an IPv4 subnet');
+      // A dual-stack network's service gets a VIP of each family, as its sandboxes get an address of
+      // each: a client that prefers IPv6 (RFC 6724) and resolves NAME to both reaches it either way.
+      // Not on an overlay yet: its other hosts' copies are IPv4 only.
+      const lease6 = overlay ? undefined : store.subnets(n.name).find((s) => s.family === 6);
+      if (vips.v6 && !lease6) {
+        throw new CtnetError('INVALID_ARGUMENT', `--vip ${vips.v6.text}: network ${n.name} has no IPv6 subnet${overlay ? ' (services on overlay networks have IPv4 VIPs for now)' : ''}`,
+          'give an IPv4 VIP, or use a dual-stack network');
+      }
       if (publish) checkPublish(store, publish, port.proto, target.targetPort ?? port.port, host!);
       const requested = vip ? [{ family: 4 as const, n: vip.n, text: formatAddr(4, vip.n) }] : [];
       let a;
@@ -184,11 +210,26 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
         throw e instanceof CtnetError ? new CtnetError(e.code, e.message.replace(/^--ip /, '--vip '), e.hint?.replace('--ip', '--vip')) : e;
       }
       if (vip && parseAddr('--vip', a.ip).n !== vip.n) {
-        throw new CtnetError('INVALID_ARGUMENT', `--vip ${req.vip} is not in network ${n.name}'s subnet ${lease.cidr}`, 'give an address of the network, or leave --vip out to get a free one');
+        throw new CtnetError('INVALID_ARGUMENT', `--vip ${vip.text} is not in network ${n.name}'s subnet ${lease.cidr}`, 'give an address of the network, or leave --vip out to get a free one');
       }
       if (a.cursor !== undefined) rec.record({ kind: 'cursor.set', network: n.name, cidr: lease.cidr, ip: a.cursor });
+      let vip6: string | undefined;
+      if (lease6) {
+        const requested6 = vips.v6 ? [{ family: 6 as const, n: vips.v6.n, text: formatAddr(6, vips.v6.n) }] : [];
+        let a6;
+        try {
+          a6 = allocate(n.name, lease6, requested6, (ip) => addressHolder(store, ip));
+        } catch (e) {
+          throw e instanceof CtnetError ? new CtnetError(e.code, e.message.replace(/^--ip /, '--vip '), e.hint?.replace('--ip', '--vip')) : e;
+        }
+        if (vips.v6 && parseAddr('--vip', a6.ip).n !== vips.v6.n) {
+          throw new CtnetError('INVALID_ARGUMENT', `--vip ${vips.v6.text} is not in network ${n.name}'s subnet ${lease6.cidr}`, 'give an address of the network, or leave --vip out to get a free one');
+        }
+        if (a6.cursor !== undefined) rec.record({ kind: 'cursor.set', network: n.name, cidr: lease6.cidr, ip: a6.cursor });
+        vip6 = a6.ip;
+      }
       const draft = {
-        name, network: n.name, vip: a.ip, cidr: lease.cidr, proto: port.proto, port: port.port,
+        name, network: n.name, vip: a.ip, ...(vip6 ? { vip6 } : {}), cidr: lease.cidr, proto: port.proto, port: port.port,
         selector: target.selector, targetPort: target.targetPort ?? port.port, affinity, backends: [] as string[], publish, check,
       };
       const r = { ...draft, backends: serviceBackends(store, draft) };
@@ -197,9 +238,9 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
     });
     const facts = serviceFacts({ ...row, created: '' });
     await tx.run([
-      step([vipOp(store, row)], `service ${name}: VIP ${row.vip} on network ${row.network}'s bridge`),
+      step(vipOps(n0(store, row.network), row), `service ${name}: VIP ${row.vip}${row.vip6 ? ` and ${row.vip6}` : ''} on network ${row.network}'s bridge`),
       step([{ kind: 'nft', lines: serviceLines('add', facts), undo: serviceLines('delete', facts) }],
-        `service ${name}: ${row.vip}:${row.port}/${row.proto}${publish ? ` and host ${formatPublish(publish)}` : ''} -> ${formatTarget(row.selector, row.targetPort)} (${row.backends.length} backends now)`),
+        `service ${name}: ${row.vip}${row.vip6 ? ` and [${row.vip6}]` : ''}:${row.port}/${row.proto}${publish ? ` and host ${formatPublish(publish)}` : ''} -> ${formatTarget(row.selector, row.targetPort)} (${row.backends.length} backends now)`),
       // Flows that reached the host port before it was published would keep going to the host.
       ...(publish ? [step([{ kind: 'conntrack.forget' as const, filter: { kind: 'stale' as const, ports: [{ mapping: publishMapping(publish, port.proto, row.targetPort), targets: [] }] } }])] : []),
     ]);
@@ -225,16 +266,16 @@ export async function removeService(ctx: Ctx, name: string, options: { mirror?: 
   parseName('service', name);
   const s = store.service(name);
   if (!s) return false;
-  if (s.owner && !options.mirror) {
-    throw new CtnetError('INVALID_ARGUMENT', `service ${name} belongs to host ${s.owner}: its VIP ${s.vip} is from that host's lease of network ${s.network}, and that host's store records it`,
-      `run "ctnet service rm ${name}" on host ${s.owner}: it is removed from every host from there`);
+  if (s.ownerHost && !options.mirror) {
+    throw new CtnetError('INVALID_ARGUMENT', `service ${name} belongs to host ${s.ownerHost}: its VIP ${s.vip} is from that host's lease of network ${s.network}, and that host's store records it`,
+      `run "ctnet service rm ${name}" on host ${s.ownerHost}: it is removed from every host from there`);
   }
   const facts = serviceFacts(s);
   // Only the owner has the VIP on its bridge (it is in the owner's lease; the others route to it).
-  const bridge = s.owner ? undefined : store.network(s.network)?.bridge;
+  const bridge = s.ownerHost ? undefined : store.network(s.network)?.bridge;
   await applier.teardown([
     step([{ kind: 'nft.delete', lines: serviceLines('delete', facts) }], `service ${name}: remove`),
-    ...(bridge ? [step([{ kind: 'addr.del', cidr: `${s.vip}/32`, dev: bridge }])] : []),
+    ...(bridge ? [step([{ kind: 'addr.del', cidr: `${s.vip}/32`, dev: bridge }, ...(s.vip6 ? [{ kind: 'addr.del' as const, cidr: `${s.vip6}/128`, dev: bridge }] : [])])] : []),
     step([{ kind: 'conntrack.forget', filter: flowsOf(s, s.backends) }]),
   ]);
   if (applier.dryRun) return true;
@@ -246,7 +287,7 @@ export async function removeService(ctx: Ctx, name: string, options: { mirror?: 
 export function ownServiceEntries(store: Store, self: string): Map<string, ServiceValue> {
   const out = new Map<string, ServiceValue>();
   for (const s of store.services()) {
-    if (s.owner || !store.overlay(s.network)) continue;
+    if (s.ownerHost || !store.overlay(s.network)) continue;
     out.set(s.name, {
       host: self, network: s.network, vip: s.vip, proto: s.proto, port: s.port, selector: s.selector, targetPort: s.targetPort, affinity: s.affinity,
     });
@@ -254,7 +295,7 @@ export function ownServiceEntries(store: Store, self: string): Map<string, Servi
   return out;
 }
 
-const sameAsValue = (s: ServiceRow, v: ServiceValue) => s.owner === v.host && s.network === v.network && s.vip === v.vip && s.proto === v.proto &&
+const sameAsValue = (s: ServiceRow, v: ServiceValue) => s.ownerHost === v.host && s.network === v.network && s.vip === v.vip && s.proto === v.proto &&
   s.port === v.port && s.selector.key === v.selector.key && s.selector.value === v.selector.value && s.targetPort === v.targetPort && s.affinity === v.affinity;
 
 /**
@@ -270,16 +311,16 @@ export async function mirrorServices(ctx: Ctx, want: ReadonlyMap<string, Service
   const { store, applier } = ctx;
   const said: string[] = [];
   const refused: string[] = [];
-  for (const s of store.services().filter((x) => x.owner)) {
+  for (const s of store.services().filter((x) => x.ownerHost)) {
     const w = want.get(s.name);
     if (w && sameAsValue(s, w)) continue;
     await removeService(ctx, s.name, { mirror: true });
-    said.push(`${s.name} (of ${s.owner}) ${w ? 'changed' : 'removed'}`);
+    said.push(`${s.name} (of ${s.ownerHost}) ${w ? 'changed' : 'removed'}`);
   }
   for (const [name, w] of want) {
     const have = store.service(name);
     if (have) {
-      if (!have.owner) refused.push(`${name} of host ${w.host}: this host has a service of that name`);
+      if (!have.ownerHost) refused.push(`${name} of host ${w.host}: this host has a service of that name`);
       continue;
     }
     const ov = store.overlay(w.network);
@@ -292,7 +333,7 @@ export async function mirrorServices(ctx: Ctx, want: ReadonlyMap<string, Service
       const row = tx.decide((rec) => {
         const draft = {
           name, network: w.network, vip: w.vip, cidr: ov.cidr, proto: w.proto, port: w.port, selector: w.selector,
-          targetPort: w.targetPort, affinity: w.affinity, backends: [] as string[], owner: w.host,
+          targetPort: w.targetPort, affinity: w.affinity, backends: [] as string[], ownerHost: w.host,
         };
         const r = { ...draft, backends: serviceBackends(store, draft) };
         rec.record({ kind: 'service.insert', row: r });
@@ -379,7 +420,7 @@ export async function listServices(ctx: Ctx, name?: string): Promise<ServiceView
       if (!chain?.startsWith('svc_')) continue;
       const expr = item.rule!.expr;
       const c = Array.isArray(expr) ? expr.find((e) => e.counter)?.counter : undefined; // the fake kernel's rules are text
-      if (c) counts.set(chain, c.packets);
+      if (c) counts.set(chain, (counts.get(chain) ?? 0) + c.packets); // a dual-stack service has a rule per family
     }
   }
   const self = store.member()?.host;
@@ -388,7 +429,7 @@ export async function listServices(ctx: Ctx, name?: string): Promise<ServiceView
     return {
       ...s, to: formatTarget(s.selector, s.targetPort), notReady: (s.unready ?? []).filter((ip) => candidates.has(ip)),
       connections: counts.get(serviceChain(s.name)) ?? 0,
-      ...(s.owner ? { host: s.owner } : store.overlay(s.network) && self ? { host: self } : {}),
+      ...(s.ownerHost ? { host: s.ownerHost } : store.overlay(s.network) && self ? { host: self } : {}),
     };
   });
 }

@@ -118,6 +118,8 @@ export interface ServiceRow {
   readonly vip: string;
   /** The subnet the VIP was taken from. */
   readonly cidr: string;
+  /** Its IPv6 VIP, on a dual-stack network (schema 24). */
+  readonly vip6?: string | undefined;
   readonly proto: 'tcp' | 'udp';
   readonly port: number;
   readonly selector: { readonly key: string; readonly value: string };
@@ -135,7 +137,7 @@ export interface ServiceRow {
    * The host that owns it, for a service on an overlay network mirrored from etcd (schema 23);
    * absent: this host's own.
    */
-  readonly owner?: string | undefined;
+  readonly ownerHost?: string | undefined;
   readonly created: string;
 }
 
@@ -583,13 +585,13 @@ export class Store {
   }
   /** The service whose VIP this is, if any (ipam's holder test). */
   serviceByVip(ip: string): string | undefined {
-    return this.#get('SELECT name FROM services WHERE vip = ?', ip)?.name as string | undefined;
+    return this.#get('SELECT name FROM services WHERE vip = ? OR vip6 = ?', ip, ip)?.name as string | undefined;
   }
   insertService(r: Omit<ServiceRow, 'created'>): void {
     this.#run(`INSERT INTO services(name, network, vip, cidr, proto, port, selector_key, selector_value, target_port, affinity, backends, created,
-      publish_ip, publish_port, check_kind, check_path, check_interval_ms, unready, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
+      publish_ip, publish_port, check_kind, check_path, check_interval_ms, unready, owner_host, vip6) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
     r.targetPort, r.affinity, JSON.stringify(r.backends), new Date().toISOString(), r.publish?.hostIp ?? null, r.publish?.hostPort ?? null,
-    r.check?.kind ?? null, r.check?.kind === 'http' ? r.check.path : null, r.check?.intervalMs ?? null, JSON.stringify(r.unready ?? []), r.owner ?? null);
+    r.check?.kind ?? null, r.check?.kind === 'http' ? r.check.path : null, r.check?.intervalMs ?? null, JSON.stringify(r.unready ?? []), r.ownerHost ?? null, r.vip6 ?? null);
   }
   deleteService(name: string): void {
     this.#run('DELETE FROM services WHERE name = ?', name);
@@ -973,7 +975,8 @@ const toService = (r: Row): ServiceRow => ({
       : { kind: 'tcp' as const, intervalMs: r.check_interval_ms as number },
   }),
   unready: JSON.parse((r.unready as string | undefined) ?? '[]') as string[],
-  ...(r.owner == null ? {} : { owner: r.owner as string }),
+  ...(r.owner_host == null ? {} : { ownerHost: r.owner_host as string }),
+  ...(r.vip6 == null ? {} : { vip6: r.vip6 as string }),
 });
 
 const toPolicy = (r: Row): PolicyRow => ({

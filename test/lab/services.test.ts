@@ -285,6 +285,37 @@ describe('services', () => {
     assert.equal(await lab.ctnetOk(['service', 'ls', '--json']), before.services);
   });
 
+  it('IPv6 VIPs: on a dual-stack network a service has a VIP of each family; sandboxes, the host and hairpin reach the IPv6 one', async () => {
+    await lab.ctnetOk(['network', 'create', 'dual', '--subnet', '10.73.0.0/24', '--subnet', 'fd00:73::/64']);
+    for (const b of ['d1', 'd2']) await serve(b, 'dual', ['app=dual']);
+    await serve('dc', 'dual', []);
+    for (const b of ['d1', 'd2', 'dc']) await ready(b);
+    const out = JSON.parse(await lab.ctnetOk(['service', 'create', 'dual', '--network', 'dual', '--port', '80', '--to', 'label:app=dual:8080', '--json'])) as ServiceJson & { vip6: string };
+    assert.match(out.vip, /^10\.73\.0\.\d+$/);
+    assert.match(out.vip6, /^fd00:73::[0-9a-f]+$/);
+    assert.match(await nftText(), new RegExp(`${out.vip6} \\. tcp \\. 80 : goto svc_dual`));
+    for (const [from, n] of [['dc', 60], ['host', 40]] as const) {
+      const c = await count(from, out.vip6, 80, n);
+      assert.equal(c.failed, 0, `${from}: ${JSON.stringify(c)}`);
+      assert.deepEqual(Object.keys(c.servers).sort(), ['d1', 'd2'], `${from} over IPv6: ${JSON.stringify(c.servers)}`);
+    }
+    assert.equal((await count('dc', out.vip, 80, 20)).failed, 0, 'the IPv4 VIP as before');
+    const hairpin = await count('d1', out.vip6, 80, 40);
+    assert.equal(hairpin.failed, 0);
+    assert.ok((hairpin.servers.d1 ?? 0) > 0, `d1 reached itself over IPv6: ${JSON.stringify(hairpin.servers)}`);
+    // Both rules' counters (a backend change replaces the rules, and their counters start again).
+    const balanced = (await service('dual')).connections;
+    assert.ok(balanced >= 160, `160 connections balanced through both VIPs, counted ${balanced}`);
+    // A relabelled backend leaves both families' rules.
+    await lab.ctnetOk(['label', 'd2', '--rm', 'app']);
+    assert.deepEqual((await count('dc', out.vip6, 80, 20)).servers, { d1: 20 });
+    await lab.ctnetOk(['service', 'rm', 'dual']);
+    assert.doesNotMatch(await nftText(), new RegExp(out.vip6));
+    assert.doesNotMatch((await lab.inHost(['ip', '-6', 'addr', 'show'])).stdout, new RegExp(`${out.vip6}/128`), 'the IPv6 VIP left the bridge');
+    for (const b of ['d1', 'd2', 'dc']) await lab.ctnetOk(['rm', b]);
+    await lab.ctnetOk(['network', 'rm', 'dual']);
+  });
+
   it('gc rewrites a flushed table with the services in it', async () => {
     const { vip } = await service('web');
     await lab.inHost(['nft', 'flush', 'table', 'inet', 'ctnet']);

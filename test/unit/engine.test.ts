@@ -1065,7 +1065,8 @@ describe('services on the fake kernel', () => {
     assert.match(rule(w), /mod 1 map \{ 0 : 10\.1\.0\.4 \. 8080 \}/);
     // The backend that left finishes its open connections (bounded), then what is left is cut.
     const flowOps = ops.filter((o) => o.kind === 'conntrack.drain' || o.kind === 'conntrack.forget');
-    const filter = { kind: 'service', vip: '10.1.0.3', proto: 'tcp', port: 80, backends: ['10.1.0.2'], publish: undefined };
+    // WEB is dual-stack: the service has an IPv6 VIP too, and b1 leaves with both its addresses.
+    const filter = { kind: 'service', vip: '10.1.0.3', vip6: 'fd00:1::3', proto: 'tcp', port: 80, backends: ['10.1.0.2', 'fd00:1::2'], publish: undefined };
     assert.deepEqual(flowOps, [{ kind: 'conntrack.drain', filter, timeoutMs: 10_000 }, { kind: 'conntrack.forget', filter }]);
     assert.ok(ops.findIndex((o) => o.kind === 'nft') < ops.findIndex((o) => o.kind === 'conntrack.drain'), 'out of the rule before the drain');
     await removeSandbox(w.ctx, 'b2');
@@ -1096,7 +1097,7 @@ describe('services on the fake kernel', () => {
     assert.deepEqual(ops.filter((o) => o.kind === 'conntrack.drain'), [], 'a failing backend is not waited for');
     assert.equal(ops.filter((o) => o.kind === 'conntrack.forget').length, 1);
     const [view] = await listServices(w.ctx, 'svc');
-    assert.deepEqual([view!.backends, view!.notReady], [['10.1.0.3'], ['10.1.0.2']]);
+    assert.deepEqual([view!.backends, view!.notReady], [['10.1.0.3', 'fd00:1::2', 'fd00:1::3'], ['10.1.0.2']], 'each address is checked on its own');
     // gc's derivation keeps it out; the label going takes it off the not-ready list.
     await setServiceHealth(w.ctx, 'svc', []);
     assert.match(rule(w), /mod 2 map/);

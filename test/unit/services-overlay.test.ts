@@ -90,7 +90,7 @@ describe('other hosts\' services, mirrored from etcd', () => {
     assert.ok(!ops.some((o) => o.kind === 'addr.add'), 'the VIP is on its owner\'s bridge only');
     assert.deepEqual((w.fake.elements('services4') ?? []).filter((e) => e.includes('api2')), ['10.50.2.200 . tcp . 80 : goto svc_api2']);
     assert.match(rule(w, 'api2'), /mod 2 map \{ 0 : 10\.50\.1\.2 \. 8080, 1 : 10\.50\.2\.2 \. 8080 \}/);
-    assert.equal(w.store.service('api2')?.owner, 'h2');
+    assert.equal(w.store.service('api2')?.ownerHost, 'h2');
     ops.length = 0;
     assert.deepEqual(await mirrorServices(w.ctx, new Map([['api2', API2]])), { said: [], refused: [] });
     assert.deepEqual(ops, [], 'nothing to do, nothing done');
@@ -121,7 +121,7 @@ describe('other hosts\' services, mirrored from etcd', () => {
     const r = await mirrorServices(w.ctx, want);
     assert.deepEqual(r.said, ['api2 (of h2) added']);
     assert.deepEqual(r.refused, ['api of host h2: this host has a service of that name', 'bad of host h2: VIP 10.9.0.1 is outside overlay ov\'s subnet 10.50.0.0/16']);
-    assert.equal(w.store.service('api')?.owner, undefined, 'the local one stays');
+    assert.equal(w.store.service('api')?.ownerHost, undefined, 'the local one stays');
     // This host's side of ov goes (its own service must go first; h2's goes with it).
     await assert.rejects(removeNetwork(w.ctx, 'ov', { force: true }), /network ov carries services api$/);
     await removeService(w.ctx, 'api');
