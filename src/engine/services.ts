@@ -232,7 +232,11 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
         name, network: n.name, vip: a.ip, ...(vip6 ? { vip6 } : {}), cidr: lease.cidr, proto: port.proto, port: port.port,
         selector: target.selector, targetPort: target.targetPort ?? port.port, affinity, backends: [] as string[], publish, check,
       };
-      const r = { ...draft, backends: serviceBackends(store, draft) };
+      // With --check every backend waits for its first passed probe (pendingChecks).
+      const withChecks = check ? { ...draft, unready: serviceCandidates(store, draft) } : draft;
+      // 'creating' until its chain is there: another process's syncServices (a label, ctnetd's first
+      // health check) must not replace the rule of a chain not made yet.
+      const r = { ...withChecks, backends: serviceBackends(store, withChecks), state: 'creating' as const };
       rec.record({ kind: 'service.insert', row: r });
       return r;
     });
@@ -244,7 +248,7 @@ export async function createService(ctx: Ctx, req: ServiceRequest): Promise<Serv
       // Flows that reached the host port before it was published would keep going to the host.
       ...(publish ? [step([{ kind: 'conntrack.forget' as const, filter: { kind: 'stale' as const, ports: [{ mapping: publishMapping(publish, port.proto, row.targetPort), targets: [] }] } }])] : []),
     ]);
-    tx.commit();
+    tx.commit({ kind: 'service.state', name, state: 'ready' });
     return store.service(name) ?? { ...row, created: new Date().toISOString() };
   });
 }
@@ -271,6 +275,9 @@ export async function removeService(ctx: Ctx, name: string, options: { mirror?: 
       `run "ctnet service rm ${name}" on host ${s.ownerHost}: it is removed from every host from there`);
   }
   const facts = serviceFacts(s);
+  // Recorded before the chain goes: ctnetd's table guard, seeing the chain missing while the store
+  // has the service, waits for this process instead of putting it back (gc finishes it if we die).
+  if (s.state !== 'removing') applier.record({ kind: 'service.state', name, state: 'removing' });
   // Only the owner has the VIP on its bridge (it is in the owner's lease; the others route to it).
   const bridge = s.ownerHost ? undefined : store.network(s.network)?.bridge;
   await applier.teardown([
@@ -335,14 +342,14 @@ export async function mirrorServices(ctx: Ctx, want: ReadonlyMap<string, Service
           name, network: w.network, vip: w.vip, cidr: ov.cidr, proto: w.proto, port: w.port, selector: w.selector,
           targetPort: w.targetPort, affinity: w.affinity, backends: [] as string[], ownerHost: w.host,
         };
-        const r = { ...draft, backends: serviceBackends(store, draft) };
+        const r = { ...draft, backends: serviceBackends(store, draft), state: 'creating' as const };
         rec.record({ kind: 'service.insert', row: r });
         return r;
       });
       const facts = serviceFacts({ ...row, created: '' });
       await tx.run([step([{ kind: 'nft', lines: serviceLines('add', facts), undo: serviceLines('delete', facts) }],
         `service ${name} of host ${w.host}: ${row.vip}:${row.port}/${row.proto} -> ${formatTarget(row.selector, row.targetPort)} (${row.backends.length} backends now)`)]);
-      tx.commit();
+      tx.commit({ kind: 'service.state', name, state: 'ready' });
     });
     said.push(`${name} (of ${w.host}) added`);
   }
@@ -360,12 +367,34 @@ export const DRAIN_MS = 10_000;
  * who the backends are (and, for a removal, before the sandbox's interfaces go, so new
  * connections go elsewhere while it still answers).
  */
-export async function syncServices(ctx: Ctx): Promise<void> {
+/**
+ * A service with health checks takes a backend in only once a probe passed: a candidate that is
+ * neither in its rule nor judged yet (new, relabelled, connected) is put on the unready list,
+ * which ctnetd's first probe of it clears (services/health.ts). As Kubernetes does with a readiness
+ * probe: a sandbox labelled before its server listens (`run -d --label`) gets no connection it
+ * would refuse. Returns the list with them, or undefined when nothing is new.
+ */
+function pendingChecks(store: Store, s: ServiceRow, judged: ReadonlySet<string> = new Set()): string[] | undefined {
+  if (!s.check) return undefined;
+  const known = new Set([...s.backends, ...(s.unready ?? []), ...judged]);
+  const fresh = serviceCandidates(store, s).filter((ip) => !known.has(ip));
+  return fresh.length ? [...(s.unready ?? []), ...fresh].sort(byAddress) : undefined;
+}
+
+export async function syncServices(ctx: Ctx, judged?: { readonly service: string; readonly ips: ReadonlySet<string>; readonly unready?: readonly string[] }): Promise<void> {
   const { store, applier } = ctx;
   if (store.services().length === 0) return;
   const leaving = await store.writeAsync(async () => {
+    // A health verdict goes in the same store transaction as the rule it changes: if the nft step
+    // fails, the verdict is not recorded either, and the next round (seeing it differ) tries again.
+    if (judged?.unready && store.service(judged.service)) store.setServiceUnready(judged.service, judged.unready);
+    for (const s of store.services()) {
+      const pending = pendingChecks(store, s, judged?.service === s.name ? judged.ips : undefined);
+      if (pending) store.setServiceUnready(s.name, pending);
+    }
     // A backend the checks took out is gone already: its connections are cut at once, not waited for.
-    const changed = store.services().flatMap((s) => {
+    // A service being made or removed is left to its `service create` or `rm` (its chain is not there yet, or going).
+    const changed = store.services().filter((s) => (s.state ?? 'ready') === 'ready').flatMap((s) => {
       const now = serviceBackends(store, s);
       return JSON.stringify(now) === JSON.stringify(s.backends) ? [] : [{ s, now, gone: s.backends.filter((b) => !now.includes(b)) }];
     });
@@ -390,13 +419,13 @@ export async function syncServices(ctx: Ctx): Promise<void> {
  * What a service's health checks say (services/health.ts): UNREADY, the selected backends that
  * failed, are out of its rule; the others are in. Then the rule follows (syncServices).
  */
-export async function setServiceHealth(ctx: Ctx, name: string, unready: readonly string[]): Promise<void> {
+export async function setServiceHealth(ctx: Ctx, name: string, unready: readonly string[], judged?: readonly string[]): Promise<void> {
   const { store } = ctx;
   const s = store.service(name);
-  if (!s) return;
+  if (!s || (s.state ?? 'ready') !== 'ready') return; // its create or rm is under way: judged again next round
   const now = [...unready].sort(byAddress);
-  if (JSON.stringify(now) !== JSON.stringify(s.unready ?? [])) store.write(() => store.setServiceUnready(name, now));
-  await syncServices(ctx);
+  // JUDGED (the addresses this round probed; default: every candidate) are not new to the checks.
+  await syncServices(ctx, { service: name, ips: new Set(judged ?? serviceCandidates(store, s)), unready: now });
 }
 
 export interface ServiceView extends ServiceRow {

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 24;
+export const SCHEMA_VERSION = 25;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -431,6 +431,17 @@ ALTER TABLE services ADD COLUMN vip6 TEXT;
 CREATE UNIQUE INDEX services_by_vip6 ON services(vip6);
 `;
 
+// A service being made or removed (schema 25, issue 17): state 'creating' from `service create`'s
+// store transaction until its chain is there, 'removing' from before `service rm` deletes its chain
+// until its record goes; owner: that process (its token, as for networks and sandboxes). Others
+// (ctnetd's health checks, syncServices from another command) leave its rule alone meanwhile,
+// ctnetd's table guard waits for that process rather than put back or take away a chain, and gc
+// finishes either if the process died.
+export const SERVICE_STATE = `
+ALTER TABLE services ADD COLUMN state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('creating', 'ready', 'removing'));
+ALTER TABLE services ADD COLUMN owner TEXT;
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -456,4 +467,5 @@ export const MIGRATIONS: Record<number, string> = {
   22: TOPOLOGY_SERVICES,
   23: SERVICE_OWNER,
   24: SERVICE_VIP6,
+  25: SERVICE_STATE,
 };

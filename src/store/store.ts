@@ -112,6 +112,8 @@ export interface AddressRow {
 export interface PortRow extends PortMapping {
   readonly sandbox: string;
 }
+export type ServiceState = 'creating' | 'ready' | 'removing';
+
 export interface ServiceRow {
   readonly name: string;
   readonly network: string;
@@ -138,6 +140,9 @@ export interface ServiceRow {
    * absent: this host's own.
    */
   readonly ownerHost?: string | undefined;
+  /** 'creating' while `service create` makes its chain, 'removing' while `service rm` runs (schema 25); owner: that process. */
+  readonly state?: ServiceState | undefined;
+  readonly owner?: string | null | undefined;
   readonly created: string;
 }
 
@@ -589,9 +594,10 @@ export class Store {
   }
   insertService(r: Omit<ServiceRow, 'created'>): void {
     this.#run(`INSERT INTO services(name, network, vip, cidr, proto, port, selector_key, selector_value, target_port, affinity, backends, created,
-      publish_ip, publish_port, check_kind, check_path, check_interval_ms, unready, owner_host, vip6) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
+      publish_ip, publish_port, check_kind, check_path, check_interval_ms, unready, owner_host, vip6, state, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
     r.targetPort, r.affinity, JSON.stringify(r.backends), new Date().toISOString(), r.publish?.hostIp ?? null, r.publish?.hostPort ?? null,
-    r.check?.kind ?? null, r.check?.kind === 'http' ? r.check.path : null, r.check?.intervalMs ?? null, JSON.stringify(r.unready ?? []), r.ownerHost ?? null, r.vip6 ?? null);
+    r.check?.kind ?? null, r.check?.kind === 'http' ? r.check.path : null, r.check?.intervalMs ?? null, JSON.stringify(r.unready ?? []), r.ownerHost ?? null, r.vip6 ?? null,
+    r.state ?? 'ready', (r.state ?? 'ready') === 'ready' ? null : r.owner ?? ownerFor(r.state!));
   }
   deleteService(name: string): void {
     this.#run('DELETE FROM services WHERE name = ?', name);
@@ -599,6 +605,9 @@ export class Store {
   }
   setServiceUnready(name: string, unready: readonly string[]): void {
     this.#run('UPDATE services SET unready = ? WHERE name = ?', JSON.stringify(unready), name);
+  }
+  setServiceState(name: string, state: ServiceState): void {
+    this.#run('UPDATE services SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
   }
   setServiceBackends(name: string, backends: readonly string[]): void {
     this.#run('UPDATE services SET backends = ? WHERE name = ?', JSON.stringify(backends), name);
@@ -976,6 +985,7 @@ const toService = (r: Row): ServiceRow => ({
   }),
   unready: JSON.parse((r.unready as string | undefined) ?? '[]') as string[],
   ...(r.owner_host == null ? {} : { ownerHost: r.owner_host as string }),
+  ...(r.state == null || r.state === 'ready' ? {} : { state: r.state as ServiceState, owner: (r.owner as string | null) ?? null }),
   ...(r.vip6 == null ? {} : { vip6: r.vip6 as string }),
 });
 

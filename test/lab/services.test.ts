@@ -411,7 +411,17 @@ describe('services', () => {
         '--check', 'tcp', '--check-interval', '200ms', '--json'])) as ServiceJson;
       assert.deepEqual(out.check, { kind: 'tcp', intervalMs: 200 });
       assert.match(await lab.ctnetOk(['service', 'inspect', 'hc']), /check\s+tcp every 200ms/);
+      // Every backend waits for its first passed probe (none is in at create); ctnetd probes at once.
+      assert.deepEqual(out.backends, []);
+      await eventually('h1 and h2 passed their first check', async () => (await service('hc')).backends.length === 2);
       assert.deepEqual(Object.keys((await count('c1', out.vip, 90, 30)).servers).sort(), ['h1', 'h2']);
+      // A sandbox labelled before anything listens in it is no backend yet: no client is refused for it.
+      await lab.ctnetOk(['create', 'h3', '--network', 'front', '--label', 'app=hc']);
+      assert.ok((await service('hc')).notReady!.includes(ip('h3')), 'h3 waits for its first check');
+      const early = await count('c1', out.vip, 90, 30);
+      assert.equal(early.failed, 0, JSON.stringify(early));
+      assert.ok(!(await service('hc')).backends.includes(ip('h3')), 'h3 failed its checks: still out');
+      await lab.ctnetOk(['rm', 'h3']);
       // h2's server stops: two failed checks take it out; new connections go to h1 only.
       writeFileSync(stop, '');
       await h2;
@@ -436,5 +446,14 @@ describe('services', () => {
     }
     await lab.ctnetOk(['service', 'rm', 'hc']);
     await lab.ctnetOk(['rm', 'h1', 'h2']);
+    // With ctnetd running, service rm is recorded as removing before its chain goes: the table guard
+    // waits for it instead of putting the chain back from the store for a moment.
+    for (const n of [0, 1, 2]) await lab.ctnetOk(['service', 'create', `g${n}`, '--network', 'front', '--port', String(95 + n), '--to', 'label:app=web:8080']);
+    for (const n of [0, 1, 2]) await lab.ctnetOk(['service', 'rm', `g${n}`]);
+    // The guard's check follows nft monitor's events within milliseconds; the restore it used to make
+    // was logged within a second. Give it that long to show (a wait, not a limit asserted on).
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.doesNotMatch(readFileSync(join(lab.stateDir, 'ctnetd.log'), 'utf8'), /restored ctnet's nft tables[^\n]*svc_g/);
+    assert.doesNotMatch(await nftText(), /svc_g\d/);
   });
 });

@@ -12,7 +12,7 @@ export default defineCommand({
     { flags: '--to <selector>', description: 'the backends: label:KEY=VALUE[:TARGET_PORT] (the target port defaults to --port)', required: true },
     { flags: '--vip <ip>', description: 'the virtual address (default: the next free address of the network); on a dual-stack network the service has one of each family: give one or both', repeatable: true },
     { flags: '--affinity <mode>', description: 'client-ip: a client always lands on the same backend (while the backends stay the same)' },
-    { flags: '--check <check>', description: 'tcp or http:PATH: ctnetd probes each backend; 2 failures in a row take it out, 1 pass puts it back' },
+    { flags: '--check <check>', description: 'tcp or http:PATH: ctnetd probes each backend; 2 failures in a row take it out, 1 pass puts it back; a new backend is in after its first pass' },
     { flags: '--check-interval <duration>', description: 'how often --check probes (500ms, 2s, 1m; default 2s)' },
     { flags: '--publish <[host_ip:]host_port>', description: 'the world reaches the service on this host port (every IPv4 address of the host, or HOST_IP), balanced the same way; backends see the real client' },
   ],
