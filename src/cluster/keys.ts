@@ -7,6 +7,7 @@
 //   /ctnet/sandboxes/HOST/NAME      {addresses, labels, networks} the directory; etcd lease
 //   /ctnet/traces/HOST/ID[/reply|/done]  a cross-host trace asked of HOST (engine/trace-remote.ts
 //                                   parses the values); the tracing host's short etcd lease
+//   /ctnet/services/NAME            {host, network, vip, ...}    a service on an overlay network; its host's etcd lease
 //
 // Keys bound to an etcd lease (the host's, one per host, kept alive by its ctnetd) disappear with
 // it: a host that stops renewing leaves the cluster after its TTL, subnets and all.
@@ -20,6 +21,7 @@ export const LEASES = `${PREFIX}leases/`;
 export const HOSTS = `${PREFIX}hosts/`;
 export const SANDBOXES = `${PREFIX}sandboxes/`;
 export const TRACES = `${PREFIX}traces/`;
+export const SERVICES = `${PREFIX}services/`;
 
 /** An overlay network as every host must see it. */
 export interface OverlayDef {
@@ -67,6 +69,22 @@ export interface SandboxValue {
   readonly aliases?: Readonly<Record<string, readonly string[]>>;
 }
 
+/**
+ * A service on an overlay network (the value of services/NAME): what every member needs to balance
+ * its VIP over the selected sandboxes of every host. Keyed by name alone, so a name is one
+ * service in the whole cluster; host: the member that made it (its VIP is from that host's lease).
+ */
+export interface ServiceValue {
+  readonly host: string;
+  readonly network: string;
+  readonly vip: string;
+  readonly proto: 'tcp' | 'udp';
+  readonly port: number;
+  readonly selector: { readonly key: string; readonly value: string };
+  readonly targetPort: number;
+  readonly affinity: 'none' | 'client-ip';
+}
+
 export const networkKey = (name: string) => `${NETWORKS}${name}`;
 /** 10.50.3.0/24 -> 10.50.3.0-24 (as flannel writes it: a '/' would make one more level). */
 export const subnetKeyPart = (cidr: string) => cidr.replace('/', '-');
@@ -80,6 +98,7 @@ export const tracePrefix = (host: string) => `${TRACES}${host}/`;
 /** One trace request (request), the asked host's answer (reply), and the tracer's "probe sent" (done). */
 export const traceKey = (host: string, id: string, part: TracePart = 'request') => `${tracePrefix(host)}${id}${part === 'request' ? '' : `/${part}`}`;
 export type TracePart = 'request' | 'reply' | 'done';
+export const serviceKey = (name: string) => `${SERVICES}${name}`;
 
 /** One of ctnet's keys, with the names it holds; undefined for a key outside the layout. */
 export type ParsedKey =
@@ -87,7 +106,8 @@ export type ParsedKey =
   | { readonly kind: 'lease'; readonly network: string; readonly subnet: string }
   | { readonly kind: 'host'; readonly name: string }
   | { readonly kind: 'sandbox'; readonly host: string; readonly name: string }
-  | { readonly kind: 'trace'; readonly host: string; readonly id: string; readonly part: TracePart };
+  | { readonly kind: 'trace'; readonly host: string; readonly id: string; readonly part: TracePart }
+  | { readonly kind: 'service'; readonly name: string };
 
 const NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 
@@ -99,6 +119,7 @@ export function parseKey(key: string): ParsedKey | undefined {
   if (!parts.every((p, i) => NAME.test(p) || (kind === 'leases' && i === 2 && /^[0-9a-fA-F.:]+-\d{1,3}$/.test(p)))) return undefined;
   if (kind === 'networks' && parts.length === 2) return { kind: 'network', name: a! };
   if (kind === 'hosts' && parts.length === 2) return { kind: 'host', name: a! };
+  if (kind === 'services' && parts.length === 2) return { kind: 'service', name: a! };
   if (kind === 'sandboxes' && parts.length === 3) return { kind: 'sandbox', host: a!, name: b! };
   if (kind === 'traces' && parts.length === 3) return { kind: 'trace', host: a!, id: b!, part: 'request' };
   if (kind === 'traces' && parts.length === 4 && (parts[3] === 'reply' || parts[3] === 'done')) return { kind: 'trace', host: a!, id: b!, part: parts[3] };
@@ -117,6 +138,7 @@ export type Entry =
   | { readonly kind: 'sandbox'; readonly host: string; readonly name: string; readonly value: SandboxValue }
   /** A cross-host trace's key: its value is engine/trace-remote.ts's to parse (short-lived, not cluster state). */
   | { readonly kind: 'trace'; readonly host: string; readonly id: string; readonly part: TracePart }
+  | { readonly kind: 'service'; readonly name: string; readonly value: ServiceValue }
   | { readonly kind: 'bad'; readonly key: string; readonly reason: string };
 
 type Json = Record<string, unknown>;
@@ -193,6 +215,22 @@ export function decodeEntry(key: string, value: string): Entry {
           ...(o.aliases === undefined ? {} : { aliases: aliasMap(o.aliases, networks) }),
         } };
       }
+      case 'service': {
+        const sel = o.selector;
+        if (typeof sel !== 'object' || sel === null || Array.isArray(sel)) throw new Error('"selector" is not an object');
+        const proto = str(o, 'proto');
+        if (proto !== 'tcp' && proto !== 'udp') throw new Error('"proto" is not tcp or udp');
+        const affinity = str(o, 'affinity');
+        if (affinity !== 'none' && affinity !== 'client-ip') throw new Error('"affinity" is not none or client-ip');
+        const vip = parseAddr('vip', str(o, 'vip'));
+        if (vip.family !== 4) throw new Error('"vip" is not an IPv4 address');
+        return { kind: 'service', name: k.name, value: {
+          host: parseName('host', str(o, 'host')), network: parseName('network', str(o, 'network')), vip: formatAddr(4, vip.n),
+          proto, port: int(o, 'port', 1, 65535),
+          selector: { key: str(sel as Json, 'key'), value: str(sel as Json, 'value') },
+          targetPort: int(o, 'targetPort', 1, 65535), affinity,
+        } };
+      }
     }
   } catch (e) {
     return { kind: 'bad', key, reason: reasonOf(e) };
@@ -205,6 +243,11 @@ export const encodeLease = (v: LeaseValue) => JSON.stringify({ host: v.host, und
 export const encodeHost = (v: HostValue) => JSON.stringify({ underlay: v.underlay, vtepMac: v.vtepMac, joined: v.joined });
 export const encodeSandbox = (v: SandboxValue) => JSON.stringify({
   addresses: v.addresses, labels: v.labels, networks: v.networks, ...(v.aliases && Object.keys(v.aliases).length ? { aliases: v.aliases } : {}),
+});
+
+export const encodeService = (v: ServiceValue) => JSON.stringify({
+  host: v.host, network: v.network, vip: v.vip, proto: v.proto, port: v.port, selector: { key: v.selector.key, value: v.selector.value },
+  targetPort: v.targetPort, affinity: v.affinity,
 });
 
 /** An address in the one form every host writes (so a comparison of text is one of addresses). */

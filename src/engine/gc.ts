@@ -18,7 +18,7 @@ import { restoreTables, tableDrift } from './tables.ts';
 import { egressLines } from './attach.ts';
 import { defaultCarrier, driverAttachment, driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { removeSandbox, teardownAttachment, teardownSandbox } from './sandbox.ts';
-import { syncServices } from './services.ts';
+import { removeService, syncServices, vipOps } from './services.ts';
 
 /** Rows another live ctnet process is working on right now are left to it. */
 const interrupted = (r: { state: string; owner: string | null }) => r.state !== 'ready' && !(r.owner && isAlive(r.owner));
@@ -32,6 +32,18 @@ export async function gc(ctx: Ctx): Promise<string[]> {
     await teardownSandbox(ctx, s);
     applier.record({ kind: 'sandbox.delete', name: s.name });
     done.push(`removed sandbox ${s.name} (${s.state} when its ctnet stopped)`);
+  }
+  // A `service rm` that stopped midway is finished (its chain may be half gone: nothing to keep); a
+  // `service create` is finished too (a recorded service is whole after gc: the table rewrite below
+  // makes its chain and elements, the VIP is put back, its backends derived).
+  for (const s of store.services().filter((x) => interrupted({ state: x.state ?? 'ready', owner: x.owner ?? null }))) {
+    if (s.state === 'removing') {
+      await removeService(ctx, s.name, { mirror: true });
+      done.push(`removed service ${s.name} (removing when its ctnet stopped)`);
+    } else {
+      applier.record({ kind: 'service.state', name: s.name, state: 'ready' });
+      done.push(`finished service ${s.name} (creating when its ctnet stopped)`);
+    }
   }
   for (const a of store.attachments().filter(interrupted)) {
     await teardownAttachment(ctx, a);
@@ -93,10 +105,13 @@ export async function gc(ctx: Ctx): Promise<string[]> {
   const have = store.services().length === 0 ? new Set<string>()
     : new Set((await kernel.addrs()).flatMap((l) => (l.addr_info ?? []).map((a) => `${a.local} ${l.ifname}`)));
   for (const s of store.services()) {
+    if (s.ownerHost) continue; // another host's service: its VIP is on that host's bridge
     const bridge = store.network(s.network)?.bridge;
-    if (!bridge || have.has(`${s.vip} ${bridge}`)) continue;
-    await applier.apply([step([{ kind: 'addr.add', cidr: `${s.vip}/32`, dev: bridge }])]);
-    done.push(`put VIP ${s.vip} of service ${s.name} back on bridge ${bridge}`);
+    if (!bridge) continue;
+    const missing = vipOps(bridge, s).filter((op) => op.kind === 'addr.add' && !have.has(`${op.cidr.split('/')[0]} ${bridge}`));
+    if (missing.length === 0) continue;
+    await applier.apply([step(missing)]);
+    done.push(`put VIP ${missing.map((op) => (op.kind === 'addr.add' ? op.cidr.split('/')[0] : '')).join(' and ')} of service ${s.name} back on bridge ${bridge}`);
   }
   await syncServices(ctx);
   // systemd-resolved's registration of each network with DNS (it restarted, or someone reverted a link).

@@ -17,6 +17,7 @@ import { driverNetwork, driverOf, sandboxNetns } from './records.ts';
 import { disconnect } from './sandbox.ts';
 import { forwardSteps } from './forward.ts';
 import { syncPolicy } from './policy.ts';
+import { removeService } from './services.ts';
 import { checkHostAddresses, checkNetworkEgress } from './egress.ts';
 import { resolvedRevertSteps, resolvedSteps } from './resolved.ts';
 
@@ -179,7 +180,7 @@ export async function removeNetwork(ctx: Ctx, name: string, options: { force: bo
   const { store, applier } = ctx;
   const n = store.network(name);
   if (!n) return; // already gone: removing it again succeeds
-  const services = store.services({ network: name });
+  const services = store.services({ network: name }).filter((s) => !s.ownerHost);
   if (services.length > 0) {
     throw new CtnetError('IN_USE', `network ${name} carries services ${services.map((s) => s.name).join(', ')}`,
       `remove them first: ctnet service rm ${services.map((s) => s.name).join(' ')}`);
@@ -190,6 +191,9 @@ export async function removeNetwork(ctx: Ctx, name: string, options: { force: bo
       `disconnect or remove them first, or use "ctnet network rm --force ${name}"`);
   }
   for (const a of attached) await disconnect(ctx, name, a.sandbox);
+  // Other hosts' services on this overlay network leave with this host's side of it; the mirror
+  // (services/service-directory.ts) puts them back if the side is made again.
+  for (const s of store.services({ network: name }).filter((x) => x.ownerHost)) await removeService(ctx, s.name, { mirror: true });
   applier.record({ kind: 'network.state', name, state: 'removing' });
   await teardownNetwork(ctx, n);
   applier.record({ kind: 'network.delete', name });

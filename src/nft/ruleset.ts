@@ -86,6 +86,8 @@ add map ${TABLE} ports4_any { type inet_proto . inet_service : ipv4_addr . inet_
 add map ${TABLE} ports6_any { type inet_proto . inet_service : ipv6_addr . inet_service; comment "published on every host address: protocol . port -> sandbox address . port"; }
 add map ${TABLE} services4 { type ipv4_addr . inet_proto . inet_service : verdict; comment "services: VIP . protocol . port -> goto the service's chain (its backends)"; }
 add set ${TABLE} service_vips4 { type ipv4_addr; comment "services' VIPs: reached from another network only where policy allows"; }
+add map ${TABLE} services6 { type ipv6_addr . inet_proto . inet_service : verdict; comment "services' IPv6 VIPs (dual-stack networks): VIP . protocol . port -> goto the service's chain"; }
+add set ${TABLE} service_vips6 { type ipv6_addr; comment "services' IPv6 VIPs: reached from another network only where policy allows"; }
 add map ${TABLE} service_ports4 { type ipv4_addr . inet_proto . inet_service : verdict; comment "services published on one host address: address . protocol . port -> goto the service's chain"; }
 add map ${TABLE} service_ports4_any { type inet_proto . inet_service : verdict; comment "services published on every IPv4 host address: protocol . port -> goto the service's chain"; }
 ${policySets()}
@@ -105,6 +107,8 @@ add rule ${TABLE} guard iifname @bridges ip daddr 127.0.0.0/8 counter drop comme
 add rule ${TABLE} guard iifname @bridges ip saddr 127.0.0.0/8 counter drop comment "loopback source from a sandbox"
 add rule ${TABLE} prerouting ip daddr . meta l4proto . th dport vmap @services4 comment "services: one lookup, whatever their number"
 add rule ${TABLE} output ip daddr . meta l4proto . th dport vmap @services4 comment "services, from the host"
+add rule ${TABLE} prerouting ip6 daddr . meta l4proto . th dport vmap @services6 comment "services' IPv6 VIPs: one lookup, whatever their number"
+add rule ${TABLE} output ip6 daddr . meta l4proto . th dport vmap @services6 comment "services' IPv6 VIPs, from the host"
 ${servicePortRules('prerouting')}
 ${servicePortRules('output')}
 ${dnatRules('prerouting')}
@@ -122,6 +126,7 @@ add rule ${TABLE} forward iifname . oifname @bridge_pairs accept
 add rule ${TABLE} forward iifname @internal_bridges counter drop comment "internal network: no way out"
 add rule ${TABLE} forward oifname @internal_bridges counter drop comment "internal network: no way in"
 add rule ${TABLE} forward iifname @bridges ct status dnat ct original ip daddr @service_vips4 counter drop comment "service: from another network only where policy allows (a service is no way around isolation)"
+add rule ${TABLE} forward iifname @bridges ct status dnat ct original ip6 daddr @service_vips6 counter drop comment "service (IPv6 VIP): from another network only where policy allows"
 add rule ${TABLE} forward ct status dnat counter accept comment "published port"
 add rule ${TABLE} forward iifname @bridges oifname @bridges counter drop comment "networks are isolated from each other"
 add rule ${TABLE} forward oifname @bridges counter drop comment "from outside, only published ports reach sandboxes"
@@ -401,11 +406,13 @@ export function portElements(verb: Verb, p: PortFacts): string[] {
 export interface ServiceFacts {
   readonly name: string;
   readonly vip: string;
+  /** Its IPv6 VIP, on a dual-stack network: the chain then has one rule per family. */
+  readonly vip6?: string | undefined;
   readonly proto: 'tcp' | 'udp';
   readonly port: number;
   readonly targetPort: number;
   readonly affinity: 'none' | 'client-ip';
-  /** Backend addresses, sorted: slot i of the hash or random number goes to backends[i]. */
+  /** Backend addresses, sorted (IPv4 first): slot i of the hash or random number goes to the family's i-th. */
   readonly backends: readonly string[];
   /** `--publish`: a host address (0.0.0.0: every IPv4 one) and port that lead to the service's chain too. */
   readonly publish?: { readonly hostIp: string; readonly hostPort: number } | undefined;
@@ -426,18 +433,38 @@ const AFFINITY_SEED = '0x63746e74';
  * the client is refused at once (TCP reset, ICMP port unreachable) rather than left to time out.
  */
 export function serviceRule(s: ServiceFacts): string {
-  const chain = `${TABLE} ${serviceChain(s.name)}`;
-  if (s.backends.length === 0) {
-    return `add rule ${chain} meta l4proto ${s.proto} counter reject${s.proto === 'tcp' ? ' with tcp reset' : ''} comment "service ${s.name}: no backend"`;
-  }
-  const pick = s.affinity === 'client-ip' ? `jhash ip saddr mod ${s.backends.length} seed ${AFFINITY_SEED}` : `numgen random mod ${s.backends.length}`;
-  const map = s.backends.map((b, i) => `${i} : ${b} . ${s.targetPort}`).join(', ');
-  return `add rule ${chain} meta l4proto ${s.proto} counter dnat ip to ${pick} map { ${map} } comment "service ${s.name}"`;
+  return familyRule(s, 4, s.backends, '');
 }
 
-/** Replaces a service's backends (one rule, in the transaction it is part of). */
+/**
+ * One family's rule. FAMILY_MATCH is empty for an IPv4-only service (its rule as it always was);
+ * with an IPv6 VIP each rule starts with `meta nfproto`, since a `dnat ip` rule's counter would
+ * count IPv6 packets too (the kernel skips a NAT of the other family; the rule still matches).
+ */
+function familyRule(s: ServiceFacts, family: 4 | 6, backends: readonly string[], familyMatch: string): string {
+  const chain = `${TABLE} ${serviceChain(s.name)}`;
+  if (backends.length === 0) {
+    return `add rule ${chain} ${familyMatch}meta l4proto ${s.proto} counter reject${s.proto === 'tcp' ? ' with tcp reset' : ''} comment "service ${s.name}: no backend"`;
+  }
+  const ip = family === 4 ? 'ip' : 'ip6';
+  const pick = s.affinity === 'client-ip' ? `jhash ${ip} saddr mod ${backends.length} seed ${AFFINITY_SEED}` : `numgen random mod ${backends.length}`;
+  const map = backends.map((b, i) => `${i} : ${b} . ${s.targetPort}`).join(', ');
+  return `add rule ${chain} ${familyMatch}meta l4proto ${s.proto} counter dnat ${ip} to ${pick} map { ${map} } comment "service ${s.name}"`;
+}
+
+/** The rules of a service's chain: one, or with an IPv6 VIP one per family (each over its family's backends). */
+export function serviceRules(s: ServiceFacts): string[] {
+  if (!s.vip6) return [serviceRule(s)];
+  const v6 = (b: string) => b.includes(':');
+  return [
+    familyRule(s, 4, s.backends.filter((b) => !v6(b)), 'meta nfproto ipv4 '),
+    familyRule(s, 6, s.backends.filter(v6), 'meta nfproto ipv6 '),
+  ];
+}
+
+/** Replaces a service's backends (its rules, in the transaction they are part of). */
 export function serviceBackendLines(s: ServiceFacts): string[] {
-  return [`flush chain ${TABLE} ${serviceChain(s.name)}`, serviceRule(s)];
+  return [`flush chain ${TABLE} ${serviceChain(s.name)}`, ...serviceRules(s)];
 }
 
 /** A published service's element: its host port leads to its chain (delete: the key only). */
@@ -457,6 +484,7 @@ export function serviceLines(verb: Verb, s: ServiceFacts): string[] {
       ...servicePublishElement('delete', s),
       `delete element ${TABLE} services4 { ${key} }`,
       `delete element ${TABLE} service_vips4 { ${s.vip} }`,
+      ...(s.vip6 ? [`delete element ${TABLE} services6 { ${s.vip6} . ${s.proto} . ${s.port} }`, `delete element ${TABLE} service_vips6 { ${s.vip6} }`] : []),
       `delete chain ${TABLE} ${serviceChain(s.name)}`,
     ];
   }
@@ -465,6 +493,7 @@ export function serviceLines(verb: Verb, s: ServiceFacts): string[] {
     ...serviceBackendLines(s),
     `add element ${TABLE} service_vips4 { ${s.vip} }`,
     `add element ${TABLE} services4 { ${key} : goto ${serviceChain(s.name)} }`,
+    ...(s.vip6 ? [`add element ${TABLE} service_vips6 { ${s.vip6} }`, `add element ${TABLE} services6 { ${s.vip6} . ${s.proto} . ${s.port} : goto ${serviceChain(s.name)} }`] : []),
     ...servicePublishElement('add', s),
   ];
 }

@@ -41,7 +41,7 @@ export type FlowFilter =
    * Connections through a service (VIP . protocol . port, or its published host port) DNATed to
    * backends that left it.
    */
-  | { readonly kind: 'service'; readonly vip: string; readonly proto: string; readonly port: number; readonly backends: readonly string[];
+  | { readonly kind: 'service'; readonly vip: string; readonly vip6?: string; readonly proto: string; readonly port: number; readonly backends: readonly string[];
     readonly publish?: { readonly hostIp: string; readonly hostPort: number } | undefined }
   /** Forwarded connections the policy now denies. */
   | { readonly kind: 'denied'; readonly rules: readonly PolicyRule[]; readonly world: PolicyWorld }
@@ -60,7 +60,7 @@ export function describeFilter(f: FlowFilter): string {
     case 'addresses': return `flows of ${f.ips.join(', ')}`;
     case 'unpublished': return `flows through published ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')}`;
     case 'stale': return `flows that reached host ports ${f.ports.map((p) => `${p.mapping.proto}/${p.mapping.hostPort}`).join(', ')} before they were published`;
-    case 'service': return `flows through service ${f.vip} ${f.proto}/${f.port}${f.publish ? ` (and host port ${f.publish.hostIp}:${f.publish.hostPort})` : ''} to ${f.backends.join(', ')}`;
+    case 'service': return `flows through service ${f.vip}${f.vip6 ? ` and ${f.vip6}` : ''} ${f.proto}/${f.port}${f.publish ? ` (and host port ${f.publish.hostIp}:${f.publish.hostPort})` : ''} to ${f.backends.join(', ')}`;
     case 'denied': return 'flows (forwarded, or to the host) the policy now denies';
     case 'judged': return 'flows (forwarded, or to the host) in the changed part of the policy that it now denies';
   }
@@ -92,7 +92,7 @@ export async function pickFlows(f: FlowFilter, flows: readonly Flow[], local: ()
     case 'service': {
       const gone = new Set(f.backends);
       const p = f.publish;
-      const viaVip = (x: Flow) => x.orig.dst === f.vip && x.orig.dport === f.port;
+      const viaVip = (x: Flow) => (x.orig.dst === f.vip || (f.vip6 !== undefined && x.orig.dst === f.vip6)) && x.orig.dport === f.port;
       // Through the host port: DNATed (the reply comes from the backend, not the address asked).
       const viaHost = (x: Flow) => p !== undefined && x.orig.dport === p.hostPort && x.orig.dst !== x.reply.src &&
         (isWildcard(p.hostIp) || x.orig.dst === p.hostIp);

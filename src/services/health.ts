@@ -1,8 +1,9 @@
 // ctnetd's health checks of services' backends (`service create --check tcp|http:PATH`): each
 // backend a service's selector picks is probed from the host every interval (a TCP connect to its
 // address and target port, or an HTTP GET of PATH answered 2xx or 3xx). FAILS_TO_LEAVE failures in
-// a row take it out of its service's rule, one pass puts it back (engine/services.ts
-// setServiceHealth: the store's `unready` list, then syncServices). Probes run outside ctnetd's
+// a row take it out of its service's rule, one pass puts it back, and a new backend is out until
+// its first pass (engine/services.ts setServiceHealth: the store's `unready` list, then
+// syncServices, which puts a new candidate on that list). Probes run outside ctnetd's
 // request queue; reading the backends and changing the rule run in it. Without ctnetd nothing is
 // probed and the backends stay as the last check left them.
 import { http } from '../http.ts';
@@ -79,22 +80,25 @@ export function healthChecks(): Service {
     try {
       const now = await ctx.exclusive(async (c) => {
         const s = c.store.service(name);
-        return s?.check ? { s, check: s.check, candidates: serviceCandidates(c.store, s) } : undefined;
+        // Not while its create or rm is under way (its chain is not there yet, or going).
+        return s?.check && (s.state ?? 'ready') === 'ready' ? { s, check: s.check, candidates: serviceCandidates(c.store, s) } : undefined;
       });
       if (!now || stopped) return;
       const { s, check, candidates } = now;
       const timeout = Math.min(PROBE_TIMEOUT_MS, check.intervalMs);
       const results = new Map(await Promise.all(candidates.map(async (ip) => [ip, await probe(check, ip, s.targetPort, timeout)] as const)));
-      const was = states.get(name) ?? { fails: new Map(), unready: [...(s.unready ?? [])].sort() };
+      // Failures in a row from memory; who is out from the store (syncServices adds new backends
+      // there, out until their first pass).
+      const was = { fails: states.get(name)?.fails ?? new Map<string, number>(), unready: [...(s.unready ?? [])].sort() };
       const next = judgeRound(was, results);
       states.set(name, next);
       const before = [...(s.unready ?? [])].sort();
       if (JSON.stringify(next.unready) === JSON.stringify(before) || stopped) return;
-      await ctx.exclusive((c) => setServiceHealth(c, name, next.unready));
+      await ctx.exclusive((c) => setServiceHealth(c, name, next.unready, [...results.keys()]));
       const out = next.unready.filter((ip) => !before.includes(ip));
       const back = before.filter((ip) => !next.unready.includes(ip) && results.get(ip) === true);
       ctx.log(`service ${name}: ${[...(out.length ? [`${out.join(', ')} not ready (${FAILS_TO_LEAVE} failed checks): out`] : []),
-        ...(back.length ? [`${back.join(', ')} ready again: back in`] : [])].join('; ') || 'backends as checked'}`);
+        ...(back.length ? [`${back.join(', ')} passed: in`] : [])].join('; ') || 'backends as checked'}`);
     } catch (e) {
       ctx.log(`service ${name}: a health check round failed, trying again at the next: ${(e as Error).message}`);
     } finally {
@@ -116,6 +120,7 @@ export function healthChecks(): Service {
     for (const w of want) {
       if (timers.has(w.name) || stopped) continue;
       timers.set(w.name, { key: keys.get(w.name)!, timer: setInterval(() => void round(w.name), w.check.intervalMs) });
+      void round(w.name); // at once: a new service's backends are out until their first pass
     }
   }
   const kick = () => void refresh().catch((e: unknown) => ctx.log(`reading the services failed: ${(e as Error).message}`));
@@ -128,6 +133,10 @@ export function healthChecks(): Service {
     },
     changes(events) {
       if (events.some((e) => e.kind === 'service')) kick();
+      // A new backend waits for its first probe (a new service's once it is made): a round now rather than an interval later.
+      if (events.some((e) => e.kind === 'service' || e.kind === 'label' || e.kind === 'attachment' || e.kind === 'address' || e.kind === 'remote')) {
+        for (const name of timers.keys()) void round(name);
+      }
     },
     resync() {
       kick();

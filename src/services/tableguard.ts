@@ -115,7 +115,8 @@ export class MonitorReader {
 function operationUnderWay(ctx: Ctx): boolean {
   const { store } = ctx;
   const busy = (r: { state: string; owner: string | null }) => r.state !== 'ready' && r.owner !== null && isAlive(r.owner);
-  return store.networks().some(busy) || store.sandboxes().some(busy) || store.attachments().some(busy);
+  return store.networks().some(busy) || store.sandboxes().some(busy) || store.attachments().some(busy) ||
+    store.services().some((s) => busy({ state: s.state ?? 'ready', owner: s.owner ?? null })); // creating or removing
 }
 
 /** A fast restore, and the transaction that started it (known when its last line comes). */

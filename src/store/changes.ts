@@ -44,7 +44,8 @@ export type StoreChange =
   | { readonly kind: 'shaping.set'; readonly sandbox: string; readonly network: string; readonly shape: Shape | null }
   | { readonly kind: 'service.insert'; readonly row: Omit<ServiceRow, 'created'> }
   | { readonly kind: 'service.delete'; readonly name: string }
-  | { readonly kind: 'service.backends'; readonly name: string; readonly backends: readonly string[] };
+  | { readonly kind: 'service.backends'; readonly name: string; readonly backends: readonly string[] }
+  | { readonly kind: 'service.state'; readonly name: string; readonly state: 'creating' | 'ready' | 'removing' };
 
 /**
  * Makes a change (inside a store transaction) and returns what undoes it, or undefined where
@@ -168,6 +169,11 @@ export function applyChange(store: Store, c: StoreChange): StoreChange | undefin
       const was = store.service(c.name);
       store.deleteService(c.name);
       return was && { kind: 'service.insert', row: was };
+    }
+    case 'service.state': {
+      const was = store.service(c.name)?.state ?? 'ready';
+      store.setServiceState(c.name, c.state);
+      return { kind: 'service.state', name: c.name, state: was };
     }
     case 'service.backends': {
       const was = store.service(c.name)?.backends;

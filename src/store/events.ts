@@ -38,7 +38,7 @@ export interface FeedData {
    * A service's name, network and VIP (DNS answers them): its other columns are not recorded, so
    * the backends following labels (syncServices) make no events.
    */
-  service: { readonly name: string; readonly network: string; readonly vip: string };
+  service: { readonly name: string; readonly network: string; readonly vip: string; readonly vip6?: string | null; readonly state?: string };
 }
 export type Kind = keyof FeedData;
 export type Action = 'created' | 'changed' | 'removed';
@@ -120,7 +120,7 @@ export const RECORDED: { readonly [K in Kind]: Recorded } = {
   },
   alias: { table: 'aliases', key: "$.network || '/' || $.alias || '/' || $.sandbox", columns: [c('sandbox'), c('network'), c('alias')] },
   remote: { table: 'remote_sandboxes', key: "$.host || '/' || $.name", columns: [c('host'), c('name'), j('addresses'), j('labels'), j('networks'), j('aliases')] },
-  service: { table: 'services', key: '$.name', columns: [c('name'), c('network'), c('vip')] },
+  service: { table: 'services', key: '$.name', columns: [c('name'), c('network'), c('vip'), c('vip6'), c('state')] },
 };
 
 export const KINDS = Object.keys(RECORDED) as Kind[];

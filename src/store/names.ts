@@ -16,7 +16,7 @@ export interface NameRows {
   readonly addresses: readonly { readonly network: string; readonly sandbox: string; readonly ip: string }[];
   readonly aliases: readonly { readonly network: string; readonly sandbox: string; readonly alias: string }[];
   /** Services (docs/services.md): NAME and NAME.NETWORK answer their VIP on their network. */
-  readonly services: readonly { readonly network: string; readonly name: string; readonly vip: string }[];
+  readonly services: readonly { readonly network: string; readonly name: string; readonly vip: string; readonly vip6?: string | null }[];
 }
 
 type Row = Record<string, unknown>;
@@ -54,7 +54,7 @@ export class NameReader {
     this.#remote = this.#db.prepare('SELECT name, addresses, networks, aliases FROM remote_sandboxes');
     this.#overlays = this.#db.prepare('SELECT network, cidr FROM overlays');
     // Only the columns DNS needs: the service's row may grow (ports, health) without this reader knowing.
-    this.#services = this.#db.prepare('SELECT name, network, vip FROM services');
+    this.#services = this.#db.prepare('SELECT name, network, vip, vip6 FROM services');
   }
 
   close(): void {
@@ -118,7 +118,7 @@ export class NameReader {
       }
       const aliases = (this.#aliases.all() as Row[]).map((r) => ({ network: r.network as string, sandbox: r.sandbox as string, alias: r.alias as string }));
       aliases.push(...remoteAliases);
-      const services = (this.#services.all() as Row[]).map((r) => ({ network: r.network as string, name: r.name as string, vip: r.vip as string }));
+      const services = (this.#services.all() as Row[]).map((r) => ({ network: r.network as string, name: r.name as string, vip: r.vip as string, vip6: r.vip6 as string | null }));
       return { serial, networks, subnets, addresses, aliases, services };
     } finally {
       this.#db.exec('COMMIT');

@@ -1,4 +1,4 @@
-export const SCHEMA_VERSION = 22;
+export const SCHEMA_VERSION = 25;
 
 // Published ports belong to a sandbox and go with it. host_ip is '' (every address of both
 // families), 0.0.0.0 or :: (every address of one family) or one address. The primary key stops
@@ -416,6 +416,32 @@ ALTER TABLE topology_objects_next RENAME TO topology_objects;
 CREATE INDEX topology_objects_by_topology ON topology_objects(topology);
 `;
 
+// Services on overlay networks (schema 23, issue 17): a service another host owns, mirrored from etcd
+// (/ctnet/services/NAME) so this host balances its VIP over the selected sandboxes of every host;
+// owner_host: that host's name (null: this host's own service, recorded here first).
+export const SERVICE_OWNER = `
+ALTER TABLE services ADD COLUMN owner_host TEXT;
+`;
+
+// IPv6 VIPs (schema 24, issue 17): a service on a dual-stack network has a VIP of each family;
+// vip6 null: IPv4 only. backends holds both families' addresses (IPv4 first). SQLite cannot add a
+// UNIQUE column: the index makes it one (nulls are never equal).
+export const SERVICE_VIP6 = `
+ALTER TABLE services ADD COLUMN vip6 TEXT;
+CREATE UNIQUE INDEX services_by_vip6 ON services(vip6);
+`;
+
+// A service being made or removed (schema 25, issue 17): state 'creating' from `service create`'s
+// store transaction until its chain is there, 'removing' from before `service rm` deletes its chain
+// until its record goes; owner: that process (its token, as for networks and sandboxes). Others
+// (ctnetd's health checks, syncServices from another command) leave its rule alone meanwhile,
+// ctnetd's table guard waits for that process rather than put back or take away a chain, and gc
+// finishes either if the process died.
+export const SERVICE_STATE = `
+ALTER TABLE services ADD COLUMN state TEXT NOT NULL DEFAULT 'ready' CHECK (state IN ('creating', 'ready', 'removing'));
+ALTER TABLE services ADD COLUMN owner TEXT;
+`;
+
 /** Schema N is SCHEMA plus MIGRATIONS[2..N]; a store at version V runs V+1..N on open. */
 export const MIGRATIONS: Record<number, string> = {
   2: PORTS,
@@ -439,4 +465,7 @@ export const MIGRATIONS: Record<number, string> = {
   20: SERVICE_PUBLISH,
   21: SERVICE_CHECKS,
   22: TOPOLOGY_SERVICES,
+  23: SERVICE_OWNER,
+  24: SERVICE_VIP6,
+  25: SERVICE_STATE,
 };

@@ -112,12 +112,16 @@ export interface AddressRow {
 export interface PortRow extends PortMapping {
   readonly sandbox: string;
 }
+export type ServiceState = 'creating' | 'ready' | 'removing';
+
 export interface ServiceRow {
   readonly name: string;
   readonly network: string;
   readonly vip: string;
   /** The subnet the VIP was taken from. */
   readonly cidr: string;
+  /** Its IPv6 VIP, on a dual-stack network (schema 24). */
+  readonly vip6?: string | undefined;
   readonly proto: 'tcp' | 'udp';
   readonly port: number;
   readonly selector: { readonly key: string; readonly value: string };
@@ -131,6 +135,14 @@ export interface ServiceRow {
   readonly check?: ServiceCheck | undefined;
   /** The selected backends the checks took out (sorted); not in `backends`. */
   readonly unready?: readonly string[] | undefined;
+  /**
+   * The host that owns it, for a service on an overlay network mirrored from etcd (schema 23);
+   * absent: this host's own.
+   */
+  readonly ownerHost?: string | undefined;
+  /** 'creating' while `service create` makes its chain, 'removing' while `service rm` runs (schema 25); owner: that process. */
+  readonly state?: ServiceState | undefined;
+  readonly owner?: string | null | undefined;
   readonly created: string;
 }
 
@@ -578,13 +590,14 @@ export class Store {
   }
   /** The service whose VIP this is, if any (ipam's holder test). */
   serviceByVip(ip: string): string | undefined {
-    return this.#get('SELECT name FROM services WHERE vip = ?', ip)?.name as string | undefined;
+    return this.#get('SELECT name FROM services WHERE vip = ? OR vip6 = ?', ip, ip)?.name as string | undefined;
   }
   insertService(r: Omit<ServiceRow, 'created'>): void {
     this.#run(`INSERT INTO services(name, network, vip, cidr, proto, port, selector_key, selector_value, target_port, affinity, backends, created,
-      publish_ip, publish_port, check_kind, check_path, check_interval_ms, unready) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
+      publish_ip, publish_port, check_kind, check_path, check_interval_ms, unready, owner_host, vip6, state, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`, r.name, r.network, r.vip, r.cidr, r.proto, r.port, r.selector.key, r.selector.value,
     r.targetPort, r.affinity, JSON.stringify(r.backends), new Date().toISOString(), r.publish?.hostIp ?? null, r.publish?.hostPort ?? null,
-    r.check?.kind ?? null, r.check?.kind === 'http' ? r.check.path : null, r.check?.intervalMs ?? null, JSON.stringify(r.unready ?? []));
+    r.check?.kind ?? null, r.check?.kind === 'http' ? r.check.path : null, r.check?.intervalMs ?? null, JSON.stringify(r.unready ?? []), r.ownerHost ?? null, r.vip6 ?? null,
+    r.state ?? 'ready', (r.state ?? 'ready') === 'ready' ? null : r.owner ?? ownerFor(r.state!));
   }
   deleteService(name: string): void {
     this.#run('DELETE FROM services WHERE name = ?', name);
@@ -592,6 +605,9 @@ export class Store {
   }
   setServiceUnready(name: string, unready: readonly string[]): void {
     this.#run('UPDATE services SET unready = ? WHERE name = ?', JSON.stringify(unready), name);
+  }
+  setServiceState(name: string, state: ServiceState): void {
+    this.#run('UPDATE services SET state = ?, owner = ? WHERE name = ?', state, ownerFor(state), name);
   }
   setServiceBackends(name: string, backends: readonly string[]): void {
     this.#run('UPDATE services SET backends = ? WHERE name = ?', JSON.stringify(backends), name);
@@ -971,6 +987,9 @@ const toService = (r: Row): ServiceRow => ({
       : { kind: 'tcp' as const, intervalMs: r.check_interval_ms as number },
   }),
   unready: JSON.parse((r.unready as string | undefined) ?? '[]') as string[],
+  ...(r.owner_host == null ? {} : { ownerHost: r.owner_host as string }),
+  ...(r.state == null || r.state === 'ready' ? {} : { state: r.state as ServiceState, owner: (r.owner as string | null) ?? null }),
+  ...(r.vip6 == null ? {} : { vip6: r.vip6 as string }),
 });
 
 const toPolicy = (r: Row): PolicyRow => ({

@@ -26,7 +26,7 @@ const zone = buildZone({
   aliases: [{ network: 'front', sandbox: 'Web', alias: 'api' }, { network: 'front', sandbox: 'web2', alias: 'api' }, { network: 'front', sandbox: 'web2', alias: 'web' }],
   services: [
     { network: 'front', name: 'shop', vip: '10.1.0.200' }, { network: 'front', name: 'web2', vip: '10.1.0.201' },
-    { network: 'front', name: 'v6svc', vip: 'fd00:1::c8' }, { network: 'front', name: 'dotted.name', vip: '10.1.0.202' },
+    { network: 'front', name: 'v6svc', vip: 'fd00:1::c8' }, { network: 'front', name: 'dual', vip: '10.1.0.201', vip6: 'fd00:1::c9' }, { network: 'front', name: 'dotted.name', vip: '10.1.0.202' },
     { network: 'inner', name: 'isvc', vip: '10.2.0.200' },
   ],
 });
@@ -48,6 +48,11 @@ describe('dns zone', () => {
     assert.deepEqual(decide(zone, front, 'shop', 'A'), { kind: 'local', rcode: 'NOERROR', answers: [{ name: 'shop', type: 'A', data: '10.1.0.200' }], soa: undefined });
     assert.deepEqual(decide(zone, front, 'SHOP.front', 'A'), { kind: 'local', rcode: 'NOERROR', answers: [{ name: 'SHOP.front', type: 'A', data: '10.1.0.200' }], soa: undefined });
     assert.deepEqual(decide(zone, front, 'shop', 'AAAA'), { kind: 'local', rcode: 'NOERROR', answers: [], soa: 'front' }, 'NODATA');
+    // A dual-stack network's service: A its IPv4 VIP, AAAA its IPv6 one, PTR of both.
+    assert.deepEqual((decide(zone, front, 'dual', 'A') as { answers: unknown }).answers, [{ name: 'dual', type: 'A', data: '10.1.0.201' }]);
+    assert.deepEqual((decide(zone, front, 'dual', 'AAAA') as { answers: unknown }).answers, [{ name: 'dual', type: 'AAAA', data: 'fd00:1::c9' }]);
+    assert.deepEqual((decide(zone, front, '9.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa', 'PTR') as { answers: unknown }).answers,
+      [{ name: '9.c.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.1.0.0.0.0.0.d.f.ip6.arpa', type: 'PTR', data: 'dual.front' }]);
     assert.deepEqual(decide(zone, front, 'v6svc', 'AAAA'), { kind: 'local', rcode: 'NOERROR', answers: [{ name: 'v6svc', type: 'AAAA', data: 'fd00:1::c8' }], soa: undefined });
     assert.deepEqual(decide(zone, front, '200.0.1.10.in-addr.arpa', 'PTR'), { kind: 'local', rcode: 'NOERROR', answers: [{ name: '200.0.1.10.in-addr.arpa', type: 'PTR', data: 'shop.front' }] });
     assert.deepEqual((decide(zone, front, 'web2', 'A') as { answers: unknown }).answers, [{ name: 'web2', type: 'A', data: '10.1.0.3' }], 'the sandbox wins');

@@ -1065,7 +1065,8 @@ describe('services on the fake kernel', () => {
     assert.match(rule(w), /mod 1 map \{ 0 : 10\.1\.0\.4 \. 8080 \}/);
     // The backend that left finishes its open connections (bounded), then what is left is cut.
     const flowOps = ops.filter((o) => o.kind === 'conntrack.drain' || o.kind === 'conntrack.forget');
-    const filter = { kind: 'service', vip: '10.1.0.3', proto: 'tcp', port: 80, backends: ['10.1.0.2'], publish: undefined };
+    // WEB is dual-stack: the service has an IPv6 VIP too, and b1 leaves with both its addresses.
+    const filter = { kind: 'service', vip: '10.1.0.3', vip6: 'fd00:1::3', proto: 'tcp', port: 80, backends: ['10.1.0.2', 'fd00:1::2'], publish: undefined };
     assert.deepEqual(flowOps, [{ kind: 'conntrack.drain', filter, timeoutMs: 10_000 }, { kind: 'conntrack.forget', filter }]);
     assert.ok(ops.findIndex((o) => o.kind === 'nft') < ops.findIndex((o) => o.kind === 'conntrack.drain'), 'out of the rule before the drain');
     await removeSandbox(w.ctx, 'b2');
@@ -1088,6 +1089,14 @@ describe('services on the fake kernel', () => {
     const svc = await createService(w.ctx, { ...req, check: 'http:/healthz', checkInterval: '500ms' });
     assert.deepEqual(svc.check, { kind: 'http', path: '/healthz', intervalMs: 500 });
     assert.deepEqual(w.store.service('svc')!.check, { kind: 'http', path: '/healthz', intervalMs: 500 });
+    // Every backend waits for its first passed probe: none yet, all not ready; a new one waits too.
+    assert.deepEqual([svc.backends, w.store.service('svc')!.unready], [[], ['10.1.0.2', '10.1.0.3', 'fd00:1::2', 'fd00:1::3']]);
+    assert.match(rule(w), /reject with tcp reset/);
+    await createSandbox(w.ctx, 'b3', on('web'), undefined, [{ key: 'app', value: 'web' }]);
+    assert.deepEqual((await listServices(w.ctx, 'svc'))[0]!.notReady, ['10.1.0.2', '10.1.0.3', '10.1.0.5', 'fd00:1::2', 'fd00:1::3', 'fd00:1::5']);
+    await removeSandbox(w.ctx, 'b3');
+    await setServiceHealth(w.ctx, 'svc', []); // the first round passed them all
+    assert.match(rule(w), /dnat ip to numgen random mod 2 map/);
     const ops: Op[] = [];
     w.fake.failWhen((op) => ops.push(op) < 0);
     await setServiceHealth(w.ctx, 'svc', ['10.1.0.2']);
@@ -1096,11 +1105,58 @@ describe('services on the fake kernel', () => {
     assert.deepEqual(ops.filter((o) => o.kind === 'conntrack.drain'), [], 'a failing backend is not waited for');
     assert.equal(ops.filter((o) => o.kind === 'conntrack.forget').length, 1);
     const [view] = await listServices(w.ctx, 'svc');
-    assert.deepEqual([view!.backends, view!.notReady], [['10.1.0.3'], ['10.1.0.2']]);
+    assert.deepEqual([view!.backends, view!.notReady], [['10.1.0.3', 'fd00:1::2', 'fd00:1::3'], ['10.1.0.2']], 'each address is checked on its own');
     // gc's derivation keeps it out; the label going takes it off the not-ready list.
     await setServiceHealth(w.ctx, 'svc', []);
     assert.match(rule(w), /mod 2 map/);
     await removeService(w.ctx, 'svc');
+  }));
+
+  it('service create is creating until its chain is there, rm removing before it goes (others leave the rule alone); gc finishes both when their process died', () => withWorld(async (w) => {
+    await createNetwork(w.ctx, WEB());
+    const req = { name: 'svc', network: 'web', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined };
+    let made: unknown;
+    w.fake.failWhen((op) => {
+      if (op.kind === 'nft') made ??= w.store.service('svc')?.state;
+      return false;
+    });
+    await createService(w.ctx, { ...req, check: 'tcp' });
+    w.fake.failWhen(undefined);
+    assert.equal(made, 'creating', 'syncServices elsewhere (a label, ctnetd\'s first health check) leaves its rule alone');
+    assert.equal(w.store.service('svc')!.state, undefined, 'ready');
+    // A health verdict whose rule change fails is not recorded: the next round tries again.
+    await createSandbox(w.ctx, 'b1', on('web'), undefined, [{ key: 'app', value: 'web' }]);
+    const pending = w.store.service('svc')!.unready;
+    assert.equal(pending!.length, 2, 'b1 waits for its first check');
+    w.fake.failWhen((op) => op.kind === 'nft');
+    await assert.rejects(setServiceHealth(w.ctx, 'svc', []));
+    w.fake.failWhen(undefined);
+    assert.deepEqual(w.store.service('svc')!.unready, pending);
+    await removeSandbox(w.ctx, 'b1');
+    await removeService(w.ctx, 'svc');
+    // A create whose process died: gc finishes it (whole: chain, VIP, record ready).
+    await createService(w.ctx, req);
+    w.store.db.prepare("UPDATE services SET state = 'creating', owner = '999999999:1'").run();
+    assert.ok((await gc(w.ctx)).includes('finished service svc (creating when its ctnet stopped)'));
+    assert.equal(w.store.service('svc')!.state, undefined);
+    assert.match(rule(w), /reject with tcp reset/);
+    await removeService(w.ctx, 'svc');
+    await createService(w.ctx, req);
+    let seen: unknown;
+    w.fake.failWhen((op) => {
+      if (op.kind === 'nft.delete') seen = [w.store.service('svc')?.state, w.store.service('svc')?.owner?.startsWith(`${process.pid}:`)];
+      return false;
+    });
+    await removeService(w.ctx, 'svc');
+    w.fake.failWhen(undefined);
+    assert.deepEqual(seen, ['removing', true], 'the table guard sees a removal under way, by a live process');
+    // A removal whose process died: gc finishes it (chain, VIP, record).
+    await createService(w.ctx, req);
+    w.store.db.prepare("UPDATE services SET state = 'removing', owner = '999999999:1'").run();
+    const done = await gc(w.ctx);
+    assert.ok(done.includes('removed service svc (removing when its ctnet stopped)'), done.join('\n'));
+    assert.equal(w.store.service('svc'), undefined);
+    assert.equal(rule(w), '');
   }));
 
   it('--publish: one element to the service\'s chain; host-port conflicts with -p and other services change nothing; rm takes it back', () => withWorld(async (w) => {

@@ -13,7 +13,9 @@ export default defineCommand({
     if (io.json) return io.out(JSON.stringify(s, null, 2));
     io.out([
       `service ${s!.name}  (network ${s!.network})`,
+      ...(s!.host ? [`  host         ${s!.host}${s!.ownerHost ? ' (removed there)' : ' (this host; every member of the cluster balances it)'}`] : []),
       `  vip          ${s!.vip}:${s!.port}/${s!.proto}`,
+      ...(s!.vip6 ? [`  vip6         [${s!.vip6}]:${s!.port}/${s!.proto}`] : []),
       `  to           ${s!.to}`,
       `  affinity     ${s!.affinity}`,
       `  published    ${s!.publish ? `${formatPublish(s!.publish)}/${s!.proto}` : 'no'}`,

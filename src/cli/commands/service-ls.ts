@@ -11,8 +11,9 @@ export default defineCommand({
   async run({ ctx, io }) {
     const rows = await listServices(ctx);
     if (io.json) return io.out(JSON.stringify(rows, null, 2));
-    io.out(table(['NAME', 'NETWORK', 'VIP', 'PORT', 'PUBLISHED', 'TO', 'AFFINITY', 'BACKENDS', 'NOT READY', 'CONNECTIONS'],
-      rows.map((s) => [s.name, s.network, s.vip, `${s.port}/${s.proto}`, s.publish ? formatPublish(s.publish) : '-', s.to, s.affinity,
+    // HOST: the owner of a service on an overlay network (it is removed there); '-' on a bridge network.
+    io.out(table(['NAME', 'NETWORK', 'HOST', 'VIP', 'PORT', 'PUBLISHED', 'TO', 'AFFINITY', 'BACKENDS', 'NOT READY', 'CONNECTIONS'],
+      rows.map((s) => [s.name, s.network, s.host ?? '-', s.vip6 ? `${s.vip},${s.vip6}` : s.vip, `${s.port}/${s.proto}`, s.publish ? formatPublish(s.publish) : '-', s.to, s.affinity,
         s.backends.join(' ') || 'none', s.notReady.join(' ') || '-', String(s.connections)])));
   },
 });

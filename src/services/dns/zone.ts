@@ -71,9 +71,13 @@ export function buildZone(rows: ZoneRows): Zone {
     for (const svc of rows.services) {
       const key = svc.name.toLowerCase();
       if (svc.network !== n.name || names.has(key) || !LABEL.test(key)) continue;
-      add(key, [svc.vip]);
-      const back = canonicalIp(svc.vip);
-      if (!ptr.has(back)) ptr.set(back, `${key}.${n.name.toLowerCase()}`);
+      // A dual-stack network's service answers AAAA with its IPv6 VIP.
+      const vips = svc.vip6 ? [svc.vip, svc.vip6] : [svc.vip];
+      add(key, vips);
+      for (const vip of vips) {
+        const back = canonicalIp(vip);
+        if (!ptr.has(back)) ptr.set(back, `${key}.${n.name.toLowerCase()}`);
+      }
     }
     networks.set(n.name, {
       name: n.name, internal: n.internal, forward: n.forward, names, ptr,
