@@ -4,6 +4,8 @@
 // the sandboxes (or world, host, CIDR) its selectors stand for now. The records come from the store;
 // every device is looked up in the kernel, so a node says whether it is really there.
 import { hostname } from 'node:os';
+import type { LinkInfo } from '../kernel/backend.ts';
+import type { Netns } from '../model/netns.ts';
 import { parseAddr } from '../model/cidr.ts';
 import { formatPortFilter, formatSelector, resolve, type PolicyWorld, type Selector } from '../model/policy.ts';
 import { formatPortSpec } from '../model/ports.ts';
@@ -81,6 +83,29 @@ export interface Graph {
   readonly policy: GraphRule[];
 }
 
+/**
+ * Where each host-side veth's peer lives, as seen from ctnet's namespace: undefined for a link with
+ * no peer elsewhere, else the /run/netns name its namespace id has (null: an id with no name).
+ */
+export function peerNamespaces(
+  hostLinks: readonly Pick<LinkInfo, 'ifname' | 'link_netnsid'>[],
+  ids: readonly { readonly nsid: number; readonly name?: string }[],
+): Map<string, string | null> {
+  const nsName = new Map(ids.map((x) => [x.nsid, x.name]));
+  return new Map(hostLinks.flatMap((l) => (l.link_netnsid === undefined ? [] : [[l.ifname, nsName.get(l.link_netnsid) ?? null] as const])));
+}
+
+/**
+ * What the host side says of a veth attachment: 'there' when its peer is in the sandbox's
+ * namespace (both ends exist), 'gone' when the host end or its peer is gone, 'ask-inside' when
+ * the peer's namespace cannot be named from here (only a read inside the sandbox can tell).
+ */
+export function hostSide(hostVeth: string, ns: Netns, peers: ReadonlyMap<string, string | null>): 'there' | 'gone' | 'ask-inside' {
+  const name = peers.get(hostVeth);
+  if (name === undefined) return 'gone';
+  return 'name' in ns && ns.name === name ? 'there' : 'ask-inside';
+}
+
 /** The sandboxes (or pseudo nodes) a selector stands for now. */
 function members(sel: Selector, w: PolicyWorld, only: ReadonlySet<string> | undefined): string[] {
   if (sel.kind === 'world') return ['world'];
@@ -103,8 +128,7 @@ export async function buildGraph(ctx: Ctx, options: { network?: string | undefin
   // sandbox's) is read in the sandbox's namespace.
   const [hostLinks, ids] = await Promise.all([kernel.links(), kernel.netnsIds()]);
   const links = new Set(hostLinks.map((l) => l.ifname));
-  const peerNsid = new Map(hostLinks.flatMap((l) => (l.link_netnsid === undefined ? [] : [[l.ifname, l.link_netnsid] as const])));
-  const nsName = new Map(ids.map((x) => [x.nsid, x.name]));
+  const peers = peerNamespaces(hostLinks, ids);
   const m = store.member();
   const self = m?.host ?? hostname().split('.')[0]!;
   const nets = store.networks().filter((n) => options.network === undefined || n.name === options.network);
@@ -133,11 +157,8 @@ export async function buildGraph(ctx: Ctx, options: { network?: string | undefin
     const there = async (a: { network: string; ifname: string; hostVeth: string }): Promise<boolean> => {
       if (!present) return false;
       if (lower.has(a.network)) return (await innerLinks()).has(a.ifname); // no host end
-      const nsid = peerNsid.get(a.hostVeth);
-      if (nsid === undefined) return false; // no host end, or its peer is gone
-      const name = nsName.get(nsid);
-      if (name !== undefined && 'name' in ns && ns.name === name) return true;
-      return links.has(a.hostVeth) && (await innerLinks()).has(a.ifname);
+      const seen = hostSide(a.hostVeth, ns, peers);
+      return seen === 'ask-inside' ? (await innerLinks()).has(a.ifname) : seen === 'there';
     };
     const carriers = new Set(([4, 6] as const).map((f) => defaultCarrier(store, s.name, f)));
     const addrs = store.addresses({ sandbox: s.name });

@@ -178,8 +178,10 @@ export interface KernelBackend {
   /** True when PATH is a network namespace file. */
   isNetns(path: string): boolean;
   /**
-   * Equivalent to: ip -j netns list-id. The ids ctnet's namespace gives other namespaces (a veth's
-   * link_netnsid), with the /run/netns name of each that has one.
+   * Equivalent to: ip -j netns list. The ids ctnet's namespace gives the namespaces named in
+   * /run/netns (a veth's link_netnsid), one per name that has an id. Not `ip netns list-id`: with
+   * iproute2 6.1 it returns only the first 134 ids however many there are (300 here), so a graph
+   * of more sandboxes read inside each sandbox whose id was left out (docs/ui.md).
    */
   netnsIds(): Promise<{ readonly nsid: number; readonly name?: string }[]>;
   /** PIDs of the processes in a namespace. */

@@ -11,10 +11,11 @@ import { instance } from '@viz-js/viz';
 import { graphDot, graphText } from '../../src/cli/graph.ts';
 import { Applier } from '../../src/engine/applier.ts';
 import type { Ctx } from '../../src/engine/context.ts';
-import { buildGraph, type Graph } from '../../src/engine/graph.ts';
+import { buildGraph, hostSide, peerNamespaces, type Graph } from '../../src/engine/graph.ts';
 import { createNetwork } from '../../src/engine/network.ts';
 import { addPolicy } from '../../src/engine/policy.ts';
 import { createSandbox } from '../../src/engine/sandbox.ts';
+import { netnsIdsFromList } from '../../src/kernel/exec/backend.ts';
 import { FakeKernel } from '../../src/kernel/fake.ts';
 import { parsePortSpec } from '../../src/model/ports.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
@@ -76,5 +77,43 @@ describe('ctnet graph on a fixed topology (golden files)', async () => {
   it('dot escapes what users named: quotes and backslashes in labels stay inside their string', () => {
     const odd: Graph = { ...g, sandboxes: g.sandboxes.map((s) => (s.name === 'web' ? { ...s, labels: { note: 'a"b\\c' } } : s)) };
     assert.match(graphDot(odd), /note=a\\"b\\\\c/);
+  });
+});
+
+// The host-side match (buildGraph's one read for every sandbox) on what the kernel printed with 300
+// named namespaces, each holding a host veth's peer (fixtures/netns-300.json). The graph used to
+// take the ids from `ip netns list-id`, which stops at 134 ids: the other sandboxes were read from
+// inside, one `ip link` each (docs/ui.md). This test fails on that source.
+describe('the host-side veth match (graph)', () => {
+  const fx = JSON.parse(readFileSync(join(import.meta.dirname, 'fixtures', 'netns-300.json'), 'utf8')) as {
+    links: { ifname: string; link_netnsid?: number }[]; netnsList: { name: string; id?: number }[]; netnsListId: { nsid: number; name?: string }[];
+  };
+  const veths = Array.from({ length: 300 }, (_, i) => i + 1);
+
+  it('names the namespace of every one of 300 peers from ip -j netns list', () => {
+    const peers = peerNamespaces(fx.links, netnsIdsFromList(fx.netnsList));
+    const asked = veths.filter((i) => hostSide(`h${i}`, { name: `uit${i}` }, peers) !== 'there');
+    assert.deepEqual(asked, [], 'these sandboxes would be read from inside');
+  });
+
+  it('ip netns list-id, the old source, would have left most of them to a read inside', () => {
+    const peers = peerNamespaces(fx.links, fx.netnsListId);
+    const asked = veths.filter((i) => hostSide(`h${i}`, { name: `uit${i}` }, peers) === 'ask-inside');
+    assert.equal(fx.netnsListId.length, 134);
+    assert.equal(asked.length, 166);
+  });
+
+  it('a peer in another namespace, an unnamed one, or no peer at all', () => {
+    const peers = peerNamespaces([{ ifname: 'h1', link_netnsid: 0 }, { ifname: 'h2', link_netnsid: 7 }, { ifname: 'lo' }], [{ nsid: 0, name: 'uit1' }, { nsid: 7 }]);
+    assert.equal(hostSide('h1', { name: 'uit1' }, peers), 'there');
+    assert.equal(hostSide('h1', { name: 'uit2' }, peers), 'ask-inside'); // moved elsewhere: only inside can tell
+    assert.equal(hostSide('h1', { path: '/proc/1/ns/net' }, peers), 'ask-inside'); // a runtime's namespace file: no name to match
+    assert.equal(hostSide('h2', { name: 'uit2' }, peers), 'ask-inside'); // an id with no /run/netns name
+    assert.equal(hostSide('lo', { name: 'uit1' }, peers), 'gone'); // no peer elsewhere
+    assert.equal(hostSide('h9', { name: 'uit9' }, peers), 'gone'); // no host end
+  });
+
+  it('ip -j netns list: names without an id are left out, odd entries refused', () => {
+    assert.deepEqual(netnsIdsFromList([{ name: 'a', id: 3 }, { name: 'b' }, { name: 'c', id: -1 }, { id: 4 }, { name: 'd', id: 1.5 }]), [{ nsid: 3, name: 'a' }]);
   });
 });

@@ -178,8 +178,8 @@ export class ExecBackend implements KernelBackend {
   }
 
   // ---- reads ----
-  netnsIds(): Promise<{ nsid: number; name?: string }[]> {
-    return this.#ipJson('netns.ids', undefined, ['netns', 'list-id']);
+  async netnsIds(): Promise<{ nsid: number; name?: string }[]> {
+    return netnsIdsFromList(await this.#ipJson('netns.ids', undefined, ['netns', 'list']));
   }
   links(ns?: Netns): Promise<LinkInfo[]> {
     return this.#ipJson('link.list', ns, ['-d', 'link', 'show']);
@@ -359,3 +359,11 @@ export class ExecBackend implements KernelBackend {
 }
 
 const batchable = (c: IpCommand) => c.args[0] !== '-6';
+
+/**
+ * `ip -j netns list` ([{name, id?}]) as the ids of named namespaces. A name without an id is a
+ * namespace ctnet's namespace has no link into (nothing to match): left out.
+ */
+export function netnsIdsFromList(raw: readonly { readonly name?: unknown; readonly id?: unknown }[]): { nsid: number; name: string }[] {
+  return raw.flatMap((x) => (typeof x.name === 'string' && typeof x.id === 'number' && Number.isInteger(x.id) && x.id >= 0 ? [{ nsid: x.id, name: x.name }] : []));
+}
