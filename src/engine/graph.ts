@@ -6,6 +6,7 @@
 import { hostname } from 'node:os';
 import type { LinkInfo } from '../kernel/backend.ts';
 import type { Netns } from '../model/netns.ts';
+import type { ChangeEvent } from '../store/events.ts';
 import { parseAddr } from '../model/cidr.ts';
 import { formatPortFilter, formatSelector, resolve, type PolicyWorld, type Selector } from '../model/policy.ts';
 import { formatPortSpec } from '../model/ports.ts';
@@ -119,6 +120,21 @@ function members(sel: Selector, w: PolicyWorld, only: ReadonlySet<string> | unde
 }
 
 export async function buildGraph(ctx: Ctx, options: { network?: string | undefined } = {}): Promise<Graph> {
+  return build(ctx, options, undefined);
+}
+
+/**
+ * The graph after a change, from the graph before it: the sandboxes the change touched (by name)
+ * are read again from the store and the kernel, the others are taken from prev as they were; the
+ * networks, other hosts' sandboxes and policy edges, which are cheap store reads and two kernel
+ * reads whatever the size, are built again. What only the kernel changed (a veth deleted by hand)
+ * shows in an untouched sandbox at the next full build, not here.
+ */
+export async function updateGraph(ctx: Ctx, prev: Graph, touched: ReadonlySet<string>): Promise<Graph> {
+  return build(ctx, {}, { prev: new Map(prev.sandboxes.map((s) => [s.name, s])), touched });
+}
+
+async function build(ctx: Ctx, options: { network?: string | undefined }, reuse: { prev: ReadonlyMap<string, GraphSandbox>; touched: ReadonlySet<string> } | undefined): Promise<Graph> {
   const { store, kernel } = ctx;
   if (options.network !== undefined) existingNetwork(store, options.network);
   // One read of the host's links (and of the namespace ids their peers live in) stands for every
@@ -148,6 +164,11 @@ export async function buildGraph(ctx: Ctx, options: { network?: string | undefin
   const lower = new Set(store.networks().filter((n) => n.lower).map((n) => n.name));
   const sandboxes: GraphSandbox[] = [];
   for (const s of store.sandboxes()) {
+    const kept = reuse && !reuse.touched.has(s.name) ? reuse.prev.get(s.name) : undefined;
+    if (kept) {
+      sandboxes.push(kept);
+      continue;
+    }
     const attachments = store.attachments({ sandbox: s.name }).filter((a) => shown.has(a.network));
     if (attachments.length === 0 && options.network !== undefined) continue;
     const present = kernel.isNetns(s.netns);
@@ -193,6 +214,69 @@ export async function buildGraph(ctx: Ctx, options: { network?: string | undefin
     };
   }).filter((r) => options.network === undefined || r.edges.length > 0);
   return { host: { name: self, underlay: m?.underlay ?? null, cluster: m !== undefined }, networks, sandboxes, remoteSandboxes, policy };
+}
+
+/**
+ * What differs between two graphs, for the live page: whole nodes (a sandbox, a rule) that are new
+ * or changed, the names and ids that went away, and the small lists (networks, other hosts'
+ * sandboxes, the host) whole when they changed. applyGraphDelta(prev, graphDelta(prev, next))
+ * equals next.
+ */
+export interface GraphDelta {
+  readonly host?: Graph['host'];
+  readonly networks?: GraphNetwork[];
+  readonly remoteSandboxes?: GraphRemoteSandbox[];
+  readonly sandboxes: GraphSandbox[];
+  readonly removed: string[];
+  readonly policy: GraphRule[];
+  readonly removedPolicy: number[];
+}
+
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+
+export function graphDelta(prev: Graph, next: Graph): GraphDelta {
+  const before = new Map(prev.sandboxes.map((s) => [s.name, s]));
+  const rulesBefore = new Map(prev.policy.map((r) => [r.id, r]));
+  const names = new Set(next.sandboxes.map((s) => s.name));
+  const ids = new Set(next.policy.map((r) => r.id));
+  return {
+    ...(same(prev.host, next.host) ? {} : { host: next.host }),
+    ...(same(prev.networks, next.networks) ? {} : { networks: next.networks }),
+    ...(same(prev.remoteSandboxes, next.remoteSandboxes) ? {} : { remoteSandboxes: next.remoteSandboxes }),
+    // A kept node is the same object (updateGraph): no need to compare it.
+    sandboxes: next.sandboxes.filter((s) => { const b = before.get(s.name); return b !== s && !same(b, s); }),
+    removed: prev.sandboxes.filter((s) => !names.has(s.name)).map((s) => s.name),
+    policy: next.policy.filter((r) => { const b = rulesBefore.get(r.id); return b !== r && !same(b, r); }),
+    removedPolicy: prev.policy.filter((r) => !ids.has(r.id)).map((r) => r.id),
+  };
+}
+
+/** prev with delta applied: what the page does (page.html applyDelta), in the store's order (names, ids). */
+export function applyGraphDelta(prev: Graph, d: GraphDelta): Graph {
+  const byName = new Map(prev.sandboxes.map((s) => [s.name, s]));
+  for (const n of d.removed) byName.delete(n);
+  for (const s of d.sandboxes) byName.set(s.name, s);
+  const byId = new Map(prev.policy.map((r) => [r.id, r]));
+  for (const id of d.removedPolicy) byId.delete(id);
+  for (const r of d.policy) byId.set(r.id, r);
+  return {
+    host: d.host ?? prev.host,
+    networks: d.networks ?? prev.networks,
+    sandboxes: [...byName.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+    remoteSandboxes: d.remoteSandboxes ?? prev.remoteSandboxes,
+    policy: [...byId.values()].sort((a, b) => a.id - b.id),
+  };
+}
+
+/** The sandboxes a batch of changes touches, by name; 'all' when it touches every node (the host's name). */
+export function touchedSandboxes(events: readonly ChangeEvent[]): Set<string> | 'all' {
+  const names = new Set<string>();
+  for (const e of events) {
+    if (e.kind === 'member') return 'all';
+    if (e.kind === 'sandbox') names.add(e.data.name);
+    else if ('sandbox' in e.data && typeof e.data.sandbox === 'string') names.add(e.data.sandbox);
+  }
+  return names;
 }
 
 /** Addresses sort numerically in the renderings (10.0.0.10 after 10.0.0.9). */

@@ -11,14 +11,17 @@ import { instance } from '@viz-js/viz';
 import { graphDot, graphText } from '../../src/cli/graph.ts';
 import { Applier } from '../../src/engine/applier.ts';
 import type { Ctx } from '../../src/engine/context.ts';
-import { buildGraph, hostSide, peerNamespaces, type Graph } from '../../src/engine/graph.ts';
+import { applyGraphDelta, buildGraph, graphDelta, hostSide, peerNamespaces, touchedSandboxes, updateGraph, type Graph, type GraphDelta } from '../../src/engine/graph.ts';
 import { createNetwork } from '../../src/engine/network.ts';
-import { addPolicy } from '../../src/engine/policy.ts';
-import { createSandbox } from '../../src/engine/sandbox.ts';
+import { addPolicy, changeLabels } from '../../src/engine/policy.ts';
+import { publish } from '../../src/engine/publish.ts';
+import { createSandbox, removeSandbox } from '../../src/engine/sandbox.ts';
 import { netnsIdsFromList } from '../../src/kernel/exec/backend.ts';
 import { FakeKernel } from '../../src/kernel/fake.ts';
 import { parsePortSpec } from '../../src/model/ports.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
+import type { ChangeEvent } from '../../src/store/events.ts';
+import { ChangeFeed } from '../../src/store/feed.ts';
 import { Store } from '../../src/store/store.ts';
 
 const GOLDEN = join(import.meta.dirname, 'golden');
@@ -115,5 +118,69 @@ describe('the host-side veth match (graph)', () => {
 
   it('ip -j netns list: names without an id are left out, odd entries refused', () => {
     assert.deepEqual(netnsIdsFromList([{ name: 'a', id: 3 }, { name: 'b' }, { name: 'c', id: -1 }, { id: 4 }, { name: 'd', id: 1.5 }]), [{ nsid: 3, name: 'a' }]);
+  });
+});
+
+// The live page's path (services/api/service.ts): after a change, updateGraph rebuilds only the
+// sandboxes the feed's events name, and the page patches its graph with graphDelta. Both must give
+// what a whole new build gives, and the delta must carry only what changed.
+describe('the graph after a change: updateGraph and graphDelta', () => {
+  it('create, relabel, publish, a rule, remove: the patched graph equals a new build', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ctnet-graph-'));
+    const store = new Store(dir);
+    const feed = new ChangeFeed(dir);
+    try {
+      const kernel = new FakeKernel();
+      const ctx: Ctx = { store, kernel, warn: () => {}, applier: new Applier({ backend: kernel, store, warn: () => {} }) };
+      await createNetwork(ctx, parseNetworkSpec({ name: 'front', subnet: ['10.70.1.0/24'] }));
+      for (const n of ['a', 'b', 'c']) await createSandbox(ctx, n, parseAttachSpec({ network: ['front'] }), undefined, [{ key: 'tier', value: n }]);
+      await addPolicy(ctx, { action: 'allow', from: 'label:tier=a', to: 'label:tier=x', port: '80/tcp', name: 'a-to-x' });
+      let graph = await buildGraph(ctx);
+      let at = feed.head();
+      const step = async (what: string, change: () => Promise<unknown>, check: (d: GraphDelta) => void) => {
+        await change();
+        const r = feed.read(at);
+        assert.ok(r.ok);
+        at = r.cursor;
+        const touched = touchedSandboxes(r.events);
+        assert.notEqual(touched, 'all');
+        const next = await updateGraph(ctx, graph, touched as Set<string>);
+        assert.deepEqual(next, await buildGraph(ctx), `${what}: updateGraph equals a new build`);
+        const d = graphDelta(graph, next);
+        assert.deepEqual(applyGraphDelta(graph, d), next, `${what}: the delta applied equals the new graph`);
+        check(d);
+        graph = next;
+      };
+      await step('create', () => createSandbox(ctx, 'd', parseAttachSpec({ network: ['front'] })), (d) => {
+        assert.deepEqual(d.sandboxes.map((s) => s.name), ['d']);
+        assert.deepEqual([d.removed, d.policy], [[], []]);
+      });
+      await step('relabel', () => changeLabels(ctx, 'b', [{ key: 'tier', value: 'x' }], []), (d) => {
+        assert.deepEqual(d.sandboxes.map((s) => [s.name, s.labels]), [['b', { tier: 'x' }]]);
+        assert.deepEqual(d.policy.map((r) => [r.name, r.edges]), [['a-to-x', [{ from: 'a', to: 'b' }]]], 'the rule now covers b');
+        assert.equal(d.networks, undefined, 'the networks did not change');
+      });
+      await step('publish', () => publish(ctx, 'c', { mappings: [parsePortSpec('8081:80')], force: false }), (d) => {
+        assert.deepEqual(d.sandboxes.map((s) => [s.name, s.ports]), [['c', ['8081:80/tcp']]]);
+      });
+      await step('a rule', () => addPolicy(ctx, { action: 'deny', from: 'c', to: 'world', port: undefined, name: 'c-stays-in' }), (d) => {
+        assert.deepEqual(d.sandboxes, []);
+        assert.deepEqual(d.policy.map((r) => r.name), ['c-stays-in']);
+      });
+      await step('remove', () => removeSandbox(ctx, 'a'), (d) => {
+        assert.deepEqual(d.removed, ['a']);
+        assert.deepEqual(d.policy.map((r) => [r.name, r.edges]), [['a-to-x', []]]);
+      });
+    } finally {
+      feed.close();
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a change of this host\'s cluster membership touches every sandbox (their host field)', () => {
+    const ev = (kind: string, data: object) => ({ id: 1, at: '', kind, action: 'changed', key: '', data }) as unknown as ChangeEvent;
+    assert.equal(touchedSandboxes([ev('label', { sandbox: 'a', key: 'k', value: 'v' }), ev('member', { host: 'h' })]), 'all');
+    assert.deepEqual(touchedSandboxes([ev('label', { sandbox: 'a' }), ev('sandbox', { name: 'b' }), ev('policy', { id: 3 }), ev('network', { name: 'n' })]), new Set(['a', 'b']));
   });
 });

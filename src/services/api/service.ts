@@ -1,16 +1,19 @@
 // ctnetd's web service: the live page and its API (`ctnet ui`, docs/ui.md). It listens where
 // STATE_DIR/ui.json says (read at start and on SIGHUP, which `ctnet ui` sends), and nowhere until
-// `ctnet ui` has asked. The graph is built once per change of the store and shared by every
-// request until the next change; each change batch from the feed becomes one small "changed"
-// server-sent event, and the page fetches the graph again. Everything that reads or changes the
-// kernel runs in ctnetd's request queue (ServiceContext.exclusive), one at a time with CNI requests.
+// `ctnet ui` has asked. The graph is built whole once (the first page's request) and then kept up
+// to date from the change feed while a page listens: each batch of changes rebuilds only the
+// sandboxes it touches (updateGraph) and goes out as one "changed" server-sent event carrying the
+// difference (graphDelta), which the page patches into its picture; a change costs what it
+// changes, not a new graph of 500 sandboxes. With no page listening the graph is dropped, and
+// built whole again when one asks. Everything that reads or changes the kernel runs in ctnetd's
+// request queue (ServiceContext.exclusive), one at a time with CNI requests.
 import { randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { join } from 'node:path';
 import { readCounters } from '../../engine/counters.ts';
 import { explainObject, parseObjectRef } from '../../engine/explain.ts';
-import { buildGraph, type Graph } from '../../engine/graph.ts';
+import { buildGraph, graphDelta, touchedSandboxes, updateGraph, type Graph } from '../../engine/graph.ts';
 import { parseTraceTarget, trace } from '../../engine/trace.ts';
 import { parseName } from '../../model/names.ts';
 import { ROOT } from '../../root.ts';
@@ -26,22 +29,34 @@ export function webService(): Service {
   let info: ApiServerInfo | undefined;
   let current: Pick<UiConfig, 'listen' | 'tokenHash'> | undefined;
   let page: string | undefined;
-  let graph: Promise<Graph> | undefined;
+  // The graph as of the change feed's cursor `at`. Builds and updates run one after another on
+  // `work`, in the order the feed delivered the changes, so a delta always starts from the graph
+  // the previous one ended with.
+  let kept: { graph: Graph; at: number } | undefined;
+  let work: Promise<unknown> = Promise.resolve();
   let cursor = 0;
   const subscribers = new Set<(event: string, data: unknown) => void>();
 
   const broadcast = (data: unknown) => {
     for (const send of subscribers) send('changed', data);
   };
+  const serially = <T>(fn: () => Promise<T>): Promise<T> => {
+    const p = work.then(fn);
+    work = p.catch(() => {});
+    return p;
+  };
 
   const deps: ApiDeps = {
     graph() {
-      if (!graph) {
-        const p = sctx!.exclusive((ctx) => buildGraph(ctx));
-        graph = p;
-        p.catch(() => { if (graph === p) graph = undefined; }); // a failed build is not kept
-      }
-      return graph;
+      return serially(async () => {
+        if (!kept) {
+          // Changes delivered while it builds are applied after it (serially): the build may
+          // already show some of them, and applying them again rebuilds the same nodes.
+          const at = cursor;
+          kept = { graph: await sctx!.exclusive((ctx) => buildGraph(ctx)), at };
+        }
+        return { graph: kept.graph, cursor: kept.at };
+      });
     },
     counters: () => sctx!.exclusive((ctx) => readCounters(ctx)),
     async trace(src, dst) {
@@ -129,14 +144,37 @@ export function webService(): Service {
     },
     changes(events) {
       if (!events.length) return;
-      graph = undefined;
-      cursor = events[events.length - 1]!.id;
-      broadcast({ cursor, at: events[events.length - 1]!.at, kinds: [...new Set(events.map((e) => e.kind))] });
+      const last = events[events.length - 1]!;
+      cursor = last.id;
+      const event = { cursor: last.id, at: last.at, kinds: [...new Set(events.map((e) => e.kind))] };
+      void serially(async () => {
+        const before = kept;
+        if (!before || subscribers.size === 0) {
+          // Nobody has the graph to patch: drop it (built whole when a page asks again).
+          kept = undefined;
+          return broadcast(event);
+        }
+        const touched = touchedSandboxes(events);
+        try {
+          const graph = touched === 'all'
+            ? await sctx!.exclusive((ctx) => buildGraph(ctx))
+            : await sctx!.exclusive((ctx) => updateGraph(ctx, before.graph, touched));
+          kept = { graph, at: last.id };
+          broadcast({ ...event, since: before.at, delta: graphDelta(before.graph, graph) });
+        } catch (e) {
+          // Without a delta the page fetches the graph whole, built again on its request.
+          sctx!.log(`the page's graph could not be updated: ${(e as Error).message}`);
+          kept = undefined;
+          broadcast(event);
+        }
+      });
     },
     resync(snapshot) {
-      graph = undefined;
       cursor = snapshot.cursor;
-      broadcast({ cursor, resync: true });
+      void serially(async () => {
+        kept = undefined;
+        broadcast({ cursor: snapshot.cursor, resync: true });
+      });
     },
     async stop() {
       process.off('SIGHUP', onHup);
