@@ -218,9 +218,9 @@ export class ExecBackend implements KernelBackend {
     const { stdout } = await this.#run('fdb.list', ['bridge', '-j', 'fdb', 'show', 'dev', dev]);
     return stdout.trim() ? (JSON.parse(stdout) as FdbInfo[]) : [];
   }
-  async nftTable(family: 'inet' | 'bridge' = 'inet'): Promise<unknown[] | undefined> {
+  async nftTable(family: 'inet' | 'bridge' = 'inet', options: { readonly terse?: boolean } = {}): Promise<unknown[] | undefined> {
     try {
-      const { stdout } = await this.#run('nft.list', ['nft', '-j', 'list', 'table', family, 'ctnet']);
+      const { stdout } = await this.#run('nft.list', ['nft', ...(options.terse ? ['-t'] : []), '-j', 'list', 'table', family, 'ctnet']);
       return (JSON.parse(stdout) as { nftables: unknown[] }).nftables;
     } catch (e) {
       if (e instanceof KernelError && e.isNotFound) return undefined;
