@@ -234,6 +234,12 @@ export interface GraphDelta {
 
 const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
+/** Rules compared field by field: a label rule at 500 sandboxes has 55,000 edges, too many to stringify per change. */
+function sameRule(a: GraphRule | undefined, b: GraphRule): boolean {
+  if (!a || a.name !== b.name || a.action !== b.action || a.from !== b.from || a.to !== b.to || a.port !== b.port || a.edges.length !== b.edges.length) return false;
+  return a.edges.every((e, i) => e.from === b.edges[i]!.from && e.to === b.edges[i]!.to);
+}
+
 export function graphDelta(prev: Graph, next: Graph): GraphDelta {
   const before = new Map(prev.sandboxes.map((s) => [s.name, s]));
   const rulesBefore = new Map(prev.policy.map((r) => [r.id, r]));
@@ -246,7 +252,7 @@ export function graphDelta(prev: Graph, next: Graph): GraphDelta {
     // A kept node is the same object (updateGraph): no need to compare it.
     sandboxes: next.sandboxes.filter((s) => { const b = before.get(s.name); return b !== s && !same(b, s); }),
     removed: prev.sandboxes.filter((s) => !names.has(s.name)).map((s) => s.name),
-    policy: next.policy.filter((r) => { const b = rulesBefore.get(r.id); return b !== r && !same(b, r); }),
+    policy: next.policy.filter((r) => { const b = rulesBefore.get(r.id); return b !== r && !sameRule(b, r); }),
     removedPolicy: prev.policy.filter((r) => !ids.has(r.id)).map((r) => r.id),
   };
 }
