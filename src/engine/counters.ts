@@ -56,7 +56,9 @@ export function ruleCounters(table: readonly unknown[]): RuleCounter[] {
 
 export async function readCounters(ctx: Ctx): Promise<Counters> {
   const { store, kernel } = ctx;
-  const [links, table] = await Promise.all([kernel.linkStats(), kernel.nftTable('inet')]);
+  // Terse: the rules and their counters, not the policy sets' elements (megabytes at 500 sandboxes,
+  // parsed every 2 s while a page is open: most of ctnetd's CPU and heap, docs/ui.md).
+  const [links, table] = await Promise.all([kernel.linkStats(), kernel.nftTable('inet', { terse: true })]);
   const at = Date.now();
   const byName = new Map(links.map((l) => [l.ifname, l]));
   const interfaces: InterfaceCounters[] = [];

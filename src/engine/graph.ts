@@ -4,6 +4,9 @@
 // the sandboxes (or world, host, CIDR) its selectors stand for now. The records come from the store;
 // every device is looked up in the kernel, so a node says whether it is really there.
 import { hostname } from 'node:os';
+import type { LinkInfo } from '../kernel/backend.ts';
+import type { Netns } from '../model/netns.ts';
+import type { ChangeEvent } from '../store/events.ts';
 import { parseAddr } from '../model/cidr.ts';
 import { formatPortFilter, formatSelector, resolve, type PolicyWorld, type Selector } from '../model/policy.ts';
 import { formatPortSpec } from '../model/ports.ts';
@@ -81,6 +84,29 @@ export interface Graph {
   readonly policy: GraphRule[];
 }
 
+/**
+ * Where each host-side veth's peer lives, as seen from ctnet's namespace: undefined for a link with
+ * no peer elsewhere, else the /run/netns name its namespace id has (null: an id with no name).
+ */
+export function peerNamespaces(
+  hostLinks: readonly Pick<LinkInfo, 'ifname' | 'link_netnsid'>[],
+  ids: readonly { readonly nsid: number; readonly name?: string }[],
+): Map<string, string | null> {
+  const nsName = new Map(ids.map((x) => [x.nsid, x.name]));
+  return new Map(hostLinks.flatMap((l) => (l.link_netnsid === undefined ? [] : [[l.ifname, nsName.get(l.link_netnsid) ?? null] as const])));
+}
+
+/**
+ * What the host side says of a veth attachment: 'there' when its peer is in the sandbox's
+ * namespace (both ends exist), 'gone' when the host end or its peer is gone, 'ask-inside' when
+ * the peer's namespace cannot be named from here (only a read inside the sandbox can tell).
+ */
+export function hostSide(hostVeth: string, ns: Netns, peers: ReadonlyMap<string, string | null>): 'there' | 'gone' | 'ask-inside' {
+  const name = peers.get(hostVeth);
+  if (name === undefined) return 'gone';
+  return 'name' in ns && ns.name === name ? 'there' : 'ask-inside';
+}
+
 /** The sandboxes (or pseudo nodes) a selector stands for now. */
 function members(sel: Selector, w: PolicyWorld, only: ReadonlySet<string> | undefined): string[] {
   if (sel.kind === 'world') return ['world'];
@@ -94,6 +120,21 @@ function members(sel: Selector, w: PolicyWorld, only: ReadonlySet<string> | unde
 }
 
 export async function buildGraph(ctx: Ctx, options: { network?: string | undefined } = {}): Promise<Graph> {
+  return build(ctx, options, undefined);
+}
+
+/**
+ * The graph after a change, from the graph before it: the sandboxes the change touched (by name)
+ * are read again from the store and the kernel, the others are taken from prev as they were; the
+ * networks, other hosts' sandboxes and policy edges, which are cheap store reads and two kernel
+ * reads whatever the size, are built again. What only the kernel changed (a veth deleted by hand)
+ * shows in an untouched sandbox at the next full build, not here.
+ */
+export async function updateGraph(ctx: Ctx, prev: Graph, touched: ReadonlySet<string>): Promise<Graph> {
+  return build(ctx, {}, { prev: new Map(prev.sandboxes.map((s) => [s.name, s])), touched });
+}
+
+async function build(ctx: Ctx, options: { network?: string | undefined }, reuse: { prev: ReadonlyMap<string, GraphSandbox>; touched: ReadonlySet<string> } | undefined): Promise<Graph> {
   const { store, kernel } = ctx;
   if (options.network !== undefined) existingNetwork(store, options.network);
   // One read of the host's links (and of the namespace ids their peers live in) stands for every
@@ -103,8 +144,7 @@ export async function buildGraph(ctx: Ctx, options: { network?: string | undefin
   // sandbox's) is read in the sandbox's namespace.
   const [hostLinks, ids] = await Promise.all([kernel.links(), kernel.netnsIds()]);
   const links = new Set(hostLinks.map((l) => l.ifname));
-  const peerNsid = new Map(hostLinks.flatMap((l) => (l.link_netnsid === undefined ? [] : [[l.ifname, l.link_netnsid] as const])));
-  const nsName = new Map(ids.map((x) => [x.nsid, x.name]));
+  const peers = peerNamespaces(hostLinks, ids);
   const m = store.member();
   const self = m?.host ?? hostname().split('.')[0]!;
   const nets = store.networks().filter((n) => options.network === undefined || n.name === options.network);
@@ -124,6 +164,11 @@ export async function buildGraph(ctx: Ctx, options: { network?: string | undefin
   const lower = new Set(store.networks().filter((n) => n.lower).map((n) => n.name));
   const sandboxes: GraphSandbox[] = [];
   for (const s of store.sandboxes()) {
+    const kept = reuse && !reuse.touched.has(s.name) ? reuse.prev.get(s.name) : undefined;
+    if (kept) {
+      sandboxes.push(kept);
+      continue;
+    }
     const attachments = store.attachments({ sandbox: s.name }).filter((a) => shown.has(a.network));
     if (attachments.length === 0 && options.network !== undefined) continue;
     const present = kernel.isNetns(s.netns);
@@ -133,11 +178,8 @@ export async function buildGraph(ctx: Ctx, options: { network?: string | undefin
     const there = async (a: { network: string; ifname: string; hostVeth: string }): Promise<boolean> => {
       if (!present) return false;
       if (lower.has(a.network)) return (await innerLinks()).has(a.ifname); // no host end
-      const nsid = peerNsid.get(a.hostVeth);
-      if (nsid === undefined) return false; // no host end, or its peer is gone
-      const name = nsName.get(nsid);
-      if (name !== undefined && 'name' in ns && ns.name === name) return true;
-      return links.has(a.hostVeth) && (await innerLinks()).has(a.ifname);
+      const seen = hostSide(a.hostVeth, ns, peers);
+      return seen === 'ask-inside' ? (await innerLinks()).has(a.ifname) : seen === 'there';
     };
     const carriers = new Set(([4, 6] as const).map((f) => defaultCarrier(store, s.name, f)));
     const addrs = store.addresses({ sandbox: s.name });
@@ -172,6 +214,75 @@ export async function buildGraph(ctx: Ctx, options: { network?: string | undefin
     };
   }).filter((r) => options.network === undefined || r.edges.length > 0);
   return { host: { name: self, underlay: m?.underlay ?? null, cluster: m !== undefined }, networks, sandboxes, remoteSandboxes, policy };
+}
+
+/**
+ * What differs between two graphs, for the live page: whole nodes (a sandbox, a rule) that are new
+ * or changed, the names and ids that went away, and the small lists (networks, other hosts'
+ * sandboxes, the host) whole when they changed. applyGraphDelta(prev, graphDelta(prev, next))
+ * equals next.
+ */
+export interface GraphDelta {
+  readonly host?: Graph['host'];
+  readonly networks?: GraphNetwork[];
+  readonly remoteSandboxes?: GraphRemoteSandbox[];
+  readonly sandboxes: GraphSandbox[];
+  readonly removed: string[];
+  readonly policy: GraphRule[];
+  readonly removedPolicy: number[];
+}
+
+const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
+
+/** Rules compared field by field: a label rule at 500 sandboxes has 55,000 edges, too many to stringify per change. */
+function sameRule(a: GraphRule | undefined, b: GraphRule): boolean {
+  if (!a || a.name !== b.name || a.action !== b.action || a.from !== b.from || a.to !== b.to || a.port !== b.port || a.edges.length !== b.edges.length) return false;
+  return a.edges.every((e, i) => e.from === b.edges[i]!.from && e.to === b.edges[i]!.to);
+}
+
+export function graphDelta(prev: Graph, next: Graph): GraphDelta {
+  const before = new Map(prev.sandboxes.map((s) => [s.name, s]));
+  const rulesBefore = new Map(prev.policy.map((r) => [r.id, r]));
+  const names = new Set(next.sandboxes.map((s) => s.name));
+  const ids = new Set(next.policy.map((r) => r.id));
+  return {
+    ...(same(prev.host, next.host) ? {} : { host: next.host }),
+    ...(same(prev.networks, next.networks) ? {} : { networks: next.networks }),
+    ...(same(prev.remoteSandboxes, next.remoteSandboxes) ? {} : { remoteSandboxes: next.remoteSandboxes }),
+    // A kept node is the same object (updateGraph): no need to compare it.
+    sandboxes: next.sandboxes.filter((s) => { const b = before.get(s.name); return b !== s && !same(b, s); }),
+    removed: prev.sandboxes.filter((s) => !names.has(s.name)).map((s) => s.name),
+    policy: next.policy.filter((r) => { const b = rulesBefore.get(r.id); return b !== r && !sameRule(b, r); }),
+    removedPolicy: prev.policy.filter((r) => !ids.has(r.id)).map((r) => r.id),
+  };
+}
+
+/** prev with delta applied: what the page does (page.html applyDelta), in the store's order (names, ids). */
+export function applyGraphDelta(prev: Graph, d: GraphDelta): Graph {
+  const byName = new Map(prev.sandboxes.map((s) => [s.name, s]));
+  for (const n of d.removed) byName.delete(n);
+  for (const s of d.sandboxes) byName.set(s.name, s);
+  const byId = new Map(prev.policy.map((r) => [r.id, r]));
+  for (const id of d.removedPolicy) byId.delete(id);
+  for (const r of d.policy) byId.set(r.id, r);
+  return {
+    host: d.host ?? prev.host,
+    networks: d.networks ?? prev.networks,
+    sandboxes: [...byName.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)),
+    remoteSandboxes: d.remoteSandboxes ?? prev.remoteSandboxes,
+    policy: [...byId.values()].sort((a, b) => a.id - b.id),
+  };
+}
+
+/** The sandboxes a batch of changes touches, by name; 'all' when it touches every node (the host's name). */
+export function touchedSandboxes(events: readonly ChangeEvent[]): Set<string> | 'all' {
+  const names = new Set<string>();
+  for (const e of events) {
+    if (e.kind === 'member') return 'all';
+    if (e.kind === 'sandbox') names.add(e.data.name);
+    else if ('sandbox' in e.data && typeof e.data.sandbox === 'string') names.add(e.data.sandbox);
+  }
+  return names;
 }
 
 /** Addresses sort numerically in the renderings (10.0.0.10 after 10.0.0.9). */

@@ -444,7 +444,7 @@ export async function listServices(ctx: Ctx, name?: string): Promise<ServiceView
   const rows = name === undefined ? store.services() : [findService(store, name)];
   const counts = new Map<string, number>();
   if (rows.length) {
-    for (const item of ((await kernel.nftTable()) ?? []) as { rule?: { chain?: string; expr?: { counter?: { packets: number } }[] } }[]) {
+    for (const item of ((await kernel.nftTable('inet', { terse: true })) ?? []) as { rule?: { chain?: string; expr?: { counter?: { packets: number } }[] } }[]) {
       const chain = item.rule?.chain;
       if (!chain?.startsWith('svc_')) continue;
       const expr = item.rule!.expr;

@@ -896,7 +896,7 @@ export class FakeKernel implements KernelBackend {
   }
 
   /** nft -j list table inet ctnet, in the shape listPolicies and the labs read: sets' elem are texts, maps' [key, value]. */
-  async nftTable(family: 'inet' | 'bridge' = 'inet'): Promise<unknown[] | undefined> {
+  async nftTable(family: 'inet' | 'bridge' = 'inet', options: { readonly terse?: boolean } = {}): Promise<unknown[] | undefined> {
     const t = this.#nft;
     if (!t) return undefined;
     // The bridge table's names carry "bridge:" here (see BRIDGE).
@@ -905,7 +905,9 @@ export class FakeKernel implements KernelBackend {
     if (family === 'bridge' && ![...t.sets.keys(), ...t.chains.keys()].some(mine)) return undefined;
     return [
       { table: { family, name: 'ctnet' } },
-      ...[...t.sets].filter(([name]) => mine(name)).map(([name, s]) => (s.kind === 'set'
+      ...[...t.sets].filter(([name]) => mine(name)).map(([name, s]) => (options.terse // nft -t: no elements
+        ? { [s.kind]: { family, table: 'ctnet', name: bare(name) } }
+        : s.kind === 'set'
         ? { set: { family, table: 'ctnet', name: bare(name), elem: [...s.elements.keys()] } }
         : { map: { family, table: 'ctnet', name: bare(name), elem: [...s.elements].map(([k, v]) => [k, v]) } })),
       ...[...t.chains].filter(([name]) => mine(name)).flatMap(([name, c]) => [

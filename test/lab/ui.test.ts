@@ -1,7 +1,8 @@
 // `ctnet ui` in a real browser: Debian's Chromium driven by playwright-core. ctnetd runs in the
 // lab's host namespace and listens on that namespace's 127.0.0.1 (a port the kernel picks), so
 // Chromium runs there too (through nsenter: everything stays inside the lab's namespaces). The page
-// loads with the lab's sandboxes, a sandbox created from the CLI appears without a reload, the
+// loads with the lab's sandboxes, a sandbox created from the CLI appears without a reload, a
+// relabel is patched in from its event's delta without fetching the graph again, the
 // trace form names the policy rule that drops a denied pair, a foreign Origin gets 403 JSON, and a
 // label holding HTML is shown as text and never runs.
 import assert from 'node:assert/strict';
@@ -10,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { after, before, describe, it } from 'node:test';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import { chromium, type Browser, type Page, type Request } from 'playwright-core';
 import { Lab } from '../../src/lab/lab.ts';
 
 const XSS = '<img src=x onerror="window.__pwned=1">';
@@ -65,6 +66,32 @@ describe('ctnet ui in Chromium', () => {
     assert.equal(await page.evaluate('window.marker'), 42, 'the same page: no reload');
     await lab.ctnetOk(['rm', 'cache']);
     await page.locator('[data-sandbox="cache"]').waitFor({ state: 'detached', timeout: 30_000 });
+    assert.equal(await page.evaluate('window.ctnetPage.fullFetches'), 1, 'both came as deltas: the graph was fetched once, at load');
+  });
+
+  it('a relabel reaches the page as a patch of the event, without fetching the graph again', async () => {
+    const fetched: string[] = [];
+    const count = (r: Request) => { if (new URL(r.url()).pathname === '/api/graph') fetched.push(r.url()); };
+    const patches = () => page.evaluate('window.ctnetPage.patches') as Promise<number>;
+    const fullFetches = () => page.evaluate('window.ctnetPage.fullFetches') as Promise<number>;
+    const full = await fullFetches();
+    const before = await patches();
+    await page.locator('path[data-rule="web-not-db"]').first().waitFor({ state: 'attached' });
+    page.on('request', count);
+    try {
+      await lab.ctnetOk(['label', 'db', 'tier=store']);
+      await page.locator('[data-sandbox="db"]').filter({ hasText: 'tier=store' }).first().waitFor({ timeout: 30_000 });
+      // The rule's edge went with the label it selected.
+      await page.locator('path[data-rule="web-not-db"]').waitFor({ state: 'detached', timeout: 30_000 });
+      await lab.ctnetOk(['label', 'db', 'tier=db']);
+      await page.locator('[data-sandbox="db"]').filter({ hasText: 'tier=db' }).first().waitFor({ timeout: 30_000 });
+      await page.locator('path[data-rule="web-not-db"]').first().waitFor({ state: 'attached', timeout: 30_000 });
+    } finally {
+      page.off('request', count);
+    }
+    assert.deepEqual(fetched, [], 'no request for the whole graph');
+    assert.equal(await fullFetches(), full);
+    assert.ok(await patches() >= before + 2, 'both changes patched in from their events');
   });
 
   it('the trace form names the policy rule that drops a denied pair', async () => {

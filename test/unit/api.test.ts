@@ -67,7 +67,7 @@ function response(): { res: ServerResponse; done: Promise<{ status: number; head
 const loopback: ApiServerInfo = { host: '127.0.0.1', port: 7390, tokenHash: null };
 const calls: string[] = [];
 const deps: ApiDeps = {
-  graph: async () => ({ host: { name: 'h', underlay: null, cluster: false }, networks: [], sandboxes: [], remoteSandboxes: [], policy: [] }),
+  graph: async () => ({ graph: { host: { name: 'h', underlay: null, cluster: false }, networks: [], sandboxes: [], remoteSandboxes: [], policy: [] }, cursor: 17 }),
   counters: async () => ({ at: 0, interfaces: [], rules: [] }),
   trace: async (src, dst) => { calls.push(`trace ${src} ${dst}`); return { src, dst }; },
   explain: async (o) => {
@@ -100,7 +100,10 @@ describe('the HTTP API', () => {
     assert.equal(foreign.status, 403);
     assert.deepEqual(Object.keys(foreign.json!), ['error', 'hint']);
     assert.equal((await call({ url: '/api/graph', headers: { origin: 'http://127.0.0.1:7390' } })).status, 200);
-    assert.equal((await call({ url: '/api/graph' })).status, 200);
+    const g = await call({ url: '/api/graph' });
+    assert.equal(g.status, 200);
+    assert.equal(g.headers['ctnet-cursor'], '17', 'the feed cursor the graph is current at: the page applies deltas from there');
+    assert.deepEqual(Object.keys(g.json!), ['host', 'networks', 'sandboxes', 'remoteSandboxes', 'policy'], 'the graph as ctnet graph --json prints it');
     assert.equal((await call({ url: '/api/graph', headers: { 'sec-fetch-site': 'cross-site' } })).status, 403);
   });
   it('beyond loopback every request needs the token (header or query)', async () => {

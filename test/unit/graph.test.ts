@@ -11,13 +11,17 @@ import { instance } from '@viz-js/viz';
 import { graphDot, graphText } from '../../src/cli/graph.ts';
 import { Applier } from '../../src/engine/applier.ts';
 import type { Ctx } from '../../src/engine/context.ts';
-import { buildGraph, type Graph } from '../../src/engine/graph.ts';
+import { applyGraphDelta, buildGraph, graphDelta, hostSide, peerNamespaces, touchedSandboxes, updateGraph, type Graph, type GraphDelta } from '../../src/engine/graph.ts';
 import { createNetwork } from '../../src/engine/network.ts';
-import { addPolicy } from '../../src/engine/policy.ts';
-import { createSandbox } from '../../src/engine/sandbox.ts';
+import { addPolicy, changeLabels } from '../../src/engine/policy.ts';
+import { publish } from '../../src/engine/publish.ts';
+import { createSandbox, removeSandbox } from '../../src/engine/sandbox.ts';
+import { netnsIdsFromList } from '../../src/kernel/exec/backend.ts';
 import { FakeKernel } from '../../src/kernel/fake.ts';
 import { parsePortSpec } from '../../src/model/ports.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
+import type { ChangeEvent } from '../../src/store/events.ts';
+import { ChangeFeed } from '../../src/store/feed.ts';
 import { Store } from '../../src/store/store.ts';
 
 const GOLDEN = join(import.meta.dirname, 'golden');
@@ -76,5 +80,107 @@ describe('ctnet graph on a fixed topology (golden files)', async () => {
   it('dot escapes what users named: quotes and backslashes in labels stay inside their string', () => {
     const odd: Graph = { ...g, sandboxes: g.sandboxes.map((s) => (s.name === 'web' ? { ...s, labels: { note: 'a"b\\c' } } : s)) };
     assert.match(graphDot(odd), /note=a\\"b\\\\c/);
+  });
+});
+
+// The host-side match (buildGraph's one read for every sandbox) on what the kernel printed with 300
+// named namespaces, each holding a host veth's peer (fixtures/netns-300.json). The graph used to
+// take the ids from `ip netns list-id`, which stops at 134 ids: the other sandboxes were read from
+// inside, one `ip link` each (docs/ui.md). This test fails on that source.
+describe('the host-side veth match (graph)', () => {
+  const fx = JSON.parse(readFileSync(join(import.meta.dirname, 'fixtures', 'netns-300.json'), 'utf8')) as {
+    links: { ifname: string; link_netnsid?: number }[]; netnsList: { name: string; id?: number }[]; netnsListId: { nsid: number; name?: string }[];
+  };
+  const veths = Array.from({ length: 300 }, (_, i) => i + 1);
+
+  it('names the namespace of every one of 300 peers from ip -j netns list', () => {
+    const peers = peerNamespaces(fx.links, netnsIdsFromList(fx.netnsList));
+    const asked = veths.filter((i) => hostSide(`h${i}`, { name: `uit${i}` }, peers) !== 'there');
+    assert.deepEqual(asked, [], 'these sandboxes would be read from inside');
+  });
+
+  it('ip netns list-id, the old source, would have left most of them to a read inside', () => {
+    const peers = peerNamespaces(fx.links, fx.netnsListId);
+    const asked = veths.filter((i) => hostSide(`h${i}`, { name: `uit${i}` }, peers) === 'ask-inside');
+    assert.equal(fx.netnsListId.length, 134);
+    assert.equal(asked.length, 166);
+  });
+
+  it('a peer in another namespace, an unnamed one, or no peer at all', () => {
+    const peers = peerNamespaces([{ ifname: 'h1', link_netnsid: 0 }, { ifname: 'h2', link_netnsid: 7 }, { ifname: 'lo' }], [{ nsid: 0, name: 'uit1' }, { nsid: 7 }]);
+    assert.equal(hostSide('h1', { name: 'uit1' }, peers), 'there');
+    assert.equal(hostSide('h1', { name: 'uit2' }, peers), 'ask-inside'); // moved elsewhere: only inside can tell
+    assert.equal(hostSide('h1', { path: '/proc/1/ns/net' }, peers), 'ask-inside'); // a runtime's namespace file: no name to match
+    assert.equal(hostSide('h2', { name: 'uit2' }, peers), 'ask-inside'); // an id with no /run/netns name
+    assert.equal(hostSide('lo', { name: 'uit1' }, peers), 'gone'); // no peer elsewhere
+    assert.equal(hostSide('h9', { name: 'uit9' }, peers), 'gone'); // no host end
+  });
+
+  it('ip -j netns list: names without an id are left out, odd entries refused', () => {
+    assert.deepEqual(netnsIdsFromList([{ name: 'a', id: 3 }, { name: 'b' }, { name: 'c', id: -1 }, { id: 4 }, { name: 'd', id: 1.5 }]), [{ nsid: 3, name: 'a' }]);
+  });
+});
+
+// The live page's path (services/api/service.ts): after a change, updateGraph rebuilds only the
+// sandboxes the feed's events name, and the page patches its graph with graphDelta. Both must give
+// what a whole new build gives, and the delta must carry only what changed.
+describe('the graph after a change: updateGraph and graphDelta', () => {
+  it('create, relabel, publish, a rule, remove: the patched graph equals a new build', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ctnet-graph-'));
+    const store = new Store(dir);
+    const feed = new ChangeFeed(dir);
+    try {
+      const kernel = new FakeKernel();
+      const ctx: Ctx = { store, kernel, warn: () => {}, applier: new Applier({ backend: kernel, store, warn: () => {} }) };
+      await createNetwork(ctx, parseNetworkSpec({ name: 'front', subnet: ['10.70.1.0/24'] }));
+      for (const n of ['a', 'b', 'c']) await createSandbox(ctx, n, parseAttachSpec({ network: ['front'] }), undefined, [{ key: 'tier', value: n }]);
+      await addPolicy(ctx, { action: 'allow', from: 'label:tier=a', to: 'label:tier=x', port: '80/tcp', name: 'a-to-x' });
+      let graph = await buildGraph(ctx);
+      let at = feed.head();
+      const step = async (what: string, change: () => Promise<unknown>, check: (d: GraphDelta) => void) => {
+        await change();
+        const r = feed.read(at);
+        assert.ok(r.ok);
+        at = r.cursor;
+        const touched = touchedSandboxes(r.events);
+        assert.notEqual(touched, 'all');
+        const next = await updateGraph(ctx, graph, touched as Set<string>);
+        assert.deepEqual(next, await buildGraph(ctx), `${what}: updateGraph equals a new build`);
+        const d = graphDelta(graph, next);
+        assert.deepEqual(applyGraphDelta(graph, d), next, `${what}: the delta applied equals the new graph`);
+        check(d);
+        graph = next;
+      };
+      await step('create', () => createSandbox(ctx, 'd', parseAttachSpec({ network: ['front'] })), (d) => {
+        assert.deepEqual(d.sandboxes.map((s) => s.name), ['d']);
+        assert.deepEqual([d.removed, d.policy], [[], []]);
+      });
+      await step('relabel', () => changeLabels(ctx, 'b', [{ key: 'tier', value: 'x' }], []), (d) => {
+        assert.deepEqual(d.sandboxes.map((s) => [s.name, s.labels]), [['b', { tier: 'x' }]]);
+        assert.deepEqual(d.policy.map((r) => [r.name, r.edges]), [['a-to-x', [{ from: 'a', to: 'b' }]]], 'the rule now covers b');
+        assert.equal(d.networks, undefined, 'the networks did not change');
+      });
+      await step('publish', () => publish(ctx, 'c', { mappings: [parsePortSpec('8081:80')], force: false }), (d) => {
+        assert.deepEqual(d.sandboxes.map((s) => [s.name, s.ports]), [['c', ['8081:80/tcp']]]);
+      });
+      await step('a rule', () => addPolicy(ctx, { action: 'deny', from: 'c', to: 'world', port: undefined, name: 'c-stays-in' }), (d) => {
+        assert.deepEqual(d.sandboxes, []);
+        assert.deepEqual(d.policy.map((r) => r.name), ['c-stays-in']);
+      });
+      await step('remove', () => removeSandbox(ctx, 'a'), (d) => {
+        assert.deepEqual(d.removed, ['a']);
+        assert.deepEqual(d.policy.map((r) => [r.name, r.edges]), [['a-to-x', []]]);
+      });
+    } finally {
+      feed.close();
+      store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('a change of this host\'s cluster membership touches every sandbox (their host field)', () => {
+    const ev = (kind: string, data: object) => ({ id: 1, at: '', kind, action: 'changed', key: '', data }) as unknown as ChangeEvent;
+    assert.equal(touchedSandboxes([ev('label', { sandbox: 'a', key: 'k', value: 'v' }), ev('member', { host: 'h' })]), 'all');
+    assert.deepEqual(touchedSandboxes([ev('label', { sandbox: 'a' }), ev('sandbox', { name: 'b' }), ev('policy', { id: 3 }), ev('network', { name: 'n' })]), new Set(['a', 'b']));
   });
 });

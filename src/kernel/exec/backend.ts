@@ -197,8 +197,8 @@ export class ExecBackend implements KernelBackend {
   }
 
   // ---- reads ----
-  netnsIds(): Promise<{ nsid: number; name?: string }[]> {
-    return this.#ipJson('netns.ids', undefined, ['netns', 'list-id']);
+  async netnsIds(): Promise<{ nsid: number; name?: string }[]> {
+    return netnsIdsFromList(await this.#ipJson('netns.ids', undefined, ['netns', 'list']));
   }
   links(ns?: Netns): Promise<LinkInfo[]> {
     return this.#ipJson('link.list', ns, ['-d', 'link', 'show']);
@@ -237,9 +237,9 @@ export class ExecBackend implements KernelBackend {
     const { stdout } = await this.#run('fdb.list', ['bridge', '-j', 'fdb', 'show', 'dev', dev]);
     return stdout.trim() ? (JSON.parse(stdout) as FdbInfo[]) : [];
   }
-  async nftTable(family: 'inet' | 'bridge' = 'inet'): Promise<unknown[] | undefined> {
+  async nftTable(family: 'inet' | 'bridge' = 'inet', options: { readonly terse?: boolean } = {}): Promise<unknown[] | undefined> {
     try {
-      const { stdout } = await this.#run('nft.list', ['nft', '-j', 'list', 'table', family, 'ctnet']);
+      const { stdout } = await this.#run('nft.list', ['nft', ...(options.terse ? ['-t'] : []), '-j', 'list', 'table', family, 'ctnet']);
       return (JSON.parse(stdout) as { nftables: unknown[] }).nftables;
     } catch (e) {
       if (e instanceof KernelError && e.isNotFound) return undefined;
@@ -406,3 +406,11 @@ export class ExecBackend implements KernelBackend {
 }
 
 const batchable = (c: IpCommand) => c.args[0] !== '-6';
+
+/**
+ * `ip -j netns list` ([{name, id?}]) as the ids of named namespaces. A name without an id is a
+ * namespace ctnet's namespace has no link into (nothing to match): left out.
+ */
+export function netnsIdsFromList(raw: readonly { readonly name?: unknown; readonly id?: unknown }[]): { nsid: number; name: string }[] {
+  return raw.flatMap((x) => (typeof x.name === 'string' && typeof x.id === 'number' && Number.isInteger(x.id) && x.id >= 0 ? [{ nsid: x.id, name: x.name }] : []));
+}

@@ -13,7 +13,8 @@ import { tokenMatches } from './config.ts';
 
 /** What the routes call: the use cases, through ctnetd (services/api/service.ts). */
 export interface ApiDeps {
-  graph(): Promise<Graph>;
+  /** The graph and the change feed's cursor it is current at (the page applies deltas from there). */
+  graph(): Promise<{ graph: Graph; cursor: number }>;
   counters(): Promise<Counters>;
   trace(src: string, dst: string): Promise<unknown>;
   explain(object: string): Promise<{ object: string; lines: string[] }>;
@@ -116,8 +117,8 @@ export function parseTraceBody(text: string): { src: string; dst: string } {
   return { src: (o.src as string).trim(), dst: (o.dst as string).trim() };
 }
 
-const json = (res: ServerResponse, status: number, body: unknown) => {
-  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff' });
+const json = (res: ServerResponse, status: number, body: unknown, extra: Record<string, string> = {}) => {
+  res.writeHead(status, { 'content-type': 'application/json; charset=utf-8', 'cache-control': 'no-store', 'x-content-type-options': 'nosniff', ...extra });
   res.end(JSON.stringify(body));
 };
 
@@ -152,10 +153,12 @@ export async function handle(req: IncomingMessage, res: ServerResponse, deps: Ap
         });
         return void res.end(deps.page(n));
       }
-      case '/api/graph':
+      case '/api/graph': {
         method(req, 'GET');
         only(url, []);
-        return json(res, 200, await deps.graph());
+        const g = await deps.graph();
+        return json(res, 200, g.graph, { 'ctnet-cursor': String(g.cursor) });
+      }
       case '/api/counters':
         method(req, 'GET');
         only(url, []);
