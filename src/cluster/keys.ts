@@ -14,6 +14,7 @@
 import { formatAddr, formatSubnet, parseAddr, parseSubnet, type Subnet } from '../model/cidr.ts';
 import { parseMac } from '../model/mac.ts';
 import { parseDnsLabel, parseName } from '../model/names.ts';
+import { parseServiceCheck, type ServiceCheck } from '../model/service.ts';
 
 export const PREFIX = '/ctnet/';
 export const NETWORKS = `${PREFIX}networks/`;
@@ -83,6 +84,8 @@ export interface ServiceValue {
   readonly selector: { readonly key: string; readonly value: string };
   readonly targetPort: number;
   readonly affinity: 'none' | 'client-ip';
+  /** `--check`: every host probes the backends it balances over itself (absent: no check). */
+  readonly check?: ServiceCheck | undefined;
 }
 
 export const networkKey = (name: string) => `${NETWORKS}${name}`;
@@ -229,6 +232,7 @@ export function decodeEntry(key: string, value: string): Entry {
           proto, port: int(o, 'port', 1, 65535),
           selector: { key: str(sel as Json, 'key'), value: str(sel as Json, 'value') },
           targetPort: int(o, 'targetPort', 1, 65535), affinity,
+          ...(o.check === undefined ? {} : { check: parseCheckValue(o.check) }),
         } };
       }
     }
@@ -248,7 +252,16 @@ export const encodeSandbox = (v: SandboxValue) => JSON.stringify({
 export const encodeService = (v: ServiceValue) => JSON.stringify({
   host: v.host, network: v.network, vip: v.vip, proto: v.proto, port: v.port, selector: { key: v.selector.key, value: v.selector.value },
   targetPort: v.targetPort, affinity: v.affinity,
+  ...(v.check ? { check: v.check.kind === 'tcp' ? { kind: 'tcp', intervalMs: v.check.intervalMs } : { kind: 'http', path: v.check.path, intervalMs: v.check.intervalMs } } : {}),
 });
+
+/** A service's check as written in etcd, checked as `--check` and `--check-interval` are. */
+function parseCheckValue(x: unknown): ServiceCheck {
+  if (typeof x !== 'object' || x === null || Array.isArray(x)) throw new Error('"check" is not an object');
+  const c = x as Json;
+  const kind = str(c, 'kind');
+  return parseServiceCheck(kind === 'http' ? `http:${str(c, 'path')}` : kind, `${int(c, 'intervalMs', 100, 3_600_000)}ms`)!;
+}
 
 /** An address in the one form every host writes (so a comparison of text is one of addresses). */
 export function canonicalAddr(text: string): string {

@@ -297,13 +297,15 @@ export function ownServiceEntries(store: Store, self: string): Map<string, Servi
     if (s.ownerHost || !store.overlay(s.network)) continue;
     out.set(s.name, {
       host: self, network: s.network, vip: s.vip, proto: s.proto, port: s.port, selector: s.selector, targetPort: s.targetPort, affinity: s.affinity,
+      ...(s.check ? { check: s.check } : {}),
     });
   }
   return out;
 }
 
 const sameAsValue = (s: ServiceRow, v: ServiceValue) => s.ownerHost === v.host && s.network === v.network && s.vip === v.vip && s.proto === v.proto &&
-  s.port === v.port && s.selector.key === v.selector.key && s.selector.value === v.selector.value && s.targetPort === v.targetPort && s.affinity === v.affinity;
+  s.port === v.port && s.selector.key === v.selector.key && s.selector.value === v.selector.value && s.targetPort === v.targetPort && s.affinity === v.affinity &&
+  JSON.stringify(s.check ?? null) === JSON.stringify(v.check ?? null);
 
 /**
  * Makes this host's copies of other hosts' services what etcd says (WANT: every services/NAME entry
@@ -340,9 +342,11 @@ export async function mirrorServices(ctx: Ctx, want: ReadonlyMap<string, Service
       const row = tx.decide((rec) => {
         const draft = {
           name, network: w.network, vip: w.vip, cidr: ov.cidr, proto: w.proto, port: w.port, selector: w.selector,
-          targetPort: w.targetPort, affinity: w.affinity, backends: [] as string[], ownerHost: w.host,
+          targetPort: w.targetPort, affinity: w.affinity, backends: [] as string[], ownerHost: w.host, check: w.check,
         };
-        const r = { ...draft, backends: serviceBackends(store, draft), state: 'creating' as const };
+        // With a check, this host's own health checks take each backend in once a probe of theirs passed.
+        const withChecks = w.check ? { ...draft, unready: serviceCandidates(store, draft) } : draft;
+        const r = { ...withChecks, backends: serviceBackends(store, withChecks), state: 'creating' as const };
         rec.record({ kind: 'service.insert', row: r });
         return r;
       });

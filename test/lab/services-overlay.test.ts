@@ -12,7 +12,7 @@ import { Lab } from '../../src/lab/lab.ts';
 const TTL = 8;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 interface Count { servers: Record<string, number>; failed: number }
-interface ServiceJson { name: string; vip: string; port: number; backends: string[]; host?: string }
+interface ServiceJson { name: string; vip: string; port: number; backends: string[]; host?: string; check?: unknown; notReady?: string[] }
 
 describe('services on an overlay network, backends on two hosts', () => {
   let etcd: EtcdLab;
@@ -121,6 +121,28 @@ describe('services on an overlay network, backends on two hosts', () => {
     const after = await count(0, 'c1', vip, 80, 120);
     assert.equal(after.failed, 0);
     assert.deepEqual(Object.keys(after.servers).sort(), ['b1', 'b2'], JSON.stringify(after.servers));
+  });
+
+  it('--check reaches every host: h2 probes the backends itself, and one that fails there gets no connection from h2', async () => {
+    await h(0).ctnetOk(['run', '-d', '--name', 'k1', '--network', 'ov', '--label', 'app=chk', '--', ...Lab.serverArgv('k1', { tcp: 8091 })]);
+    await h(1).ctnetOk(['create', 'k2', '--network', 'ov', '--label', 'app=chk']); // nothing listens in k2
+    ips.set('k1', await ip(h(0), 'k1'));
+    ips.set('k2', await ip(h(1), 'k2'));
+    await eventually('k1 serves', async () => (await h(0).inHost(Lab.probeArgv('tcp', ips.get('k1')!, 8091, 500))).code === 0);
+    const made = JSON.parse(await h(0).ctnetOk(['service', 'create', 'chk', '--network', 'ov', '--port', '91', '--to', 'label:app=chk:8091',
+      '--check', 'tcp', '--check-interval', '300ms', '--json'])) as ServiceJson;
+    const copy = async () => (await services(1)).find((s) => s.name === 'chk');
+    await eventually('h2 has the copy, with k1 in after its own probe', async () => (await copy())?.backends.join(' ') === ips.get('k1'));
+    const c2 = (await copy())!;
+    assert.deepEqual(c2.check, { kind: 'tcp', intervalMs: 300 });
+    assert.deepEqual(c2.notReady, [ips.get('k2')], 'k2 failed h2\'s probes: out of h2\'s copy too');
+    const c = await count(1, 'c2', made.vip, 91, 30);
+    assert.equal(c.failed, 0, JSON.stringify(c));
+    assert.deepEqual(c.servers, { k1: 30 });
+    await h(0).ctnetOk(['service', 'rm', 'chk']);
+    await eventually('h2 drops chk', async () => (await copy()) === undefined);
+    await h(0).ctnetOk(['rm', 'k1']);
+    await h(1).ctnetOk(['rm', 'k2']);
   });
 
   it('rm on h1 removes it on both hosts', async () => {

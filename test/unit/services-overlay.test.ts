@@ -109,6 +109,20 @@ describe('other hosts\' services, mirrored from etcd', () => {
     assert.equal(rule(w, 'api2'), '');
   }));
 
+  it('a copy of a checked service keeps its check, and takes backends in only once this host\'s own probe passed', () => withWorld(async (w) => {
+    await setup(w);
+    applyMirror(w.store, { put: [WEB2], removed: [], snapshot: true });
+    const checked: ServiceValue = { ...API2, check: { kind: 'tcp', intervalMs: 1000 } };
+    assert.deepEqual((await mirrorServices(w.ctx, new Map([['api2', checked]]))).said, ['api2 (of h2) added']);
+    const copy = w.store.service('api2')!;
+    assert.deepEqual(copy.check, { kind: 'tcp', intervalMs: 1000 });
+    assert.deepEqual(copy.backends, [], 'no probe has passed here yet');
+    assert.deepEqual([...copy.unready ?? []].sort(), ['10.50.1.2', '10.50.2.2']);
+    // The same entry again changes nothing; another check replaces the copy.
+    assert.deepEqual((await mirrorServices(w.ctx, new Map([['api2', checked]]))).said, []);
+    assert.deepEqual((await mirrorServices(w.ctx, new Map([['api2', { ...checked, check: { kind: 'http' as const, path: '/h', intervalMs: 1000 } }]]))).said, ['api2 (of h2) changed', 'api2 (of h2) added']);
+  }));
+
   it('refuses a name this host has and a VIP outside the overlay; waits for a network this host has no side of; goes with the network', () => withWorld(async (w) => {
     await setup(w);
     await createService(w.ctx, req);
@@ -139,5 +153,18 @@ describe('services/NAME in etcd', () => {
     assert.deepEqual(decodeEntry(serviceKey('api'), text.replace('"tcp"', '"sctp"')), { kind: 'bad', key: '/ctnet/services/api', reason: '"proto" is not tcp or udp' });
     assert.deepEqual(decodeEntry(serviceKey('api'), text.replace('10.50.2.200', 'fd00::1')), { kind: 'bad', key: '/ctnet/services/api', reason: '"vip" is not an IPv4 address' });
     assert.equal(decodeEntry(serviceKey('api'), text.replace(',"port":80', '')).kind, 'bad');
+  });
+
+  it('carries --check, so every host probes the backends it balances over', () => {
+    const checked: ServiceValue = { ...API2, check: { kind: 'http', path: '/healthz', intervalMs: 500 } };
+    const text = encodeService(checked);
+    assert.match(text, /"check":\{"kind":"http","path":"\/healthz","intervalMs":500\}\}$/);
+    assert.deepEqual(decodeEntry(serviceKey('api'), text), { kind: 'service', name: 'api', value: checked });
+    const tcp: ServiceValue = { ...API2, check: { kind: 'tcp', intervalMs: 2000 } };
+    assert.deepEqual(decodeEntry(serviceKey('api'), encodeService(tcp)), { kind: 'service', name: 'api', value: tcp });
+    const bad = (from: string, to: string) => decodeEntry(serviceKey('api'), text.replace(from, to));
+    assert.equal(bad('"/healthz"', '"healthz"').kind, 'bad');
+    assert.equal(bad('"http"', '"udp"').kind, 'bad');
+    assert.equal(bad('"intervalMs":500', '"intervalMs":5').kind, 'bad');
   });
 });
