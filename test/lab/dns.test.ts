@@ -131,16 +131,17 @@ describe('DNS served by ctnetd', () => {
 
   it('a service\'s NAME and NAME.NETWORK answer its VIP on its network, from its create until its rm returns', async () => {
     const out = await lab.ctnetOk(['service', 'create', 'shop', '--network', 'front', '--port', '80', '--to', 'label:app=shop', '--json']);
-    const vip = (JSON.parse(out) as { vip: string }).vip;
+    const { vip, vip6 } = JSON.parse(out) as { vip: string; vip6?: string };
     assert.match(vip, /^10\.61\.1\.\d+$/);
+    assert.match(vip6 ?? '', /^fd00:61:1::/, 'a dual-stack network gives a service a VIP of each family');
     for (const name of ['shop', 'shop.front', 'SHOP.Front.']) {
       const a = await dig('web', '10.61.1.1', name);
       assert.equal(a.status, 'NOERROR', a.text);
       assert.deepEqual(a.answers, [`A ${vip}`], a.text);
     }
     const aaaa = await dig('web', 'fd00:61:1::1', 'shop', 'AAAA');
-    assert.equal(aaaa.status, 'NOERROR', 'an IPv4 VIP: NODATA for AAAA');
-    assert.deepEqual(aaaa.answers, []);
+    assert.equal(aaaa.status, 'NOERROR', aaaa.text);
+    assert.deepEqual(aaaa.answers, [`AAAA ${vip6}`], aaaa.text);
     assert.deepEqual((await dig('web2', '10.61.1.1', '', 'PTR', ['-x', vip])).answers, ['PTR shop.front.']);
     assert.equal((await dig('other', '10.61.2.1', 'shop')).status, 'NXDOMAIN', 'not on another network');
     assert.equal((await dig('other', '10.61.2.1', 'shop.front')).status, 'NXDOMAIN');
