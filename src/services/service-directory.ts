@@ -10,7 +10,7 @@
 // have is withdrawn, one that differs is written again; `service rm` of another host's service is
 // refused. An etcd error never removes a mirrored service: only a delete event or a fresh listing
 // that lacks it does.
-import { EtcdError, follow, type EtcdClient, type Follower, type Kv } from '../cluster/etcd.ts';
+import { follow, type EtcdClient, type Follower, type Kv } from '../cluster/etcd.ts';
 import { decodeEntry, encodeService, parseKey, serviceKey, SERVICES, type ServiceValue } from '../cluster/keys.ts';
 import { etcdOf } from '../engine/cluster.ts';
 import { mirrorServices, ownServiceEntries } from '../engine/services.ts';
@@ -122,7 +122,7 @@ export function serviceDirectory(): ServiceDirectory {
         failing = undefined;
       })
       .catch((e: Error) => {
-        const why = e instanceof EtcdError && e.unreachable ? e.message : e.message;
+        const why = e.message;
         if (why !== failing) log(`cannot bring services in step with etcd: ${why}; trying again every ${RETRY_MS / 1000} s (an error removes nothing)`);
         failing = why;
         if (!stopped) retry = setTimeout(kick, RETRY_MS);
