@@ -320,8 +320,15 @@ export function tableGuard(): Service {
           scheduleCheck(SETTLE_MS);
         }, (why) => {
           ctx.log(`nft monitor ${why}; watching again in 1 s`);
+          const downAt = performance.now();
           setTimeout(() => {
-            if (!stopping) watch();
+            if (stopping) return;
+            watch();
+            // A change made while no monitor was reading would go unseen: compare once now (the
+            // time a loss is reported against is then when the monitor went down).
+            since ??= downAt;
+            who.push('a process unseen while nft monitor was restarting');
+            scheduleCheck(0);
           }, 1000);
         });
       };
