@@ -287,6 +287,12 @@ export interface TraceOptions {
   readonly timeoutMs?: number;
   /** SRC world: the namespace the probe leaves from (its packets reach this host as the outside's do). */
   readonly fromNetns?: string;
+  /**
+   * The trace runs in a process of its own (the CLI): on SIGINT or SIGTERM it removes its table and
+   * exits 130. Not in ctnetd (the page's trace form): its own stop must run, and gc removes a table
+   * a stopped ctnetd left.
+   */
+  readonly exitOnSignal?: boolean;
 }
 
 const NETNS_NAME = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$/;
@@ -441,8 +447,7 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
     let cleaning: Promise<void> | undefined;
     const cleanup = () => (cleaning ??= applier.teardown([step([{ kind: 'nft.delete', lines: drop }])]).then(() => undefined));
     const onSignal = () => { void Promise.all([cleanup(), peerP?.then((p) => ('cancel' in p ? p.cancel() : undefined))]).finally(() => process.exit(130)); };
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
+    if (options.exitOnSignal) process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
     let tableIn = false;
     try {
       await applier.apply([step([{ kind: 'nft', lines, undo: drop }], `trace: mark the flow ${srcAddr}:${sport} -> ${dstAddr}${target.port ? `:${target.port}` : ''}/${target.proto} for nftables' tracing`)]);
@@ -466,8 +471,7 @@ export async function trace(ctx: Ctx, srcName: string, target: TraceTarget, opti
         events = (await (await monitorP).stop({ marker: tableIn, onMarked: () => void cleanup() })).flatMap((l) => parseTraceLine(l) ?? []);
         mark('drained');
       } finally {
-        process.off('SIGINT', onSignal);
-        process.off('SIGTERM', onSignal);
+        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
         await cleanup();
         mark('cleaned');
       }

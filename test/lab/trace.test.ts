@@ -2,6 +2,7 @@
 // policy check names it), NAT, and the outcome, for the cases users ask about. A foreign table's
 // drop is named as not ctnet's; a killed trace's tables are removed by gc.
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import type { TraceResult } from '../../src/engine/trace.ts';
 import { Lab, UPLINK } from '../../src/lab/lab.ts';
@@ -157,6 +158,24 @@ describe('ctnet trace', () => {
     const out = await lab.ctnetOk(['gc']);
     assert.match(out, /removed inet table ctnet_trace_999999_1 \(a ctnet trace that did not finish\)/);
     assert.doesNotMatch(await tables(), /ctnet_trace_/);
+  });
+
+  it('Ctrl-C: an interrupted trace removes its tables and exits 130', async () => {
+    const tables = async () => (await lab.inHost(['nft', 'list', 'tables'])).stdout;
+    // Dropped, so the probe waits out its 8 s timeout: the interrupt comes while the table is in.
+    const child = spawn('nsenter', [`--net=/run/netns/${lab.host}`, lab.ctnetBin, 'trace', 'a', 'c:7000', '--timeout', '8000'], {
+      env: { ...process.env, CTNET_STATE_DIR: lab.stateDir }, stdio: 'ignore',
+    });
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      for (let i = 0; i < 200 && !/ctnet_trace_/.test(await tables()); i++) await sleep(50);
+      assert.match(await tables(), /ctnet_trace_/, 'the trace table is in');
+      child.kill('SIGINT');
+      assert.equal(await exited, 130);
+      assert.doesNotMatch(await tables(), /ctnet_trace_/);
+    } finally {
+      child.kill('SIGKILL');
+    }
   });
 
   it('bad input: a clear error, nothing changed', async () => {

@@ -52,7 +52,7 @@ export default defineCommand({
     const peerWaitMs = Number(opts.peerWait);
     if (!Number.isInteger(peerWaitMs) || peerWaitMs < 100 || peerWaitMs > 60_000) throw invalid(`--peer-wait ${JSON.stringify(opts.peerWait)} is not a number of ms in 100..60000`);
     const src = args.src === 'world' || args.src === 'host' ? args.src : parseName('sandbox', args.src);
-    const r = await trace(ctx, src, parseTraceTarget(args.dst), { timeoutMs: Number.isFinite(timeoutMs) ? timeoutMs : 2000, peerWaitMs, ...(opts.fromNetns !== undefined ? { fromNetns: opts.fromNetns } : {}) });
+    const r = await trace(ctx, src, parseTraceTarget(args.dst), { timeoutMs: Number.isFinite(timeoutMs) ? timeoutMs : 2000, peerWaitMs, exitOnSignal: true, ...(opts.fromNetns !== undefined ? { fromNetns: opts.fromNetns } : {}) });
     io.out(io.json ? JSON.stringify(r, null, 2) : render(r));
   },
 });
