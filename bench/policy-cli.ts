@@ -6,7 +6,7 @@
 // `policy apply` of the rules (a Node process) against one iptables-nft-restore. See bench/README.md.
 //
 //   scripts/node bench/policy-cli.ts [--rules 10000] [--samples 15] [--json]
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -25,6 +25,11 @@ const { interrupted } = trapSignals();
 const tmp = mkdtempSync(join(tmpdir(), 'ctnet-bench-'));
 let lab: Lab | undefined;
 const results: { rules: number; side: string; addP50: number; rmP50: number }[] = [];
+/** ctnetd's own time for the commands handed to it, from its log: what the front end's handoff and the process starts around it leave out. */
+const inDaemon: { rules: number; addP50: number; rmP50: number; addWaitedP50: number; rmWaitedP50: number; addCount: number; rmCount: number }[] = [];
+/** ctnetd's logged times (ms) for `ctnet policy allow|rm ... measured`, and how long each waited in its queue first. */
+const daemonTimes = (log: string, verb: 'allow' | 'rm') => [...log.matchAll(new RegExp(`ctnet policy ${verb} [^\\n]*measured[^\\n]*: exit 0 in ([\\d.]+) ms[^\\n]*?(?:, after ([\\d.]+) ms in the queue)?$`, 'gm'))]
+  .map((m) => ({ ms: Number(m[1]), waited: Number(m[2] ?? 0) }));
 /** The fills, timed once each: ctnet's `policy apply` (a Node process) and one iptables-nft-restore. */
 const fills: { rules: number; added: number; policyApplyMs: number; iptablesRestoreMs: number }[] = [];
 try {
@@ -59,6 +64,8 @@ try {
         rm: async () => { const x = await l.inHost(['iptables-nft', '-D', 'FORWARD', '-s', '10.230.0.2', '-d', '10.231.0.2', '-p', 'tcp', '--dport', '80', '-j', 'ACCEPT']); if (x.code) throw new Error(x.stderr); },
       },
     };
+    const logFile = join(l.stateDir, 'ctnetd.log');
+    const logFrom = readFileSync(logFile, 'utf8').length;
     const names = Object.keys(sides);
     const add = new Map(names.map((n) => [n, [] as number[]]));
     const rm = new Map(names.map((n) => [n, [] as number[]]));
@@ -69,13 +76,26 @@ try {
       }
     }
     for (const n of names) results.push({ rules: level, side: n, addP50: round(stats(add.get(n)!).p50), rmP50: round(stats(rm.get(n)!).p50) });
+    const log = readFileSync(logFile, 'utf8').slice(logFrom);
+    const [adds, rms] = [daemonTimes(log, 'allow'), daemonTimes(log, 'rm')];
+    const p50 = (xs: { ms: number; waited: number }[], k: 'ms' | 'waited') => round(stats(xs.map((x) => x[k])).p50);
+    if (adds.length && rms.length) {
+      inDaemon.push({ rules: level, addP50: p50(adds, 'ms'), rmP50: p50(rms, 'ms'), addWaitedP50: p50(adds, 'waited'), rmWaitedP50: p50(rms, 'waited'), addCount: adds.length, rmCount: rms.length });
+    }
   }
   progress(`done (load ${loadAverage()})`);
-  if (values.json) console.log(JSON.stringify({ samples: SAMPLES, results, fills }, null, 2));
+  if (values.json) console.log(JSON.stringify({ samples: SAMPLES, results, inDaemon, fills }, null, 2));
   else {
     const ipt = (rules: number) => results.find((x) => x.rules === rules && x.side === 'iptables-nft')!;
     console.log(table(['rules', 'side', 'add p50 ms', 'rm p50 ms', 'add / iptables', 'rm / iptables'],
       results.map((x) => [String(x.rules), x.side, String(x.addP50), String(x.rmP50), (x.addP50 / ipt(x.rules).addP50).toFixed(2), (x.rmP50 / ipt(x.rules).rmP50).toFixed(2)])));
+    console.log();
+    console.log(table(['rules', 'in ctnetd: add p50 ms', 'rm p50 ms', 'queued first: add', 'rm', 'outside ctnetd: add', 'rm', 'logged'],
+      inDaemon.map((d) => {
+        const via = results.find((x) => x.rules === d.rules && x.side === 'ctnet via ctnetd')!;
+        return [String(d.rules), String(d.addP50), String(d.rmP50), String(d.addWaitedP50), String(d.rmWaitedP50),
+          String(round(via.addP50 - d.addP50)), String(round(via.rmP50 - d.rmP50)), `${d.addCount}+${d.rmCount}/${2 * SAMPLES}`];
+      })));
     console.log();
     console.log(table(['rules after', 'rules added', 'ctnet policy apply ms', 'iptables-nft-restore ms', 'ratio'],
       fills.map((f) => [String(f.rules), String(f.added), String(f.policyApplyMs), String(f.iptablesRestoreMs), (f.policyApplyMs / f.iptablesRestoreMs).toFixed(2)])));

@@ -182,8 +182,9 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
         return;
       }
       // One request at a time, in arrival order.
+      const arrived = performance.now();
       const run = queue.then(async () => {
-        const { reply, later, cli } = await answer(Buffer.concat(chunks));
+        const { reply, later, cli } = await answer(Buffer.concat(chunks), performance.now() - arrived);
         if (!sock.destroyed) sock.end(encodeReply(reply, cli));
         // Deferred work (stale conntrack entries) runs before the next request starts.
         for (const fn of later) await fn().catch((e: Error) => log(`deferred work failed: ${e.message}`));
@@ -197,7 +198,9 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     });
   }
 
-  async function answer(buf: Buffer): Promise<{ reply: Reply; later: (() => Promise<void>)[]; cli?: boolean }> {
+  /** waitedMs: how long the request waited in the queue (behind other requests, deferred work, the services' exclusive work). */
+  async function answer(buf: Buffer, waitedMs: number): Promise<{ reply: Reply; later: (() => Promise<void>)[]; cli?: boolean }> {
+    const waited = waitedMs >= 1 ? `, after ${waitedMs.toFixed(1)} ms in the queue` : '';
     const later: (() => Promise<void>)[] = [];
     let req;
     try {
@@ -209,7 +212,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
       const started = performance.now();
       const { reply, why, argv, kernel } = await answerCli(req.env, me, commandNft);
       const took = `${(performance.now() - started).toFixed(1)} ms${kernel ? ` (tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns and ${kernel.stats.sessionCalls} nft -i transactions)` : ''}`;
-      log(`ctnet ${argv.join(' ').slice(0, 200)}: ${why ? `the front end runs it itself: ${why}` : `exit ${reply.exit} in ${took}`}`);
+      log(`ctnet ${argv.join(' ').slice(0, 200)}: ${why ? `the front end runs it itself: ${why}` : `exit ${reply.exit} in ${took}${waited}`}`);
       return { later, reply, cli: true };
     }
     const gone = storeGone();
@@ -232,7 +235,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     const total = performance.now() - started;
     // The engine's own time (parse, plan, store, apply) apart from the tools it spawned.
     const tools = `tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns, engine ${(total - kernel.stats.ms).toFixed(1)} ms`;
-    log(`${req.env.CNI_COMMAND ?? '?'} ${req.env.CNI_CONTAINERID ?? ''} ${req.env.CNI_IFNAME ?? ''}: exit ${reply.exit} in ${total.toFixed(1)} ms (${tools})${reply.exit ? ` ${reply.stdout.trim()}` : ''}`);
+    log(`${req.env.CNI_COMMAND ?? '?'} ${req.env.CNI_CONTAINERID ?? ''} ${req.env.CNI_IFNAME ?? ''}: exit ${reply.exit} in ${total.toFixed(1)} ms (${tools})${waited}${reply.exit ? ` ${reply.stdout.trim()}` : ''}`);
     return { later, reply: { ...reply, stderr: reply.stderr + warnings.map((w) => `ctnet: ${w}\n`).join('') } };
   }
 
