@@ -19,7 +19,7 @@ import { table } from '../src/cli/table.ts';
 import { Lab, ROOT } from '../src/lab/lab.ts';
 import {
   type Checkout, checkout, describeCheckout, exec, execOk, intOption, optionsOrExit, progress, quantile, round, sampleOrder, type Stats,
-  destroyAll, levelsAndBaseline, loadAverage, stats, trapSignals,
+  destroyAll, levelsAndBaseline, loadAverage, machineBusyMs, stats, trapSignals,
 } from './lib.ts';
 
 const DEFAULT_LEVELS = [0, 100, 500] as const;
@@ -700,6 +700,11 @@ interface BurstPhase {
   readonly errors: readonly string[];
   /** The ctnet and baseline sides: ctnetd's own time for these requests (queue included), from its log. */
   readonly daemon?: DaemonStats;
+  /**
+   * The machine's busy CPU time during the phase, ms (machineBusyMs): per chain, what one costs in
+   * CPU anywhere; times the chains over the CPUs, the least wall time the phase could take.
+   */
+  readonly cpuMs: number;
 }
 
 /** One side's burst: `size` ADD chains at once, then their `size` DELs at once, at `level` attachments. */
@@ -719,7 +724,9 @@ interface BurstResult {
 /** Runs every chain at once; each chain's own time, the phase's wall time, and the failures. */
 async function burstPhase(chains: readonly (() => Promise<ChainTime>)[]): Promise<Omit<BurstPhase, 'daemon'> & { byChain: (number | undefined)[] }> {
   const start = performance.now();
+  const cpuBefore = machineBusyMs();
   const settled = await Promise.allSettled(chains.map((chain) => chain()));
+  const cpuMs = machineBusyMs() - cpuBefore;
   const ok = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
   const errors = settled.flatMap((r) => (r.status === 'rejected' ? [r.reason instanceof Error ? r.reason.message : String(r.reason)] : []));
   const samples = ok.map((t) => t.ms);
@@ -731,6 +738,7 @@ async function burstPhase(chains: readonly (() => Promise<ChainTime>)[]): Promis
     max: sorted.length > 0 ? sorted[sorted.length - 1]! : NaN,
     wallMs: ok.length > 0 ? Math.max(...ok.map((t) => t.end)) - start : NaN,
     errors,
+    cpuMs,
     byChain: settled.map((r) => (r.status === 'fulfilled' ? r.value.ms : undefined)),
   };
 }
@@ -1023,10 +1031,12 @@ function renderBursts(results: readonly LevelResult[], opts: Options): string[] 
         const p = command === 'ADD' ? b.add : b.del;
         const single = command === 'ADD' ? b.singleAddP50 : b.singleDelP50;
         const d = p.daemon ? `${ms(p.daemon.totalMs.p50)}/${ms(Math.max(...p.daemon.totalMs.samples))}` : '-';
+        // The CPU bound: the burst's CPU spread over every CPU is the least wall time its last chain can take.
+        const floor = p.cpuMs / cpus().length;
         rows.push([label, ms(single), ms(p.p50), ms(p.p99), ms(p.max), `${(p.p99 / single).toFixed(2)}x`, ms(p.wallMs),
-          (p.samples.length / (p.wallMs / 1000)).toFixed(1), String(p.errors.length), d]);
+          (p.samples.length / (p.wallMs / 1000)).toFixed(1), String(p.errors.length), d, ms(p.cpuMs / opts.burst), `${ms(floor)} (${(floor / single).toFixed(1)}x)`]);
       }
-      out.push(table([`${command}`, 'single p50', 'p50', 'p99', 'max', 'p99/single', 'wall', 'per s', 'errors', 'in ctnetd p50/max'], rows));
+      out.push(table([`${command}`, 'single p50', 'p50', 'p99', 'max', 'p99/single', 'wall', 'per s', 'errors', 'in ctnetd p50/max', 'CPU per chain', 'CPU floor (/single)'], rows));
     }
     for (const label of opts.sides) {
       const b = r.sides[label]?.burst;
@@ -1052,7 +1062,7 @@ function toJson(results: readonly LevelResult[], info: Machine, opts: Options): 
   });
   const bp = (p: BurstPhase, single: number) => ({
     p50Ms: round(p.p50), p99Ms: round(p.p99), maxMs: round(p.max), p99OverSingleP50: round(p.p99 / single), wallMs: round(p.wallMs),
-    perSecond: round(p.samples.length / (p.wallMs / 1000)), errors: p.errors, samplesMs: p.samples.map(round),
+    perSecond: round(p.samples.length / (p.wallMs / 1000)), errors: p.errors, samplesMs: p.samples.map(round), cpuMs: round(p.cpuMs), cpus: cpus().length,
     ...(p.daemon ? { daemon: dm(p.daemon) } : {}),
   });
   const burstJson = (b: BurstResult) => ({

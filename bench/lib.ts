@@ -73,6 +73,18 @@ export async function timedCpu(f: () => Promise<unknown>): Promise<{ wall: numbe
 }
 
 /** The q-quantile with linear interpolation between closest ranks (numpy's default). */
+/**
+ * The whole machine's busy CPU time so far, ms (/proc/stat: every CPU's jiffies but idle and iowait,
+ * at USER_HZ = 100). Over a stretch where the bench is all that runs, its difference is what the
+ * stretch cost in CPU, wherever it ran: the plugins, ctnetd, the kernel's work for them.
+ */
+export function machineBusyMs(): number {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal ...: steal is the hypervisor's, not this machine's work.
+  const [user, nice, system, , , irq, softirq] = f;
+  return (user! + nice! + system! + irq! + softirq!) * 10;
+}
+
 export function quantile(sorted: readonly number[], q: number): number {
   const pos = (sorted.length - 1) * q;
   const lo = Math.floor(pos);
