@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
+import { ExecBackend } from '../../src/kernel/exec/backend.ts';
+import { NetlinkBackend, loadAddon, type NetlinkAddon } from '../../src/kernel/netlink/backend.ts';
 import { Lab } from '../../src/lab/lab.ts';
 import { checkConsistent, readStore } from './consistency.ts';
 
@@ -65,6 +67,24 @@ describe('netlink backend: the same kernel state as exec', () => {
     assert.equal(viaExec.inside.addresses.length, 2);
     assert.deepEqual(viaExec.routes.map((r) => r.split(' ')[0]).sort(), ['10.46.0.1', 'fd00:46::1']);
     assert.deepEqual(await checkConsistent(lab), []);
+  });
+
+  it('reads a sandbox\'s routes and links as ip -j does (the reads of the CNI and create paths)', async () => {
+    const addon = loadAddon();
+    assert.ok(!('error' in addon), 'error' in addon ? addon.error : '');
+    const exec = new ExecBackend();
+    const netlink = new NetlinkBackend(addon as NetlinkAddon, exec);
+    // Reads only, in a namespace this lab made (named, so no need to enter the lab host).
+    const ns = { name: String(readStore(lab).sandboxes.find((s) => s.name === 'by-netlink')!.netns).replace('/run/netns/', '') };
+    const keys = ['dst', 'gateway', 'dev', 'protocol', 'scope', 'prefsrc', 'flags'] as const;
+    const pick = (r: Record<string, unknown>) => Object.fromEntries(keys.filter((k) => r[k] !== undefined).map((k) => [k, r[k]]));
+    const sort = (xs: Record<string, unknown>[]) => xs.map(pick).sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
+    const mine = await netlink.routes(ns);
+    assert.deepEqual(sort(mine as never), sort((await exec.routes(ns)) as never));
+    assert.equal(mine.filter((r) => r.dst === 'default').length, 2);
+    const lk = ['ifindex', 'ifname', 'mtu', 'address', 'operstate', 'link_index', 'link_netnsid'] as const;
+    const linkPick = (xs: readonly Record<string, unknown>[]) => xs.map((l) => ({ ...Object.fromEntries(lk.map((k) => [k, l[k]])), kind: (l.linkinfo as { info_kind?: string } | undefined)?.info_kind }));
+    assert.deepEqual(linkPick((await netlink.links(ns)) as never), linkPick((await exec.links(ns)) as never));
   });
 
   it('rm by the other backend removes what each made', async () => {

@@ -120,6 +120,8 @@ static napi_value request(napi_env env, napi_callback_info info) {
   }
   int done = 0;
   while (!done) {
+    // The kernel makes no dump datagram larger than 32 KiB (netlink_recvmsg caps max_recvmsg_len),
+    // so with that much room a datagram is never cut short.
     if (cap - used < 32768) {
       char *grown = realloc(out, cap * 2);
       if (!grown) {

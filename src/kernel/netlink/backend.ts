@@ -237,7 +237,8 @@ export class NetlinkBackend implements KernelBackend {
       const r = rt.parseRoute(m.body);
       return r ? [r] : [];
     }));
-    return raw.filter((r) => r.table === rt.RT_TABLE_MAIN && r.type === rt.RTN_UNICAST).map((r): RouteInfo => ({
+    // Every type (a blackhole or unreachable route also covers a subnet), as ip shows the main table.
+    return raw.filter((r) => r.table === rt.RT_TABLE_MAIN).map((r): RouteInfo => ({
       dst: r.dst,
       ...(r.gateway ? { gateway: r.gateway } : {}),
       ...(r.oif !== undefined && names.has(r.oif) ? { dev: names.get(r.oif)! } : {}),

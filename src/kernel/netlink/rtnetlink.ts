@@ -445,4 +445,4 @@ export function parseRoute(body: Buffer): RawRoute | undefined {
   };
 }
 
-export { RTN_UNICAST, RT_TABLE_MAIN };
+export { RT_TABLE_MAIN };
