@@ -69,7 +69,7 @@ describe('netlink backend: the same kernel state as exec', () => {
     assert.deepEqual(await checkConsistent(lab), []);
   });
 
-  it('reads a sandbox\'s routes and links as ip -j does (the reads of the CNI and create paths)', async () => {
+  it('reads a sandbox\'s routes, links and addresses as ip -j does (the reads of the CNI and create paths)', async () => {
     const addon = loadAddon();
     assert.ok(!('error' in addon), 'error' in addon ? addon.error : '');
     const exec = new ExecBackend();
@@ -85,6 +85,11 @@ describe('netlink backend: the same kernel state as exec', () => {
     const lk = ['ifindex', 'ifname', 'mtu', 'address', 'operstate', 'link_index', 'link_netnsid'] as const;
     const linkPick = (xs: readonly Record<string, unknown>[]) => xs.map((l) => ({ ...Object.fromEntries(lk.map((k) => [k, l[k]])), kind: (l.linkinfo as { info_kind?: string } | undefined)?.info_kind }));
     assert.deepEqual(linkPick((await netlink.links(ns)) as never), linkPick((await exec.links(ns)) as never));
+    const addrPick = (xs: readonly { ifname: string; addr_info: { family: string; local: string; prefixlen: number; scope: string }[] }[]) =>
+      xs.map((l) => ({ ifname: l.ifname, addr_info: l.addr_info.map((a) => ({ family: a.family, local: a.local, prefixlen: a.prefixlen, scope: a.scope })) }));
+    const addrs = await netlink.addrs(ns);
+    assert.deepEqual(addrPick(addrs), addrPick(await exec.addrs(ns)));
+    assert.equal(addrs.flatMap((l) => l.addr_info).filter((a) => a.scope === 'global').length, 2);
   });
 
   it('rm by the other backend removes what each made', async () => {

@@ -94,6 +94,11 @@ describe('rtnetlink replies', () => {
     assert.equal(rt.ipText(Buffer.from('00000000000000000000000000000000', 'hex')), '::');
   });
 
+  it('decodes an address: family, prefix, scope, the local address', () => {
+    assert.deepEqual(rt.parseAddr(rt.addrAdd(1, 'fd00:46::2/64', 7).subarray(16)), { family: 6, prefixlen: 64, scope: 'global', index: 7, local: 'fd00:46::2' });
+    assert.deepEqual(rt.parseAddr(rt.addrAdd(1, '10.46.0.2/24', 7).subarray(16)), { family: 4, prefixlen: 24, scope: 'global', index: 7, local: '10.46.0.2' });
+  });
+
   it('decodes a link: name, MTU, MAC, kind', () => {
     const l = rt.parseLink(rt.linkAddVeth(1, { name: 'h1', mtu: 1400, peer: 'eth0', peerMac: '02:11:22:33:44:55', peerNsFd: 4 }).subarray(16));
     assert.deepEqual([l.ifname, l.mtu, l.kind], ['h1', 1400, 'veth']);

@@ -271,6 +271,17 @@ export class NetlinkBackend implements KernelBackend {
     }));
   }
 
+  /** Equivalent to: ip -j [-n NS] addr show (every link, with its addresses in the kernel's order). */
+  async addrs(ns?: Netns): Promise<AddrInfo[]> {
+    const names = this.#names(ns);
+    const byIndex = new Map<number, AddrInfo['addr_info']>([...names.keys()].sort((a, b) => a - b).map((i) => [i, []]));
+    for (const m of this.#dump('addr.list', ns, (seq) => rt.addrDump(seq))) {
+      const a = m.type === rt.RTM_NEWADDR ? rt.parseAddr(m.body) : undefined;
+      if (a) byIndex.get(a.index)?.push({ family: a.family === 4 ? 'inet' : 'inet6', local: a.local, prefixlen: a.prefixlen, scope: a.scope });
+    }
+    return [...byIndex].map(([index, addr_info]) => ({ ifname: names.get(index)!, addr_info }));
+  }
+
   #names(ns: Netns | undefined): Map<number, string> {
     return new Map(this.#dump('link.list', ns, (seq) => rt.linkDump(seq)).filter((m) => m.type === rt.RTM_NEWLINK).map((m) => {
       const l = rt.parseLink(m.body);
@@ -281,7 +292,6 @@ export class NetlinkBackend implements KernelBackend {
   link(name: string, ns?: Netns): Promise<LinkInfo | undefined> { return this.#exec.link(name, ns); }
   linkStats(ns?: Netns): Promise<LinkStats[]> { return this.#exec.linkStats(ns); }
   linksOf(bridge: string): Promise<LinkInfo[]> { return this.#exec.linksOf(bridge); }
-  addrs(ns?: Netns): Promise<AddrInfo[]> { return this.#exec.addrs(ns); }
   neighbours(ns?: Netns): Promise<NeighInfo[]> { return this.#exec.neighbours(ns); }
   fdb(bridge: string): Promise<FdbInfo[]> { return this.#exec.fdb(bridge); }
   fdbOf(dev: string): Promise<FdbInfo[]> { return this.#exec.fdbOf(dev); }

@@ -260,7 +260,8 @@ export function addrDel(seq: number, cidr: string, index: number): Buffer {
 
 /** Equivalent to: ip addr show (both families) */
 export function addrDump(seq: number): Buffer {
-  return message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, ifaddr(4, 0, 0, 0).fill(0, 0, 1));
+  // ifa_family AF_UNSPEC: both families.
+  return message(RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, seq, Buffer.alloc(8));
 }
 
 /** struct rtmsg for a default route in the main table. */
