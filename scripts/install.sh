@@ -11,7 +11,8 @@ cd "$root"
 # iperf3/socat: the published-port benchmarks (throughput, and a userland proxy to compare with).
 # podman + runc + busybox-static (+ netavark, podman's own backend, for the benchmark): the CNI plugin test drives real podman with a local busybox image;
 # gcc + libjansson-dev: build the CNI plugin client (src/cni/client.c); + libnftnl-dev libmnl-dev: the
-# netlink counter of ctnet's nft tables (src/kernel/exec/nftcount.c) that the drift checks use.
+# netlink counter of ctnet's nft tables (src/kernel/exec/nftcount.c) that the drift checks use;
+# + libnftables-dev: ctnetd's in-process kernel backend (src/kernel/netlink/addon.c).
 # python3: test/lab/identity.test.ts sends a router advertisement from a sandbox (raw ICMPv6 socket).
 # etcd-server + etcd-client: the multi-host lab runs etcd (3.4) in a namespace of its own and checks it
 # with etcdctl (src/lab/etcd.ts); ctnet itself talks to etcd over HTTP and needs neither on a host.
@@ -26,7 +27,7 @@ cd "$root"
 # chromium: test/lab/ui.test.ts, bench/ui.ts and scripts/screenshots.ts drive the live page (ctnet ui) in it
 # with playwright-core (a dev dependency, pointed at /usr/bin/chromium: no browser download).
 pkgs=(iproute2 nftables conntrack iputils-ping util-linux procps containernetworking-plugins iptables iperf3 socat
-  podman runc busybox-static netavark gcc libc6-dev libjansson-dev libnftnl-dev libmnl-dev python3 etcd-server etcd-client containerd
+  podman runc busybox-static netavark gcc libc6-dev libjansson-dev libnftnl-dev libmnl-dev libnftables-dev python3 etcd-server etcd-client containerd
   bats slirp4netns catatonit netcat-openbsd curl golang-github-containernetworking-plugin-dnsname
   bind9-dnsutils dnsmasq-base dnsperf aardvark-dns chromium)
 command -v npm >/dev/null || pkgs+=(npm)

@@ -15,6 +15,7 @@ import { NotHere, type CliHost } from '../cli/context.ts';
 import { CrashPoints } from '../engine/applier.ts';
 import { ExecBackend } from '../kernel/exec/backend.ts';
 import type { NftSession } from '../kernel/exec/nftlive.ts';
+import { daemonBackend, type DaemonBackend, type NetlinkAddon } from '../kernel/netlink/backend.ts';
 import { ROOT } from '../root.ts';
 import type { Reply } from './wire.ts';
 
@@ -72,13 +73,14 @@ function notHere(env: Record<string, string>, me: Self): string | undefined {
 
 /** Runs one command for the front end; the reply carries its stdout, stderr and exit status. */
 /** nft: ctnetd's nft -i for the commands' nft transactions (no process start each; see ExecBackend). */
-export async function answerCli(env: Record<string, string>, me: Self, nft?: () => NftSession): Promise<{ reply: Reply; why?: string; argv: string[]; kernel?: ExecBackend }> {
+/** addon: ctnetd's in-process kernel backend (netlink/backend.ts), when it chose it; nft -i is then not needed. */
+export async function answerCli(env: Record<string, string>, me: Self, nft?: () => NftSession, addon?: NetlinkAddon): Promise<{ reply: Reply; why?: string; argv: string[]; kernel?: DaemonBackend }> {
   const argc = Number(env.CLI_ARGC);
   const argv = Array.from({ length: Number.isInteger(argc) && argc >= 0 ? argc : 0 }, (_, i) => env[`CLI_ARG_${i}`] ?? '');
   const refuse = (why: string) => ({ reply: { exit: RUN_IT_YOURSELF, stdout: '', stderr: '' }, why, argv });
   const why = notHere(env, me);
   if (why) return refuse(why);
-  const kernel = new ExecBackend(nft ? { nft: nft() } : {});
+  const kernel = daemonBackend(addon, () => new ExecBackend(nft && !addon ? { nft: nft() } : {}));
   let stdout = '';
   let stderr = '';
   const host: CliHost = {

@@ -16,6 +16,10 @@ import { CrashPoints } from '../engine/applier.ts';
 import { createCtx, type Ctx } from '../engine/context.ts';
 import { ExecBackend } from '../kernel/exec/backend.ts';
 import { NftSession } from '../kernel/exec/nftlive.ts';
+import { chooseAddon, daemonBackend, type DaemonBackend } from '../kernel/netlink/backend.ts';
+
+/** The in-process backend's share of a request (netlink requests and libnftables transactions), for the log. */
+const inProcess = (k: DaemonBackend) => (k.calls ? `, netlink ${k.calls.ms.toFixed(1)} ms in ${k.calls.calls} calls` : '');
 import { builtinServices } from '../services/index.ts';
 import { Store } from '../store/store.ts';
 import { startAgent, type Agent } from './agent.ts';
@@ -157,6 +161,9 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     log(`the commands' ${why}; the next command starts another`);
     cliNft = undefined;
   }));
+  // The kernel backend of every request (chosen once; the log says which): netlink in process,
+  // or exec when CTNET_KERNEL=exec or the addon is not built.
+  const addon = chooseAddon(log);
   let busy = 0;
 
   // allowHalfOpen: the client half-closes after its request and still reads the reply.
@@ -210,8 +217,8 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     }
     if (isCliRequest(req.env)) {
       const started = performance.now();
-      const { reply, why, argv, kernel } = await answerCli(req.env, me, commandNft);
-      const took = `${(performance.now() - started).toFixed(1)} ms${kernel ? ` (tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns and ${kernel.stats.sessionCalls} nft -i transactions)` : ''}`;
+      const { reply, why, argv, kernel } = await answerCli(req.env, me, commandNft, addon);
+      const took = `${(performance.now() - started).toFixed(1)} ms${kernel ? ` (tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns and ${kernel.stats.sessionCalls} nft -i transactions${inProcess(kernel)})` : ''}`;
       log(`ctnet ${argv.join(' ').slice(0, 200)}: ${why ? `the front end runs it itself: ${why}` : `exit ${reply.exit} in ${took}${waited}`}`);
       return { later, reply, cli: true };
     }
@@ -228,13 +235,13 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
         'one state directory serves one network namespace: give this namespace its own stateDir')) };
     }
     const warnings: string[] = [];
-    const kernel = new ExecBackend();
+    const kernel = daemonBackend(addon, () => new ExecBackend());
     const ctx = createCtx({ store, kernel, warn: (m) => warnings.push(m), defer: (fn) => later.push(fn), crash });
     const started = performance.now();
     const reply = await handleCni(ctx, req.env, req.stdin);
     const total = performance.now() - started;
     // The engine's own time (parse, plan, store, apply) apart from the tools it spawned.
-    const tools = `tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns, engine ${(total - kernel.stats.ms).toFixed(1)} ms`;
+    const tools = `tools ${kernel.stats.ms.toFixed(1)} ms in ${kernel.stats.spawns} spawns${inProcess(kernel)}, engine ${(total - kernel.stats.ms - (kernel.calls?.ms ?? 0)).toFixed(1)} ms`;
     log(`${req.env.CNI_COMMAND ?? '?'} ${req.env.CNI_CONTAINERID ?? ''} ${req.env.CNI_IFNAME ?? ''}: exit ${reply.exit} in ${total.toFixed(1)} ms (${tools})${waited}${reply.exit ? ` ${reply.stdout.trim()}` : ''}`);
     return { later, reply: { ...reply, stderr: reply.stderr + warnings.map((w) => `ctnet: ${w}\n`).join('') } };
   }

@@ -26,7 +26,8 @@ export interface CniEnv {
 export function execPlugin(lab: Lab, plugin: string, env: CniEnv, stdin: string, extraEnv: Record<string, string> = {}): Promise<CniCall> {
   return new Promise((resolve) => {
     const child = spawn('nsenter', [`--net=/run/netns/${lab.host}`, plugin], {
-      env: { PATH: process.env.PATH, ...extraEnv, ...(Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined)) as Record<string, string>) },
+      // CTNET_KERNEL (cni-exec.test.ts): the ctnetd the plugin starts inherits it and runs that backend.
+      env: { PATH: process.env.PATH, ...(process.env.CTNET_KERNEL ? { CTNET_KERNEL: process.env.CTNET_KERNEL } : {}), ...extraEnv, ...(Object.fromEntries(Object.entries(env).filter(([, v]) => v !== undefined)) as Record<string, string>) },
     });
     let stdout = '';
     let stderr = '';

@@ -3,7 +3,7 @@
 // STATUS with the daemon down and up, concurrency, and every error code for the input that makes it.
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
@@ -125,6 +125,15 @@ describe('CNI plugin', () => {
     assert.deepEqual(await checkConsistent(lab), []);
     const del = await call(env('DEL', 'web1', ns), conf());
     assert.equal(del.code, 0, del.stdout);
+  });
+
+  it('ctnetd ran that ADD and DEL on the kernel backend this run asks for (netlink; exec with CTNET_KERNEL=exec)', () => {
+    const lines = readFileSync(join(lab.stateDir, 'ctnetd.log'), 'utf8').split('\n').filter((l) => / (ADD|DEL) \S+ eth0: exit 0 /.test(l));
+    assert.ok(lines.length >= 2);
+    const exec = process.env.CTNET_KERNEL === 'exec';
+    // The netlink backend logs its calls; on exec every kernel change is a spawn.
+    for (const l of lines) assert.match(l, exec ? /\(tools [\d.]+ ms in [1-9]\d* spawns, engine/ : /spawns, netlink [\d.]+ ms in [1-9]\d* calls, engine/);
+    if (!exec) assert.ok(lines.some((l) => / ADD .* in 0 spawns, netlink /.test(l)), `an ADD with no process spawned: ${lines.join('\n')}`);
   });
 
   it('the pod name and namespace in CNI_ARGS become labels policy can select', async () => {
