@@ -10,18 +10,16 @@
 // ctnetd), stale (a sandbox gone while ctnetd was down) or bound to an old lease (re-registration)
 // is written or withdrawn. An etcd error never deletes a mirrored row: only a delete event or a
 // fresh listing that lacks it does.
-import { EtcdError, follow, type EtcdClient, type Follower } from '../cluster/etcd.ts';
+import { EtcdError } from '../cluster/etcd.ts';
 import { parseKey, SANDBOXES } from '../cluster/keys.ts';
 import { publishSandbox, withdrawSandbox } from '../cluster/registry.ts';
-import { etcdOf } from '../engine/cluster.ts';
 import { applyMirror, clearMirror, directoryEntries, entryText, remoteRow, type MirrorChange } from '../engine/directory.ts';
 import { syncPolicy } from '../engine/policy.ts';
 import type { RemoteSandboxRow } from '../store/store.ts';
 import type { ClusterAgentHooks } from './cluster.ts';
+import { followCluster, RETRY_MS, type Following } from './cluster-follow.ts';
 import type { Service, ServiceContext } from './service.ts';
 
-/** After a failed write to etcd, try again this often (the agent's own retry interval). */
-const RETRY_MS = 1_000;
 /** The change feed's kinds that change what this host publishes. */
 const PUBLISHED_KINDS = new Set(['sandbox', 'attachment', 'address', 'label', 'network', 'alias']);
 
@@ -29,14 +27,6 @@ const PUBLISHED_KINDS = new Set(['sandbox', 'attachment', 'address', 'label', 'n
 interface Own {
   readonly text: string;
   readonly lease: string;
-}
-
-/** The directory followed: of which cluster (endpoints), as which host. */
-interface Following {
-  readonly key: string;
-  readonly self: string;
-  readonly etcd: EtcdClient;
-  readonly f: Follower;
 }
 
 export interface SandboxDirectory {
@@ -47,17 +37,10 @@ export interface SandboxDirectory {
 
 export function sandboxDirectory(): SandboxDirectory {
   let ctx: ServiceContext | undefined;
-  let follower: Following | undefined;
   /** This host's entries in etcd, and the highest revision seen of each key (late events lose). */
   const own = new Map<string, Own>();
   const seen = new Map<string, bigint>();
   let listed = false;
-  let stopped = false;
-  let running: Promise<void> | undefined;
-  let again = false;
-  let retry: NodeJS.Timeout | undefined;
-  /** What the last failed round said (logged once until it changes). */
-  let failing: string | undefined;
 
   const log = (m: string) => ctx?.log(m);
 
@@ -81,14 +64,13 @@ export function sandboxDirectory(): SandboxDirectory {
   }
 
   /** One round: make this host's entries in etcd what its store says; false when it could not compare yet. */
-  async function publish(): Promise<boolean> {
-    const f = follower;
+  async function publish(f: Following | undefined): Promise<boolean> {
     if (!listed || !f || !ctx) return false; // never withdraw from a partial view
     const { want, leaseId, host } = await ctx.exclusive(async (e) => {
       const m = e.store.member();
       return { want: directoryEntries(e.store), leaseId: m?.state === 'ready' ? m.leaseId : null, host: m?.host };
     });
-    if (!leaseId || host !== f.self || follower !== f) return false; // not registered yet, or the membership changed
+    if (!leaseId || host !== f.self || !f.current()) return false; // not registered yet, or the membership changed
     const wrote: string[] = [];
     const withdrew: string[] = [];
     for (const [name, value] of want) {
@@ -111,53 +93,15 @@ export function sandboxDirectory(): SandboxDirectory {
     return true;
   }
 
-  /** Runs a round now, or right after the one under way; a failed round is tried again in a second. */
-  function kick(): void {
-    if (stopped) return;
-    if (running) {
-      again = true;
-      return;
-    }
-    clearTimeout(retry);
-    running = publish()
-      .then((compared) => {
-        if (!compared || !failing) return;
-        log('publishing works again');
-        failing = undefined;
-      })
-      .catch((e: Error) => {
-        const why = e instanceof EtcdError && e.unreachable ? e.message
-          : `${e.message}${e instanceof EtcdError && e.grpcCode === 5 ? ' (the host\'s etcd lease is gone: waiting for the cluster service to register again)' : ''}`;
-        if (why !== failing) log(`cannot publish this host's sandboxes: ${why}; trying again every ${RETRY_MS / 1000} s (an error withdraws nothing)`);
-        failing = why;
-        if (!stopped) retry = setTimeout(kick, RETRY_MS);
-      })
-      .finally(() => {
-        running = undefined;
-        if (again) {
-          again = false;
-          kick();
-        }
-      });
-  }
-
-  /** One membership check at a time (start, a member event and a resync may ask together). */
-  let membershipChain: Promise<void> = Promise.resolve();
-  const membership = (): Promise<void> => (membershipChain = membershipChain.catch(() => {}).then(followMembership));
-
-  /** Follows the directory of the cluster this host is in (none: stop, and mirror nothing). */
-  async function followMembership(): Promise<void> {
-    const c = ctx!;
-    const m = await c.exclusive(async (e) => e.store.member());
-    const key = m && m.state === 'ready' ? `${m.host}@${m.endpoints.join(',')}` : undefined;
-    if (follower?.key === key) return;
-    const old = follower;
-    follower = undefined;
-    await old?.f.stop();
-    own.clear();
-    seen.clear();
-    listed = false;
-    if (!key || !m) {
+  const cluster = followCluster({
+    ctx: () => ctx,
+    prefix: () => SANDBOXES,
+    reset() {
+      own.clear();
+      seen.clear();
+      listed = false;
+    },
+    async left(c) {
       // Not in a cluster (any more): other hosts' sandboxes are nobody's to select.
       const cleared = await c.exclusive(async (e) => {
         if (!clearMirror(e.store)) return false;
@@ -165,15 +109,12 @@ export function sandboxDirectory(): SandboxDirectory {
         return true;
       });
       if (cleared) log('no longer in a cluster: mirror of other hosts\' sandboxes emptied');
-      return;
-    }
-    const self = m.host;
-    const etcd = etcdOf(m);
-    const mine: Following = {
-      key, self, etcd,
-      f: follow(etcd, SANDBOXES, {
+    },
+    handlers: (mine) => {
+      const self = mine.self;
+      return {
         async snapshot(kvs, revision) {
-          if (follower !== mine) return;
+          if (!mine.current()) return;
           const put: RemoteSandboxRow[] = [];
           own.clear();
           for (const kv of kvs) {
@@ -195,7 +136,7 @@ export function sandboxDirectory(): SandboxDirectory {
           kick();
         },
         async events(events) {
-          if (follower !== mine) return;
+          if (!mine.current()) return;
           const put: RemoteSandboxRow[] = [];
           const removed: { host: string; name: string }[] = [];
           let mineChanged = false;
@@ -222,10 +163,18 @@ export function sandboxDirectory(): SandboxDirectory {
         broken(reason, retryMs) {
           log(`the watch on etcd broke (${reason}); listing again in ${retryMs} ms, the mirror stays as it is`);
         },
-      }),
-    };
-    follower = mine;
-  }
+      };
+    },
+    rounds: {
+      run: publish,
+      why: (e) => e instanceof EtcdError && e.unreachable ? e.message
+        : `${e.message}${e instanceof EtcdError && e.grpcCode === 5 ? ' (the host\'s etcd lease is gone: waiting for the cluster service to register again)' : ''}`,
+      failed: (why) => `cannot publish this host's sandboxes: ${why}; trying again every ${RETRY_MS / 1000} s (an error withdraws nothing)`,
+      recovered: 'publishing works again',
+    },
+  });
+  const kick = () => cluster.kick();
+  const membership = () => cluster.membership();
 
   return {
     hooks: {
@@ -233,7 +182,7 @@ export function sandboxDirectory(): SandboxDirectory {
         kick(); // every entry is bound to the old lease (or gone with it): write them again
       },
       recovered() {
-        follower?.f.restart(); // list again now: what changed while etcd did not answer
+        cluster.restart(); // list again now: what changed while etcd did not answer
       },
     },
     service: {
@@ -250,10 +199,7 @@ export function sandboxDirectory(): SandboxDirectory {
         void membership().then(kick, (e: Error) => log(`cannot follow the directory: ${e.message}`));
       },
       async stop() {
-        stopped = true;
-        clearTimeout(retry);
-        await follower?.f.stop();
-        await running;
+        await cluster.stop();
       },
     },
   };

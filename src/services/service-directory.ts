@@ -10,14 +10,13 @@
 // have is withdrawn, one that differs is written again; `service rm` of another host's service is
 // refused. An etcd error never removes a mirrored service: only a delete event or a fresh listing
 // that lacks it does.
-import { follow, type EtcdClient, type Follower, type Kv } from '../cluster/etcd.ts';
+import type { Kv } from '../cluster/etcd.ts';
 import { decodeEntry, encodeService, parseKey, serviceKey, SERVICES, type ServiceValue } from '../cluster/keys.ts';
-import { etcdOf } from '../engine/cluster.ts';
 import { mirrorServices, ownServiceEntries } from '../engine/services.ts';
 import type { ClusterAgentHooks } from './cluster.ts';
+import { followCluster, RETRY_MS, type Following } from './cluster-follow.ts';
 import type { Service, ServiceContext } from './service.ts';
 
-const RETRY_MS = 1_000;
 /** The change feed's kinds after which this host's entries or its copies may differ from etcd. */
 const KINDS = new Set(['service', 'network']);
 
@@ -29,13 +28,6 @@ interface Seen {
   readonly value: ServiceValue | undefined;
 }
 
-interface Following {
-  readonly key: string;
-  readonly self: string;
-  readonly etcd: EtcdClient;
-  readonly f: Follower;
-}
-
 export interface ServiceDirectory {
   readonly service: Service;
   readonly hooks: ClusterAgentHooks;
@@ -43,14 +35,8 @@ export interface ServiceDirectory {
 
 export function serviceDirectory(): ServiceDirectory {
   let ctx: ServiceContext | undefined;
-  let follower: Following | undefined;
   const entries = new Map<string, Seen>();
   let listed = false;
-  let stopped = false;
-  let running: Promise<void> | undefined;
-  let again = false;
-  let retry: NodeJS.Timeout | undefined;
-  let failing: string | undefined;
   /** What the mirror last refused (logged once until it changes). */
   let refusedSaid = '';
 
@@ -63,14 +49,13 @@ export function serviceDirectory(): ServiceDirectory {
   };
 
   /** One round: this host's entries in etcd as its store says, then its copies of the others' as etcd says. */
-  async function round(): Promise<boolean> {
-    const f = follower;
+  async function round(f: Following | undefined): Promise<boolean> {
     if (!listed || !f || !ctx) return false; // never withdraw or remove from a partial view
     const { want, leaseId, host } = await ctx.exclusive(async (e) => {
       const m = e.store.member();
       return { want: ownServiceEntries(e.store, f.self), leaseId: m?.state === 'ready' ? m.leaseId : null, host: m?.host };
     });
-    if (!leaseId || host !== f.self || follower !== f) return false;
+    if (!leaseId || host !== f.self || !f.current()) return false;
     const wrote: string[] = [];
     const withdrew: string[] = [];
     for (const [name, value] of want) {
@@ -108,84 +93,52 @@ export function serviceDirectory(): ServiceDirectory {
     return true;
   }
 
-  function kick(): void {
-    if (stopped) return;
-    if (running) {
-      again = true;
-      return;
-    }
-    clearTimeout(retry);
-    running = round()
-      .then((done) => {
-        if (!done || !failing) return;
-        log('the service directory works again');
-        failing = undefined;
-      })
-      .catch((e: Error) => {
-        const why = e.message;
-        if (why !== failing) log(`cannot bring services in step with etcd: ${why}; trying again every ${RETRY_MS / 1000} s (an error removes nothing)`);
-        failing = why;
-        if (!stopped) retry = setTimeout(kick, RETRY_MS);
-      })
-      .finally(() => {
-        running = undefined;
-        if (again) {
-          again = false;
-          kick();
-        }
-      });
-  }
-
-  let membershipChain: Promise<void> = Promise.resolve();
-  const membership = (): Promise<void> => (membershipChain = membershipChain.catch(() => {}).then(followMembership));
-
-  async function followMembership(): Promise<void> {
-    const c = ctx!;
-    const m = await c.exclusive(async (e) => e.store.member());
-    const key = m && m.state === 'ready' ? `${m.host}@${m.endpoints.join(',')}` : undefined;
-    if (follower?.key === key) return;
-    const old = follower;
-    follower = undefined;
-    await old?.f.stop();
-    entries.clear();
-    listed = false;
-    if (!key || !m) {
+  const cluster = followCluster({
+    ctx: () => ctx,
+    prefix: () => SERVICES,
+    reset() {
+      entries.clear();
+      listed = false;
+    },
+    async left(c) {
       // Not in a cluster (any more): other hosts' services are nobody's to balance here.
       const { said } = await c.exclusive((e) => mirrorServices(e, new Map()));
       if (said.length) log(`no longer in a cluster: services of other hosts removed (${said.join(', ')})`);
-      return;
-    }
-    const etcd = etcdOf(m);
-    const mine: Following = {
-      key, self: m.host, etcd,
-      f: follow(etcd, SERVICES, {
-        snapshot(kvs) {
-          if (follower !== mine) return;
-          entries.clear();
-          for (const kv of kvs) {
-            const k = parseKey(kv.key);
-            if (k?.kind === 'service') note(kv, k.name);
-          }
-          listed = true;
-          kick();
-        },
-        events(events) {
-          if (follower !== mine) return;
-          for (const ev of events) {
-            const k = parseKey(ev.kv.key);
-            if (k?.kind !== 'service') continue;
-            if (ev.type === 'put') note(ev.kv, k.name);
-            else entries.delete(k.name);
-          }
-          kick();
-        },
-        broken(reason, retryMs) {
-          log(`the services watch on etcd broke (${reason}); listing again in ${retryMs} ms, services stay as they are`);
-        },
-      }),
-    };
-    follower = mine;
-  }
+    },
+    handlers: (mine) => ({
+      snapshot(kvs) {
+        if (!mine.current()) return;
+        entries.clear();
+        for (const kv of kvs) {
+          const k = parseKey(kv.key);
+          if (k?.kind === 'service') note(kv, k.name);
+        }
+        listed = true;
+        kick();
+      },
+      events(events) {
+        if (!mine.current()) return;
+        for (const ev of events) {
+          const k = parseKey(ev.kv.key);
+          if (k?.kind !== 'service') continue;
+          if (ev.type === 'put') note(ev.kv, k.name);
+          else entries.delete(k.name);
+        }
+        kick();
+      },
+      broken(reason, retryMs) {
+        log(`the services watch on etcd broke (${reason}); listing again in ${retryMs} ms, services stay as they are`);
+      },
+    }),
+    rounds: {
+      run: round,
+      why: (e) => e.message,
+      failed: (why) => `cannot bring services in step with etcd: ${why}; trying again every ${RETRY_MS / 1000} s (an error removes nothing)`,
+      recovered: 'the service directory works again',
+    },
+  });
+  const kick = () => cluster.kick();
+  const membership = () => cluster.membership();
 
   return {
     hooks: {
@@ -193,7 +146,7 @@ export function serviceDirectory(): ServiceDirectory {
         kick(); // the entries were bound to the old lease (or went with it): write them again
       },
       recovered() {
-        follower?.f.restart();
+        cluster.restart();
       },
     },
     service: {
@@ -210,10 +163,7 @@ export function serviceDirectory(): ServiceDirectory {
         void membership().then(kick, (e: Error) => log(`cannot follow the service directory: ${e.message}`));
       },
       async stop() {
-        stopped = true;
-        clearTimeout(retry);
-        await follower?.f.stop();
-        await running;
+        await cluster.stop();
       },
     },
   };

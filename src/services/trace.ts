@@ -6,10 +6,10 @@
 //
 // A request's keys are bound to the tracer's etcd lease: when the request goes (the tracer finished,
 // died, or its lease ran out), its trace here ends and its table goes with it.
-import { follow, type EtcdClient, type Follower, type Kv } from '../cluster/etcd.ts';
+import type { EtcdClient, Kv } from '../cluster/etcd.ts';
 import { parseKey, traceKey, tracePrefix } from '../cluster/keys.ts';
-import { etcdOf } from '../engine/cluster.ts';
 import { checkTraceRequest, parseTraceRequest, servePeerTrace, type TraceReply } from '../engine/trace-remote.ts';
+import { followCluster } from './cluster-follow.ts';
 import type { Service, ServiceContext } from './service.ts';
 
 /** At most this many other hosts' traces at once (each is a monitor process and a table). */
@@ -24,7 +24,6 @@ interface Session {
 
 export function traceResponder(): Service {
   let ctx: ServiceContext | undefined;
-  let following: { key: string; self: string; etcd: EtcdClient; f: Follower } | undefined;
   const sessions = new Map<string, Session>();
   /** Request ids seen (handled or refused), so a listing again does not start them twice. */
   const seen = new Set<string>();
@@ -81,46 +80,38 @@ export function traceResponder(): Service {
     }
   }
 
-  let chain: Promise<void> = Promise.resolve();
-  const membership = () => (chain = chain.catch(() => {}).then(async () => {
-    const m = await ctx!.exclusive(async (e) => e.store.member());
-    const key = m && m.state === 'ready' ? `${m.host}@${m.endpoints.join(',')}` : undefined;
-    if (following?.key === key) return;
-    const old = following;
-    following = undefined;
-    await old?.f.stop();
-    for (const s of sessions.values()) s.end();
-    if (!key || !m) return;
-    const self = m.host;
-    const etcd = etcdOf(m);
-    following = {
-      key, self, etcd,
-      f: follow(etcd, tracePrefix(self), {
-        snapshot(kvs) {
-          const ids = new Set<string>();
-          for (const kv of kvs) {
-            const k = parseKey(kv.key);
-            if (k?.kind === 'trace') ids.add(k.id);
-          }
-          // A request gone while the watch was broken: its trace here ends.
-          for (const [id, s] of sessions) if (!ids.has(id)) s.end();
-          // Only requests nobody answered yet: one with a reply was ours before a restart of the watch.
-          const replied = new Set(kvs.flatMap((kv) => { const k = parseKey(kv.key); return k?.kind === 'trace' && k.part === 'reply' ? [k.id] : []; }));
-          for (const kv of kvs) {
-            const k = parseKey(kv.key);
-            if (k?.kind === 'trace' && k.part === 'request' && !replied.has(k.id)) onKv(etcd, self, kv, 'put');
-            else if (k?.kind === 'trace' && k.part === 'done') onKv(etcd, self, kv, 'put');
-          }
-        },
-        events(evs) {
-          for (const ev of evs) onKv(etcd, self, ev.kv, ev.type);
-        },
-        broken(reason, retryMs) {
-          log(`the watch on trace requests broke (${reason}); listing again in ${retryMs} ms`);
-        },
-      }),
-    };
-  }));
+  const cluster = followCluster({
+    ctx: () => ctx,
+    prefix: tracePrefix,
+    reset() {
+      for (const s of sessions.values()) s.end();
+    },
+    handlers: ({ self, etcd }) => ({
+      snapshot(kvs) {
+        const ids = new Set<string>();
+        for (const kv of kvs) {
+          const k = parseKey(kv.key);
+          if (k?.kind === 'trace') ids.add(k.id);
+        }
+        // A request gone while the watch was broken: its trace here ends.
+        for (const [id, s] of sessions) if (!ids.has(id)) s.end();
+        // Only requests nobody answered yet: one with a reply was ours before a restart of the watch.
+        const replied = new Set(kvs.flatMap((kv) => { const k = parseKey(kv.key); return k?.kind === 'trace' && k.part === 'reply' ? [k.id] : []; }));
+        for (const kv of kvs) {
+          const k = parseKey(kv.key);
+          if (k?.kind === 'trace' && k.part === 'request' && !replied.has(k.id)) onKv(etcd, self, kv, 'put');
+          else if (k?.kind === 'trace' && k.part === 'done') onKv(etcd, self, kv, 'put');
+        }
+      },
+      events(evs) {
+        for (const ev of evs) onKv(etcd, self, ev.kv, ev.type);
+      },
+      broken(reason, retryMs) {
+        log(`the watch on trace requests broke (${reason}); listing again in ${retryMs} ms`);
+      },
+    }),
+  });
+  const membership = () => cluster.membership();
 
   return {
     name: 'trace',
@@ -136,7 +127,7 @@ export function traceResponder(): Service {
     },
     async stop() {
       for (const s of sessions.values()) s.end();
-      await following?.f.stop();
+      await cluster.stop();
     },
   };
 }

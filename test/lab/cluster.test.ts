@@ -9,8 +9,9 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
 import { after, before, describe, it } from 'node:test';
-import { EtcdLab } from '../../src/lab/etcd.ts';
-import { Lab, ROOT } from '../../src/lab/lab.ts';
+import type { EtcdLab } from '../../src/lab/etcd.ts';
+import { ROOT, type Lab } from '../../src/lab/lab.ts';
+import { EtcdHosts } from './etcd-hosts.ts';
 
 const TTL = 5;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -21,6 +22,7 @@ interface LsJson {
 }
 
 describe('cluster membership in etcd', () => {
+  let cluster: EtcdHosts | undefined;
   let etcd: EtcdLab;
   let h1: Lab;
   let h2: Lab;
@@ -45,19 +47,16 @@ describe('cluster membership in etcd', () => {
     }
     assert.fail(`never: ${what}`);
   };
-  const join_ = (lab: Lab, name: string) => lab.ctnetOk(['cluster', 'join', '--etcd', etcd.url, '--underlay', 'underlay0', '--host-name', name, '--lease-ttl', String(TTL)]);
+  const join_ = (lab: Lab, name: string) => cluster!.join(lab, name);
 
   before(async () => {
-    etcd = await EtcdLab.create();
-    h1 = await Lab.create();
-    h2 = await Lab.create();
-    underlay.h1 = (await etcd.connect(h1.host)).address;
-    underlay.h2 = (await etcd.connect(h2.host)).address;
+    cluster = await EtcdHosts.create(2, { ttl: TTL });
+    etcd = cluster.etcd;
+    [h1, h2] = [cluster.host(0), cluster.host(1)];
+    Object.assign(underlay, { h1: cluster.underlay[0], h2: cluster.underlay[1] });
   });
   after(async () => {
-    await h1?.destroy();
-    await h2?.destroy();
-    await etcd?.destroy();
+    await cluster?.destroy();
   });
 
   it('the etcd client and the registry hold against a real etcd (run inside a lab host)', async () => {

@@ -5,22 +5,21 @@
 // sandboxes on h2 and h3 answers with both. The times are measured and printed, never asserted on (the machine is shared).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { EtcdLab } from '../../src/lab/etcd.ts';
 import { Lab } from '../../src/lab/lab.ts';
+import { EtcdHosts } from './etcd-hosts.ts';
 
 const TTL = 8;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('names across hosts (overlay network, directory in etcd)', () => {
-  let etcd: EtcdLab;
-  const hosts: Lab[] = [];
+  let cluster: EtcdHosts | undefined;
   const ips = new Map<string, string>();
   const gateways: string[] = [];
 
   const ip = async (lab: Lab, s: string) => ((JSON.parse(await lab.ctnetOk(['inspect', s, '--json'])) as { interfaces: { addresses: string[] }[] }).interfaces[0]!.addresses[0]!).split('/')[0]!;
   /** dig NAME from sandbox s on host i, at its own gateway: "STATUS ANSWERS". */
   const dig = async (i: number, s: string, name: string) => {
-    const r = await hosts[i]!.ctnet(['exec', s, '--', 'dig', `@${gateways[i]}`, '+tries=1', '+time=2', name, 'A']);
+    const r = await cluster!.host(i).ctnet(['exec', s, '--', 'dig', `@${gateways[i]}`, '+tries=1', '+time=2', name, 'A']);
     const text = r.stdout + r.stderr;
     const status = /status: (\w+)/.exec(text)?.[1] ?? 'none';
     // Sorted: a shared alias's addresses come in turns.
@@ -37,19 +36,11 @@ describe('names across hosts (overlay network, directory in etcd)', () => {
   };
 
   before(async () => {
-    etcd = await EtcdLab.create();
-    for (let i = 0; i < 3; i++) {
-      const lab = await Lab.create();
-      hosts.push(lab);
-      await etcd.connect(lab.host);
-    }
-    console.log(`# lab namespaces: ${[etcd.netns, ...hosts.flatMap((h) => [h.host, h.world])].join(' ')}`);
+    cluster = await EtcdHosts.create(3, { ttl: TTL });
     // cluster join starts each host's ctnetd (the directory and the DNS server run there).
-    for (const [i, lab] of hosts.entries()) {
-      await lab.ctnetOk(['cluster', 'join', '--etcd', etcd.url, '--underlay', 'underlay0', '--host-name', `h${i + 1}`, '--lease-ttl', String(TTL)]);
-    }
-    await hosts[0]!.ctnetOk(['network', 'create', 'ov', '--driver', 'vxlan', '--subnet', '10.81.0.0/16']);
-    for (const [i, lab] of hosts.entries()) {
+    await cluster.joinAll();
+    await cluster.host(0).ctnetOk(['network', 'create', 'ov', '--driver', 'vxlan', '--subnet', '10.81.0.0/16']);
+    for (const [i, lab] of cluster.hosts.entries()) {
       const name = ['a1', 'b2', 'c3'][i]!;
       // svc: an alias shared by b2 (h2) and c3 (h3); only3: c3's alone.
       await lab.ctnetOk(['create', name, '--network', 'ov', ...(i === 2 ? ['--alias', 'svc', '--alias', 'only3'] : i === 1 ? ['--alias', 'svc'] : [])]);
@@ -59,11 +50,7 @@ describe('names across hosts (overlay network, directory in etcd)', () => {
     }
   });
   after(async () => {
-    for (const h of hosts) {
-      await h.ctnet(['daemon', 'stop']);
-      await h.destroy();
-    }
-    await etcd?.destroy();
+    await cluster?.destroy();
   });
 
   it('a sandbox on h1 resolves the one on h3 by name (NAME, NAME.NETWORK); its removal is seen on every host', async () => {
@@ -82,14 +69,14 @@ describe('names across hosts (overlay network, directory in etcd)', () => {
     assert.equal(await dig(2, 'c3', 'svc'), both, 'h3: its own and h2\'s');
     assert.equal(await dig(1, 'b2', 'only3'), `NOERROR ${ips.get('c3')}`);
     // An alias added later (connect --alias is per network; here a new sandbox) follows too.
-    await hosts[1]!.ctnetOk(['create', 'late2', '--network', 'ov', '--alias', 'later']);
-    ips.set('late2', await ip(hosts[1]!, 'late2'));
+    await cluster!.host(1).ctnetOk(['create', 'late2', '--network', 'ov', '--alias', 'later']);
+    ips.set('late2', await ip(cluster!.host(1), 'late2'));
     await eventually('h1 resolves the alias later', async () => (await dig(0, 'a1', 'later')) === `NOERROR ${ips.get('late2')}`);
-    await hosts[1]!.ctnetOk(['rm', 'late2']);
+    await cluster!.host(1).ctnetOk(['rm', 'late2']);
     await eventually('h1 stops resolving the alias later', async () => (await dig(0, 'a1', 'later')) === 'NXDOMAIN');
 
     const start = performance.now();
-    await hosts[2]!.ctnetOk(['rm', 'c3']);
+    await cluster!.host(2).ctnetOk(['rm', 'c3']);
     const returned = performance.now() - start;
     const times = await Promise.all([0, 1].map(async (i) => {
       await eventually(`h${i + 1} stops resolving c3`, async () => (await dig(i, ['a1', 'b2'][i]!, 'c3')) === 'NXDOMAIN');

@@ -8,8 +8,8 @@ import { closeSync, openSync, readFileSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { EtcdLab } from '../../src/lab/etcd.ts';
 import { Lab } from '../../src/lab/lab.ts';
+import { EtcdHosts } from './etcd-hosts.ts';
 
 const TTL = 8;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -17,16 +17,14 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 interface Listed { host: string; name: string; addresses: string[]; labels: Record<string, string>; networks: string[]; local: boolean }
 
 describe('policy and the sandbox directory across hosts (etcd + vxlan)', () => {
-  let etcd: EtcdLab;
-  const hosts: Lab[] = [];
-  const h1 = () => hosts[0]!;
-  const h2 = () => hosts[1]!;
+  let cluster: EtcdHosts | undefined;
+  const h1 = () => cluster!.host(0);
+  const h2 = () => cluster!.host(1);
   const ips = new Map<string, string>();
 
-  const join_ = (lab: Lab, name: string) => lab.ctnetOk(['cluster', 'join', '--etcd', etcd.url, '--underlay', 'underlay0', '--host-name', name, '--lease-ttl', String(TTL)]);
   const ip = async (lab: Lab, s: string) => ((JSON.parse(await lab.ctnetOk(['inspect', s, '--json'])) as { interfaces: { addresses: string[] }[] }).interfaces[0]!.addresses[0]!).split('/')[0]!;
   const both = async (args: string[]) => {
-    await Promise.all(hosts.map((lab) => lab.ctnetOk(args)));
+    await Promise.all(cluster!.hosts.map((lab) => lab.ctnetOk(args)));
   };
   const listAll = async (lab: Lab) => JSON.parse(await lab.ctnetOk(['ls', '--all', '--json'])) as Listed[];
   const daemonLog = (lab: Lab) => readFileSync(join(lab.stateDir, 'ctnetd.log'), 'utf8');
@@ -70,15 +68,8 @@ describe('policy and the sandbox directory across hosts (etcd + vxlan)', () => {
   };
 
   before(async () => {
-    etcd = await EtcdLab.create();
-    for (let i = 0; i < 2; i++) {
-      const lab = await Lab.create();
-      hosts.push(lab);
-      await etcd.connect(lab.host);
-    }
-    console.log(`# lab namespaces: ${[etcd.netns, ...hosts.flatMap((h) => [h.host, h.world])].join(' ')}`);
-    await join_(h1(), 'h1');
-    await join_(h2(), 'h2');
+    cluster = await EtcdHosts.create(2, { ttl: TTL });
+    await cluster.joinAll();
     // --isolate is the overlay's, on every host: h2's side (made by its first sandbox) isolates too.
     await h1().ctnetOk(['network', 'create', 'ov', '--driver', 'vxlan', '--subnet', '10.70.0.0/16', '--isolate']);
     await h1().ctnetOk(['run', '-d', '--name', 'web', '--network', 'ov', '--label', 'tier=web', '--', ...Lab.serverArgv('web', { tcp: 8080 })]);
@@ -89,8 +80,7 @@ describe('policy and the sandbox directory across hosts (etcd + vxlan)', () => {
     ips.set('db', await ip(h2(), 'db'));
   });
   after(async () => {
-    for (const h of hosts) await h.destroy();
-    await etcd?.destroy();
+    await cluster?.destroy();
   });
 
   it('ls --all lists every host\'s sandboxes from etcd, with their host; policy check knows the other host\'s by name', async () => {
@@ -173,7 +163,7 @@ describe('policy and the sandbox directory across hosts (etcd + vxlan)', () => {
   });
 
   it('etcd unreachable: ls --all fails fast with a clear error; the mirror and the policy stay', async () => {
-    etcd.pause();
+    cluster!.etcd.pause();
     try {
       const start = performance.now();
       const r = await h1().ctnet(['ls', '--all'], { CTNET_ETCD_TIMEOUT_MS: '1000' });
@@ -185,7 +175,7 @@ describe('policy and the sandbox directory across hosts (etcd + vxlan)', () => {
       // Short: a pause longer than what is left of the hosts' etcd leases would expire them.
       assert.ok(await probe(h1(), 'web', 'tcp', 'api', 8080), 'the policy holds while etcd does not answer');
     } finally {
-      etcd.resume();
+      cluster!.etcd.resume();
     }
     // A pause longer than what was left of a host's etcd lease (a busy machine) expires it: etcd
     // then deletes that host's entries, the other mirrors the deletion, and the host registers and

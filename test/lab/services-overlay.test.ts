@@ -6,8 +6,8 @@
 // poll for the state, with no time limit asserted on (the machine is shared).
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { EtcdLab } from '../../src/lab/etcd.ts';
 import { Lab } from '../../src/lab/lab.ts';
+import { EtcdHosts } from './etcd-hosts.ts';
 
 const TTL = 8;
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -15,10 +15,9 @@ interface Count { servers: Record<string, number>; failed: number }
 interface ServiceJson { name: string; vip: string; port: number; backends: string[]; host?: string; check?: unknown; notReady?: string[] }
 
 describe('services on an overlay network, backends on two hosts', () => {
-  let etcd: EtcdLab;
-  const hosts: Lab[] = [];
+  let cluster: EtcdHosts | undefined;
   const ips = new Map<string, string>();
-  const h = (i: number) => hosts[i]!;
+  const h = (i: number) => cluster!.host(i);
 
   const ip = async (lab: Lab, s: string) => ((JSON.parse(await lab.ctnetOk(['inspect', s, '--json'])) as { interfaces: { addresses: string[] }[] }).interfaces[0]!.addresses[0]!).split('/')[0]!;
   const eventually = async (what: string, cond: () => Promise<boolean>, ms = 120_000): Promise<number> => {
@@ -46,16 +45,8 @@ describe('services on an overlay network, backends on two hosts', () => {
   };
 
   before(async () => {
-    etcd = await EtcdLab.create();
-    for (let i = 0; i < 2; i++) {
-      const lab = await Lab.create();
-      hosts.push(lab);
-      await etcd.connect(lab.host);
-    }
-    console.log(`# lab namespaces: ${[etcd.netns, ...hosts.flatMap((x) => [x.host, x.world])].join(' ')}`);
-    for (const [i, lab] of hosts.entries()) {
-      await lab.ctnetOk(['cluster', 'join', '--etcd', etcd.url, '--underlay', 'underlay0', '--host-name', `h${i + 1}`, '--lease-ttl', String(TTL)]);
-    }
+    cluster = await EtcdHosts.create(2, { ttl: TTL });
+    await cluster.joinAll();
     await h(0).ctnetOk(['network', 'create', 'ov', '--driver', 'vxlan', '--subnet', '10.82.0.0/16']);
     await serve(0, 'b1', ['app=web']);
     await serve(0, 'c1', []);
@@ -64,11 +55,7 @@ describe('services on an overlay network, backends on two hosts', () => {
     await serve(1, 'c2', []);
   });
   after(async () => {
-    for (const x of hosts) {
-      await x.ctnet(['daemon', 'stop']);
-      await x.destroy();
-    }
-    await etcd?.destroy();
+    await cluster?.destroy();
   });
 
   it('made on h1 (VIP from its lease), known on h2; balanced over both hosts\' backends from clients on both hosts', async () => {
@@ -150,12 +137,12 @@ describe('services on an overlay network, backends on two hosts', () => {
     await h(0).ctnetOk(['service', 'rm', 'web']);
     assert.deepEqual(await services(0), []);
     await eventually('h2 removes web', async () => (await services(1)).length === 0);
-    for (const lab of hosts) {
+    for (const lab of cluster!.hosts) {
       const nft = (await lab.inHost(['nft', 'list', 'table', 'inet', 'ctnet'])).stdout;
       assert.doesNotMatch(nft, /svc_web/);
       assert.doesNotMatch(nft, new RegExp(vip.replace(/\./g, '\\.')));
     }
-    assert.equal((await etcd.etcdctl(['get', '--prefix', '/ctnet/services/'])).stdout.trim(), '');
+    assert.equal((await cluster!.etcd.etcdctl(['get', '--prefix', '/ctnet/services/'])).stdout.trim(), '');
     const r = await h(1).ctnet(['exec', 'c2', '--', ...Lab.probeArgv('tcp', vip, 80, 2000)]);
     assert.notEqual(r.code, 0, 'nothing answers the VIP any more');
   });

@@ -9,16 +9,16 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import type { TraceResult } from '../../src/engine/trace.ts';
 import type { RemoteHalf } from '../../src/engine/trace-remote.ts';
-import { EtcdLab } from '../../src/lab/etcd.ts';
 import { Lab } from '../../src/lab/lab.ts';
+import { EtcdHosts } from './etcd-hosts.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 describe('ctnet trace across hosts (etcd + vxlan)', () => {
-  let etcd: EtcdLab;
-  const hosts: Lab[] = [];
-  const h1 = () => hosts[0]!;
-  const h2 = () => hosts[1]!;
+  let cluster: EtcdHosts | undefined;
+  const h1 = () => cluster!.host(0);
+  const h2 = () => cluster!.host(1);
+  const etcdctl = (args: string[]) => cluster!.etcd.etcdctl(args);
   const ip = async (lab: Lab, s: string) => ((JSON.parse(await lab.ctnetOk(['inspect', s, '--json'])) as { interfaces: { addresses: string[] }[] }).interfaces[0]!.addresses[0]!).split('/')[0]!;
   const trace = async (dst: string): Promise<TraceResult> => JSON.parse(await h1().ctnetOk(['trace', 'web', dst, '--json', '--timeout', '1000'])) as TraceResult;
   let api = '';
@@ -43,25 +43,17 @@ describe('ctnet trace across hosts (etcd + vxlan)', () => {
   };
   /** A trace request put in etcd by hand (as a forger would), under a lease of its own. */
   const putRequest = async (id: string, value: object): Promise<string> => {
-    const lease = /lease (\S+) granted/.exec((await etcd.etcdctl(['lease', 'grant', '120'])).stdout)?.[1];
+    const lease = /lease (\S+) granted/.exec((await etcdctl(['lease', 'grant', '120'])).stdout)?.[1];
     assert.ok(lease, 'etcd granted a lease');
-    const r = await etcd.etcdctl(['put', `--lease=${lease}`, `/ctnet/traces/h2/${id}`, JSON.stringify(value)]);
+    const r = await etcdctl(['put', `--lease=${lease}`, `/ctnet/traces/h2/${id}`, JSON.stringify(value)]);
     assert.equal(r.code, 0, r.stderr);
     return lease;
   };
-  const replyOf = async (id: string) => (await etcd.etcdctl(['get', '--print-value-only', `/ctnet/traces/h2/${id}/reply`])).stdout.trim();
+  const replyOf = async (id: string) => (await etcdctl(['get', '--print-value-only', `/ctnet/traces/h2/${id}/reply`])).stdout.trim();
 
   before(async () => {
-    etcd = await EtcdLab.create();
-    for (let i = 0; i < 2; i++) {
-      const lab = await Lab.create();
-      hosts.push(lab);
-      await etcd.connect(lab.host);
-    }
-    console.log(`# lab namespaces: ${[etcd.netns, ...hosts.flatMap((h) => [h.host, h.world])].join(' ')}`);
-    for (const [lab, name] of [[h1(), 'h1'], [h2(), 'h2']] as const) {
-      await lab.ctnetOk(['cluster', 'join', '--etcd', etcd.url, '--underlay', 'underlay0', '--host-name', name, '--lease-ttl', '8']);
-    }
+    cluster = await EtcdHosts.create(2, { ttl: 8 });
+    await cluster.joinAll();
     await h1().ctnetOk(['network', 'create', 'ov', '--driver', 'vxlan', '--subnet', '10.72.0.0/16']);
     await h1().ctnetOk(['run', '-d', '--name', 'web', '--network', 'ov', '--', ...Lab.serverArgv('web', { tcp: 8080 })]);
     await h2().ctnetOk(['run', '-d', '--name', 'api', '--network', 'ov', '--', ...Lab.serverArgv('api', { tcp: 8080 })]);
@@ -74,8 +66,7 @@ describe('ctnet trace across hosts (etcd + vxlan)', () => {
     }
   });
   after(async () => {
-    for (const h of hosts) await h.destroy();
-    await etcd?.destroy();
+    await cluster?.destroy();
   });
 
   it('answered: this host\'s half, the host the packet left for, and that host\'s half: delivered to api and answered', async () => {
@@ -173,7 +164,7 @@ describe('ctnet trace across hosts (etcd + vxlan)', () => {
       const reply = JSON.parse(await replyOf(id)) as { state: string; reason: string };
       assert.equal(reply.state, 'refused', id);
       assert.match(reply.reason, why, id);
-      await etcd.etcdctl(['lease', 'revoke', lease]);
+      await etcdctl(['lease', 'revoke', lease]);
     }
     await noTablesLeft();
   });
@@ -182,7 +173,7 @@ describe('ctnet trace across hosts (etcd + vxlan)', () => {
     const lease = await putRequest('gone1', { from: 'h1', network: 'ov', src: await ip(h1(), 'web'), dst: api, sport: 45002, proto: 'tcp', port: 8080, timeoutMs: 30000 });
     await eventually('h2 is ready', async () => (await replyOf('gone1')).includes('"ready"'));
     assert.equal((await traceTables(h2())).length, 2, 'h2\'s inet and bridge trace tables are in');
-    await etcd.etcdctl(['lease', 'revoke', lease]);
+    await etcdctl(['lease', 'revoke', lease]);
     await eventually('h2 removed its trace table', async () => (await traceTables(h2())).length === 0);
   });
 
@@ -196,6 +187,6 @@ describe('ctnet trace across hosts (etcd + vxlan)', () => {
     const out = await h2().ctnetOk(['gc']);
     assert.match(out, /removed inet table ctnet_trace_\d+_\d+_r\d+ \(a ctnet trace that did not finish\)/);
     assert.deepEqual(await traceTables(h2()), []);
-    await etcd.etcdctl(['lease', 'revoke', lease]);
+    await etcdctl(['lease', 'revoke', lease]);
   });
 });

@@ -4,46 +4,21 @@
 // select remote sandboxes, the policy sets and `policy check` follow the mirror, and a change of
 // the mirror cuts the flows it now denies.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { encodeSandbox, sandboxKey, type SandboxValue } from '../../src/cluster/keys.ts';
-import { Applier } from '../../src/engine/applier.ts';
-import type { Ctx } from '../../src/engine/context.ts';
 import { applyMirror, clusterSandboxes, directoryEntries, remoteRow } from '../../src/engine/directory.ts';
 import { createNetwork, type OverlaySpec } from '../../src/engine/network.ts';
 import { addPolicy, checkPolicy, policyWorld, removePolicies, syncPolicy } from '../../src/engine/policy.ts';
 import { createSandbox } from '../../src/engine/sandbox.ts';
-import { FakeKernel } from '../../src/kernel/fake.ts';
 import { parseAddr } from '../../src/model/cidr.ts';
 import { parseSelector, resolve } from '../../src/model/policy.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
 import type { Flow } from '../../src/plan/flows.ts';
 import { ChangeFeed } from '../../src/store/feed.ts';
-import { Store, type RemoteSandboxRow } from '../../src/store/store.ts';
+import type { RemoteSandboxRow } from '../../src/store/store.ts';
+import { withWorld as inWorld, type World } from './fake-world.ts';
 
-const SCRATCH = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
-
-interface World {
-  readonly dir: string;
-  readonly store: Store;
-  readonly fake: FakeKernel;
-  readonly ctx: Ctx;
-}
-
-async function withWorld<T>(fn: (w: World) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(SCRATCH, 'ctnet-directory-'));
-  const store = new Store(dir);
-  const fake = new FakeKernel();
-  const warn = () => {};
-  try {
-    return await fn({ dir, store, fake, ctx: { store, kernel: fake, warn, applier: new Applier({ backend: fake, store, warn }) } });
-  } finally {
-    store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+const withWorld = <T>(fn: (w: World) => Promise<T>) => inWorld('directory', fn);
 
 const OVERLAY: OverlaySpec = { vni: 42, port: 4789, cidr: '10.50.0.0/16', underlay: { ip: '192.0.2.10', dev: 'eth0', mtu: 1500 } };
 /** This host's side of overlay ov (lease 10.50.1.0/24), and a bridge network. */

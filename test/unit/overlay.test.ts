@@ -2,15 +2,10 @@
 // failures), planPeers (three entries per peer; add, replace, remove; idempotent), the vxlan
 // driver through the use cases (create, attach, syncPeers, gc, remove) and rollback at every step.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { DriverNetwork } from '../../src/drivers/driver.ts';
 import { entriesOf, localVtep, observePeers, planPeerEntries, planPeers } from '../../src/drivers/vxlan/peers.ts';
 import { vxlanDriver } from '../../src/drivers/vxlan/vxlan.ts';
-import { Applier } from '../../src/engine/applier.ts';
-import type { Ctx } from '../../src/engine/context.ts';
 import { gc } from '../../src/engine/gc.ts';
 import { createNetwork, hostSteps, removeNetwork, type OverlaySpec } from '../../src/engine/network.ts';
 import { peerStatus, syncPeers } from '../../src/engine/overlay.ts';
@@ -23,29 +18,9 @@ import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
 import { inverse, removes, type Op } from '../../src/plan/ops.ts';
 import type { Step } from '../../src/plan/plan.ts';
 import { renderOp } from '../../src/plan/render.ts';
-import { Store } from '../../src/store/store.ts';
+import { withWorld as inWorld, type World } from './fake-world.ts';
 
-const SCRATCH = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
-
-interface World {
-  readonly dir: string;
-  readonly store: Store;
-  readonly fake: FakeKernel;
-  readonly ctx: Ctx;
-}
-
-async function withWorld<T>(fn: (w: World) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(SCRATCH, 'ctnet-overlay-'));
-  const store = new Store(dir);
-  const fake = new FakeKernel();
-  const warn = () => {};
-  try {
-    return await fn({ dir, store, fake, ctx: { store, kernel: fake, warn, applier: new Applier({ backend: fake, store, warn }) } });
-  } finally {
-    store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+const withWorld = <T>(fn: (w: World) => Promise<T>) => inWorld('overlay', fn);
 
 const VX = 'ctov-ov';
 const OVERLAY: OverlaySpec = { vni: 42, port: 4789, cidr: '10.50.0.0/16', underlay: { ip: '192.0.2.10', dev: 'eth0', mtu: 1500 } };

@@ -2,44 +2,18 @@
 // family, one rule per family in its chain over that family's backends, an element in services6,
 // and its IPv6 VIP on the bridge; `--vip` takes one address per family; rm takes it all back.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { Applier } from '../../src/engine/applier.ts';
-import type { Ctx } from '../../src/engine/context.ts';
 import { createNetwork } from '../../src/engine/network.ts';
 import { createSandbox, removeSandbox } from '../../src/engine/sandbox.ts';
 import { createService, listServices, removeService } from '../../src/engine/services.ts';
-import { FakeKernel } from '../../src/kernel/fake.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
 import type { Op } from '../../src/plan/ops.ts';
-import { Store } from '../../src/store/store.ts';
+import { withWorld as inWorld, serviceRules, type World } from './fake-world.ts';
 
-const SCRATCH = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
-
-interface World {
-  readonly store: Store;
-  readonly fake: FakeKernel;
-  readonly ctx: Ctx;
-}
-
-async function withWorld<T>(fn: (w: World) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(SCRATCH, 'ctnet-svc-dual-'));
-  const store = new Store(dir);
-  const fake = new FakeKernel();
-  const warn = () => {};
-  try {
-    return await fn({ store, fake, ctx: { store, kernel: fake, warn, applier: new Applier({ backend: fake, store, warn }) } });
-  } finally {
-    store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
-
+const withWorld = <T>(fn: (w: World) => Promise<T>) => inWorld('svc-dual', fn);
 
 const DUAL = () => parseNetworkSpec({ name: 'dual', subnet: ['10.73.0.0/24', 'fd00:73::/64'] });
-const rule = (w: World) => (w.fake.snapshot().nft!.chains['svc_web']?.rules ?? []).join('\n');
+const rule = (w: World) => serviceRules(w, 'web');
 const req = { name: 'web', network: 'dual', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined };
 const app = [{ key: 'app', value: 'web' }];
 

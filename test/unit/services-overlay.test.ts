@@ -3,43 +3,19 @@
 // others' copies follow etcd's services/NAME entries (mirrorServices): installed, replaced, removed,
 // refused; the etcd value's text and parsing.
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { decodeEntry, encodeService, parseKey, serviceKey, type ServiceValue } from '../../src/cluster/keys.ts';
-import { Applier } from '../../src/engine/applier.ts';
-import type { Ctx } from '../../src/engine/context.ts';
 import { applyMirror } from '../../src/engine/directory.ts';
 import { createNetwork, removeNetwork, type OverlaySpec } from '../../src/engine/network.ts';
 import { syncPolicy } from '../../src/engine/policy.ts';
 import { createSandbox } from '../../src/engine/sandbox.ts';
 import { createService, listServices, mirrorServices, ownServiceEntries, removeService } from '../../src/engine/services.ts';
-import { FakeKernel } from '../../src/kernel/fake.ts';
 import { parseAttachSpec, parseNetworkSpec } from '../../src/model/spec.ts';
 import type { Op } from '../../src/plan/ops.ts';
-import { Store, type RemoteSandboxRow } from '../../src/store/store.ts';
+import type { RemoteSandboxRow } from '../../src/store/store.ts';
+import { withWorld as inWorld, serviceRules as rule, type World } from './fake-world.ts';
 
-const SCRATCH = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
-
-interface World {
-  readonly store: Store;
-  readonly fake: FakeKernel;
-  readonly ctx: Ctx;
-}
-
-async function withWorld<T>(fn: (w: World) => Promise<T>): Promise<T> {
-  const dir = mkdtempSync(join(SCRATCH, 'ctnet-svc-overlay-'));
-  const store = new Store(dir);
-  const fake = new FakeKernel();
-  const warn = () => {};
-  try {
-    return await fn({ store, fake, ctx: { store, kernel: fake, warn, applier: new Applier({ backend: fake, store, warn }) } });
-  } finally {
-    store.close();
-    rmSync(dir, { recursive: true, force: true });
-  }
-}
+const withWorld = <T>(fn: (w: World) => Promise<T>) => inWorld('svc-overlay', fn);
 
 const OVERLAY: OverlaySpec = { vni: 42, port: 4789, cidr: '10.50.0.0/16', underlay: { ip: '192.0.2.10', dev: 'eth0', mtu: 1500 } };
 /** This host's side of overlay ov (lease 10.50.1.0/24), a bridge network, and web (label app=web) here. */
@@ -50,7 +26,6 @@ async function setup(w: World) {
 }
 /** web2 on h2 (in h2's lease), and one whose address is on no overlay of ours (never a backend). */
 const WEB2: RemoteSandboxRow = { host: 'h2', name: 'web2', addresses: ['10.50.2.2'], labels: { app: 'web' }, networks: ['ov'], aliases: {} };
-const rule = (w: World, name: string) => (w.fake.snapshot().nft!.chains[`svc_${name}`]?.rules ?? []).join('\n');
 const req = { name: 'api', network: 'ov', port: '80', to: 'label:app=web:8080', vip: undefined, affinity: undefined };
 /** h2's service api2 on ov, VIP from h2's lease. */
 const API2: ServiceValue = { host: 'h2', network: 'ov', vip: '10.50.2.200', proto: 'tcp', port: 80, selector: { key: 'app', value: 'web' }, targetPort: 8080, affinity: 'none' };
