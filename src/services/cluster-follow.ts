@@ -107,8 +107,11 @@ export function followCluster(o: ClusterFollowOptions, deps: ClusterFollowDeps =
   }
 
   async function followMembership(): Promise<void> {
+    if (stopped) return;
     const c = o.ctx()!;
     const m = await c.exclusive(async (e) => e.store.member());
+    // Stopped while the store was read: a follower started now would never be stopped.
+    if (stopped) return;
     const key = m && m.state === 'ready' ? `${m.host}@${m.endpoints.join(',')}` : undefined;
     if (following?.at.key === key) return;
     const old = following;
@@ -119,6 +122,7 @@ export function followCluster(o: ClusterFollowOptions, deps: ClusterFollowDeps =
       await o.left?.(c);
       return;
     }
+    if (stopped) return; // stopped while the old follower stopped
     const self = m.host;
     const etcd = deps.etcdOf(m);
     const mine: Following = { key, self, etcd, current: () => following?.at === mine };
@@ -138,6 +142,8 @@ export function followCluster(o: ClusterFollowOptions, deps: ClusterFollowDeps =
     async stop() {
       stopped = true;
       clearTimeout(retry);
+      // A membership check under way ends without starting a follower (it looks at stopped).
+      await chain.catch(() => {});
       await following?.f.stop();
       await running;
     },

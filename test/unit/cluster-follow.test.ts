@@ -147,4 +147,22 @@ describe('followCluster', () => {
     assert.equal(runs, 1);
     assert.deepEqual(w.log, ['failed: down']);
   });
+
+  it('stop during a membership check: no follower is left running', async () => {
+    const w = world();
+    w.state.member = member('h1', 'http://192.0.2.9:2379');
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    // The store read waits, as under ctnetd's queue: stop comes meanwhile.
+    const ctx: ServiceContext = { ...w.ctx, exclusive: async (fn) => { await gate; return fn({ store: { member: () => w.state.member } } as unknown as Ctx); } };
+    const c = followCluster({ ctx: () => ctx, prefix: () => '/p/', handlers: () => ({ snapshot: () => {}, events: () => {} }), reset: () => {} }, w.deps);
+    const checking = c.membership();
+    const stopping = c.stop();
+    release();
+    await checking;
+    await stopping;
+    assert.deepEqual(w.followers.filter((f) => !f.stopped), [], 'every follower made is stopped');
+    await c.membership(); // a late member event after stop
+    assert.deepEqual(w.followers.filter((f) => !f.stopped), []);
+  });
 });
