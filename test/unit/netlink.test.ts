@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { KernelError } from '../../src/errors.ts';
 import { ExecBackend } from '../../src/kernel/exec/backend.ts';
+import { classify } from '../../src/kernel/exec/run.ts';
 import { NetlinkBackend, chooseAddon, type NetlinkAddon } from '../../src/kernel/netlink/backend.ts';
 import * as rt from '../../src/kernel/netlink/rtnetlink.ts';
 
@@ -127,6 +128,14 @@ describe('the netlink backend', () => {
         return true;
       });
     }
+  });
+
+  it('the exec backend reads the same kinds from the tools\' words', () => {
+    for (const [stderr, kind] of [
+      ['RTNETLINK answers: File exists', 'exists'], ['Cannot find device "ctv0"', 'not-found'], ['RTNETLINK answers: No such process', 'not-found'],
+      ['RTNETLINK answers: Cannot assign requested address', 'not-found'], ['RTNETLINK answers: Device or resource busy', 'busy'],
+      ['RTNETLINK answers: Operation not permitted', 'permission'], ['Error: argument "x" is wrong', 'failed'],
+    ] as const) assert.equal(classify(stderr), kind, stderr);
   });
 
   it('stops at the first failure: later ops are not sent', async () => {

@@ -14,7 +14,9 @@ export interface RunResult {
 }
 
 // iproute2, nft, conntrack and ss say "it is not there" and "it is there already" in these words.
-const NOT_FOUND = /Cannot find device|No such file or directory|does not exist|No such process|Cannot find|not found|No such device|Cannot remove namespace|Invalid "netns"|0 flow entries have been deleted|does a matching rule exist|qdisc with handle of zero/i;
+// "Cannot assign requested address" (EADDRNOTAVAIL) is `ip addr del` of an address the link does
+// not have: not-found, as the netlink backend maps the same errno.
+const NOT_FOUND = /Cannot find device|No such file or directory|does not exist|No such process|Cannot find|not found|No such device|Cannot remove namespace|Invalid "netns"|0 flow entries have been deleted|does a matching rule exist|qdisc with handle of zero|Cannot assign requested address/i;
 const EXISTS = /File exists|already exists/i;
 const BUSY = /Device or resource busy|Resource busy/i;
 const PERMISSION = /Operation not permitted|Permission denied/i;
