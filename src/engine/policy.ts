@@ -5,7 +5,7 @@ import { CtnetError } from '../errors.ts';
 import { addrToBigint, parseAddr, parseSubnet, type Family } from '../model/cidr.ts';
 import { parseName } from '../model/names.ts';
 import {
-  boxText, checkRuleSelectors, compile, decide, formatPortFilter, formatSelector, hostBoxText, parsePortFilter, parseSelector, PROTO_NUMBERS, ruleBoxes,
+  boxText, checkRuleSelectors, compile, decide, formatPortFilter, formatSelector, hostBoxText, parsePortFilter, parseSelector, PROTO_NUMBERS, ruleBoxes, ruleBoxesTouching,
   type Action, type Box, type CompiledBox, type Decision, type PolicyRule, type PolicySandbox, type PolicyTarget, type PolicyWorld, type Selector,
 } from '../model/policy.ts';
 import { boxKey, recompile, ruleBoxChange, type JudgedBox, type PolicyRegion, type RuleBoxChange } from '../model/policy-inc.ts';
@@ -184,6 +184,9 @@ async function sendPolicy(ctx: Ctx, lines: readonly string[], full: () => FullPo
  */
 const incremental = (changed: number, rules: () => number) => changed <= 64 || changed * 4 <= rules();
 
+/** Addresses by family (a sandbox's, before and after a change). */
+export type AddressPoints = ReadonlyMap<Family, readonly bigint[]>;
+
 /** Where a change may have moved a policy decision: the freed regions of the sets it touched. */
 export type PolicyRegions = readonly PolicyRegion[];
 
@@ -194,7 +197,7 @@ export type PolicyRegions = readonly PolicyRegion[];
  * Returns the regions whose decisions may have changed, or undefined after a full compile (every
  * decision may have). Call inside store.writeAsync.
  */
-async function applyChanged(ctx: Ctx, changed: ReadonlyMap<number, PolicyRule | undefined>): Promise<PolicyRegions | undefined> {
+async function applyChanged(ctx: Ctx, changed: ReadonlyMap<number, PolicyRule | undefined>, touching?: AddressPoints): Promise<PolicyRegions | undefined> {
   const { store } = ctx;
   if (changed.size === 0) return [];
   if (!store.policyIndexReady() || !incremental(changed.size, () => store.policyCount())) { // count(*) reads every row: only for a rules file
@@ -208,13 +211,16 @@ async function applyChanged(ctx: Ctx, changed: ReadonlyMap<number, PolicyRule | 
   for (const s of SETS) {
     const mine = new Map<number, RuleBoxChange>();
     for (const [id, rule] of changed) {
-      const now = rule && rule.action === s.action ? ruleBoxes(rule, world(rule), s.family, s.target) : [];
-      const was = store.policyBoxesOf('raw', s.set, id).map((r) => r.box);
+      const points = touching?.get(s.family) ?? [];
+      const selects = rule !== undefined && rule.action === s.action;
+      // With `touching`, both sides only through those addresses: nothing else of the rule moved.
+      const now = !selects ? [] : touching ? ruleBoxesTouching(rule, world(rule), s.family, s.target, points) : ruleBoxes(rule, world(rule), s.family, s.target);
+      const was = (touching ? store.policyRawTouching(s.set, id, points) : store.policyBoxesOf('raw', s.set, id)).map((r) => r.box);
       const change = ruleBoxChange(was, now);
       if (change.removed.length === 0 && change.added.length === 0) continue;
       // Only the rows that changed: a label rule at 500 sandboxes has ~55,000 boxes, and a new
       // member adds a few hundred (rewriting them all took seconds per create).
-      if (now.length === 0) store.deletePolicyRaw(s.set, id);
+      if (now.length === 0 && !touching) store.deletePolicyRaw(s.set, id);
       else for (const box of change.removed) store.deletePolicyRawBox(s.set, id, box);
       for (const box of change.added) store.insertPolicyRaw(s.set, { rule: id, box });
       mine.set(id, change);
@@ -281,14 +287,29 @@ export async function syncPolicy(ctx: Ctx, options: { cut?: boolean; tx?: Transa
  * ctnetd's one thread (the live page's update waited behind it). Connections are not cut: this
  * is called where syncPolicy without `cut` was.
  */
-export async function syncSandboxPolicy(ctx: Ctx, sandbox: string, options: { tx?: Transaction; labels?: readonly { key: string; value: string }[] } = {}): Promise<void> {
+export async function syncSandboxPolicy(ctx: Ctx, sandbox: string, options: { tx?: Transaction; was?: SandboxPolicyFacts } = {}): Promise<void> {
   options.tx?.recompute.push(() => syncPolicy(ctx));
   const { store, applier } = ctx;
   await syncServices(ctx);
-  const labels = [...store.labels(sandbox), ...(options.labels ?? [])];
+  const now = sandboxPolicyFacts(store, sandbox);
+  const labels = [...now.labels, ...(options.was?.labels ?? [])];
   const rules = store.policiesBySelector([sandbox, ...labels.map((l) => `label:${l.key}=${l.value}`)]);
   if (rules.length === 0) return;
-  await store.writeAsync(() => applyChanged(ctx, new Map(rules.map((r) => [r.id, toRule(r)]))), { rollback: applier.dryRun });
+  const points = new Map<Family, bigint[]>([[4, []], [6, []]]);
+  for (const ip of new Set([...now.addresses, ...(options.was?.addresses ?? [])])) {
+    const a = parseAddr('address', ip);
+    points.get(a.family)!.push(a.n);
+  }
+  await store.writeAsync(() => applyChanged(ctx, new Map(rules.map((r) => [r.id, toRule(r)])), points), { rollback: applier.dryRun });
+}
+
+/** What of a sandbox its policy depends on: its labels and addresses (taken before its records go). */
+export interface SandboxPolicyFacts {
+  readonly labels: readonly { key: string; value: string }[];
+  readonly addresses: readonly string[];
+}
+export function sandboxPolicyFacts(store: Store, sandbox: string): SandboxPolicyFacts {
+  return { labels: store.labels(sandbox), addresses: store.addresses({ sandbox }).map((a) => a.ip) };
 }
 
 /**
