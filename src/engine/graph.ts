@@ -271,13 +271,26 @@ export interface GraphEdgeDelta {
 /** A rule's change as pairs that came and went, or undefined when sending it whole is as small (or its pairs repeat). */
 function edgeDelta(prev: GraphRule, next: GraphRule): GraphEdgeDelta | undefined {
   if (prev.name !== next.name || prev.action !== next.action || prev.from !== next.from || prev.to !== next.to || prev.port !== next.port) return undefined;
-  const had = new Set(prev.edges.map(edgeKey));
-  const has = new Set(next.edges.map(edgeKey));
-  if (had.size !== prev.edges.length || has.size !== next.edges.length) return undefined;
-  const added = next.edges.filter((e) => !had.has(edgeKey(e)));
-  const removed = prev.edges.filter((e) => !has.has(edgeKey(e)));
-  return added.length + removed.length < next.edges.length ? { id: next.id, added, removed } : undefined;
+  const a = prev.edges;
+  const b = next.edges;
+  if (!ordered(a) || !ordered(b)) return undefined;
+  // One walk of both lists in (from, to) order: sets of 55,000 string keys per rule took 200 ms.
+  const added: GraphEdge[] = [];
+  const removed: GraphEdge[] = [];
+  for (let i = 0, j = 0; i < a.length || j < b.length;) {
+    const c = i >= a.length ? 1 : j >= b.length ? -1 : byEdge(a[i]!, b[j]!);
+    if (c === 0) {
+      i++;
+      j++;
+    } else if (c < 0) removed.push(a[i++]!);
+    else added.push(b[j++]!);
+    if (added.length + removed.length >= b.length) return undefined;
+  }
+  return { id: next.id, added, removed };
 }
+
+/** In strict (from, to) order: no pair twice. */
+const ordered = (edges: readonly GraphEdge[]) => edges.every((e, i) => i === 0 || byEdge(edges[i - 1]!, e) < 0);
 
 const same = (a: unknown, b: unknown) => JSON.stringify(a) === JSON.stringify(b);
 
