@@ -194,6 +194,7 @@ export type PolicyRegions = readonly PolicyRegion[];
  * The incremental path: the rules in `changed` were added, removed (undefined) or now resolve to
  * other addresses; only the boxes they touch are recomputed (model/policy-inc.ts), through the
  * index in the store, and only the difference goes to the kernel, in one nft transaction.
+ * With `touching`, only the rules' boxes through those addresses are compared (a sandbox's change).
  * Returns the regions whose decisions may have changed, or undefined after a full compile (every
  * decision may have). Call inside store.writeAsync.
  */
@@ -282,7 +283,8 @@ export async function syncPolicy(ctx: Ctx, options: { cut?: boolean; tx?: Transa
  * Brings the policy sets up to date after a sandbox's records changed (created, attached,
  * detached, removed): only rules that select it by name or by one of its labels resolve to other
  * addresses (net:, world and CIDRs do not depend on sandboxes), so only they are recomputed, as a
- * label change does. `labels`: the labels it had, when its records are gone already. A full
+ * label change does, and of each only the boxes through its addresses. `was`: its labels and
+ * addresses before the change, when its records are (partly) gone already. A full
  * compile here cost seconds per `ctnet create` at 500 sandboxes under two label rules, in
  * ctnetd's one thread (the live page's update waited behind it). Connections are not cut: this
  * is called where syncPolicy without `cut` was.
