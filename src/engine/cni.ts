@@ -14,7 +14,7 @@ import { attachSteps, type PlannedAttachment } from './attach.ts';
 import { recordShape, shapeSteps } from './shape.ts';
 import { kernelDefaults, recordAttachments } from './attach.ts';
 import { ensureOverlaySide } from './overlay-network.ts';
-import { syncPolicy } from './policy.ts';
+import { syncSandboxPolicy } from './policy.ts';
 import { portFacts, portLines, portMoveLines, portsMoved, portTargets, readHost, recordPorts } from './ports.ts';
 import { sandboxNetns } from './records.ts';
 import { disconnect, movedFlowSteps } from './sandbox.ts';
@@ -173,7 +173,7 @@ export async function cniAdd(ctx: Ctx, req: CniRequest): Promise<CniResult> {
         // The runtime's bandwidth capability: ctnet shapes the attachment itself (no chained plugin).
         ...(conf.bandwidth ? shapeSteps(store, p.attachment.row, conf.bandwidth, undefined) : []),
       ]);
-      await syncPolicy(ctx, { tx });
+      await syncSandboxPolicy(ctx, sandbox, { tx });
       tx.commit({ kind: 'attachment.state', sandbox, network: network.name, state: 'ready' });
     });
   } catch (e) {

@@ -14,7 +14,7 @@ import { ensureOverlaySides } from './overlay-network.ts';
 import { netnsName } from './naming.ts';
 import { portFacts, portLines, portMoveLines, portsMoved, publishSteps, readHost, recordPorts, unpublishSteps, type PublishRequest } from './ports.ts';
 import { currentDefault, defaultCarrier, driverNetwork, driverOf, existingNetwork, readySandbox, sandboxNetns } from './records.ts';
-import { syncPolicy } from './policy.ts';
+import { sandboxPolicyFacts, syncSandboxPolicy } from './policy.ts';
 import { syncServices } from './services.ts';
 import { recordShape, shapeSteps } from './shape.ts';
 import type { Shape } from '../model/shape.ts';
@@ -55,7 +55,7 @@ export async function createSandbox(ctx: Ctx, name: string, spec: AttachSpec, pu
       ...publishSteps(p.ports),
       ...resolvSteps(store, nsName, spec.networks),
     ]);
-    await syncPolicy(ctx, { tx });
+    await syncSandboxPolicy(ctx, name, { tx });
     tx.commit(...p.attachments.map((a) => ({ kind: 'attachment.state' as const, sandbox: name, network: a.row.network, state: 'ready' as const })),
       { kind: 'sandbox.state', name, state: 'ready' });
   });
@@ -152,7 +152,7 @@ async function attachOne(ctx: Ctx, s: SandboxRow, network: string, ips: readonly
       ...attachSteps(store, ns, planned, moved ? portMoveLines(before, after) : undefined),
       ...(moved ? movedFlowSteps(before, after) : []),
     ]);
-    await syncPolicy(ctx, { tx });
+    await syncSandboxPolicy(ctx, s.name, { tx });
     tx.commit({ kind: 'attachment.state', sandbox: s.name, network, state: 'ready' });
   });
 }
@@ -196,6 +196,7 @@ export async function disconnect(ctx: Ctx, network: string, sandbox: string): Pr
   const a = store.attachments({ sandbox }).find((x) => x.network === network);
   if (!a) return; // not connected: nothing to undo
   applier.record({ kind: 'attachment.state', sandbox, network, state: 'removing' });
+  const was = sandboxPolicyFacts(store, sandbox); // its addresses on this network go, and its labels with a sandbox ctnet did not make
   await syncServices(ctx); // it leaves the network's services before its interface goes
   const addresses = store.addresses({ sandbox }).filter((x) => x.network === network);
   const before = portFacts(store, sandbox);
@@ -216,7 +217,7 @@ export async function disconnect(ctx: Ctx, network: string, sandbox: string): Pr
     await handOverDefault(ctx, s, carried);
     if (wasTarget) await applier.apply(publishSteps(portFacts(store, sandbox)));
   }
-  await syncPolicy(ctx);
+  await syncSandboxPolicy(ctx, sandbox, { was });
 }
 
 /** The default routes the removed attachment carried move to the sandbox's next carrier, if any. */
@@ -239,10 +240,11 @@ export async function removeSandbox(ctx: Ctx, name: string): Promise<boolean> {
     ...store.attachments({ sandbox: name }).map((a) => ({ kind: 'attachment.state' as const, sandbox: name, network: a.network, state: 'removing' as const })));
   // It leaves its services first: new connections go elsewhere while it still answers its own.
   await syncServices(ctx);
+  const was = sandboxPolicyFacts(store, name); // gone with its records
   await teardownSandbox(ctx, s);
   applier.record({ kind: 'sandbox.delete', name });
   // Its addresses leave the policy sets before IPAM can hand them to another sandbox.
-  await syncPolicy(ctx);
+  await syncSandboxPolicy(ctx, name, { was });
   return true;
 }
 

@@ -238,6 +238,23 @@ export function ruleBoxes(r: PolicyRule, w: PolicyWorld, family: Family, target:
   return from.flatMap((s) => to.map((d): Box => [s, d, proto, port]));
 }
 
+/**
+ * The boxes of ruleBoxes whose source or destination range holds one of `points` (addresses of
+ * this family), without making the others: after one sandbox changed, only boxes through its
+ * addresses can differ (sandbox and label selectors gain or lose exactly its points), so a rule
+ * of 55,000 boxes is compared on the few hundred through them.
+ */
+export function ruleBoxesTouching(r: PolicyRule, w: PolicyWorld, family: Family, target: PolicyTarget, points: readonly bigint[]): Box[] {
+  if ((r.to.kind === 'host') !== (target === 'host') || points.length === 0) return [];
+  const holds = (x: Range) => points.some((n) => x[0] <= n && n <= x[1]);
+  const from = resolve(r.from, w, family);
+  const to = target === 'host' ? [HOST_DST] : resolve(r.to, w, family);
+  const [proto, port] = protoRange(r.port, family);
+  const toHit = to.filter(holds);
+  // Sources through a point pair with every destination; the others only with destinations through one.
+  return from.flatMap((s) => (holds(s) ? to : toHit).map((d): Box => [s, d, proto, port]));
+}
+
 export const intersects = (a: Box, b: Box): boolean => a.every((r, i) => r[0] <= b[i]![1] && b[i]![0] <= r[1]);
 
 /** The part two intersecting boxes share. */

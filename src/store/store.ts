@@ -734,6 +734,28 @@ export class Store {
   insertPolicyRaw(set: string, r: PolicyBoxRow): void {
     this.#prepared(`INSERT INTO policy_raw(set_name, rule, ${BOX_COLUMNS}) VALUES (?, ?, ${BOX_PARAMS})`).run(set, r.rule, ...boxParams(r.box));
   }
+  /**
+   * A rule's raw boxes in one set whose source or destination range holds one of the addresses
+   * (see ruleBoxesTouching). Through the rule's index: one pass over its rows in SQLite, instead
+   * of every row made into a box here.
+   */
+  policyRawTouching(set: string, rule: number, points: readonly bigint[]): PolicyBoxRow[] {
+    const out: PolicyBoxRow[] = [];
+    for (const n of points) {
+      const x = hex(n);
+      for (const r of this.#all('SELECT * FROM policy_raw INDEXED BY policy_raw_by_rule WHERE rule = ? AND set_name = ? AND ((s0 <= ? AND e0 >= ?) OR (s1 <= ? AND e1 >= ?))',
+        rule, set, x, x, x, x)) out.push(toBoxRow(r));
+    }
+    // A box through two of the points came twice.
+    return [...new Map(out.map((r) => [r.box.map(([a, b]) => `${a}-${b}`).join('|'), r])).values()];
+  }
+  /** One of a rule's boxes (every copy of it). */
+  deletePolicyRawBox(set: string, rule: number, box: Box): void {
+    const [s0, e0, s1, e1, s2, e2, s3, e3, wclass] = boxParams(box);
+    // By the source index (set, width class, start): the rule's own index would scan all its rows per box.
+    this.#prepared('DELETE FROM policy_raw INDEXED BY policy_raw_by_src WHERE set_name = ? AND wclass = ? AND s0 = ? AND rule = ? AND e0 = ? AND s1 = ? AND e1 = ? AND s2 = ? AND e2 = ? AND s3 = ? AND e3 = ?')
+      .run(set, wclass, s0, rule, e0, s1, e1, s2, e2, s3, e3);
+  }
   deletePolicyRaw(set: string, rule: number): void {
     this.#run('DELETE FROM policy_raw WHERE set_name = ? AND rule = ?', set, rule);
   }

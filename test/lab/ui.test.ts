@@ -94,6 +94,30 @@ describe('ctnet ui in Chromium', () => {
     assert.ok(await patches() >= before + 2, 'both changes patched in from their events');
   });
 
+  it('a sandbox joining or leaving a rule\'s selector patches in only its pairs, and the page draws the rule\'s pairs', async () => {
+    const full = await page.evaluate('window.ctnetPage.fullFetches') as number;
+    const pairPatches = () => page.evaluate('window.ctnetPage.pairPatches') as Promise<number>;
+    const pairPatchesBefore = await pairPatches();
+    const pairs = () => page.locator('path[data-rule="web-not-db"]').count();
+    const until = async (n: number) => {
+      for (let i = 0; i < 300 && (await pairs()) !== n; i++) await new Promise((r) => setTimeout(r, 100));
+      assert.equal(await pairs(), n);
+    };
+    await until(1);
+    await lab.ctnetOk(['create', 'db2', '--network', 'front', '--label', 'tier=db']);
+    await until(2); // web -> db2 (the rule sent whole: one pair came to one there was)
+    await lab.ctnetOk(['create', 'db3', '--network', 'back', '--label', 'tier=db']);
+    await page.locator('[data-sandbox="db3"]').first().waitFor({ timeout: 30_000 });
+    await until(3); // web -> db3 came as a pair merged into the page's copy (policyEdges)
+    await lab.ctnetOk(['rm', 'db2']);
+    await page.locator('[data-sandbox="db2"]').waitFor({ state: 'detached', timeout: 30_000 });
+    await until(2); // web -> db2 went as a pair
+    await lab.ctnetOk(['rm', 'db3']);
+    await until(1);
+    assert.equal(await page.evaluate('window.ctnetPage.fullFetches'), full, 'every change was a patch');
+    assert.ok(await pairPatches() >= pairPatchesBefore + 2, 'db3 came and db2 went as pairs of the rule, not the rule whole');
+  });
+
   it('the trace form names the policy rule that drops a denied pair', async () => {
     await page.locator('#trace-src').fill('web');
     await page.locator('#trace-dst').fill('db:5432');

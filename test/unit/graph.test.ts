@@ -125,6 +125,18 @@ describe('the host-side veth match (graph)', () => {
 // sandboxes the feed's events name, and the page patches its graph with graphDelta. Both must give
 // what a whole new build gives, and the delta must carry only what changed.
 describe('the graph after a change: updateGraph and graphDelta', () => {
+  it('a rule\'s pairs that came and went are merged back in (from, to) order', () => {
+    const rule = (edges: [string, string][]) => ({ id: 7, name: 'r', action: 'allow' as const, from: 'label:t=a', to: 'label:t=b', port: 'any', edges: edges.map(([from, to]) => ({ from, to })) });
+    const graph = (edges: [string, string][]): Graph => ({ host: { name: 'h', underlay: null, cluster: false }, networks: [], sandboxes: [], remoteSandboxes: [], policy: [rule(edges)] });
+    const prev = graph([['a1', 'b1'], ['a1', 'b3'], ['a2', 'b1'], ['a2', 'b3'], ['a3', 'b1'], ['a3', 'b3']]);
+    const next = graph([['a1', 'b1'], ['a1', 'b2'], ['a1', 'b3'], ['a3', 'b1'], ['a3', 'b2'], ['a3', 'b3']]);
+    const d = graphDelta(prev, next);
+    assert.deepEqual(d.policy, []);
+    assert.deepEqual(d.policyEdges, [{ id: 7, added: [{ from: 'a1', to: 'b2' }, { from: 'a3', to: 'b2' }], removed: [{ from: 'a2', to: 'b1' }, { from: 'a2', to: 'b3' }] }]);
+    assert.deepEqual(applyGraphDelta(prev, d), next);
+    assert.throws(() => applyGraphDelta({ ...prev, policy: [] }, d), /rule 7/);
+  });
+
   it('create, relabel, publish, a rule, remove: the patched graph equals a new build', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'ctnet-graph-'));
     const store = new Store(dir);
@@ -166,6 +178,15 @@ describe('the graph after a change: updateGraph and graphDelta', () => {
       await step('a rule', () => addPolicy(ctx, { action: 'deny', from: 'c', to: 'world', port: undefined, name: 'c-stays-in' }), (d) => {
         assert.deepEqual(d.sandboxes, []);
         assert.deepEqual(d.policy.map((r) => r.name), ['c-stays-in']);
+      });
+      await step('a member joins: only its pair is sent', () => createSandbox(ctx, 'f', parseAttachSpec({ network: ['front'] }), undefined, [{ key: 'tier', value: 'x' }]), (d) => {
+        assert.deepEqual(d.sandboxes.map((s) => s.name), ['f']);
+        assert.deepEqual(d.policy, [], 'the rule is not sent whole');
+        assert.deepEqual(d.policyEdges?.map((e) => [e.added, e.removed]), [[[{ from: 'a', to: 'f' }], []]]);
+      });
+      await step('a member leaves, of two: the rule is as small whole', () => changeLabels(ctx, 'b', [], ['tier']), (d) => {
+        assert.equal(d.policyEdges, undefined);
+        assert.deepEqual(d.policy.map((r) => [r.name, r.edges]), [['a-to-x', [{ from: 'a', to: 'f' }]]]);
       });
       await step('remove', () => removeSandbox(ctx, 'a'), (d) => {
         assert.deepEqual(d.removed, ['a']);

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { CtnetError } from '../../src/errors.ts';
 import {
-  boxText, checkRuleSelectors, compile, decide, formatSelector, hostBoxText, parsePortFilter, parseSelector, resolve, type Box, type PolicyRule, type PolicyWorld,
+  boxText, checkRuleSelectors, compile, decide, formatSelector, hostBoxText, parsePortFilter, parseSelector, resolve, ruleBoxes, ruleBoxesTouching, type Box, type PolicyRule, type PolicyWorld,
 } from '../../src/model/policy.ts';
 
 const fails = (fn: () => unknown, re: RegExp) =>
@@ -83,6 +83,20 @@ describe('compilation', () => {
     assert.equal(owner(tcp('10.9.0.1', '10.2.0.3', 50)), rules[2]!.id);
     assert.equal(owner(tcp('10.9.0.1', '10.2.0.3', 101)), undefined);
     assert.equal(owner(tcp('10.9.0.1', '10.2.0.2', 50)), undefined);
+  });
+  it('a rule\'s boxes through some addresses are exactly those of all its boxes whose source or destination holds one', () => {
+    const key = (b: Box) => b.map(([x, y]) => `${x}-${y}`).join('|');
+    const rules = [rule('allow', 'label:tier=web', 'label:tier=api'), rule('allow', 'net:front', 'label:tier=db', '5432'), rule('deny', '10.0.0.0/8', 'api'),
+      rule('allow', 'label:tier=api', 'world'), rule('allow', 'web', 'host', '53/udp'), rule('allow', 'label:tier=api', 'label:tier=api')];
+    for (const points of [[a4('10.2.0.2')], [a4('10.1.0.2'), a4('10.2.0.3')], [a4('192.0.2.1')], []]) {
+      for (const r of rules) {
+        for (const target of ['forward', 'host'] as const) {
+          const holds = (x: readonly [bigint, bigint]) => points.some((n) => x[0] <= n && n <= x[1]);
+          const want = ruleBoxes(r, world, 4, target).filter((b) => holds(b[0]) || holds(b[1])).map(key).toSorted();
+          assert.deepEqual(ruleBoxesTouching(r, world, 4, target, points).map(key).toSorted(), want, `rule ${r.name} (${formatSelector(r.from)} -> ${formatSelector(r.to)}), ${target}, ${points.length} points`);
+        }
+      }
+    }
   });
   it('10,000 distinct rules compile quickly into 10,000 boxes', () => {
     const rules = Array.from({ length: 10_000 }, (_, i) => rule('allow', `10.100.${i >> 8}.${i & 255}`, 'net:back', '8080'));

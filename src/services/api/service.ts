@@ -186,7 +186,7 @@ export function webService(): Service {
           const delta = graphDelta(before.graph, graph);
           broadcast({ ...event, since: before.at, delta });
           // One line per batch, next to the log service's line per change: how long the page waited on ctnetd.
-          sctx!.log(`changes #${events[0]!.id}..#${last.id} sent to ${subscribers.size} page(s) ${Math.round(performance.now() - started)} ms after they arrived, ${Math.round(Date.now() - Date.parse(last.at))} ms after the commit (${touched === 'all' ? 'every sandbox' : `${touched.size} sandbox(es)`} read again; ${delta.sandboxes.length} sandbox(es), ${delta.policy.length} rule(s) sent)`);
+          sctx!.log(`changes #${events[0]!.id}..#${last.id} sent to ${subscribers.size} page(s) ${Math.round(performance.now() - started)} ms after they arrived, ${Math.round(Date.now() - Date.parse(last.at))} ms after the commit (${touched === 'all' ? 'every sandbox' : `${touched.size} sandbox(es)`} read again; ${delta.sandboxes.length} sandbox(es), ${delta.policy.length} rule(s) whole, ${(delta.policyEdges ?? []).reduce((n, e) => n + e.added.length + e.removed.length, 0)} pair(s) of ${delta.policyEdges?.length ?? 0} rule(s) sent)`);
         } catch (e) {
           // Without a delta the page fetches the graph whole, built again on its request.
           sctx!.log(`the page's graph could not be updated: ${(e as Error).message}`);
