@@ -489,8 +489,10 @@ export class CtnetSide extends Side {
       for (const l of text.split('\n')) {
         const m = line.exec(l);
         if (!m || !ids.has(m[2]!) || m[3] !== '0') continue;
+        const queued = /, after ([\d.]+) ms in the queue/.exec(l);
         found.set(`${m[1]} ${m[2]}`, {
           totalMs: Number(m[4]),
+          queuedMs: queued ? Number(queued[1]) : 0,
           ...(m[5] !== undefined ? { toolsMs: Number(m[5]), spawns: Number(m[6]), netlinkMs: Number(m[7] ?? 0), engineMs: Number(m[8]) } : {}),
         });
       }
@@ -630,6 +632,8 @@ class ReferenceSide extends Side {
 /** One request as ctnetd logged it (tools, spawns and engine only from a ctnetd that logs them). */
 interface DaemonRequest {
   readonly totalMs: number;
+  /** How long it waited in ctnetd's queue before (ctnetd logs it from 1 ms; 0 from an older ctnetd). */
+  readonly queuedMs: number;
   readonly toolsMs?: number;
   readonly spawns?: number;
   /** In-process kernel calls (the netlink backend); 0 from a ctnetd on the exec backend. */
@@ -645,6 +649,8 @@ interface DaemonStats {
   readonly totalMs: Stats;
   /** The chain's wall time minus ctnetd's: plugin exec, nsenter, socket, the queue. Per sample. */
   readonly outsideMs: Stats;
+  /** Of outsideMs, the wait in ctnetd's queue (behind the previous request's deferred work, or the services'). */
+  readonly queuedMs: Stats;
   readonly toolsMs?: Stats;
   readonly spawns?: Stats;
   readonly netlinkMs?: Stats;
@@ -664,6 +670,7 @@ function daemonStats(log: Map<string, DaemonRequest>, command: 'ADD' | 'DEL', wa
     found: got.length,
     totalMs: stats(got.map((g) => g.r.totalMs)),
     outsideMs: stats(got.map((g) => g.wall - g.r.totalMs)),
+    queuedMs: stats(got.map((g) => g.r.queuedMs)),
     ...(split ? {
       toolsMs: stats(got.map((g) => g.r.toolsMs!)),
       spawns: stats(got.map((g) => g.r.spawns!)),
@@ -1006,15 +1013,15 @@ function render(results: readonly LevelResult[], info: Machine, opts: Options): 
         if (!s.daemon) continue;
         const pair = (st: Stats | undefined) => (st ? `${ms(st.p50)}/${ms(st.p95)}` : '-');
         const spawns = d?.spawns ? `${d.spawns.p50} (${Math.min(...d.spawns.samples)}-${Math.max(...d.spawns.samples)})` : '-';
-        rows.push([label, String(r.level), command, `${d?.found ?? 0}/${opts.samples}`, pair(wall), pair(d?.totalMs), pair(d?.outsideMs),
+        rows.push([label, String(r.level), command, `${d?.found ?? 0}/${opts.samples}`, pair(wall), pair(d?.totalMs), pair(d?.outsideMs), pair(d?.queuedMs),
           pair(d?.toolsMs), spawns, pair(d?.netlinkMs), pair(d?.engineMs)]);
       }
     }
   }
   if (rows.length > 0) {
-    const old = rows.some((row) => row[10] === '-') ? ' (- where that ctnetd logs no tools and engine times)' : '';
+    const old = rows.some((row) => row[11] === '-') ? ' (- where that ctnetd logs no tools and engine times)' : '';
     out.push('', `inside ctnetd, p50/p95 in ms, from ctnetd.log${old}:`,
-      table(['side', 'level', 'request', 'logged', 'wall', 'in ctnetd', 'outside', 'tools', 'spawns', 'netlink', 'engine'], rows));
+      table(['side', 'level', 'request', 'logged', 'wall', 'in ctnetd', 'outside', 'of it queued', 'tools', 'spawns', 'netlink', 'engine'], rows));
   }
   return out.join('\n') + '\n';
 }
@@ -1061,7 +1068,7 @@ function toJson(results: readonly LevelResult[], info: Machine, opts: Options): 
   const dm = (d: DaemonStats) => ({
     found: d.found,
     total: st(d.totalMs),
-    outside: st(d.outsideMs),
+    outside: st(d.outsideMs), queued: st(d.queuedMs),
     ...(d.toolsMs ? { tools: st(d.toolsMs) } : {}),
     ...(d.spawns ? { spawns: { p50: d.spawns.p50, p95: d.spawns.p95, samples: d.spawns.samples } } : {}),
     ...(d.engineMs ? { engine: st(d.engineMs) } : {}),
