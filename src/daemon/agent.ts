@@ -50,6 +50,8 @@ export interface AgentOptions {
   readonly log: (message: string) => void;
   /** Runs work in ctnetd's request queue with an engine context (see ServiceContext.exclusive). */
   readonly exclusive?: ServiceContext['exclusive'];
+  /** Requests held now (see ServiceContext.requests). */
+  readonly requests?: () => number;
   /** After each batch (ctnetd bounds its log here). */
   readonly afterBatch?: () => void;
   readonly intervalMs?: number;
@@ -59,7 +61,9 @@ export interface AgentOptions {
 export async function startAgent(opts: AgentOptions): Promise<Agent> {
   const feed = new ChangeFeed(opts.stateDir);
   const exclusive: ServiceContext['exclusive'] = opts.exclusive ?? (() => Promise.reject(new Error('this agent runs no engine work')));
-  const ctx = (s: Service): ServiceContext => ({ stateDir: opts.stateDir, feed, log: (m) => opts.log(`${s.name}: ${m}`), exclusive });
+  const ctx = (s: Service): ServiceContext => ({
+    stateDir: opts.stateDir, feed, log: (m) => opts.log(`${s.name}: ${m}`), exclusive, ...(opts.requests ? { requests: opts.requests } : {}),
+  });
   const started: Service[] = [];
   const guarded = async (s: Service, what: string, fn: () => void | Promise<void>) => {
     try {

@@ -278,7 +278,7 @@ export async function runDaemon(opts: DaemonOptions): Promise<number> {
     queue = run.catch((e: Error) => log(`service work failed: ${e.stack ?? e.message}`));
     return run;
   };
-  agent = startAgent({ stateDir: opts.stateDir, instance: store.instance, services: builtinServices(), log, exclusive, afterBatch: () => boundLog(opts.stateDir) })
+  agent = startAgent({ stateDir: opts.stateDir, instance: store.instance, services: builtinServices(), log, exclusive, requests: () => busy, afterBatch: () => boundLog(opts.stateDir) })
     .catch((e: Error) => {
       log(`services did not start (CNI requests are still served): ${e.stack ?? e.message}`);
       return undefined;

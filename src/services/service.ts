@@ -16,6 +16,12 @@ export interface ServiceContext {
    * so a service that changes the kernel never interleaves with them.
    */
   readonly exclusive: <T>(fn: (ctx: Ctx) => Promise<T>) => Promise<T>;
+  /**
+   * How many requests (CNI, the front end's commands) ctnetd holds now, queued or running: work that
+   * can wait (a cache to render) waits for 0, so it does not queue ahead of what a request's change
+   * set off (the page's update). Undefined: nothing says (tests).
+   */
+  readonly requests?: () => number;
 }
 
 export interface Service {

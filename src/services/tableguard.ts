@@ -44,6 +44,10 @@ const BUSY_RETRY_MS = 100;
  * once anyway (then a loss takes the thorough way, the fail-closed tables holding meanwhile).
  */
 const RENDER_MS = 200;
+/** How long a render waits at most for ctnetd to hold no request. */
+const RENDER_WAIT_MS = 5_000;
+/** A render due now waits while ctnetd holds requests, up to RENDER_WAIT_MS since it was asked for. */
+export const renderWaits = (requests: number, waitedMs: number): boolean => requests > 0 && waitedMs < RENDER_WAIT_MS;
 /** Tries to make the fail-closed tables before ctnetd gives up on them (one a second). */
 const FAILSAFE_TRIES = 10;
 /** A transaction of ctnetd's own nft -i whose last line nft monitor has not shown this long after is taken as shown. */
@@ -222,11 +226,20 @@ export function tableGuard(): Service {
         rendered = { at: r.at, file, networks: r.bridges.length, busy: r.busy };
         await failsafe(r.bridges);
       };
+      /** When the render now due was first asked for (it waits for requests, up to RENDER_WAIT_MS). */
+      let renderAskedAt: number | undefined;
       const scheduleRender = (ms: number) => {
         if (!started || stopping) return; // the first render follows the first check
         clearTimeout(renderTimer);
+        renderAskedAt ??= performance.now();
         renderTimer = setTimeout(() => {
           renderTimer = undefined;
+          // At 500 sandboxes a render is 110,000 policy elements of work in ctnetd's one thread. Queued
+          // while a create still ran, it went ahead of the page's update of that create (by up to
+          // seconds): it waits while requests are held instead, but not for ever (a stale script only
+          // means the thorough way back, not the fast one).
+          if (renderWaits(ctx.requests?.() ?? 0, performance.now() - renderAskedAt!)) return scheduleRender(RENDER_MS);
+          renderAskedAt = undefined;
           void render().catch((e: Error) => ctx.log(`rendering the restore script failed: ${e.message}`));
         }, ms);
       };

@@ -2,7 +2,7 @@
 // (nft/ruleset.ts): pure parts, without a kernel. The kernel side is test/lab/guard.test.ts.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MonitorReader } from '../../src/services/tableguard.ts';
+import { MonitorReader, renderWaits } from '../../src/services/tableguard.ts';
 import { failsafeBridges, failsafeScript, fullScript, SEEN_LABEL, UNSEEN_MARK } from '../../src/nft/ruleset.ts';
 
 /** Feeds lines; returns, per line, whether it is a loss to act on, and the transaction it ends. */
@@ -86,5 +86,12 @@ describe('ctnetd\'s fail-closed tables', () => {
     assert.match(ctnet, new RegExp(`^add rule inet ctnet input ct label set ${SEEN_LABEL} `, 'm'));
     assert.match(ctnet, /^add rule bridge ctnet identity meta mark set 0 /m, 'the identity chain clears the fail-closed mark');
     assert.deepEqual(failsafeBridges([]), ['flush set inet ctnetd bridges']);
+  });
+
+  it('the restore script\'s render waits while ctnetd holds requests (the page\'s update goes first), but at most 5 s', () => {
+    assert.equal(renderWaits(0, 0), false, 'nothing held: render now');
+    assert.equal(renderWaits(1, 200), true, 'a create still runs: wait');
+    assert.equal(renderWaits(3, 4_999), true);
+    assert.equal(renderWaits(3, 5_000), false, 'requests for 5 s on end: render anyway (a stale script is only the slow way back)');
   });
 });
