@@ -182,10 +182,18 @@ export function tableGuard(): Service {
       if (/^[\w./-]+$/.test(state)) file = join(state, 'guard-tables.nft');
       else file = join((ownDir = mkdtempSync(join(tmpdir(), 'ctnetd-guard-'))), 'tables.nft');
 
+      /**
+       * The next check may compare with the store's mirror (what ctnet last wrote) instead of compiling
+       * every rule: when nothing was seen to go, only the monitor's gap is looked into (a compile at
+       * 500 sandboxes under label rules holds ctnetd's thread for seconds, and the monitor has died
+       * after most creates there). A loss seen, or a fast restore, compiles.
+       */
+      let fromMirror = false;
       const check = async () => {
+        const mirrorOnly = fromMirror;
         const drift = await ctx.exclusive(async (e) => {
           if (operationUnderWay(e)) return 'busy' as const;
-          const found = await tableDrift(e);
+          const found = await tableDrift(e, { fromMirror: mirrorOnly });
           if (found.length > 0) await restoreTables(e, [], 'table guard: rewrite ctnet\'s tables from the store');
           if (found.length > 0 || cutPending) {
             cutPending = false;
@@ -195,7 +203,7 @@ export function tableGuard(): Service {
           }
           return found;
         });
-        if (drift === 'busy') return scheduleCheck(BUSY_RETRY_MS);
+        if (drift === 'busy') return scheduleCheck(BUSY_RETRY_MS, mirrorOnly);
         if (drift.length > 0) {
           const by = [...new Set(who)].join(', ') || 'a process nft monitor did not name';
           ctx.log(`restored ctnet's nft tables ${(performance.now() - (since ?? performance.now())).toFixed(1)} ms after a change by ${by}: ${drift.join('; ')}`);
@@ -204,7 +212,9 @@ export function tableGuard(): Service {
         who = [];
         since = undefined;
       };
-      const scheduleCheck = (ms: number) => {
+      const scheduleCheck = (ms: number, mirrorOnly = false) => {
+        // A check already due for a loss stays a full one.
+        fromMirror = mirrorOnly && (checkTimer === undefined || fromMirror);
         clearTimeout(checkTimer);
         checkTimer = setTimeout(() => {
           checkTimer = undefined;
@@ -341,7 +351,7 @@ export function tableGuard(): Service {
             // time a loss is reported against is then when the monitor went down).
             since ??= downAt;
             who.push('a process unseen while nft monitor was restarting');
-            scheduleCheck(0);
+            scheduleCheck(0, true);
           }, 1000);
         });
       };
