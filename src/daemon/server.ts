@@ -17,14 +17,14 @@ import { createCtx, type Ctx } from '../engine/context.ts';
 import { ExecBackend } from '../kernel/exec/backend.ts';
 import { NftSession } from '../kernel/exec/nftlive.ts';
 import { chooseAddon, daemonBackend, type DaemonBackend } from '../kernel/netlink/backend.ts';
-
-/** The in-process backend's share of a request (netlink requests and libnftables transactions), for the log. */
-const inProcess = (k: DaemonBackend) => (k.calls ? `, netlink ${k.calls.ms.toFixed(1)} ms in ${k.calls.calls} calls` : '');
 import { builtinServices } from '../services/index.ts';
 import { Store } from '../store/store.ts';
 import { startAgent, type Agent } from './agent.ts';
 import { answerCli, isCliRequest, self } from './cli.ts';
 import { decodeRequest, encodeReply, type Reply } from './wire.ts';
+
+/** The in-process backend's share of a request (netlink requests and libnftables transactions), for the log. */
+const inProcess = (k: DaemonBackend) => (k.calls ? `, netlink ${k.calls.ms.toFixed(1)} ms in ${k.calls.calls} calls` : '');
 
 export const SOCKET_NAME = 'ctnetd.sock';
 const LOCK_NAME = 'ctnetd.lock';

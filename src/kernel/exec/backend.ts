@@ -19,6 +19,7 @@ import { listenersArgv, parseListeners, socketPorts } from '../sockets.ts';
 import { sysctlRead, sysctlWrite } from '../sysctl.ts';
 import type { NftSession } from './nftlive.ts';
 import { run, SpawnStats } from './run.ts';
+import { deleteTolerant } from '../nft-delete.ts';
 import { countsOfNftJson, parseNftCountOutput, type NftCounts } from '../nftcounts.ts';
 import { ROOT } from '../../root.ts';
 
@@ -384,25 +385,9 @@ export class ExecBackend implements KernelBackend {
   }
 }
 
-/**
- * Deletes set elements, treating ones already gone as deleted. nft 1.0.6 has no `destroy`, and one
- * missing element fails the whole transaction, so on failure each line is retried alone.
- */
-  async #nftDelete(lines: readonly string[]): Promise<void> {
-  if (lines.length === 0) return;
-  try {
-    await this.#nftApply('nft.delete', lines);
-  } catch (e) {
-    if (!(e instanceof KernelError)) throw e;
-    for (const line of lines) {
-      try {
-        await this.#nftApply('nft.delete', [line]);
-      } catch (e2) {
-        if (!(e2 instanceof KernelError && e2.isNotFound)) throw e2;
-      }
-    }
+  #nftDelete(lines: readonly string[]): Promise<void> {
+    return deleteTolerant(lines, (l) => this.#nftApply('nft.delete', l));
   }
-}
 }
 
 const batchable = (c: IpCommand) => c.args[0] !== '-6';

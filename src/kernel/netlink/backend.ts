@@ -19,6 +19,7 @@ import { ROOT } from '../../root.ts';
 import type { AddrInfo, FdbInfo, KernelBackend, LinkInfo, LinkStats, Listener, NeighInfo, NftChain, ProbeResult, ProbeSpec, RouteInfo, TraceMarker, TraceMonitor } from '../backend.ts';
 import type { ExecBackend } from '../exec/backend.ts';
 import { classify } from '../exec/run.ts';
+import { deleteTolerant } from '../nft-delete.ts';
 import type { NftCounts } from '../nftcounts.ts';
 import * as rt from './rtnetlink.ts';
 
@@ -85,8 +86,14 @@ export class NetlinkBackend implements KernelBackend {
   async apply(ops: readonly Op[]): Promise<void> {
     let i = 0;
     while (i < ops.length) {
-      if (NETLINK_OPS.has(ops[i]!.kind)) {
-        this.#one(ops[i]!);
+      const op = ops[i]!;
+      if (op.kind === 'nft.delete') {
+        await this.#nftDelete(op.lines);
+        i++;
+        continue;
+      }
+      if (NETLINK_OPS.has(op.kind)) {
+        this.#one(op);
         i++;
         continue;
       }
@@ -135,7 +142,6 @@ export class NetlinkBackend implements KernelBackend {
         return void this.#request(op, op.netns, (seq) => rt.routeDelDefault(seq, op.via, index));
       }
       case 'nft': return this.#nft(op.kind, op.lines);
-      case 'nft.delete': return this.#nftDelete(op.lines);
       default:
         throw new Error(`the netlink backend cannot apply ${op.kind}`);
     }
@@ -211,21 +217,9 @@ export class NetlinkBackend implements KernelBackend {
     }
   }
 
-  /** As the exec backend: an element already gone counts as deleted (nft 1.0.6 has no `destroy`). */
-  #nftDelete(lines: readonly string[]): void {
-    if (lines.length === 0) return;
-    try {
-      this.#nft('nft.delete', lines);
-    } catch (e) {
-      if (!(e instanceof KernelError)) throw e;
-      for (const line of lines) {
-        try {
-          this.#nft('nft.delete', [line]);
-        } catch (e2) {
-          if (!(e2 instanceof KernelError && e2.isNotFound)) throw e2;
-        }
-      }
-    }
+  /** An element already gone counts as deleted, as the exec backend does. */
+  #nftDelete(lines: readonly string[]): Promise<void> {
+    return deleteTolerant(lines, (l) => this.#nft('nft.delete', l));
   }
 
   // ---- reads: the ones the CNI and create paths make on every request; the rest delegate ----
